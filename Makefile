@@ -1,0 +1,34 @@
+# The project's commands. `make test` is the one test command: .ci/run calls it.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: test deps lint unit e2e crds fmt
+
+## test: everything CI runs: dependencies, lints, unit and integration tests, e2e.
+test: deps lint unit e2e
+
+## deps: install what the tests need (apt and pip packages); idempotent.
+deps:
+	scripts/install-test-deps.sh
+
+## lint: formatting and clippy with warnings as errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## unit: every crate's unit and integration tests (the e2e crate runs in `e2e`).
+unit:
+	$(CARGO) test --workspace --locked --exclude tollgate-e2e
+
+## e2e: start a real kube-apiserver and etcd (and PostgreSQL), run the suites, tear down.
+e2e:
+	e2e/run.sh
+
+## crds: regenerate the CRD YAML and the CRD reference docs from crds/src.
+crds:
+	$(CARGO) run -q -p tollgate-crds --bin crdgen
+
+## fmt: format the code.
+fmt:
+	$(CARGO) fmt --all

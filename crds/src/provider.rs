@@ -1,0 +1,223 @@
+//! `LLMProvider`: an upstream LLM API the gateway may dial, with its models,
+//! prices, credentials and TLS trust.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An upstream LLM API that gateways may call. Cluster-scoped: platform teams
+/// define providers once, and namespaces opt into them through `EgressPolicy`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "LLMProvider",
+    plural = "llmproviders",
+    shortname = "llmp",
+    category = "tollgate",
+    status = "LLMProviderStatus",
+    derive = "PartialEq",
+    doc = "An upstream LLM API (OpenAI-style, Anthropic-style, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
+    printcolumn(name = "API", type_ = "string", json_path = ".spec.api"),
+    printcolumn(name = "Base URL", type_ = "string", json_path = ".spec.baseURL"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("self.api == 'dryRun' ? !has(self.baseURL) : has(self.baseURL)")
+        .message("baseURL is required for api openai and anthropic, and must be omitted for api dryRun (the dry-run provider never dials out)"),
+    validation = Rule::new(r"!has(self.baseURL) || self.baseURL.startsWith('https://') || self.baseURL.matches('^http://(127\\.0\\.0\\.1|localhost|\\[::1\\])(:[0-9]+)?(/.*)?$')")
+        .message("baseURL must use https unless its host is loopback (127.0.0.1, localhost or [::1])"),
+    validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
+        .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
+    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
+        .message("credentialsRef is required for api openai and anthropic"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LLMProviderSpec {
+    /// The wire API this provider speaks: `openai`, `anthropic`, or `dryRun`
+    /// (deterministic synthetic answers, no network; receipts say lane dry_run).
+    pub api: ProviderApi,
+
+    /// Base URL of the API, for example `https://api.openai.com`. Must be https,
+    /// or http on a loopback host (for tests). Omit it for `dryRun`.
+    #[serde(rename = "baseURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub base_url: Option<String>,
+
+    /// The exact hostnames the gateway may dial for this provider. The host of
+    /// `baseURL` must be one of them. Redirects are never followed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub hosts: Vec<String>,
+
+    /// The Secret, in the operator's namespace, that holds this provider's API
+    /// keys. Gateways receive the keys in memory only; they never become Secrets
+    /// in application namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<CredentialsRef>,
+
+    /// The models this provider serves, with aliases and prices.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub models: Vec<ModelSpec>,
+
+    /// Upstream TLS trust: a TrustAnchor with CA bundles and SPKI pins for the
+    /// hosts. Without it the system roots are used and no pin is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProviderTls>,
+
+    /// Timeouts the gateway applies to this provider's upstream calls.
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+}
+
+/// The wire API a provider speaks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ProviderApi {
+    // OpenAI-style: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models.
+    Openai,
+    // Anthropic-style: /v1/messages and /v1/messages/count_tokens.
+    Anthropic,
+    // Offline, deterministic, no network.
+    DryRun,
+}
+
+/// A reference to the Secret holding a provider's API keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    /// Name of the Secret in the operator's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+
+    /// Keys of the Secret that each hold one API key. With several keys the
+    /// gateway picks one deterministically per request:
+    /// `sha256(model || sha256(body) || node id) mod len(keys)`.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub keys: Vec<String>,
+}
+
+/// A model a provider serves, and its price.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!self.aliases.exists(a, a == self.name)")
+        .message("an alias must differ from the model name it stands for"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// The model name as the provider knows it, for example `gpt-4o-mini`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+
+    /// Other names clients may use for this model. The gateway rewrites them to
+    /// `name` before forwarding, and receipts record both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub aliases: Vec<String>,
+
+    /// Prices in micro-USD per million tokens. Costs are integers end to end.
+    #[serde(default)]
+    pub pricing: ModelPricing,
+}
+
+/// Prices in micro-USD (1e-6 USD) per million tokens.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPricing {
+    /// Price of one million input tokens, in micro-USD.
+    #[serde(rename = "inputPerMillionMicroUSD", default)]
+    pub input_per_million_micro_usd: u64,
+    /// Price of one million output tokens, in micro-USD.
+    #[serde(rename = "outputPerMillionMicroUSD", default)]
+    pub output_per_million_micro_usd: u64,
+    /// Price of one million cached input tokens, in micro-USD.
+    #[serde(rename = "cachedInputPerMillionMicroUSD", default)]
+    pub cached_input_per_million_micro_usd: u64,
+}
+
+/// Upstream TLS settings for a provider.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderTls {
+    /// Name of the TrustAnchor whose `upstream` entries give the CA bundle and
+    /// SPKI pins for this provider's hosts.
+    #[schemars(length(min = 1, max = 253))]
+    pub trust_anchor_ref: String,
+}
+
+/// Timeouts for upstream calls, in milliseconds.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderTimeouts {
+    /// Time allowed to open the TCP and TLS connection.
+    #[serde(default = "default_connect_millis")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub connect_millis: u32,
+    /// Time allowed until the first response byte.
+    #[serde(default = "default_first_byte_millis")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub first_byte_millis: u32,
+    /// Longest silence allowed between response chunks.
+    #[serde(default = "default_idle_millis")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub idle_millis: u32,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_millis: default_connect_millis(),
+            first_byte_millis: default_first_byte_millis(),
+            idle_millis: default_idle_millis(),
+        }
+    }
+}
+
+fn default_connect_millis() -> u32 {
+    5_000
+}
+fn default_first_byte_millis() -> u32 {
+    120_000
+}
+fn default_idle_millis() -> u32 {
+    60_000
+}
+
+/// Observed state of an `LLMProvider`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LLMProviderStatus {
+    /// `Ready` and other conditions, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl LLMProviderSpec {
+    /// Finds a model by its name or one of its aliases.
+    pub fn find_model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+}
