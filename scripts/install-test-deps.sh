@@ -9,6 +9,11 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v go >/dev/null || need_apt+=(golang-go)
 { command -v pg_ctl >/dev/null || [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; } || need_apt+=(postgresql)
 command -v curl >/dev/null || need_apt+=(curl)
+# init-network's namespace test: iptables (nft backend), iproute2 and setpriv.
+command -v iptables-restore >/dev/null || need_apt+=(iptables)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need_apt[*]}" >&2

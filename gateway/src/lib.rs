@@ -1,4 +1,9 @@
-//! The Tollgate gateway sidecar: the governed data plane in front of LLM providers.
+//! The Tollgate gateway sidecar: the governed data plane in front of LLM
+//! providers, and `init-network`, the traffic rules that make it the only way out.
 //!
-//! Not built yet; see issue "Gateway sidecar". This crate must never link the kube client.
+//! This crate must never link the kube client: the gateway gets everything it
+//! needs from the operator's control endpoint or a local config directory.
 #![forbid(unsafe_code)]
+
+pub mod egress_rules;
+pub mod init_network;
