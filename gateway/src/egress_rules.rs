@@ -158,7 +158,7 @@ impl FromStr for AllowedDestination {
         let cidr: Cidr = cidr.parse()?;
         let mut ports = match ports {
             None => Vec::new(),
-            Some(list) if list.is_empty() => return Err(InputError::Destination(s.to_string())),
+            Some("") => return Err(InputError::Destination(s.to_string())),
             Some(list) => list
                 .split(',')
                 .map(str::parse)
