@@ -18,7 +18,9 @@
 // kube's `printcolumn(name = .., type_ = ..)` repeats keys across columns by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod compile;
 pub mod conditions;
+pub mod gateway_config;
 pub mod generate;
 pub mod manifest;
 pub mod policy;

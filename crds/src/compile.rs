@@ -1,0 +1,413 @@
+//! Compiles the custom resources into one [`GatewayConfig`] per namespace.
+//! Pure: the operator and `kubectl tollgate local` feed it the objects they
+//! have, and report the problems it returns as conditions or errors.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use crate::gateway_config::{
+    CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
+    CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
+    LimitWindow, Requirement, Route, Selector, SelectorOperator,
+};
+use crate::policy::PolicyMode;
+use crate::quota::{QuotaLimit, QuotaSubjects};
+use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnchor};
+
+/// The objects compilation reads. Namespaced lists may hold every namespace;
+/// compilation picks what applies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterObjects<'a> {
+    pub providers: &'a [LLMProvider],
+    pub policies: &'a [EgressPolicy],
+    pub quotas: &'a [EgressQuota],
+    pub cluster_quotas: &'a [ClusterEgressQuota],
+    pub trust_anchors: &'a [TrustAnchor],
+}
+
+/// A cross-object problem, reported on the object named here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `Kind/namespace/name` or `Kind/name`.
+    pub object: String,
+    /// A CamelCase reason for the condition.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A compiled config and what was wrong on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub config: GatewayConfig,
+    pub problems: Vec<Problem>,
+}
+
+/// Compiles the config for `namespace`, whose labels pick cluster quotas.
+/// Whatever refers to something missing is left out (fail closed) and reported.
+pub fn compile_namespace_config(
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    objects: ClusterObjects<'_>,
+) -> Compiled {
+    let mut problems = Vec::new();
+    let mut providers: BTreeMap<String, CompiledProvider> = BTreeMap::new();
+
+    let mut policies: Vec<&EgressPolicy> = objects
+        .policies
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace) && p.spec.mode != PolicyMode::Disabled
+        })
+        .collect();
+    policies.sort_by_key(|p| p.name_any());
+
+    let mut compiled_policies = Vec::new();
+    for policy in policies {
+        let object = format!("EgressPolicy/{namespace}/{}", policy.name_any());
+        let pod_selector = match policy
+            .spec
+            .pod_selector
+            .as_ref()
+            .map(convert_selector)
+            .transpose()
+        {
+            Ok(s) => s.unwrap_or_default(),
+            Err(message) => {
+                problems.push(Problem {
+                    object,
+                    reason: "InvalidSelector",
+                    message,
+                });
+                continue;
+            }
+        };
+        let mut routes = Vec::new();
+        for allow in &policy.spec.allow {
+            let Some(provider) = objects
+                .providers
+                .iter()
+                .find(|p| p.name_any() == allow.provider_ref)
+            else {
+                problems.push(Problem {
+                    object: object.clone(),
+                    reason: "ProviderNotFound",
+                    message: format!(
+                        "LLMProvider {:?} does not exist; its models are not allowed until it does",
+                        allow.provider_ref
+                    ),
+                });
+                continue;
+            };
+            if !providers.contains_key(&allow.provider_ref) {
+                match compile_provider(provider, objects.trust_anchors) {
+                    Ok(p) => {
+                        providers.insert(allow.provider_ref.clone(), p);
+                    }
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                }
+            }
+            routes.push(Route {
+                provider: allow.provider_ref.clone(),
+                model_globs: allow.models.clone(),
+                max_tokens: allow.max_tokens,
+            });
+        }
+        let spec = &policy.spec;
+        compiled_policies.push(CompiledPolicy {
+            name: policy.name_any(),
+            pod_selector,
+            mode: spec.mode,
+            routes,
+            failover: spec.failover,
+            max_request_bytes: spec.guards.max_request_bytes,
+            block_secrets: spec.guards.block_secrets,
+            header_allowlist: spec.guards.header_allowlist.clone(),
+            fail_mode: spec.fail_mode,
+            allow_opt_out: spec.injection.allow_opt_out,
+            egress: spec
+                .egress
+                .iter()
+                .map(|e| EgressDestination {
+                    cidr: e.cidr.clone(),
+                    ports: e.ports.clone(),
+                })
+                .collect(),
+        });
+    }
+
+    let mut quotas = Vec::new();
+    for q in objects
+        .quotas
+        .iter()
+        .filter(|q| q.namespace().as_deref() == Some(namespace))
+    {
+        let id = format!("{namespace}/{}", q.name_any());
+        let object = format!("EgressQuota/{id}");
+        if let Some(compiled) = compile_quota(
+            &object,
+            id,
+            &q.spec.subjects,
+            &q.spec.limits,
+            q.spec.enforcement,
+            q.spec.fail_mode,
+            &mut problems,
+        ) {
+            quotas.push(compiled);
+        }
+    }
+    for q in objects.cluster_quotas {
+        let object = format!("ClusterEgressQuota/{}", q.name_any());
+        match convert_selector(&q.spec.namespace_selector) {
+            Ok(selector) if selector.matches(namespace_labels) => {
+                let id = format!("cluster/{}", q.name_any());
+                if let Some(compiled) = compile_quota(
+                    &object,
+                    id,
+                    &q.spec.subjects,
+                    &q.spec.limits,
+                    q.spec.enforcement,
+                    q.spec.fail_mode,
+                    &mut problems,
+                ) {
+                    quotas.push(compiled);
+                }
+            }
+            Ok(_) => {}
+            Err(message) => problems.push(Problem {
+                object,
+                reason: "InvalidSelector",
+                message,
+            }),
+        }
+    }
+    quotas.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut config = GatewayConfig {
+        version: GATEWAY_CONFIG_VERSION,
+        namespace: namespace.to_string(),
+        policy_hash: String::new(),
+        policies: compiled_policies,
+        providers: providers.into_values().collect(),
+        quotas,
+    };
+    config.policy_hash = policy_hash(&config);
+    Compiled { config, problems }
+}
+
+/// SHA-256 over the config's JSON with an empty `policyHash`. serde_json
+/// writes struct fields in declaration order and maps sorted, so equal
+/// configs hash equally.
+pub fn policy_hash(config: &GatewayConfig) -> String {
+    let mut unhashed = config.clone();
+    unhashed.policy_hash.clear();
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+fn compile_provider(
+    provider: &LLMProvider,
+    anchors: &[TrustAnchor],
+) -> Result<CompiledProvider, Problem> {
+    let spec = &provider.spec;
+    let object = format!("LLMProvider/{}", provider.name_any());
+    let upstream_trust = match &spec.tls {
+        None => Vec::new(),
+        Some(tls) => {
+            let Some(anchor) = anchors
+                .iter()
+                .find(|a| a.name_any() == tls.trust_anchor_ref)
+            else {
+                return Err(Problem {
+                    object,
+                    reason: "TrustAnchorNotFound",
+                    message: format!(
+                        "TrustAnchor {:?} does not exist; the provider is unusable until it does (pins are never skipped)",
+                        tls.trust_anchor_ref
+                    ),
+                });
+            };
+            anchor
+                .spec
+                .upstream
+                .iter()
+                .filter(|u| spec.hosts.contains(&u.host))
+                .map(|u| HostTrust {
+                    host: u.host.clone(),
+                    ca_bundle_pem: u.ca_bundle.clone(),
+                    spki_pins: u.spki_pins.clone(),
+                })
+                .collect()
+        }
+    };
+    Ok(CompiledProvider {
+        name: provider.name_any(),
+        api: spec.api,
+        base_url: spec.base_url.clone(),
+        hosts: spec.hosts.clone(),
+        credentials: spec.credentials_ref.as_ref().map(|c| CredentialsSource {
+            secret_name: c.secret_name.clone(),
+            keys: c.keys.clone(),
+        }),
+        models: spec
+            .models
+            .iter()
+            .map(|m| CompiledModel {
+                name: m.name.clone(),
+                aliases: m.aliases.clone(),
+                pricing: m.pricing.clone(),
+            })
+            .collect(),
+        upstream_trust,
+        connect_timeout_ms: spec.timeouts.connect_millis,
+        first_byte_timeout_ms: spec.timeouts.first_byte_millis,
+        idle_timeout_ms: spec.timeouts.idle_millis,
+    })
+}
+
+fn compile_quota(
+    object: &str,
+    id: String,
+    subjects: &QuotaSubjects,
+    limits: &[QuotaLimit],
+    enforcement: crate::quota::Enforcement,
+    fail_mode: crate::policy::FailMode,
+    problems: &mut Vec<Problem>,
+) -> Option<CompiledQuota> {
+    let pod_selector = match subjects
+        .pod_selector
+        .as_ref()
+        .map(convert_selector)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(message) => {
+            problems.push(Problem {
+                object: object.to_string(),
+                reason: "InvalidSelector",
+                message,
+            });
+            return None;
+        }
+    };
+    let mut compiled = Vec::new();
+    for limit in limits {
+        let window = match (&limit.window, &limit.rolling) {
+            (Some(w), None) => LimitWindow::Calendar(*w),
+            (None, Some(r)) => match parse_rolling(r) {
+                Some(seconds) => LimitWindow::RollingSeconds(seconds),
+                None => {
+                    problems.push(Problem {
+                        object: object.to_string(),
+                        reason: "InvalidLimit",
+                        message: format!(
+                            "limit {:?}: rolling {r:?} is not a duration such as 90m",
+                            limit.name
+                        ),
+                    });
+                    return None;
+                }
+            },
+            _ => {
+                problems.push(Problem {
+                    object: object.to_string(),
+                    reason: "InvalidLimit",
+                    message: format!(
+                        "limit {:?} needs exactly one of window or rolling",
+                        limit.name
+                    ),
+                });
+                return None;
+            }
+        };
+        compiled.push(CompiledLimit {
+            name: limit.name.clone(),
+            window,
+            tokens: limit.tokens,
+            requests: limit.requests,
+            cost_micro_usd: limit.cost_micro_usd,
+            model_globs: limit.models.clone(),
+            providers: limit.providers.clone(),
+        });
+    }
+    Some(CompiledQuota {
+        id,
+        service_accounts: subjects.service_accounts.clone(),
+        pod_selector,
+        limits: compiled,
+        enforcement,
+        fail_mode,
+    })
+}
+
+/// Parses `1h30m`, `90m`, `45s` into seconds. Zero and overflow are refused.
+pub fn parse_rolling(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in text.chars() {
+        if let Some(d) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)?
+                    .checked_add(u64::from(d))?,
+            );
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(number.take()?.checked_mul(unit)?)?;
+    }
+    (number.is_none() && total > 0).then_some(total)
+}
+
+fn convert_selector(selector: &LabelSelector) -> Result<Selector, String> {
+    let mut match_expressions = Vec::new();
+    for e in selector.match_expressions.iter().flatten() {
+        let operator = match e.operator.as_str() {
+            "In" => SelectorOperator::In,
+            "NotIn" => SelectorOperator::NotIn,
+            "Exists" => SelectorOperator::Exists,
+            "DoesNotExist" => SelectorOperator::DoesNotExist,
+            other => {
+                return Err(format!(
+                    "selector operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                ));
+            }
+        };
+        match_expressions.push(Requirement {
+            key: e.key.clone(),
+            operator,
+            values: e.values.clone().unwrap_or_default(),
+        });
+    }
+    Ok(Selector {
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        match_expressions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_durations_parse_to_seconds() {
+        assert_eq!(parse_rolling("90m"), Some(5400));
+        assert_eq!(parse_rolling("1h30m"), Some(5400));
+        assert_eq!(parse_rolling("45s"), Some(45));
+        assert_eq!(parse_rolling("0m"), None);
+        assert_eq!(parse_rolling("10"), None);
+        assert_eq!(parse_rolling("h"), None);
+        assert_eq!(parse_rolling("99999999999999999999h"), None);
+    }
+}

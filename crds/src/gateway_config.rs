@@ -1,0 +1,297 @@
+//! The compiled gateway configuration: the one wire type the operator produces
+//! (and `kubectl tollgate local` produces the same way) and the gateway consumes.
+//!
+//! It holds no secret material. Provider keys reach the gateway separately and
+//! stay in its memory; the config only says which Secret keys exist, so the
+//! gateway knows `key_count` and whether it has what it needs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{FailMode, PolicyMode};
+use crate::provider::{ModelPricing, ProviderApi};
+use crate::quota::{CalendarWindow, Enforcement};
+
+/// The format version of [`GatewayConfig`]. Bumped on incompatible change; a
+/// gateway refuses a config with a version it does not know.
+pub const GATEWAY_CONFIG_VERSION: u32 = 1;
+
+/// Everything one namespace's gateways need, identified by `policy_hash`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// [`GATEWAY_CONFIG_VERSION`].
+    pub version: u32,
+    /// The namespace this config is for.
+    pub namespace: String,
+    /// Lowercase hex SHA-256 of the canonical JSON of this config with
+    /// `policyHash` empty. Receipts record it.
+    pub policy_hash: String,
+    /// The namespace's enabled policies, ordered by name. A gateway applies the
+    /// first whose pod selector matches its pod's labels.
+    pub policies: Vec<CompiledPolicy>,
+    /// Every provider some policy allows, ordered by name.
+    pub providers: Vec<CompiledProvider>,
+    /// Quotas that apply in this namespace, ordered by id.
+    pub quotas: Vec<CompiledQuota>,
+}
+
+/// One `EgressPolicy`, compiled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `enforce` or `audit`; disabled policies are left out.
+    pub mode: PolicyMode,
+    /// Allowed routes, in the policy's order.
+    pub routes: Vec<Route>,
+    pub failover: bool,
+    pub max_request_bytes: u32,
+    pub block_secrets: bool,
+    pub header_allowlist: Vec<String>,
+    pub fail_mode: FailMode,
+    pub allow_opt_out: bool,
+    /// Non-LLM destinations, for `init-network`.
+    pub egress: Vec<EgressDestination>,
+}
+
+/// Models of one provider a policy allows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    pub provider: String,
+    pub model_globs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+/// A destination `init-network` leaves open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressDestination {
+    pub cidr: String,
+    pub ports: Vec<u16>,
+}
+
+/// One `LLMProvider`, compiled, with its upstream trust resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompiledProvider {
+    pub name: String,
+    pub api: ProviderApi,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    pub hosts: Vec<String>,
+    /// Where the keys come from, never the keys themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSource>,
+    pub models: Vec<CompiledModel>,
+    /// Per-host TLS trust from the provider's TrustAnchor; hosts not listed use
+    /// the system roots without pins.
+    pub upstream_trust: Vec<HostTrust>,
+    pub connect_timeout_ms: u32,
+    pub first_byte_timeout_ms: u32,
+    pub idle_timeout_ms: u32,
+}
+
+/// The Secret and keys that hold a provider's API keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsSource {
+    pub secret_name: String,
+    pub keys: Vec<String>,
+}
+
+/// A model and its price.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompiledModel {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub pricing: ModelPricing,
+}
+
+/// TLS trust for one upstream host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostTrust {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
+    /// Base64 SHA-256 SPKI digests; when any is set, one must match the chain.
+    pub spki_pins: Vec<String>,
+}
+
+/// One `EgressQuota` or `ClusterEgressQuota`, compiled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompiledQuota {
+    /// `<namespace>/<name>` for an EgressQuota, `cluster/<name>` for a
+    /// ClusterEgressQuota. The recorder keys counters by it.
+    pub id: String,
+    pub service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<Selector>,
+    pub limits: Vec<CompiledLimit>,
+    pub enforcement: Enforcement,
+    pub fail_mode: FailMode,
+}
+
+/// One limit of a quota.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompiledLimit {
+    pub name: String,
+    pub window: LimitWindow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(
+        rename = "costMicroUSD",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cost_micro_usd: Option<u64>,
+    pub model_globs: Vec<String>,
+    pub providers: Vec<String>,
+}
+
+/// A quota window: a UTC calendar window, or a rolling one in seconds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum LimitWindow {
+    Calendar(CalendarWindow),
+    RollingSeconds(u64),
+}
+
+/// A label selector in a form the gateway can evaluate without Kubernetes types.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    pub values: Vec<String>,
+}
+
+/// `matchExpressions` operators.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Selector {
+    /// Whether `labels` satisfy the selector. The empty selector matches all.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+/// Whether `name` matches a model glob, where `*` matches any run of
+/// characters (including none) and everything else matches itself.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return glob == name;
+    };
+    if parts.len() == 1 {
+        return glob == name;
+    }
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+impl GatewayConfig {
+    /// The policy that governs a pod with these labels.
+    pub fn policy_for(&self, pod_labels: &BTreeMap<String, String>) -> Option<&CompiledPolicy> {
+        self.policies
+            .iter()
+            .find(|p| p.pod_selector.matches(pod_labels))
+    }
+
+    /// A provider by name.
+    pub fn provider(&self, name: &str) -> Option<&CompiledProvider> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_shell_stars() {
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("*", "gpt-4o"));
+        assert!(glob_matches("gpt-4o*", "gpt-4o-mini"));
+        assert!(glob_matches("gpt-4o*", "gpt-4o"));
+        assert!(!glob_matches("gpt-4o*", "gpt-4"));
+        assert!(glob_matches("*-mini", "gpt-4o-mini"));
+        assert!(glob_matches("claude-*-haiku*", "claude-3-5-haiku-latest"));
+        assert!(!glob_matches("claude-*-haiku", "claude-3-5-sonnet"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exactly"));
+        assert!(!glob_matches("a*a", "a"), "the two ends may not overlap");
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "chat".to_string()),
+            ("tier".to_string(), "web".to_string()),
+        ]
+        .into();
+        assert!(Selector::default().matches(&labels));
+        let req = |key: &str, operator, values: &[&str]| Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let sel = |reqs: Vec<Requirement>| Selector {
+            match_labels: BTreeMap::new(),
+            match_expressions: reqs,
+        };
+        assert!(sel(vec![req("app", SelectorOperator::In, &["chat", "x"])]).matches(&labels));
+        assert!(!sel(vec![req("app", SelectorOperator::NotIn, &["chat"])]).matches(&labels));
+        assert!(sel(vec![req("missing", SelectorOperator::NotIn, &["chat"])]).matches(&labels));
+        assert!(sel(vec![req("tier", SelectorOperator::Exists, &[])]).matches(&labels));
+        assert!(!sel(vec![req("tier", SelectorOperator::DoesNotExist, &[])]).matches(&labels));
+        let by_label = Selector {
+            match_labels: [("app".to_string(), "batch".to_string())].into(),
+            match_expressions: vec![],
+        };
+        assert!(!by_label.matches(&labels));
+    }
+}
