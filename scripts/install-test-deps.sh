@@ -6,7 +6,6 @@ set -euo pipefail
 
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
-command -v go >/dev/null || need_apt+=(golang-go)
 { command -v pg_ctl >/dev/null || [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; } || need_apt+=(postgresql)
 command -v curl >/dev/null || need_apt+=(curl)
 # init-network's namespace test: iptables (nft backend), iproute2 and setpriv.
@@ -20,6 +19,15 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Go builds kube-apiserver and etcd for the e2e suite (e2e/build-control-plane.sh).
+# Kubernetes 1.34 needs Go 1.24 or newer; Debian's golang-go (1.19) is too old,
+# so a machine without a recent Go is refused here with the reason.
+go_minor=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+if [ -z "$go_minor" ] || [ "$go_minor" -lt 24 ]; then
+  echo "install-test-deps: Go 1.24 or newer is required to build the test control plane (found: $(go env GOVERSION 2>/dev/null || echo none))" >&2
+  exit 1
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

@@ -116,7 +116,7 @@ pub struct CredentialsRef {
 /// A model a provider serves, and its price.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("!self.aliases.exists(a, a == self.name)")
+    validation = Rule::new("!has(self.aliases) || !self.aliases.exists(a, a == self.name)")
         .message("an alias must differ from the model name it stands for"),
 )]
 #[serde(rename_all = "camelCase")]

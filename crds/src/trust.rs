@@ -122,9 +122,9 @@ pub struct UpstreamTrust {
     #[schemars(length(min = 1, max = 253))]
     pub host: String,
 
-    /// PEM CA certificates that replace the system roots for this host.
+    /// PEM CA certificates that replace the system roots for this host (at most 64 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 262144))]
+    #[schemars(length(max = 65536))]
     #[x_kube(
         validation = Rule::new("self.contains('-----BEGIN CERTIFICATE-----')")
             .message("caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)"),
