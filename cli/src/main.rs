@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compile;
 mod crds;
 
 /// Tollgate: governed, provable LLM egress for Kubernetes.
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the Tollgate CRDs as YAML, ready for `kubectl apply -f -`.
     Crds,
+    /// Compile manifests into the gateway config a namespace would get.
+    Compile(compile::CompileArgs),
 }
 
 fn main() -> ExitCode {
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::Crds => crds::run(&mut stdout),
+        Command::Compile(args) => compile::run(&args, &mut stdout),
     };
     match result {
         Ok(code) => code,

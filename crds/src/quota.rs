@@ -139,7 +139,7 @@ pub enum Enforcement {
 
 /// A UTC calendar window. Windows start at the top of the minute or hour, at
 /// 00:00 UTC, or on the first of the month.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum CalendarWindow {
     Minute,

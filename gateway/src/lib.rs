@@ -5,5 +5,17 @@
 //! needs from the operator's control endpoint or a local config directory.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api;
+pub mod api_error;
+pub mod credentials;
+pub mod dry_run;
 pub mod egress_rules;
+pub mod guards;
 pub mod init_network;
+pub mod proxy;
+pub mod quota;
+pub mod receipts;
+pub mod run;
+pub mod sse;
+pub mod upstream;

@@ -15,9 +15,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the governed API on loopback for the pod's containers.
+    Run(Box<tollgate_gateway::run::RunArgs>),
     /// Write the iptables and ip6tables rules that let only the gateway's UID
     /// reach destinations outside the allowed CIDRs (run as an init container).
     InitNetwork(init_network::InitNetworkArgs),
+}
+
+fn run_gateway(args: tollgate_gateway::run::RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(tollgate_gateway::run::run(args))
 }
 
 fn main() -> ExitCode {
@@ -25,6 +42,7 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::InitNetwork(args) => init_network::run(&args, &mut stdout),
+        Command::Run(args) => run_gateway(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

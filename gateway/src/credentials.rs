@@ -1,0 +1,200 @@
+//! Provider API keys: loaded once into memory, never logged, persisted or
+//! echoed, and chosen deterministically per request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tollgate_crds::gateway_config::GatewayConfig;
+
+/// Largest key file read, in bytes.
+pub const MAX_KEY_BYTES: u64 = 4096;
+
+/// One provider API key. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key, trimming the trailing newline editors and `echo` leave.
+    pub fn new(raw: &str) -> Option<Self> {
+        let key = raw.trim_end_matches(['\r', '\n']);
+        let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
+        usable.then(|| Self(key.to_string()))
+    }
+
+    /// The key itself, for the one place that sets the upstream header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Keys per provider name, in the order the provider's `credentialsRef.keys`
+/// lists them (that order is what `key_index` in receipts refers to).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    by_provider: HashMap<String, Vec<ApiKey>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts: HashMap<&str, usize> = self
+            .by_provider
+            .iter()
+            .map(|(p, k)| (p.as_str(), k.len()))
+            .collect();
+        f.debug_struct("Credentials")
+            .field("key_counts", &counts)
+            .finish()
+    }
+}
+
+/// Why credentials could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("provider {provider}: key {key:?} of Secret {secret:?} is missing at {path}")]
+    Missing {
+        provider: String,
+        secret: String,
+        key: String,
+        path: String,
+    },
+    #[error(
+        "provider {provider}: key {key:?} of Secret {secret:?} is empty, too large or not printable ASCII"
+    )]
+    Unusable {
+        provider: String,
+        secret: String,
+        key: String,
+    },
+}
+
+impl Credentials {
+    /// Keys from `dir/<secretName>/<key>` files, the layout of a mounted
+    /// Secret, for every provider in `config` that needs keys. Every key must be
+    /// present: a provider with a missing key is an error, not a smaller pool.
+    pub fn load_dir(dir: &Path, config: &GatewayConfig) -> Result<Self, CredentialsError> {
+        let mut by_provider = HashMap::new();
+        for provider in &config.providers {
+            let Some(source) = &provider.credentials else {
+                continue;
+            };
+            let mut keys = Vec::new();
+            for key in &source.keys {
+                let path = dir.join(&source.secret_name).join(key);
+                let missing = || CredentialsError::Missing {
+                    provider: provider.name.clone(),
+                    secret: source.secret_name.clone(),
+                    key: key.clone(),
+                    path: path.display().to_string(),
+                };
+                let unusable = || CredentialsError::Unusable {
+                    provider: provider.name.clone(),
+                    secret: source.secret_name.clone(),
+                    key: key.clone(),
+                };
+                let size = std::fs::metadata(&path).map_err(|_| missing())?.len();
+                if size > MAX_KEY_BYTES {
+                    return Err(unusable());
+                }
+                let raw = std::fs::read_to_string(&path).map_err(|_| unusable())?;
+                keys.push(ApiKey::new(&raw).ok_or_else(unusable)?);
+            }
+            by_provider.insert(provider.name.clone(), keys);
+        }
+        Ok(Self { by_provider })
+    }
+
+    /// Builds credentials from keys already in memory (tests, local mode).
+    pub fn from_keys(keys: impl IntoIterator<Item = (String, Vec<ApiKey>)>) -> Self {
+        Self {
+            by_provider: keys.into_iter().collect(),
+        }
+    }
+
+    /// The keys of a provider.
+    pub fn keys(&self, provider: &str) -> &[ApiKey] {
+        self.by_provider
+            .get(provider)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// Picks one of `key_count` keys: `sha256(model ‖ sha256(body) ‖ node_id)`,
+/// first 8 bytes big-endian, mod `key_count`. The same request from the same
+/// node always uses the same key, which keeps provider-side caches warm, and
+/// different requests spread across keys.
+pub fn choose_key_index(model: &str, body_sha256: &[u8; 32], node_id: &str, key_count: u32) -> u32 {
+    if key_count <= 1 {
+        return 0;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(model.as_bytes());
+    hasher.update(body_sha256);
+    hasher.update(node_id.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % u64::from(key_count)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_never_show_in_debug() {
+        let key = ApiKey::new("sk-test-very-secret\n").unwrap();
+        assert_eq!(key.expose(), "sk-test-very-secret");
+        assert!(!format!("{key:?}").contains("secret"));
+        let creds = Credentials::from_keys([("openai".to_string(), vec![key])]);
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("sk-test"), "{shown}");
+        assert!(shown.contains("openai"));
+    }
+
+    #[test]
+    fn unusable_keys_are_refused() {
+        assert!(ApiKey::new("").is_none());
+        assert!(ApiKey::new("\n").is_none());
+        assert!(ApiKey::new("has space").is_none());
+        assert!(ApiKey::new("line\nbreak").is_none());
+    }
+
+    #[test]
+    fn key_choice_is_deterministic_and_spreads() {
+        let body = [7u8; 32];
+        let a = choose_key_index("gpt-4o-mini", &body, "node-a", 4);
+        assert_eq!(a, choose_key_index("gpt-4o-mini", &body, "node-a", 4));
+        assert_eq!(choose_key_index("m", &body, "n", 1), 0);
+        let mut seen = [0u32; 4];
+        for i in 0..400u32 {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            seen[choose_key_index("m", &b, "n", 4) as usize] += 1;
+        }
+        assert!(
+            seen.iter().all(|&n| n > 60),
+            "keys are not spread: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn key_choice_matches_the_documented_formula() {
+        let body: [u8; 32] = Sha256::digest(b"{}").into();
+        let mut h = Sha256::new();
+        h.update(b"gpt-4o");
+        h.update(body);
+        h.update(b"node-1");
+        let d = h.finalize();
+        let expected = (u64::from_be_bytes(d[..8].try_into().unwrap()) % 3) as u32;
+        assert_eq!(choose_key_index("gpt-4o", &body, "node-1", 3), expected);
+    }
+}

@@ -1,0 +1,638 @@
+//! Quota: which limits a request counts against, UTC window math, and the
+//! in-process authority that reserves an estimate before a request goes
+//! upstream and settles actual usage afterwards.
+//!
+//! The recorder's lease API implements the same semantics for a cluster; local
+//! mode and tests use [`LocalQuotaAuthority`] directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use tollgate_crds::gateway_config::{
+    CompiledLimit, CompiledQuota, GatewayConfig, LimitWindow, glob_matches,
+};
+use tollgate_crds::provider::ModelPricing;
+use tollgate_crds::quota::{CalendarWindow, Enforcement};
+
+/// Amounts of the three quantities a limit can cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Amounts {
+    pub tokens: u64,
+    pub requests: u64,
+    pub cost_micro_usd: u64,
+}
+
+impl Amounts {
+    fn add(&mut self, other: Amounts) {
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(other.cost_micro_usd);
+    }
+    fn sub(&mut self, other: Amounts) {
+        self.tokens = self.tokens.saturating_sub(other.tokens);
+        self.requests = self.requests.saturating_sub(other.requests);
+        self.cost_micro_usd = self.cost_micro_usd.saturating_sub(other.cost_micro_usd);
+    }
+    fn sum(a: Amounts, b: Amounts) -> Amounts {
+        let mut s = a;
+        s.add(b);
+        s
+    }
+}
+
+/// Cost in micro-USD of a usage at per-million prices, rounded up so that a
+/// request is never free by rounding.
+pub fn price(
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_tokens: u64,
+    pricing: &ModelPricing,
+) -> u64 {
+    let uncached = input_tokens.saturating_sub(cached_tokens);
+    let total = u128::from(uncached) * u128::from(pricing.input_per_million_micro_usd)
+        + u128::from(cached_tokens.min(input_tokens))
+            * u128::from(pricing.cached_input_per_million_micro_usd)
+        + u128::from(output_tokens) * u128::from(pricing.output_per_million_micro_usd);
+    u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Who is calling: matched against quota subjects.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub service_account: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// The limits of `config` that a call by `caller` to `provider`/`model` counts against.
+pub fn matching_limits<'a>(
+    config: &'a GatewayConfig,
+    caller: &Caller,
+    provider: &str,
+    model: &str,
+) -> Vec<(&'a CompiledQuota, &'a CompiledLimit)> {
+    config
+        .quotas
+        .iter()
+        .filter(|q| {
+            q.service_accounts.is_empty() || q.service_accounts.contains(&caller.service_account)
+        })
+        .filter(|q| {
+            q.pod_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&caller.pod_labels))
+        })
+        .flat_map(|q| q.limits.iter().map(move |l| (q, l)))
+        .filter(|(_, l)| l.providers.is_empty() || l.providers.iter().any(|p| p == provider))
+        .filter(|(_, l)| {
+            l.model_globs.is_empty() || l.model_globs.iter().any(|g| glob_matches(g, model))
+        })
+        .collect()
+}
+
+/// `[start, end)` of the UTC calendar window holding `now` (unix seconds).
+pub fn calendar_window_bounds(window: CalendarWindow, now: u64) -> (u64, u64) {
+    let span = |len: u64| {
+        let start = now - now % len;
+        (start, start + len)
+    };
+    match window {
+        CalendarWindow::Minute => span(60),
+        CalendarWindow::Hour => span(3_600),
+        CalendarWindow::Day => span(86_400),
+        CalendarWindow::Month => {
+            let (y, m, _) = civil_from_days(now / 86_400);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (
+                days_from_civil(y, m, 1) * 86_400,
+                days_from_civil(ny, nm, 1) * 86_400,
+            )
+        }
+    }
+}
+
+// Howard Hinnant's civil-date algorithms, for days since 1970-01-01 (no
+// dates before the epoch occur here).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Rolling windows are kept as this many buckets, so memory is bounded and the
+/// window edge is accurate to 1/ROLLING_BUCKETS of its length.
+pub const ROLLING_BUCKETS: u64 = 120;
+
+/// What a reservation holds, to be settled or released.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reservation {
+    entries: Vec<(LimitKey, Amounts)>,
+    /// Whether a shadow quota would have denied the request.
+    pub shadow_denied: bool,
+}
+
+impl Reservation {
+    /// Whether no limit applied.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The authority's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaDecision {
+    Allow(Reservation),
+    /// Over an enforced limit: answer 429 with `Retry-After`.
+    Deny {
+        quota_id: String,
+        limit: String,
+        retry_after_secs: u64,
+    },
+}
+
+/// Reserves and settles quota.
+pub trait QuotaAuthority: Send + Sync + std::fmt::Debug {
+    fn reserve(
+        &self,
+        limits: &[(&CompiledQuota, &CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> QuotaDecision;
+    fn settle(&self, reservation: Reservation, actual: Amounts, now: u64);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LimitKey {
+    quota_id: String,
+    limit: String,
+    window: WindowKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum WindowKind {
+    Calendar(CalendarWindow),
+    Rolling(u64),
+}
+
+#[derive(Debug, Default)]
+struct LimitState {
+    /// Calendar windows: the current window's start and what it used.
+    window_start: u64,
+    used: Amounts,
+    /// Rolling windows: (bucket start, amount) oldest first.
+    buckets: VecDeque<(u64, Amounts)>,
+    /// In flight, not yet settled.
+    reserved: Amounts,
+}
+
+impl LimitState {
+    fn roll_forward(&mut self, window: WindowKind, now: u64) {
+        match window {
+            WindowKind::Calendar(w) => {
+                let (start, _) = calendar_window_bounds(w, now);
+                if start != self.window_start {
+                    self.window_start = start;
+                    self.used = Amounts::default();
+                }
+            }
+            WindowKind::Rolling(len) => {
+                let horizon = now.saturating_sub(len);
+                while self
+                    .buckets
+                    .front()
+                    .is_some_and(|(start, _)| *start < horizon)
+                {
+                    self.buckets.pop_front();
+                }
+            }
+        }
+    }
+
+    fn used(&self, window: WindowKind) -> Amounts {
+        match window {
+            WindowKind::Calendar(_) => self.used,
+            WindowKind::Rolling(_) => self
+                .buckets
+                .iter()
+                .fold(Amounts::default(), |acc, (_, a)| Amounts::sum(acc, *a)),
+        }
+    }
+
+    fn record(&mut self, window: WindowKind, amount: Amounts, now: u64) {
+        match window {
+            WindowKind::Calendar(_) => self.used.add(amount),
+            WindowKind::Rolling(len) => {
+                let width = (len / ROLLING_BUCKETS).max(1);
+                let start = now - now % width;
+                match self.buckets.back_mut() {
+                    Some((s, a)) if *s == start => a.add(amount),
+                    _ => self.buckets.push_back((start, amount)),
+                }
+            }
+        }
+    }
+
+    fn retry_after(&self, window: WindowKind, now: u64) -> u64 {
+        match window {
+            WindowKind::Calendar(w) => calendar_window_bounds(w, now).1 - now,
+            WindowKind::Rolling(len) => self
+                .buckets
+                .front()
+                .map_or(1, |(start, _)| (start + len).saturating_sub(now)),
+        }
+        .max(1)
+    }
+}
+
+fn exceeds(limit: &CompiledLimit, total: Amounts) -> bool {
+    limit.tokens.is_some_and(|cap| total.tokens > cap)
+        || limit.requests.is_some_and(|cap| total.requests > cap)
+        || limit
+            .cost_micro_usd
+            .is_some_and(|cap| total.cost_micro_usd > cap)
+}
+
+/// The in-process authority: exact counters behind one mutex (the critical
+/// section is a few additions per limit).
+#[derive(Debug, Default)]
+pub struct LocalQuotaAuthority {
+    state: Mutex<HashMap<LimitKey, LimitState>>,
+}
+
+impl LocalQuotaAuthority {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Used amount of a limit now, for status and tests.
+    pub fn used(&self, quota_id: &str, limit: &CompiledLimit, now: u64) -> Amounts {
+        let key = key_of(quota_id, limit);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = state.entry(key.clone()).or_default();
+        entry.roll_forward(key.window, now);
+        entry.used(key.window)
+    }
+}
+
+fn key_of(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
+    let window = match limit.window {
+        LimitWindow::Calendar(w) => WindowKind::Calendar(w),
+        LimitWindow::RollingSeconds(s) => WindowKind::Rolling(s),
+    };
+    LimitKey {
+        quota_id: quota_id.to_string(),
+        limit: limit.name.clone(),
+        window,
+    }
+}
+
+impl QuotaAuthority for LocalQuotaAuthority {
+    fn reserve(
+        &self,
+        limits: &[(&CompiledQuota, &CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> QuotaDecision {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shadow_denied = false;
+        for (quota, limit) in limits {
+            let key = key_of(&quota.id, limit);
+            let entry = state.entry(key.clone()).or_default();
+            entry.roll_forward(key.window, now);
+            let total = Amounts::sum(
+                Amounts::sum(entry.used(key.window), entry.reserved),
+                estimate,
+            );
+            if exceeds(limit, total) {
+                match quota.enforcement {
+                    Enforcement::Enforce => {
+                        return QuotaDecision::Deny {
+                            quota_id: quota.id.clone(),
+                            limit: limit.name.clone(),
+                            retry_after_secs: entry.retry_after(key.window, now),
+                        };
+                    }
+                    Enforcement::Shadow => shadow_denied = true,
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(limits.len());
+        for (quota, limit) in limits {
+            let key = key_of(&quota.id, limit);
+            state.entry(key.clone()).or_default().reserved.add(estimate);
+            entries.push((key, estimate));
+        }
+        QuotaDecision::Allow(Reservation {
+            entries,
+            shadow_denied,
+        })
+    }
+
+    fn settle(&self, reservation: Reservation, actual: Amounts, now: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, estimate) in reservation.entries {
+            let entry = state.entry(key.clone()).or_default();
+            entry.reserved.sub(estimate);
+            entry.roll_forward(key.window, now);
+            entry.record(key.window, actual, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_crds::policy::FailMode;
+
+    fn quota(id: &str, enforcement: Enforcement, limit: CompiledLimit) -> CompiledQuota {
+        CompiledQuota {
+            id: id.into(),
+            service_accounts: vec![],
+            pod_selector: None,
+            limits: vec![limit],
+            enforcement,
+            fail_mode: FailMode::Closed,
+        }
+    }
+
+    fn limit(window: LimitWindow, tokens: Option<u64>, requests: Option<u64>) -> CompiledLimit {
+        CompiledLimit {
+            name: "l".into(),
+            window,
+            tokens,
+            requests,
+            cost_micro_usd: None,
+            model_globs: vec![],
+            providers: vec![],
+        }
+    }
+
+    const T0: u64 = 1_763_700_000; // 2025-11-21T04:40:00Z
+
+    #[test]
+    fn calendar_windows_are_utc_boundaries() {
+        assert_eq!(
+            calendar_window_bounds(CalendarWindow::Minute, T0 + 5),
+            (T0, T0 + 60)
+        );
+        let (start, end) = calendar_window_bounds(CalendarWindow::Day, T0);
+        assert_eq!(start % 86_400, 0);
+        assert_eq!(end - start, 86_400);
+        // 2024-02-10 lies in February of a leap year: 29 days.
+        let feb = days_from_civil(2024, 2, 10) * 86_400 + 123;
+        let (s, e) = calendar_window_bounds(CalendarWindow::Month, feb);
+        assert_eq!(s, days_from_civil(2024, 2, 1) * 86_400);
+        assert_eq!((e - s) / 86_400, 29);
+        // December rolls into January of the next year.
+        let dec = days_from_civil(2025, 12, 31) * 86_400;
+        assert_eq!(
+            calendar_window_bounds(CalendarWindow::Month, dec).1,
+            days_from_civil(2026, 1, 1) * 86_400
+        );
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+    }
+
+    #[test]
+    fn reserve_denies_over_the_cap_and_says_when_to_retry() {
+        let q = quota(
+            "ns/q",
+            Enforcement::Enforce,
+            limit(LimitWindow::Calendar(CalendarWindow::Minute), None, Some(2)),
+        );
+        let limits = vec![(&q, &q.limits[0])];
+        let auth = LocalQuotaAuthority::new();
+        let one = Amounts {
+            requests: 1,
+            ..Default::default()
+        };
+        let QuotaDecision::Allow(r1) = auth.reserve(&limits, one, T0 + 10) else {
+            panic!()
+        };
+        let QuotaDecision::Allow(r2) = auth.reserve(&limits, one, T0 + 10) else {
+            panic!()
+        };
+        assert_eq!(
+            auth.reserve(&limits, one, T0 + 10),
+            QuotaDecision::Deny {
+                quota_id: "ns/q".into(),
+                limit: "l".into(),
+                retry_after_secs: 50
+            },
+            "in-flight reservations count"
+        );
+        auth.settle(r1, one, T0 + 11);
+        auth.settle(r2, one, T0 + 11);
+        assert!(matches!(
+            auth.reserve(&limits, one, T0 + 30),
+            QuotaDecision::Deny { .. }
+        ));
+        assert!(
+            matches!(auth.reserve(&limits, one, T0 + 60), QuotaDecision::Allow(_)),
+            "a new minute resets"
+        );
+    }
+
+    #[test]
+    fn settle_replaces_the_estimate_with_actual_usage() {
+        let q = quota(
+            "ns/q",
+            Enforcement::Enforce,
+            limit(
+                LimitWindow::Calendar(CalendarWindow::Day),
+                Some(1_000),
+                None,
+            ),
+        );
+        let limits = vec![(&q, &q.limits[0])];
+        let auth = LocalQuotaAuthority::new();
+        let QuotaDecision::Allow(r) = auth.reserve(
+            &limits,
+            Amounts {
+                tokens: 900,
+                ..Default::default()
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert!(matches!(
+            auth.reserve(
+                &limits,
+                Amounts {
+                    tokens: 200,
+                    ..Default::default()
+                },
+                T0
+            ),
+            QuotaDecision::Deny { .. }
+        ));
+        auth.settle(
+            r,
+            Amounts {
+                tokens: 100,
+                ..Default::default()
+            },
+            T0,
+        );
+        assert_eq!(auth.used("ns/q", &q.limits[0], T0).tokens, 100);
+        assert!(matches!(
+            auth.reserve(
+                &limits,
+                Amounts {
+                    tokens: 800,
+                    ..Default::default()
+                },
+                T0
+            ),
+            QuotaDecision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn shadow_quotas_record_but_never_deny() {
+        let q = quota(
+            "ns/s",
+            Enforcement::Shadow,
+            limit(LimitWindow::Calendar(CalendarWindow::Hour), None, Some(1)),
+        );
+        let limits = vec![(&q, &q.limits[0])];
+        let auth = LocalQuotaAuthority::new();
+        let one = Amounts {
+            requests: 1,
+            ..Default::default()
+        };
+        let QuotaDecision::Allow(first) = auth.reserve(&limits, one, T0) else {
+            panic!()
+        };
+        assert!(!first.shadow_denied);
+        let QuotaDecision::Allow(second) = auth.reserve(&limits, one, T0) else {
+            panic!()
+        };
+        assert!(second.shadow_denied);
+    }
+
+    #[test]
+    fn rolling_windows_forget_old_usage() {
+        let q = quota(
+            "ns/r",
+            Enforcement::Enforce,
+            limit(LimitWindow::RollingSeconds(600), None, Some(1)),
+        );
+        let limits = vec![(&q, &q.limits[0])];
+        let auth = LocalQuotaAuthority::new();
+        let one = Amounts {
+            requests: 1,
+            ..Default::default()
+        };
+        let QuotaDecision::Allow(r) = auth.reserve(&limits, one, T0) else {
+            panic!()
+        };
+        auth.settle(r, one, T0);
+        let QuotaDecision::Deny {
+            retry_after_secs, ..
+        } = auth.reserve(&limits, one, T0 + 100)
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after_secs, 500);
+        assert!(matches!(
+            auth.reserve(&limits, one, T0 + 601),
+            QuotaDecision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overgrant() {
+        let q = quota(
+            "ns/c",
+            Enforcement::Enforce,
+            limit(LimitWindow::Calendar(CalendarWindow::Day), None, Some(100)),
+        );
+        let auth = std::sync::Arc::new(LocalQuotaAuthority::new());
+        let granted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let limits = vec![(&q, &q.limits[0])];
+                    for _ in 0..50 {
+                        if let QuotaDecision::Allow(_) = auth.reserve(
+                            &limits,
+                            Amounts {
+                                requests: 1,
+                                ..Default::default()
+                            },
+                            T0,
+                        ) {
+                            granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.into_inner(), 100);
+    }
+
+    #[test]
+    fn prices_round_up_and_discount_cached_tokens() {
+        let p = ModelPricing {
+            input_per_million_micro_usd: 150_000,
+            output_per_million_micro_usd: 600_000,
+            cached_input_per_million_micro_usd: 75_000,
+        };
+        assert_eq!(price(1_000_000, 0, 0, &p), 150_000);
+        assert_eq!(price(1, 0, 0, &p), 1, "never free by rounding");
+        assert_eq!(
+            price(1_000_000, 1_000_000, 500_000, &p),
+            75_000 + 37_500 + 600_000
+        );
+        assert_eq!(price(0, 0, 0, &p), 0);
+    }
+
+    #[test]
+    fn limits_match_by_subject_provider_and_model() {
+        let mut l = limit(LimitWindow::Calendar(CalendarWindow::Day), Some(1), None);
+        l.model_globs = vec!["gpt-4o*".into()];
+        l.providers = vec!["openai".into()];
+        let mut q = quota("ns/m", Enforcement::Enforce, l);
+        q.service_accounts = vec!["batch".into()];
+        let config = GatewayConfig {
+            version: 1,
+            namespace: "ns".into(),
+            policy_hash: String::new(),
+            policies: vec![],
+            providers: vec![],
+            quotas: vec![q],
+        };
+        let batch = Caller {
+            service_account: "batch".into(),
+            pod_labels: BTreeMap::new(),
+        };
+        let web = Caller {
+            service_account: "web".into(),
+            pod_labels: BTreeMap::new(),
+        };
+        assert_eq!(
+            matching_limits(&config, &batch, "openai", "gpt-4o-mini").len(),
+            1
+        );
+        assert!(matching_limits(&config, &web, "openai", "gpt-4o-mini").is_empty());
+        assert!(matching_limits(&config, &batch, "other", "gpt-4o-mini").is_empty());
+        assert!(matching_limits(&config, &batch, "openai", "o3").is_empty());
+    }
+}

@@ -1,0 +1,293 @@
+//! `tollgate-gateway run`: wires config, credentials, keys, the receipt spool,
+//! quota and the two listeners together, reloads config without a restart,
+//! and drains gracefully on SIGTERM, ending the receipt stream with a signed
+//! close record.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tollgate_crds::gateway_config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
+use tollgate_evidence::{
+    DnsLabel, DnsSubdomain, Identifier, KeyCertificate, KeyId, PodIdentity, PodUid, PublicKey,
+    SignedKeyCertificate, SigningKey, Workload,
+};
+
+use crate::credentials::Credentials;
+use crate::proxy::{Gateway, Identity, Runtime};
+use crate::quota::LocalQuotaAuthority;
+use crate::receipts::{SpoolStatus, SpoolWriter, now_timestamp, spawn_spool_writer};
+
+/// Largest config file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Flags of `run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Compiled gateway config (JSON), reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: PathBuf,
+    /// Directory of provider keys laid out like a mounted Secret: DIR/<secret>/<key>.
+    #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
+    /// API listener. Apps reach it as OPENAI_BASE_URL / ANTHROPIC_BASE_URL.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:15080")]
+    pub listen: SocketAddr,
+    /// Admin listener: /live, /ready, /metrics.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:15081")]
+    pub admin_listen: SocketAddr,
+    /// The receipt spool directory (an emptyDir in a pod).
+    #[arg(long, env = "TOLLGATE_SPOOL_DIR")]
+    pub spool_dir: PathBuf,
+    /// Spool size limit; past it new requests get 503 under failMode closed.
+    #[arg(long, env = "TOLLGATE_SPOOL_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub spool_max_bytes: u64,
+    /// The pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The pod's ServiceAccount.
+    #[arg(long, env = "POD_SERVICE_ACCOUNT")]
+    pub service_account: String,
+    /// The pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    /// The pod's UID.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: String,
+    /// A pod label, KEY=VALUE; repeatable. Picks the EgressPolicy and quota subjects.
+    #[arg(long = "pod-label", value_parser = parse_label)]
+    pub pod_labels: Vec<(String, String)>,
+    /// The node id used in key selection.
+    #[arg(long, env = "NODE_NAME", default_value = "local")]
+    pub node_id: String,
+    /// Local receipt CA private key (64 hex characters, the Ed25519 seed) that
+    /// certifies this gateway's ephemeral key. Local mode and tests only: in a
+    /// cluster the operator's control endpoint issues the certificate.
+    #[arg(long, env = "TOLLGATE_CA_KEY_FILE")]
+    pub ca_key_file: PathBuf,
+    /// Hours the key certificate is valid.
+    #[arg(long, default_value_t = 24)]
+    pub cert_validity_hours: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("pod label {s:?}: expected KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Reads, parses and checks a compiled config: its version is known and its
+/// policy hash matches its content.
+pub fn load_config(path: &Path) -> anyhow::Result<GatewayConfig> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        bail!(
+            "{}: {size} bytes is over the {MAX_CONFIG_BYTES}-byte config limit",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: GatewayConfig = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a compiled gateway config", path.display()))?;
+    if config.version != GATEWAY_CONFIG_VERSION {
+        bail!(
+            "{}: config version {} is not supported (expected {GATEWAY_CONFIG_VERSION})",
+            path.display(),
+            config.version
+        );
+    }
+    let expected = tollgate_crds::compile::policy_hash(&config);
+    if expected != config.policy_hash {
+        bail!(
+            "{}: policyHash does not match the content (expected {expected}); refusing a tampered or hand-edited config",
+            path.display()
+        );
+    }
+    Ok(config)
+}
+
+fn load_runtime(args: &RunArgs, labels: &BTreeMap<String, String>) -> anyhow::Result<Runtime> {
+    let config = load_config(&args.config)?;
+    let credentials = match &args.credentials_dir {
+        Some(dir) => Credentials::load_dir(dir, &config)?,
+        None => Credentials::default(),
+    };
+    Ok(Runtime::build(config, credentials, labels)?)
+}
+
+fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the CA key {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{}: expected 64 hex characters", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A fresh Ed25519 key; it never leaves this process.
+pub fn ephemeral_key() -> anyhow::Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| anyhow::anyhow!("no randomness for the gateway key: {e}"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let labels: BTreeMap<String, String> = args.pod_labels.iter().cloned().collect();
+    let workload = Workload {
+        namespace: DnsLabel::new(args.namespace.clone()).context("--namespace")?,
+        service_account: DnsSubdomain::new(args.service_account.clone())
+            .context("--service-account")?,
+        pod: DnsSubdomain::new(args.pod_name.clone()).context("--pod-name")?,
+    };
+    let pod = PodIdentity {
+        namespace: workload.namespace.clone(),
+        service_account: workload.service_account.clone(),
+        pod_name: workload.pod.clone(),
+        pod_uid: PodUid::new(args.pod_uid.clone()).context("--pod-uid")?,
+    };
+    let runtime = load_runtime(&args, &labels)?;
+
+    let key = ephemeral_key()?;
+    let ca = read_signing_key(&args.ca_key_file)?;
+    let not_before = now_timestamp();
+    let not_after = not_before
+        .checked_add_millis(args.cert_validity_hours * 3_600_000)
+        .context("certificate validity overflows")?;
+    let certificate = SignedKeyCertificate::issue(
+        KeyCertificate::new(
+            PublicKey::of_signing_key(&key),
+            pod,
+            not_before,
+            not_after,
+            KeyId::of_signing_key(&ca),
+        )?,
+        &ca,
+    )?;
+    drop(ca);
+    let stream_id = Identifier::new(uuid::Uuid::now_v7().hyphenated().to_string())?;
+    let status = Arc::new(SpoolStatus::new(args.spool_max_bytes));
+    let writer = SpoolWriter::create(
+        &args.spool_dir,
+        stream_id.clone(),
+        key,
+        &certificate,
+        workload,
+        status,
+    )?;
+    let spool_path = writer.path().to_path_buf();
+    let (sink, writer_task) = spawn_spool_writer(writer);
+
+    let identity = Identity {
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        pod: args.pod_name.clone(),
+        node_id: args.node_id.clone(),
+        pod_labels: labels.clone(),
+    };
+    let gateway = Arc::new(Gateway::new(
+        runtime,
+        Arc::new(LocalQuotaAuthority::new()),
+        sink,
+        identity,
+    ));
+
+    let api = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
+    eprintln!(
+        "tollgate-gateway: listening api={} admin={} policy={} stream={} spool={}",
+        api.local_addr()?,
+        admin.local_addr()?,
+        gateway.runtime().config.policy_hash,
+        stream_id,
+        spool_path.display()
+    );
+
+    let reload = tokio::spawn(watch_config(args.clone(), labels, gateway.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_server = axum::serve(api, crate::proxy::router(gateway.clone()))
+        .with_graceful_shutdown(shutdown(stop_rx.clone()));
+    let admin_server = axum::serve(admin, crate::admin::router(gateway.clone()))
+        .with_graceful_shutdown(shutdown(stop_rx));
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(async { api_server.await }, async { admin_server.await })
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    reload.abort();
+    match tokio::time::timeout(Duration::from_secs(30), servers).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener error while draining"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
+        Err(_) => tracing::warn!("drain timed out after 30s"),
+    }
+    drop(gateway);
+    writer_task.await.context("receipt writer task")??;
+    eprintln!("tollgate-gateway: stream {stream_id} closed");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Polls the config file (and credentials) once a second and swaps in a new
+/// runtime when the config changes. A bad new config is logged and ignored:
+/// the gateway keeps serving the last good one.
+async fn watch_config(args: RunArgs, labels: BTreeMap<String, String>, gateway: Arc<Gateway>) {
+    let mut last = std::fs::read(&args.config).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let current = std::fs::read(&args.config).ok();
+        if current == last {
+            continue;
+        }
+        last = current;
+        match load_runtime(&args, &labels) {
+            Ok(runtime) => {
+                let hash = runtime.config.policy_hash.clone();
+                gateway.swap_runtime(runtime);
+                tracing::info!(policy = %hash, "config reloaded");
+                eprintln!("tollgate-gateway: config reloaded policy={hash}");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "config reload refused; keeping the last good config")
+            }
+        }
+    }
+}

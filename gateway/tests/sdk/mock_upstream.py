@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""A local HTTPS stand-in for the OpenAI and Anthropic APIs, for the SDK suite.
+
+It speaks the providers' real wire shapes (JSON bodies and SSE streams) so the
+official SDKs, through the gateway, parse its answers exactly as they would
+parse the real services'. It never calls out: it listens on 127.0.0.1 only.
+
+Every request is appended to ``--log`` as one JSON line (path, lower-cased
+headers, sha256 of the body, the parsed model, stream flags, a correlation id
+taken from ``user`` / ``metadata.user_id``); prompts are never logged.
+
+Behaviours, keyed by the requested model name:
+
+- ``fail-429``: 429 with an OpenAI rate-limit error body and ``retry-after: 7``;
+- ``redirect-me``: 302 to ``--redirect-to`` (another mock), never followed by a
+  well-behaved gateway;
+- ``slow-stream``: an SSE stream of 60 deltas, 50 ms apart; logs
+  ``{"event": "cancelled"}`` when a write fails because the peer went away, or
+  ``{"event": "stream_complete"}`` after the last event;
+- ``close-delimited``: an SSE stream without chunked encoding, ended by closing
+  the connection;
+- ``claude-cached``: an Anthropic answer whose usage carries prompt-cache reads
+  and writes;
+- anything else: an immediate answer with fixed usage numbers (see USAGE).
+
+``--fail-all-429`` makes the instance answer every API call with 429 (the
+primary of a failover pair). ``--tag`` names the instance; it appears in the
+log, in completion text and in ``system_fingerprint``.
+
+Run: ``mock_upstream.py --cert leaf.pem --key leaf.key --log LOG --tag primary
+[--port 0] [--redirect-to URL] [--marker TEXT] [--fail-all-429]``. It prints
+``mock_upstream: listening port=N tag=TAG`` on stdout once it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.server
+import itertools
+import json
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+# Fixed usage numbers the tests assert on (via receipts).
+USAGE = {
+    # OpenAI chat: prompt_tokens includes the cached ones.
+    "chat": {"prompt_tokens": 1200, "completion_tokens": 300, "cached_tokens": 200},
+    "embeddings": {"prompt_tokens": 9},
+    # Anthropic: input_tokens excludes cache reads and writes.
+    "messages": {"input_tokens": 250, "output_tokens": 40},
+    "messages_cached": {"input_tokens": 50, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100, "output_tokens": 20},
+    "count_tokens": {"input_tokens": 42},
+}
+EMBEDDING_DIMS = 8
+SLOW_DELTAS = 60
+SLOW_INTERVAL = 0.05
+STREAM_PIECES = ["Hello", " from", " the", " mock", " upstream", "."]
+
+
+def embedding_vector(index: int) -> list[float]:
+    """Values exactly representable in float32, distinct per input index."""
+    return [(index + 1) * (j - 3) / 8.0 for j in range(EMBEDDING_DIMS)]
+
+
+class PeerGone(Exception):
+    """The client closed the connection while we were writing."""
+
+
+class MockState:
+    def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool):
+        self.tag = tag
+        self.log_path = log_path
+        self.marker = marker
+        self.redirect_to = redirect_to
+        self.fail_all_429 = fail_all_429
+        self.counter = itertools.count(1)
+        self.lock = threading.Lock()
+
+    def next_id(self) -> int:
+        with self.lock:
+            return next(self.counter)
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"tag": self.tag, "time": time.time(), **record}
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self.lock, open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+    def completion_text(self) -> str:
+        return f"{self.marker} answer from {self.tag}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock-upstream/1"
+    sys_version = ""
+    state: MockState  # set on the subclass per server
+
+    # ------------------------------------------------------------ plumbing
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size_line = self.rfile.readline()
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("content-length", "0") or "0")
+        return self.rfile.read(length) if length else b""
+
+    def _send_json(self, status: int, obj: Any, extra_headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _start_sse(self, extra_headers: dict[str, str], close_delimited: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("cache-control", "no-cache")
+        for k, v in extra_headers.items():
+            self.send_header(k, v)
+        if close_delimited:
+            self.send_header("connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        self._chunked = not close_delimited
+
+    def _write_event(self, data: str, event: str | None = None) -> None:
+        text = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        raw = text.encode()
+        try:
+            if self._chunked:
+                self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+            else:
+                self.wfile.write(raw)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError) as e:
+            raise PeerGone(str(e)) from e
+
+    def _end_sse(self) -> None:
+        try:
+            if self._chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError) as e:
+            raise PeerGone(str(e)) from e
+
+    # ------------------------------------------------------------ dispatch
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        st = self.state
+        body = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        parsed: Any = None
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        obj = parsed if isinstance(parsed, dict) else {}
+        corr = obj.get("user")
+        if not corr and isinstance(obj.get("metadata"), dict):
+            corr = obj["metadata"].get("user_id")
+        record = {
+            "event": "request",
+            "method": method,
+            "path": self.path,
+            "headers": headers,
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_length": len(body),
+            "json_ok": isinstance(parsed, dict),
+            "model": obj.get("model"),
+            "stream": obj.get("stream"),
+            "stream_options": obj.get("stream_options"),
+            "max_tokens": obj.get("max_tokens"),
+            "encoding_format": obj.get("encoding_format"),
+            "corr": corr,
+        }
+        path = self.path.split("?")[0]
+        model = obj.get("model") or ""
+        try:
+            self._route(method, path, model, obj, headers, record, corr)
+        except PeerGone as e:
+            st.log({"event": "cancelled", "corr": corr, "path": path, "model": model, "error": str(e)[:200]})
+            self.close_connection = True
+
+    def _route(self, method: str, path: str, model: str, obj: dict, headers: dict, record: dict, corr: Any) -> None:
+        st = self.state
+        openai_paths = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+        anthropic_paths = ("/v1/messages", "/v1/messages/count_tokens")
+        if method != "POST" or path not in openai_paths + anthropic_paths:
+            record["status"] = 404
+            st.log(record)
+            self._send_json(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
+            return
+        is_anthropic = path in anthropic_paths
+        # Authentication as the real services do it.
+        if is_anthropic:
+            if not headers.get("x-api-key") and not headers.get("authorization", "").startswith("Bearer "):
+                record["status"] = 401
+                st.log(record)
+                self._send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": "x-api-key or authorization header is required"}})
+                return
+            if not headers.get("anthropic-version"):
+                record["status"] = 400
+                st.log(record)
+                self._send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version: header is required"}})
+                return
+        elif not headers.get("authorization", "").startswith("Bearer "):
+            record["status"] = 401
+            st.log(record)
+            self._send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error", "param": None, "code": None}})
+            return
+        if not record["json_ok"]:
+            record["status"] = 400
+            st.log(record)
+            self._send_json(400, {"error": {"message": "We could not parse the JSON body of your request.", "type": "invalid_request_error", "param": None, "code": None}})
+            return
+        if st.fail_all_429 or model == "fail-429":
+            record["status"] = 429
+            st.log(record)
+            if is_anthropic:
+                self._send_json(429, {"type": "error", "error": {"type": "rate_limit_error", "message": f"mock {st.tag}: rate limited"}}, {"retry-after": "7"})
+            else:
+                self._send_json(429, {"error": {"message": f"mock {st.tag}: Rate limit reached for requests", "type": "requests", "param": None, "code": "rate_limit_exceeded"}}, {"retry-after": "7", "x-request-id": f"req_mock_{st.tag}_429"})
+            return
+        if model == "redirect-me":
+            record["status"] = 302
+            st.log(record)
+            target = (st.redirect_to or "https://localhost:1") + path
+            body = b'{"redirect": true}'
+            self.send_response(302)
+            self.send_header("location", target)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            return
+        record["status"] = 200
+        st.log(record)
+        if path == "/v1/chat/completions":
+            self._chat(model, obj, corr)
+        elif path == "/v1/embeddings":
+            self._embeddings(model, obj)
+        elif path == "/v1/messages":
+            self._messages(model, obj, corr)
+        elif path == "/v1/messages/count_tokens":
+            self._send_json(200, {"input_tokens": USAGE["count_tokens"]["input_tokens"]}, {"request-id": f"req_mock_ct_{st.next_id()}"})
+        else:
+            self._send_json(404, {"error": {"message": f"mock does not implement {path}", "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
+
+    # ------------------------------------------------------------ OpenAI
+    def _chat_usage(self) -> dict:
+        u = USAGE["chat"]
+        return {
+            "prompt_tokens": u["prompt_tokens"],
+            "completion_tokens": u["completion_tokens"],
+            "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": u["cached_tokens"], "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
+
+    def _chat(self, model: str, obj: dict, corr: Any) -> None:
+        st = self.state
+        n = st.next_id()
+        cid = f"chatcmpl-mock-{n}"
+        served = f"{model}-2024-07-18"
+        created = int(time.time())
+        headers = {"x-request-id": f"req_mock_{n}", "openai-processing-ms": "12"}
+        fingerprint = f"fp_{st.tag}"
+        if not obj.get("stream"):
+            text = st.completion_text()
+            self._send_json(200, {
+                "id": cid, "object": "chat.completion", "created": created, "model": served,
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []}, "logprobs": None, "finish_reason": "stop"}],
+                "usage": self._chat_usage(),
+                "service_tier": "default",
+            }, headers)
+            return
+        include_usage = bool((obj.get("stream_options") or {}).get("include_usage"))
+        slow = model == "slow-stream"
+        pieces = [f"d{i} " for i in range(SLOW_DELTAS)] if slow else [st.completion_text()[:4], st.completion_text()[4:]] + STREAM_PIECES
+        self._start_sse(headers, close_delimited=(model == "close-delimited"))
+
+        def chunk(delta: dict, finish: str | None, choices: bool = True, usage: Any = None) -> str:
+            c: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served, "system_fingerprint": fingerprint,
+                                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
+            if include_usage:
+                c["usage"] = usage
+            return json.dumps(c)
+
+        self._write_event(chunk({"role": "assistant", "content": "", "refusal": None}, None))
+        for piece in pieces:
+            if slow:
+                time.sleep(SLOW_INTERVAL)
+            self._write_event(chunk({"content": piece}, None))
+        self._write_event(chunk({}, "stop"))
+        if include_usage:
+            self._write_event(chunk({}, None, choices=False, usage=self._chat_usage()))
+        self._write_event("[DONE]")
+        self._end_sse()
+        st.log({"event": "stream_complete", "corr": corr, "path": "/v1/chat/completions", "model": model, "deltas": len(pieces)})
+
+    def _embeddings(self, model: str, obj: dict) -> None:
+        inputs = obj.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        inputs = inputs or []
+        b64 = obj.get("encoding_format") == "base64"
+        data = []
+        for i, _ in enumerate(inputs):
+            vec = embedding_vector(i)
+            emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if b64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        pt = USAGE["embeddings"]["prompt_tokens"]
+        self._send_json(200, {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": pt, "total_tokens": pt}},
+                        {"x-request-id": f"req_mock_emb_{self.state.next_id()}"})
+
+    # ------------------------------------------------------------ Anthropic
+    def _anthropic_usage(self, model: str) -> dict:
+        if model == "claude-cached":
+            u = USAGE["messages_cached"]
+            return {"input_tokens": u["input_tokens"], "cache_creation_input_tokens": u["cache_creation_input_tokens"],
+                    "cache_read_input_tokens": u["cache_read_input_tokens"], "output_tokens": u["output_tokens"]}
+        u = USAGE["messages"]
+        return {"input_tokens": u["input_tokens"], "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": u["output_tokens"]}
+
+    def _messages(self, model: str, obj: dict, corr: Any) -> None:
+        st = self.state
+        n = st.next_id()
+        mid = f"msg_mock_{n}"
+        served = f"{model}-20241022"
+        headers = {"request-id": f"req_mock_{n}", "anthropic-organization-id": "mock-org"}
+        usage = self._anthropic_usage(model)
+        if not obj.get("stream"):
+            self._send_json(200, {
+                "id": mid, "type": "message", "role": "assistant", "model": served,
+                "content": [{"type": "text", "text": st.completion_text()}],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+            }, headers)
+            return
+        slow = model == "slow-stream"
+        pieces = [f"d{i} " for i in range(SLOW_DELTAS)] if slow else [st.completion_text()[:4], st.completion_text()[4:]] + STREAM_PIECES
+        self._start_sse(headers)
+        start_usage = dict(usage, output_tokens=1)
+        self._write_event(json.dumps({"type": "message_start", "message": {"id": mid, "type": "message", "role": "assistant", "model": served, "content": [],
+                                                                           "stop_reason": None, "stop_sequence": None, "usage": start_usage}}), "message_start")
+        self._write_event(json.dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), "content_block_start")
+        self._write_event(json.dumps({"type": "ping"}), "ping")
+        for piece in pieces:
+            if slow:
+                time.sleep(SLOW_INTERVAL)
+            self._write_event(json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}), "content_block_delta")
+        self._write_event(json.dumps({"type": "content_block_stop", "index": 0}), "content_block_stop")
+        self._write_event(json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}}), "message_delta")
+        self._write_event(json.dumps({"type": "message_stop"}), "message_stop")
+        self._end_sse()
+        st.log({"event": "stream_complete", "corr": corr, "path": "/v1/messages", "model": model, "deltas": len(pieces)})
+
+
+class TLSServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], handler: type, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(addr, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        # The handshake runs lazily in the handler thread, so a stalled or
+        # refusing client never blocks accept.
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A gateway that refuses our certificate aborts the handshake: expected.
+        pass
+
+
+def serve(args: argparse.Namespace) -> None:
+    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429)
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server = TLSServer(("127.0.0.1", args.port), handler, ctx)
+    port = server.server_address[1]
+    print(f"mock_upstream: listening port={port} tag={args.tag}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cert", required=True, help="PEM leaf certificate (with chain) to serve")
+    p.add_argument("--key", required=True, help="PEM private key of the leaf")
+    p.add_argument("--log", required=True, help="JSONL file to append one record per request to")
+    p.add_argument("--tag", default="mock", help="name of this instance, shown in logs and answers")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--marker", default="MOCKCOMPLETION", help="text every completion starts with (the privacy check greps for it)")
+    p.add_argument("--redirect-to", default=None, help="base URL that model redirect-me is redirected to")
+    p.add_argument("--fail-all-429", action="store_true", help="answer every API call with 429")
+    args = p.parse_args(argv)
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
