@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod policy;
 pub mod provider;
 pub mod quota;
+pub mod quota_math;
 pub mod recorder_config;
 pub mod reference;
 pub mod trust;
