@@ -40,66 +40,103 @@ impl SecretKind {
 /// the embedded PEM key is reached, as they are in the files Google issues;
 /// otherwise the PEM key is reported on its own. Either way the body is refused.
 pub fn find_secret(body: &[u8]) -> Option<SecretKind> {
-    let mut seen_service_account = false;
-    let mut seen_private_key_field = false;
-    let mut at = 0;
-    while at < body.len() {
-        let Some(offset) = body[at..].iter().position(|b| TRIGGER[usize::from(*b)]) else {
-            break;
-        };
-        let i = at + offset;
-        at = i + 1;
-        let found = match body[i] {
-            b'-' => pem_private_key_at(body, i).then_some(SecretKind::PemPrivateKey),
-            b'A' => aws_access_key_id_at(body, i).then_some(SecretKind::AwsAccessKeyId),
-            b's' => {
-                if let Some(kind) = sk_api_key_at(body, i) {
-                    Some(kind)
-                } else {
-                    if quoted_at(body, i, b"service_account") && follows_type_key(body, i) {
-                        seen_service_account = true;
-                    }
-                    None
-                }
+    // Every pattern has one of three anchor bytes at a fixed offset: `-` (PEM,
+    // `sk-`, `xoxb-`), `_` (`ghp_`, `github_`, `service_`, `private_`) or the
+    // `A` of `AKIA`/`ASIA`. All three are rare in prose: a branch-free pass
+    // the compiler vectorises marks them in 32-byte blocks, and matchers run
+    // only at marked bytes.
+    const BLOCK: usize = 32;
+    let mut markers = ServiceAccountMarkers::default();
+    let (blocks, tail) = body.as_chunks::<BLOCK>();
+    for (n, block) in blocks.iter().enumerate() {
+        let mut anchors = block
+            .iter()
+            .enumerate()
+            .fold(0u32, |mask, (k, b)| mask | (u32::from(is_anchor(*b)) << k));
+        while anchors != 0 {
+            let i = n * BLOCK + anchors.trailing_zeros() as usize;
+            if let Some(kind) = check_anchor(body, i, &mut markers) {
+                return Some(kind);
             }
-            b'p' => {
-                if quoted_at(body, i, b"private_key") {
-                    seen_private_key_field = true;
-                }
-                None
-            }
-            b'g' => github_token_at(body, i).then_some(SecretKind::GithubToken),
-            b'x' => slack_token_at(body, i).then_some(SecretKind::SlackToken),
-            _ => None,
-        };
-        let found = match found {
-            Some(SecretKind::PemPrivateKey) if seen_service_account && seen_private_key_field => {
-                Some(SecretKind::GcpServiceAccountKey)
-            }
-            None if seen_service_account && seen_private_key_field => {
-                Some(SecretKind::GcpServiceAccountKey)
-            }
-            other => other,
-        };
-        if found.is_some() {
-            return found;
+            anchors &= anchors - 1;
         }
     }
-    None
+    let tail_start = body.len() - tail.len();
+    (tail_start..body.len())
+        .filter(|i| is_anchor(body[*i]))
+        .find_map(|i| check_anchor(body, i, &mut markers))
 }
 
-/// First bytes of every pattern. Everything else is skipped by one table
-/// lookup per byte.
-const TRIGGER: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut k = 0;
-    let firsts = b"-Aspgx";
-    while k < firsts.len() {
-        table[firsts[k] as usize] = true;
-        k += 1;
+fn is_anchor(b: u8) -> bool {
+    (b == b'-') | (b == b'_') | (b == b'A')
+}
+
+/// Whether a key file's two markers have been seen so far.
+#[derive(Debug, Default)]
+struct ServiceAccountMarkers {
+    type_service_account: bool,
+    private_key_field: bool,
+}
+
+impl ServiceAccountMarkers {
+    fn both(&self) -> bool {
+        self.type_service_account && self.private_key_field
     }
-    table
-};
+}
+
+/// The secret anchored at `i`, reporting a key file once both its markers
+/// have been seen.
+fn check_anchor(body: &[u8], i: usize, markers: &mut ServiceAccountMarkers) -> Option<SecretKind> {
+    match secret_at_anchor(body, i, markers) {
+        Some(SecretKind::PemPrivateKey) | None if markers.both() => {
+            Some(SecretKind::GcpServiceAccountKey)
+        }
+        other => other,
+    }
+}
+
+/// The secret whose anchor byte is at `i`, if any; records key-file markers.
+fn secret_at_anchor(
+    body: &[u8],
+    i: usize,
+    markers: &mut ServiceAccountMarkers,
+) -> Option<SecretKind> {
+    let before = |n: usize| i.checked_sub(n).map(|start| &body[start..i]);
+    match body[i] {
+        b'A' => aws_access_key_id_at(body, i).then_some(SecretKind::AwsAccessKeyId),
+        b'-' => {
+            if pem_private_key_at(body, i) {
+                Some(SecretKind::PemPrivateKey)
+            } else if before(2) == Some(b"sk") {
+                sk_api_key_at(body, i - 2)
+            } else if before(4).is_some_and(|w| w.starts_with(b"xox")) {
+                slack_token_at(body, i - 4).then_some(SecretKind::SlackToken)
+            } else {
+                None
+            }
+        }
+        b'_' => {
+            if before(3).is_some_and(|w| w.starts_with(b"gh")) {
+                github_token_at(body, i - 3).then_some(SecretKind::GithubToken)
+            } else if before(6) == Some(b"github") {
+                github_token_at(body, i - 6).then_some(SecretKind::GithubToken)
+            } else if before(7) == Some(b"service") {
+                if quoted_at(body, i - 7, b"service_account") && follows_type_key(body, i - 7) {
+                    markers.type_service_account = true;
+                }
+                None
+            } else if before(7) == Some(b"private") {
+                if quoted_at(body, i - 7, b"private_key") {
+                    markers.private_key_field = true;
+                }
+                None
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
 
 fn is_alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -582,6 +619,24 @@ mod tests {
             "xoxb-helloworld-again",
         ] {
             assert_eq!(kind(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn found_at_every_offset_across_block_edges() {
+        for (key, code) in [
+            (AWS_KEY, "aws_access_key_id"),
+            (OPENAI_KEY, "openai_api_key"),
+            (GITHUB_TOKEN, "github_token"),
+            (SLACK_TOKEN, "slack_token"),
+            ("-----BEGIN EC PRIVATE KEY-----", "pem_private_key"),
+        ] {
+            for offset in 0..70 {
+                for trailing in [0, 1, 33] {
+                    let text = format!("{}{key}{}", " ".repeat(offset), " ".repeat(trailing));
+                    assert_eq!(kind(&text), Some(code), "{key} at {offset}+{trailing}");
+                }
+            }
         }
     }
 

@@ -112,16 +112,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<GatewayConfig> {
     Ok(config)
 }
 
-fn load_runtime(args: &RunArgs, labels: &BTreeMap<String, String>) -> anyhow::Result<Runtime> {
-    let config = load_config(&args.config)?;
-    let credentials = match &args.credentials_dir {
-        Some(dir) => Credentials::load_dir(dir, &config)?,
-        None => Credentials::default(),
-    };
-    Ok(Runtime::build(config, credentials, labels)?)
-}
-
-fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the CA key {}", path.display()))?;
     let mut seed = [0u8; 32];
@@ -138,44 +129,117 @@ pub fn ephemeral_key() -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Runs the gateway until SIGTERM or SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let labels: BTreeMap<String, String> = args.pod_labels.iter().cloned().collect();
-    let workload = Workload {
-        namespace: DnsLabel::new(args.namespace.clone()).context("--namespace")?,
-        service_account: DnsSubdomain::new(args.service_account.clone())
-            .context("--service-account")?,
-        pod: DnsSubdomain::new(args.pod_name.clone()).context("--pod-name")?,
-    };
-    let pod = PodIdentity {
-        namespace: workload.namespace.clone(),
-        service_account: workload.service_account.clone(),
-        pod_name: workload.pod.clone(),
-        pod_uid: PodUid::new(args.pod_uid.clone()).context("--pod-uid")?,
-    };
-    let runtime = load_runtime(&args, &labels)?;
+/// Where config and credentials come from, and how to notice they changed.
+pub trait ConfigLoader: Send + Sync + 'static {
+    /// Loads and checks the config and the keys it needs.
+    fn load(&self) -> anyhow::Result<(GatewayConfig, Credentials)>;
+    /// Cheap change detection: equal fingerprints mean nothing to reload.
+    fn fingerprint(&self) -> Vec<u8>;
+}
 
+/// A compiled config file plus an optional credentials directory.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub config: PathBuf,
+    pub credentials_dir: Option<PathBuf>,
+}
+
+impl ConfigLoader for FileConfig {
+    fn load(&self) -> anyhow::Result<(GatewayConfig, Credentials)> {
+        let config = load_config(&self.config)?;
+        let credentials = match &self.credentials_dir {
+            Some(dir) => Credentials::load_dir(dir, &config)?,
+            None => Credentials::default(),
+        };
+        Ok((config, credentials))
+    }
+    fn fingerprint(&self) -> Vec<u8> {
+        std::fs::read(&self.config).unwrap_or_default()
+    }
+}
+
+/// Everything a gateway needs to start, from flags or from `kubectl tollgate local`.
+pub struct GatewayOptions {
+    pub loader: Arc<dyn ConfigLoader>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub pod: PodIdentity,
+    pub pod_labels: BTreeMap<String, String>,
+    pub node_id: String,
+    /// The receipt CA that certifies the ephemeral key (local mode).
+    pub ca_key: SigningKey,
+    pub cert_validity_hours: u64,
+}
+
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The CA key stays out of Debug output.
+        f.debug_struct("GatewayOptions")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("spool_dir", &self.spool_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started gateway: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct RunningGateway {
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub stream_id: Identifier,
+    pub spool_path: PathBuf,
+    pub policy_hash: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, drains in-flight requests (30 s at most), and ends the
+    /// receipt stream with its signed close record.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.done.await.context("gateway task")?
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
+    let (config, credentials) = options.loader.load()?;
+    let runtime = Runtime::build(config, credentials, &options.pod_labels)?;
+    let workload = Workload {
+        namespace: options.pod.namespace.clone(),
+        service_account: options.pod.service_account.clone(),
+        pod: options.pod.pod_name.clone(),
+    };
+    let identity = Identity {
+        namespace: workload.namespace.to_string(),
+        service_account: workload.service_account.to_string(),
+        pod: workload.pod.to_string(),
+        node_id: options.node_id.clone(),
+        pod_labels: options.pod_labels.clone(),
+    };
     let key = ephemeral_key()?;
-    let ca = read_signing_key(&args.ca_key_file)?;
     let not_before = now_timestamp();
     let not_after = not_before
-        .checked_add_millis(args.cert_validity_hours * 3_600_000)
+        .checked_add_millis(options.cert_validity_hours * 3_600_000)
         .context("certificate validity overflows")?;
     let certificate = SignedKeyCertificate::issue(
         KeyCertificate::new(
             PublicKey::of_signing_key(&key),
-            pod,
+            options.pod.clone(),
             not_before,
             not_after,
-            KeyId::of_signing_key(&ca),
+            KeyId::of_signing_key(&options.ca_key),
         )?,
-        &ca,
+        &options.ca_key,
     )?;
-    drop(ca);
     let stream_id = Identifier::new(uuid::Uuid::now_v7().hyphenated().to_string())?;
-    let status = Arc::new(SpoolStatus::new(args.spool_max_bytes));
+    let status = Arc::new(SpoolStatus::new(options.spool_max_bytes));
     let writer = SpoolWriter::create(
-        &args.spool_dir,
+        &options.spool_dir,
         stream_id.clone(),
         key,
         &certificate,
@@ -184,14 +248,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let spool_path = writer.path().to_path_buf();
     let (sink, writer_task) = spawn_spool_writer(writer);
-
-    let identity = Identity {
-        namespace: args.namespace.clone(),
-        service_account: args.service_account.clone(),
-        pod: args.pod_name.clone(),
-        node_id: args.node_id.clone(),
-        pod_labels: labels.clone(),
-    };
     let gateway = Arc::new(Gateway::new(
         runtime,
         Arc::new(LocalQuotaAuthority::new()),
@@ -199,46 +255,92 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
     ));
 
-    let api = tokio::net::TcpListener::bind(args.listen)
+    let api = tokio::net::TcpListener::bind(options.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("binding {}", options.listen))?;
+    let admin = tokio::net::TcpListener::bind(options.admin_listen)
         .await
-        .with_context(|| format!("binding {}", args.admin_listen))?;
-    eprintln!(
-        "tollgate-gateway: listening api={} admin={} policy={} stream={} spool={}",
-        api.local_addr()?,
-        admin.local_addr()?,
-        gateway.runtime().config.policy_hash,
-        stream_id,
-        spool_path.display()
-    );
+        .with_context(|| format!("binding {}", options.admin_listen))?;
+    let (api_addr, admin_addr) = (api.local_addr()?, admin.local_addr()?);
+    let policy_hash = gateway.runtime().config.policy_hash.clone();
 
-    let reload = tokio::spawn(watch_config(args.clone(), labels, gateway.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+    let reload = tokio::spawn(watch_config(
+        options.loader.clone(),
+        options.pod_labels.clone(),
+        gateway.clone(),
+    ));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let api_server = axum::serve(api, crate::proxy::router(gateway.clone()))
-        .with_graceful_shutdown(shutdown(stop_rx.clone()));
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin_server = axum::serve(admin, crate::admin::router(gateway.clone()))
-        .with_graceful_shutdown(shutdown(stop_rx));
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let servers = tokio::spawn(async move {
         tokio::try_join!(async { api_server.await }, async { admin_server.await })
     });
+    let done = tokio::spawn(async move {
+        stopped(stop_rx).await;
+        tracing::info!("shutting down: draining in-flight requests");
+        reload.abort();
+        match tokio::time::timeout(Duration::from_secs(30), servers).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener error while draining"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
+            Err(_) => tracing::warn!("drain timed out after 30s"),
+        }
+        drop(gateway);
+        writer_task.await.context("receipt writer task")??;
+        Ok(())
+    });
+    Ok(RunningGateway {
+        api_addr,
+        admin_addr,
+        stream_id,
+        spool_path,
+        policy_hash,
+        stop,
+        done,
+    })
+}
 
+/// Runs the gateway from flags until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pod = PodIdentity {
+        namespace: DnsLabel::new(args.namespace.clone()).context("--namespace")?,
+        service_account: DnsSubdomain::new(args.service_account.clone())
+            .context("--service-account")?,
+        pod_name: DnsSubdomain::new(args.pod_name.clone()).context("--pod-name")?,
+        pod_uid: PodUid::new(args.pod_uid.clone()).context("--pod-uid")?,
+    };
+    let options = GatewayOptions {
+        loader: Arc::new(FileConfig {
+            config: args.config.clone(),
+            credentials_dir: args.credentials_dir.clone(),
+        }),
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        spool_dir: args.spool_dir.clone(),
+        spool_max_bytes: args.spool_max_bytes,
+        pod,
+        pod_labels: args.pod_labels.iter().cloned().collect(),
+        node_id: args.node_id.clone(),
+        ca_key: read_signing_key(&args.ca_key_file)?,
+        cert_validity_hours: args.cert_validity_hours,
+    };
+    let running = start(options).await?;
+    eprintln!(
+        "tollgate-gateway: listening api={} admin={} policy={} stream={} spool={}",
+        running.api_addr,
+        running.admin_addr,
+        running.policy_hash,
+        running.stream_id,
+        running.spool_path.display()
+    );
     wait_for_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
-    reload.abort();
-    match tokio::time::timeout(Duration::from_secs(30), servers).await {
-        Ok(Ok(Ok(_))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener error while draining"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
-        Err(_) => tracing::warn!("drain timed out after 30s"),
-    }
-    drop(gateway);
-    writer_task.await.context("receipt writer task")??;
+    let stream_id = running.stream_id.clone();
+    running.shutdown().await?;
     eprintln!("tollgate-gateway: stream {stream_id} closed");
     Ok(())
 }
@@ -265,20 +367,27 @@ async fn wait_for_signal() {
     }
 }
 
-/// Polls the config file (and credentials) once a second and swaps in a new
-/// runtime when the config changes. A bad new config is logged and ignored:
-/// the gateway keeps serving the last good one.
-async fn watch_config(args: RunArgs, labels: BTreeMap<String, String>, gateway: Arc<Gateway>) {
-    let mut last = std::fs::read(&args.config).ok();
+/// Polls the loader's fingerprint once a second and swaps in a new runtime
+/// when it changes. A bad new config is logged and ignored: the gateway keeps
+/// serving the last good one.
+async fn watch_config(
+    loader: Arc<dyn ConfigLoader>,
+    labels: BTreeMap<String, String>,
+    gateway: Arc<Gateway>,
+) {
+    let mut last = loader.fingerprint();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let current = std::fs::read(&args.config).ok();
+        let current = loader.fingerprint();
         if current == last {
             continue;
         }
         last = current;
-        match load_runtime(&args, &labels) {
+        match loader
+            .load()
+            .and_then(|(config, credentials)| Ok(Runtime::build(config, credentials, &labels)?))
+        {
             Ok(runtime) => {
                 let hash = runtime.config.policy_hash.clone();
                 gateway.swap_runtime(runtime);

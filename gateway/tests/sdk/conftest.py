@@ -387,7 +387,9 @@ class Gateway:
                "--namespace", NAMESPACE, "--service-account", "app", "--pod-name", f"app-{self.name}", "--pod-uid", POD_UID,
                "--pod-label", "app=sdk-tests", "--ca-key-file", str(self.ca_key), *(extra_args or [])]
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
+        # Debug logs of the gateway and its libraries are part of what the
+        # privacy sweep reads; RUST_LOG overrides (e.g. trace).
+        env.setdefault("RUST_LOG", "debug")
         self.stderr_file = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.stderr_file, stderr=self.stderr_file, env=env, cwd=self.dir)
 

@@ -169,6 +169,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError) as e:
             raise PeerGone(str(e)) from e
+        if not self._chunked:
+            # A close-delimited body ends with a TLS close_notify, as real
+            # servers send it; without one the end is indistinguishable from a
+            # truncation and a careful client treats it as an error.
+            try:
+                self.connection.settimeout(2)
+                self.connection.unwrap()
+            except (OSError, ValueError):
+                pass
 
     # ------------------------------------------------------------ dispatch
     def do_GET(self) -> None:  # noqa: N802

@@ -1,0 +1,902 @@
+"""The gateway driven by the official `openai` and `anthropic` Python SDKs.
+
+Upstream is `mock_upstream.py` over real TLS on loopback. Each test asserts on
+what the SDK got, what the mock upstream saw, and the signed receipt the
+gateway spooled. The last test stops every gateway (SIGTERM: exit 0 and a
+close record) and greps spools and logs for anything private.
+
+Tests run in file order: the privacy sweep at the end covers everything the
+earlier tests sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from conftest import (
+    ANTHROPIC_CLIENT_KEY,
+    ANTHROPIC_KEYS,
+    COMPLETION_MARKER,
+    CORR_PREFIX,
+    OPENAI_CLIENT_KEY,
+    OPENAI_KEYS,
+    PROMPT_MARKER,
+    Gateway,
+    GatewayFactory,
+    Mocks,
+    Pki,
+    base_providers,
+    doc,
+    new_corr,
+    run,
+    wait_until,
+)
+
+RID = "x-tollgate-receipt-id"
+OPENAI_MODEL = "gpt-4o-mini"
+CLAUDE_MODEL = "claude-haiku-4-5"
+COMPLETION_TEXT = f"{COMPLETION_MARKER} answer from primary"
+STREAM_TEXT = COMPLETION_TEXT + "Hello from the mock upstream."
+CHAT_USAGE = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 200}
+CHAT_COST = 345  # (1200-200)*0.15 + 200*0.075 + 300*0.6 micro-USD
+CLAUDE_USAGE = {"input_tokens": 250, "output_tokens": 40, "cached_tokens": 0}
+CLAUDE_COST = 360  # 250*0.8 + 40*4
+PEM_SECRET = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
+    "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18gnTxK\n"
+    "-----END RSA PRIVATE KEY-----\n"
+)
+AWS_KEY = "AKIAZ7Q3L5N2R4T6V2WX"
+
+
+def prompt(text: str = "Say hello.") -> str:
+    return f"{text} {PROMPT_MARKER}"
+
+
+def msgs(text: str = "Say hello.") -> list[dict]:
+    return [{"role": "user", "content": prompt(text)}]
+
+
+def assert_openai_error(resp: Any, status: int) -> dict:
+    """An OpenAI-style error body: {"error": {"message", "type", ...}} and nothing else."""
+    assert resp.status_code == status, f"status {resp.status_code}, expected {status}: {resp.text[:500]}"
+    body = json.loads(resp.text if hasattr(resp, "text") else resp.read())
+    assert set(body) == {"error"}, f"not an OpenAI error body: {body}"
+    err = body["error"]
+    assert isinstance(err.get("message"), str) and err["message"], body
+    assert isinstance(err.get("type"), str) and err["type"], body
+    return err
+
+
+def assert_anthropic_error(resp: Any, status: int, error_type: str) -> dict:
+    """An Anthropic-style error body: {"type": "error", "error": {"type", "message"}}."""
+    assert resp.status_code == status, f"status {resp.status_code}, expected {status}: {resp.text[:500]}"
+    body = json.loads(resp.text)
+    assert body.get("type") == "error", f"not an Anthropic error body: {body}"
+    assert body["error"]["type"] == error_type, body
+    assert isinstance(body["error"].get("message"), str) and body["error"]["message"], body
+    return body["error"]
+
+
+def assert_refused(r: dict, status: int, decision: str) -> None:
+    assert r["response_status"] == status, r
+    assert r["verdict"]["decision"] == decision, r["verdict"]
+    assert r["lane"] == "live", r
+
+
+def raw_post(gw: Gateway, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.api_port, timeout=30)
+    try:
+        h = {"content-type": "application/json", "authorization": f"Bearer {OPENAI_CLIENT_KEY}", **(headers or {})}
+        conn.request(method, path, body=body if method != "GET" else None, headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+class RawResp:
+    """Adapts (status, headers, body) to the attributes the error helpers read."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status_code = status
+        self.headers = headers
+        self.text = body.decode(errors="replace")
+
+
+def upstream_key(record: dict) -> str | None:
+    h = record["headers"]
+    return h.get("x-api-key") or h.get("authorization")
+
+
+# =========================================================================== startup and admin
+
+
+def test_gateway_starts_ready_and_live(gw: Gateway) -> None:
+    status, body, _ = gw.admin_get("/live")
+    assert status == 200, body
+    status, body, _ = gw.admin_get("/ready")
+    assert status == 200, body
+    assert gw.policy_hash in body, f"/ready should name the policy in force: {body!r}"
+    assert len(gw.policy_hash) == 64 and int(gw.policy_hash, 16) >= 0
+    lines = gw.spool_lines()
+    assert lines and "certificate" in lines[0], f"the spool must open with the key certificate: {lines[:1]}"
+
+
+# =========================================================================== 1. OpenAI
+
+
+def test_openai_chat_plain(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs(), user=corr)
+    rid = raw.headers.get(RID)
+    resp = raw.parse()
+    assert resp.choices[0].message.content == COMPLETION_TEXT
+    assert resp.id.startswith("chatcmpl-mock-")
+    assert resp.usage.prompt_tokens == 1200 and resp.usage.completion_tokens == 300
+    assert resp.system_fingerprint == "fp_primary"
+
+    r = gw.receipt(rid)
+    assert r["verdict"]["decision"] == "allow" and r["verdict"]["reason"] == "allowed", r["verdict"]
+    assert r["response_status"] == 200
+    assert r["lane"] == "live"
+    assert r["provider"] == "openai-mock"
+    assert r["model_requested"] == OPENAI_MODEL
+    assert r["model_served"] == resp.model == "gpt-4o-mini-2024-07-18"
+    assert r["usage"] == CHAT_USAGE
+    assert r["cost_micro_usd"] == CHAT_COST
+    up = r["upstream"]
+    assert up["host"] == "localhost"
+    assert up["tls_cert_sha256"] == pki.leaf_der_sha256
+    assert up["provider_request_id"] == resp.id
+    assert up["key_count"] == 2 and up["key_index"] in (0, 1)
+    # The receipt hashes exactly what the client sent and received.
+    assert r["request_sha256"] == hashlib.sha256(raw.http_request.content).hexdigest()
+    assert r["response_sha256"] == hashlib.sha256(raw.content).hexdigest()
+    assert r["response_length"] == len(raw.content)
+
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["path"] == "/v1/chat/completions" and seen["model"] == OPENAI_MODEL
+    key = OPENAI_KEYS[sorted(OPENAI_KEYS)[up["key_index"]]]
+    assert seen["headers"].get("authorization") == f"Bearer {key}", "the key used must be the one the receipt's key_index names"
+    assert seen["headers"].get("host") == f"localhost:{mocks.primary.port}"
+
+
+def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
+    """Without stream_options the gateway asks upstream for usage, records it,
+    and hides the extra usage chunk from the client."""
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs(), user=corr, stream=True)
+    rid = raw.headers.get(RID)
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == STREAM_TEXT
+    assert all(c.choices for c in chunks), "the injected usage chunk (choices: []) must not reach a client that did not ask for it"
+    assert all(getattr(c, "usage", None) is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["stream"] is True
+    assert seen["stream_options"] == {"include_usage": True}, "the gateway should ask upstream for usage"
+    r = gw.receipt(rid)
+    assert r["verdict"]["decision"] == "allow" and r["verdict"]["reason"] == "allowed"
+    assert r["usage"] == CHAT_USAGE
+    assert r["cost_micro_usd"] == CHAT_COST
+    assert r["upstream"]["provider_request_id"] == chunks[0].id
+
+
+def test_openai_chat_stream_with_include_usage(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model=OPENAI_MODEL, messages=msgs(), user=corr, stream=True, stream_options={"include_usage": True})
+    rid = raw.headers.get(RID)
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == STREAM_TEXT
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None, "a client that asked for usage gets the usage chunk"
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (1200, 300)
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["stream_options"] == {"include_usage": True}
+    r = gw.receipt(rid)
+    assert r["usage"] == CHAT_USAGE
+
+
+def test_openai_stream_receipt_hashes_the_bytes_the_client_got(gw: Gateway) -> None:
+    corr = new_corr()
+    body = json.dumps({"model": OPENAI_MODEL, "messages": msgs(), "stream": True, "user": corr}).encode()
+    status, headers, data = raw_post(gw, "/v1/chat/completions", body)
+    assert status == 200, data[:500]
+    assert headers.get("content-type", "").startswith("text/event-stream")
+    events = [line for line in data.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"choices": []' in e or '"choices":[]' in e for e in events), "stripped usage event leaked"
+    r = gw.receipt(headers.get(RID))
+    assert r["request_sha256"] == hashlib.sha256(body).hexdigest()
+    assert r["response_sha256"] == hashlib.sha256(data).hexdigest(), "the receipt must hash the bytes the client received"
+    assert r["response_length"] == len(data)
+    assert r["usage"] == CHAT_USAGE
+
+
+def test_openai_stream_close_delimited_upstream(gw: Gateway, mocks: Mocks) -> None:
+    """An upstream SSE answer without chunked encoding, ended by closing the connection."""
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="close-delimited", messages=msgs(), user=corr, stream=True)
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == STREAM_TEXT
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["reason"] == "allowed" and r["usage"] == CHAT_USAGE
+    mocks.primary.wait_for(corr, "stream_complete")
+
+
+def test_openai_model_alias_is_rewritten(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="mini", messages=msgs(), user=corr)
+    assert raw.parse().choices[0].message.content == COMPLETION_TEXT
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["model"] == OPENAI_MODEL, "aliases are rewritten to the provider's model name before forwarding"
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["model_requested"] == "mini" and r["provider"] == "openai-mock"
+    assert r["request_sha256"] == hashlib.sha256(raw.http_request.content).hexdigest(), "request_sha256 is of the body as received"
+
+
+def test_openai_embeddings_base64(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().embeddings.with_raw_response.create(model="text-embedding-3-small", input=[prompt("one"), prompt("two")], user=corr)
+    resp = raw.parse()
+    assert [d.embedding for d in resp.data] == [[(i + 1) * (j - 3) / 8.0 for j in range(8)] for i in range(2)]
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["path"] == "/v1/embeddings"
+    assert seen["encoding_format"] == "base64", "the SDK asks for base64 and the gateway must forward it untouched"
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["decision"] == "allow"
+    assert r["usage"]["input_tokens"] == 9 and r["usage"]["output_tokens"] == 0, r["usage"]
+    assert r["model_requested"] == "text-embedding-3-small"
+
+
+def test_openai_models_list_shows_only_allowed_models(gw: Gateway) -> None:
+    ids = [m.id for m in gw.openai().models.list()]
+    assert OPENAI_MODEL in ids and "text-embedding-3-small" in ids, ids
+    assert "gpt-4o-blocked" not in ids, f"a model the policy does not allow is listed: {ids}"
+
+
+# =========================================================================== 1. Anthropic
+
+
+def test_anthropic_messages_plain(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
+    corr = new_corr()
+    raw = gw.anthropic().messages.with_raw_response.create(model=CLAUDE_MODEL, max_tokens=256, messages=msgs(), metadata={"user_id": corr})
+    msg = raw.parse()
+    assert msg.content[0].text == COMPLETION_TEXT
+    assert msg.id.startswith("msg_mock_")
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (250, 40)
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["decision"] == "allow" and r["verdict"]["reason"] == "allowed", r["verdict"]
+    assert r["provider"] == "anthropic-mock" and r["lane"] == "live"
+    assert r["model_requested"] == CLAUDE_MODEL and r["model_served"] == msg.model
+    assert r["usage"] == CLAUDE_USAGE
+    assert r["cost_micro_usd"] == CLAUDE_COST
+    assert r["upstream"]["provider_request_id"] == msg.id
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+    assert r["upstream"]["key_count"] == 1 and r["upstream"]["key_index"] == 0
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["path"] == "/v1/messages"
+    assert seen["headers"].get("x-api-key") == ANTHROPIC_KEYS["key-a"]
+    assert "authorization" not in seen["headers"], f"the client's Authorization reached upstream: {seen['headers'].get('authorization')!r}"
+    assert seen["headers"].get("anthropic-version"), "anthropic-version must be forwarded"
+    assert raw.headers.get("request-id", "").startswith("req_mock_"), "the provider's request-id header is passed back"
+
+
+def test_anthropic_messages_stream(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with gw.anthropic().messages.stream(model=CLAUDE_MODEL, max_tokens=256, messages=msgs(), metadata={"user_id": corr}) as stream:
+        rid = stream.response.headers.get(RID)
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == STREAM_TEXT
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (250, 40)
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["stream"] is True
+    r = gw.receipt(rid)
+    assert r["verdict"]["decision"] == "allow" and r["verdict"]["reason"] == "allowed"
+    assert r["usage"] == CLAUDE_USAGE, "input from message_start, output from message_delta"
+    assert r["cost_micro_usd"] == CLAUDE_COST
+    assert r["upstream"]["provider_request_id"] == final.id
+
+
+def test_anthropic_stream_with_stream_true(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.anthropic().messages.with_raw_response.create(model=CLAUDE_MODEL, max_tokens=256, messages=msgs(), metadata={"user_id": corr}, stream=True)
+    events = list(raw.parse())
+    types = [e.type for e in events]
+    assert types[0] == "message_start" and types[-1] == "message_stop", types
+    assert "message_delta" in types and "content_block_stop" in types
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == STREAM_TEXT
+    assert gw.receipt(raw.headers.get(RID))["usage"] == CLAUDE_USAGE
+
+
+def test_anthropic_cache_tokens_count_as_input(gw: Gateway, mocks: Mocks) -> None:
+    """Anthropic reports cache reads and writes beside input_tokens, not in it;
+    the receipt's input_tokens is documented as "prompt tokens, including cached
+    ones", so it must add them up."""
+    corr = new_corr()
+    raw = gw.anthropic().messages.with_raw_response.create(model="claude-cached", max_tokens=64, messages=msgs(), metadata={"user_id": corr})
+    u = raw.parse().usage
+    assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens, u.output_tokens) == (50, 1000, 100, 20)
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["usage"] == {"input_tokens": 1150, "cached_tokens": 1000, "output_tokens": 20}, (
+        f"receipt usage {r['usage']} from Anthropic usage input=50 cache_read=1000 cache_creation=100 output=20")
+    assert r["cost_micro_usd"] == 280, "150 uncached * 0.8 + 1000 cached * 0.08 + 20 out * 4"
+
+
+def test_anthropic_count_tokens(gw: Gateway, mocks: Mocks) -> None:
+    before = len([r for r in mocks.primary.requests() if r["path"] == "/v1/messages/count_tokens"])
+    raw = gw.anthropic().messages.with_raw_response.count_tokens(model=CLAUDE_MODEL, messages=msgs())
+    assert raw.parse().input_tokens == 42
+    seen = [r for r in mocks.primary.requests() if r["path"] == "/v1/messages/count_tokens"]
+    assert len(seen) == before + 1
+    assert seen[-1]["headers"].get("x-api-key") == ANTHROPIC_KEYS["key-a"]
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["decision"] == "allow" and r["response_status"] == 200
+    assert r["provider"] == "anthropic-mock" and r["lane"] == "live"
+
+
+def test_anthropic_models_list_shows_only_allowed_models(gw: Gateway) -> None:
+    ids = [m.id for m in gw.anthropic().models.list()]
+    assert CLAUDE_MODEL in ids, ids
+    assert "claude-blocked" not in ids, ids
+
+
+def test_dry_run_lane_never_calls_upstream(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="dry-model", messages=msgs(), user=corr)
+    resp = raw.parse()
+    assert isinstance(resp.choices[0].message.content, str)
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["lane"] == "dry_run" and r["provider"] == "dry" and r["upstream"] is None, r
+    assert all(not m.for_corr(corr) for m in mocks.all())
+
+
+# =========================================================================== 2. credentials
+
+
+def test_client_credentials_and_foreign_headers_never_reach_upstream(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    client = gw.openai()
+    client.chat.completions.create(model=OPENAI_MODEL, messages=msgs(), user=corr, extra_headers={
+        "x-api-key": OPENAI_CLIENT_KEY, "Cookie": "session=client-cookie", "Proxy-Authorization": "Basic Y2xpZW50OnB3",
+        "X-Internal-Secret": "internal-value"})
+    (seen,) = mocks.primary.for_corr(corr)
+    h = seen["headers"]
+    assert h.get("authorization") in {f"Bearer {k}" for k in OPENAI_KEYS.values()}, h.get("authorization")
+    for name in ("x-api-key", "cookie", "proxy-authorization", "x-internal-secret"):
+        assert name not in h, f"{name} was forwarded upstream: {h[name]!r}"
+
+
+def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None:
+    """Every request any mock received so far carried the provider key, never the client's."""
+    records = [r for m in mocks.all() for r in m.requests()]
+    assert len(records) >= 10, f"expected the earlier tests to have reached upstream, saw {len(records)}"
+    for rec in records:
+        h = rec["headers"]
+        blob = json.dumps(h)
+        assert OPENAI_CLIENT_KEY not in blob and ANTHROPIC_CLIENT_KEY not in blob, f"client key upstream: {rec['path']} {h}"
+        if rec["path"].startswith("/v1/messages"):
+            assert h.get("x-api-key") in ANTHROPIC_KEYS.values(), h
+            assert "authorization" not in h, h
+        else:
+            assert h.get("authorization") in {f"Bearer {k}" for k in OPENAI_KEYS.values()}, h
+            assert "x-api-key" not in h, h
+
+
+# =========================================================================== 4. TLS
+
+
+def test_spki_pin_match_is_accepted(gw: Gateway, pki: Pki, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-pinned", messages=msgs(), user=corr)
+    assert raw.parse().choices[0].message.content == COMPLETION_TEXT
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["provider"] == "openai-pinned"
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+
+
+@pytest.mark.parametrize("model,provider", [("gpt-badpin", "openai-badpin"), ("gpt-wrongca", "openai-wrongca")])
+def test_untrusted_upstream_certificate_is_refused(gw: Gateway, mocks: Mocks, model: str, provider: str) -> None:
+    """A wrong SPKI pin, or a CA bundle that does not hold the mock's CA: 502, fail closed."""
+    corr = new_corr()
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.openai().chat.completions.create(model=model, messages=msgs(), user=corr)
+    assert_openai_error(exc.value.response, 502)
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 502, "error")
+    assert r["provider"] == provider
+    assert "tls" in r["verdict"]["reason"], r["verdict"]
+    assert not mocks.primary.for_corr(corr), "no HTTP request may be sent over an untrusted connection"
+
+
+def test_upstream_redirect_is_refused_not_followed(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.openai().chat.completions.create(model="redirect-me", messages=msgs(), user=corr)
+    resp = exc.value.response
+    assert_openai_error(resp, 502)
+    assert "location" not in {k.lower() for k in resp.headers}, "the redirect target must not leak to the client"
+    r = gw.receipt(resp.headers.get(RID))
+    assert_refused(r, 502, "error")
+    assert "redirect" in r["verdict"]["reason"], r["verdict"]
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["status"] == 302
+    time.sleep(0.5)
+    assert mocks.redirect_target.records() == [], "the gateway followed the redirect"
+
+
+# =========================================================================== 5. refusals in the API's own style
+
+
+def test_413_request_over_max_bytes_openai(gw: Gateway, mocks: Mocks) -> None:
+    big = prompt("lorem ipsum dolor sit amet " * 2600)  # ~70 KB > maxRequestBytes 65536
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.openai().chat.completions.create(model=OPENAI_MODEL, messages=[{"role": "user", "content": big}])
+    assert exc.value.status_code == 413
+    assert_openai_error(exc.value.response, 413)
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 413, "deny")
+    assert r["upstream"] is None
+    assert all(rec.get("body_length", 0) < 65536 for rec in mocks.primary.requests())
+
+
+def test_413_request_over_max_bytes_anthropic(gw: Gateway) -> None:
+    big = prompt("lorem ipsum dolor sit amet " * 2600)
+    with pytest.raises(anthropic.APIStatusError) as exc:
+        gw.anthropic().messages.create(model=CLAUDE_MODEL, max_tokens=16, messages=[{"role": "user", "content": big}])
+    assert exc.value.status_code == 413
+    assert_anthropic_error(exc.value.response, 413, "request_too_large")
+    assert_refused(gw.receipt(exc.value.response.headers.get(RID)), 413, "deny")
+
+
+def test_400_malformed_json_openai(gw: Gateway) -> None:
+    status, headers, body = raw_post(gw, "/v1/chat/completions", b'{"model": "gpt-4o-mini", "messages": [')
+    assert_openai_error(RawResp(status, headers, body), 400)
+    r = gw.receipt(headers.get(RID))
+    assert_refused(r, 400, "deny")
+    assert r["upstream"] is None
+
+
+def test_400_malformed_json_anthropic(gw: Gateway) -> None:
+    status, headers, body = raw_post(gw, "/v1/messages", b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [}',
+                                     headers={"anthropic-version": "2023-06-01", "x-api-key": ANTHROPIC_CLIENT_KEY})
+    assert_anthropic_error(RawResp(status, headers, body), 400, "invalid_request_error")
+    assert_refused(gw.receipt(headers.get(RID)), 400, "deny")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-blocked", "gpt-does-not-exist"])
+def test_403_model_not_allowed_openai(gw: Gateway, mocks: Mocks, model: str) -> None:
+    corr = new_corr()
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        gw.openai().chat.completions.create(model=model, messages=msgs(), user=corr)
+    assert_openai_error(exc.value.response, 403)
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert r["model_requested"] == model
+    assert not mocks.primary.for_corr(corr)
+
+
+def test_403_model_not_allowed_anthropic(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(anthropic.PermissionDeniedError) as exc:
+        gw.anthropic().messages.create(model="claude-blocked", max_tokens=16, messages=msgs(), metadata={"user_id": corr})
+    assert_anthropic_error(exc.value.response, 403, "permission_error")
+    assert_refused(gw.receipt(exc.value.response.headers.get(RID)), 403, "deny")
+    assert not mocks.primary.for_corr(corr)
+
+
+def test_403_openai_model_over_anthropic_api(gw: Gateway, mocks: Mocks) -> None:
+    """A model of the wrong API style is not routable: the Messages API cannot reach an OpenAI model."""
+    with pytest.raises(anthropic.PermissionDeniedError) as exc:
+        gw.anthropic().messages.create(model=OPENAI_MODEL, max_tokens=16, messages=msgs())
+    assert_anthropic_error(exc.value.response, 403, "permission_error")
+
+
+def test_404_unknown_path_openai(gw: Gateway) -> None:
+    status, headers, body = raw_post(gw, "/v1/files", b"{}")
+    assert_openai_error(RawResp(status, headers, body), 404)
+    with pytest.raises(openai.NotFoundError) as exc:
+        gw.openai().files.list()
+    assert_openai_error(exc.value.response, 404)
+
+
+def test_404_unknown_path_anthropic(gw: Gateway) -> None:
+    with pytest.raises(anthropic.NotFoundError) as exc:
+        gw.anthropic().messages.batches.list()
+    assert_anthropic_error(exc.value.response, 404, "not_found_error")
+
+
+def test_every_response_carries_a_receipt_id(gw: Gateway) -> None:
+    """The interface: every response carries x-tollgate-receipt-id, refusals before routing included."""
+    missing = []
+    for method, path, body in [("POST", "/v1/files", b"{}"), ("GET", "/v1/models", b""), ("POST", "/v2/chat/completions", b"{}"),
+                               ("GET", "/v1/chat/completions", b"")]:
+        status, headers, _ = raw_post(gw, path, body, method=method)
+        if not headers.get(RID):
+            missing.append(f"{method} {path} -> {status}")
+    assert not missing, f"responses without {RID}: {missing}"
+
+
+def test_403_secret_in_prompt_openai(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        gw.openai().chat.completions.create(model=OPENAI_MODEL, messages=msgs("Please debug this key:\n" + PEM_SECRET), user=corr)
+    assert_openai_error(exc.value.response, 403)
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert r["verdict"]["guards"], f"the guard that fired should be named: {r['verdict']}"
+    assert not mocks.primary.for_corr(corr), "a request carrying a private key reached upstream"
+
+
+def test_403_secret_in_prompt_anthropic(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(anthropic.PermissionDeniedError) as exc:
+        gw.anthropic().messages.create(model=CLAUDE_MODEL, max_tokens=16, messages=msgs(f"my aws key is {AWS_KEY} ok?"), metadata={"user_id": corr})
+    assert_anthropic_error(exc.value.response, 403, "permission_error")
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert r["verdict"]["guards"], r["verdict"]
+    assert not mocks.primary.for_corr(corr)
+
+
+# =========================================================================== 9. upstream 429 and failover
+
+
+def test_upstream_429_without_alternative_is_passed_back(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(openai.RateLimitError) as exc:
+        gw.openai().chat.completions.create(model="fail-429", messages=msgs(), user=corr)
+    resp = exc.value.response
+    assert resp.status_code == 429
+    assert resp.headers.get("retry-after") == "7", "the provider's Retry-After must reach the client"
+    assert_openai_error(resp, 429)
+    r = gw.receipt(resp.headers.get(RID))
+    assert r["response_status"] == 429 and r["verdict"]["decision"] != "allow", r["verdict"]
+    assert "429" in r["verdict"]["reason"], r["verdict"]
+    assert len(mocks.primary.for_corr(corr)) == 1, "no retry against the same provider"
+
+
+def test_failover_on_429_answers_from_backup(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
+    corr = new_corr()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-failover", messages=msgs(), user=corr)
+    resp = raw.parse()
+    assert raw.http_response.status_code == 200
+    assert resp.choices[0].message.content == f"{COMPLETION_MARKER} answer from backup"
+    assert resp.system_fingerprint == "fp_backup"
+    (flaky,) = mocks.flaky.for_corr(corr)
+    assert flaky["status"] == 429
+    (backup,) = mocks.backup.for_corr(corr)
+    assert backup["status"] == 200 and backup["headers"].get("authorization", "").startswith("Bearer sk-upstream-INJECTED-KEY")
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["provider"] == "openai-backup" and r["verdict"]["decision"] == "allow", r
+    assert r["usage"] == CHAT_USAGE
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+
+
+# =========================================================================== 6. client disconnect
+
+
+def test_stream_client_disconnect_cancels_upstream(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    body = json.dumps({"model": "slow-stream", "stream": True, "messages": msgs(), "user": corr}).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.api_port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {OPENAI_CLIENT_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        buf = b""
+        deadline = time.monotonic() + 10
+        while (b"\r\n\r\n" not in buf or buf.split(b"\r\n\r\n", 1)[1].count(b"data: ") < 3) and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        sock.close()
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    assert rest.count(b"data: ") >= 3, f"expected 3 events before disconnecting, got {rest[:300]!r}"
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.decode().split("\r\n")[1:])}
+    rid = headers.get(RID)
+
+    cancelled = mocks.primary.wait_for(corr, "cancelled", timeout=5)
+    assert cancelled["model"] == "slow-stream"
+    assert not mocks.primary.for_corr(corr, "stream_complete"), "upstream streamed to the end although the client left"
+    r = gw.receipt(rid)
+    assert r["verdict"]["reason"] == "client_disconnected", r["verdict"]
+    assert r["response_status"] == 200 and r["response_length"] > 0
+    assert r["upstream"]["tls_cert_sha256"], r["upstream"]
+
+
+def test_openai_stream_is_passed_through_not_buffered(gw: Gateway) -> None:
+    """60 deltas produced 50 ms apart must reach the client spread out, as produced."""
+    raw = gw.openai().chat.completions.with_raw_response.create(model="slow-stream", messages=msgs(), stream=True)
+    arrivals = []
+    text = ""
+    for c in raw.parse():
+        if c.choices and c.choices[0].delta.content:
+            arrivals.append(time.monotonic())
+            text += c.choices[0].delta.content
+    assert text == "".join(f"d{i} " for i in range(60))
+    assert arrivals[-1] - arrivals[0] >= 2.0, f"deltas arrived within {arrivals[-1] - arrivals[0]:.2f}s: the stream was buffered"
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["reason"] == "allowed" and r["usage"] == CHAT_USAGE
+    assert r["latency"]["first_byte_ms"] < 1500 <= r["latency"]["total_ms"], r["latency"]
+
+
+def test_anthropic_stream_is_passed_through_not_buffered(gw: Gateway) -> None:
+    arrivals = []
+    with gw.anthropic().messages.stream(model="slow-stream", max_tokens=128, messages=msgs()) as stream:
+        rid = stream.response.headers.get(RID)
+        text = ""
+        for piece in stream.text_stream:
+            arrivals.append(time.monotonic())
+            text += piece
+    assert text == "".join(f"d{i} " for i in range(60))
+    assert arrivals[-1] - arrivals[0] >= 2.0, f"deltas arrived within {arrivals[-1] - arrivals[0]:.2f}s: the stream was buffered"
+    assert gw.receipt(rid)["usage"] == CLAUDE_USAGE
+
+
+# =========================================================================== metrics
+
+
+def test_metrics_count_requests(gw: Gateway) -> None:
+    status, text, headers = gw.admin_get("/metrics")
+    assert status == 200
+    lines = [line for line in text.splitlines() if line.startswith("tollgate_gateway_requests") and not line.startswith("#")]
+    allowed_chat = [line for line in lines if 'endpoint="chat_completions"' in line and 'decision="allow"' in line]
+    assert allowed_chat, f"no allowed chat_completions counter in /metrics:\n{text[:2000]}"
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in allowed_chat) >= 5
+    assert any('decision="deny"' in line for line in lines), lines
+    for secret in (PROMPT_MARKER, CORR_PREFIX, "gpt-4o-mini"):
+        assert secret not in text, f"/metrics carries request text or model names: {secret}"
+
+
+# =========================================================================== compile
+
+
+def test_compile_rejects_a_broken_reference(binaries: dict, tmp_path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "p.yaml").write_text(json.dumps(doc("EgressPolicy", "default", {"allow": [{"providerRef": "nope", "models": ["*"]}]})))
+    proc = run([str(binaries["cli"]), "compile", "--manifests", str(tmp_path / "m"), "--namespace", "demo", "-o", str(tmp_path / "c.json")])
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "nope" in proc.stderr, proc.stderr
+
+
+# =========================================================================== 7. quota
+
+
+def quota_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
+    return [
+        *base_providers(pki, mocks),
+        doc("EgressPolicy", "default", {"allow": [
+            {"providerRef": "openai-mock", "models": ["*"]},
+            {"providerRef": "anthropic-mock", "models": ["*"]},
+        ]}),
+        doc("EgressQuota", "q", {"limits": [{"name": "burst", "window": "minute", "requests": 3}]}),
+    ]
+
+
+def test_quota_fourth_request_in_a_minute_is_429(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    qgw = gateways.start("quota", quota_manifests(pki, mocks))
+    # A calendar-minute window: keep all four calls inside one minute.
+    into_minute = time.time() % 60
+    if into_minute > 40:
+        time.sleep(60 - into_minute + 0.5)
+    client = qgw.openai()
+    corrs = [new_corr() for _ in range(4)]
+    for corr in corrs[:3]:
+        raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs(), user=corr)
+        raw.parse()
+        r = qgw.receipt(raw.headers.get(RID))
+        assert r["verdict"]["decision"] == "allow"
+        assert r["quota"] is not None and r["quota"]["requests"] == 1, r["quota"]
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(model=OPENAI_MODEL, messages=msgs(), user=corrs[3])
+    resp = exc.value.response
+    assert_openai_error(resp, 429)
+    retry_after = resp.headers.get("retry-after")
+    assert retry_after is not None and retry_after.isdigit(), f"Retry-After must be a number of seconds: {retry_after!r}"
+    assert 1 <= int(retry_after) <= 60, retry_after
+    r = qgw.receipt(resp.headers.get(RID))
+    assert_refused(r, 429, "deny")
+    assert r["verdict"]["reason"] == "quota_exceeded", r["verdict"]
+    assert r["upstream"] is None
+    assert [len(mocks.primary.for_corr(c)) for c in corrs] == [1, 1, 1, 0]
+    # The same budget refuses the Messages API, in its own error style.
+    with pytest.raises(anthropic.RateLimitError) as aexc:
+        qgw.anthropic().messages.create(model=CLAUDE_MODEL, max_tokens=16, messages=msgs())
+    assert_anthropic_error(aexc.value.response, 429, "rate_limit_error")
+    assert aexc.value.response.headers.get("retry-after", "").isdigit()
+
+
+# =========================================================================== 8. hot reload
+
+
+def reload_manifests(pki: Pki, mocks: Mocks, tightened: bool) -> list[dict]:
+    allow: dict[str, Any] = {"providerRef": "openai-mock", "models": ["gpt-4o-mini", "slow-stream"] + ([] if tightened else ["gpt-4o-blocked"])}
+    if tightened:
+        allow["maxTokens"] = 64
+    return [*base_providers(pki, mocks), doc("EgressPolicy", "default", {"allow": [allow]})]
+
+
+def test_hot_reload_keeps_streams_and_applies_new_policy(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    rgw = gateways.start("reload", reload_manifests(pki, mocks, tightened=False))
+    client = rgw.openai()
+    old_hash = rgw.initial_policy
+    assert rgw.policy_hash == old_hash
+    # Before: the model is allowed.
+    client.chat.completions.create(model="gpt-4o-blocked", messages=msgs())
+
+    stream_corr = new_corr()
+    raw = client.chat.completions.with_raw_response.create(model="slow-stream", messages=msgs(), user=stream_corr, stream=True)
+    stream_rid = raw.headers.get(RID)
+    chunks: list[Any] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        try:
+            for c in raw.parse():
+                chunks.append(c)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    wait_until(lambda: len(chunks) >= 5, 10, what="the first stream chunks")
+
+    new_hash = rgw.write_config(reload_manifests(pki, mocks, tightened=True))
+    assert new_hash != old_hash
+    wait_until(lambda: f"tollgate-gateway: config reloaded policy={new_hash}" in rgw.stderr(), 5, what="config reloaded line")
+    assert not done.is_set(), "the stream ended before the reload: the test proves nothing (slow-stream too fast?)"
+
+    # After: the new policy applies to new requests.
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client.chat.completions.create(model="gpt-4o-blocked", messages=msgs())
+    denied = rgw.receipt(exc.value.response.headers.get(RID))
+    assert denied["policy_hash"] == new_hash
+    capped_corr = new_corr()
+    client.chat.completions.create(model=OPENAI_MODEL, messages=msgs(), user=capped_corr)
+    (capped,) = mocks.primary.for_corr(capped_corr)
+    assert capped["max_tokens"] == 64, "the new maxTokens is applied to requests that omit max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=OPENAI_MODEL, messages=msgs(), max_tokens=1000)
+
+    assert done.wait(15), "the in-flight stream did not finish"
+    t.join(5)
+    assert not errors, f"the in-flight stream broke across the reload: {errors!r}"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(f"d{i} " for i in range(60)), f"stream content damaged: {text!r}"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    r = rgw.receipt(stream_rid)
+    assert r["verdict"]["reason"] == "allowed" and r["usage"] == CHAT_USAGE, r
+    assert r["policy_hash"] == old_hash, "a request finishes under the policy it started with"
+    mocks.primary.wait_for(stream_corr, "stream_complete")
+    status, body, _ = rgw.admin_get("/ready")
+    assert status == 200 and new_hash in body, body
+
+
+# =========================================================================== drain and spool limits
+
+
+def test_sigterm_drains_an_in_flight_stream(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    dgw = gateways.start("drain", reload_manifests(pki, mocks, tightened=False))
+    corr = new_corr()
+    raw = dgw.openai().chat.completions.with_raw_response.create(model="slow-stream", messages=msgs(), user=corr, stream=True)
+    rid = raw.headers.get(RID)
+    it = iter(raw.parse())
+    chunks = [next(it) for _ in range(5)]
+    dgw.proc.send_signal(signal.SIGTERM)
+    chunks += list(it)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(f"d{i} " for i in range(60)), "SIGTERM cut an in-flight stream"
+    assert dgw.stop() == 0, dgw.stderr()[-2000:]
+    assert f"tollgate-gateway: stream {dgw.stream_id} closed" in dgw.stderr()
+    lines = dgw.spool_lines()
+    ids = [((line.get("envelope") or {}).get("record") or {}).get("receipt", {}).get("body", {}).get("id") for line in lines]
+    assert rid in ids, "the drained request has no receipt"
+    assert "close" in lines[-1]["envelope"]["record"], "the close record must come last, after the drained request's receipt"
+    assert dgw.receipt(rid)["verdict"]["reason"] == "allowed"
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_full_spool_refuses_or_serves_by_fail_mode(gateways: GatewayFactory, pki: Pki, mocks: Mocks, fail_mode: str) -> None:
+    docs = [*base_providers(pki, mocks), doc("EgressPolicy", "default", {"allow": [{"providerRef": "openai-mock", "models": ["*"]}], "failMode": fail_mode})]
+    sgw = gateways.start(f"spool-{fail_mode}", docs, ["--spool-max-bytes", "72000"])
+    client = sgw.openai()
+    statuses: list[int] = []
+    refusal = None
+    for _ in range(12):
+        try:
+            raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
+            raw.parse()
+            statuses.append(200)
+            sgw.receipt(raw.headers.get(RID))  # written before the next request is judged
+        except openai.APIStatusError as e:
+            statuses.append(e.status_code)
+            refusal = e
+    if fail_mode == "closed":
+        assert statuses[0] == 200 and 503 in statuses, statuses
+        first = statuses.index(503)
+        assert set(statuses[first:]) == {503}, statuses
+        assert_openai_error(refusal.response, 503)
+        status, body, _ = sgw.admin_get("/ready")
+        assert status == 503 and "spool" in body, (status, body)
+    else:
+        assert set(statuses) == {200}, f"failMode open must keep serving when the spool is full: {statuses}"
+
+
+# =========================================================================== shutdown and 3. privacy (must stay last)
+
+
+def test_zz_shutdown_closes_streams_and_nothing_private_is_kept(gateways: GatewayFactory, gw: Gateway, mocks: Mocks) -> None:
+    problems = []
+    for g in gateways.started:
+        rc = g.stop()
+        if rc != 0:
+            problems.append(f"{g.name}: exit code {rc}")
+        if f"tollgate-gateway: stream {g.stream_id} closed" not in g.stderr():
+            problems.append(f"{g.name}: no 'stream {g.stream_id} closed' line on stderr")
+        lines = g.spool_lines()
+        if not lines or "certificate" not in lines[0]:
+            problems.append(f"{g.name}: spool does not start with the certificate")
+        last = (lines[-1].get("envelope") or {}).get("record") or {} if lines else {}
+        if "close" not in last:
+            problems.append(f"{g.name}: last spool line is not a close record: {json.dumps(lines[-1])[:300] if lines else None}")
+        envelopes = [line["envelope"] for line in lines[1:] if "envelope" in line]
+        seqs = [e.get("seq") for e in envelopes]
+        if seqs != list(range(1, len(envelopes) + 1)):
+            problems.append(f"{g.name}: envelope seqs are not 1..n: {seqs[:20]}")
+    assert not problems, "\n".join(problems)
+
+    receipts = sum(len(g.receipts()) for g in gateways.started)
+    assert receipts >= 30, f"expected the suite's receipts in the spools, found {receipts}"
+
+    needles = {
+        "prompt marker": PROMPT_MARKER,
+        "completion text": COMPLETION_MARKER,
+        "end-user id": CORR_PREFIX,
+        "client OpenAI key": OPENAI_CLIENT_KEY,
+        "client Anthropic key": ANTHROPIC_CLIENT_KEY,
+        "PEM private key": "BEGIN RSA PRIVATE KEY",
+        "AWS key": AWS_KEY,
+        **{f"injected OpenAI {k}": v for k, v in OPENAI_KEYS.items()},
+        **{f"injected Anthropic {k}": v for k, v in ANTHROPIC_KEYS.items()},
+        # Key material without its prefix, in case it is logged in parts.
+        "injected key tail": OPENAI_KEYS["key-a"].split("INJECTED-KEY-")[1],
+    }
+    leaks = []
+    for g in gateways.started:
+        files = sorted(g.spool_dir.rglob("*")) + [g.stderr_path]
+        for f in files:
+            if not f.is_file():
+                continue
+            text = f.read_text(errors="replace")
+            for what, needle in needles.items():
+                if needle in text:
+                    leaks.append(f"{what} in {f}")
+    assert not leaks, "private data kept by the gateway:\n" + "\n".join(leaks)
