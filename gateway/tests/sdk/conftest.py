@@ -244,6 +244,15 @@ def mocks(pki: Pki, tmp_path_factory: pytest.TempPathFactory):
 # --------------------------------------------------------------------------- manifests
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (a provider that refuses connections)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def doc(kind: str, name: str, spec: dict | None = None, api_version: str = "tollgate.dev/v1alpha1", **extra: Any) -> dict:
     d: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
     if spec is not None:
@@ -315,8 +324,9 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
         provider("openai-pinned", "openai", mocks.primary.base_url, [m("gpt-pinned")], "pinned-ok", "openai-keys"),
         provider("openai-badpin", "openai", mocks.primary.base_url, [m("gpt-badpin")], "pinned-wrong", "openai-keys"),
         provider("openai-wrongca", "openai", mocks.primary.base_url, [m("gpt-wrongca")], "other-ca", "openai-keys"),
-        provider("openai-flaky", "openai", mocks.flaky.base_url, [m("gpt-failover")], "mock-ca", "openai-keys"),
-        provider("openai-backup", "openai", mocks.backup.base_url, [m("gpt-failover")], "mock-ca", "openai-keys"),
+        provider("openai-flaky", "openai", mocks.flaky.base_url, [m("gpt-failover"), m("gpt-failover-503")], "mock-ca", "openai-keys"),
+        provider("openai-dead", "openai", f"https://localhost:{closed_port()}", [m("gpt-failover-connect")], "mock-ca", "openai-keys"),
+        provider("openai-backup", "openai", mocks.backup.base_url, [m("gpt-failover"), m("gpt-failover-503"), m("gpt-failover-connect")], "mock-ca", "openai-keys"),
         doc("LLMProvider", "dry", {"api": "dryRun", "models": [m("dry-model")]}),
         trust_anchor("pinned-ok", pki.ca_pem, [pki.leaf_spki_pin]),
         trust_anchor("pinned-wrong", pki.ca_pem, [pki.other_spki_pin]),
@@ -329,6 +339,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
                 {"providerRef": "openai-badpin", "models": ["*"]},
                 {"providerRef": "openai-wrongca", "models": ["*"]},
                 {"providerRef": "openai-flaky", "models": ["*"]},
+                {"providerRef": "openai-dead", "models": ["*"]},
                 {"providerRef": "openai-backup", "models": ["*"]},
                 {"providerRef": "dry", "models": ["*"]},
             ],
@@ -380,7 +391,7 @@ class Gateway:
         return policy_hash
 
     # ---- process
-    def start(self, docs: list[dict], extra_args: list[str] | None = None) -> "Gateway":
+    def start(self, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True) -> "Gateway":
         self.initial_policy = self.write_config(docs)
         cmd = [str(self.bins["gateway"]), "run", "--config", str(self.config_path), "--credentials-dir", str(self.creds_dir),
                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--spool-dir", str(self.spool_dir),
@@ -405,7 +416,10 @@ class Gateway:
             self.spool_path = self.dir / self.spool_path
         self.api_port = int(self.api_addr.rsplit(":", 1)[1])
         self.admin_port = int(self.admin_addr.rsplit(":", 1)[1])
-        self.wait_ready()
+        if wait_ready:
+            self.wait_ready()
+        else:
+            wait_until(lambda: self.admin_get("/live")[0] == 200, 15, interval=0.1, what=f"gateway {self.name} /live")
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:
@@ -518,8 +532,8 @@ class GatewayFactory:
         self.started.append(gw)
         return gw
 
-    def start(self, name: str, docs: list[dict], extra_args: list[str] | None = None) -> Gateway:
-        return self.create(name).start(docs, extra_args)
+    def start(self, name: str, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True) -> Gateway:
+        return self.create(name).start(docs, extra_args, wait_ready)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ Behaviours, keyed by the requested model name:
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
-primary of a failover pair). ``--tag`` names the instance; it appears in the
+primary of a failover pair), or with 503 when the model name contains "503". ``--tag`` names the instance; it appears in the
 log, in completion text and in ``system_fingerprint``.
 
 Run: ``mock_upstream.py --cert leaf.pem --key leaf.key --log LOG --tag primary
@@ -57,6 +57,8 @@ USAGE = {
     "messages": {"input_tokens": 250, "output_tokens": 40},
     "messages_cached": {"input_tokens": 50, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100, "output_tokens": 20},
     "count_tokens": {"input_tokens": 42},
+    # OpenAI Responses: input_tokens includes the cached ones.
+    "responses": {"input_tokens": 700, "cached_tokens": 200, "output_tokens": 50},
 }
 EMBEDDING_DIMS = 8
 SLOW_DELTAS = 60
@@ -254,6 +256,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             st.log(record)
             self._send_json(400, {"error": {"message": "We could not parse the JSON body of your request.", "type": "invalid_request_error", "param": None, "code": None}})
             return
+        if st.fail_all_429 and "503" in model:
+            record["status"] = 503
+            st.log(record)
+            self._send_json(503, {"error": {"message": f"mock {st.tag}: The server is overloaded", "type": "server_error", "param": None, "code": None}})
+            return
         if st.fail_all_429 or model == "fail-429":
             record["status"] = 429
             st.log(record)
@@ -279,6 +286,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         st.log(record)
         if path == "/v1/chat/completions":
             self._chat(model, obj, corr)
+        elif path == "/v1/responses":
+            self._responses(model, obj, corr)
         elif path == "/v1/embeddings":
             self._embeddings(model, obj)
         elif path == "/v1/messages":
@@ -355,6 +364,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pt = USAGE["embeddings"]["prompt_tokens"]
         self._send_json(200, {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": pt, "total_tokens": pt}},
                         {"x-request-id": f"req_mock_emb_{self.state.next_id()}"})
+
+    def _responses(self, model: str, obj: dict, corr: Any) -> None:
+        st = self.state
+        n = st.next_id()
+        rid = f"resp_mock_{n}"
+        item_id = f"msg_item_mock_{n}"
+        served = f"{model}-2024-07-18"
+        text = st.completion_text()
+        u = USAGE["responses"]
+        usage = {"input_tokens": u["input_tokens"], "input_tokens_details": {"cached_tokens": u["cached_tokens"]},
+                 "output_tokens": u["output_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": u["input_tokens"] + u["output_tokens"]}
+
+        def response(status: str, output: list, usage_: Any) -> dict:
+            return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "error": None,
+                    "incomplete_details": None, "instructions": None, "max_output_tokens": obj.get("max_output_tokens"),
+                    "model": served, "output": output, "parallel_tool_calls": True, "previous_response_id": None,
+                    "reasoning": {"effort": None, "summary": None}, "store": True, "temperature": 1.0,
+                    "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+                    "truncation": "disabled", "usage": usage_, "user": obj.get("user"), "metadata": {}}
+
+        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+        headers = {"x-request-id": f"req_mock_{n}"}
+        if not obj.get("stream"):
+            self._send_json(200, response("completed", [item], usage), headers)
+            return
+        self._start_sse(headers)
+        seq = itertools.count()
+
+        def ev(kind: str, **fields: Any) -> None:
+            self._write_event(json.dumps({"type": kind, "sequence_number": next(seq), **fields}), kind)
+
+        ev("response.created", response=response("in_progress", [], None))
+        ev("response.in_progress", response=response("in_progress", [], None))
+        ev("response.output_item.added", output_index=0, item=dict(item, status="in_progress", content=[]))
+        ev("response.content_part.added", item_id=item_id, output_index=0, content_index=0, part=dict(part, text=""))
+        for piece in (text[:4], text[4:]):
+            ev("response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=piece, logprobs=[])
+        ev("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text, logprobs=[])
+        ev("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
+        ev("response.output_item.done", output_index=0, item=item)
+        ev("response.completed", response=response("completed", [item], usage))
+        self._end_sse()
+        st.log({"event": "stream_complete", "corr": corr, "path": "/v1/responses", "model": model, "deltas": 2})
 
     # ------------------------------------------------------------ Anthropic
     def _anthropic_usage(self, model: str) -> dict:

@@ -52,6 +52,8 @@ CHAT_USAGE = {"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 200}
 CHAT_COST = 345  # (1200-200)*0.15 + 200*0.075 + 300*0.6 micro-USD
 CLAUDE_USAGE = {"input_tokens": 250, "output_tokens": 40, "cached_tokens": 0}
 CLAUDE_COST = 360  # 250*0.8 + 40*4
+RESPONSES_USAGE = {"input_tokens": 700, "output_tokens": 50, "cached_tokens": 200}
+RESPONSES_COST = 120  # (700-200)*0.15 + 200*0.075 + 50*0.6
 PEM_SECRET = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
     "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
@@ -173,6 +175,7 @@ def test_openai_chat_plain(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
     key = OPENAI_KEYS[sorted(OPENAI_KEYS)[up["key_index"]]]
     assert seen["headers"].get("authorization") == f"Bearer {key}", "the key used must be the one the receipt's key_index names"
     assert seen["headers"].get("host") == f"localhost:{mocks.primary.port}"
+    assert raw.headers.get("x-request-id", "").startswith("req_mock_"), "the provider's x-request-id is passed back"
 
 
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
@@ -267,6 +270,34 @@ def test_openai_embeddings_base64(gw: Gateway, mocks: Mocks) -> None:
     assert r["model_requested"] == "text-embedding-3-small"
 
 
+def test_openai_responses_plain(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().responses.with_raw_response.create(model=OPENAI_MODEL, input=prompt(), user=corr)
+    resp = raw.parse()
+    assert resp.output_text == COMPLETION_TEXT
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["path"] == "/v1/responses"
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["reason"] == "allowed" and r["provider"] == "openai-mock"
+    assert r["usage"] == RESPONSES_USAGE
+    assert r["cost_micro_usd"] == RESPONSES_COST
+    assert r["upstream"]["provider_request_id"] == resp.id
+    assert r["model_served"] == resp.model
+
+
+def test_openai_responses_stream(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    raw = gw.openai().responses.with_raw_response.create(model=OPENAI_MODEL, input=prompt(), user=corr, stream=True)
+    events = list(raw.parse())
+    assert events[-1].type == "response.completed", [e.type for e in events]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == COMPLETION_TEXT
+    assert events[-1].response.usage.input_tokens == 700
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["reason"] == "allowed"
+    assert r["usage"] == RESPONSES_USAGE, "usage comes from response.completed"
+    assert r["upstream"]["provider_request_id"] == events[-1].response.id
+
+
 def test_openai_models_list_shows_only_allowed_models(gw: Gateway) -> None:
     ids = [m.id for m in gw.openai().models.list()]
     assert OPENAI_MODEL in ids and "text-embedding-3-small" in ids, ids
@@ -330,15 +361,22 @@ def test_anthropic_stream_with_stream_true(gw: Gateway, mocks: Mocks) -> None:
     assert gw.receipt(raw.headers.get(RID))["usage"] == CLAUDE_USAGE
 
 
-def test_anthropic_cache_tokens_count_as_input(gw: Gateway, mocks: Mocks) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_anthropic_cache_tokens_count_as_input(gw: Gateway, mocks: Mocks, stream: bool) -> None:
     """Anthropic reports cache reads and writes beside input_tokens, not in it;
     the receipt's input_tokens is documented as "prompt tokens, including cached
     ones", so it must add them up."""
     corr = new_corr()
-    raw = gw.anthropic().messages.with_raw_response.create(model="claude-cached", max_tokens=64, messages=msgs(), metadata={"user_id": corr})
-    u = raw.parse().usage
+    if stream:
+        with gw.anthropic().messages.stream(model="claude-cached", max_tokens=64, messages=msgs(), metadata={"user_id": corr}) as st:
+            rid = st.response.headers.get(RID)
+            u = st.get_final_message().usage
+    else:
+        raw = gw.anthropic().messages.with_raw_response.create(model="claude-cached", max_tokens=64, messages=msgs(), metadata={"user_id": corr})
+        rid = raw.headers.get(RID)
+        u = raw.parse().usage
     assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens, u.output_tokens) == (50, 1000, 100, 20)
-    r = gw.receipt(raw.headers.get(RID))
+    r = gw.receipt(rid)
     assert r["usage"] == {"input_tokens": 1150, "cached_tokens": 1000, "output_tokens": 20}, (
         f"receipt usage {r['usage']} from Anthropic usage input=50 cache_read=1000 cache_creation=100 output=20")
     assert r["cost_micro_usd"] == 280, "150 uncached * 0.8 + 1000 cached * 0.08 + 20 out * 4"
@@ -577,15 +615,20 @@ def test_upstream_429_without_alternative_is_passed_back(gw: Gateway, mocks: Moc
     assert len(mocks.primary.for_corr(corr)) == 1, "no retry against the same provider"
 
 
-def test_failover_on_429_answers_from_backup(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
+@pytest.mark.parametrize("model,first_status", [("gpt-failover", 429), ("gpt-failover-503", 503), ("gpt-failover-connect", None)],
+                         ids=["upstream-429", "upstream-503", "connect-refused"])
+def test_failover_answers_from_backup(gw: Gateway, mocks: Mocks, pki: Pki, model: str, first_status: int | None) -> None:
+    """failover: true, two allowed providers for the model; the first one fails
+    (429, 5xx, or refuses the connection) and the SDK gets the backup's 200."""
     corr = new_corr()
-    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-failover", messages=msgs(), user=corr)
+    raw = gw.openai().chat.completions.with_raw_response.create(model=model, messages=msgs(), user=corr)
     resp = raw.parse()
     assert raw.http_response.status_code == 200
     assert resp.choices[0].message.content == f"{COMPLETION_MARKER} answer from backup"
     assert resp.system_fingerprint == "fp_backup"
-    (flaky,) = mocks.flaky.for_corr(corr)
-    assert flaky["status"] == 429
+    if first_status is not None:
+        (flaky,) = mocks.flaky.for_corr(corr)
+        assert flaky["status"] == first_status
     (backup,) = mocks.backup.for_corr(corr)
     assert backup["status"] == 200 and backup["headers"].get("authorization", "").startswith("Bearer sk-upstream-INJECTED-KEY")
     r = gw.receipt(raw.headers.get(RID))
@@ -798,6 +841,46 @@ def test_hot_reload_keeps_streams_and_applies_new_policy(gateways: GatewayFactor
     mocks.primary.wait_for(stream_corr, "stream_complete")
     status, body, _ = rgw.admin_get("/ready")
     assert status == 200 and new_hash in body, body
+
+
+# =========================================================================== policy modes
+
+
+def test_audit_mode_forwards_and_records_the_would_deny(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    """mode: audit forwards what the policy does not allow and records a would-deny verdict."""
+    docs = [*base_providers(pki, mocks), doc("EgressPolicy", "default", {"mode": "audit", "allow": [{"providerRef": "openai-mock", "models": [OPENAI_MODEL]}]})]
+    agw = gateways.start("audit", docs)
+    client = agw.openai()
+    raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
+    ok = agw.receipt(raw.headers.get(RID))
+    assert ok["verdict"] == {"decision": "allow", "reason": "allowed", "guards": []}, ok["verdict"]
+    corr = new_corr()
+    try:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-blocked", messages=msgs(), user=corr)
+    except openai.APIStatusError as e:
+        pytest.fail(f"audit mode refused a disallowed model with {e.status_code} instead of forwarding it: {e.response.text}")
+    assert raw.parse().choices[0].message.content == COMPLETION_TEXT
+    assert mocks.primary.for_corr(corr), "audit mode must forward the request"
+    r = agw.receipt(raw.headers.get(RID))
+    v = r["verdict"]
+    assert v["reason"] != "allowed" or v["guards"], f"audit mode must record the would-deny, got {v}"
+
+
+def test_disabled_policy_refuses_all_traffic(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    """mode: disabled turns the policy off: the gateway refuses LLM traffic, never passes it through."""
+    docs = [*base_providers(pki, mocks), doc("EgressPolicy", "default", {"mode": "disabled", "allow": [{"providerRef": "openai-mock", "models": ["*"]}]})]
+    dgw = gateways.start("disabled", docs, wait_ready=False)
+    corr = new_corr()
+    with pytest.raises(openai.APIStatusError) as exc:
+        dgw.openai().chat.completions.create(model=OPENAI_MODEL, messages=msgs(), user=corr)
+    assert exc.value.status_code in (403, 503), exc.value.status_code
+    assert_openai_error(exc.value.response, exc.value.status_code)
+    with pytest.raises(anthropic.APIStatusError) as aexc:
+        dgw.anthropic().messages.create(model=CLAUDE_MODEL, max_tokens=16, messages=msgs())
+    assert aexc.value.status_code in (403, 503)
+    assert not mocks.primary.for_corr(corr)
+    status, body, _ = dgw.admin_get("/ready")
+    assert status == 503, (status, body)
 
 
 # =========================================================================== drain and spool limits
