@@ -564,7 +564,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         let sse = answer.content_type.starts_with("text/event-stream");
         let metered = MeteredBody::new(
             Source::Frames(frames),
-            tap_for(endpoint, sse, false),
+            tap_for(endpoint, sse, strip_injected_usage),
             draft,
             ticket_finish(&ticket, first.model.pricing.clone(), settle),
             None,
@@ -1060,12 +1060,20 @@ impl MeteredBody {
         if let (Some(upstream), Some(id)) = (draft.upstream.as_mut(), facts.provider_request_id) {
             upstream.provider_request_id = Some(id);
         }
+        let anthropic = draft.endpoint.style() == ApiStyle::Anthropic;
         let actual = facts.usage.map(|u| {
-            draft.usage = Some((u.input, u.output, u.cached_input));
-            let cost = price(u.input, u.output, u.cached_input, &finish.pricing);
+            // Receipts count input including cache reads; Anthropic reports
+            // cache reads apart from `input_tokens`, OpenAI inside `prompt_tokens`.
+            let input = if anthropic {
+                u.input.saturating_add(u.cached_input)
+            } else {
+                u.input
+            };
+            draft.usage = Some((input, u.output, u.cached_input));
+            let cost = price(input, u.output, u.cached_input, &finish.pricing);
             draft.cost_micro_usd = cost;
             Amounts {
-                tokens: u.input + u.output,
+                tokens: input.saturating_add(u.output),
                 requests: 1,
                 cost_micro_usd: cost,
             }
