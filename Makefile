@@ -3,10 +3,11 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test deps lint unit e2e crds fmt
+.PHONY: test deps lint unit sdk e2e crds fmt
 
-## test: everything CI runs: dependencies, lints, unit and integration tests, e2e.
-test: deps lint unit e2e
+## test: everything CI runs: dependencies, lints, unit and integration tests,
+## the SDK suite, and e2e.
+test: deps lint unit sdk e2e
 
 ## deps: install what the tests need (apt and pip packages); idempotent.
 deps:
@@ -17,9 +18,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## unit: every crate's unit and integration tests (the e2e crate runs in `e2e`).
+## unit: every crate's unit and integration tests (the e2e crate runs in `e2e`),
+## with a throwaway PostgreSQL for the recorder's backend suite.
 unit:
-	$(CARGO) test --workspace --locked --exclude tollgate-e2e
+	scripts/with-postgres.sh $(CARGO) test --workspace --locked --exclude tollgate-e2e
+
+## sdk: the official openai and anthropic Python SDKs against the gateway.
+sdk:
+	scripts/sdk-tests.sh
 
 ## e2e: start a real kube-apiserver and etcd (and PostgreSQL), run the suites, tear down.
 e2e:
