@@ -33,4 +33,10 @@ fi
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "install-test-deps: $tool is missing (install Rust with rustup, components rustfmt and clippy)" >&2; exit 1; }
 done
+# The gateway's SDK suite (scripts/sdk-tests.sh): the official openai and
+# anthropic Python SDKs under pytest, for the python3 on PATH.
+if ! python3 -c 'import openai, anthropic, pytest' 2>/dev/null; then
+  echo "install-test-deps: pip install openai anthropic pytest" >&2
+  python3 -m pip install --quiet openai anthropic pytest
+fi
 echo "install-test-deps: ok" >&2

@@ -158,25 +158,33 @@ pub fn run(args: &CompileArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> 
     let labels = parse_labels(&args.namespace_labels)?;
     let objects = ManifestObjects::read(&args.manifests, &args.namespace)?;
     let compiled = objects.compile(&args.namespace, &labels);
+    for p in &compiled.problems {
+        eprintln!("compile: {}: {}: {}", p.object, p.reason, p.message);
+    }
+    if !compiled.problems.is_empty() {
+        // A gateway may be watching the output: never hand it a degraded config.
+        eprintln!("compile: not writing a config with problems");
+        return Ok(ExitCode::FAILURE);
+    }
     let json = serde_json::to_string_pretty(&compiled.config)? + "\n";
     match &args.output {
-        Some(path) => {
-            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?
-        }
+        Some(path) => write_atomically(path, json.as_bytes())?,
         None => out.write_all(json.as_bytes())?,
     }
     if let Some(dir) = &args.credentials_dir {
         let n = objects.write_credentials(dir)?;
         eprintln!("compile: wrote {n} key(s) under {}", dir.display());
     }
-    for p in &compiled.problems {
-        eprintln!("compile: {}: {}: {}", p.object, p.reason, p.message);
-    }
-    Ok(if compiled.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes through a temporary file and a rename, so a reader (a gateway
+/// watching the file) sees the old config or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod compile;
 mod crds;
+mod verify;
 
 /// Tollgate: governed, provable LLM egress for Kubernetes.
 #[derive(Parser, Debug)]
@@ -21,6 +22,8 @@ enum Command {
     Crds,
     /// Compile manifests into the gateway config a namespace would get.
     Compile(compile::CompileArgs),
+    /// Verify an exported evidence bundle offline against trust anchors.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => crds::run(&mut stdout),
         Command::Compile(args) => compile::run(&args, &mut stdout),
+        Command::Verify(args) => verify::run(&args, &mut stdout),
     };
     match result {
         Ok(code) => code,

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tollgate_crds::gateway_config::{
     CompiledModel, CompiledPolicy, CompiledProvider, GatewayConfig, glob_matches,
 };
+use tollgate_crds::policy::PolicyMode;
 use tollgate_crds::provider::{ModelPricing, ProviderApi};
 use tollgate_evidence::{Decision, Lane};
 
@@ -270,6 +271,7 @@ fn candidates<'a>(
     policy: &'a CompiledPolicy,
     endpoint: Endpoint,
     requested: &str,
+    check_globs: bool,
 ) -> Vec<Candidate<'a>> {
     let (forced, model_name) = match requested.split_once(':') {
         Some((p, m)) if config.provider(p).is_some() => (Some(p), m),
@@ -294,10 +296,11 @@ fn candidates<'a>(
         else {
             continue;
         };
-        let allowed = route
-            .model_globs
-            .iter()
-            .any(|g| glob_matches(g, &model.name) || glob_matches(g, model_name));
+        let allowed = !check_globs
+            || route
+                .model_globs
+                .iter()
+                .any(|g| glob_matches(g, &model.name) || glob_matches(g, model_name));
         if allowed {
             out.push(Candidate {
                 provider,
@@ -346,9 +349,6 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         );
     };
     let runtime = gateway.runtime();
-    if endpoint == Endpoint::Models {
-        return list_models(&runtime, request.headers());
-    }
     let style = endpoint.style();
     if !gateway.receipts.status.accepting() {
         let fail_open = runtime
@@ -376,6 +376,9 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         model_requested: None,
         guards: Vec::new(),
     };
+    if endpoint == Endpoint::Models {
+        return ticket.answer_models(&parts.headers);
+    }
     let Some(policy) = runtime.policy.as_ref() else {
         return ticket.refuse(
             ErrorKind::PermissionDenied,
@@ -424,20 +427,27 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             );
         }
     };
+    // In audit mode every policy refusal becomes a guard code on a forwarded
+    // request: the receipt records the would-deny, the client sees no change.
+    let audit = policy.mode == PolicyMode::Audit;
     if policy.block_secrets
         && let Some(secret) = guards::find_secret(&bytes)
     {
         ticket.guards.push(secret.code());
+    }
+    if let Some(code) = ticket.guards.first().copied().filter(|_| !audit) {
         return ticket.refuse(
             ErrorKind::PermissionDenied,
             "secret_in_request",
             &format!(
-                "the request carries a secret ({}); Tollgate refuses to send it to a provider",
-                secret.code()
+                "the request carries a secret ({code}); Tollgate refuses to send it to a provider"
             ),
             None,
             Lane::Live,
         );
+    }
+    if audit && !ticket.guards.is_empty() {
+        ticket.guards.push("audit.secret_in_request");
     }
     let Some(requested) = json
         .get("model")
@@ -454,7 +464,13 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     };
     ticket.model_requested = Some(requested.clone());
     let config = &runtime.config;
-    let candidates = candidates(config, policy, endpoint, &requested);
+    let mut candidates = candidates(config, policy, endpoint, &requested, true);
+    if candidates.is_empty() && audit {
+        candidates = self::candidates(config, policy, endpoint, &requested, false);
+        if !candidates.is_empty() {
+            ticket.guards.push("audit.model_not_allowed");
+        }
+    }
     let Some(first) = candidates.first() else {
         return ticket.refuse(
             ErrorKind::PermissionDenied,
@@ -472,6 +488,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     let asked = requested_max_tokens(endpoint, &json);
     if let (Some(asked), Some(cap)) = (asked, first.max_tokens)
         && asked > u64::from(cap)
+        && !audit
     {
         return ticket.refuse(
             ErrorKind::InvalidRequest,
@@ -480,6 +497,12 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             Some(&first.provider.name),
             lane,
         );
+    }
+    if audit
+        && let (Some(asked), Some(cap)) = (asked, first.max_tokens)
+        && asked > u64::from(cap)
+    {
+        ticket.guards.push("audit.max_tokens_over_policy");
     }
     let mut rewrite = false;
     if asked.is_none()
@@ -512,10 +535,18 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         pod_labels: gateway.identity.pod_labels.clone(),
     };
     let limits = matching_limits(config, &caller, &first.provider.name, &first.model.name);
-    let estimate = Amounts {
-        tokens: input_estimate + output_estimate,
-        requests: 1,
-        cost_micro_usd: price(input_estimate, output_estimate, 0, &first.model.pricing),
+    // Counting tokens is free: it is one request and no tokens.
+    let estimate = if endpoint == Endpoint::CountTokens {
+        Amounts {
+            requests: 1,
+            ..Amounts::default()
+        }
+    } else {
+        Amounts {
+            tokens: input_estimate + output_estimate,
+            requests: 1,
+            cost_micro_usd: price(input_estimate, output_estimate, 0, &first.model.pricing),
+        }
     };
     let now_secs = ticket.started_at_ms / 1000;
     let reservation = match gateway.quota.reserve(&limits, estimate, now_secs) {
@@ -939,7 +970,26 @@ fn copy_forwarded_headers(
     }
 }
 
-fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Response {
+impl Ticket {
+    /// Lists the models the policy allows, and records the listing.
+    fn answer_models(mut self, headers: &HeaderMap) -> Response {
+        self.request_sha256 = Sha256::digest(b"").into();
+        let body = list_models(&self.runtime, headers);
+        let mut draft = self.draft(Decision::Allow, "models_listed", 200);
+        draft.response_sha256 = Sha256::digest(&body).into();
+        draft.response_length = body.len() as u64;
+        self.submit(draft);
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.tag(&mut response);
+        response
+    }
+}
+
+fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Bytes {
     let mut names: Vec<(String, &str)> = Vec::new();
     if let Some(policy) = &runtime.policy {
         for route in &policy.routes {
@@ -964,12 +1014,7 @@ fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Response {
         let data: Vec<Value> = names.iter().map(|(n, p)| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": p})).collect();
         serde_json::json!({"object": "list", "data": data})
     };
-    let mut response = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 enum Source {
@@ -1061,7 +1106,10 @@ impl MeteredBody {
             upstream.provider_request_id = Some(id);
         }
         let anthropic = draft.endpoint.style() == ApiStyle::Anthropic;
-        let actual = facts.usage.map(|u| {
+        let usage = facts
+            .usage
+            .filter(|_| draft.endpoint != Endpoint::CountTokens);
+        let actual = usage.map(|u| {
             // Receipts count input including cache reads; Anthropic reports
             // cache reads apart from `input_tokens`, OpenAI inside `prompt_tokens`.
             let input = if anthropic {
@@ -1078,6 +1126,14 @@ impl MeteredBody {
                 cost_micro_usd: cost,
             }
         });
+        let actual = if draft.endpoint == Endpoint::CountTokens {
+            Some(Amounts {
+                requests: 1,
+                ..Amounts::default()
+            })
+        } else {
+            actual
+        };
         draft.quota = finish.settle.charge(actual);
         match ending {
             Ending::Complete => {}
@@ -1282,19 +1338,31 @@ mod tests {
     #[test]
     fn routes_follow_policy_order_and_never_mix_lanes() {
         let (config, policy) = config();
-        let c = candidates(&config, &policy, Endpoint::ChatCompletions, "gpt-4o-mini");
+        let c = candidates(
+            &config,
+            &policy,
+            Endpoint::ChatCompletions,
+            "gpt-4o-mini",
+            true,
+        );
         assert_eq!(
             names(&c),
             ["openai:gpt-4o-mini", "backup:gpt-4o-mini"],
             "dry-run is never a fallback for a live route"
         );
-        let c = candidates(&config, &policy, Endpoint::ChatCompletions, "mini");
+        let c = candidates(&config, &policy, Endpoint::ChatCompletions, "mini", true);
         assert_eq!(
             names(&c),
             ["openai:gpt-4o-mini"],
             "aliases resolve to the provider's name"
         );
-        let c = candidates(&config, &policy, Endpoint::ChatCompletions, "dry-only");
+        let c = candidates(
+            &config,
+            &policy,
+            Endpoint::ChatCompletions,
+            "dry-only",
+            true,
+        );
         assert_eq!(names(&c), ["dry:dry-only"]);
     }
 
@@ -1306,7 +1374,8 @@ mod tests {
                 &config,
                 &policy,
                 Endpoint::ChatCompletions,
-                "backup:gpt-4o-mini"
+                "backup:gpt-4o-mini",
+                true
             )),
             ["backup:gpt-4o-mini"]
         );
@@ -1315,7 +1384,8 @@ mod tests {
                 &config,
                 &policy,
                 Endpoint::ChatCompletions,
-                "dry:gpt-4o-mini"
+                "dry:gpt-4o-mini",
+                true
             )),
             ["dry:gpt-4o-mini"]
         );
@@ -1324,7 +1394,8 @@ mod tests {
                 &config,
                 &policy,
                 Endpoint::ChatCompletions,
-                "nobody:gpt-4o-mini"
+                "nobody:gpt-4o-mini",
+                true
             )
             .is_empty()
         );
@@ -1338,7 +1409,8 @@ mod tests {
                 &config,
                 &policy,
                 Endpoint::ChatCompletions,
-                "claude-3-5-haiku"
+                "claude-3-5-haiku",
+                true
             )
             .is_empty(),
             "an Anthropic model over the OpenAI API"
@@ -1348,12 +1420,13 @@ mod tests {
                 &config,
                 &policy,
                 Endpoint::Messages,
-                "claude-3-5-haiku"
+                "claude-3-5-haiku",
+                true
             )),
             ["claude:claude-3-5-haiku"]
         );
         assert!(
-            candidates(&config, &policy, Endpoint::ChatCompletions, "gpt-5").is_empty(),
+            candidates(&config, &policy, Endpoint::ChatCompletions, "gpt-5", true).is_empty(),
             "not listed by any provider"
         );
     }

@@ -18,8 +18,8 @@ use tollgate_evidence::chain::CloseReason;
 use tollgate_evidence::{
     Api, Code, Decision, DnsSubdomain, Envelope, GuardCodes, HostName, HttpMethod, HttpStatus,
     Identifier, Lane, Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId, RequestVerdict,
-    Route, SafeU64, Sha256Hex, SignedKeyCertificate, SignedReceipt, SigningKey, StreamChainWriter,
-    Timestamp, Upstream, Usage, Workload,
+    Route, SafeU64, Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter, Timestamp,
+    Upstream, Usage, Workload,
 };
 
 use crate::api::{ApiStyle, Endpoint};
@@ -349,8 +349,7 @@ impl SpoolWriter {
     /// Signs, chains and appends one receipt. Buffered: call [`Self::sync`].
     pub fn append(&mut self, draft: ReceiptDraft) -> Result<Envelope, SpoolError> {
         let body = draft.into_body(&self.workload)?;
-        let signed = SignedReceipt::sign(body, &self.key).map_err(DraftError::from)?;
-        let envelope = self.chain.append(signed)?;
+        let envelope = self.chain.sign_and_append(body, &self.key)?;
         self.write_line(&SpoolLine::Envelope(&envelope))?;
         Ok(envelope)
     }

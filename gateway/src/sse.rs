@@ -37,7 +37,7 @@ const MAX_EVENT_NAME: usize = 64;
 
 /// Token counts from a provider response, as the provider reports them.
 /// For OpenAI `input` includes `cached_input`; for Anthropic `input` is
-/// `input_tokens`, which excludes cache reads (`cached_input`).
+/// `input_tokens` plus cache writes, which excludes cache reads (`cached_input`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenUsage {
     pub input: u64,
@@ -514,6 +514,8 @@ struct WireUsage {
     output_tokens: Lenient<u64>,
     input_tokens_details: Lenient<WireTokenDetails>,
     cache_read_input_tokens: Lenient<u64>,
+    /// Anthropic: input tokens written to the prompt cache, outside `input_tokens`.
+    cache_creation_input_tokens: Lenient<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -536,7 +538,11 @@ impl WireUsage {
         }
         if self.input_tokens.0.is_some() || self.output_tokens.0.is_some() {
             return Some(TokenUsage {
-                input: self.input_tokens.0.unwrap_or(0),
+                input: self
+                    .input_tokens
+                    .0
+                    .unwrap_or(0)
+                    .saturating_add(self.cache_creation_input_tokens.0.unwrap_or(0)),
                 output: self.output_tokens.0.unwrap_or(0),
                 cached_input: cached(&self.input_tokens_details)
                     .or(self.cache_read_input_tokens.0)

@@ -565,15 +565,18 @@ def test_404_unknown_path_anthropic(gw: Gateway) -> None:
     assert_anthropic_error(exc.value.response, 404, "not_found_error")
 
 
-def test_every_response_carries_a_receipt_id(gw: Gateway) -> None:
-    """The interface: every response carries x-tollgate-receipt-id, refusals before routing included."""
-    missing = []
-    for method, path, body in [("POST", "/v1/files", b"{}"), ("GET", "/v1/models", b""), ("POST", "/v2/chat/completions", b"{}"),
-                               ("GET", "/v1/chat/completions", b"")]:
-        status, headers, _ = raw_post(gw, path, body, method=method)
-        if not headers.get(RID):
-            missing.append(f"{method} {path} -> {status}")
-    assert not missing, f"responses without {RID}: {missing}"
+def test_receipt_ids_mark_exactly_the_responses_that_have_receipts(gw: Gateway) -> None:
+    """Every API decision carries x-tollgate-receipt-id and has a receipt, the model
+    listing included. A path that is not a model API is refused with 404 before any
+    decision (docs/gateway.md), so it has neither."""
+    status, headers, _ = raw_post(gw, "/v1/models", b"", method="GET")
+    assert status == 200
+    r = gw.receipt(headers.get(RID))
+    assert r["verdict"]["reason"] == "models_listed", r["verdict"]
+    for method, path in [("POST", "/v1/files"), ("POST", "/v2/chat/completions"), ("GET", "/v1/chat/completions")]:
+        status, headers, _ = raw_post(gw, path, b"{}" if method == "POST" else b"", method=method)
+        assert status == 404, f"{method} {path} -> {status}"
+        assert not headers.get(RID), f"{method} {path} claims a receipt it does not have"
 
 
 def test_403_secret_in_prompt_openai(gw: Gateway, mocks: Mocks) -> None:
@@ -670,6 +673,9 @@ def test_stream_client_disconnect_cancels_upstream(gw: Gateway, mocks: Mocks) ->
     assert r["verdict"]["reason"] == "client_disconnected", r["verdict"]
     assert r["response_status"] == 200 and r["response_length"] > 0
     assert r["upstream"]["tls_cert_sha256"], r["upstream"]
+
+
+# =========================================================================== streaming pass-through
 
 
 def test_openai_stream_is_passed_through_not_buffered(gw: Gateway) -> None:
@@ -772,6 +778,22 @@ def test_quota_fourth_request_in_a_minute_is_429(gateways: GatewayFactory, pki: 
         qgw.anthropic().messages.create(model=CLAUDE_MODEL, max_tokens=16, messages=msgs())
     assert_anthropic_error(aexc.value.response, 429, "rate_limit_error")
     assert aexc.value.response.headers.get("retry-after", "").isdigit()
+
+
+def test_shadow_quota_serves_and_records_the_would_deny(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    docs = [*base_providers(pki, mocks),
+            doc("EgressPolicy", "default", {"allow": [{"providerRef": "openai-mock", "models": ["*"]}]}),
+            doc("EgressQuota", "shadow", {"enforcement": "shadow", "limits": [{"name": "one", "rolling": "1h", "requests": 1}]})]
+    sgw = gateways.start("shadow-quota", docs)
+    client = sgw.openai()
+    verdicts = []
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
+        assert raw.parse().choices[0].message.content == COMPLETION_TEXT, "shadow enforcement must let requests through"
+        verdicts.append(sgw.receipt(raw.headers.get(RID))["verdict"])
+    assert verdicts[0] == {"decision": "allow", "reason": "allowed", "guards": []}, verdicts[0]
+    for v in verdicts[1:]:
+        assert v["decision"] == "allow" and any("quota" in g for g in v["guards"]), f"over-budget request should record a would-deny: {v}"
 
 
 # =========================================================================== 8. hot reload
@@ -974,7 +996,8 @@ def test_zz_shutdown_closes_streams_and_nothing_private_is_kept(gateways: Gatewa
     }
     leaks = []
     for g in gateways.started:
-        files = sorted(g.spool_dir.rglob("*")) + [g.stderr_path]
+        # The compiled config travels to every gateway: it must hold no key either.
+        files = sorted(g.spool_dir.rglob("*")) + [g.stderr_path, g.config_path]
         for f in files:
             if not f.is_file():
                 continue

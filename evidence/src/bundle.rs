@@ -1,0 +1,440 @@
+//! The evidence bundle: one JSON document an auditor verifies offline. It holds a
+//! manifest (signed by the recorder key), the gateway key certificates, the sealed
+//! segments with their envelopes, one checkpoint per segment, and inclusion and
+//! consistency proofs.
+//!
+//! A bundle is always a complete prefix of the log, from segment 0. Certificates
+//! are sorted by `(key_id, not_before)` and proofs by their indices, so one log
+//! state has one bundle layout.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::certificate::SignedKeyCertificate;
+use crate::checkpoint::SignedCheckpoint;
+use crate::fields::{FieldError, Identifier, SafeU64, SchemaVersion1, constant_string};
+use crate::hash::Sha256Hex;
+use crate::jcs::CanonicalError;
+use crate::keys::{
+    KeyId, PublicKey, SignatureError, SignatureHex, SigningKey, sign_canonical, verify_named,
+};
+use crate::merkle::{MerkleTree, ProofError};
+use crate::segment::{Segment, envelope_leaf};
+use crate::timestamp::Timestamp;
+
+constant_string!(
+    /// `"tollgate.dev/evidence-bundle"`.
+    BundleFormat = "tollgate.dev/evidence-bundle"
+);
+
+/// The whole bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// What the bundle holds.
+    pub manifest: Manifest,
+    /// The recorder key's signature over `JCS(manifest)`.
+    pub manifest_signature: ManifestSignature,
+    /// Gateway key certificates, sorted by `(key_id, not_before)`.
+    pub certificates: Vec<SignedKeyCertificate>,
+    /// Sealed segments, from segment 0, in order.
+    pub segments: Vec<Segment>,
+    /// One checkpoint per segment, in order.
+    pub checkpoints: Vec<SignedCheckpoint>,
+    /// Proofs over the checkpoints.
+    pub proofs: Proofs,
+}
+
+/// The bundle's table of contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always `tollgate.dev/evidence-bundle`.
+    pub format: BundleFormat,
+    /// Always 1.
+    pub format_version: SchemaVersion1,
+    /// The log's name.
+    pub origin: Identifier,
+    /// When the bundle was built.
+    pub created_at: Timestamp,
+    /// How many of each thing the bundle holds.
+    pub counts: ManifestCounts,
+    /// Index and time ranges covered.
+    pub ranges: ManifestRanges,
+    /// Hash of the last checkpoint body.
+    pub latest_checkpoint_hash: Sha256Hex,
+}
+
+/// Counts in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestCounts {
+    /// Segments.
+    pub segments: SafeU64,
+    /// Envelopes in all segments.
+    pub envelopes: SafeU64,
+    /// Envelopes carrying receipts.
+    pub receipts: SafeU64,
+    /// Envelopes carrying close records.
+    pub close_records: SafeU64,
+    /// Distinct stream ids.
+    pub streams: SafeU64,
+    /// Key certificates.
+    pub certificates: SafeU64,
+    /// Checkpoints.
+    pub checkpoints: SafeU64,
+    /// Inclusion proofs.
+    pub inclusion_proofs: SafeU64,
+    /// Consistency proofs.
+    pub consistency_proofs: SafeU64,
+}
+
+/// Ranges in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRanges {
+    /// First and last segment index.
+    pub segment_index: IndexRange,
+    /// First and last log position.
+    pub leaf_index: IndexRange,
+    /// Earliest `started_at` and latest `completed_at` over all receipts; absent
+    /// when there are none.
+    pub receipt_time: Option<TimeRange>,
+}
+
+/// An inclusive integer range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRange {
+    /// First.
+    pub first: SafeU64,
+    /// Last.
+    pub last: SafeU64,
+}
+
+/// An inclusive time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeRange {
+    /// Earliest.
+    pub first: Timestamp,
+    /// Latest.
+    pub last: Timestamp,
+}
+
+/// The recorder's signature over the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// The recorder key id.
+    pub key_id: KeyId,
+    /// Ed25519 over `JCS(manifest)`.
+    pub signature: SignatureHex,
+}
+
+/// Proofs over the checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proofs {
+    /// Inclusion proofs, sorted by `(checkpoint_index, leaf_index)`.
+    pub inclusion: Vec<InclusionProof>,
+    /// Consistency proofs, sorted by `(from_checkpoint, to_checkpoint)`.
+    pub consistency: Vec<ConsistencyProof>,
+}
+
+/// Proof that the envelope at `leaf_index` is in checkpoint `checkpoint_index`'s tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionProof {
+    /// Index into `checkpoints`.
+    pub checkpoint_index: SafeU64,
+    /// Log position of the envelope.
+    pub leaf_index: SafeU64,
+    /// RFC 6962 audit path, leaf level first.
+    pub path: Vec<Sha256Hex>,
+}
+
+/// Proof that checkpoint `to_checkpoint`'s tree extends `from_checkpoint`'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProof {
+    /// Index into `checkpoints` of the older tree.
+    pub from_checkpoint: SafeU64,
+    /// Index into `checkpoints` of the newer tree.
+    pub to_checkpoint: SafeU64,
+    /// RFC 6962 consistency proof.
+    pub path: Vec<Sha256Hex>,
+}
+
+/// Why a bundle could not be built or serialized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// No segments.
+    #[error("a bundle needs at least one segment")]
+    Empty,
+    /// Segment `index` does not continue the previous one (index, first leaf or
+    /// seal link).
+    #[error("segment {index} does not continue the log")]
+    SegmentOutOfOrder {
+        /// Position in the input.
+        index: usize,
+    },
+    /// The checkpoint given with segment `index` is not for its seal, or its size is wrong.
+    #[error("checkpoint {index} does not belong to its segment")]
+    CheckpointMismatch {
+        /// Position in the input.
+        index: usize,
+    },
+    /// A number passed 2^53 − 1.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// A proof could not be generated.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// No canonical encoding.
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+    /// JSON serialization failed.
+    #[error("serializing the bundle: {0}")]
+    Json(String),
+}
+
+impl Manifest {
+    /// Describes bundle contents. The builder uses this to write the manifest and the
+    /// verifier to check it.
+    pub fn summarize(
+        origin: &Identifier,
+        created_at: Timestamp,
+        certificates: &[SignedKeyCertificate],
+        segments: &[Segment],
+        checkpoints: &[SignedCheckpoint],
+        proofs: &Proofs,
+    ) -> Result<Self, BundleError> {
+        let mut receipts = 0usize;
+        let mut closes = 0usize;
+        let mut streams = BTreeSet::new();
+        let mut time: Option<TimeRange> = None;
+        for envelope in segments.iter().flat_map(|s| &s.envelopes) {
+            streams.insert(&envelope.stream_id);
+            match envelope.receipt() {
+                Some(receipt) => {
+                    receipts += 1;
+                    let (start, end) = (receipt.body.started_at, receipt.body.completed_at);
+                    time = Some(match time {
+                        None => TimeRange {
+                            first: start,
+                            last: end,
+                        },
+                        Some(t) => TimeRange {
+                            first: t.first.min(start),
+                            last: t.last.max(end),
+                        },
+                    });
+                }
+                None => closes += 1,
+            }
+        }
+        let envelopes = receipts + closes;
+        let first_segment = segments
+            .first()
+            .map_or(SafeU64::ZERO, |s| s.genesis.segment_index);
+        let last_segment = segments
+            .last()
+            .map_or(SafeU64::ZERO, |s| s.genesis.segment_index);
+        let latest_checkpoint_hash = match checkpoints.last() {
+            Some(c) => c.checkpoint.hash()?,
+            None => crate::merkle::empty_root(),
+        };
+        Ok(Self {
+            format: BundleFormat,
+            format_version: SchemaVersion1,
+            origin: origin.clone(),
+            created_at,
+            counts: ManifestCounts {
+                segments: SafeU64::from_usize(segments.len())?,
+                envelopes: SafeU64::from_usize(envelopes)?,
+                receipts: SafeU64::from_usize(receipts)?,
+                close_records: SafeU64::from_usize(closes)?,
+                streams: SafeU64::from_usize(streams.len())?,
+                certificates: SafeU64::from_usize(certificates.len())?,
+                checkpoints: SafeU64::from_usize(checkpoints.len())?,
+                inclusion_proofs: SafeU64::from_usize(proofs.inclusion.len())?,
+                consistency_proofs: SafeU64::from_usize(proofs.consistency.len())?,
+            },
+            ranges: ManifestRanges {
+                segment_index: IndexRange {
+                    first: first_segment,
+                    last: last_segment,
+                },
+                leaf_index: IndexRange {
+                    first: SafeU64::ZERO,
+                    last: SafeU64::from_usize(envelopes.saturating_sub(1))?,
+                },
+                receipt_time: time,
+            },
+            latest_checkpoint_hash,
+        })
+    }
+
+    /// Signs the manifest with the recorder key.
+    pub fn sign(&self, recorder_key: &SigningKey) -> Result<ManifestSignature, CanonicalError> {
+        Ok(ManifestSignature {
+            key_id: KeyId::of_signing_key(recorder_key),
+            signature: sign_canonical(self, recorder_key)?,
+        })
+    }
+
+    /// Verifies `signature` with `recorder_key`, which must be the named key.
+    pub fn verify_signature(
+        &self,
+        signature: &ManifestSignature,
+        recorder_key: &PublicKey,
+    ) -> Result<(), SignatureError> {
+        verify_named(self, &signature.key_id, recorder_key, &signature.signature)
+    }
+}
+
+/// The order certificates appear in a bundle.
+pub fn certificate_order(a: &SignedKeyCertificate, b: &SignedKeyCertificate) -> std::cmp::Ordering {
+    (a.certificate.key_id, a.certificate.not_before)
+        .cmp(&(b.certificate.key_id, b.certificate.not_before))
+}
+
+/// Assembles a bundle from sealed segments (with their envelopes), their
+/// checkpoints and the gateway key certificates. Pure: the recorder reads the
+/// inputs from storage and writes the output wherever it likes.
+#[derive(Debug, Clone)]
+pub struct BundleBuilder {
+    origin: Identifier,
+    created_at: Timestamp,
+    certificates: Vec<SignedKeyCertificate>,
+    segments: Vec<Segment>,
+    checkpoints: Vec<SignedCheckpoint>,
+}
+
+impl BundleBuilder {
+    /// Starts a bundle of the log `origin`.
+    pub fn new(origin: Identifier, created_at: Timestamp) -> Self {
+        Self {
+            origin,
+            created_at,
+            certificates: Vec::new(),
+            segments: Vec::new(),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    /// Adds a gateway key certificate. Exact duplicates are dropped.
+    pub fn add_certificate(&mut self, certificate: SignedKeyCertificate) -> &mut Self {
+        if !self.certificates.contains(&certificate) {
+            self.certificates.push(certificate);
+        }
+        self
+    }
+
+    /// Adds the next sealed segment and the checkpoint issued with it. Checks that it
+    /// continues the log.
+    pub fn add_segment(
+        &mut self,
+        segment: Segment,
+        checkpoint: SignedCheckpoint,
+    ) -> Result<&mut Self, BundleError> {
+        let index = self.segments.len();
+        let expected_first_leaf = self
+            .segments
+            .iter()
+            .map(|s| s.envelopes.len())
+            .sum::<usize>();
+        let previous_seal = match self.segments.last() {
+            Some(previous) => crate::hash::PrevHash::Hash(previous.seal.hash()?),
+            None => crate::hash::PrevHash::Genesis,
+        };
+        let continues = segment.genesis.segment_index.get() == index as u64
+            && segment.seal.segment_index == segment.genesis.segment_index
+            && segment.genesis.first_leaf_index.get() == expected_first_leaf as u64
+            && segment.genesis.prev_seal_hash == previous_seal
+            && !segment.envelopes.is_empty();
+        if !continues {
+            return Err(BundleError::SegmentOutOfOrder { index });
+        }
+        let size = expected_first_leaf + segment.envelopes.len();
+        if checkpoint.checkpoint.seal_hash != segment.seal.hash()?
+            || checkpoint.checkpoint.size.get() != size as u64
+        {
+            return Err(BundleError::CheckpointMismatch { index });
+        }
+        self.segments.push(segment);
+        self.checkpoints.push(checkpoint);
+        Ok(self)
+    }
+
+    /// Builds the bundle: sorts certificates, generates a consistency proof between
+    /// each pair of consecutive checkpoints and an inclusion proof of each
+    /// checkpoint's newest envelope, writes the manifest and signs it with the
+    /// recorder key.
+    pub fn build(self, recorder_key: &SigningKey) -> Result<Bundle, BundleError> {
+        if self.segments.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        let mut certificates = self.certificates;
+        certificates.sort_by(certificate_order);
+        let leaves = self
+            .segments
+            .iter()
+            .flat_map(|s| &s.envelopes)
+            .map(|e| envelope_leaf(&e.hash))
+            .collect();
+        let tree = MerkleTree::new(leaves);
+        let mut proofs = Proofs::default();
+        let mut previous_size = None;
+        for (i, checkpoint) in self.checkpoints.iter().enumerate() {
+            let size = checkpoint.checkpoint.size.get();
+            let last_leaf = size
+                .checked_sub(1)
+                .ok_or(BundleError::CheckpointMismatch { index: i })?;
+            proofs.inclusion.push(InclusionProof {
+                checkpoint_index: SafeU64::from_usize(i)?,
+                leaf_index: SafeU64::new(last_leaf)?,
+                path: tree.inclusion_proof(last_leaf, size)?,
+            });
+            if let Some(old) = previous_size {
+                proofs.consistency.push(ConsistencyProof {
+                    from_checkpoint: SafeU64::from_usize(i - 1)?,
+                    to_checkpoint: SafeU64::from_usize(i)?,
+                    path: tree.consistency_proof(old, size)?,
+                });
+            }
+            previous_size = Some(size);
+        }
+        let manifest = Manifest::summarize(
+            &self.origin,
+            self.created_at,
+            &certificates,
+            &self.segments,
+            &self.checkpoints,
+            &proofs,
+        )?;
+        let manifest_signature = manifest.sign(recorder_key)?;
+        Ok(Bundle {
+            manifest,
+            manifest_signature,
+            certificates,
+            segments: self.segments,
+            checkpoints: self.checkpoints,
+            proofs,
+        })
+    }
+}
+
+impl Bundle {
+    /// Compact JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>, BundleError> {
+        serde_json::to_vec(self).map_err(|e| BundleError::Json(e.to_string()))
+    }
+
+    /// Indented JSON, for people.
+    pub fn to_json_pretty(&self) -> Result<Vec<u8>, BundleError> {
+        serde_json::to_vec_pretty(self).map_err(|e| BundleError::Json(e.to_string()))
+    }
+}
