@@ -22,6 +22,8 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 DURATION = 4 if QUICK else 10
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16})
 PROCS = []
+# The client key: LiteLLM checks it as its master key; the gateway drops it.
+CLIENT_KEY = "sk-bench-client-key"
 
 
 def free_port():
@@ -73,7 +75,7 @@ def cpu_seconds(pid):
 def oha(url, rate, duration=DURATION):
     cmd = ["oha", "-z", f"{duration}s", "-q", str(rate), "--latency-correction", "-c", "64", "--no-tui",
            "--output-format", "json", "-m", "POST", "-H", "content-type: application/json",
-           "-H", "authorization: Bearer bench-client-key", "-d", BODY, url]
+           "-H", f"authorization: Bearer {CLIENT_KEY}", "-d", BODY, url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     pct = data.get("latencyPercentiles", {})
@@ -97,6 +99,19 @@ def sse_probe(url):
     return json.loads(out)
 
 
+def make_tls(work):
+    """A throwaway CA and a leaf for 127.0.0.1, for the mock upstream."""
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=tollgate-bench-ca", "-keyout", str(work / "ca.key.pem"), "-out", str(work / "ca.pem"))
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(work / "leaf.key"), "-out", str(work / "leaf.csr"))
+    (work / "leaf.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    ossl("x509", "-req", "-in", str(work / "leaf.csr"), "-CA", str(work / "ca.pem"), "-CAkey", str(work / "ca.key.pem"),
+         "-CAcreateserial", "-days", "2", "-extfile", str(work / "leaf.ext"), "-out", str(work / "leaf.pem"))
+
+
 def machine():
     model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "unknown")
     mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
@@ -114,9 +129,12 @@ def main():
     logs = open(work / "processes.log", "w")
     results = {"machine": machine(), "duration_s": DURATION, "command": "bench/run.sh"}
     try:
-        mock_port = free_port()
-        start([str(REL / "mock-upstream"), "--listen", f"127.0.0.1:{mock_port}"], logs)
+        make_tls(work)
+        mock_port, tls_port = free_port(), free_port()
+        start([str(REL / "mock-upstream"), "--listen", f"127.0.0.1:{mock_port}", "--tls-listen", f"127.0.0.1:{tls_port}",
+               "--tls-cert", str(work / "leaf.pem"), "--tls-key", str(work / "leaf.key")], logs)
         wait_port(mock_port)
+        wait_port(tls_port)
 
         nginx_port = free_port()
         (work / "nginx.conf").write_text(f"""
@@ -124,16 +142,19 @@ worker_processes 2; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-err
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  upstream up {{ server 127.0.0.1:{mock_port}; keepalive 64; }}
+  upstream up {{ server 127.0.0.1:{tls_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{nginx_port};
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }}
+    location / {{ proxy_pass https://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off;
+                 proxy_ssl_verify on; proxy_ssl_trusted_certificate {work}/ca.pem; proxy_ssl_name 127.0.0.1;
+                 proxy_ssl_session_reuse on; }}
   }}
 }}
 """)
         start(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], logs)
         wait_port(nginx_port)
 
+        ca_pem = "\n".join("      " + l for l in (work / "ca.pem").read_text().strip().splitlines())
         manifests = work / "manifests"
         manifests.mkdir()
         (manifests / "bench.yaml").write_text(f"""
@@ -142,10 +163,20 @@ kind: LLMProvider
 metadata: {{name: mock}}
 spec:
   api: openai
-  baseURL: http://127.0.0.1:{mock_port}
+  baseURL: https://127.0.0.1:{tls_port}
   hosts: ["127.0.0.1"]
+  tls: {{trustAnchorRef: bench-ca}}
   credentialsRef: {{secretName: mock-keys, keys: [a, b]}}
   models: [{{name: gpt-4o-mini, pricing: {{inputPerMillionMicroUSD: 150000, outputPerMillionMicroUSD: 600000}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: TrustAnchor
+metadata: {{name: bench-ca}}
+spec:
+  upstream:
+  - host: "127.0.0.1"
+    caBundle: |
+{ca_pem}
 ---
 apiVersion: v1
 kind: Secret
@@ -191,11 +222,12 @@ spec:
             (work / "litellm.yaml").write_text(f"""
 model_list:
   - model_name: gpt-4o-mini
-    litellm_params: {{model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:{mock_port}/v1", api_key: sk-bench}}
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "https://127.0.0.1:{tls_port}/v1", api_key: sk-bench}}
 litellm_settings: {{drop_params: true, telemetry: false}}
 """)
             start(["litellm", "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(ll_port), "--num_workers", "1"],
-                  logs, env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+                  logs, env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                             "LITELLM_MASTER_KEY": CLIENT_KEY, "SSL_CERT_FILE": str(work / "ca.pem")})
             try:
                 wait_port(ll_port, timeout=120)
                 time.sleep(3)
@@ -314,7 +346,10 @@ Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB. Everything on
 load generator shares the 2 cores with the system under test, so absolute numbers are
 pessimistic and only the ratios to the same-run baselines mean much.
 
-Setup: a zero-delay mock upstream (`bench/src/bin/mock-upstream.rs`); oha at a constant
+Setup: a zero-delay mock upstream (`bench/src/bin/mock-upstream.rs`). "Direct" is the
+client to the mock over plain HTTP; nginx, the gateway and LiteLLM all reach the mock
+over TLS (a CA the run generates), so "added" includes one TLS upstream hop for every
+proxy alike. oha at a constant
 rate with latency correction, 64 connections, {latest['raw']['duration_s']} s per point; "added" is the
 target's latency minus direct-to-mock at the same percentile and rate. The Tollgate
 gateway runs with receipts (signed, chained, fsynced to the spool) and quota enforcement

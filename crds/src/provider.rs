@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 #[x_kube(
     validation = Rule::new("self.api == 'dryRun' ? !has(self.baseURL) : has(self.baseURL)")
         .message("baseURL is required for api openai and anthropic, and must be omitted for api dryRun (the dry-run provider never dials out)"),
-    validation = Rule::new(r"!has(self.baseURL) || self.baseURL.startsWith('https://') || self.baseURL.matches('^http://(127\\.0\\.0\\.1|localhost|\\[::1\\])(:[0-9]+)?(/.*)?$')")
-        .message("baseURL must use https unless its host is loopback (127.0.0.1, localhost or [::1])"),
+    validation = Rule::new("!has(self.baseURL) || self.baseURL.startsWith('https://')")
+        .message("baseURL must use https: every receipt records the provider's TLS certificate"),
     validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
@@ -48,8 +48,9 @@ pub struct LLMProviderSpec {
     /// (deterministic synthetic answers, no network; receipts say lane dry_run).
     pub api: ProviderApi,
 
-    /// Base URL of the API, for example `https://api.openai.com`. Must be https,
-    /// or http on a loopback host (for tests). Omit it for `dryRun`.
+    /// Base URL of the API, for example `https://api.openai.com`; the gateway
+    /// appends the API path (`/v1/...`). Must be https, so that every receipt
+    /// can record the provider's TLS certificate. Omit it for `dryRun`.
     #[serde(rename = "baseURL", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub base_url: Option<String>,

@@ -847,8 +847,7 @@ async fn forward_live(
             );
         }
         let fingerprint = upstream.extensions().get::<TlsFingerprint>().map(|f| f.0);
-        let https = uri.starts_with("https://");
-        if https && fingerprint.is_none() {
+        if fingerprint.is_none() {
             return ticket.refuse(
                 ErrorKind::UpstreamError,
                 "tls_fingerprint_missing",

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,8 +37,8 @@ pub struct TlsFingerprint(pub [u8; 32]);
 pub enum ConnectError {
     #[error("host {0:?} is not in the provider's allowlist")]
     HostNotAllowed(String),
-    #[error("plain http is allowed only to loopback hosts, not {0:?}")]
-    PlainHttpNotLoopback(String),
+    #[error("plain http to {0:?} is refused: receipts must record the provider's TLS certificate")]
+    PlainHttpRefused(String),
     #[error("connecting to {host}: {reason}")]
     Connect { host: String, reason: String },
     #[error("connecting to {host} timed out")]
@@ -221,15 +220,12 @@ impl PinnedConnector {
         if !self.allowed_hosts.iter().any(|h| h == &host) {
             return Err(ConnectError::HostNotAllowed(host));
         }
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") => return Err(ConnectError::PlainHttpRefused(host)),
             _ => return Err(ConnectError::BadUri),
-        };
-        if !https && !is_loopback(&host) {
-            return Err(ConnectError::PlainHttpNotLoopback(host));
         }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = uri.port_u16().unwrap_or(443);
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((host.as_str(), port)),
@@ -241,9 +237,6 @@ impl PinnedConnector {
             reason: e.kind().to_string(),
         })?;
         let _ = tcp.set_nodelay(true);
-        if !https {
-            return Ok(UpstreamStream::Plain(TokioIo::new(tcp)));
-        }
         let config = self
             .tls_by_host
             .get(&host)
@@ -267,15 +260,11 @@ impl PinnedConnector {
             .and_then(|c| c.first())
             .ok_or_else(|| ConnectError::NoPeerCertificate { host: host.clone() })?;
         let fingerprint = TlsFingerprint(Sha256::digest(leaf.as_ref()).into());
-        Ok(UpstreamStream::Tls(
-            Box::new(TokioIo::new(tls)),
+        Ok(UpstreamStream {
+            io: Box::new(TokioIo::new(tls)),
             fingerprint,
-        ))
+        })
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl tower::Service<Uri> for PinnedConnector {
@@ -292,19 +281,16 @@ impl tower::Service<Uri> for PinnedConnector {
     }
 }
 
-/// A connection to a provider: TLS with its leaf fingerprint, or plain on loopback.
+/// A TLS connection to a provider, with its leaf certificate fingerprint.
 #[derive(Debug)]
-pub enum UpstreamStream {
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>, TlsFingerprint),
-    Plain(TokioIo<TcpStream>),
+pub struct UpstreamStream {
+    io: Box<TokioIo<TlsStream<TcpStream>>>,
+    fingerprint: TlsFingerprint,
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            Self::Tls(_, fingerprint) => Connected::new().extra(*fingerprint),
-            Self::Plain(_) => Connected::new(),
-        }
+        Connected::new().extra(self.fingerprint)
     }
 }
 
@@ -314,10 +300,7 @@ impl hyper::rt::Read for UpstreamStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(io, _) => Pin::new(io.as_mut()).poll_read(cx, buf),
-            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
-        }
+        Pin::new(self.get_mut().io.as_mut()).poll_read(cx, buf)
     }
 }
 
@@ -327,22 +310,13 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tls(io, _) => Pin::new(io.as_mut()).poll_write(cx, buf),
-            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
-        }
+        Pin::new(self.get_mut().io.as_mut()).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(io, _) => Pin::new(io.as_mut()).poll_flush(cx),
-            Self::Plain(io) => Pin::new(io).poll_flush(cx),
-        }
+        Pin::new(self.get_mut().io.as_mut()).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(io, _) => Pin::new(io.as_mut()).poll_shutdown(cx),
-            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
-        }
+        Pin::new(self.get_mut().io.as_mut()).poll_shutdown(cx)
     }
 }
 
@@ -373,15 +347,6 @@ pub fn connect_error(err: &hyper_util::client::legacy::Error) -> Option<&Connect
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_hosts() {
-        assert!(is_loopback("localhost"));
-        assert!(is_loopback("127.0.0.1"));
-        assert!(is_loopback("::1"));
-        assert!(!is_loopback("api.openai.com"));
-        assert!(!is_loopback("10.0.0.1"));
-    }
 
     #[test]
     fn bad_pins_and_empty_bundles_are_config_errors() {

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-#[derive(Parser, Debug, Clone, Copy)]
+#[derive(Parser, Debug, Clone)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -28,14 +28,29 @@ struct Args {
     /// Gap between streamed events, in milliseconds.
     #[arg(long, default_value_t = 20)]
     sse_interval_ms: u64,
+    /// Also serve TLS here, with `--tls-cert` and `--tls-key` (PEM).
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    #[arg(long)]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 const JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#;
 
+/// The part of the flags each answer needs.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    delay_ms: u64,
+    sse_events: u32,
+    sse_interval_ms: u64,
+}
+
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn answer(
-    args: Args,
+    args: Timing,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let body = req
@@ -83,19 +98,73 @@ async fn answer(
     Ok(response)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    eprintln!("mock-upstream: listening {}", listener.local_addr()?);
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+async fn serve_plain(listener: tokio::net::TcpListener, timing: Timing) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(args, req));
+            let service = service_fn(move |req| answer(timing, req));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timing: Timing,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = service_fn(move |req| answer(timing, req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let timing = Timing {
+        delay_ms: args.delay_ms,
+        sse_events: args.sse_events,
+        sse_interval_ms: args.sse_interval_ms,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    eprintln!("mock-upstream: listening {}", listener.local_addr()?);
+    let plain = tokio::spawn(serve_plain(listener, timing));
+    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) {
+        let acceptor = tls_acceptor(cert, key)?;
+        let tls = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("mock-upstream: listening tls {}", tls.local_addr()?);
+        tokio::spawn(serve_tls(tls, acceptor, timing));
+    }
+    plain.await?
 }
