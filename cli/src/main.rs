@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bundle;
 mod compile;
 mod crds;
+mod reconcile;
+mod usage;
 mod verify;
 
 /// Tollgate: governed, provable LLM egress for Kubernetes.
@@ -24,6 +27,12 @@ enum Command {
     Compile(compile::CompileArgs),
     /// Verify an exported evidence bundle offline against trust anchors.
     Verify(verify::VerifyArgs),
+    /// Tokens, requests and cost by namespace, serviceAccount, provider, model and time.
+    Usage(usage::UsageArgs),
+    /// Export evidence bundles from a recorder.
+    Bundle(bundle::BundleArgs),
+    /// Compare receipts in a bundle with a provider's usage export.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +42,9 @@ fn main() -> ExitCode {
         Command::Crds => crds::run(&mut stdout),
         Command::Compile(args) => compile::run(&args, &mut stdout),
         Command::Verify(args) => verify::run(&args, &mut stdout),
+        Command::Usage(args) => usage::run(&args, &mut stdout),
+        Command::Bundle(args) => bundle::run(&args, &mut stdout),
+        Command::Reconcile(args) => reconcile::run(&args, &mut stdout),
     };
     match result {
         Ok(code) => code,

@@ -16,32 +16,51 @@
 //! 4. [`quota`] grants, renews and returns leases atomically (no over-grant).
 //! 5. [`usage`] aggregates stored receipts; [`export`] builds evidence bundles.
 //!
+//! With `default-features = false` the crate is only the gateway side (the
+//! [`shipper`], the HTTP [`client`], wire types and the [`testkit`]): no kube
+//! client, no SQLite, no PostgreSQL.
+//!
 //! Everything that decides is a pure function with unit tests; storage, HTTP and
 //! clocks sit at the edges. Receipts hold no prompts, completions or keys, and
 //! nothing here logs request bodies.
 #![forbid(unsafe_code)]
 
-pub mod auth;
+// Gateway side and shared (no kube client, no database).
 pub mod client;
 pub mod clock;
 pub mod error;
-pub mod export;
-pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod log;
-pub mod metrics;
-pub mod quota;
-pub mod recorder;
-pub mod server;
 pub mod settings;
 pub mod shipper;
-pub mod sinks;
-pub mod store;
 pub mod testkit;
 pub mod trust;
+
+// The server (feature `server`, on by default).
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod export;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod quota;
+#[cfg(feature = "server")]
+pub mod recorder;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod sinks;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
 pub mod usage;
 
-pub use error::RecorderError;
+pub use error::{Problem, RecorderError};
+pub use ingest::StreamStatus;
+#[cfg(feature = "server")]
 pub use recorder::Recorder;
 pub use shipper::{ShipReport, Shipper, ShipperError};

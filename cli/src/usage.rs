@@ -1,0 +1,381 @@
+//! `kubectl tollgate usage`: who used what, from a local recorder's SQLite store
+//! (`--local DATA_DIR`) or a recorder's API (`--recorder URL --token-file FILE`).
+//! Prints a table (groups, then a TOTAL row, then warnings) or the recorder's JSON
+//! report, whose top-level `total` holds `requests`, `input_tokens`,
+//! `output_tokens` and `cost_micro_usd`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tollgate_recorder::client::{HttpClient, public_roots, roots_from_pem_file};
+use tollgate_recorder::store::sqlite::SqliteStore;
+use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery, UsageReport};
+
+/// Where the data comes from (shared with `bundle export`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// A local recorder's data directory (reads DATA_DIR/recorder.db directly).
+    #[arg(long, value_name = "DATA_DIR", conflicts_with = "recorder")]
+    pub local: Option<PathBuf>,
+    /// A recorder's base URL, e.g. https://tollgate-recorder.tollgate-system.svc:8443.
+    #[arg(long, value_name = "URL")]
+    pub recorder: Option<String>,
+    /// Bearer token file for --recorder (local mode: DATA_DIR/local-token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundle to trust for an https --recorder (default: public roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Largest answer read from a recorder's usage API.
+const MAX_USAGE_RESPONSE: usize = 64 * 1024 * 1024;
+
+impl SourceArgs {
+    /// The SQLite database of `--local`, which must exist.
+    pub fn local_db(&self) -> anyhow::Result<Option<PathBuf>> {
+        let Some(dir) = &self.local else {
+            return Ok(None);
+        };
+        let db = dir.join("recorder.db");
+        if !db.is_file() {
+            bail!(
+                "{} does not exist: is {} a recorder data directory?",
+                db.display(),
+                dir.display()
+            );
+        }
+        Ok(Some(db))
+    }
+
+    /// A client and bearer token for `--recorder`.
+    pub fn remote(&self) -> anyhow::Result<(HttpClient, String, String)> {
+        let Some(url) = &self.recorder else {
+            bail!("give --local DATA_DIR or --recorder URL");
+        };
+        let token_file = self
+            .token_file
+            .as_ref()
+            .context("--recorder needs --token-file")?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_string();
+        let tls = match &self.ca_file {
+            Some(path) => roots_from_pem_file(path)?,
+            None => public_roots()?,
+        };
+        Ok((
+            HttpClient::new(tls, Duration::from_secs(300)),
+            url.trim_end_matches('/').to_string(),
+            token,
+        ))
+    }
+}
+
+/// Output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// The recorder's JSON report.
+    Json,
+}
+
+/// Flags of `usage`.
+#[derive(clap::Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// All namespaces.
+    #[arg(short = 'A', long = "all-namespaces", conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// One namespace (default: `default`, as kubectl).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Start: a duration ago (30m, 24h, 7d) or RFC 3339.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// End (exclusive): a duration ago or RFC 3339; default now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Group by: namespace, serviceAccount, provider, model (comma-separated).
+    #[arg(long, default_value = "")]
+    pub by: String,
+    /// Also group by time: hour or day.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A current-thread runtime for the async recorder calls.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")
+}
+
+fn namespace(args: &UsageArgs) -> Option<String> {
+    if args.all_namespaces {
+        None
+    } else {
+        Some(args.namespace.clone().unwrap_or_else(|| "default".into()))
+    }
+}
+
+async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
+    let ns = namespace(args);
+    if let Some(db) = args.source.local_db()? {
+        let now = now_ms();
+        let until_ms = match &args.until {
+            Some(u) => tollgate_recorder::http::parse_time(u, now)?,
+            None => now,
+        };
+        let query = UsageQuery {
+            since_ms: tollgate_recorder::http::parse_time(&args.since, now)?,
+            until_ms,
+            namespace: ns,
+            group_by: GroupKey::parse_list(&args.by)?,
+            bucket: args.bucket.as_deref().map(Bucket::parse).transpose()?,
+        };
+        let store = SqliteStore::open(&db)?;
+        return Ok(tollgate_recorder::usage::report(&store, &query).await?);
+    }
+    let (client, base, token) = args.source.remote()?;
+    let mut url = format!("{base}/v1/usage?since={}", encode(&args.since));
+    if let Some(u) = &args.until {
+        url.push_str(&format!("&until={}", encode(u)));
+    }
+    if let Some(n) = &ns {
+        url.push_str(&format!("&namespace={}", encode(n)));
+    }
+    if !args.by.is_empty() {
+        url.push_str(&format!("&group_by={}", encode(&args.by)));
+    }
+    if let Some(b) = &args.bucket {
+        url.push_str(&format!("&bucket={}", encode(b)));
+    }
+    let response = client
+        .send(
+            http::Method::GET,
+            &url,
+            Some(&token),
+            None,
+            MAX_USAGE_RESPONSE,
+        )
+        .await?;
+    if !response.status.is_success() {
+        bail!(
+            "recorder answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    serde_json::from_slice(&response.body).context("reading the recorder's usage report")
+}
+
+/// Formats micro-USD as dollars with 6 decimals.
+pub fn dollars(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+/// Renders the report as a table.
+pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<()> {
+    let mut header: Vec<String> = report
+        .group_by
+        .iter()
+        .map(|k| {
+            match k {
+                GroupKey::Namespace => "NAMESPACE",
+                GroupKey::ServiceAccount => "SERVICEACCOUNT",
+                GroupKey::Provider => "PROVIDER",
+                GroupKey::Model => "MODEL",
+            }
+            .to_string()
+        })
+        .collect();
+    if report.bucket.is_some() {
+        header.push("BUCKET".into());
+    }
+    header.extend(["REQUESTS", "INPUT_TOKENS", "OUTPUT_TOKENS", "COST_USD"].map(String::from));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for row in &report.rows {
+        let mut cells: Vec<String> = report
+            .group_by
+            .iter()
+            .map(|k| {
+                let v = match k {
+                    GroupKey::Namespace => &row.namespace,
+                    GroupKey::ServiceAccount => &row.service_account,
+                    GroupKey::Provider => &row.provider,
+                    GroupKey::Model => &row.model,
+                };
+                match v.as_deref() {
+                    Some("") | None => "-".to_string(),
+                    Some(s) => s.to_string(),
+                }
+            })
+            .collect();
+        if report.bucket.is_some() {
+            cells.push(row.bucket_start.clone().unwrap_or_default());
+        }
+        let t = &row.totals;
+        cells.extend([
+            t.requests.to_string(),
+            t.input_tokens.to_string(),
+            t.output_tokens.to_string(),
+            dollars(t.cost_micro_usd),
+        ]);
+        rows.push(cells);
+    }
+    let t = &report.total;
+    let mut total = vec![String::new(); header.len() - 4];
+    if let Some(first) = total.first_mut() {
+        *first = "TOTAL".into();
+    }
+    total.extend([
+        t.requests.to_string(),
+        t.input_tokens.to_string(),
+        t.output_tokens.to_string(),
+        dollars(t.cost_micro_usd),
+    ]);
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .chain(std::iter::once(&total))
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |out: &mut dyn Write, cells: &[String]| -> std::io::Result<()> {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        writeln!(out, "{}", text.join("  ").trim_end())
+    };
+    line(out, &header)?;
+    for r in &rows {
+        line(out, r)?;
+    }
+    if header.len() > 4 {
+        line(out, &total)?;
+    } else {
+        writeln!(out)?;
+        line(out, &total[total.len() - 4..])?;
+    }
+    for w in &report.warnings {
+        writeln!(
+            out,
+            "warning: {} stream={} namespace={}{}: {}",
+            w.code,
+            w.stream_id,
+            w.namespace,
+            w.seq.map(|s| format!(" seq={s}")).unwrap_or_default(),
+            w.message
+        )?;
+    }
+    if report.warnings_omitted > 0 {
+        writeln!(
+            out,
+            "warning: {} more warnings not listed",
+            report.warnings_omitted
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `usage`.
+pub fn run(args: &UsageArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let report = runtime()?.block_on(fetch(args))?;
+    match args.output {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)?;
+        }
+        Format::Table => write_table(out, &report)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_recorder::usage::{Totals, UsageRow};
+
+    #[test]
+    fn tables_show_groups_total_and_warnings() {
+        let report = UsageReport {
+            since: "s".into(),
+            until: "u".into(),
+            namespace: None,
+            group_by: vec![GroupKey::Namespace, GroupKey::Model],
+            bucket: None,
+            rows: vec![UsageRow {
+                namespace: Some("team-a".into()),
+                service_account: None,
+                provider: None,
+                model: Some("gpt-4o".into()),
+                bucket_start: None,
+                totals: Totals {
+                    requests: 2,
+                    input_tokens: 30,
+                    output_tokens: 4,
+                    cost_micro_usd: 1_500_000,
+                },
+            }],
+            total: Totals {
+                requests: 2,
+                input_tokens: 30,
+                output_tokens: 4,
+                cost_micro_usd: 1_500_000,
+            },
+            warnings: vec![],
+            warnings_omitted: 0,
+        };
+        let mut out = Vec::new();
+        write_table(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("NAMESPACE  MODEL   REQUESTS"), "{text}");
+        assert!(text.contains("team-a     gpt-4o  2"), "{text}");
+        assert!(text.contains("TOTAL"), "{text}");
+        assert!(text.contains("1.500000"), "{text}");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            encode("2025-03-01T00:00:00+01:00"),
+            "2025-03-01T00%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(encode("namespace,model"), "namespace%2Cmodel");
+    }
+}

@@ -1,0 +1,78 @@
+//! The recorder's error type: variants a caller can act on. The HTTP layer maps
+//! them to RFC 9457 problems in one place (`http::problem`).
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "server")]
+use crate::store::StoreError;
+
+/// An RFC 9457 problem document, as the recorder answers errors
+/// (`application/problem+json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `https://tollgate.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened this time.
+    pub detail: String,
+}
+
+/// Why a recorder operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    /// The request is malformed: bad JSON, a bad field, an unknown parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is over a stated bound (body bytes, batch size, export size).
+    #[error("{what} is over the limit of {limit}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+    },
+    /// No or an invalid bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with stored state (e.g. a lease's consumption went back).
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed; retry later.
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The recorder cannot serve right now (starting, shutting down, TokenReview down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an impossible state; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<tollgate_evidence::LogError> for RecorderError {
+    fn from(e: tollgate_evidence::LogError) -> Self {
+        Self::Internal(format!("log writer: {e}"))
+    }
+}
+
+impl From<tollgate_evidence::BundleError> for RecorderError {
+    fn from(e: tollgate_evidence::BundleError) -> Self {
+        Self::Internal(format!("bundle: {e}"))
+    }
+}
+
+impl From<tollgate_evidence::CanonicalError> for RecorderError {
+    fn from(e: tollgate_evidence::CanonicalError) -> Self {
+        Self::Internal(format!("canonical encoding: {e}"))
+    }
+}

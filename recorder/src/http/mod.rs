@@ -1,0 +1,382 @@
+//! The recorder's HTTP API (axum). Handlers authenticate, parse, call the
+//! [`Recorder`], and serialize; errors become RFC 9457 problems in
+//! [`problem`]. Paths:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/receipts` | batch ingest (`{"certificate", "envelopes"}`) |
+//! | GET | `/v1/streams/{stream_id}` | a stream's `next_seq` and `closed` |
+//! | POST | `/v1/quota/leases` | grant a lease |
+//! | POST | `/v1/quota/leases/{lease_id}/renew` | renew |
+//! | POST | `/v1/quota/leases/{lease_id}/return` | return |
+//! | GET | `/v1/usage` | usage (`since`, `until`, `namespace`, `group_by`, `bucket`) |
+//! | GET | `/v1/bundle` | evidence bundle (`since`/`until`, or `segments=A..B`) |
+//! | GET | `/v1/trust-anchor` | the recorder's TrustAnchor (YAML) |
+//! | GET | `/live`, `/ready`, `/metrics` | health and Prometheus metrics |
+
+pub mod problem;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Limited};
+use tollgate_evidence::Timestamp;
+
+use crate::auth::{Authenticator, Caller};
+use crate::error::RecorderError;
+use crate::export::{ExportRange, parse_segment_range};
+use crate::metrics::RouteLabels;
+use crate::quota::{GrantRequest, RenewRequest, ReturnRequest};
+use crate::recorder::Recorder;
+use crate::settings::{MAX_EXPORT_BYTES, MAX_LEASE_BODY_BYTES};
+use crate::usage::{Bucket, GroupKey, UsageQuery};
+
+/// Default usage range: the last 24 hours.
+const DEFAULT_USAGE_RANGE_MS: u64 = 24 * 3_600_000;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The recorder.
+    pub recorder: Arc<Recorder>,
+    /// Who is calling.
+    pub auth: Arc<dyn Authenticator>,
+    /// Largest ingest body.
+    pub max_body_bytes: usize,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/receipts", post(ingest))
+        .route("/v1/streams/{stream_id}", get(stream))
+        .route("/v1/quota/leases", post(grant))
+        .route("/v1/quota/leases/{lease_id}/renew", post(renew))
+        .route("/v1/quota/leases/{lease_id}/return", post(give_back))
+        .route("/v1/usage", get(usage))
+        .route("/v1/bundle", get(bundle))
+        .route("/v1/trust-anchor", get(trust_anchor))
+        .route("/live", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { RecorderError::NotFound("no such endpoint".into()).into_response() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+const ROUTES: [&str; 11] = [
+    "/v1/receipts",
+    "/v1/streams/{stream_id}",
+    "/v1/quota/leases",
+    "/v1/quota/leases/{lease_id}/renew",
+    "/v1/quota/leases/{lease_id}/return",
+    "/v1/usage",
+    "/v1/bundle",
+    "/v1/trust-anchor",
+    "/live",
+    "/ready",
+    "/metrics",
+];
+
+async fn count_responses(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("other");
+    let response = next.run(request).await;
+    let status = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state
+        .recorder
+        .metrics()
+        .http
+        .get_or_create(&RouteLabels { route, status })
+        .inc();
+    response
+}
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, RecorderError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| RecorderError::Unauthenticated("a bearer token is required".into()))?;
+    Ok(state.auth.authenticate(token).await?)
+}
+
+async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, RecorderError> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(RecorderError::TooLarge {
+                what: "request body (bytes)",
+                limit: max as u64,
+            })
+        }
+        Err(e) => Err(RecorderError::BadRequest(format!("reading the body: {e}"))),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RecorderError> {
+    tollgate_evidence::strict_json::validate(bytes)
+        .map_err(|e| RecorderError::BadRequest(format!("not strict JSON: {e}")))?;
+    serde_json::from_slice(bytes).map_err(|e| RecorderError::BadRequest(e.to_string()))
+}
+
+async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let response = state.recorder.ingest(&bytes, &caller).await?;
+    Ok(Json(response).into_response())
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(stream_id): Path<String>,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let status = state.recorder.stream_status(&stream_id, &caller).await?;
+    Ok(Json(status).into_response())
+}
+
+async fn grant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let request: GrantRequest = parse_json(&read_body(body, MAX_LEASE_BODY_BYTES).await?)?;
+    Ok(Json(state.recorder.grant(&request, &caller).await?).into_response())
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(lease_id): Path<String>,
+    body: Body,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let request: RenewRequest = parse_json(&read_body(body, MAX_LEASE_BODY_BYTES).await?)?;
+    Ok(Json(state.recorder.renew(&lease_id, &request, &caller).await?).into_response())
+}
+
+async fn give_back(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(lease_id): Path<String>,
+    body: Body,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let request: ReturnRequest = parse_json(&read_body(body, MAX_LEASE_BODY_BYTES).await?)?;
+    Ok(Json(
+        state
+            .recorder
+            .give_back(&lease_id, &request, &caller)
+            .await?,
+    )
+    .into_response())
+}
+
+/// Parses a time parameter: RFC 3339, or a duration before `now` (`90s`, `15m`,
+/// `24h`, `7d`).
+pub fn parse_time(value: &str, now_ms: u64) -> Result<u64, RecorderError> {
+    let bad = || {
+        RecorderError::BadRequest(format!(
+            "time {value:?}: use RFC 3339 (2025-03-01T00:00:00Z) or a duration ago (30m, 24h, 7d)"
+        ))
+    };
+    let unit = match value.chars().last() {
+        Some('s') => Some(1_000u64),
+        Some('m') => Some(60_000),
+        Some('h') => Some(3_600_000),
+        Some('d') => Some(86_400_000),
+        _ => None,
+    };
+    if let Some(unit) = unit
+        && let Ok(n) = value[..value.len() - 1].parse::<u64>()
+    {
+        return Ok(now_ms.saturating_sub(n.saturating_mul(unit)));
+    }
+    Timestamp::parse_rfc3339(value)
+        .map(Timestamp::unix_millis)
+        .map_err(|_| bad())
+}
+
+fn only_known(params: &HashMap<String, String>, known: &[&str]) -> Result<(), RecorderError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(RecorderError::BadRequest(format!(
+            "unknown parameter {k:?}; known: {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Builds a usage query from URL parameters.
+pub fn usage_query(
+    params: &HashMap<String, String>,
+    now_ms: u64,
+) -> Result<UsageQuery, RecorderError> {
+    only_known(
+        params,
+        &["since", "until", "namespace", "group_by", "bucket"],
+    )?;
+    let until_ms = params
+        .get("until")
+        .map(|u| parse_time(u, now_ms))
+        .transpose()?
+        .unwrap_or(now_ms);
+    let since_ms = params
+        .get("since")
+        .map(|s| parse_time(s, now_ms))
+        .transpose()?
+        .unwrap_or(until_ms.saturating_sub(DEFAULT_USAGE_RANGE_MS));
+    Ok(UsageQuery {
+        since_ms,
+        until_ms,
+        namespace: params.get("namespace").filter(|n| !n.is_empty()).cloned(),
+        group_by: params
+            .get("group_by")
+            .map(|g| GroupKey::parse_list(g))
+            .transpose()?
+            .unwrap_or_default(),
+        bucket: params.get("bucket").map(|b| Bucket::parse(b)).transpose()?,
+    })
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let now = tollgate_clock_now(&state);
+    let query = usage_query(&params, now)?;
+    Ok(Json(state.recorder.usage(&query, &caller).await?).into_response())
+}
+
+fn tollgate_clock_now(state: &AppState) -> u64 {
+    state.recorder.now_ms()
+}
+
+/// Builds an export range from URL parameters.
+pub fn export_range(
+    params: &HashMap<String, String>,
+    now_ms: u64,
+) -> Result<ExportRange, RecorderError> {
+    only_known(params, &["since", "until", "segments"])?;
+    let time = |k: &str| params.get(k).map(|v| parse_time(v, now_ms)).transpose();
+    match (params.get("segments"), time("since")?, time("until")?) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(RecorderError::BadRequest(
+            "give either segments or since/until, not both".into(),
+        )),
+        (Some(s), None, None) => {
+            let (first, last) = parse_segment_range(s)?;
+            Ok(ExportRange::Segments { first, last })
+        }
+        (None, None, None) => Ok(ExportRange::Everything),
+        (None, since_ms, until) => Ok(ExportRange::Time {
+            since_ms,
+            until_ms: until.unwrap_or(u64::MAX >> 11),
+        }),
+    }
+}
+
+async fn bundle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let range = export_range(&params, tollgate_clock_now(&state))?;
+    let bundle = state.recorder.export(range, &caller).await?;
+    let bytes = bundle.to_json()?;
+    if bytes.len() as u64 > MAX_EXPORT_BYTES {
+        return Err(RecorderError::TooLarge {
+            what: "bundle (bytes); export a smaller range",
+            limit: MAX_EXPORT_BYTES,
+        });
+    }
+    let mut response = (StatusCode::OK, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+async fn trust_anchor(State(state): State<AppState>) -> Response {
+    let mut response = (StatusCode::OK, state.recorder.trust_anchor_yaml()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml"),
+    );
+    response
+}
+
+async fn ready(State(state): State<AppState>) -> Result<&'static str, RecorderError> {
+    state.recorder.ready().await?;
+    Ok("ok")
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = (StatusCode::OK, state.recorder.metrics().encode()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_durations_ago() {
+        let now = 1_740_787_200_000;
+        assert_eq!(parse_time("24h", now).unwrap(), now - 86_400_000);
+        assert_eq!(parse_time("30m", now).unwrap(), now - 1_800_000);
+        assert_eq!(parse_time("2025-03-01T00:00:00Z", 0).unwrap(), now);
+        assert!(parse_time("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn unknown_parameters_are_refused() {
+        let mut p = HashMap::new();
+        p.insert("sinse".to_string(), "1h".to_string());
+        assert!(usage_query(&p, 0).is_err());
+        let mut p = HashMap::new();
+        p.insert("segments".to_string(), "0..3".to_string());
+        assert_eq!(
+            export_range(&p, 0).unwrap(),
+            ExportRange::Segments { first: 0, last: 3 }
+        );
+    }
+}

@@ -1,0 +1,745 @@
+//! The recorder service: ties storage, the log, the recorder key, the trust roots,
+//! policy, metrics and checkpoint sinks together. Every operation here is a thin
+//! sequence of storage reads, a pure decision, and one transactional write.
+//!
+//! Ingest holds an in-process lock and the storage log lock for the stateful part
+//! only; CPU-heavy signature checks run before, on blocking threads. The cached
+//! [`LogCore`] is checked against the stored log row inside each transaction and
+//! rebuilt if another replica (or a crash) changed the log, so a restart resumes
+//! the open segment exactly.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tollgate_evidence::{
+    Bundle, Envelope, Genesis, Identifier, KeyRole, LogState, PublicKey, SignedCheckpoint,
+    SigningKey, Timestamp, TrustRoots,
+};
+
+use crate::auth::{Caller, Policy};
+use crate::clock::Clock;
+use crate::error::RecorderError;
+use crate::export::{ExportRange, assemble, check_bounds};
+use crate::ingest::{IngestResponse, StoredStream, parse_batch, plan_chain, verify_batch};
+use crate::log::{LogCore, SealPolicy, SealedSegment};
+use crate::metrics::{DecisionLabel, KindLabel, Metrics, ReasonLabel, ResultLabel};
+use crate::quota::{GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, ReturnResponse};
+use crate::settings::Settings;
+use crate::store::{
+    CertificateRow, EnvelopeRow, FaultRow, LogMetaRow, LogTx, LogWrite, SegmentOpenRow,
+    SegmentSealRow, Store, StreamRow,
+};
+use crate::usage::{UsageQuery, UsageReport};
+
+/// What a recorder is built from.
+#[derive(Debug)]
+pub struct RecorderOptions {
+    /// Sealing, ingest bounds, sinks.
+    pub settings: Settings,
+    /// Trusted receipt CA keys.
+    pub trust: TrustRoots,
+    /// The checkpoint and manifest signing key.
+    pub key: SigningKey,
+    /// The log origin for a new log (a stored log keeps its own).
+    pub origin: Identifier,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Who may do what.
+    pub policy: Policy,
+    /// Threads for signature checks per batch.
+    pub verify_threads: usize,
+}
+
+pub use crate::ingest::StreamStatus;
+
+type CachedLog = Option<(LogCore, Option<LogMetaRow>)>;
+
+/// The recorder.
+pub struct Recorder {
+    store: Arc<dyn Store>,
+    key: SigningKey,
+    trust: Arc<TrustRoots>,
+    settings: Settings,
+    origin: Identifier,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    log: Mutex<CachedLog>,
+    sinks: Option<mpsc::UnboundedSender<SignedCheckpoint>>,
+    verify: Semaphore,
+    verify_threads: usize,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("store", &self.store.backend())
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ts(ms: u64) -> Result<Timestamp, RecorderError> {
+    Timestamp::from_unix_millis(ms).map_err(|e| RecorderError::Internal(format!("clock: {e}")))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, RecorderError> {
+    serde_json::to_string(v).map_err(|e| RecorderError::Internal(e.to_string()))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> RecorderError {
+    RecorderError::Store(crate::store::StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+impl Recorder {
+    /// Builds the recorder on `store`. Must run inside a tokio runtime (sinks get a task).
+    pub async fn open(
+        store: Arc<dyn Store>,
+        options: RecorderOptions,
+    ) -> Result<Self, RecorderError> {
+        let origin = match store.meta().await? {
+            Some(meta) => Identifier::new(meta.origin).map_err(|e| corrupt("origin", e))?,
+            None => options.origin,
+        };
+        let sinks = (!options.settings.sinks.is_empty()).then(|| {
+            let client = crate::client::public_roots()
+                .map(|tls| crate::client::HttpClient::new(tls, std::time::Duration::from_secs(10)));
+            client.map(|client| {
+                crate::sinks::spawn_sinks(
+                    options.settings.sinks.clone(),
+                    client,
+                    options.metrics.clone(),
+                )
+            })
+        });
+        let sinks = match sinks {
+            Some(Ok(tx)) => Some(tx),
+            Some(Err(e)) => return Err(RecorderError::Internal(format!("sink client: {e}"))),
+            None => None,
+        };
+        let recorder = Self {
+            store,
+            key: options.key,
+            trust: Arc::new(options.trust),
+            settings: options.settings,
+            origin,
+            policy: options.policy,
+            clock: options.clock,
+            metrics: options.metrics,
+            log: Mutex::new(None),
+            sinks,
+            verify: Semaphore::new(options.verify_threads.max(1)),
+            verify_threads: options.verify_threads.max(1),
+        };
+        // Resume the log now, so a broken store fails at start, not at first ingest.
+        {
+            let mut guard = recorder.log.lock().await;
+            let mut tx = recorder.store.begin_log().await?;
+            let (core, meta) = recorder.sync_log(tx.as_mut(), &guard).await?;
+            drop(tx);
+            recorder.metrics.log_size.set(core.size() as i64);
+            *guard = Some((core, meta));
+        }
+        Ok(recorder)
+    }
+
+    /// The log origin.
+    pub fn origin(&self) -> &Identifier {
+        &self.origin
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Now, by the recorder's clock (unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The recorder's public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::of_signing_key(&self.key)
+    }
+
+    /// The recorder's own trust anchor (role `recorder`), for auditors.
+    pub fn trust_anchor_yaml(&self) -> String {
+        crate::trust::anchor_yaml(
+            "tollgate-recorder",
+            &self.public_key(),
+            KeyRole::Recorder,
+            Timestamp::UNIX_EPOCH,
+        )
+    }
+
+    fn seal_policy(&self) -> SealPolicy {
+        SealPolicy {
+            max_envelopes: self.settings.seal_max_envelopes,
+            max_age_ms: self.settings.seal_max_age_ms,
+        }
+    }
+
+    /// The log as stored, from the cache if nothing changed it.
+    async fn sync_log(
+        &self,
+        tx: &mut dyn LogTx,
+        cached: &CachedLog,
+    ) -> Result<(LogCore, Option<LogMetaRow>), RecorderError> {
+        let meta = tx.meta().await?;
+        if let Some((core, cached_meta)) = cached
+            && *cached_meta == meta
+        {
+            return Ok((core.clone(), meta));
+        }
+        let Some(m) = &meta else {
+            return Ok((LogCore::new(self.origin.clone()), None));
+        };
+        let state: Option<LogState> = m
+            .state_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("log state", e))?;
+        let last_issued = m.last_issued_at_ms.map(ts).transpose()?;
+        let open = match tx.open_segment().await? {
+            None => None,
+            Some((genesis, envelopes)) => {
+                let genesis: Genesis =
+                    serde_json::from_str(&genesis).map_err(|e| corrupt("genesis", e))?;
+                let envelopes = envelopes
+                    .iter()
+                    .map(|e| serde_json::from_str::<Envelope>(e))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| corrupt("envelope", e))?;
+                Some((genesis, envelopes))
+            }
+        };
+        let origin = Identifier::new(m.origin.clone()).map_err(|e| corrupt("origin", e))?;
+        let core = LogCore::restore(origin, state, last_issued, open)
+            .map_err(|e| corrupt("log resume", e))?;
+        if core.size() != m.size {
+            return Err(corrupt(
+                "log size",
+                format!("stored {} but resumed {}", m.size, core.size()),
+            ));
+        }
+        tracing::info!(size = core.size(), "log resumed from storage");
+        Ok((core, meta))
+    }
+
+    fn meta_after(
+        &self,
+        previous: Option<&LogMetaRow>,
+        core: &LogCore,
+        sealed: &[SealedSegment],
+    ) -> Result<LogMetaRow, RecorderError> {
+        let (state_json, last_issued_at_ms) = match sealed.last() {
+            Some(s) => (
+                Some(json(&s.state)?),
+                Some(s.checkpoint.checkpoint.issued_at.unix_millis()),
+            ),
+            None => (
+                previous.and_then(|p| p.state_json.clone()),
+                previous.and_then(|p| p.last_issued_at_ms),
+            ),
+        };
+        Ok(LogMetaRow {
+            origin: previous.map_or_else(|| self.origin.to_string(), |p| p.origin.clone()),
+            size: core.size(),
+            state_json,
+            last_issued_at_ms,
+        })
+    }
+
+    fn seal_rows(sealed: &[SealedSegment]) -> Result<Vec<SegmentSealRow>, RecorderError> {
+        sealed
+            .iter()
+            .map(|s| {
+                Ok(SegmentSealRow {
+                    index: s.seal.segment_index.get(),
+                    seal_json: json(&s.seal)?,
+                    checkpoint_json: json(&s.checkpoint)?,
+                    sealed_at_ms: s.seal.sealed_at.unix_millis(),
+                    envelope_count: s.seal.envelope_count.get(),
+                })
+            })
+            .collect()
+    }
+
+    fn after_commit(&self, core: &LogCore, sealed: Vec<SealedSegment>) {
+        self.metrics.log_size.set(core.size() as i64);
+        self.metrics
+            .open_segment_envelopes
+            .set(core.open_segment().map_or(0, |o| o.count as i64));
+        for s in sealed {
+            self.metrics.segments_sealed.inc();
+            tracing::info!(
+                segment = s.seal.segment_index.get(),
+                size = s.checkpoint.checkpoint.size.get(),
+                "segment sealed"
+            );
+            if let Some(tx) = &self.sinks {
+                let _ = tx.send(s.checkpoint);
+            }
+        }
+    }
+
+    /// Verifies and stores a `POST /v1/receipts` body.
+    pub async fn ingest(
+        &self,
+        body: &[u8],
+        caller: &Caller,
+    ) -> Result<IngestResponse, RecorderError> {
+        let batch = parse_batch(body, self.settings.max_batch_receipts)?;
+        self.policy
+            .check_ship(caller, &batch.certificate.certificate)?;
+        let certificate = batch.certificate.clone();
+        let verified = {
+            let _permit = self
+                .verify
+                .acquire()
+                .await
+                .map_err(|_| RecorderError::Unavailable("shutting down".into()))?;
+            let trust = self.trust.clone();
+            let threads = self.verify_threads;
+            tokio::task::spawn_blocking(move || verify_batch(batch, &trust, threads))
+                .await
+                .map_err(|e| RecorderError::Internal(format!("verification task: {e}")))?
+        };
+        let Some(stream_id) = verified.stream_id.clone() else {
+            // Nothing readable: every envelope is refused, nothing is stored.
+            let rejected: Vec<_> = verified
+                .envelopes
+                .into_iter()
+                .enumerate()
+                .filter_map(|(index, (seq, v))| {
+                    v.err().map(|r| crate::ingest::Rejection {
+                        index,
+                        seq,
+                        reason: r.reason,
+                        message: r.message,
+                    })
+                })
+                .collect();
+            self.count_outcome(0, 0, &rejected);
+            return Ok(IngestResponse {
+                stream_id: None,
+                accepted: 0,
+                duplicates: 0,
+                rejected,
+                next_seq: 0,
+                closed: false,
+            });
+        };
+        let now = self.clock.now_ms();
+        let mut guard = self.log.lock().await;
+        let mut tx = self.store.begin_log().await?;
+        let (core, meta) = self.sync_log(tx.as_mut(), &guard).await?;
+        let sid = stream_id.as_str();
+        let stream = tx.stream(sid).await?;
+        let next_seq = stream.as_ref().map_or(1, |s| s.next_seq);
+        let last = match next_seq {
+            0 | 1 => None,
+            n => {
+                let text = tx.envelope_json(sid, n - 1).await?.ok_or_else(|| {
+                    corrupt("stream", format!("{sid} has no envelope at seq {}", n - 1))
+                })?;
+                Some(serde_json::from_str::<Envelope>(&text).map_err(|e| corrupt("envelope", e))?)
+            }
+        };
+        let ok = || {
+            verified
+                .envelopes
+                .iter()
+                .filter_map(|(_, v)| v.as_ref().ok())
+        };
+        let mut stored = StoredStream {
+            last: last.as_ref(),
+            ..Default::default()
+        };
+        if let Some(min) = ok().map(|e| e.seq.get()).filter(|s| *s < next_seq).min() {
+            for (seq, hash) in tx.hashes(sid, min, next_seq - 1).await? {
+                let hash =
+                    tollgate_evidence::Sha256Hex::parse(&hash).map_err(|e| corrupt("hash", e))?;
+                stored.stored_hashes.insert(seq, hash);
+            }
+        }
+        let new_ids: Vec<String> = ok()
+            .filter(|e| e.seq.get() >= next_seq)
+            .filter_map(|e| e.receipt().map(|r| r.body.id.as_str().to_string()))
+            .collect();
+        if !new_ids.is_empty() {
+            stored.known_receipt_ids = tx
+                .known_receipt_ids(&new_ids)
+                .await?
+                .into_iter()
+                .collect::<HashSet<_>>();
+        }
+        let mut raw = verified.raw;
+        let plan = plan_chain(&stream_id, verified.envelopes, &stored)
+            .map_err(|e| RecorderError::Internal(format!("chain: {e}")))?;
+        let cert = &certificate.certificate;
+        let faults: Vec<FaultRow> = plan
+            .faults
+            .iter()
+            .map(|f| FaultRow {
+                fault: f.clone(),
+                namespace: cert.namespace.as_str().to_string(),
+                detected_at_ms: now,
+            })
+            .collect();
+        let response = IngestResponse {
+            stream_id: Some(stream_id.to_string()),
+            accepted: plan.accepted.len() as u64,
+            duplicates: plan.duplicates,
+            rejected: plan.rejected.clone(),
+            next_seq: plan.next_seq,
+            closed: plan.closed,
+        };
+        if plan.accepted.is_empty() && faults.is_empty() {
+            drop(tx);
+            *guard = Some((core, meta));
+            self.count_outcome(0, plan.duplicates, &plan.rejected);
+            return Ok(response);
+        }
+        let mut new_core = core.clone();
+        let outcome = new_core.append(&plan.accepted, self.seal_policy(), ts(now)?, &self.key)?;
+        let envelopes: Vec<EnvelopeRow> = plan
+            .accepted
+            .iter()
+            .zip(&plan.accepted_indices)
+            .zip(&outcome.positions)
+            .map(|((e, i), p)| match raw.get_mut(*i) {
+                Some(json) => Ok(EnvelopeRow::with_json(
+                    e,
+                    *p,
+                    std::mem::take(json).into_string(),
+                )),
+                None => EnvelopeRow::new(e, *p),
+            })
+            .collect::<Result<_, _>>()?;
+        let stream_row = if plan.accepted.is_empty() {
+            None
+        } else {
+            let times = plan.accepted.iter().map(record_time);
+            let (lo, hi) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+            Some(StreamRow {
+                stream_id: sid.to_string(),
+                key_id: cert.key_id.to_string(),
+                namespace: cert.namespace.as_str().to_string(),
+                service_account: cert.service_account.as_str().to_string(),
+                pod: cert.pod_name.as_str().to_string(),
+                next_seq: plan.next_seq,
+                closed: plan.closed,
+                first_record_ms: stream.as_ref().map_or(lo, |s| s.first_record_ms.min(lo)),
+                last_record_ms: stream.as_ref().map_or(hi, |s| s.last_record_ms.max(hi)),
+            })
+        };
+        let new_meta = self.meta_after(meta.as_ref(), &new_core, &outcome.sealed)?;
+        let write = LogWrite {
+            certificate: if plan.accepted.is_empty() {
+                None
+            } else {
+                Some(CertificateRow::new(&certificate)?)
+            },
+            stream: stream_row,
+            envelopes,
+            opened: outcome
+                .opened
+                .iter()
+                .map(|g| {
+                    Ok(SegmentOpenRow {
+                        index: g.segment_index.get(),
+                        genesis_json: json(g)?,
+                        created_at_ms: g.created_at.unix_millis(),
+                    })
+                })
+                .collect::<Result<_, RecorderError>>()?,
+            sealed: Self::seal_rows(&outcome.sealed)?,
+            meta: new_meta.clone(),
+            faults,
+        };
+        tx.write(&write).await?;
+        tx.commit().await?;
+        self.after_commit(&new_core, outcome.sealed);
+        *guard = Some((new_core, Some(new_meta)));
+        drop(guard);
+        for f in &plan.faults {
+            self.metrics
+                .chain_faults
+                .get_or_create(&KindLabel {
+                    kind: f.kind.as_str(),
+                })
+                .inc();
+            tracing::warn!(stream_id = %f.stream_id, seq = f.seq, kind = f.kind.as_str(), "chain fault flagged");
+        }
+        self.count_outcome(plan.accepted.len() as u64, plan.duplicates, &plan.rejected);
+        Ok(response)
+    }
+
+    fn count_outcome(&self, accepted: u64, duplicates: u64, rejected: &[crate::ingest::Rejection]) {
+        let m = &self.metrics;
+        m.envelopes
+            .get_or_create(&ResultLabel { result: "accepted" })
+            .inc_by(accepted);
+        m.envelopes
+            .get_or_create(&ResultLabel {
+                result: "duplicate",
+            })
+            .inc_by(duplicates);
+        m.envelopes
+            .get_or_create(&ResultLabel { result: "rejected" })
+            .inc_by(rejected.len() as u64);
+        for r in rejected {
+            m.rejections
+                .get_or_create(&ReasonLabel {
+                    reason: r.reason.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    async fn seal_with(&self, due_only: bool) -> Result<Option<SignedCheckpoint>, RecorderError> {
+        let now = ts(self.clock.now_ms())?;
+        let mut guard = self.log.lock().await;
+        if due_only
+            && let Some((core, _)) = guard.as_ref()
+            && core
+                .clone()
+                .seal_if_due(self.seal_policy(), now, &self.key)?
+                .is_none()
+        {
+            // Nothing due as far as this process knows; a replica's changes are
+            // seen on its own timer.
+            return Ok(None);
+        }
+        let mut tx = self.store.begin_log().await?;
+        let (core, meta) = self.sync_log(tx.as_mut(), &guard).await?;
+        let mut new_core = core.clone();
+        let sealed = if due_only {
+            new_core.seal_if_due(self.seal_policy(), now, &self.key)?
+        } else {
+            new_core.seal_now(now, &self.key)?
+        };
+        let Some(sealed) = sealed else {
+            drop(tx);
+            *guard = Some((core, meta));
+            return Ok(None);
+        };
+        let sealed = vec![sealed];
+        let new_meta = self.meta_after(meta.as_ref(), &new_core, &sealed)?;
+        let write = LogWrite {
+            certificate: None,
+            stream: None,
+            envelopes: Vec::new(),
+            opened: Vec::new(),
+            sealed: Self::seal_rows(&sealed)?,
+            meta: new_meta.clone(),
+            faults: Vec::new(),
+        };
+        tx.write(&write).await?;
+        tx.commit().await?;
+        let checkpoint = sealed[0].checkpoint.clone();
+        self.after_commit(&new_core, sealed);
+        *guard = Some((new_core, Some(new_meta)));
+        Ok(Some(checkpoint))
+    }
+
+    /// Seals the open segment if it is older than the sealing age.
+    pub async fn seal_if_due(&self) -> Result<Option<SignedCheckpoint>, RecorderError> {
+        self.seal_with(true).await
+    }
+
+    /// Seals the open segment now, if it holds anything.
+    pub async fn seal_now(&self) -> Result<Option<SignedCheckpoint>, RecorderError> {
+        self.seal_with(false).await
+    }
+
+    /// A stream's position.
+    pub async fn stream_status(
+        &self,
+        stream_id: &str,
+        caller: &Caller,
+    ) -> Result<StreamStatus, RecorderError> {
+        let row = self.store.stream(stream_id).await?;
+        match row {
+            Some(row) => {
+                self.policy.check_stream(caller, &row.namespace)?;
+                Ok(StreamStatus {
+                    stream_id: row.stream_id,
+                    next_seq: row.next_seq,
+                    closed: row.closed,
+                })
+            }
+            None => Err(RecorderError::NotFound(format!(
+                "stream {stream_id} is unknown"
+            ))),
+        }
+    }
+
+    /// Answers a usage query.
+    pub async fn usage(
+        &self,
+        query: &UsageQuery,
+        caller: &Caller,
+    ) -> Result<UsageReport, RecorderError> {
+        let own_namespace = matches!(caller, Caller::ServiceAccount { namespace, .. } if Some(namespace) == query.namespace.as_ref());
+        if !own_namespace {
+            self.policy.check_read(caller)?;
+        }
+        crate::usage::report(self.store.as_ref(), query).await
+    }
+
+    /// Builds an evidence bundle for `range` (sealing the open segment if the range
+    /// reaches into it).
+    pub async fn export(
+        &self,
+        range: ExportRange,
+        caller: &Caller,
+    ) -> Result<Bundle, RecorderError> {
+        self.policy.check_read(caller)?;
+        let last = match range {
+            ExportRange::Everything => None,
+            ExportRange::Time { since_ms, until_ms } => {
+                if since_ms.is_some_and(|s| s >= until_ms) {
+                    return Err(RecorderError::BadRequest(
+                        "since must be before until".into(),
+                    ));
+                }
+                Some(
+                    self.store
+                        .last_segment_before(until_ms)
+                        .await?
+                        .ok_or_else(|| {
+                            RecorderError::NotFound("no receipts before until".into())
+                        })?,
+                )
+            }
+            ExportRange::Segments { last, .. } => Some(last),
+        };
+        let sealed_through = self
+            .store
+            .sealed_segments(last)
+            .await?
+            .last()
+            .map(|r| r.index);
+        if last.is_none_or(|l| sealed_through.is_none_or(|s| s < l)) {
+            self.seal_now().await?;
+        }
+        let rows = self.store.sealed_segments(last).await?;
+        match (last, rows.last()) {
+            (_, None) => return Err(RecorderError::NotFound("no segment to export".into())),
+            (Some(l), Some(r)) if r.index < l => {
+                return Err(RecorderError::NotFound(format!(
+                    "segment {l} does not exist"
+                )));
+            }
+            _ => {}
+        }
+        check_bounds(&rows)?;
+        let upto = rows.last().map_or(0, |r| r.index);
+        let mut segments = Vec::with_capacity(rows.len());
+        for row in rows {
+            let envelopes = self.store.segment_envelopes(row.index).await?;
+            segments.push((row, envelopes));
+        }
+        let certificates = self.store.certificates_upto(upto).await?;
+        let created_at = ts(self.clock.now_ms())?;
+        let origin = self.origin.clone();
+        let key = self.key.clone();
+        tokio::task::spawn_blocking(move || {
+            assemble(origin, created_at, segments, &certificates, &key)
+        })
+        .await
+        .map_err(|e| RecorderError::Internal(format!("bundle task: {e}")))?
+    }
+
+    fn lease_metric(&self, response: &LeaseResponse) {
+        let decision = match (response.granted, response.shadow_denied) {
+            (true, false) => "granted",
+            (true, true) => "shadow_denied",
+            (false, _) => "denied",
+        };
+        self.metrics
+            .leases
+            .get_or_create(&DecisionLabel { decision })
+            .inc();
+    }
+
+    /// Grants a new lease.
+    pub async fn grant(
+        &self,
+        request: &GrantRequest,
+        caller: &Caller,
+    ) -> Result<LeaseResponse, RecorderError> {
+        self.policy.check_lease(caller, &request.quota_id)?;
+        let lease_id = uuid::Uuid::now_v7().hyphenated().to_string();
+        let response = crate::quota::grant(
+            self.store.as_ref(),
+            request,
+            &caller.name(),
+            lease_id,
+            self.clock.now_ms(),
+        )
+        .await?;
+        self.lease_metric(&response);
+        Ok(response)
+    }
+
+    /// Renews a lease.
+    pub async fn renew(
+        &self,
+        lease_id: &str,
+        request: &RenewRequest,
+        caller: &Caller,
+    ) -> Result<LeaseResponse, RecorderError> {
+        let response = crate::quota::renew(
+            self.store.as_ref(),
+            lease_id,
+            request,
+            &caller.name(),
+            self.clock.now_ms(),
+        )
+        .await?;
+        self.lease_metric(&response);
+        Ok(response)
+    }
+
+    /// Returns a lease.
+    pub async fn give_back(
+        &self,
+        lease_id: &str,
+        request: &ReturnRequest,
+        caller: &Caller,
+    ) -> Result<ReturnResponse, RecorderError> {
+        crate::quota::give_back(
+            self.store.as_ref(),
+            lease_id,
+            request,
+            &caller.name(),
+            self.clock.now_ms(),
+        )
+        .await
+    }
+
+    /// Whether storage answers.
+    pub async fn ready(&self) -> Result<(), RecorderError> {
+        Ok(self.store.ping().await?)
+    }
+}
+
+fn record_time(e: &Envelope) -> u64 {
+    match &e.record {
+        tollgate_evidence::EnvelopeRecord::Receipt(r) => r.body.started_at.unix_millis(),
+        tollgate_evidence::EnvelopeRecord::Close(c) => c.close.closed_at.unix_millis(),
+    }
+}

@@ -1,0 +1,413 @@
+//! Usage queries: who used what. Storage returns [`UsageCell`]s (receipts counted
+//! and summed per namespace, serviceAccount, provider, model and hour); the pure
+//! [`aggregate`] groups them by any subset of those dimensions and an optional
+//! hour or day bucket, and adds a grand total. Warnings name chain faults (gaps,
+//! broken links) and streams still open in the range, so a total is never shown as
+//! complete when the record behind it is not.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tollgate_evidence::Timestamp;
+
+use crate::error::RecorderError;
+use crate::settings::{MAX_USAGE_ROWS, MAX_USAGE_WARNINGS};
+use crate::store::{CellQuery, FaultRow, Store, StreamRow, UsageCell};
+
+const HOUR_MS: u64 = 3_600_000;
+/// Most faults read for a usage answer's warnings.
+const MAX_FAULTS_READ: usize = 10_000;
+
+/// A dimension to group by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupKey {
+    /// The workload's namespace.
+    Namespace,
+    /// The workload's serviceAccount.
+    ServiceAccount,
+    /// The provider.
+    Provider,
+    /// The model served (else requested).
+    Model,
+}
+
+impl GroupKey {
+    /// Parses `namespace`, `serviceAccount` (or `service_account`, `sa`),
+    /// `provider` or `model`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "namespace" | "ns" => Self::Namespace,
+            "serviceAccount" | "service_account" | "serviceaccount" | "sa" => Self::ServiceAccount,
+            "provider" => Self::Provider,
+            "model" => Self::Model,
+            _ => return None,
+        })
+    }
+
+    /// Parses a comma-separated list, keeping the given order and dropping repeats.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, RecorderError> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let key = Self::parse(part).ok_or_else(|| {
+                RecorderError::BadRequest(format!(
+                    "cannot group by {part:?}: use namespace, serviceAccount, provider, model"
+                ))
+            })?;
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Bucket {
+    /// UTC hours.
+    Hour,
+    /// UTC days.
+    Day,
+}
+
+impl Bucket {
+    /// Parses `hour` or `day`.
+    pub fn parse(s: &str) -> Result<Self, RecorderError> {
+        match s {
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            other => Err(RecorderError::BadRequest(format!(
+                "bucket {other:?}: use hour or day"
+            ))),
+        }
+    }
+
+    fn start_ms(self, hour: u64) -> u64 {
+        match self {
+            Self::Hour => hour * HOUR_MS,
+            Self::Day => (hour / 24) * 24 * HOUR_MS,
+        }
+    }
+}
+
+/// A usage query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// Receipts that started at or after this (unix ms).
+    pub since_ms: u64,
+    /// ... and before this.
+    pub until_ms: u64,
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Group by these, in this order.
+    pub group_by: Vec<GroupKey>,
+    /// And by this bucket.
+    pub bucket: Option<Bucket>,
+}
+
+/// Counts and sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Requests (receipts).
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost in micro-USD.
+    pub cost_micro_usd: u64,
+}
+
+impl Totals {
+    fn add_cell(&mut self, c: &UsageCell) {
+        self.requests = self.requests.saturating_add(c.requests);
+        self.input_tokens = self.input_tokens.saturating_add(c.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(c.output_tokens);
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(c.cost_micro_usd);
+    }
+}
+
+/// One group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// Namespace, when grouped by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// ServiceAccount, when grouped by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Provider, when grouped by it ("" when the request had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Model, when grouped by it ("" when the request had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Bucket start (RFC 3339), when bucketed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_start: Option<String>,
+    /// The sums.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Something that makes the totals incomplete or suspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// `seq_gap`, `broken_chain`, `seq_conflict`, `key_changed` or `stream_open`.
+    pub code: String,
+    /// The stream.
+    pub stream_id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The envelope concerned, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// For people.
+    pub message: String,
+}
+
+/// The answer to a usage query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Range start (RFC 3339).
+    pub since: String,
+    /// Range end (RFC 3339, exclusive).
+    pub until: String,
+    /// The namespace filter, if any.
+    pub namespace: Option<String>,
+    /// Grouping.
+    pub group_by: Vec<GroupKey>,
+    /// Bucket.
+    pub bucket: Option<Bucket>,
+    /// Groups, sorted by their keys.
+    pub rows: Vec<UsageRow>,
+    /// Over all rows.
+    pub total: Totals,
+    /// Faults and open streams in the range.
+    pub warnings: Vec<Warning>,
+    /// Warnings not listed (over the listing bound).
+    pub warnings_omitted: u64,
+}
+
+type RowKey = (Vec<String>, Option<u64>);
+
+/// Groups cells; rows sorted by group values then bucket. Pure.
+pub fn aggregate(
+    cells: &[UsageCell],
+    group_by: &[GroupKey],
+    bucket: Option<Bucket>,
+) -> (Vec<UsageRow>, Totals) {
+    let mut groups: BTreeMap<RowKey, Totals> = BTreeMap::new();
+    let mut total = Totals::default();
+    for cell in cells {
+        let values = group_by
+            .iter()
+            .map(|k| match k {
+                GroupKey::Namespace => cell.namespace.clone(),
+                GroupKey::ServiceAccount => cell.service_account.clone(),
+                GroupKey::Provider => cell.provider.clone(),
+                GroupKey::Model => cell.model.clone(),
+            })
+            .collect();
+        let bucket_start = bucket.map(|b| b.start_ms(cell.hour));
+        groups
+            .entry((values, bucket_start))
+            .or_default()
+            .add_cell(cell);
+        total.add_cell(cell);
+    }
+    let rows = groups
+        .into_iter()
+        .map(|((values, bucket_start), totals)| {
+            let mut row = UsageRow {
+                namespace: None,
+                service_account: None,
+                provider: None,
+                model: None,
+                bucket_start: bucket_start.and_then(|ms| {
+                    Timestamp::from_unix_millis(ms)
+                        .ok()
+                        .map(Timestamp::to_canonical_string)
+                }),
+                totals,
+            };
+            for (key, value) in group_by.iter().zip(values) {
+                let slot = match key {
+                    GroupKey::Namespace => &mut row.namespace,
+                    GroupKey::ServiceAccount => &mut row.service_account,
+                    GroupKey::Provider => &mut row.provider,
+                    GroupKey::Model => &mut row.model,
+                };
+                *slot = Some(value);
+            }
+            row
+        })
+        .collect();
+    (rows, total)
+}
+
+/// Warnings for faults and open streams, faults first.
+pub fn warnings(faults: &[FaultRow], open: &[StreamRow]) -> Vec<Warning> {
+    let mut out: Vec<Warning> = faults
+        .iter()
+        .map(|f| Warning {
+            code: match f.fault.kind {
+                crate::ingest::FaultKind::Gap => "seq_gap",
+                crate::ingest::FaultKind::BrokenChain => "broken_chain",
+                crate::ingest::FaultKind::Conflict => "seq_conflict",
+                crate::ingest::FaultKind::KeyChanged => "key_changed",
+            }
+            .to_string(),
+            stream_id: f.fault.stream_id.clone(),
+            namespace: f.namespace.clone(),
+            seq: Some(f.fault.seq),
+            message: f.fault.message.clone(),
+        })
+        .collect();
+    out.extend(open.iter().map(|s| Warning {
+        code: "stream_open".into(),
+        stream_id: s.stream_id.clone(),
+        namespace: s.namespace.clone(),
+        seq: None,
+        message: format!(
+            "stream has no close record (pod {}): the gateway is running, crashed, or has not shipped its tail; {} receipt(s) stored",
+            s.pod,
+            s.next_seq.saturating_sub(1)
+        ),
+    }));
+    out
+}
+
+/// Answers a usage query from storage (no authorization: callers check it).
+pub async fn report(store: &dyn Store, query: &UsageQuery) -> Result<UsageReport, RecorderError> {
+    if query.since_ms >= query.until_ms {
+        return Err(RecorderError::BadRequest(
+            "since must be before until".into(),
+        ));
+    }
+    let cells_query = CellQuery {
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        namespace: query.namespace.clone(),
+    };
+    let cells = store.usage_cells(&cells_query).await?;
+    let (rows, total) = aggregate(&cells, &query.group_by, query.bucket);
+    if rows.len() > MAX_USAGE_ROWS {
+        return Err(RecorderError::TooLarge {
+            what: "rows in a usage answer (narrow the range or grouping)",
+            limit: MAX_USAGE_ROWS as u64,
+        });
+    }
+    let faults = store.faults(&cells_query, MAX_FAULTS_READ).await?;
+    let (open, open_count) = store.open_streams(&cells_query, MAX_USAGE_WARNINGS).await?;
+    let mut listed = warnings(&faults, &open);
+    let all = faults.len() as u64 + open_count;
+    listed.truncate(MAX_USAGE_WARNINGS);
+    let omitted = all.saturating_sub(listed.len() as u64);
+    let rfc = |ms: u64| {
+        Timestamp::from_unix_millis(ms)
+            .map(Timestamp::to_canonical_string)
+            .map_err(|e| RecorderError::BadRequest(format!("time out of range: {e}")))
+    };
+    Ok(UsageReport {
+        since: rfc(query.since_ms)?,
+        until: rfc(query.until_ms.min(Timestamp::MAX_UNIX_MILLIS))?,
+        namespace: query.namespace.clone(),
+        group_by: query.group_by.clone(),
+        bucket: query.bucket,
+        rows,
+        total,
+        warnings: listed,
+        warnings_omitted: omitted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(ns: &str, model: &str, hour: u64, requests: u64) -> UsageCell {
+        UsageCell {
+            namespace: ns.into(),
+            service_account: "sa".into(),
+            provider: "openai".into(),
+            model: model.into(),
+            hour,
+            requests,
+            input_tokens: requests * 10,
+            output_tokens: requests * 2,
+            cost_micro_usd: requests * 100,
+        }
+    }
+
+    #[test]
+    fn groups_and_totals() {
+        let cells = [
+            cell("a", "m1", 10, 1),
+            cell("a", "m2", 10, 2),
+            cell("b", "m1", 11, 3),
+            cell("a", "m1", 35, 4),
+        ];
+        let (rows, total) = aggregate(&cells, &[GroupKey::Namespace], None);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].namespace.as_deref(), Some("a"));
+        assert_eq!(rows[0].totals.requests, 7);
+        assert_eq!(rows[0].model, None);
+        assert_eq!(
+            total,
+            Totals {
+                requests: 10,
+                input_tokens: 100,
+                output_tokens: 20,
+                cost_micro_usd: 1_000
+            }
+        );
+        let (rows, _) = aggregate(&cells, &[GroupKey::Model], Some(Bucket::Day));
+        // m1 day 0 (hours 10, 11), m1 day 1 (hour 35), m2 day 0.
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].totals.requests, 4);
+        assert_eq!(
+            rows[1].bucket_start.as_deref(),
+            Some("1970-01-02T00:00:00.000Z")
+        );
+        let (rows, total2) = aggregate(&cells, &[], None);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].totals, total2);
+    }
+
+    #[test]
+    fn group_lists_parse_in_order_without_repeats() {
+        assert_eq!(
+            GroupKey::parse_list("model, namespace,model").unwrap(),
+            vec![GroupKey::Model, GroupKey::Namespace]
+        );
+        assert!(GroupKey::parse_list("pod").is_err());
+    }
+
+    #[test]
+    fn report_json_has_a_top_level_total() {
+        let report = UsageReport {
+            since: "a".into(),
+            until: "b".into(),
+            namespace: None,
+            group_by: vec![GroupKey::ServiceAccount],
+            bucket: None,
+            rows: vec![],
+            total: Totals::default(),
+            warnings: vec![],
+            warnings_omitted: 0,
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        for k in [
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost_micro_usd",
+        ] {
+            assert!(v["total"].get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["group_by"][0], "serviceAccount");
+    }
+}

@@ -1,0 +1,566 @@
+//! The storage behaviour suite: every scenario runs against SQLite and against
+//! PostgreSQL (from `e2e/postgres.sh`), and one test checks both backends give
+//! byte-identical answers for the same script.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::sync::Arc;
+
+use tollgate_crds::gateway_config::{CompiledLimit, LimitWindow};
+use tollgate_crds::quota::{CalendarWindow, Enforcement};
+use tollgate_evidence::{EnvelopeRecord, PrevHash, SignatureHex};
+use tollgate_recorder::auth::Caller;
+use tollgate_recorder::export::ExportRange;
+use tollgate_recorder::ingest::{IngestResponse, RejectReason};
+use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRequest};
+use tollgate_recorder::recorder::Recorder;
+use tollgate_recorder::store::Store;
+use tollgate_recorder::testkit::{Gateway, HOUR_MS, T0_MS, key_from};
+use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::common::sqlite(stringify!($name))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(store) = super::common::postgres(stringify!($name)).await {
+                    super::$name(store).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    ingest_dedups_resumes_and_exports_a_verifiable_bundle,
+    every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored,
+    concurrent_lessees_never_overgrant_a_request_cap,
+    concurrent_partial_grants_sum_exactly_to_the_cap,
+    leases_renew_return_and_expire,
+    a_reopened_recorder_resumes_the_open_segment,
+);
+
+const LOCAL: Caller = Caller::Local;
+
+async fn ingest(
+    rec: &Recorder,
+    gw: &Gateway,
+    envelopes: &[tollgate_evidence::Envelope],
+) -> IngestResponse {
+    rec.ingest(&gw.batch_json(envelopes).unwrap(), &LOCAL)
+        .await
+        .unwrap()
+}
+
+fn all_time() -> UsageQuery {
+    UsageQuery {
+        since_ms: T0_MS - HOUR_MS,
+        until_ms: T0_MS + 48 * HOUR_MS,
+        namespace: None,
+        group_by: vec![],
+        bucket: None,
+    }
+}
+
+async fn ingest_dedups_resumes_and_exports_a_verifiable_bundle(store: Arc<dyn Store>) {
+    let (rec, _clock) = common::recorder(store, common::settings(4)).await;
+    let g1 = Gateway::new(1).unwrap();
+    let g2 = Gateway::new(2).unwrap();
+    let s1 = g1.stream(6, true).unwrap();
+    let s2 = g2.stream(3, true).unwrap();
+
+    let r = ingest(&rec, &g1, &s1[..3]).await;
+    assert_eq!(
+        (r.accepted, r.duplicates, r.next_seq, r.closed),
+        (3, 0, 4, false)
+    );
+    // A resend overlapping what is stored: duplicates are counted, not stored again.
+    let r = ingest(&rec, &g1, &s1[1..]).await;
+    assert_eq!(
+        (r.accepted, r.duplicates, r.next_seq, r.closed),
+        (4, 2, 8, true)
+    );
+    assert!(r.rejected.is_empty());
+    let r = ingest(&rec, &g2, &s2).await;
+    assert_eq!((r.accepted, r.next_seq, r.closed), (4, 5, true));
+    // After the close nothing more is accepted, but a resend is still a duplicate.
+    let r = ingest(&rec, &g2, &s2).await;
+    assert_eq!((r.accepted, r.duplicates), (0, 4));
+
+    let status = rec
+        .stream_status(g1.stream_id.as_str(), &LOCAL)
+        .await
+        .unwrap();
+    assert_eq!((status.next_seq, status.closed), (8, true));
+
+    let report = rec.usage(&all_time(), &LOCAL).await.unwrap();
+    // 6 + 3 receipts; input 100+i, output 10+i, cost 1000+i.
+    assert_eq!(report.total.requests, 9);
+    assert_eq!(
+        report.total.input_tokens,
+        (0..6).map(|i| 100 + i).sum::<u64>() + (0..3).map(|i| 100 + i).sum::<u64>()
+    );
+    assert_eq!(
+        report.total.cost_micro_usd,
+        (0..6).map(|i| 1000 + i).sum::<u64>() + (0..3).map(|i| 1000 + i).sum::<u64>()
+    );
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    let mut q = all_time();
+    q.group_by = vec![GroupKey::Namespace, GroupKey::Model];
+    q.bucket = Some(Bucket::Hour);
+    let grouped = rec.usage(&q, &LOCAL).await.unwrap();
+    assert_eq!(
+        grouped.rows.iter().map(|r| r.totals.requests).sum::<u64>(),
+        9
+    );
+    assert_eq!(grouped.rows.len(), 4, "2 namespaces x 2 models in one hour");
+
+    let bundle = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    assert_eq!(bundle.manifest.counts.envelopes.get(), 11);
+    assert_eq!(
+        bundle.manifest.counts.segments.get(),
+        3,
+        "4 + 4 + 3 (the last sealed by the export)"
+    );
+    let report = common::verify(&bundle.to_json().unwrap());
+    assert!(
+        report.passed(),
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+}
+
+async fn every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored(store: Arc<dyn Store>) {
+    let (rec, _clock) = common::recorder(store.clone(), common::settings(100)).await;
+    let gw = Gateway::new(1).unwrap();
+    let good = gw.stream(4, false).unwrap();
+    let r = ingest(&rec, &gw, &good[..1]).await;
+    assert_eq!(r.accepted, 1);
+    let size_before = store.meta().await.unwrap().unwrap().size;
+
+    let refused = |r: &IngestResponse| r.rejected.first().map(|x| x.reason);
+
+    // Tampered: a signed field changed, hash left as it was.
+    let mut tampered = good[1].clone();
+    if let EnvelopeRecord::Receipt(r) = &mut tampered.record {
+        r.body.cost_micro_usd = tollgate_evidence::SafeU64::from(0u32);
+    }
+    let r = ingest(&rec, &gw, std::slice::from_ref(&tampered)).await;
+    assert_eq!(refused(&r), Some(RejectReason::HashMismatch));
+    // Tampered and re-hashed: the signature no longer covers the body.
+    tampered.hash = tampered.compute_hash().unwrap();
+    let r = ingest(&rec, &gw, std::slice::from_ref(&tampered)).await;
+    assert_eq!(refused(&r), Some(RejectReason::SignatureInvalid));
+
+    // Unsigned: an all-zero signature.
+    let mut unsigned = good[1].clone();
+    if let EnvelopeRecord::Receipt(r) = &mut unsigned.record {
+        r.signature = SignatureHex::from_bytes([0; 64]);
+    }
+    unsigned.hash = unsigned.compute_hash().unwrap();
+    let r = ingest(&rec, &gw, std::slice::from_ref(&unsigned)).await;
+    assert_eq!(refused(&r), Some(RejectReason::SignatureInvalid));
+
+    // Wrong key: another gateway's envelopes under this gateway's certificate.
+    let other = Gateway::new(2).unwrap();
+    let foreign = other.stream(1, false).unwrap();
+    let r = ingest(&rec, &gw, &foreign).await;
+    assert_eq!(refused(&r), Some(RejectReason::KeyNotCertified));
+
+    // A gap: seq 3 after seq 1.
+    let r = ingest(&rec, &gw, &good[2..3]).await;
+    assert_eq!(refused(&r), Some(RejectReason::SeqGap));
+    assert_eq!(r.next_seq, 2);
+
+    // A broken chain: seq 2 linking to the wrong predecessor (prev_hash is not
+    // signed, so the receipt signature still verifies).
+    let mut broken = good[1].clone();
+    broken.prev_hash = PrevHash::Genesis;
+    broken.hash = broken.compute_hash().unwrap();
+    let r = ingest(&rec, &gw, std::slice::from_ref(&broken)).await;
+    assert_eq!(refused(&r), Some(RejectReason::PrevHashMismatch));
+
+    // A certificate from a CA the recorder does not trust.
+    let rogue = Gateway::with_ca(3, key_from("rogue-ca")).unwrap();
+    let r = ingest(&rec, &rogue, &rogue.stream(2, true).unwrap()).await;
+    assert_eq!(refused(&r), Some(RejectReason::CertificateUntrusted));
+    assert_eq!(r.rejected.len(), 3);
+
+    // Nothing refused was stored.
+    assert_eq!(store.meta().await.unwrap().unwrap().size, size_before);
+    let report = rec.usage(&all_time(), &LOCAL).await.unwrap();
+    assert_eq!(report.total.requests, 1);
+    assert!(
+        store
+            .stream(rogue.stream_id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The gap and the broken link are flagged as warnings; the stream is open.
+    let codes: Vec<&str> = report.warnings.iter().map(|w| w.code.as_str()).collect();
+    assert!(codes.contains(&"seq_gap"), "{codes:?}");
+    assert!(codes.contains(&"broken_chain"), "{codes:?}");
+    assert!(codes.contains(&"stream_open"), "{codes:?}");
+
+    // The good continuation is still accepted.
+    let r = ingest(&rec, &gw, &good[1..]).await;
+    assert_eq!((r.accepted, r.next_seq), (3, 5));
+}
+
+fn limit(window: LimitWindow, tokens: Option<u64>, requests: Option<u64>) -> CompiledLimit {
+    CompiledLimit {
+        name: "daily".into(),
+        window,
+        tokens,
+        requests,
+        cost_micro_usd: None,
+        model_globs: vec![],
+        providers: vec![],
+    }
+}
+
+fn amount(tokens: u64, requests: u64) -> AmountsWire {
+    AmountsWire {
+        tokens,
+        requests,
+        cost_micro_usd: 0,
+    }
+}
+
+fn grant_request(
+    limit: &CompiledLimit,
+    want: AmountsWire,
+    min: Option<AmountsWire>,
+) -> GrantRequest {
+    GrantRequest {
+        quota_id: "team-a/q".into(),
+        limit: limit.clone(),
+        enforcement: Enforcement::Enforce,
+        amount: want,
+        min_amount: min,
+        ttl_seconds: Some(60),
+    }
+}
+
+async fn concurrent_lessees_never_overgrant_a_request_cap(store: Arc<dyn Store>) {
+    let (rec, _clock) = common::recorder(store, common::settings(100)).await;
+    let l = limit(LimitWindow::Calendar(CalendarWindow::Day), None, Some(100));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let rec = rec.clone();
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0u64;
+            for _ in 0..25 {
+                let r = rec
+                    .grant(&grant_request(&l, amount(0, 1), None), &LOCAL)
+                    .await
+                    .unwrap();
+                if r.granted {
+                    granted += r.amount.requests;
+                } else {
+                    assert!(r.retry_after_seconds.unwrap() >= 1);
+                }
+            }
+            granted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(
+        total, 100,
+        "exactly the cap is granted across 16 lessees x 25 asks"
+    );
+    let r = rec
+        .grant(&grant_request(&l, amount(0, 1), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(!r.granted);
+    assert_eq!(r.outstanding.requests, 100);
+}
+
+async fn concurrent_partial_grants_sum_exactly_to_the_cap(store: Arc<dyn Store>) {
+    let (rec, _clock) = common::recorder(store, common::settings(100)).await;
+    let l = limit(
+        LimitWindow::Calendar(CalendarWindow::Hour),
+        Some(1_000),
+        None,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let rec = rec.clone();
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0u64;
+            loop {
+                let r = rec
+                    .grant(
+                        &grant_request(&l, amount(64, 0), Some(amount(1, 0))),
+                        &LOCAL,
+                    )
+                    .await
+                    .unwrap();
+                if !r.granted {
+                    return granted;
+                }
+                assert!(r.amount.tokens >= 1 && r.amount.tokens <= 64);
+                granted += r.amount.tokens;
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 1_000);
+}
+
+async fn leases_renew_return_and_expire(store: Arc<dyn Store>) {
+    let (rec, clock) = common::recorder(store, common::settings(100)).await;
+    let l = limit(LimitWindow::Calendar(CalendarWindow::Day), Some(100), None);
+    let first = rec
+        .grant(&grant_request(&l, amount(50, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(first.granted);
+    let id = first.lease_id.clone().unwrap();
+    let denied = rec
+        .grant(&grant_request(&l, amount(60, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(!denied.granted);
+    assert_eq!(denied.outstanding.tokens, 50);
+
+    // Renew: 10 consumed so far, keep 20 unused.
+    let renewed = rec
+        .renew(
+            &id,
+            &RenewRequest {
+                consumed: amount(10, 0),
+                amount: amount(20, 0),
+                min_amount: None,
+                ttl_seconds: Some(60),
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    assert!(renewed.granted);
+    assert_eq!(renewed.used.tokens, 10);
+    let other = rec
+        .grant(&grant_request(&l, amount(70, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(other.granted, "10 used + 20 leased + 70 = 100");
+    let over = rec
+        .grant(&grant_request(&l, amount(1, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(!over.granted);
+
+    // Consumption never goes down.
+    let err = rec
+        .give_back(
+            &id,
+            &ReturnRequest {
+                consumed: amount(5, 0),
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tollgate_recorder::RecorderError::Conflict(_)));
+    // Return: 15 consumed in total; 5 more settle, the unused 15 are released.
+    let back = rec
+        .give_back(
+            &id,
+            &ReturnRequest {
+                consumed: amount(15, 0),
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.settled.tokens, 5);
+    let again = rec
+        .give_back(
+            &id,
+            &ReturnRequest {
+                consumed: amount(15, 0),
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.settled.tokens, 0, "returning twice settles once");
+    let fits = rec
+        .grant(&grant_request(&l, amount(15, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(fits.granted, "15 used + 70 + 15 = 100");
+    assert_eq!(fits.used.tokens, 15);
+
+    // Expiry: once the leases expire their unconsumed rest no longer counts.
+    clock.advance(61_000);
+    let after = rec
+        .grant(&grant_request(&l, amount(85, 0), None), &LOCAL)
+        .await
+        .unwrap();
+    assert!(after.granted, "{after:?}");
+    assert_eq!((after.used.tokens, after.outstanding.tokens), (15, 0));
+
+    // Shadow quotas grant and say they would have denied.
+    let mut shadow = grant_request(&l, amount(50, 0), None);
+    shadow.enforcement = Enforcement::Shadow;
+    let s = rec.grant(&shadow, &LOCAL).await.unwrap();
+    assert!(s.granted && s.shadow_denied);
+
+    // A lease of one namespace cannot be taken by another namespace's gateway.
+    let sa = Caller::ServiceAccount {
+        namespace: "team-b".into(),
+        name: "app".into(),
+        pod: None,
+    };
+    assert!(
+        rec.grant(&grant_request(&l, amount(1, 0), None), &sa)
+            .await
+            .is_err()
+    );
+}
+
+async fn a_reopened_recorder_resumes_the_open_segment(store: Arc<dyn Store>) {
+    let gw = Gateway::new(1).unwrap();
+    let s = gw.stream(9, true).unwrap();
+    {
+        let (rec, _clock) = common::recorder(store.clone(), common::settings(4)).await;
+        let r = ingest(&rec, &gw, &s[..6]).await;
+        assert_eq!(r.accepted, 6);
+    }
+    let meta = store.meta().await.unwrap().unwrap();
+    assert_eq!(
+        meta.size, 6,
+        "one sealed segment of 4, two envelopes in the open one"
+    );
+    let (rec, _clock) = common::recorder(store.clone(), common::settings(4)).await;
+    let r = ingest(&rec, &gw, &s[4..]).await;
+    assert_eq!((r.accepted, r.duplicates, r.closed), (4, 2, true));
+    let bundle = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    assert_eq!(bundle.manifest.counts.segments.get(), 3);
+    assert_eq!(
+        bundle.segments[1].envelopes.len(),
+        4,
+        "the resumed segment continued"
+    );
+    let report = common::verify(&bundle.to_json().unwrap());
+    assert!(
+        report.passed(),
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+}
+
+/// The same script, answered by a backend, as JSON lines (lease ids masked).
+async fn transcript(store: Arc<dyn Store>) -> Vec<String> {
+    let (rec, clock) = common::recorder(store, common::settings(5)).await;
+    let mut out = Vec::new();
+    let g1 = Gateway::new(1).unwrap();
+    let g2 = Gateway::new(2).unwrap();
+    let g4 = Gateway::new(4).unwrap();
+    let s1 = g1.stream(7, true).unwrap();
+    let s2 = g2.stream(4, true).unwrap();
+    let s4 = g4.stream(3, false).unwrap();
+    for (gw, batch) in [
+        (&g1, &s1[..3]),
+        (&g2, &s2[..]),
+        (&g1, &s1[1..]),
+        (&g4, &s4[..1]),
+        (&g4, &s4[2..]),
+    ] {
+        out.push(serde_json::to_string(&ingest(&rec, gw, batch).await).unwrap());
+    }
+    for (group_by, bucket) in [
+        (vec![], None),
+        (
+            vec![GroupKey::Namespace, GroupKey::Model],
+            Some(Bucket::Hour),
+        ),
+        (
+            vec![GroupKey::ServiceAccount, GroupKey::Provider],
+            Some(Bucket::Day),
+        ),
+    ] {
+        let mut q = all_time();
+        q.group_by = group_by;
+        q.bucket = bucket;
+        out.push(serde_json::to_string(&rec.usage(&q, &LOCAL).await.unwrap()).unwrap());
+    }
+    let l = limit(LimitWindow::RollingSeconds(3_600), Some(500), Some(10));
+    let mut ids = Vec::new();
+    for want in [200, 200, 200, 50] {
+        let r = rec
+            .grant(
+                &grant_request(&l, amount(want, 1), Some(amount(10, 1))),
+                &LOCAL,
+            )
+            .await
+            .unwrap();
+        ids.extend(r.lease_id.clone());
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["lease_id"] = serde_json::Value::Null;
+        out.push(v.to_string());
+    }
+    clock.advance(10_000);
+    let r = rec
+        .renew(
+            &ids[0],
+            &RenewRequest {
+                consumed: amount(120, 1),
+                amount: amount(100, 1),
+                min_amount: None,
+                ttl_seconds: None,
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    let mut v = serde_json::to_value(&r).unwrap();
+    v["lease_id"] = serde_json::Value::Null;
+    out.push(v.to_string());
+    let back = rec
+        .give_back(
+            &ids[1],
+            &ReturnRequest {
+                consumed: amount(30, 1),
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    out.push(back.settled.tokens.to_string());
+    let bundle = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    out.push(String::from_utf8(bundle.to_json().unwrap()).unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_postgres_give_identical_answers() {
+    let sqlite = transcript(common::sqlite("identical")).await;
+    assert_eq!(sqlite.len(), 5 + 3 + 4 + 1 + 1 + 1);
+    assert!(sqlite[3].contains("seq_gap") || sqlite[4].contains("seq_gap"));
+    let Some(pg) = common::postgres("identical").await else {
+        return;
+    };
+    let postgres = transcript(pg).await;
+    for (i, (a, b)) in sqlite.iter().zip(&postgres).enumerate() {
+        assert_eq!(a, b, "answer {i} differs between sqlite and postgres");
+    }
+}

@@ -1,0 +1,592 @@
+//! The real `tollgate-recorder` binary on loopback: a gateway spool shipped with
+//! the shipper, exported and verified with the real `kubectl-tollgate`, usage read
+//! back through the CLI; and `kill -9` during ingest loses nothing acknowledged.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::{RecorderProcess, ca_anchor, kubectl_tollgate};
+use tollgate_recorder::client::{HttpClient, public_roots};
+use tollgate_recorder::ingest::IngestResponse;
+use tollgate_recorder::shipper::{Shipper, StaticToken};
+use tollgate_recorder::testkit::Gateway;
+
+fn client() -> HttpClient {
+    HttpClient::new(public_roots().unwrap(), Duration::from_secs(30))
+}
+
+fn shipper(spool: &std::path::Path, rec: &RecorderProcess, batch: usize) -> Shipper {
+    Shipper::new(
+        spool,
+        rec.url.clone(),
+        Arc::new(StaticToken(rec.token.clone())),
+        public_roots().unwrap(),
+    )
+    .with_batch_envelopes(batch)
+}
+
+fn small_segments(dir: &std::path::Path, max_envelopes: u32) -> std::path::PathBuf {
+    let path = dir.join("recorder-config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: RecorderConfig\nmetadata:\n  name: default\nspec:\n  sealing:\n    maxEnvelopes: {max_envelopes}\n    maxAgeSeconds: 3600\n  checkpointSinks:\n  - name: file\n    type: file\n    path: {}\n",
+            dir.join("checkpoints.jsonl").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_spool_exports_a_bundle_the_cli_verifies() {
+    let dir = common::temp_dir("binary");
+    let data = dir.join("data");
+    let anchor = ca_anchor(&dir);
+    let config = small_segments(&dir, 7);
+    let rec = RecorderProcess::start(
+        &data,
+        &[
+            "--trust-anchor",
+            anchor.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+
+    // Two gateways' spools: one closed, one still open (its close not written yet).
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let closed = Gateway::new(1).unwrap();
+    let running = Gateway::new(2).unwrap();
+    let closed_stream = closed.stream(12, true).unwrap();
+    let running_stream = running.stream(5, true).unwrap();
+    let closed_file = spool.join(format!("{}.jsonl", closed.stream_id));
+    let running_file = spool.join(format!("{}.jsonl", running.stream_id));
+    std::fs::write(&closed_file, closed.spool_text(&closed_stream).unwrap()).unwrap();
+    // A half-written last line must not be sent.
+    let mut partial = running.spool_text(&running_stream[..4]).unwrap();
+    let tail = serde_json::to_string(&serde_json::json!({"envelope": running_stream[4]})).unwrap();
+    partial.push_str(&tail[..tail.len() / 2]);
+    std::fs::write(&running_file, &partial).unwrap();
+
+    let ship = shipper(&spool, &rec, 5);
+    let report = ship.ship_once().await.unwrap();
+    assert!(report.stuck.is_empty(), "{report:?}");
+    assert_eq!(report.accepted, 13 + 4);
+    assert_eq!(
+        report.deleted,
+        vec![closed_file.clone()],
+        "only the acknowledged closed stream is deleted"
+    );
+    assert!(running_file.exists());
+
+    // The gateway finishes the line and closes the stream; the next pass ships the rest.
+    let full = running.spool_text(&running_stream).unwrap();
+    std::fs::write(&running_file, &full).unwrap();
+    let report = ship.ship_once().await.unwrap();
+    assert_eq!((report.accepted, report.duplicates), (2, 0), "{report:?}");
+    assert_eq!(report.deleted, vec![running_file.clone()]);
+    let report = ship.ship_once().await.unwrap();
+    assert_eq!(report.files, 0);
+
+    // Usage through the CLI, against the running recorder.
+    let token_file = data.join("local-token");
+    let (code, out, err) = kubectl_tollgate(&[
+        "usage",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-A",
+        "--since",
+        "2025-02-28T00:00:00Z",
+        "--until",
+        "2025-03-02T00:00:00Z",
+        "--by",
+        "namespace,model",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["total"]["requests"], 17);
+    assert_eq!(
+        usage["total"]["input_tokens"],
+        (0..12).map(|i| 100 + i).sum::<u64>() + (0..5).map(|i| 100 + i).sum::<u64>()
+    );
+    assert_eq!(usage["warnings"].as_array().unwrap().len(), 0);
+
+    // Export through the CLI, then verify it with the CLI against both anchors.
+    let bundle = dir.join("bundle.json");
+    let (code, out, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--until",
+        "2025-03-02T00:00:00Z",
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("19 envelopes"), "{out}");
+    let recorder_anchor = data.join("recorder-trust-anchor.yaml");
+    let (code, out, err) = kubectl_tollgate(&[
+        "verify",
+        bundle.to_str().unwrap(),
+        "--trust-anchor",
+        recorder_anchor.to_str().unwrap(),
+        "--trust-anchor",
+        anchor.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
+
+    // The checkpoint sink has a copy of every checkpoint; the newest one checks the
+    // bundle against truncation.
+    let sink = std::fs::read_to_string(dir.join("checkpoints.jsonl")).unwrap();
+    let last = sink.lines().last().unwrap();
+    let cp = dir.join("latest-checkpoint.json");
+    std::fs::write(&cp, last).unwrap();
+    let (code, out, _) = kubectl_tollgate(&[
+        "verify",
+        bundle.to_str().unwrap(),
+        "--trust-anchor",
+        recorder_anchor.to_str().unwrap(),
+        "--trust-anchor",
+        anchor.to_str().unwrap(),
+        "--checkpoint",
+        cp.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+
+    // The same export from the data directory (--local) verifies too.
+    rec.stop();
+    let local_bundle = dir.join("local-bundle.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--local",
+        data.to_str().unwrap(),
+        "-o",
+        local_bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = kubectl_tollgate(&[
+        "verify",
+        local_bundle.to_str().unwrap(),
+        "--trust-anchor",
+        recorder_anchor.to_str().unwrap(),
+        "--trust-anchor",
+        anchor.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = kubectl_tollgate(&[
+        "usage",
+        "--local",
+        data.to_str().unwrap(),
+        "-A",
+        "--since",
+        "2025-02-28T00:00:00Z",
+        "--until",
+        "2025-03-02T00:00:00Z",
+        "--by",
+        "namespace",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("TOTAL") && l.contains(" 17 ")),
+        "{out}"
+    );
+
+    // Reconcile the bundle against an export made from the receipts: passes;
+    // falsify one row: fails.
+    let receipts: Vec<_> = closed_stream
+        .iter()
+        .chain(&running_stream)
+        .filter_map(|e| e.receipt())
+        .collect();
+    let mut csv = String::from("provider_request_id,model,timestamp,input_tokens,output_tokens\n");
+    for r in &receipts {
+        let b = &r.body;
+        let u = b.usage.unwrap();
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            b.upstream
+                .as_ref()
+                .unwrap()
+                .provider_request_id
+                .as_ref()
+                .unwrap(),
+            b.model_served.as_ref().unwrap(),
+            b.started_at,
+            u.input_tokens,
+            u.output_tokens
+        ));
+    }
+    let export = dir.join("export.csv");
+    std::fs::write(&export, &csv).unwrap();
+    let args = |export: &std::path::Path| {
+        vec![
+            "reconcile".to_string(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            "--export".into(),
+            export.display().to_string(),
+            "--format".into(),
+            "csv".into(),
+            "--include-dry-run".into(),
+        ]
+    };
+    let run = |export: &std::path::Path| {
+        let a = args(export);
+        kubectl_tollgate(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (code, out, err) = run(&export);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"verdict\": \"pass\""), "{out}");
+    let falsified = dir.join("falsified.csv");
+    let mut lines: Vec<String> = csv.lines().map(String::from).collect();
+    let fields: Vec<&str> = lines[3].split(',').collect();
+    lines[3] = format!(
+        "{},{},{},{},{}",
+        fields[0],
+        fields[1],
+        fields[2],
+        fields[3],
+        fields[4].parse::<u64>().unwrap() + 7
+    );
+    std::fs::write(&falsified, lines.join("\n") + "\n").unwrap();
+    let (code, out, _) = run(&falsified);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["summary"]["mismatched"], 1);
+    assert!(
+        report["mismatched"][0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("output_tokens")
+    );
+}
+
+#[test]
+fn kill_9_during_ingest_loses_nothing_acknowledged() {
+    let dir = common::temp_dir("crash");
+    let data = dir.join("data");
+    let anchor = ca_anchor(&dir);
+    let config = small_segments(&dir, 50);
+    let extra = [
+        "--trust-anchor",
+        anchor.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let gw = Gateway::new(5).unwrap();
+    let stream = gw.stream(400, true).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let rec = RecorderProcess::start(&data, &extra);
+    // Stream batches of 8 from a thread, recording what was acknowledged, until
+    // the recorder dies under it.
+    let (url, token) = (rec.url.clone(), rec.token.clone());
+    let batches: Vec<Vec<u8>> = stream
+        .chunks(8)
+        .map(|c| gw.batch_json(c).unwrap())
+        .collect();
+    let sender = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut acked = 0u64;
+        for body in batches {
+            let sent = rt.block_on(client().send(
+                http::Method::POST,
+                &format!("{url}/v1/receipts"),
+                Some(&token),
+                Some(bytes::Bytes::from(body)),
+                1 << 20,
+            ));
+            match sent {
+                Ok(r) if r.status.is_success() => {
+                    let answer: IngestResponse = serde_json::from_slice(&r.body).unwrap();
+                    assert!(answer.rejected.is_empty(), "{answer:?}");
+                    acked = answer.next_seq - 1;
+                }
+                _ => break,
+            }
+        }
+        acked
+    });
+    // Let some batches land, then kill -9 mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let next = rt.block_on(client().send(
+            http::Method::GET,
+            &format!("{}/v1/streams/{}", rec.url, gw.stream_id),
+            Some(&rec.token),
+            None,
+            1 << 16,
+        ));
+        if let Ok(r) = next
+            && r.status.is_success()
+            && serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["next_seq"]
+                .as_u64()
+                .unwrap()
+                > 120
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingest did not progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rec.kill_9();
+    let acked = sender.join().unwrap();
+    assert!((120..401).contains(&acked), "acked {acked}");
+
+    // Restart on the same data directory: everything acknowledged is there.
+    let rec = RecorderProcess::start(&data, &extra);
+    let status: serde_json::Value = rt.block_on(async {
+        let r = client()
+            .send(
+                http::Method::GET,
+                &format!("{}/v1/streams/{}", rec.url, gw.stream_id),
+                Some(&rec.token),
+                None,
+                1 << 16,
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&r.body).unwrap()
+    });
+    let next_seq = status["next_seq"].as_u64().unwrap();
+    assert!(
+        next_seq > acked,
+        "acknowledged {acked}, recorder resumed at {next_seq}"
+    );
+
+    // The chain continues: ship the whole spool; the shipper resumes from next_seq.
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(
+        spool.join(format!("{}.jsonl", gw.stream_id)),
+        gw.spool_text(&stream).unwrap(),
+    )
+    .unwrap();
+    let ship = shipper(&spool, &rec, 100);
+    let report = rt.block_on(ship.ship_once()).unwrap();
+    assert!(report.stuck.is_empty(), "{report:?}");
+    assert_eq!(report.accepted, 401 - (next_seq - 1));
+    assert_eq!(report.deleted.len(), 1);
+
+    // One log, segments of 50 in order, the open segment resumed: the export verifies.
+    let bundle = dir.join("bundle.json");
+    let token_file = data.join("local-token");
+    let (code, _, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let parsed: tollgate_evidence::Bundle =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    assert_eq!(parsed.manifest.counts.envelopes.get(), 401);
+    let sizes: Vec<usize> = parsed.segments.iter().map(|s| s.envelopes.len()).collect();
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|n| *n == 50),
+        "{sizes:?}"
+    );
+    let trust = tollgate_recorder::trust::load_trust_roots(&[
+        data.join("recorder-trust-anchor.yaml"),
+        anchor.clone(),
+    ])
+    .unwrap();
+    let report = tollgate_evidence::verify_bundle(
+        &std::fs::read(&bundle).unwrap(),
+        &tollgate_evidence::VerifyOptions {
+            trust: Some(trust),
+            ..Default::default()
+        },
+    );
+    assert!(
+        report.passed(),
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+    rec.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_gateway_spool_ships_and_verifies() {
+    let dir = common::temp_dir("gateway");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let config = dir.join("cfg.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "compile",
+        "--manifests",
+        root.join("examples/quickstart").to_str().unwrap(),
+        "-n",
+        "demo",
+        "-o",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The receipt CA: a fixed seed, and its TrustAnchor.
+    let ca = tollgate_recorder::testkit::key_from("gateway-test-ca");
+    let ca_file = dir.join("ca.key");
+    std::fs::write(&ca_file, hex::encode(ca.to_bytes())).unwrap();
+    let ca_anchor_file = dir.join("gateway-ca-anchor.yaml");
+    std::fs::write(
+        &ca_anchor_file,
+        tollgate_recorder::trust::anchor_yaml(
+            "gateway-ca",
+            &tollgate_evidence::PublicKey::of_signing_key(&ca),
+            tollgate_evidence::KeyRole::ReceiptCa,
+            tollgate_evidence::Timestamp::UNIX_EPOCH,
+        ),
+    )
+    .unwrap();
+
+    let spool = dir.join("spool");
+    let mut gateway = std::process::Command::new(common::process::workspace_bin(
+        "tollgate-gateway",
+        "tollgate-gateway",
+    ))
+    .args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .args([
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--namespace",
+        "demo",
+        "--service-account",
+        "app",
+    ])
+    .args([
+        "--pod-name",
+        "app-0",
+        "--pod-uid",
+        "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+    ])
+    .args(["--ca-key-file", ca_file.to_str().unwrap()])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = gateway.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            eprintln!("[gateway] {line}");
+        }
+    });
+    let api = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway did not start");
+    for i in 0..3 {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hello {i}")}]});
+        let r = client()
+            .send(
+                http::Method::POST,
+                &format!("http://{api}/v1/chat/completions"),
+                None,
+                Some(bytes::Bytes::from(serde_json::to_vec(&body).unwrap())),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.status.is_success(),
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(gateway.wait().unwrap().success());
+
+    let data = dir.join("data");
+    let rec = RecorderProcess::start(&data, &["--trust-anchor", ca_anchor_file.to_str().unwrap()]);
+    let report = shipper(&spool, &rec, 100).ship_once().await.unwrap();
+    assert!(report.stuck.is_empty(), "{report:?}");
+    assert_eq!(
+        (report.accepted, report.deleted.len()),
+        (4, 1),
+        "3 receipts and the close record"
+    );
+
+    let token_file = data.join("local-token");
+    let (code, out, err) = kubectl_tollgate(&[
+        "usage",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-n",
+        "demo",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["total"]["requests"], 3, "{usage}");
+
+    let bundle = dir.join("bundle.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kubectl_tollgate(&[
+        "verify",
+        bundle.to_str().unwrap(),
+        "--trust-anchor",
+        data.join("recorder-trust-anchor.yaml").to_str().unwrap(),
+        "--trust-anchor",
+        ca_anchor_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
+    rec.stop();
+}

@@ -1,0 +1,116 @@
+//! The shipper against an in-process recorder: it resumes from the recorder's
+//! `next_seq`, never skips or drops an envelope when the recorder refuses one or
+//! cannot be reached, and deletes a spool file only after its close is acknowledged.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::sync::Arc;
+
+use tollgate_evidence::EnvelopeRecord;
+use tollgate_recorder::auth::{Caller, StaticTokens};
+use tollgate_recorder::client::public_roots;
+use tollgate_recorder::http::{AppState, router};
+use tollgate_recorder::recorder::Recorder;
+use tollgate_recorder::shipper::{Shipper, StaticToken};
+use tollgate_recorder::testkit::Gateway;
+
+async fn serve() -> (Arc<Recorder>, String) {
+    let (rec, _clock) = common::recorder(common::sqlite("shipper"), common::settings(100)).await;
+    let app = router(AppState {
+        recorder: rec.clone(),
+        auth: Arc::new(StaticTokens::local("t")),
+        max_body_bytes: 16 << 20,
+    });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", tcp.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(tcp, app).await.unwrap() });
+    (rec, url)
+}
+
+fn shipper(spool: &std::path::Path, url: &str) -> Shipper {
+    Shipper::new(
+        spool,
+        url,
+        Arc::new(StaticToken("t".into())),
+        public_roots().unwrap(),
+    )
+    .with_batch_envelopes(4)
+}
+
+#[tokio::test]
+async fn resumes_from_the_recorders_next_seq() {
+    let (rec, url) = serve().await;
+    let gw = Gateway::new(1).unwrap();
+    let stream = gw.stream(10, true).unwrap();
+    // The recorder already has the first 6 (an earlier shipper's answer was lost).
+    rec.ingest(&gw.batch_json(&stream[..6]).unwrap(), &Caller::Local)
+        .await
+        .unwrap();
+    let spool = common::temp_dir("resume");
+    let file = spool.join(format!("{}.jsonl", gw.stream_id));
+    std::fs::write(&file, gw.spool_text(&stream).unwrap()).unwrap();
+    let report = shipper(&spool, &url).ship_once().await.unwrap();
+    assert_eq!(
+        (report.sent, report.accepted, report.duplicates),
+        (5, 5, 0),
+        "{report:?}"
+    );
+    assert!(!file.exists());
+}
+
+#[tokio::test]
+async fn a_refused_envelope_stops_the_stream_and_nothing_is_dropped() {
+    let (rec, url) = serve().await;
+    let gw = Gateway::new(1).unwrap();
+    let mut stream = gw.stream(6, true).unwrap();
+    if let EnvelopeRecord::Receipt(r) = &mut stream[3].record {
+        r.body.cost_micro_usd = tollgate_evidence::SafeU64::from(0u32);
+    }
+    stream[3].hash = stream[3].compute_hash().unwrap();
+    let spool = common::temp_dir("refused");
+    let file = spool.join(format!("{}.jsonl", gw.stream_id));
+    std::fs::write(&file, gw.spool_text(&stream).unwrap()).unwrap();
+    let ship = shipper(&spool, &url);
+    for _ in 0..2 {
+        let report = ship.ship_once().await.unwrap();
+        assert_eq!(report.stuck.len(), 1, "{report:?}");
+        assert!(
+            report.stuck[0].1.contains("signature_invalid"),
+            "{report:?}"
+        );
+        assert!(file.exists(), "the spool file is kept");
+    }
+    let status = rec
+        .stream_status(gw.stream_id.as_str(), &Caller::Local)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.next_seq, 4,
+        "seq 1-3 stored, nothing after the refused one"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_recorder_is_an_error_and_the_spool_is_kept() {
+    let gw = Gateway::new(1).unwrap();
+    let spool = common::temp_dir("unreachable");
+    let file = spool.join(format!("{}.jsonl", gw.stream_id));
+    std::fs::write(&file, gw.spool_text(&gw.stream(2, true).unwrap()).unwrap()).unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let result = shipper(&spool, &format!("http://127.0.0.1:{port}"))
+        .ship_once()
+        .await;
+    assert!(result.is_err());
+    assert!(file.exists());
+    // The same spool ships once the recorder is there.
+    let (_rec, url) = serve().await;
+    let report = shipper(&spool, &url).ship_once().await.unwrap();
+    assert_eq!(report.accepted, 3);
+    assert!(!file.exists());
+}
