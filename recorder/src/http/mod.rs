@@ -276,12 +276,12 @@ async fn usage(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, RecorderError> {
     let caller = caller(&state, &headers).await?;
-    let now = tollgate_clock_now(&state);
+    let now = recorder_now(&state);
     let query = usage_query(&params, now)?;
     Ok(Json(state.recorder.usage(&query, &caller).await?).into_response())
 }
 
-fn tollgate_clock_now(state: &AppState) -> u64 {
+fn recorder_now(state: &AppState) -> u64 {
     state.recorder.now_ms()
 }
 
@@ -314,7 +314,7 @@ async fn bundle(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, RecorderError> {
     let caller = caller(&state, &headers).await?;
-    let range = export_range(&params, tollgate_clock_now(&state))?;
+    let range = export_range(&params, recorder_now(&state))?;
     let bundle = state.recorder.export(range, &caller).await?;
     let bytes = bundle.to_json()?;
     if bytes.len() as u64 > MAX_EXPORT_BYTES {
