@@ -132,6 +132,12 @@ impl Gateway {
         *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
     }
 
+    /// Counts a finished request and hands its receipt to the spool writer.
+    fn record(&self, draft: ReceiptDraft) {
+        self.metrics.count(&draft);
+        self.receipts.submit(draft);
+    }
+
     pub fn receipts(&self) -> &ReceiptSink {
         &self.receipts
     }
@@ -242,8 +248,7 @@ impl Ticket {
     }
 
     fn submit(&self, draft: ReceiptDraft) {
-        self.gateway.metrics.count(&draft);
-        self.gateway.receipts.submit(draft);
+        self.gateway.record(draft);
     }
 
     fn tag(&self, response: &mut Response) {
@@ -1146,8 +1151,7 @@ impl MeteredBody {
                 draft.reason = "upstream_idle_timeout";
             }
         }
-        finish.gateway.metrics.count(&draft);
-        finish.gateway.receipts.submit(draft);
+        finish.gateway.record(draft);
     }
 }
 
