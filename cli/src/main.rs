@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bundle;
 mod compile;
 mod crds;
+mod local;
 mod reconcile;
 mod usage;
 mod verify;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Print the Tollgate CRDs as YAML, ready for `kubectl apply -f -`.
     Crds,
+    /// Run a gateway and a recorder on this machine from a manifest directory.
+    Local(local::LocalArgs),
     /// Compile manifests into the gateway config a namespace would get.
     Compile(compile::CompileArgs),
     /// Verify an exported evidence bundle offline against trust anchors.
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let result = match cli.command {
         Command::Crds => crds::run(&mut stdout),
+        Command::Local(args) => local::run(&args, &mut stdout),
         Command::Compile(args) => compile::run(&args, &mut stdout),
         Command::Verify(args) => verify::run(&args, &mut stdout),
         Command::Usage(args) => usage::run(&args, &mut stdout),

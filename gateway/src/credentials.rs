@@ -1,7 +1,7 @@
 //! Provider API keys: loaded once into memory, never logged, persisted or
 //! echoed, and chosen deterministically per request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -55,6 +55,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What looking up one key found.
+enum Lookup {
+    Found(String),
+    /// Present but too large or unreadable.
+    Unusable,
+    /// Absent; where it was looked for.
+    Missing(String),
+}
+
 /// Why credentials could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -80,6 +89,40 @@ impl Credentials {
     /// Secret, for every provider in `config` that needs keys. Every key must be
     /// present: a provider with a missing key is an error, not a smaller pool.
     pub fn load_dir(dir: &Path, config: &GatewayConfig) -> Result<Self, CredentialsError> {
+        Self::resolve(config, |secret, key| {
+            let path = dir.join(secret).join(key);
+            match std::fs::metadata(&path) {
+                Err(_) => Lookup::Missing(path.display().to_string()),
+                Ok(meta) if meta.len() > MAX_KEY_BYTES => Lookup::Unusable,
+                Ok(_) => match std::fs::read_to_string(&path) {
+                    Ok(raw) => Lookup::Found(raw),
+                    Err(_) => Lookup::Unusable,
+                },
+            }
+        })
+    }
+
+    /// Keys from Secrets already in memory, `secret name → key → value`: the
+    /// control endpoint's answer, or Secret manifests in local mode.
+    pub fn from_secrets(
+        secrets: &BTreeMap<String, BTreeMap<String, String>>,
+        config: &GatewayConfig,
+    ) -> Result<Self, CredentialsError> {
+        Self::resolve(config, |secret, key| {
+            match secrets.get(secret).and_then(|keys| keys.get(key)) {
+                None => Lookup::Missing(format!("Secret {secret}")),
+                Some(value) if value.len() as u64 > MAX_KEY_BYTES => Lookup::Unusable,
+                Some(value) => Lookup::Found(value.clone()),
+            }
+        })
+    }
+
+    /// Looks up every key every provider in `config` names. A provider with a
+    /// missing or unusable key is an error, never a smaller pool.
+    fn resolve(
+        config: &GatewayConfig,
+        lookup: impl Fn(&str, &str) -> Lookup,
+    ) -> Result<Self, CredentialsError> {
         let mut by_provider = HashMap::new();
         for provider in &config.providers {
             let Some(source) = &provider.credentials else {
@@ -87,24 +130,23 @@ impl Credentials {
             };
             let mut keys = Vec::new();
             for key in &source.keys {
-                let path = dir.join(&source.secret_name).join(key);
-                let missing = || CredentialsError::Missing {
-                    provider: provider.name.clone(),
-                    secret: source.secret_name.clone(),
-                    key: key.clone(),
-                    path: path.display().to_string(),
-                };
                 let unusable = || CredentialsError::Unusable {
                     provider: provider.name.clone(),
                     secret: source.secret_name.clone(),
                     key: key.clone(),
                 };
-                let size = std::fs::metadata(&path).map_err(|_| missing())?.len();
-                if size > MAX_KEY_BYTES {
-                    return Err(unusable());
+                match lookup(&source.secret_name, key) {
+                    Lookup::Found(raw) => keys.push(ApiKey::new(&raw).ok_or_else(unusable)?),
+                    Lookup::Unusable => return Err(unusable()),
+                    Lookup::Missing(path) => {
+                        return Err(CredentialsError::Missing {
+                            provider: provider.name.clone(),
+                            secret: source.secret_name.clone(),
+                            key: key.clone(),
+                            path,
+                        });
+                    }
                 }
-                let raw = std::fs::read_to_string(&path).map_err(|_| unusable())?;
-                keys.push(ApiKey::new(&raw).ok_or_else(unusable)?);
             }
             by_provider.insert(provider.name.clone(), keys);
         }
@@ -158,6 +200,44 @@ mod tests {
         let shown = format!("{creds:?}");
         assert!(!shown.contains("sk-test"), "{shown}");
         assert!(shown.contains("openai"));
+    }
+
+    fn golden_config() -> GatewayConfig {
+        let text = include_str!("../../crds/testdata/golden/kinds.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn secrets_in_memory_resolve_in_the_listed_order_and_every_key_is_required() {
+        let config = golden_config();
+        let provider = config
+            .providers
+            .iter()
+            .find(|p| p.credentials.is_some())
+            .unwrap();
+        let source = provider.credentials.as_ref().unwrap();
+        let mut keys = BTreeMap::new();
+        for (i, key) in source.keys.iter().enumerate() {
+            keys.insert(key.clone(), format!("sk-{i}\n"));
+        }
+        let mut secrets = BTreeMap::from([(source.secret_name.clone(), keys)]);
+        let creds = Credentials::from_secrets(&secrets, &config).unwrap();
+        let got: Vec<&str> = creds.keys(&provider.name).iter().map(ApiKey::expose).collect();
+        let want: Vec<String> = (0..source.keys.len()).map(|i| format!("sk-{i}")).collect();
+        assert_eq!(got, want);
+
+        let first = source.keys[0].clone();
+        secrets.get_mut(&source.secret_name).unwrap().remove(&first);
+        let err = Credentials::from_secrets(&secrets, &config).unwrap_err();
+        assert!(matches!(err, CredentialsError::Missing { ref key, .. } if *key == first), "{err}");
+
+        secrets
+            .get_mut(&source.secret_name)
+            .unwrap()
+            .insert(first, "not a key".into());
+        let err = Credentials::from_secrets(&secrets, &config).unwrap_err();
+        assert!(matches!(err, CredentialsError::Unusable { .. }), "{err}");
+        assert!(!err.to_string().contains("not a key"), "{err}");
     }
 
     #[test]

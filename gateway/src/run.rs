@@ -16,6 +16,9 @@ use tollgate_evidence::{
     SignedKeyCertificate, SigningKey, Workload,
 };
 
+use tollgate_recorder::shipper::{FileToken, Shipper, TokenSource};
+
+use crate::control::ControlClient;
 use crate::credentials::Credentials;
 use crate::proxy::{Gateway, Identity, Runtime};
 use crate::quota::LocalQuotaAuthority;
@@ -27,12 +30,32 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Compiled gateway config (JSON), reloaded when it changes.
-    #[arg(long, env = "TOLLGATE_CONFIG")]
-    pub config: PathBuf,
+    /// Compiled gateway config (JSON), reloaded when it changes. Local mode and
+    /// tests; in a cluster the control endpoint (--control-url) supplies it.
+    #[arg(long, env = "TOLLGATE_CONFIG", required_unless_present = "control_url", conflicts_with = "control_url")]
+    pub config: Option<PathBuf>,
     /// Directory of provider keys laid out like a mounted Secret: DIR/<secret>/<key>.
-    #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR")]
+    #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR", conflicts_with = "control_url")]
     pub credentials_dir: Option<PathBuf>,
+    /// The operator's control endpoint (https): config, provider keys and the
+    /// key certificate come from there, authenticated by --token-file.
+    #[arg(long, env = "TOLLGATE_CONTROL_URL", requires = "token_file")]
+    pub control_url: Option<String>,
+    /// CA bundle (PEM) that verifies the control endpoint.
+    #[arg(long, env = "TOLLGATE_CONTROL_CA_FILE")]
+    pub control_ca_file: Option<PathBuf>,
+    /// The pod-bound projected token (audience tollgate.dev/gateway), re-read on use.
+    #[arg(long, env = "TOLLGATE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The recorder receipts are shipped to. Without it receipts stay in the spool.
+    #[arg(long, env = "TOLLGATE_RECORDER_URL")]
+    pub recorder_url: Option<String>,
+    /// CA bundle (PEM) that verifies the recorder (https); default: the control CA.
+    #[arg(long, env = "TOLLGATE_RECORDER_CA_FILE")]
+    pub recorder_ca_file: Option<PathBuf>,
+    /// The token for the recorder (audience tollgate.dev/recorder), re-read on use.
+    #[arg(long, env = "TOLLGATE_RECORDER_TOKEN_FILE", requires = "recorder_url")]
+    pub recorder_token_file: Option<PathBuf>,
     /// API listener. Apps reach it as OPENAI_BASE_URL / ANTHROPIC_BASE_URL.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:15080")]
     pub listen: SocketAddr,
@@ -45,19 +68,20 @@ pub struct RunArgs {
     /// Spool size limit; past it new requests get 503 under failMode closed.
     #[arg(long, env = "TOLLGATE_SPOOL_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub spool_max_bytes: u64,
-    /// The pod's namespace.
+    /// The pod's namespace (with --control-url, the control endpoint's answer wins).
     #[arg(long, env = "POD_NAMESPACE")]
-    pub namespace: String,
+    pub namespace: Option<String>,
     /// The pod's ServiceAccount.
     #[arg(long, env = "POD_SERVICE_ACCOUNT")]
-    pub service_account: String,
+    pub service_account: Option<String>,
     /// The pod's name.
     #[arg(long, env = "POD_NAME")]
-    pub pod_name: String,
+    pub pod_name: Option<String>,
     /// The pod's UID.
     #[arg(long, env = "POD_UID")]
-    pub pod_uid: String,
-    /// A pod label, KEY=VALUE; repeatable. Picks the EgressPolicy and quota subjects.
+    pub pod_uid: Option<String>,
+    /// A pod label, KEY=VALUE; repeatable. Picks the EgressPolicy and quota
+    /// subjects (with --control-url, the pod's labels come from the operator).
     #[arg(long = "pod-label", value_parser = parse_label)]
     pub pod_labels: Vec<(String, String)>,
     /// The node id used in key selection.
@@ -66,9 +90,9 @@ pub struct RunArgs {
     /// Local receipt CA private key (64 hex characters, the Ed25519 seed) that
     /// certifies this gateway's ephemeral key. Local mode and tests only: in a
     /// cluster the operator's control endpoint issues the certificate.
-    #[arg(long, env = "TOLLGATE_CA_KEY_FILE")]
-    pub ca_key_file: PathBuf,
-    /// Hours the key certificate is valid.
+    #[arg(long, env = "TOLLGATE_CA_KEY_FILE", required_unless_present = "control_url", conflicts_with = "control_url")]
+    pub ca_key_file: Option<PathBuf>,
+    /// Hours the key certificate is valid (local CA only).
     #[arg(long, default_value_t = 24)]
     pub cert_validity_hours: u64,
 }
@@ -168,9 +192,84 @@ pub struct GatewayOptions {
     pub pod: PodIdentity,
     pub pod_labels: BTreeMap<String, String>,
     pub node_id: String,
-    /// The receipt CA that certifies the ephemeral key (local mode).
-    pub ca_key: SigningKey,
-    pub cert_validity_hours: u64,
+    /// Who certifies the ephemeral receipt key.
+    pub certifier: Certifier,
+    /// Where receipts are shipped, if anywhere.
+    pub recorder: Option<RecorderLink>,
+}
+
+/// Who certifies the gateway's ephemeral receipt key.
+pub enum Certifier {
+    /// A local receipt CA key (local mode and tests).
+    LocalCa {
+        key: SigningKey,
+        validity_hours: u64,
+    },
+    /// The operator's control endpoint.
+    Control(Arc<ControlClient>),
+}
+
+/// The recorder receipts are shipped to.
+#[derive(Debug, Clone)]
+pub struct RecorderLink {
+    pub url: String,
+    pub token: Arc<dyn TokenSource>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Certifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the CA key.
+        match self {
+            Self::LocalCa { validity_hours, .. } => f
+                .debug_struct("LocalCa")
+                .field("validity_hours", validity_hours)
+                .finish_non_exhaustive(),
+            Self::Control(_) => f.write_str("Control"),
+        }
+    }
+}
+
+impl Certifier {
+    async fn certify(
+        &self,
+        key: &SigningKey,
+        pod: &PodIdentity,
+    ) -> anyhow::Result<SignedKeyCertificate> {
+        match self {
+            Self::LocalCa {
+                key: ca_key,
+                validity_hours,
+            } => {
+                let not_before = now_timestamp();
+                let not_after = not_before
+                    .checked_add_millis(validity_hours * 3_600_000)
+                    .context("certificate validity overflows")?;
+                Ok(SignedKeyCertificate::issue(
+                    KeyCertificate::new(
+                        PublicKey::of_signing_key(key),
+                        pod.clone(),
+                        not_before,
+                        not_after,
+                        KeyId::of_signing_key(ca_key),
+                    )?,
+                    ca_key,
+                )?)
+            }
+            Self::Control(client) => {
+                let certificate = client.certify(&PublicKey::of_signing_key(key)).await?;
+                let c = &certificate.certificate;
+                if c.namespace != pod.namespace
+                    || c.service_account != pod.service_account
+                    || c.pod_name != pod.pod_name
+                    || c.pod_uid != pod.pod_uid
+                {
+                    bail!("the control endpoint certified the key for a different pod");
+                }
+                Ok(certificate)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -222,20 +321,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         pod_labels: options.pod_labels.clone(),
     };
     let key = ephemeral_key()?;
-    let not_before = now_timestamp();
-    let not_after = not_before
-        .checked_add_millis(options.cert_validity_hours * 3_600_000)
-        .context("certificate validity overflows")?;
-    let certificate = SignedKeyCertificate::issue(
-        KeyCertificate::new(
-            PublicKey::of_signing_key(&key),
-            options.pod.clone(),
-            not_before,
-            not_after,
-            KeyId::of_signing_key(&options.ca_key),
-        )?,
-        &options.ca_key,
-    )?;
+    let certificate = options.certifier.certify(&key, &options.pod).await?;
     let stream_id = Identifier::new(uuid::Uuid::now_v7().hyphenated().to_string())?;
     let status = Arc::new(SpoolStatus::new(options.spool_max_bytes));
     let writer = SpoolWriter::create(
@@ -248,6 +334,18 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     )?;
     let spool_path = writer.path().to_path_buf();
     let (sink, writer_task) = spawn_spool_writer(writer);
+    let (shipper_stop, shipper_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shipper = options.recorder.as_ref().map(|link| {
+        let shipper = Shipper::new(
+            options.spool_dir.clone(),
+            link.url.clone(),
+            link.token.clone(),
+            link.tls.clone(),
+        );
+        tokio::spawn(shipper.run(async move {
+            let _ = shipper_stop_rx.await;
+        }))
+    });
     let gateway = Arc::new(Gateway::new(
         runtime,
         Arc::new(LocalQuotaAuthority::new()),
@@ -292,6 +390,11 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         }
         drop(gateway);
         writer_task.await.context("receipt writer task")??;
+        // The close record is in the spool now: one last bounded shipping pass.
+        let _ = shipper_stop.send(());
+        if let Some(shipper) = shipper {
+            let _ = shipper.await;
+        }
         Ok(())
     });
     Ok(RunningGateway {
@@ -305,30 +408,117 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     })
 }
 
-/// Runs the gateway from flags until SIGTERM or SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let pod = PodIdentity {
-        namespace: DnsLabel::new(args.namespace.clone()).context("--namespace")?,
-        service_account: DnsSubdomain::new(args.service_account.clone())
-            .context("--service-account")?,
-        pod_name: DnsSubdomain::new(args.pod_name.clone()).context("--pod-name")?,
-        pod_uid: PodUid::new(args.pod_uid.clone()).context("--pod-uid")?,
-    };
-    let options = GatewayOptions {
+/// Where the pod identity, config and key certificate come from.
+struct Sources {
+    pod: PodIdentity,
+    pod_labels: BTreeMap<String, String>,
+    loader: Arc<dyn ConfigLoader>,
+    certifier: Certifier,
+    control: Option<Arc<ControlClient>>,
+}
+
+fn pod_identity(namespace: &str, service_account: &str, name: &str, uid: &str) -> anyhow::Result<PodIdentity> {
+    Ok(PodIdentity {
+        namespace: DnsLabel::new(namespace.to_string()).context("pod namespace")?,
+        service_account: DnsSubdomain::new(service_account.to_string())
+            .context("pod serviceAccount")?,
+        pod_name: DnsSubdomain::new(name.to_string()).context("pod name")?,
+        pod_uid: PodUid::new(uid.to_string()).context("pod uid")?,
+    })
+}
+
+fn required<'a>(value: &'a Option<String>, flag: &str) -> anyhow::Result<&'a str> {
+    value
+        .as_deref()
+        .with_context(|| format!("{flag} is required without --control-url"))
+}
+
+/// Reads a PEM CA bundle into a TLS client config.
+fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    match ca_file {
+        Some(path) => tollgate_recorder::client::roots_from_pem_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        None => tollgate_recorder::client::public_roots().map_err(|e| anyhow::anyhow!("{e}")),
+    }
+}
+
+async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
+    if let Some(url) = &args.control_url {
+        let token_file = args.token_file.clone().context("--token-file is required with --control-url")?;
+        let client = Arc::new(ControlClient::new(
+            url,
+            Arc::new(FileToken::new(token_file)),
+            client_tls(args.control_ca_file.as_deref())?,
+        )?);
+        eprintln!("tollgate-gateway: fetching config from {url}");
+        let bootstrap = client.first_fetch().await;
+        let pod = pod_identity(
+            &bootstrap.pod.namespace,
+            &bootstrap.pod.service_account,
+            &bootstrap.pod.name,
+            &bootstrap.pod.uid,
+        )?;
+        return Ok(Sources {
+            pod,
+            pod_labels: bootstrap.pod.labels,
+            loader: client.clone(),
+            certifier: Certifier::Control(client.clone()),
+            control: Some(client),
+        });
+    }
+    let config = args.config.clone().context("--config or --control-url is required")?;
+    let ca_key_file = args.ca_key_file.as_deref().context("--ca-key-file is required without --control-url")?;
+    Ok(Sources {
+        pod: pod_identity(
+            required(&args.namespace, "--namespace")?,
+            required(&args.service_account, "--service-account")?,
+            required(&args.pod_name, "--pod-name")?,
+            required(&args.pod_uid, "--pod-uid")?,
+        )?,
+        pod_labels: args.pod_labels.iter().cloned().collect(),
         loader: Arc::new(FileConfig {
-            config: args.config.clone(),
+            config,
             credentials_dir: args.credentials_dir.clone(),
         }),
+        certifier: Certifier::LocalCa {
+            key: read_signing_key(ca_key_file)?,
+            validity_hours: args.cert_validity_hours,
+        },
+        control: None,
+    })
+}
+
+/// Runs the gateway from flags until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let sources = sources(&args).await?;
+    let recorder = match &args.recorder_url {
+        Some(url) => {
+            let token: Arc<dyn TokenSource> = match &args.recorder_token_file {
+                Some(path) => Arc::new(FileToken::new(path.clone())),
+                None => bail!("--recorder-url needs --recorder-token-file"),
+            };
+            let ca = args.recorder_ca_file.as_deref().or(args.control_ca_file.as_deref());
+            Some(RecorderLink {
+                url: url.clone(),
+                token,
+                tls: client_tls(ca)?,
+            })
+        }
+        None => None,
+    };
+    let options = GatewayOptions {
+        loader: sources.loader,
         listen: args.listen,
         admin_listen: args.admin_listen,
         spool_dir: args.spool_dir.clone(),
         spool_max_bytes: args.spool_max_bytes,
-        pod,
-        pod_labels: args.pod_labels.iter().cloned().collect(),
+        pod: sources.pod,
+        pod_labels: sources.pod_labels,
         node_id: args.node_id.clone(),
-        ca_key: read_signing_key(&args.ca_key_file)?,
-        cert_validity_hours: args.cert_validity_hours,
+        certifier: sources.certifier,
+        recorder,
     };
+    let watcher = sources.control.map(|client| tokio::spawn(client.watch()));
     let running = start(options).await?;
     eprintln!(
         "tollgate-gateway: listening api={} admin={} policy={} stream={} spool={}",
@@ -341,6 +531,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_signal().await;
     let stream_id = running.stream_id.clone();
     running.shutdown().await?;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     eprintln!("tollgate-gateway: stream {stream_id} closed");
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Response {
     pub status: StatusCode,
     /// `Retry-After` seconds, if sent.
     pub retry_after: Option<u64>,
+    /// The `ETag` header, if sent.
+    pub etag: Option<String>,
     /// Body.
     pub body: Bytes,
 }
@@ -110,9 +112,23 @@ impl HttpClient {
         json_body: Option<Bytes>,
         max_body: usize,
     ) -> Result<Response, ClientError> {
+        self.send_with_headers(method, url, bearer, &[], json_body, max_body)
+            .await
+    }
+
+    /// [`Self::send`] with extra request headers (e.g. `If-None-Match`).
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        headers: &[(http::header::HeaderName, String)],
+        json_body: Option<Bytes>,
+        max_body: usize,
+    ) -> Result<Response, ClientError> {
         tokio::time::timeout(
             self.timeout,
-            self.exchange(method, url, bearer, json_body, max_body),
+            self.exchange(method, url, bearer, headers, json_body, max_body),
         )
         .await
         .map_err(|_| ClientError::Timeout(self.timeout))?
@@ -123,6 +139,7 @@ impl HttpClient {
         method: Method,
         url: &str,
         bearer: Option<&str>,
+        headers: &[(http::header::HeaderName, String)],
         json_body: Option<Bytes>,
         max_body: usize,
     ) -> Result<Response, ClientError> {
@@ -154,6 +171,9 @@ impl HttpClient {
         }
         if json_body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
         }
         let request = builder
             .body(Full::new(json_body.unwrap_or_default()))
@@ -198,6 +218,11 @@ where
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
+    let etag = response
+        .headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = Limited::new(response.into_body(), max_body)
         .collect()
         .await
@@ -215,6 +240,7 @@ where
     Ok(Response {
         status,
         retry_after,
+        etag,
         body,
     })
 }

@@ -1,0 +1,362 @@
+//! The client half of the operator's control endpoint: in a cluster the
+//! gateway fetches its compiled config, its provider keys and its key
+//! certificate from there, authenticating with its pod-bound projected token
+//! (audience `tollgate.dev/gateway`). Config and keys are long-polled and held
+//! in memory only; see docs/operator.md for the protocol.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use tollgate_crds::gateway_config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
+use tollgate_evidence::{PublicKey, SignedKeyCertificate};
+use tollgate_recorder::client::HttpClient;
+use tollgate_recorder::shipper::TokenSource;
+
+use crate::credentials::Credentials;
+use crate::run::ConfigLoader;
+
+/// Largest control endpoint answer read, in bytes.
+pub const MAX_BOOTSTRAP_BYTES: usize = 16 * 1024 * 1024;
+/// How long one long-poll asks the operator to hold the request.
+pub const LONG_POLL_SECONDS: u64 = 30;
+
+/// The pod the control endpoint says the token belongs to.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/gateway/config`: what a gateway runs on.
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    pub pod: PodInfo,
+    pub config: GatewayConfig,
+    /// Secret name → key → value. Never logged: see the `Debug` impl.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("pod", &self.pod)
+            .field("policy_hash", &self.config.policy_hash)
+            .field("secrets", &self.credentials.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Bootstrap {
+    /// Parses and checks an answer: known config version, policy hash that
+    /// matches the content, and keys for every provider that needs them.
+    pub fn parse(body: &[u8]) -> anyhow::Result<(Self, Credentials)> {
+        let bootstrap: Self =
+            serde_json::from_slice(body).context("the control endpoint's answer is not valid")?;
+        if bootstrap.config.version != GATEWAY_CONFIG_VERSION {
+            bail!(
+                "config version {} is not supported (expected {GATEWAY_CONFIG_VERSION})",
+                bootstrap.config.version
+            );
+        }
+        let expected = tollgate_crds::compile::policy_hash(&bootstrap.config);
+        if expected != bootstrap.config.policy_hash {
+            bail!("the config's policyHash does not match its content; refusing it");
+        }
+        let credentials = Credentials::from_secrets(&bootstrap.credentials, &bootstrap.config)?;
+        Ok((bootstrap, credentials))
+    }
+}
+
+#[derive(Deserialize)]
+struct CertificateAnswer {
+    certificate: SignedKeyCertificate,
+}
+
+/// What one fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// New content with its ETag.
+    Changed(Box<Bootstrap>, Credentials, String),
+    /// Nothing changed while we waited.
+    NotModified,
+}
+
+/// Talks to the control endpoint.
+#[derive(Debug)]
+pub struct ControlClient {
+    base_url: String,
+    token: Arc<dyn TokenSource>,
+    http: HttpClient,
+    current: RwLock<Option<(Bootstrap, Credentials, String)>>,
+}
+
+impl ControlClient {
+    /// A client for `base_url` (https), trusting `tls`.
+    pub fn new(
+        base_url: &str,
+        token: Arc<dyn TokenSource>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        if !base_url.starts_with("https://") {
+            bail!("--control-url {base_url}: the control endpoint is reached over https only");
+        }
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token,
+            // Long enough for a long-poll plus slack.
+            http: HttpClient::new(tls, Duration::from_secs(LONG_POLL_SECONDS + 15)),
+            current: RwLock::new(None),
+        })
+    }
+
+    fn bearer(&self) -> anyhow::Result<String> {
+        self.token
+            .token()
+            .map_err(|e| anyhow::anyhow!("reading the gateway token: {e}"))
+    }
+
+    /// One `GET /v1/gateway/config`; with `wait`, a long-poll against the
+    /// current ETag.
+    pub async fn fetch(&self, wait: Option<u64>) -> anyhow::Result<Fetched> {
+        let etag = self.etag();
+        let url = match wait {
+            Some(s) => format!("{}/v1/gateway/config?wait={s}", self.base_url),
+            None => format!("{}/v1/gateway/config", self.base_url),
+        };
+        let headers: Vec<(http::header::HeaderName, String)> = etag
+            .iter()
+            .map(|e| (http::header::IF_NONE_MATCH, format!("\"{e}\"")))
+            .collect();
+        let token = self.bearer()?;
+        let response = self
+            .http
+            .send_with_headers(
+                Method::GET,
+                &url,
+                Some(&token),
+                &headers,
+                None,
+                MAX_BOOTSTRAP_BYTES,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("control endpoint: {e}"))?;
+        match response.status {
+            StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
+            StatusCode::OK => {
+                let (bootstrap, credentials) = Bootstrap::parse(&response.body)?;
+                let etag = response
+                    .etag
+                    .map(|e| e.trim_matches('"').to_string())
+                    .unwrap_or_else(|| bootstrap.config.policy_hash.clone());
+                Ok(Fetched::Changed(Box::new(bootstrap), credentials, etag))
+            }
+            status => bail!(
+                "control endpoint answered {status}: {}",
+                problem_summary(&response.body)
+            ),
+        }
+    }
+
+    /// Fetches until the first answer arrives (a new pod waits, not ready,
+    /// while the operator is unreachable), and remembers it.
+    pub async fn first_fetch(&self) -> Bootstrap {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.fetch(None).await {
+                Ok(Fetched::Changed(bootstrap, credentials, etag)) => {
+                    let out = (*bootstrap).clone();
+                    self.store(*bootstrap, credentials, etag);
+                    return out;
+                }
+                Ok(Fetched::NotModified) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "waiting for the control endpoint");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn etag(&self) -> Option<String> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(_, _, e)| e.clone()))
+    }
+
+    fn store(&self, bootstrap: Bootstrap, credentials: Credentials, etag: String) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some((bootstrap, credentials, etag));
+        }
+    }
+
+    /// Long-polls for changes forever; a failure keeps the last config and
+    /// keys (the operator being away never stops a running gateway).
+    pub async fn watch(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.fetch(Some(LONG_POLL_SECONDS)).await {
+                Ok(Fetched::Changed(bootstrap, credentials, etag)) => {
+                    delay = Duration::from_millis(500);
+                    self.store(*bootstrap, credentials, etag);
+                }
+                Ok(Fetched::NotModified) => delay = Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "control endpoint unreachable; keeping the last config");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/gateway/certificate`: the operator certifies `key` for the
+    /// pod the token belongs to.
+    pub async fn certify(&self, key: &PublicKey) -> anyhow::Result<SignedKeyCertificate> {
+        let body = serde_json::json!({ "publicKey": key.to_base64() });
+        let token = self.bearer()?;
+        let response = self
+            .http
+            .send(
+                Method::POST,
+                &format!("{}/v1/gateway/certificate", self.base_url),
+                Some(&token),
+                Some(Bytes::from(body.to_string())),
+                64 * 1024,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("control endpoint: {e}"))?;
+        if response.status != StatusCode::OK {
+            bail!(
+                "control endpoint refused the key certificate ({}): {}",
+                response.status,
+                problem_summary(&response.body)
+            );
+        }
+        let answer: CertificateAnswer = serde_json::from_slice(&response.body)
+            .context("the control endpoint's certificate is not valid")?;
+        if answer.certificate.certificate.public_key != *key {
+            bail!("the control endpoint certified a different key");
+        }
+        Ok(answer.certificate)
+    }
+}
+
+impl ConfigLoader for ControlClient {
+    fn load(&self) -> anyhow::Result<(GatewayConfig, Credentials)> {
+        let current = self
+            .current
+            .read()
+            .map_err(|_| anyhow::anyhow!("control state poisoned"))?;
+        match current.as_ref() {
+            Some((bootstrap, credentials, _)) => {
+                Ok((bootstrap.config.clone(), credentials.clone()))
+            }
+            None => bail!("no config from the control endpoint yet"),
+        }
+    }
+
+    fn fingerprint(&self) -> Vec<u8> {
+        self.etag().unwrap_or_default().into_bytes()
+    }
+}
+
+/// The `title`/`detail`/`reason` of a problem+json body, bounded, for logs.
+fn problem_summary(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Problem {
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        detail: Option<String>,
+        #[serde(default)]
+        title: Option<String>,
+    }
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => {
+            let text = [p.reason, p.title, p.detail]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(": ");
+            text.chars().take(300).collect()
+        }
+        Err(_) => format!("({} bytes, not problem+json)", body.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden() -> serde_json::Value {
+        serde_json::from_str(include_str!("../../crds/testdata/golden/kinds.json")).unwrap()
+    }
+
+    fn answer(credentials: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "pod": {"namespace": "team-a", "name": "app-0", "uid": "u-1",
+                    "serviceAccount": "app", "labels": {"app": "chat"}},
+            "config": golden(),
+            "credentials": credentials,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_answer_with_every_key_parses_and_debug_hides_the_keys() {
+        let body = answer(serde_json::json!({
+            "openai-keys": {"key-a": "sk-aaaa-secret", "key-b": "sk-bbbb-secret"}
+        }));
+        let (bootstrap, credentials) = Bootstrap::parse(&body).unwrap();
+        assert_eq!(bootstrap.pod.labels["app"], "chat");
+        assert_eq!(credentials.keys("openai").len(), 2);
+        let shown = format!("{bootstrap:?} {credentials:?}");
+        assert!(!shown.contains("sk-aaaa"), "{shown}");
+        assert!(shown.contains("openai-keys"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_key_or_a_tampered_config_is_refused() {
+        let body = answer(serde_json::json!({"openai-keys": {"key-a": "sk-a"}}));
+        let err = Bootstrap::parse(&body).unwrap_err();
+        assert!(format!("{err:#}").contains("key-b"), "{err:#}");
+
+        let mut value: serde_json::Value = serde_json::from_slice(&answer(serde_json::json!({
+            "openai-keys": {"key-a": "sk-a", "key-b": "sk-b"}
+        })))
+        .unwrap();
+        value["config"]["providers"][0]["hosts"] = serde_json::json!(["evil.example"]);
+        let err = Bootstrap::parse(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("policyHash"), "{err:#}");
+    }
+
+    #[test]
+    fn problem_bodies_are_summarised_and_bounded() {
+        let body = br#"{"title":"Forbidden","reason":"PodNotInjected","detail":"pod a/b"}"#;
+        assert_eq!(problem_summary(body), "PodNotInjected: Forbidden: pod a/b");
+        assert!(problem_summary(&[b'x'; 5000]).contains("5000 bytes"));
+    }
+
+    #[test]
+    fn only_https_control_urls_are_accepted() {
+        let tls = tollgate_recorder::client::public_roots().unwrap();
+        let token = Arc::new(tollgate_recorder::shipper::StaticToken("t".into()));
+        assert!(ControlClient::new("http://op:9443", token.clone(), tls.clone()).is_err());
+        assert!(ControlClient::new("https://op:9443/", token, tls).is_ok());
+    }
+}
