@@ -288,8 +288,8 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
     }
     if header.len() > 4 {
         line(out, &total)?;
-    } else {
-        writeln!(out)?;
+    } else if rows.is_empty() {
+        // Ungrouped, the one row is the total; with no usage there is no row.
         line(out, &total[total.len() - 4..])?;
     }
     for w in &report.warnings {

@@ -1,0 +1,181 @@
+"""`kubectl-tollgate local`, followed the way the README tells a new user to:
+start local mode on the quickstart, call it with the official SDKs, read usage,
+export a bundle, verify it. Then a live provider whose key comes from an
+environment variable named in a Secret manifest.
+
+Every wait is bounded; everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from conftest import (
+    CLI_BIN,
+    PROMPT_MARKER,
+    REPO,
+    Mocks,
+    Pki,
+    base_providers,
+    doc,
+    new_corr,
+    run,
+    to_yaml,
+    wait_until,
+)
+
+QUICKSTART = REPO / "examples" / "quickstart"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Local:
+    """One `kubectl-tollgate local` process and what it printed."""
+
+    def __init__(self, manifests: Path, data: Path, env: dict[str, str] | None = None):
+        self.data = data
+        self.log_out = data.parent / f"{data.name}.stdout"
+        self.log_err = data.parent / f"{data.name}.stderr"
+        self.api_port, admin, recorder = free_port(), free_port(), free_port()
+        cmd = [
+            str(CLI_BIN), "local", "--manifests", str(manifests), "--data-dir", str(data),
+            "--listen", f"127.0.0.1:{self.api_port}", "--admin-listen", f"127.0.0.1:{admin}",
+            "--recorder-listen", f"127.0.0.1:{recorder}",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.log_out, "w"), stderr=open(self.log_err, "w"),
+            env={**os.environ, **(env or {})},
+        )
+        wait_until(lambda: "ready" in self.stdout() or self.proc.poll() is not None, 30, what="local mode ready")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"local mode exited {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}")
+
+    def stdout(self) -> str:
+        return self.log_out.read_text() if self.log_out.exists() else ""
+
+    def stderr(self) -> str:
+        return self.log_err.read_text() if self.log_err.exists() else ""
+
+    def exported(self, name: str) -> str:
+        m = re.search(rf"^export {name}=(\S+)$", self.stdout(), re.M)
+        assert m, f"local mode did not print an export line for {name}:\n{self.stdout()}"
+        return m.group(1)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(30)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return run([str(CLI_BIN), *args], timeout=60)
+
+
+def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> None:
+    local = Local(QUICKSTART, tmp_path / "data")
+    openai_url = local.exported("OPENAI_BASE_URL")
+    anthropic_url = local.exported("ANTHROPIC_BASE_URL")
+    assert openai_url == f"http://127.0.0.1:{local.api_port}/v1"
+    assert anthropic_url == f"http://127.0.0.1:{local.api_port}"
+
+    # The SDKs need some key; the gateway drops it.
+    oa = openai.OpenAI(base_url=openai_url, api_key="sk-anything", max_retries=0)
+    chat = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {PROMPT_MARKER}"}])
+    assert chat.choices[0].message.content and chat.usage.total_tokens > 0
+    chunks = list(oa.chat.completions.create(model="mini", stream=True, messages=[{"role": "user", "content": f"stream {PROMPT_MARKER}"}]))
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
+    emb = oa.embeddings.create(model="text-embedding-3-small", input=f"embed {PROMPT_MARKER}")
+    assert len(emb.data[0].embedding) > 0
+    with pytest.raises(openai.PermissionDeniedError):
+        oa.chat.completions.create(model="gpt-5-not-allowed", messages=[{"role": "user", "content": "x"}])
+
+    an = anthropic.Anthropic(base_url=anthropic_url, api_key="sk-ant-anything", max_retries=0)
+    msg = an.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": f"hello {PROMPT_MARKER}"}])
+    assert msg.content[0].text and msg.usage.output_tokens > 0
+    with an.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": f"s {PROMPT_MARKER}"}]) as s:
+        text = "".join(s.text_stream)
+    assert text
+
+    # Usage is readable while local mode runs; shipping is asynchronous.
+    def allowed_requests() -> int:
+        proc = cli("usage", "--local", str(local.data), "--by", "namespace,model", "-o", "json")
+        if proc.returncode != 0:
+            return 0
+        return json.loads(proc.stdout)["total"]["requests"]
+
+    wait_until(lambda: allowed_requests() >= 5, 15, what="5 requests in usage")
+
+    assert local.stop() == 0, local.stderr()
+    assert "closed" in local.stdout()
+
+    bundle = tmp_path / "bundle.json"
+    proc = cli("bundle", "export", "--local", str(local.data), "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    anchor = local.data / "trust-anchor.yaml"
+    proc = cli("verify", str(bundle), "--trust-anchor", str(anchor))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Verdict: PASS" in proc.stdout
+    assert "(0 open)" in proc.stdout, "Ctrl-C must leave a closed stream"
+
+    # A bundle checked against someone else's anchor fails.
+    other = tmp_path / "other"
+    other_local = Local(QUICKSTART, other)
+    assert other_local.stop() == 0
+    proc = cli("verify", str(bundle), "--trust-anchor", str(other / "trust-anchor.yaml"))
+    assert proc.returncode != 0 and "FAIL" in proc.stdout
+
+    # Nothing private was stored or logged.
+    for path in [*local.data.rglob("*"), local.log_out, local.log_err, bundle]:
+        if path.is_file():
+            assert PROMPT_MARKER.encode() not in path.read_bytes(), f"prompt text found in {path}"
+
+
+def test_live_provider_key_comes_from_the_environment(binaries, tmp_path: Path, pki: Pki, mocks: Mocks) -> None:
+    key = f"sk-from-env-{new_corr()}"
+    docs = [d for d in base_providers(pki, mocks) if d["kind"] != "Secret"]
+    docs += [
+        doc("Secret", "openai-keys", api_version="v1", stringData={"key-a": "${TG_LOCAL_OPENAI_KEY}", "key-b": "${TG_LOCAL_OPENAI_KEY}"}),
+        doc("Secret", "anthropic-keys", api_version="v1", stringData={"key-a": "${TG_LOCAL_ANTHROPIC_KEY}"}),
+        doc("EgressPolicy", "default", {"mode": "enforce", "allow": [{"providerRef": "openai-mock", "models": ["gpt-4o-mini"]}]}),
+    ]
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "all.yaml").write_text(to_yaml(docs))
+
+    # A key the manifests name but the environment lacks: local mode refuses to start.
+    proc = subprocess.run(
+        [str(CLI_BIN), "local", "--manifests", str(manifests), "--data-dir", str(tmp_path / "refused"),
+         "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}",
+         "--recorder-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TG_LOCAL_")},
+    )
+    assert proc.returncode != 0 and "TG_LOCAL_OPENAI_KEY" in proc.stderr, proc.stderr
+
+    local = Local(manifests, tmp_path / "data", env={"TG_LOCAL_OPENAI_KEY": key, "TG_LOCAL_ANTHROPIC_KEY": "sk-ant-x"})
+    corr = new_corr()
+    oa = openai.OpenAI(base_url=local.exported("OPENAI_BASE_URL"), api_key="sk-client-dropped", max_retries=0)
+    chat = oa.chat.completions.create(model="gpt-4o-mini", user=corr, messages=[{"role": "user", "content": f"live {PROMPT_MARKER}"}])
+    assert chat.choices[0].message.content
+    seen = mocks.primary.wait_for(corr, "request")
+    assert seen["headers"].get("authorization") == f"Bearer {key}"
+    assert local.stop() == 0, local.stderr()
+    for path in [*local.data.rglob("*"), local.log_out, local.log_err]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert key.encode() not in data, f"the provider key was written to {path}"
+            assert PROMPT_MARKER.encode() not in data, f"prompt text found in {path}"
