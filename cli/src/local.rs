@@ -18,7 +18,7 @@ use tollgate_evidence::{
     DnsLabel, DnsSubdomain, KeyRole, PodIdentity, PodUid, PublicKey, SigningKey,
 };
 use tollgate_gateway::credentials::Credentials;
-use tollgate_gateway::run::{Certifier, ConfigLoader, GatewayOptions, RecorderLink};
+use tollgate_gateway::run::{Certifier, ConfigLoader, GatewayOptions, QuotaSource, RecorderLink};
 use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key};
 use tollgate_recorder::server::ServeOptions;
 use tollgate_recorder::shipper::FileToken;
@@ -83,8 +83,7 @@ impl ConfigLoader for ManifestLoader {
                 }
             );
         }
-        let secrets = secret_values(&objects, &|name| std::env::var(name).ok())?;
-        let credentials = Credentials::from_secrets(&secrets, &compiled.config)?;
+        let credentials = credentials_for(&objects, &compiled.config)?;
         Ok((compiled.config, credentials))
     }
 
@@ -93,6 +92,16 @@ impl ConfigLoader for ManifestLoader {
         fingerprint_dir(&self.dir, &mut hasher);
         hasher.finalize().to_vec()
     }
+}
+
+/// The provider keys `config` needs, from the Secret manifests (with `${NAME}`
+/// values read from the environment).
+pub fn credentials_for(
+    objects: &ManifestObjects,
+    config: &GatewayConfig,
+) -> anyhow::Result<Credentials> {
+    let secrets = secret_values(objects, &|name| std::env::var(name).ok())?;
+    Ok(Credentials::from_secrets(&secrets, config)?)
 }
 
 /// Paths, sizes and modification times of every file under `dir`: a cheap
@@ -129,7 +138,11 @@ fn secret_values(
 ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for secret in &objects.secrets {
-        let name = secret.metadata.name.clone().context("a Secret has no name")?;
+        let name = secret
+            .metadata
+            .name
+            .clone()
+            .context("a Secret has no name")?;
         let values = out.entry(name.clone()).or_default();
         for (key, value) in secret.data.iter().flatten() {
             let text = String::from_utf8(value.0.clone())
@@ -154,16 +167,14 @@ fn secret_values(
 fn env_reference(value: &str) -> Option<&str> {
     let name = value.trim().strip_prefix("${")?.strip_suffix('}')?;
     let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     plain.then_some(name)
 }
 
 /// One TrustAnchor holding the local receipt CA (certifies gateway keys) and
 /// the recorder key (signs checkpoints): everything `verify` needs.
-fn trust_anchor_yaml(receipt_ca: &PublicKey, recorder: &PublicKey) -> String {
+pub fn trust_anchor_yaml(receipt_ca: &PublicKey, recorder: &PublicKey) -> String {
     let key = |public: &PublicKey, role: KeyRole| {
         let role = match role {
             KeyRole::ReceiptCa => "receiptCA",
@@ -266,11 +277,12 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
             key: receipt_ca,
             validity_hours: 24 * 365,
         },
+        // Local mode is one gateway: the in-process authority, same semantics.
+        quota: QuotaSource::InProcess,
         recorder: Some(RecorderLink {
             url: recorder_url.clone(),
             token: Arc::new(FileToken::new(data.join(LOCAL_TOKEN_FILE))),
-            tls: tollgate_recorder::client::public_roots()
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            tls: tollgate_recorder::client::public_roots().map_err(|e| anyhow::anyhow!("{e}"))?,
         }),
     })
     .await
@@ -282,17 +294,28 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         .map(|p| format!("{} ({:?})", p.name, p.api))
         .collect();
     let api = gateway.api_addr;
-    writeln!(out, "tollgate local: gateway  http://{api}  policy {}", gateway.policy_hash)?;
+    writeln!(
+        out,
+        "tollgate local: gateway  http://{api}  policy {}",
+        gateway.policy_hash
+    )?;
     writeln!(out, "tollgate local: providers {}", lanes.join(", "))?;
     writeln!(
         out,
         "tollgate local: recorder {recorder_url}  (SQLite {})",
         data.join("recorder.db").display()
     )?;
-    writeln!(out, "tollgate local: trust anchor {}", anchor_path.display())?;
+    writeln!(
+        out,
+        "tollgate local: trust anchor {}",
+        anchor_path.display()
+    )?;
     writeln!(out, "export OPENAI_BASE_URL=http://{api}/v1")?;
     writeln!(out, "export ANTHROPIC_BASE_URL=http://{api}")?;
-    writeln!(out, "tollgate local: ready; Ctrl-C stops and closes the receipt stream")?;
+    writeln!(
+        out,
+        "tollgate local: ready; Ctrl-C stops and closes the receipt stream"
+    )?;
     out.flush()?;
 
     wait_for_signal().await;
@@ -300,7 +323,10 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
     gateway.shutdown().await.context("stopping the gateway")?;
     let _ = stop_recorder.send(());
     let _ = recorder.handle.await;
-    writeln!(out, "tollgate local: stopped; receipt stream {stream} closed")?;
+    writeln!(
+        out,
+        "tollgate local: stopped; receipt stream {stream} closed"
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -358,19 +384,31 @@ mod tests {
         assert!(err.to_string().contains("TG_TEST_KEY"), "{err}");
 
         let literal = objects_with_secret("sk-literal");
-        assert_eq!(secret_values(&literal, &none).unwrap()["openai-keys"]["key-a"], "sk-literal");
+        assert_eq!(
+            secret_values(&literal, &none).unwrap()["openai-keys"]["key-a"],
+            "sk-literal"
+        );
     }
 
     #[test]
     fn the_trust_anchor_holds_both_keys_and_parses() {
         let ca = SigningKey::from_bytes(&[1; 32]);
         let rec = SigningKey::from_bytes(&[2; 32]);
-        let yaml = trust_anchor_yaml(&PublicKey::of_signing_key(&ca), &PublicKey::of_signing_key(&rec));
+        let yaml = trust_anchor_yaml(
+            &PublicKey::of_signing_key(&ca),
+            &PublicKey::of_signing_key(&rec),
+        );
         let anchor: tollgate_crds::TrustAnchor = serde_saphyr::from_str(&yaml).unwrap();
         let keys = &anchor.spec.receipt_keys;
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys[0].public_key, PublicKey::of_signing_key(&ca).to_base64());
-        assert_eq!(keys[1].public_key, PublicKey::of_signing_key(&rec).to_base64());
+        assert_eq!(
+            keys[0].public_key,
+            PublicKey::of_signing_key(&ca).to_base64()
+        );
+        assert_eq!(
+            keys[1].public_key,
+            PublicKey::of_signing_key(&rec).to_base64()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod guards;
 pub mod init_network;
 pub mod proxy;
 pub mod quota;
+pub mod quota_lease;
 pub mod receipts;
 pub mod run;
 pub mod sse;

@@ -554,8 +554,19 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         }
     };
     let now_secs = ticket.started_at_ms / 1000;
-    let reservation = match gateway.quota.reserve(&limits, estimate, now_secs) {
+    let reservation = match gateway.quota.reserve(&limits, estimate, now_secs).await {
         QuotaDecision::Allow(r) => r,
+        QuotaDecision::Unavailable { quota_id, limit } => {
+            return ticket.refuse(
+                ErrorKind::Overloaded,
+                "quota_authority_unavailable",
+                &format!(
+                    "the quota authority cannot be reached and quota {quota_id} limit {limit} fails closed"
+                ),
+                Some(&first.provider.name),
+                lane,
+            );
+        }
         QuotaDecision::Deny {
             quota_id,
             limit,

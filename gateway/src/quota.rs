@@ -60,6 +60,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    pub(crate) fn from_entries(entries: Vec<(LimitKey, Amounts)>, shadow_denied: bool) -> Self {
+        Self {
+            entries,
+            shadow_denied,
+        }
+    }
+
+    pub(crate) fn into_entries(self) -> Vec<(LimitKey, Amounts)> {
+        self.entries
+    }
+
     /// Whether no limit applied.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -76,21 +87,35 @@ pub enum QuotaDecision {
         limit: String,
         retry_after_secs: u64,
     },
+    /// The authority cannot be reached and the quota's `failMode` is
+    /// `closed`: answer 503.
+    Unavailable { quota_id: String, limit: String },
 }
+
+/// A boxed future, for the one async method of [`QuotaAuthority`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Reserves and settles quota.
 pub trait QuotaAuthority: Send + Sync + std::fmt::Debug {
-    fn reserve(
-        &self,
-        limits: &[(&CompiledQuota, &CompiledLimit)],
+    /// Reserves `estimate` on every limit, or says why not. The in-process
+    /// authority answers at once; the leased one may first ask the recorder.
+    fn reserve<'a>(
+        &'a self,
+        limits: &'a [(&'a CompiledQuota, &'a CompiledLimit)],
         estimate: Amounts,
         now: u64,
-    ) -> QuotaDecision;
+    ) -> BoxFuture<'a, QuotaDecision>;
+    /// Replaces a reservation's estimate with what was actually used.
     fn settle(&self, reservation: Reservation, actual: Amounts, now: u64);
+    /// Hands back whatever is held (leases) when the gateway stops.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
+/// Which counter a limit of a quota is: quota id, limit name and window.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct LimitKey {
+pub struct LimitKey {
     quota_id: String,
     limit: String,
     window: WindowKind,
@@ -202,7 +227,8 @@ impl LocalQuotaAuthority {
     }
 }
 
-fn key_of(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
+/// The counter of `limit` of quota `quota_id`.
+pub fn key_of(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
     let window = match limit.window {
         LimitWindow::Calendar(w) => WindowKind::Calendar(w),
         LimitWindow::RollingSeconds(s) => WindowKind::Rolling(s),
@@ -215,7 +241,29 @@ fn key_of(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
 }
 
 impl QuotaAuthority for LocalQuotaAuthority {
-    fn reserve(
+    fn reserve<'a>(
+        &'a self,
+        limits: &'a [(&'a CompiledQuota, &'a CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> BoxFuture<'a, QuotaDecision> {
+        Box::pin(std::future::ready(self.reserve_now(limits, estimate, now)))
+    }
+
+    fn settle(&self, reservation: Reservation, actual: Amounts, now: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, estimate) in reservation.entries {
+            let entry = state.entry(key.clone()).or_default();
+            entry.reserved.sub(estimate);
+            entry.roll_forward(key.window, now);
+            entry.record(key.window, actual, now);
+        }
+    }
+}
+
+impl LocalQuotaAuthority {
+    /// [`QuotaAuthority::reserve`], synchronously.
+    pub fn reserve_now(
         &self,
         limits: &[(&CompiledQuota, &CompiledLimit)],
         estimate: Amounts,
@@ -254,16 +302,6 @@ impl QuotaAuthority for LocalQuotaAuthority {
             entries,
             shadow_denied,
         })
-    }
-
-    fn settle(&self, reservation: Reservation, actual: Amounts, now: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, estimate) in reservation.entries {
-            let entry = state.entry(key.clone()).or_default();
-            entry.reserved.sub(estimate);
-            entry.roll_forward(key.window, now);
-            entry.record(key.window, actual, now);
-        }
     }
 }
 
@@ -310,14 +348,14 @@ mod tests {
             requests: 1,
             ..Default::default()
         };
-        let QuotaDecision::Allow(r1) = auth.reserve(&limits, one, T0 + 10) else {
+        let QuotaDecision::Allow(r1) = auth.reserve_now(&limits, one, T0 + 10) else {
             panic!()
         };
-        let QuotaDecision::Allow(r2) = auth.reserve(&limits, one, T0 + 10) else {
+        let QuotaDecision::Allow(r2) = auth.reserve_now(&limits, one, T0 + 10) else {
             panic!()
         };
         assert_eq!(
-            auth.reserve(&limits, one, T0 + 10),
+            auth.reserve_now(&limits, one, T0 + 10),
             QuotaDecision::Deny {
                 quota_id: "ns/q".into(),
                 limit: "l".into(),
@@ -328,11 +366,11 @@ mod tests {
         auth.settle(r1, one, T0 + 11);
         auth.settle(r2, one, T0 + 11);
         assert!(matches!(
-            auth.reserve(&limits, one, T0 + 30),
+            auth.reserve_now(&limits, one, T0 + 30),
             QuotaDecision::Deny { .. }
         ));
         assert!(
-            matches!(auth.reserve(&limits, one, T0 + 60), QuotaDecision::Allow(_)),
+            matches!(auth.reserve_now(&limits, one, T0 + 60), QuotaDecision::Allow(_)),
             "a new minute resets"
         );
     }
@@ -350,7 +388,7 @@ mod tests {
         );
         let limits = vec![(&q, &q.limits[0])];
         let auth = LocalQuotaAuthority::new();
-        let QuotaDecision::Allow(r) = auth.reserve(
+        let QuotaDecision::Allow(r) = auth.reserve_now(
             &limits,
             Amounts {
                 tokens: 900,
@@ -361,7 +399,7 @@ mod tests {
             panic!()
         };
         assert!(matches!(
-            auth.reserve(
+            auth.reserve_now(
                 &limits,
                 Amounts {
                     tokens: 200,
@@ -381,7 +419,7 @@ mod tests {
         );
         assert_eq!(auth.used("ns/q", &q.limits[0], T0).tokens, 100);
         assert!(matches!(
-            auth.reserve(
+            auth.reserve_now(
                 &limits,
                 Amounts {
                     tokens: 800,
@@ -406,11 +444,11 @@ mod tests {
             requests: 1,
             ..Default::default()
         };
-        let QuotaDecision::Allow(first) = auth.reserve(&limits, one, T0) else {
+        let QuotaDecision::Allow(first) = auth.reserve_now(&limits, one, T0) else {
             panic!()
         };
         assert!(!first.shadow_denied);
-        let QuotaDecision::Allow(second) = auth.reserve(&limits, one, T0) else {
+        let QuotaDecision::Allow(second) = auth.reserve_now(&limits, one, T0) else {
             panic!()
         };
         assert!(second.shadow_denied);
@@ -429,19 +467,19 @@ mod tests {
             requests: 1,
             ..Default::default()
         };
-        let QuotaDecision::Allow(r) = auth.reserve(&limits, one, T0) else {
+        let QuotaDecision::Allow(r) = auth.reserve_now(&limits, one, T0) else {
             panic!()
         };
         auth.settle(r, one, T0);
         let QuotaDecision::Deny {
             retry_after_secs, ..
-        } = auth.reserve(&limits, one, T0 + 100)
+        } = auth.reserve_now(&limits, one, T0 + 100)
         else {
             panic!()
         };
         assert_eq!(retry_after_secs, 500);
         assert!(matches!(
-            auth.reserve(&limits, one, T0 + 601),
+            auth.reserve_now(&limits, one, T0 + 601),
             QuotaDecision::Allow(_)
         ));
     }
@@ -460,7 +498,7 @@ mod tests {
                 s.spawn(|| {
                     let limits = vec![(&q, &q.limits[0])];
                     for _ in 0..50 {
-                        if let QuotaDecision::Allow(_) = auth.reserve(
+                        if let QuotaDecision::Allow(_) = auth.reserve_now(
                             &limits,
                             Amounts {
                                 requests: 1,

@@ -21,7 +21,8 @@ use tollgate_recorder::shipper::{FileToken, Shipper, TokenSource};
 use crate::control::ControlClient;
 use crate::credentials::Credentials;
 use crate::proxy::{Gateway, Identity, Runtime};
-use crate::quota::LocalQuotaAuthority;
+use crate::quota::{LocalQuotaAuthority, QuotaAuthority};
+use crate::quota_lease::LeasedQuotaAuthority;
 use crate::receipts::{SpoolStatus, SpoolWriter, now_timestamp, spawn_spool_writer};
 
 /// Largest config file read, in bytes.
@@ -196,6 +197,18 @@ pub struct GatewayOptions {
     pub certifier: Certifier,
     /// Where receipts are shipped, if anywhere.
     pub recorder: Option<RecorderLink>,
+    /// Who enforces quotas.
+    pub quota: QuotaSource,
+}
+
+/// Who enforces quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaSource {
+    /// This process alone (local mode, tests, a single gateway).
+    InProcess,
+    /// Leases from the recorder in [`GatewayOptions::recorder`], shared by
+    /// every gateway of the cluster.
+    RecorderLeases,
 }
 
 /// Who certifies the gateway's ephemeral receipt key.
@@ -346,12 +359,23 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             let _ = shipper_stop_rx.await;
         }))
     });
-    let gateway = Arc::new(Gateway::new(
-        runtime,
-        Arc::new(LocalQuotaAuthority::new()),
-        sink,
-        identity,
-    ));
+    let (quota, lease_keeper): (Arc<dyn QuotaAuthority>, _) =
+        match (options.quota, &options.recorder) {
+            (QuotaSource::InProcess, _) => (Arc::new(LocalQuotaAuthority::new()), None),
+            (QuotaSource::RecorderLeases, Some(link)) => {
+                let leased = Arc::new(LeasedQuotaAuthority::new(
+                    &link.url,
+                    link.token.clone(),
+                    link.tls.clone(),
+                ));
+                let keeper = tokio::spawn(leased.clone().maintain());
+                (leased, Some(keeper))
+            }
+            (QuotaSource::RecorderLeases, None) => {
+                bail!("quota leases need a recorder (--recorder-url)")
+            }
+        };
+    let gateway = Arc::new(Gateway::new(runtime, quota.clone(), sink, identity));
 
     let api = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -389,6 +413,11 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             Err(_) => tracing::warn!("drain timed out after 30s"),
         }
         drop(gateway);
+        if let Some(keeper) = lease_keeper {
+            keeper.abort();
+        }
+        // Hand back unused quota, reporting what was consumed.
+        quota.close().await;
         writer_task.await.context("receipt writer task")??;
         // The close record is in the spool now: one last bounded shipping pass.
         let _ = shipper_stop.send(());
@@ -516,6 +545,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pod_labels: sources.pod_labels,
         node_id: args.node_id.clone(),
         certifier: sources.certifier,
+        quota: if recorder.is_some() {
+            QuotaSource::RecorderLeases
+        } else {
+            QuotaSource::InProcess
+        },
         recorder,
     };
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));

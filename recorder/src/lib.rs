@@ -31,6 +31,7 @@ pub mod clock;
 pub mod error;
 pub mod identity;
 pub mod ingest;
+pub mod lease_wire;
 pub mod log;
 pub mod settings;
 pub mod shipper;

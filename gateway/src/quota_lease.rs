@@ -1,0 +1,603 @@
+//! The cluster quota authority, seen from a gateway: leases from the
+//! recorder's lease API (docs/recorder.md, "Quota leases"). A request draws its
+//! estimate from the local rest of a lease; only when the rest cannot cover it
+//! does the gateway ask the recorder, once for every request waiting. Actual
+//! usage is settled locally and reported on the next renew, and every lease is
+//! returned when the gateway stops.
+//!
+//! The pure part, [`LeaseBook`], decides; [`LeasedQuotaAuthority`] does the
+//! HTTP. When the recorder cannot be reached, each quota's `failMode` decides:
+//! `closed` refuses the request (503), `open` lets it through unleased; its
+//! receipt still counts in usage.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use tollgate_crds::gateway_config::{CompiledLimit, CompiledQuota};
+use tollgate_crds::policy::FailMode;
+use tollgate_crds::quota::Enforcement;
+use tollgate_recorder::client::HttpClient;
+use tollgate_recorder::lease_wire::{
+    AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest,
+};
+use tollgate_recorder::shipper::TokenSource;
+
+use crate::quota::{Amounts, BoxFuture, LimitKey, QuotaAuthority, QuotaDecision, Reservation, key_of};
+
+/// A grant asks for this many estimates at once, so most requests never wait
+/// for the recorder; the least it accepts is one estimate.
+pub const LEASE_CHUNK: u64 = 8;
+/// Lease length asked for.
+pub const LEASE_TTL_SECONDS: u64 = 60;
+/// Renew leases this long before they expire, and report consumption at
+/// least this often.
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// One lease as the gateway keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub id: Option<String>,
+    /// Granted, not consumed and not reserved: what new requests may draw.
+    pub rest: Amounts,
+    /// In flight: reserved by requests not yet settled.
+    pub reserved: Amounts,
+    /// The lease's total consumption so far (what renew and return report).
+    pub consumed: Amounts,
+    /// `consumed` as last reported to the recorder.
+    pub reported: Amounts,
+    /// Unix seconds after which the rest no longer counts.
+    pub expires_at: u64,
+}
+
+/// Whether `available` covers `wanted` on every quantity `limit` caps.
+fn covers(limit: &CompiledLimit, available: Amounts, wanted: Amounts) -> bool {
+    (limit.tokens.is_none() || available.tokens >= wanted.tokens)
+        && (limit.requests.is_none() || available.requests >= wanted.requests)
+        && (limit.cost_micro_usd.is_none() || available.cost_micro_usd >= wanted.cost_micro_usd)
+}
+
+fn times(a: Amounts, n: u64) -> Amounts {
+    Amounts {
+        tokens: a.tokens.saturating_mul(n),
+        requests: a.requests.saturating_mul(n),
+        cost_micro_usd: a.cost_micro_usd.saturating_mul(n),
+    }
+}
+
+/// The pure lease bookkeeping: no I/O, no clock.
+#[derive(Debug, Default)]
+pub struct LeaseBook {
+    leases: HashMap<LimitKey, Lease>,
+}
+
+impl LeaseBook {
+    /// Draws `estimate` from every limit's lease if each can cover it; else
+    /// names the limits that need more.
+    pub fn try_reserve(
+        &mut self,
+        limits: &[(&CompiledQuota, &CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> Result<Vec<(LimitKey, Amounts)>, Vec<usize>> {
+        let short: Vec<usize> = limits
+            .iter()
+            .enumerate()
+            .filter(|(_, (quota, limit))| {
+                let lease = self.leases.get(&key_of(&quota.id, limit));
+                !lease.is_some_and(|l| now < l.expires_at && covers(limit, l.rest, estimate))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !short.is_empty() {
+            return Err(short);
+        }
+        Ok(limits
+            .iter()
+            .map(|(quota, limit)| {
+                let key = key_of(&quota.id, limit);
+                let lease = self.leases.entry(key.clone()).or_default();
+                lease.rest.sub(estimate);
+                lease.reserved.add(estimate);
+                (key, estimate)
+            })
+            .collect())
+    }
+
+    /// Reserves without a lease (fail-open, or a shadow quota): counted as
+    /// reserved so that consumption is still reported on a later lease.
+    pub fn reserve_unleased(&mut self, key: LimitKey, estimate: Amounts) -> (LimitKey, Amounts) {
+        self.leases.entry(key.clone()).or_default().reserved.add(estimate);
+        (key, estimate)
+    }
+
+    /// Replaces a reservation's estimate with actual usage. Using less than
+    /// reserved gives the difference back to the rest; using more overdraws
+    /// it, and the next renew reports the truth.
+    pub fn settle(&mut self, entries: Vec<(LimitKey, Amounts)>, actual: Amounts) {
+        for (key, estimate) in entries {
+            let lease = self.leases.entry(key).or_default();
+            lease.reserved.sub(estimate);
+            lease.consumed.add(actual);
+            let mut rest = Amounts::sum(lease.rest, estimate);
+            rest.sub(actual);
+            lease.rest = rest;
+        }
+    }
+
+    /// What to ask the recorder for on `key` so that `estimate` fits: the
+    /// request body (grant or renew) for the lease as it stands.
+    pub fn refill_request(
+        &self,
+        quota: &CompiledQuota,
+        limit: &CompiledLimit,
+        estimate: Amounts,
+    ) -> Refill {
+        let key = key_of(&quota.id, limit);
+        let lease = self.leases.get(&key).cloned().unwrap_or_default();
+        // After renewing, the rest must also cover what is in flight.
+        let min = Amounts::sum(lease.reserved, estimate);
+        let amount = Amounts::sum(lease.reserved, times(estimate, LEASE_CHUNK));
+        match lease.id {
+            Some(id) => Refill::Renew {
+                lease_id: id,
+                body: RenewRequest {
+                    consumed: lease.consumed.into(),
+                    amount: amount.into(),
+                    min_amount: Some(min.into()),
+                    ttl_seconds: Some(LEASE_TTL_SECONDS),
+                },
+            },
+            None => Refill::Grant(GrantRequest {
+                quota_id: quota.id.clone(),
+                limit: limit.clone(),
+                enforcement: quota.enforcement,
+                amount: amount.into(),
+                min_amount: Some(min.into()),
+                ttl_seconds: Some(LEASE_TTL_SECONDS),
+            }),
+        }
+    }
+
+    /// Applies the recorder's answer to a grant or renew sent with `sent`
+    /// consumption. A granted `amount` is the whole unused rest of the lease,
+    /// in-flight reservations included.
+    pub fn apply(&mut self, key: &LimitKey, sent: Amounts, answer: &LeaseResponse, now: u64) {
+        let lease = self.leases.entry(key.clone()).or_default();
+        if let Some(id) = &answer.lease_id {
+            lease.id = Some(id.clone());
+        }
+        lease.reported = sent;
+        // Consumption settled while the call was in flight is not in the
+        // recorder's figure: it comes off the rest now and is reported next time.
+        let mut since = lease.consumed;
+        since.sub(sent);
+        let mut rest: Amounts = answer.amount.into();
+        rest.sub(lease.reserved);
+        rest.sub(since);
+        lease.rest = if answer.granted { rest } else { Amounts::default() };
+        lease.expires_at = if answer.granted {
+            now + LEASE_TTL_SECONDS.saturating_sub(1)
+        } else {
+            0
+        };
+    }
+
+    /// Leases whose consumption is unreported or that expire soon, with the
+    /// renew that keeps their rest.
+    pub fn due_for_renewal(&self, now: u64) -> Vec<(LimitKey, String, RenewRequest)> {
+        self.leases
+            .iter()
+            .filter_map(|(key, lease)| {
+                let id = lease.id.clone()?;
+                let unreported = lease.consumed != lease.reported;
+                let expiring = lease.expires_at > now
+                    && lease.expires_at <= now + RENEW_EVERY.as_secs() * 2;
+                (unreported || expiring).then(|| {
+                    let keep = Amounts::sum(lease.rest, lease.reserved);
+                    (
+                        key.clone(),
+                        id,
+                        RenewRequest {
+                            consumed: lease.consumed.into(),
+                            amount: keep.into(),
+                            min_amount: Some(AmountsWire::default()),
+                            ttl_seconds: Some(LEASE_TTL_SECONDS),
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every lease to return, with its final consumption.
+    pub fn returns(&self) -> Vec<(String, ReturnRequest)> {
+        self.leases
+            .values()
+            .filter_map(|lease| {
+                Some((
+                    lease.id.clone()?,
+                    ReturnRequest {
+                        consumed: lease.consumed.into(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The lease of `key`, for tests and metrics.
+    pub fn lease(&self, key: &LimitKey) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
+    fn consumed(&self, key: &LimitKey) -> Amounts {
+        self.leases.get(key).map(|l| l.consumed).unwrap_or_default()
+    }
+}
+
+/// A grant or a renew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refill {
+    Grant(GrantRequest),
+    Renew { lease_id: String, body: RenewRequest },
+}
+
+/// Leases quota from the recorder.
+#[derive(Debug)]
+pub struct LeasedQuotaAuthority {
+    base_url: String,
+    token: Arc<dyn TokenSource>,
+    http: HttpClient,
+    book: Mutex<LeaseBook>,
+    /// One refill at a time: requests that wait together share its grant.
+    refill: tokio::sync::Mutex<()>,
+}
+
+/// Why a lease call failed.
+#[derive(Debug)]
+enum CallError {
+    /// The recorder could not be reached or answered with an error status.
+    Unreachable(String),
+}
+
+impl LeasedQuotaAuthority {
+    pub fn new(
+        recorder_url: &str,
+        token: Arc<dyn TokenSource>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            base_url: recorder_url.trim_end_matches('/').to_string(),
+            token,
+            http: HttpClient::new(tls, Duration::from_secs(5)),
+            book: Mutex::new(LeaseBook::default()),
+            refill: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, LeaseBook> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Bytes, CallError> {
+        let token = self
+            .token
+            .token()
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let body = serde_json::to_vec(body).map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let response = self
+            .http
+            .send(
+                Method::POST,
+                &format!("{}{path}", self.base_url),
+                Some(&token),
+                Some(Bytes::from(body)),
+                64 * 1024,
+            )
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if response.status != StatusCode::OK {
+            return Err(CallError::Unreachable(format!(
+                "recorder answered {}",
+                response.status
+            )));
+        }
+        Ok(response.body)
+    }
+
+    async fn call(&self, refill: &Refill) -> Result<LeaseResponse, CallError> {
+        let body = match refill {
+            Refill::Grant(body) => self.post("/v1/quota/leases", body).await?,
+            Refill::Renew { lease_id, body } => {
+                self.post(&format!("/v1/quota/leases/{lease_id}/renew"), body)
+                    .await?
+            }
+        };
+        serde_json::from_slice(&body)
+            .map_err(|e| CallError::Unreachable(format!("lease answer: {e}")))
+    }
+
+    async fn reserve_slow(
+        &self,
+        limits: &[(&CompiledQuota, &CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> QuotaDecision {
+        let _one_refill = self.refill.lock().await;
+        // Someone else's refill may have covered us while we waited.
+        let short = match self.book().try_reserve(limits, estimate, now) {
+            Ok(entries) => {
+                return QuotaDecision::Allow(Reservation::from_entries(entries, false));
+            }
+            Err(short) => short,
+        };
+        let mut shadow_denied = false;
+        let mut unleased = Vec::new();
+        for i in short {
+            let (quota, limit) = limits[i];
+            let key = key_of(&quota.id, limit);
+            let refill = self.book().refill_request(quota, limit, estimate);
+            let sent = self.book().consumed(&key);
+            match self.call(&refill).await {
+                Ok(answer) => {
+                    self.book().apply(&key, sent, &answer, now);
+                    shadow_denied |= answer.shadow_denied;
+                    if !answer.granted {
+                        match quota.enforcement {
+                            Enforcement::Enforce => {
+                                return QuotaDecision::Deny {
+                                    quota_id: quota.id.clone(),
+                                    limit: limit.name.clone(),
+                                    retry_after_secs: answer.retry_after_seconds.unwrap_or(1),
+                                };
+                            }
+                            Enforcement::Shadow => {
+                                shadow_denied = true;
+                                unleased.push(i);
+                            }
+                        }
+                    }
+                }
+                Err(CallError::Unreachable(why)) => {
+                    tracing::warn!(quota = %quota.id, limit = %limit.name, reason = %why, "quota authority unreachable");
+                    match quota.fail_mode {
+                        FailMode::Closed => {
+                            return QuotaDecision::Unavailable {
+                                quota_id: quota.id.clone(),
+                                limit: limit.name.clone(),
+                            };
+                        }
+                        FailMode::Open => unleased.push(i),
+                    }
+                }
+            }
+        }
+        let mut book = self.book();
+        // Limits that could not be leased (fail-open, shadow) are reserved
+        // unleased; the rest must now fit their fresh leases.
+        let mut entries = Vec::with_capacity(limits.len());
+        let mut leased = Vec::new();
+        for (i, (quota, limit)) in limits.iter().enumerate() {
+            if unleased.contains(&i) {
+                entries.push(book.reserve_unleased(key_of(&quota.id, limit), estimate));
+            } else {
+                leased.push((*quota, *limit));
+            }
+        }
+        match book.try_reserve(&leased, estimate, now) {
+            Ok(more) => {
+                entries.extend(more);
+                QuotaDecision::Allow(Reservation::from_entries(entries, shadow_denied))
+            }
+            Err(short) => {
+                // Granted less than asked for (min not met) is a denial too.
+                book.settle(entries, Amounts::default());
+                let (quota, limit) = leased[short[0]];
+                QuotaDecision::Deny {
+                    quota_id: quota.id.clone(),
+                    limit: limit.name.clone(),
+                    retry_after_secs: 1,
+                }
+            }
+        }
+    }
+
+    /// Renews leases with unreported consumption or close to expiry, forever.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tick.tick().await;
+            let now = crate::receipts::unix_millis() / 1000;
+            let due = self.book().due_for_renewal(now);
+            for (key, lease_id, body) in due {
+                let sent: Amounts = body.consumed.into();
+                let refill = Refill::Renew { lease_id, body };
+                match self.call(&refill).await {
+                    Ok(answer) => self.book().apply(&key, sent, &answer, now),
+                    Err(CallError::Unreachable(why)) => {
+                        tracing::warn!(reason = %why, "renewing a quota lease failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl QuotaAuthority for LeasedQuotaAuthority {
+    fn reserve<'a>(
+        &'a self,
+        limits: &'a [(&'a CompiledQuota, &'a CompiledLimit)],
+        estimate: Amounts,
+        now: u64,
+    ) -> BoxFuture<'a, QuotaDecision> {
+        if limits.is_empty() {
+            return Box::pin(std::future::ready(QuotaDecision::Allow(
+                Reservation::default(),
+            )));
+        }
+        if let Ok(entries) = self.book().try_reserve(limits, estimate, now) {
+            return Box::pin(std::future::ready(QuotaDecision::Allow(
+                Reservation::from_entries(entries, false),
+            )));
+        }
+        Box::pin(self.reserve_slow(limits, estimate, now))
+    }
+
+    fn settle(&self, reservation: Reservation, actual: Amounts, _now: u64) {
+        self.book().settle(reservation.into_entries(), actual);
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let returns = self.book().returns();
+            for (lease_id, body) in returns {
+                if let Err(CallError::Unreachable(why)) = self
+                    .post(&format!("/v1/quota/leases/{lease_id}/return"), &body)
+                    .await
+                {
+                    tracing::warn!(reason = %why, "returning a quota lease failed; it expires on its own");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_crds::gateway_config::LimitWindow;
+    use tollgate_crds::quota::CalendarWindow;
+
+    fn quota(enforcement: Enforcement, tokens: u64) -> CompiledQuota {
+        CompiledQuota {
+            id: "team-a/budget".into(),
+            service_accounts: vec![],
+            pod_selector: None,
+            limits: vec![CompiledLimit {
+                name: "daily".into(),
+                window: LimitWindow::Calendar(CalendarWindow::Day),
+                tokens: Some(tokens),
+                requests: None,
+                cost_micro_usd: None,
+                model_globs: vec![],
+                providers: vec![],
+            }],
+            enforcement,
+            fail_mode: FailMode::Closed,
+        }
+    }
+
+    fn amounts(tokens: u64) -> Amounts {
+        Amounts {
+            tokens,
+            requests: 1,
+            cost_micro_usd: 0,
+        }
+    }
+
+    fn answer(granted: bool, tokens: u64) -> LeaseResponse {
+        LeaseResponse {
+            granted,
+            lease_id: Some("lease-1".into()),
+            quota_id: "team-a/budget".into(),
+            limit: "daily".into(),
+            amount: amounts(tokens).into(),
+            expires_at: None,
+            used: AmountsWire::default(),
+            outstanding: AmountsWire::default(),
+            shadow_denied: false,
+            retry_after_seconds: if granted { None } else { Some(42) },
+        }
+    }
+
+    #[test]
+    fn a_fresh_book_asks_for_a_grant_of_several_estimates() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let mut book = LeaseBook::default();
+        assert_eq!(book.try_reserve(&limits, amounts(100), 10), Err(vec![0]));
+        let Refill::Grant(req) = book.refill_request(&q, &q.limits[0], amounts(100)) else {
+            panic!("expected a grant");
+        };
+        assert_eq!(req.amount.tokens, 100 * LEASE_CHUNK);
+        assert_eq!(req.min_amount.unwrap().tokens, 100);
+        assert_eq!(req.quota_id, "team-a/budget");
+    }
+
+    #[test]
+    fn requests_draw_from_the_rest_and_settle_the_difference() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        book.apply(&key, Amounts::default(), &answer(true, 300), 10);
+        let first = book.try_reserve(&limits, amounts(100), 11).unwrap();
+        let second = book.try_reserve(&limits, amounts(100), 11).unwrap();
+        assert_eq!(book.lease(&key).unwrap().rest.tokens, 100);
+        // Used 40 of 100: 60 goes back to the rest.
+        book.settle(first, amounts(40));
+        assert_eq!(book.lease(&key).unwrap().rest.tokens, 160);
+        assert_eq!(book.lease(&key).unwrap().reserved.tokens, 100);
+        // Used 150 of 100: overdrawn, and reported as consumed.
+        book.settle(second, amounts(150));
+        let lease = book.lease(&key).unwrap();
+        assert_eq!(lease.rest.tokens, 110);
+        assert_eq!(lease.consumed.tokens, 190);
+        assert_eq!(book.try_reserve(&limits, amounts(111), 12), Err(vec![0]));
+    }
+
+    #[test]
+    fn renewals_report_consumption_and_keep_room_for_what_is_in_flight() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        book.apply(&key, Amounts::default(), &answer(true, 200), 10);
+        let r = book.try_reserve(&limits, amounts(150), 11).unwrap();
+        let done = book.try_reserve(&limits, amounts(50), 11).unwrap();
+        book.settle(done, amounts(50));
+        let Refill::Renew { lease_id, body } = book.refill_request(&q, &q.limits[0], amounts(100))
+        else {
+            panic!("expected a renew");
+        };
+        assert_eq!(lease_id, "lease-1");
+        assert_eq!(body.consumed.tokens, 50);
+        assert_eq!(body.min_amount.unwrap().tokens, 150 + 100);
+        // The recorder grants a rest of 400, of which 150 is in flight.
+        book.apply(&key, amounts(50), &answer(true, 400), 12);
+        assert_eq!(book.lease(&key).unwrap().rest.tokens, 250);
+        book.settle(r, amounts(150));
+        assert_eq!(book.lease(&key).unwrap().rest.tokens, 250);
+        assert!(book.due_for_renewal(13).len() == 1, "150 consumed is unreported");
+    }
+
+    #[test]
+    fn a_denial_empties_the_rest_and_returns_carry_final_consumption() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        book.apply(&key, Amounts::default(), &answer(true, 100), 10);
+        let r = book.try_reserve(&limits, amounts(100), 10).unwrap();
+        book.settle(r, amounts(70));
+        book.apply(&key, amounts(70), &answer(false, 0), 11);
+        assert_eq!(book.lease(&key).unwrap().rest, Amounts::default());
+        assert!(book.try_reserve(&limits, amounts(1), 11).is_err());
+        let returns = book.returns();
+        assert_eq!(returns.len(), 1);
+        assert_eq!(returns[0].1.consumed.tokens, 70);
+    }
+
+    #[test]
+    fn expired_leases_cover_nothing() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        book.apply(&key, Amounts::default(), &answer(true, 500), 10);
+        assert!(book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS - 2).is_ok());
+        assert!(book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS).is_err());
+    }
+}
