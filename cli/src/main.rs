@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 mod bundle;
 mod compile;
 mod crds;
+mod doctor;
+mod inject;
+mod lint;
 mod local;
 mod reconcile;
 mod usage;
@@ -26,6 +29,8 @@ enum Command {
     Crds,
     /// Run a gateway and a recorder on this machine from a manifest directory.
     Local(local::LocalArgs),
+    /// Check a setup: config, keys, trust anchors, recorder and spool; exit 1 on a failure.
+    Doctor(doctor::DoctorArgs),
     /// Compile manifests into the gateway config a namespace would get.
     Compile(compile::CompileArgs),
     /// Verify an exported evidence bundle offline against trust anchors.
@@ -36,6 +41,10 @@ enum Command {
     Bundle(bundle::BundleArgs),
     /// Compare receipts in a bundle with a provider's usage export.
     Reconcile(reconcile::ReconcileArgs),
+    /// Inject the gateway into pods and workload templates offline, as the webhook would.
+    Inject(inject::InjectArgs),
+    /// Check pods and workload templates against the admission rules.
+    Lint(lint::LintArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,11 +53,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => crds::run(&mut stdout),
         Command::Local(args) => local::run(&args, &mut stdout),
+        Command::Doctor(args) => doctor::run(&args, &mut stdout),
         Command::Compile(args) => compile::run(&args, &mut stdout),
         Command::Verify(args) => verify::run(&args, &mut stdout),
         Command::Usage(args) => usage::run(&args, &mut stdout),
         Command::Bundle(args) => bundle::run(&args, &mut stdout),
         Command::Reconcile(args) => reconcile::run(&args, &mut stdout),
+        Command::Inject(args) => inject::run(&args, &mut stdout),
+        Command::Lint(args) => lint::run(&args, &mut stdout),
     };
     match result {
         Ok(code) => code,
