@@ -52,6 +52,7 @@ class Local:
         self.log_out = data.parent / f"{data.name}.stdout"
         self.log_err = data.parent / f"{data.name}.stderr"
         self.api_port, admin, recorder = free_port(), free_port(), free_port()
+        self.recorder_port = recorder
         cmd = [
             str(CLI_BIN), "local", "--manifests", str(manifests), "--data-dir", str(data),
             "--listen", f"127.0.0.1:{self.api_port}", "--admin-listen", f"127.0.0.1:{admin}",
@@ -119,6 +120,12 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
 
     wait_until(lambda: allowed_requests() >= 5, 15, what="5 requests in usage")
 
+    # doctor: healthy while local mode runs (the open stream is only a warning).
+    proc = cli("doctor", "--manifests", str(QUICKSTART), "--data-dir", str(local.data),
+               "--recorder", f"http://127.0.0.1:{local.recorder_port}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAIL" not in proc.stdout and "recorder" in proc.stdout
+
     assert local.stop() == 0, local.stderr()
     assert "closed" in local.stdout()
 
@@ -130,6 +137,10 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Verdict: PASS" in proc.stdout
     assert "(0 open)" in proc.stdout, "Ctrl-C must leave a closed stream"
+
+    # With local mode stopped, doctor reports the recorder and exits 1.
+    proc = cli("doctor", "--data-dir", str(local.data), "--recorder", f"http://127.0.0.1:{local.recorder_port}")
+    assert proc.returncode == 1 and "FAIL  recorder" in proc.stdout, proc.stdout
 
     # A bundle checked against someone else's anchor fails.
     other = tmp_path / "other"
