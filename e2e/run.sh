@@ -70,6 +70,11 @@ export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
 # Compile first so that no cluster sits idle during a build.
 begin build
 cargo test -p tollgate-e2e --no-run "${cargo_args[@]}"
+# The operator suites start the real binary (e2e/src/operator.rs).
+cargo build -p tollgate-operator --bin tollgate-operator -p tollgate-gateway --bin tollgate-gateway
+# The chart suite (tests/helm.rs) runs the helm built from source.
+TOLLGATE_HELM=$("$here/build-helm.sh")
+export TOLLGATE_HELM
 end
 
 begin cluster-up

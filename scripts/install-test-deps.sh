@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh Debian machine, and nothing when
-# it is all there already. Big builds (kube-apiserver, etcd) are cached under
-# ~/.cache/tollgate by e2e/build-control-plane.sh, not here.
+# it is all there already. Big builds (kube-apiserver, etcd, helm) are cached under
+# ~/.cache/tollgate by e2e/build-control-plane.sh and e2e/build-helm.sh, not here.
 set -euo pipefail
 
 need_apt=()
@@ -21,7 +21,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# Go builds kube-apiserver and etcd for the e2e suite (e2e/build-control-plane.sh).
+# Go builds kube-apiserver, etcd and helm for the e2e suite (e2e/build-*.sh).
 # Kubernetes 1.34 needs Go 1.24 or newer; Debian's golang-go (1.19) is too old,
 # so a machine without a recent Go is refused here with the reason.
 go_minor=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')

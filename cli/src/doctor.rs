@@ -126,7 +126,11 @@ pub fn check_keys_and_anchor(data: &Path) -> Vec<Check> {
         match tollgate_recorder::identity::read_key_file(&path) {
             Ok(key) if key_mode_ok(&path) => {
                 let public = PublicKey::of_signing_key(&key);
-                out.push(check("keys", Status::Ok, format!("{file}: key id {}", public.key_id())));
+                out.push(check(
+                    "keys",
+                    Status::Ok,
+                    format!("{file}: key id {}", public.key_id()),
+                ));
                 publics.push((public, role));
             }
             Ok(_) => out.push(check(
@@ -134,12 +138,20 @@ pub fn check_keys_and_anchor(data: &Path) -> Vec<Check> {
                 Status::Fail,
                 format!("{}: readable by others (want mode 0600)", path.display()),
             )),
-            Err(e) => out.push(check("keys", Status::Fail, format!("{}: {e}", path.display()))),
+            Err(e) => out.push(check(
+                "keys",
+                Status::Fail,
+                format!("{}: {e}", path.display()),
+            )),
         }
     }
     let anchor = data.join(TRUST_ANCHOR_FILE);
     match tollgate_recorder::trust::load_trust_roots(&[&anchor]) {
-        Err(e) => out.push(check("trust anchors", Status::Fail, format!("{}: {e}", anchor.display()))),
+        Err(e) => out.push(check(
+            "trust anchors",
+            Status::Fail,
+            format!("{}: {e}", anchor.display()),
+        )),
         Ok(roots) => {
             let missing: Vec<String> = publics
                 .iter()
@@ -155,7 +167,11 @@ pub fn check_keys_and_anchor(data: &Path) -> Vec<Check> {
                 out.push(check(
                     "trust anchors",
                     Status::Ok,
-                    format!("{}: {} key(s), matching the data directory", anchor.display(), roots.keys.len()),
+                    format!(
+                        "{}: {} key(s), matching the data directory",
+                        anchor.display(),
+                        roots.keys.len()
+                    ),
                 ));
             } else {
                 out.push(check(
@@ -177,7 +193,13 @@ pub fn check_keys_and_anchor(data: &Path) -> Vec<Check> {
 pub fn check_spool(spool: &Path) -> Check {
     let entries = match std::fs::read_dir(spool) {
         Ok(e) => e,
-        Err(_) => return check("spool", Status::Warn, format!("{}: no spool yet", spool.display())),
+        Err(_) => {
+            return check(
+                "spool",
+                Status::Warn,
+                format!("{}: no spool yet", spool.display()),
+            );
+        }
     };
     let (mut files, mut bytes) = (0u64, 0u64);
     for entry in entries.flatten() {
@@ -192,14 +214,20 @@ pub fn check_spool(spool: &Path) -> Check {
     let writable = std::fs::write(&probe, b"").is_ok();
     let _ = std::fs::remove_file(&probe);
     if !writable {
-        return check("spool", Status::Fail, format!("{}: not writable", spool.display()));
+        return check(
+            "spool",
+            Status::Fail,
+            format!("{}: not writable", spool.display()),
+        );
     }
     match files {
         0 => check("spool", Status::Ok, "empty: everything is shipped"),
         n => check(
             "spool",
             Status::Warn,
-            format!("{n} stream file(s), {bytes} bytes not yet fully shipped (a running gateway keeps one open)"),
+            format!(
+                "{n} stream file(s), {bytes} bytes not yet fully shipped (a running gateway keeps one open)"
+            ),
         ),
     }
 }
@@ -214,7 +242,13 @@ async fn check_recorder(url: &str, token_file: &Path) -> Check {
         .await
     {
         Ok(r) if r.status.is_success() => {}
-        Ok(r) => return check("recorder", Status::Fail, format!("{url}/ready answered {}", r.status)),
+        Ok(r) => {
+            return check(
+                "recorder",
+                Status::Fail,
+                format!("{url}/ready answered {}", r.status),
+            );
+        }
         Err(e) => return check("recorder", Status::Fail, format!("{url}: {e}")),
     }
     let token = match std::fs::read_to_string(token_file) {
@@ -223,16 +257,33 @@ async fn check_recorder(url: &str, token_file: &Path) -> Check {
             return check(
                 "recorder",
                 Status::Warn,
-                format!("{url} is ready, but the token {} is unreadable: {e}", token_file.display()),
+                format!(
+                    "{url} is ready, but the token {} is unreadable: {e}",
+                    token_file.display()
+                ),
             );
         }
     };
     match client
-        .send(http::Method::GET, &format!("{url}/v1/usage?since=1h"), Some(&token), None, 1 << 20)
+        .send(
+            http::Method::GET,
+            &format!("{url}/v1/usage?since=1h"),
+            Some(&token),
+            None,
+            1 << 20,
+        )
         .await
     {
-        Ok(r) if r.status.is_success() => check("recorder", Status::Ok, format!("{url}: ready, token accepted")),
-        Ok(r) => check("recorder", Status::Fail, format!("{url}: the token was refused ({})", r.status)),
+        Ok(r) if r.status.is_success() => check(
+            "recorder",
+            Status::Ok,
+            format!("{url}: ready, token accepted"),
+        ),
+        Ok(r) => check(
+            "recorder",
+            Status::Fail,
+            format!("{url}: the token was refused ({})", r.status),
+        ),
         Err(e) => check("recorder", Status::Fail, format!("{url}: {e}")),
     }
 }
@@ -248,10 +299,10 @@ pub fn run(args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         .recorder
         .clone()
         .unwrap_or_else(|| "http://127.0.0.1:15090".into());
-    let token = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join(tollgate_recorder::identity::LOCAL_TOKEN_FILE));
+    let token = args.token_file.clone().unwrap_or_else(|| {
+        args.data_dir
+            .join(tollgate_recorder::identity::LOCAL_TOKEN_FILE)
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -317,16 +368,23 @@ mod tests {
     fn keys_must_match_the_trust_anchor() {
         let dir = temp("keys");
         let missing = check_keys_and_anchor(&dir);
-        assert!(missing.iter().all(|c| c.status == Status::Fail), "{missing:?}");
+        assert!(
+            missing.iter().all(|c| c.status == Status::Fail),
+            "{missing:?}"
+        );
 
-        let ca = tollgate_recorder::identity::load_or_create_key(&dir.join(RECEIPT_CA_KEY_FILE)).unwrap();
+        let ca = tollgate_recorder::identity::load_or_create_key(&dir.join(RECEIPT_CA_KEY_FILE))
+            .unwrap();
         let rec = tollgate_recorder::identity::load_or_create_key(
             &dir.join(tollgate_recorder::identity::KEY_FILE),
         )
         .unwrap();
         std::fs::write(
             dir.join(TRUST_ANCHOR_FILE),
-            crate::local::trust_anchor_yaml(&PublicKey::of_signing_key(&ca), &PublicKey::of_signing_key(&rec)),
+            crate::local::trust_anchor_yaml(
+                &PublicKey::of_signing_key(&ca),
+                &PublicKey::of_signing_key(&rec),
+            ),
         )
         .unwrap();
         let good = check_keys_and_anchor(&dir);
@@ -336,7 +394,10 @@ mod tests {
         let other = tollgate_evidence::SigningKey::from_bytes(&[9; 32]);
         std::fs::write(
             dir.join(TRUST_ANCHOR_FILE),
-            crate::local::trust_anchor_yaml(&PublicKey::of_signing_key(&other), &PublicKey::of_signing_key(&rec)),
+            crate::local::trust_anchor_yaml(
+                &PublicKey::of_signing_key(&other),
+                &PublicKey::of_signing_key(&rec),
+            ),
         )
         .unwrap();
         let bad = check_keys_and_anchor(&dir);

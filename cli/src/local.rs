@@ -274,7 +274,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         pod_labels: parse_labels(&args.pod_labels)?,
         node_id: "local".into(),
         certifier: Certifier::LocalCa {
-            key: receipt_ca,
+            key: Box::new(receipt_ca),
             validity_hours: 24 * 365,
         },
         // Local mode is one gateway: the in-process authority, same semantics.

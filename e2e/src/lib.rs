@@ -13,6 +13,7 @@
 //! - [`crds`]: installing the generated CRDs and waiting until Established.
 //! - [`kubectl`]: running the kubectl built for the same Kubernetes version.
 //! - [`webhook`]: admission webhook configurations that call `https://127.0.0.1`.
+//! - [`operator`]: running the real `tollgate-operator` binary, and HTTPS to it.
 //! - [`retry`]: waiting for effects the API server applies asynchronously.
 
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod kubectl;
 pub mod manifests;
 pub mod namespace;
 pub mod objects;
+pub mod operator;
 pub mod retry;
 pub mod webhook;
 

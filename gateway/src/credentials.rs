@@ -222,14 +222,21 @@ mod tests {
         }
         let mut secrets = BTreeMap::from([(source.secret_name.clone(), keys)]);
         let creds = Credentials::from_secrets(&secrets, &config).unwrap();
-        let got: Vec<&str> = creds.keys(&provider.name).iter().map(ApiKey::expose).collect();
+        let got: Vec<&str> = creds
+            .keys(&provider.name)
+            .iter()
+            .map(ApiKey::expose)
+            .collect();
         let want: Vec<String> = (0..source.keys.len()).map(|i| format!("sk-{i}")).collect();
         assert_eq!(got, want);
 
         let first = source.keys[0].clone();
         secrets.get_mut(&source.secret_name).unwrap().remove(&first);
         let err = Credentials::from_secrets(&secrets, &config).unwrap_err();
-        assert!(matches!(err, CredentialsError::Missing { ref key, .. } if *key == first), "{err}");
+        assert!(
+            matches!(err, CredentialsError::Missing { ref key, .. } if *key == first),
+            "{err}"
+        );
 
         secrets
             .get_mut(&source.secret_name)

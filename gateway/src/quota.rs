@@ -89,7 +89,10 @@ pub enum QuotaDecision {
     },
     /// The authority cannot be reached and the quota's `failMode` is
     /// `closed`: answer 503.
-    Unavailable { quota_id: String, limit: String },
+    Unavailable {
+        quota_id: String,
+        limit: String,
+    },
 }
 
 /// A boxed future, for the one async method of [`QuotaAuthority`].
@@ -370,7 +373,10 @@ mod tests {
             QuotaDecision::Deny { .. }
         ));
         assert!(
-            matches!(auth.reserve_now(&limits, one, T0 + 60), QuotaDecision::Allow(_)),
+            matches!(
+                auth.reserve_now(&limits, one, T0 + 60),
+                QuotaDecision::Allow(_)
+            ),
             "a new minute resets"
         );
     }

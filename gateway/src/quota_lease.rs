@@ -25,7 +25,9 @@ use tollgate_recorder::lease_wire::{
 };
 use tollgate_recorder::shipper::TokenSource;
 
-use crate::quota::{Amounts, BoxFuture, LimitKey, QuotaAuthority, QuotaDecision, Reservation, key_of};
+use crate::quota::{
+    Amounts, BoxFuture, LimitKey, QuotaAuthority, QuotaDecision, Reservation, key_of,
+};
 
 /// A grant asks for this many estimates at once, so most requests never wait
 /// for the recorder; the least it accepts is one estimate.
@@ -109,7 +111,11 @@ impl LeaseBook {
     /// Reserves without a lease (fail-open, or a shadow quota): counted as
     /// reserved so that consumption is still reported on a later lease.
     pub fn reserve_unleased(&mut self, key: LimitKey, estimate: Amounts) -> (LimitKey, Amounts) {
-        self.leases.entry(key.clone()).or_default().reserved.add(estimate);
+        self.leases
+            .entry(key.clone())
+            .or_default()
+            .reserved
+            .add(estimate);
         (key, estimate)
     }
 
@@ -177,7 +183,11 @@ impl LeaseBook {
         let mut rest: Amounts = answer.amount.into();
         rest.sub(lease.reserved);
         rest.sub(since);
-        lease.rest = if answer.granted { rest } else { Amounts::default() };
+        lease.rest = if answer.granted {
+            rest
+        } else {
+            Amounts::default()
+        };
         lease.expires_at = if answer.granted {
             now + LEASE_TTL_SECONDS.saturating_sub(1)
         } else {
@@ -193,8 +203,8 @@ impl LeaseBook {
             .filter_map(|(key, lease)| {
                 let id = lease.id.clone()?;
                 let unreported = lease.consumed != lease.reported;
-                let expiring = lease.expires_at > now
-                    && lease.expires_at <= now + RENEW_EVERY.as_secs() * 2;
+                let expiring =
+                    lease.expires_at > now && lease.expires_at <= now + RENEW_EVERY.as_secs() * 2;
                 (unreported || expiring).then(|| {
                     let keep = Amounts::sum(lease.rest, lease.reserved);
                     (
@@ -241,7 +251,10 @@ impl LeaseBook {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refill {
     Grant(GrantRequest),
-    Renew { lease_id: String, body: RenewRequest },
+    Renew {
+        lease_id: String,
+        body: RenewRequest,
+    },
 }
 
 /// Leases quota from the recorder.
@@ -570,7 +583,10 @@ mod tests {
         assert_eq!(book.lease(&key).unwrap().rest.tokens, 250);
         book.settle(r, amounts(150));
         assert_eq!(book.lease(&key).unwrap().rest.tokens, 250);
-        assert!(book.due_for_renewal(13).len() == 1, "150 consumed is unreported");
+        assert!(
+            book.due_for_renewal(13).len() == 1,
+            "150 consumed is unreported"
+        );
     }
 
     #[test]
@@ -597,7 +613,13 @@ mod tests {
         let key = key_of(&q.id, &q.limits[0]);
         let mut book = LeaseBook::default();
         book.apply(&key, Amounts::default(), &answer(true, 500), 10);
-        assert!(book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS - 2).is_ok());
-        assert!(book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS).is_err());
+        assert!(
+            book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS - 2)
+                .is_ok()
+        );
+        assert!(
+            book.try_reserve(&limits, amounts(1), 10 + LEASE_TTL_SECONDS)
+                .is_err()
+        );
     }
 }

@@ -33,7 +33,12 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 pub struct RunArgs {
     /// Compiled gateway config (JSON), reloaded when it changes. Local mode and
     /// tests; in a cluster the control endpoint (--control-url) supplies it.
-    #[arg(long, env = "TOLLGATE_CONFIG", required_unless_present = "control_url", conflicts_with = "control_url")]
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG",
+        required_unless_present = "control_url",
+        conflicts_with = "control_url"
+    )]
     pub config: Option<PathBuf>,
     /// Directory of provider keys laid out like a mounted Secret: DIR/<secret>/<key>.
     #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR", conflicts_with = "control_url")]
@@ -91,7 +96,12 @@ pub struct RunArgs {
     /// Local receipt CA private key (64 hex characters, the Ed25519 seed) that
     /// certifies this gateway's ephemeral key. Local mode and tests only: in a
     /// cluster the operator's control endpoint issues the certificate.
-    #[arg(long, env = "TOLLGATE_CA_KEY_FILE", required_unless_present = "control_url", conflicts_with = "control_url")]
+    #[arg(
+        long,
+        env = "TOLLGATE_CA_KEY_FILE",
+        required_unless_present = "control_url",
+        conflicts_with = "control_url"
+    )]
     pub ca_key_file: Option<PathBuf>,
     /// Hours the key certificate is valid (local CA only).
     #[arg(long, default_value_t = 24)]
@@ -215,7 +225,7 @@ pub enum QuotaSource {
 pub enum Certifier {
     /// A local receipt CA key (local mode and tests).
     LocalCa {
-        key: SigningKey,
+        key: Box<SigningKey>,
         validity_hours: u64,
     },
     /// The operator's control endpoint.
@@ -446,7 +456,12 @@ struct Sources {
     control: Option<Arc<ControlClient>>,
 }
 
-fn pod_identity(namespace: &str, service_account: &str, name: &str, uid: &str) -> anyhow::Result<PodIdentity> {
+fn pod_identity(
+    namespace: &str,
+    service_account: &str,
+    name: &str,
+    uid: &str,
+) -> anyhow::Result<PodIdentity> {
     Ok(PodIdentity {
         namespace: DnsLabel::new(namespace.to_string()).context("pod namespace")?,
         service_account: DnsSubdomain::new(service_account.to_string())
@@ -473,7 +488,10 @@ fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig
 
 async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
     if let Some(url) = &args.control_url {
-        let token_file = args.token_file.clone().context("--token-file is required with --control-url")?;
+        let token_file = args
+            .token_file
+            .clone()
+            .context("--token-file is required with --control-url")?;
         let client = Arc::new(ControlClient::new(
             url,
             Arc::new(FileToken::new(token_file)),
@@ -495,8 +513,14 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
             control: Some(client),
         });
     }
-    let config = args.config.clone().context("--config or --control-url is required")?;
-    let ca_key_file = args.ca_key_file.as_deref().context("--ca-key-file is required without --control-url")?;
+    let config = args
+        .config
+        .clone()
+        .context("--config or --control-url is required")?;
+    let ca_key_file = args
+        .ca_key_file
+        .as_deref()
+        .context("--ca-key-file is required without --control-url")?;
     Ok(Sources {
         pod: pod_identity(
             required(&args.namespace, "--namespace")?,
@@ -510,7 +534,7 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
             credentials_dir: args.credentials_dir.clone(),
         }),
         certifier: Certifier::LocalCa {
-            key: read_signing_key(ca_key_file)?,
+            key: Box::new(read_signing_key(ca_key_file)?),
             validity_hours: args.cert_validity_hours,
         },
         control: None,
@@ -526,7 +550,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(path) => Arc::new(FileToken::new(path.clone())),
                 None => bail!("--recorder-url needs --recorder-token-file"),
             };
-            let ca = args.recorder_ca_file.as_deref().or(args.control_ca_file.as_deref());
+            let ca = args
+                .recorder_ca_file
+                .as_deref()
+                .or(args.control_ca_file.as_deref());
             Some(RecorderLink {
                 url: url.clone(),
                 token,

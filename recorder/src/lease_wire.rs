@@ -121,4 +121,3 @@ pub struct ReturnResponse {
     /// The lease's total consumption.
     pub consumed: AmountsWire,
 }
-

@@ -25,10 +25,10 @@ use tollgate_crds::quota_math::{Amounts, calendar_window_bounds};
 use tollgate_evidence::Timestamp;
 
 use crate::error::RecorderError;
-use crate::settings::{DEFAULT_LEASE_TTL_SECONDS, MAX_LEASE_TTL_SECONDS};
 pub use crate::lease_wire::{
     AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, ReturnResponse,
 };
+use crate::settings::{DEFAULT_LEASE_TTL_SECONDS, MAX_LEASE_TTL_SECONDS};
 pub use crate::store::Caps;
 use crate::store::{LeaseRow, LimitKey, QuotaTx, Store};
 

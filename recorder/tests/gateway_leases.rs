@@ -72,13 +72,28 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(dir: &Path, name: &str, config: &Path, ca_key: &Path, recorder_url: &str, token: &Path) -> Self {
+    fn start(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        ca_key: &Path,
+        recorder_url: &str,
+        token: &Path,
+    ) -> Self {
         let mut child = Command::new(workspace_bin("tollgate-gateway", "tollgate-gateway"))
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--spool-dir", dir.join(format!("spool-{name}")).to_str().unwrap()])
+            .args([
+                "--spool-dir",
+                dir.join(format!("spool-{name}")).to_str().unwrap(),
+            ])
             .args(["--namespace", "demo", "--service-account", "app"])
-            .args(["--pod-name", name, "--pod-uid", "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"])
+            .args([
+                "--pod-name",
+                name,
+                "--pod-uid",
+                "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+            ])
             .args(["--ca-key-file", ca_key.to_str().unwrap()])
             .args(["--recorder-url", recorder_url])
             .args(["--recorder-token-file", token.to_str().unwrap()])
@@ -92,16 +107,26 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             use std::io::BufRead;
             let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
                 eprintln!("[{tag}] {line}");
             }
         });
-        let api = rx.recv_timeout(Duration::from_secs(60)).expect("gateway did not start");
+        let api = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("gateway did not start");
         Self { child, api }
     }
 
@@ -154,7 +179,10 @@ async fn gateways_share_one_recorder_quota_without_over_granting() {
     // A holds the whole remaining budget in its lease: B is denied, never over-granted.
     let (status, retry_after, message) = b.chat().await;
     assert_eq!(status, 429, "{message}");
-    assert!(message.contains("demo/shared limit daily-requests is exhausted"), "{message}");
+    assert!(
+        message.contains("demo/shared limit daily-requests is exhausted"),
+        "{message}"
+    );
     assert!(retry_after.is_some_and(|s| s > 0), "429 needs Retry-After");
 
     // A stops and returns its lease with what it consumed: the rest is free again.
@@ -164,7 +192,11 @@ async fn gateways_share_one_recorder_quota_without_over_granting() {
         statuses.push(b.chat().await.0);
     }
     allowed += statuses.iter().filter(|s| **s == 200).count();
-    assert_eq!(statuses, vec![200, 200, 429, 429], "B gets exactly what A gave back");
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429, 429],
+        "B gets exactly what A gave back"
+    );
     assert_eq!(allowed, 5, "the cap, exactly");
     b.stop();
     rec.stop();
@@ -180,13 +212,34 @@ async fn an_unreachable_authority_follows_each_quotas_fail_mode() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let closed = GatewayProcess::start(&dir, "gw-closed", &manifests(&dir, 100, "closed"), &ca_key, &nobody, &token);
+    let closed = GatewayProcess::start(
+        &dir,
+        "gw-closed",
+        &manifests(&dir, 100, "closed"),
+        &ca_key,
+        &nobody,
+        &token,
+    );
     let (status, _, message) = closed.chat().await;
     assert_eq!(status, 503, "{message}");
-    assert!(message.contains("quota authority cannot be reached"), "{message}");
+    assert!(
+        message.contains("quota authority cannot be reached"),
+        "{message}"
+    );
     closed.stop();
 
-    let open = GatewayProcess::start(&dir, "gw-open", &manifests(&dir, 100, "open"), &ca_key, &nobody, &token);
-    assert_eq!(open.chat().await.0, 200, "failMode open lets requests through");
+    let open = GatewayProcess::start(
+        &dir,
+        "gw-open",
+        &manifests(&dir, 100, "open"),
+        &ca_key,
+        &nobody,
+        &token,
+    );
+    assert_eq!(
+        open.chat().await.0,
+        200,
+        "failMode open lets requests through"
+    );
     open.stop();
 }

@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+//! The data plane's cluster path end to end: a real `tollgate-gateway` run
+//! with `--control-url` against a real `tollgate-operator` on the real API
+//! server. The gateway authenticates with a pod-bound projected token, gets
+//! its config, identity and key certificate from the control endpoint, serves
+//! a request, and picks up a policy change through the long-poll without a
+//! restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_e2e::crds::install_crds;
+use tollgate_e2e::namespace::unique_name;
+use tollgate_e2e::operator::{
+    OperatorArgs, OperatorProcess, gateway_binary, label_governed, pod_token,
+};
+use tollgate_e2e::{TestNamespace, client, eventually};
+
+struct Gateway {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
+    let mut child = Command::new(gateway_binary()?)
+        .args(["run", "--control-url", control_url])
+        .arg("--control-ca-file")
+        .arg(dir.join("ca.crt"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tollgate-gateway")?;
+    let stderr = child.stderr.take().context("gateway stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            eprintln!("[gateway] {line}");
+        }
+    });
+    let api = rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the gateway did not start listening")?;
+    Ok(Gateway { child, api })
+}
+
+/// POSTs a chat completion over plain HTTP/1.1; returns the status code.
+async fn chat(api: &str, model: &str) -> Result<u16> {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(api).await?;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let op_ns = TestNamespace::create(&client, "gwc-op").await?;
+    let app_ns = TestNamespace::create(&client, "gwc-app").await?;
+    let provider = unique_name("dry");
+    app_ns
+        .accepts(&json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+            "metadata": {"name": provider},
+            "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
+        }))
+        .await?;
+    let policy = |models: &[&str]| {
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": "apps"},
+            "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": models}]},
+        })
+    };
+    app_ns.accepts(&policy(&["dry-m"])).await?;
+    // An injected pod (created before labelling, so no parallel suite's webhook sees it).
+    let mut pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app-0", "labels": {"app": "chat"},
+                     "annotations": {"tollgate.dev/injected": "v1"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))?;
+    pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
+        .create(&PostParams::default(), &pod)
+        .await?;
+    label_governed(&client, app_ns.name()).await?;
+    let op = OperatorProcess::start(&OperatorArgs::new(op_ns.name())).await?;
+
+    let dir = std::env::temp_dir().join(unique_name("tg-gwc"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("ca.crt"), op.ca_bundle(&client).await?)?;
+    std::fs::write(
+        dir.join("token"),
+        pod_token(&client, &pod, "tollgate.dev/gateway").await?,
+    )?;
+    let gateway = start_gateway(&dir, &op.control_url())?;
+
+    ensure!(
+        chat(&gateway.api, "dry-m").await? == 200,
+        "an allowed model is served"
+    );
+    ensure!(
+        chat(&gateway.api, "other").await? == 403,
+        "an unknown model is refused"
+    );
+
+    // The spool's key certificate names this pod, issued by the control endpoint.
+    let spool = std::fs::read_dir(dir.join("spool"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .context("no spool file")?;
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&spool)?
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    )?;
+    let cert = &first["certificate"]["certificate"];
+    ensure!(cert["pod_name"] == "app-0", "{first}");
+    ensure!(cert["namespace"] == app_ns.name(), "{first}");
+    ensure!(
+        cert["pod_uid"] == pod.uid().unwrap_or_default().as_str(),
+        "{first}"
+    );
+
+    // A policy change reaches the running gateway through the long-poll.
+    app_ns.accepts(&policy(&["other-*"])).await?;
+    let api = gateway.api.clone();
+    eventually(Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            let status = chat(&api, "dry-m").await?;
+            ensure!(status == 403, "still {status}");
+            Ok(())
+        }
+    })
+    .await?;
+
+    let mut gateway = gateway;
+    Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()?;
+    ensure!(gateway.child.wait()?.success(), "gateway exit status");
+    drop(op);
+    app_ns.delete().await?;
+    op_ns.delete().await
+}

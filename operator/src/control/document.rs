@@ -1,0 +1,279 @@
+//! The documents the control endpoint returns, built purely from what the
+//! caches hold: the gateway config document with its ETag, and key
+//! certificates.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tollgate_crds::gateway_config::GatewayConfig;
+use tollgate_evidence::fields::{DnsLabel, DnsSubdomain, PodUid};
+use tollgate_evidence::{KeyCertificate, PodIdentity, PublicKey, SignedKeyCertificate, SigningKey};
+use tollgate_evidence::{KeyId, Timestamp};
+
+use super::auth::TokenIdentity;
+
+/// How long a key certificate is valid.
+pub const CERTIFICATE_VALIDITY_MILLIS: u64 = 24 * 60 * 60 * 1000;
+
+/// The pod a config document is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/gateway/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDocument {
+    pub pod: PodInfo,
+    pub config: GatewayConfig,
+    /// Secret name → key → value, for the config's providers only.
+    pub credentials: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl ConfigDocument {
+    /// The body and its ETag (hex SHA-256 of the body, unquoted).
+    pub fn render(&self) -> Result<(Vec<u8>, String), serde_json::Error> {
+        let body = serde_json::to_vec(self)?;
+        let etag = hex::encode(Sha256::digest(&body));
+        Ok((body, etag))
+    }
+}
+
+/// The credentials `config`'s providers name: only their listed keys of
+/// their Secrets (from the operator namespace). Missing Secrets and keys, and
+/// values that are not UTF-8, are left out; the gateway reports what it lacks.
+pub fn credentials_for(
+    config: &GatewayConfig,
+    secrets: &[impl AsRef<Secret>],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for source in config
+        .providers
+        .iter()
+        .filter_map(|p| p.credentials.as_ref())
+    {
+        let Some(secret) = secrets
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|s| s.metadata.name.as_deref() == Some(source.secret_name.as_str()))
+        else {
+            continue;
+        };
+        let data = secret.data.as_ref();
+        let string_data = secret.string_data.as_ref();
+        for key in &source.keys {
+            let value = data
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .or_else(|| string_data.and_then(|d| d.get(key)).cloned());
+            if let Some(value) = value {
+                out.entry(source.secret_name.clone())
+                    .or_default()
+                    .insert(key.clone(), value);
+            }
+        }
+    }
+    out
+}
+
+/// `POST /v1/gateway/certificate` request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// Standard base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+}
+
+/// `POST /v1/gateway/certificate` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateResponse {
+    pub certificate: SignedKeyCertificate,
+}
+
+/// Why a key certificate was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("publicKey is not the standard base64 of a valid Ed25519 public key")]
+    BadPublicKey,
+    #[error("the pod identity cannot go into a certificate: {0}")]
+    BadIdentity(String),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// Signs a certificate binding `public_key` to `who`, valid for 24 hours
+/// from `now_millis`.
+pub fn issue_certificate(
+    public_key_b64: &str,
+    who: &TokenIdentity,
+    now_millis: u64,
+    ca_key: &SigningKey,
+) -> Result<SignedKeyCertificate, IssueError> {
+    let public_key =
+        PublicKey::from_base64(public_key_b64).map_err(|_| IssueError::BadPublicKey)?;
+    let bad = |e: tollgate_evidence::fields::FieldError| IssueError::BadIdentity(e.to_string());
+    let pod = PodIdentity {
+        namespace: DnsLabel::new(who.namespace.clone()).map_err(bad)?,
+        service_account: DnsSubdomain::new(who.service_account.clone()).map_err(bad)?,
+        pod_name: DnsSubdomain::new(who.pod_name.clone()).map_err(bad)?,
+        pod_uid: PodUid::new(who.pod_uid.clone()).map_err(bad)?,
+    };
+    let not_before = Timestamp::from_unix_millis(now_millis).map_err(bad)?;
+    let not_after = not_before
+        .checked_add_millis(CERTIFICATE_VALIDITY_MILLIS)
+        .ok_or_else(|| IssueError::Sign("validity past year 9999".to_owned()))?;
+    let certificate = KeyCertificate::new(
+        public_key,
+        pod,
+        not_before,
+        not_after,
+        KeyId::of_signing_key(ca_key),
+    )
+    .map_err(|e| IssueError::Sign(e.to_string()))?;
+    SignedKeyCertificate::issue(certificate, ca_key).map_err(|e| IssueError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use tollgate_crds::gateway_config::{CompiledProvider, CredentialsSource};
+    use tollgate_crds::provider::ProviderApi;
+
+    use super::*;
+
+    fn provider(name: &str, secret: Option<(&str, &[&str])>) -> CompiledProvider {
+        CompiledProvider {
+            name: name.into(),
+            api: ProviderApi::Openai,
+            base_url: None,
+            hosts: vec![],
+            credentials: secret.map(|(s, keys)| CredentialsSource {
+                secret_name: s.into(),
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            }),
+            models: vec![],
+            upstream_trust: vec![],
+            connect_timeout_ms: 1,
+            first_byte_timeout_ms: 1,
+            idle_timeout_ms: 1,
+        }
+    }
+
+    fn config(providers: Vec<CompiledProvider>) -> GatewayConfig {
+        GatewayConfig {
+            version: 1,
+            namespace: "team-a".into(),
+            policy_hash: String::new(),
+            policies: vec![],
+            providers,
+            quotas: vec![],
+        }
+    }
+
+    fn secret(name: &str, data: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn only_listed_keys_of_named_secrets() {
+        let cfg = config(vec![
+            provider("openai", Some(("openai-keys", &["a", "missing", "binary"]))),
+            provider("dry", None),
+        ]);
+        let secrets = vec![
+            std::sync::Arc::new(secret(
+                "openai-keys",
+                &[("a", b"sk-1"), ("other", b"no"), ("binary", &[0xff, 0xfe])],
+            )),
+            std::sync::Arc::new(secret("unrelated", &[("a", b"leak")])),
+        ];
+        let creds = credentials_for(&cfg, &secrets);
+        assert_eq!(
+            creds,
+            BTreeMap::from([(
+                "openai-keys".to_owned(),
+                BTreeMap::from([("a".to_owned(), "sk-1".to_owned())])
+            )])
+        );
+        assert!(credentials_for(&config(vec![]), &secrets).is_empty());
+    }
+
+    #[test]
+    fn the_etag_follows_the_content() {
+        let doc = ConfigDocument {
+            pod: PodInfo {
+                namespace: "team-a".into(),
+                name: "p".into(),
+                uid: "u".into(),
+                service_account: "default".into(),
+                labels: BTreeMap::new(),
+            },
+            config: config(vec![]),
+            credentials: BTreeMap::new(),
+        };
+        let (body, etag) = doc.render().unwrap();
+        assert_eq!(etag, hex::encode(Sha256::digest(&body)));
+        assert_eq!(doc.render().unwrap().1, etag);
+        let mut changed = doc.clone();
+        changed
+            .credentials
+            .insert("s".into(), BTreeMap::from([("k".into(), "v".into())]));
+        assert_ne!(changed.render().unwrap().1, etag);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["pod"]["serviceAccount"], "default");
+        assert_eq!(json["config"]["namespace"], "team-a");
+    }
+
+    #[test]
+    fn certificates_bind_the_token_identity_for_a_day() {
+        let ca = SigningKey::from_bytes(&[3; 32]);
+        let gateway = SigningKey::from_bytes(&[4; 32]);
+        let who = TokenIdentity {
+            namespace: "team-a".into(),
+            service_account: "app".into(),
+            pod_name: "app-1".into(),
+            pod_uid: "0b5d7c1e-4a8a-4bb1-9a57-1f2f9d5e6c7a".into(),
+        };
+        let b64 = PublicKey::of_signing_key(&gateway).to_base64();
+        let now = 1_750_000_000_000;
+        let signed = issue_certificate(&b64, &who, now, &ca).unwrap();
+        signed
+            .verify_issuer(&PublicKey::of_signing_key(&ca))
+            .unwrap();
+        let c = &signed.certificate;
+        assert_eq!(c.namespace.as_str(), "team-a");
+        assert_eq!(c.service_account.as_str(), "app");
+        assert_eq!(c.pod_name.as_str(), "app-1");
+        assert_eq!(c.not_before.unix_millis(), now);
+        assert_eq!(c.not_after.unix_millis() - now, CERTIFICATE_VALIDITY_MILLIS);
+        assert_eq!(c.public_key, PublicKey::of_signing_key(&gateway));
+
+        assert!(matches!(
+            issue_certificate("not base64!", &who, now, &ca),
+            Err(IssueError::BadPublicKey)
+        ));
+        assert!(matches!(
+            issue_certificate("AAAA", &who, now, &ca),
+            Err(IssueError::BadPublicKey)
+        ));
+    }
+}

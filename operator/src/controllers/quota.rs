@@ -1,0 +1,382 @@
+//! `EgressQuota` and `ClusterEgressQuota` status: the quota is well formed,
+//! the providers its limits name exist, and per limit the usage last read
+//! from the recorder (`UsageKnown` says whether that read worked; it does not
+//! gate `Ready`, since enforcement happens in the recorder either way).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use tollgate_crds::compile::parse_rolling;
+use tollgate_crds::gateway_config::{Requirement, Selector, SelectorOperator};
+use tollgate_crds::quota::{LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects};
+use tollgate_crds::{ClusterEgressQuota, EgressQuota};
+
+use super::conditions::{Desired, Status, with_ready};
+use super::usage::{QuotaScope, QuotaToRefresh, summary};
+use super::world::{World, quota_key};
+
+pub const VALID: &str = "Valid";
+pub const PROVIDERS_RESOLVED: &str = "ProvidersResolved";
+pub const USAGE_KNOWN: &str = "UsageKnown";
+/// The condition types this controller writes.
+pub const CONDITION_TYPES: &[&str] = &[
+    tollgate_crds::conditions::READY,
+    VALID,
+    PROVIDERS_RESOLVED,
+    USAGE_KNOWN,
+];
+
+/// What this controller writes into a quota's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaOutcome {
+    pub conditions: Vec<Desired>,
+    pub limits: Vec<LimitStatus>,
+    pub summary: Option<String>,
+}
+
+/// Converts a Kubernetes label selector into the form compilation uses.
+pub fn selector(s: &LabelSelector) -> Result<Selector, String> {
+    let mut match_expressions = Vec::new();
+    for e in s.match_expressions.iter().flatten() {
+        let operator = match e.operator.as_str() {
+            "In" => SelectorOperator::In,
+            "NotIn" => SelectorOperator::NotIn,
+            "Exists" => SelectorOperator::Exists,
+            "DoesNotExist" => SelectorOperator::DoesNotExist,
+            other => {
+                return Err(format!(
+                    "selector operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                ));
+            }
+        };
+        match_expressions.push(Requirement {
+            key: e.key.clone(),
+            operator,
+            values: e.values.clone().unwrap_or_default(),
+        });
+    }
+    Ok(Selector {
+        match_labels: s.match_labels.clone().unwrap_or_default(),
+        match_expressions,
+    })
+}
+
+/// The namespaces of `world` a cluster quota selects (none if its selector is invalid).
+pub fn selected_namespaces(quota: &ClusterEgressQuota, world: &World) -> Vec<String> {
+    let Ok(sel) = selector(&quota.spec.namespace_selector) else {
+        return Vec::new();
+    };
+    world
+        .namespaces
+        .iter()
+        .filter(|(_, labels)| sel.matches(labels))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+pub fn egress_quota_status(quota: &EgressQuota, world: &World) -> QuotaOutcome {
+    let ns = quota.namespace().unwrap_or_default();
+    let key = quota_key("EgressQuota", Some(&ns), &quota.name_any());
+    common(
+        &key,
+        &quota.spec.subjects,
+        None,
+        &quota.spec.limits,
+        quota.status.as_ref(),
+        world,
+        "the quota is valid and its providers exist".into(),
+    )
+}
+
+pub fn cluster_quota_status(quota: &ClusterEgressQuota, world: &World) -> QuotaOutcome {
+    let key = quota_key("ClusterEgressQuota", None, &quota.name_any());
+    let selected = selected_namespaces(quota, world).len();
+    common(
+        &key,
+        &quota.spec.subjects,
+        Some(&quota.spec.namespace_selector),
+        &quota.spec.limits,
+        quota.status.as_ref(),
+        world,
+        format!("the quota is valid and its providers exist; it selects {selected} namespace(s)"),
+    )
+}
+
+fn common(
+    key: &str,
+    subjects: &QuotaSubjects,
+    namespace_selector: Option<&LabelSelector>,
+    limits: &[QuotaLimit],
+    current: Option<&QuotaStatus>,
+    world: &World,
+    ready_message: String,
+) -> QuotaOutcome {
+    let mut problems = Vec::new();
+    if let Some(Err(e)) = namespace_selector.map(selector) {
+        problems.push(format!("namespaceSelector: {e}"));
+    }
+    if let Some(Err(e)) = subjects.pod_selector.as_ref().map(selector) {
+        problems.push(format!("subjects.podSelector: {e}"));
+    }
+    for limit in limits {
+        match (&limit.window, &limit.rolling) {
+            (Some(_), None) => {}
+            (None, Some(r)) if parse_rolling(r).is_some() => {}
+            (None, Some(r)) => problems.push(format!(
+                "limit {:?}: rolling {r:?} is not a duration such as 90m",
+                limit.name
+            )),
+            _ => problems.push(format!(
+                "limit {:?} needs exactly one of window or rolling",
+                limit.name
+            )),
+        }
+    }
+    let valid = if problems.is_empty() {
+        Desired::gate(VALID, true, "Valid", format!("{} limit(s)", limits.len()))
+    } else {
+        Desired::gate(VALID, false, "InvalidQuota", problems.join("; "))
+    };
+
+    let mut missing: Vec<&str> = limits
+        .iter()
+        .flat_map(|l| l.providers.iter())
+        .filter(|p| world.provider(p).is_none())
+        .map(String::as_str)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    let providers = if missing.is_empty() {
+        Desired::gate(
+            PROVIDERS_RESOLVED,
+            true,
+            "Resolved",
+            "every provider named by a limit exists",
+        )
+    } else {
+        Desired::gate(
+            PROVIDERS_RESOLVED,
+            false,
+            "ProviderNotFound",
+            format!(
+                "LLMProvider {} named by a limit does not exist; that limit counts nothing from it",
+                missing.join(", ")
+            ),
+        )
+    };
+
+    let observation = world.usage.get(key);
+    let usage_known = match observation {
+        None => Desired::info(
+            USAGE_KNOWN,
+            Status::Unknown,
+            "Pending",
+            "usage has not been read from the recorder yet",
+        ),
+        Some(o) => match &o.error {
+            None => Desired::info(
+                USAGE_KNOWN,
+                Status::True,
+                "UsageReported",
+                "usage as last read from the recorder",
+            ),
+            Some(e) => Desired::info(
+                USAGE_KNOWN,
+                Status::False,
+                "RecorderUnavailable",
+                format!("{e}; showing the last values read"),
+            ),
+        },
+    };
+
+    // The newest values read, else what the status already shows: a recorder
+    // outage keeps the last values. Limits no longer in the spec are dropped.
+    let values: Vec<LimitStatus> = observation
+        .and_then(|o| o.limits.clone())
+        .or_else(|| current.map(|c| c.limits.clone()))
+        .unwrap_or_default();
+    let by_name: BTreeMap<&str, &LimitStatus> =
+        values.iter().map(|v| (v.name.as_str(), v)).collect();
+    let limit_statuses: Vec<LimitStatus> = limits
+        .iter()
+        .filter_map(|l| by_name.get(l.name.as_str()).map(|v| (*v).clone()))
+        .collect();
+    QuotaOutcome {
+        conditions: with_ready(vec![valid, providers, usage_known], &ready_message),
+        summary: summary(limits, &limit_statuses),
+        limits: limit_statuses,
+    }
+}
+
+/// The quotas of `world` as the usage refresh needs them.
+pub fn quotas_to_refresh(world: &World) -> Vec<QuotaToRefresh> {
+    let mut out = Vec::new();
+    for q in &world.quotas {
+        let ns = q.namespace().unwrap_or_default();
+        out.push(QuotaToRefresh {
+            key: quota_key("EgressQuota", Some(&ns), &q.name_any()),
+            query_namespace: Some(ns.clone()),
+            scope: QuotaScope {
+                namespaces: [ns].into_iter().collect(),
+                service_accounts: q.spec.subjects.service_accounts.clone(),
+            },
+            limits: q.spec.limits.clone(),
+        });
+    }
+    for q in &world.cluster_quotas {
+        out.push(QuotaToRefresh {
+            key: quota_key("ClusterEgressQuota", None, &q.name_any()),
+            query_namespace: None,
+            scope: QuotaScope {
+                namespaces: selected_namespaces(q, world).into_iter().collect(),
+                service_accounts: q.spec.subjects.service_accounts.clone(),
+            },
+            limits: q.spec.limits.clone(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::provider::tests::good_world;
+    use crate::controllers::usage::UsageObservation;
+    use tollgate_crds::quota::QuotaAmounts;
+
+    const BATCH: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressQuota
+metadata: {name: batch-jobs, namespace: team-a, generation: 1}
+spec:
+  subjects: {serviceAccounts: [batch-runner]}
+  limits:
+  - {name: monthly-cost, window: month, costMicroUSD: 50000000}
+  - {name: hourly-gpt4o, window: hour, tokens: 2000000, models: ["gpt-4o*"], providers: [openai]}
+"#;
+
+    const ALL_TEAMS: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ClusterEgressQuota
+metadata: {name: all-teams}
+spec:
+  namespaceSelector: {matchLabels: {tollgate.dev/inject: enabled}}
+  limits:
+  - {name: rolling-requests, rolling: 1h30m, requests: 100000}
+"#;
+
+    fn quota() -> EgressQuota {
+        serde_saphyr::from_str(BATCH).unwrap()
+    }
+
+    fn used(name: &str, cost: u64) -> LimitStatus {
+        LimitStatus {
+            name: name.into(),
+            used: QuotaAmounts {
+                cost_micro_usd: Some(cost),
+                ..QuotaAmounts::default()
+            },
+            remaining: QuotaAmounts::default(),
+            reset_at: None,
+        }
+    }
+
+    #[test]
+    fn a_quota_without_usage_yet_is_ready_with_usage_pending() {
+        let out = egress_quota_status(&quota(), &good_world());
+        assert_eq!(
+            out.conditions[0].status,
+            Status::True,
+            "{:?}",
+            out.conditions
+        );
+        let usage = out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == USAGE_KNOWN)
+            .unwrap();
+        assert_eq!(usage.status, Status::Unknown);
+        assert!(out.limits.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_recorder_keeps_the_last_values_and_stays_ready() {
+        let mut world = good_world();
+        world.usage.insert(
+            "EgressQuota/team-a/batch-jobs".into(),
+            UsageObservation {
+                limits: Some(vec![used("monthly-cost", 7), used("removed-limit", 1)]),
+                error: Some("recorder down".into()),
+            },
+        );
+        let out = egress_quota_status(&quota(), &world);
+        assert_eq!(out.conditions[0].status, Status::True);
+        let usage = out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == USAGE_KNOWN)
+            .unwrap();
+        assert_eq!(
+            (usage.status, usage.reason.as_str()),
+            (Status::False, "RecorderUnavailable")
+        );
+        assert_eq!(
+            out.limits,
+            vec![used("monthly-cost", 7)],
+            "limits not in the spec are dropped"
+        );
+        assert_eq!(
+            out.summary.as_deref(),
+            Some("costMicroUSD 7/50000000 (month)")
+        );
+    }
+
+    #[test]
+    fn values_already_in_the_status_survive_a_restart_without_a_recorder() {
+        let mut q = quota();
+        q.status = Some(QuotaStatus {
+            limits: vec![used("monthly-cost", 9)],
+            ..QuotaStatus::default()
+        });
+        let out = egress_quota_status(&q, &good_world());
+        assert_eq!(out.limits, vec![used("monthly-cost", 9)]);
+    }
+
+    #[test]
+    fn a_limit_naming_a_missing_provider_is_reported() {
+        let mut world = good_world();
+        world.providers.clear();
+        let out = egress_quota_status(&quota(), &world);
+        assert_eq!(out.conditions[0].status, Status::False);
+        assert_eq!(out.conditions[0].reason, "ProviderNotFound");
+    }
+
+    #[test]
+    fn a_cluster_quota_selects_namespaces_by_label_and_checks_its_limits() {
+        let mut world = good_world();
+        world.namespaces.insert(
+            "team-a".into(),
+            [("tollgate.dev/inject".to_string(), "enabled".to_string())].into(),
+        );
+        world.namespaces.insert("other".into(), BTreeMap::new());
+        let q: ClusterEgressQuota = serde_saphyr::from_str(ALL_TEAMS).unwrap();
+        assert_eq!(selected_namespaces(&q, &world), ["team-a"]);
+        let out = cluster_quota_status(&q, &world);
+        assert_eq!(out.conditions[0].status, Status::True);
+        assert!(out.conditions[0].message.contains("1 namespace"));
+
+        let mut bad = q.clone();
+        bad.spec.limits[0].rolling = Some("1x".into());
+        let out = cluster_quota_status(&bad, &world);
+        assert_eq!(out.conditions[0].reason, "InvalidQuota");
+
+        let refresh = quotas_to_refresh(&World {
+            cluster_quotas: vec![q],
+            ..world
+        });
+        assert_eq!(refresh.len(), 1);
+        assert_eq!(refresh[0].query_namespace, None);
+        assert!(refresh[0].scope.namespaces.contains("team-a"));
+    }
+}

@@ -1,0 +1,202 @@
+//! [`World`]: the snapshot of cluster state one reconcile pass reads. Plain
+//! data, so that every `status_for` function is pure and tested without an API
+//! server. Secrets appear only as the names of their keys: values are never
+//! held here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use tollgate_crds::compile::{ClusterObjects, Compiled, compile_namespace_config};
+use tollgate_crds::{
+    ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, RecorderConfig, TrustAnchor,
+};
+
+use super::usage::UsageObservation;
+
+/// The label that puts a namespace under Tollgate.
+pub const INJECT_LABEL: &str = "tollgate.dev/inject";
+
+/// Everything a pass reads.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub now: Timestamp,
+    pub operator_namespace: String,
+    pub providers: Vec<LLMProvider>,
+    pub policies: Vec<EgressPolicy>,
+    pub quotas: Vec<EgressQuota>,
+    pub cluster_quotas: Vec<ClusterEgressQuota>,
+    pub trust_anchors: Vec<TrustAnchor>,
+    pub recorder_configs: Vec<RecorderConfig>,
+    /// Secrets of the operator namespace: name → key names.
+    pub secrets: BTreeMap<String, BTreeSet<String>>,
+    /// Namespaces: name → labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Quota usage last read from the recorder, by [`quota_key`].
+    pub usage: BTreeMap<String, UsageObservation>,
+}
+
+impl World {
+    pub fn provider(&self, name: &str) -> Option<&LLMProvider> {
+        self.providers.iter().find(|p| p.name_any() == name)
+    }
+
+    pub fn trust_anchor(&self, name: &str) -> Option<&TrustAnchor> {
+        self.trust_anchors.iter().find(|a| a.name_any() == name)
+    }
+
+    /// Whether `namespace` carries `tollgate.dev/inject=enabled`.
+    pub fn is_governed(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .and_then(|labels| labels.get(INJECT_LABEL))
+            .is_some_and(|v| v == "enabled")
+    }
+
+    /// Compiles the gateway config of `namespace` from this snapshot.
+    pub fn compile(&self, namespace: &str) -> Compiled {
+        let empty = BTreeMap::new();
+        let labels = self.namespaces.get(namespace).unwrap_or(&empty);
+        compile_namespace_config(
+            namespace,
+            labels,
+            ClusterObjects {
+                providers: &self.providers,
+                policies: &self.policies,
+                quotas: &self.quotas,
+                cluster_quotas: &self.cluster_quotas,
+                trust_anchors: &self.trust_anchors,
+            },
+        )
+    }
+}
+
+/// The key under which a quota's usage is kept: `EgressQuota/ns/name` or
+/// `ClusterEgressQuota/name`, as in compilation problems.
+pub fn quota_key(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+/// The key names of the Secrets of one namespace, kept from watch events.
+/// Values are dropped as soon as the event is read.
+#[derive(Debug, Default)]
+pub struct SecretKeyIndex {
+    current: BTreeMap<String, BTreeSet<String>>,
+    /// Objects of a relist in progress; swapped in at its end.
+    relisting: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// Whether a first full list has completed.
+    ready: bool,
+}
+
+impl SecretKeyIndex {
+    fn keys_of(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeSet<String> {
+        let mut keys: BTreeSet<String> =
+            secret.data.iter().flat_map(|d| d.keys().cloned()).collect();
+        keys.extend(secret.string_data.iter().flat_map(|d| d.keys().cloned()));
+        keys
+    }
+
+    /// Applies one watch event.
+    pub fn apply(
+        &mut self,
+        event: kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Secret>,
+    ) {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Apply(s) => {
+                self.current.insert(s.name_any(), Self::keys_of(&s));
+            }
+            Event::Delete(s) => {
+                self.current.remove(&s.name_any());
+            }
+            Event::Init => self.relisting = Some(BTreeMap::new()),
+            Event::InitApply(s) => {
+                self.relisting
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(s.name_any(), Self::keys_of(&s));
+            }
+            Event::InitDone => {
+                if let Some(listed) = self.relisting.take() {
+                    self.current = listed;
+                }
+                self.ready = true;
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::watcher::Event;
+
+    fn secret(name: &str, keys: &[&str]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|k| ((*k).to_string(), ByteString(b"value".to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn secret_index_keeps_key_names_and_relists_atomically() {
+        let mut index = SecretKeyIndex::default();
+        assert!(!index.is_ready());
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(secret("a", &["k1", "k2"])));
+        assert!(index.snapshot().is_empty(), "not visible before InitDone");
+        index.apply(Event::InitDone);
+        assert!(index.is_ready());
+        assert_eq!(
+            index.snapshot()["a"],
+            BTreeSet::from(["k1".to_string(), "k2".to_string()])
+        );
+
+        index.apply(Event::Apply(secret("b", &["x"])));
+        index.apply(Event::Delete(secret("a", &[])));
+        assert_eq!(index.snapshot().keys().collect::<Vec<_>>(), ["b"]);
+
+        // A relist replaces everything: "b" vanished while the watch was down.
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(secret("c", &[])));
+        index.apply(Event::InitDone);
+        assert_eq!(index.snapshot().keys().collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn governed_means_inject_enabled() {
+        let mut world = World::default();
+        world.namespaces.insert(
+            "on".into(),
+            BTreeMap::from([(INJECT_LABEL.to_string(), "enabled".to_string())]),
+        );
+        world.namespaces.insert(
+            "off".into(),
+            BTreeMap::from([(INJECT_LABEL.to_string(), "disabled".to_string())]),
+        );
+        assert!(world.is_governed("on"));
+        assert!(!world.is_governed("off"));
+        assert!(!world.is_governed("missing"));
+    }
+}
