@@ -274,6 +274,7 @@ litellm_settings: {{drop_params: true, telemetry: false}}
         m = re.search(r"^tollgate_gateway_receipts_written\s+(\d+)", metrics, re.M)
         if m:
             results["receipts_written"] = int(m.group(1))
+        results["admission"] = admission_bench()
     finally:
         stop_all()
         logs.close()
@@ -309,12 +310,32 @@ litellm_settings: {{drop_params: true, telemetry: false}}
                               "added_p99_us": added(r[f"{name}@100"], r["direct@100"], "p99_us"),
                               "added_p999_us": added(r[f"{name}@100"], r["direct@100"], "p999_us")}
                        for name in ("gateway", "nginx", "litellm") if f"{name}@100" in r},
+        "admission": results.get("admission"),
         "raw": results,
     }
     out = ROOT / "bench" / "results" / "latest.json"
     out.write_text(json.dumps(latest, indent=2) + "\n")
     write_markdown(latest)
     print(json.dumps({k: latest[k] for k in ("gateway", "nginx", "litellm")}, indent=2))
+
+
+def admission_bench():
+    """Server-side admission review latency: 100 concurrent reviews through the
+    webhook router in process (operator/examples/admission_bench.rs)."""
+    proc = subprocess.run([str(REL / "examples" / "admission_bench")], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        print(f"bench: admission_bench failed: {proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    out = {}
+    m = re.search(r"(\d+) reviews, (\d+) concurrent, (\d+) reviews/s", proc.stdout)
+    if m:
+        out.update(reviews=int(m.group(1)), concurrent=int(m.group(2)), reviews_per_s=int(m.group(3)))
+    for line in proc.stdout.splitlines():
+        m = re.match(r"(\S+)\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", line)
+        if m:
+            key = "all" if m.group(1) == "all" else m.group(1).strip("/").replace("/", "_")
+            out[key] = {"p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))}
+    return out
 
 
 def fmt(v, unit=""):
@@ -325,6 +346,28 @@ def ratio(a, b):
     if a is None or b in (None, 0):
         return "n/a"
     return f"{a / b:.2f}×"
+
+
+def met(ok):
+    return "yes" if ok else "**no**"
+
+
+def admission_markdown(a):
+    if not a:
+        return "\n## Admission review latency\n\nNot measured in this run (admission_bench failed).\n"
+    rows = "\n".join(f"| {k} | {v['p50_ms']:.3f} ms | {v['p99_ms']:.3f} ms |" for k, v in a.items() if isinstance(v, dict))
+    return f"""
+## Admission review latency
+
+`operator/examples/admission_bench.rs` (release build): {a.get('concurrent')} tasks send
+{a.get('reviews')} reviews in all through the operator's webhook router in process (JSON
+in, JSON out; no TLS, no API server), cycling through injecting a two-container pod,
+validating the injected pod and validating a Deployment. {a.get('reviews_per_s')} reviews/s.
+
+| Webhook | p50 | p99 |
+|---|---|---|
+{rows}
+"""
 
 
 def write_markdown(latest):
@@ -370,6 +413,17 @@ gateway runs with receipts (signed, chained, fsynced to the spool) and quota enf
 | Streaming: added gap between events, p50 / p99 | {fmt(g['sse_added_gap_p50_us'])} / {fmt(g['sse_added_gap_p99_us'])} µs |
 
 Streaming uses 64 deltas 20 ms apart per response, 20 responses, 5 at a time.
+
+""" + admission_markdown(latest.get("admission")) + f"""
+## Targets
+
+| Target | Measured | Met |
+|---|---|---|
+| gateway added p99 ≤ 2× nginx's at 1k rps | {ratio(g["added_p99_us"], n["added_p99_us"])} | {met(g["added_p99_us"] is not None and n["added_p99_us"] not in (None, 0) and g["added_p99_us"] <= 2 * max(n["added_p99_us"], 1))} |
+| gateway added p99 ≥ 10× lower than LiteLLM's | {ratio(l["added_p99_us"], g["added_p99_us"])} lower | {met(l["added_p99_us"] is not None and g["added_p99_us"] is not None and l["added_p99_us"] >= 10 * max(g["added_p99_us"], 1))} |
+| gateway RSS idle ≤ 20 MB | {fmt(g['rss_idle_mb'], ' MB')} | {met(g['rss_idle_mb'] is not None and g['rss_idle_mb'] <= 20)} |
+| gateway RSS at 1k rps ≤ 40 MB | {fmt(g['rss_1k_mb'], ' MB')} | {met(g['rss_1k_mb'] is not None and g['rss_1k_mb'] <= 40)} |
+| admission review p99 ≤ 5 ms at 100 concurrent | {fmt((latest.get("admission") or {}).get("all", {}).get("p99_ms"), ' ms')} | {met((latest.get("admission") or {}).get("all", {}).get("p99_ms", 1e9) <= 5)} |
 
 Evidence and recorder microbenchmarks (signing and verification rates as ratios to raw
 Ed25519 in the same run) are in `docs/evidence.md` and `docs/recorder.md`.
