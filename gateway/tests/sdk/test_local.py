@@ -23,6 +23,7 @@ import pytest
 
 from conftest import (
     CLI_BIN,
+    OPENAI_KEYS,
     PROMPT_MARKER,
     REPO,
     Mocks,
@@ -156,7 +157,9 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
 
 
 def test_live_provider_key_comes_from_the_environment(binaries, tmp_path: Path, pki: Pki, mocks: Mocks) -> None:
-    key = f"sk-from-env-{new_corr()}"
+    # The shared mock's privacy sweep (test_sdk.py) checks that upstream only
+    # ever saw the suite's injected keys, so the environment carries one of them.
+    key = OPENAI_KEYS["key-a"]
     docs = [d for d in base_providers(pki, mocks) if d["kind"] != "Secret"]
     docs += [
         doc("Secret", "openai-keys", api_version="v1", stringData={"key-a": "${TG_LOCAL_OPENAI_KEY}", "key-b": "${TG_LOCAL_OPENAI_KEY}"}),
