@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 use tollgate_crds::EgressPolicy;
-use tollgate_crds::gateway_config::{Requirement, Selector, SelectorOperator};
+use tollgate_crds::gateway_config::Selector;
 use tollgate_crds::policy::{EgressRule, PolicyMode};
 
 /// The part of an `EgressPolicy` admission needs.
@@ -49,25 +49,7 @@ impl PolicySummary {
 /// A Kubernetes label selector as a [`Selector`]; `None` if an operator is
 /// unknown (the API server's schema normally prevents that).
 pub fn selector_of(selector: &LabelSelector) -> Option<Selector> {
-    let mut match_expressions = Vec::new();
-    for e in selector.match_expressions.iter().flatten() {
-        let operator = match e.operator.as_str() {
-            "In" => SelectorOperator::In,
-            "NotIn" => SelectorOperator::NotIn,
-            "Exists" => SelectorOperator::Exists,
-            "DoesNotExist" => SelectorOperator::DoesNotExist,
-            _ => return None,
-        };
-        match_expressions.push(Requirement {
-            key: e.key.clone(),
-            operator,
-            values: e.values.clone().unwrap_or_default(),
-        });
-    }
-    Some(Selector {
-        match_labels: selector.match_labels.clone().unwrap_or_default(),
-        match_expressions,
-    })
+    tollgate_crds::compile::convert_selector(selector).ok()
 }
 
 /// What the webhook shell knows from its caches.

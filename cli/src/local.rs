@@ -23,7 +23,7 @@ use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key};
 use tollgate_recorder::server::ServeOptions;
 use tollgate_recorder::shipper::FileToken;
 
-use crate::compile::{ManifestObjects, parse_labels};
+use crate::compile::{ManifestObjects, create_private_dir, parse_labels};
 
 /// The trust anchor auditors verify local bundles against.
 pub const TRUST_ANCHOR_FILE: &str = "trust-anchor.yaml";
@@ -201,17 +201,6 @@ fn local_pod(namespace: &str) -> anyhow::Result<PodIdentity> {
         pod_name: DnsSubdomain::new("tollgate-local".to_string())?,
         pod_uid: PodUid::new(uuid::Uuid::now_v7().hyphenated().to_string())?,
     })
-}
-
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("chmod {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {

@@ -370,7 +370,9 @@ pub fn parse_rolling(text: &str) -> Option<u64> {
     (number.is_none() && total > 0).then_some(total)
 }
 
-fn convert_selector(selector: &LabelSelector) -> Result<Selector, String> {
+/// A Kubernetes label selector in the form the gateway evaluates; an error
+/// names an operator other than In, NotIn, Exists and DoesNotExist.
+pub fn convert_selector(selector: &LabelSelector) -> Result<Selector, String> {
     let mut match_expressions = Vec::new();
     for e in selector.match_expressions.iter().flatten() {
         let operator = match e.operator.as_str() {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use tollgate_crds::compile::parse_rolling;
-use tollgate_crds::gateway_config::{Requirement, Selector, SelectorOperator};
+use tollgate_crds::gateway_config::Selector;
 use tollgate_crds::quota::{LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects};
 use tollgate_crds::{ClusterEgressQuota, EgressQuota};
 
@@ -37,29 +37,7 @@ pub struct QuotaOutcome {
 
 /// Converts a Kubernetes label selector into the form compilation uses.
 pub fn selector(s: &LabelSelector) -> Result<Selector, String> {
-    let mut match_expressions = Vec::new();
-    for e in s.match_expressions.iter().flatten() {
-        let operator = match e.operator.as_str() {
-            "In" => SelectorOperator::In,
-            "NotIn" => SelectorOperator::NotIn,
-            "Exists" => SelectorOperator::Exists,
-            "DoesNotExist" => SelectorOperator::DoesNotExist,
-            other => {
-                return Err(format!(
-                    "selector operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
-                ));
-            }
-        };
-        match_expressions.push(Requirement {
-            key: e.key.clone(),
-            operator,
-            values: e.values.clone().unwrap_or_default(),
-        });
-    }
-    Ok(Selector {
-        match_labels: s.match_labels.clone().unwrap_or_default(),
-        match_expressions,
-    })
+    tollgate_crds::compile::convert_selector(s)
 }
 
 /// The namespaces of `world` a cluster quota selects (none if its selector is invalid).
