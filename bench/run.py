@@ -424,7 +424,16 @@ Streaming uses 64 deltas 20 ms apart per response, 20 responses, 5 at a time.
 | gateway added p99 ≥ 10× lower than LiteLLM's | {ratio(l["added_p99_us"], g["added_p99_us"])} lower | {met(l["added_p99_us"] is not None and g["added_p99_us"] is not None and l["added_p99_us"] >= 10 * max(g["added_p99_us"], 1))} |
 | gateway RSS idle ≤ 20 MB | {fmt(g['rss_idle_mb'], ' MB')} | {met(g['rss_idle_mb'] is not None and g['rss_idle_mb'] <= 20)} |
 | gateway RSS at 1k rps ≤ 40 MB | {fmt(g['rss_1k_mb'], ' MB')} | {met(g['rss_1k_mb'] is not None and g['rss_1k_mb'] <= 40)} |
+| gateway added p50 ≤ 100 µs at 1k rps (gateway issue) | {fmt(g["added_p50_us"], ' µs')} (nginx {fmt(n["added_p50_us"], ' µs')}) | {met(g["added_p50_us"] is not None and g["added_p50_us"] <= 100)} |
+| gateway added p99 ≤ 500 µs at 1k rps (gateway issue) | {fmt(g["added_p99_us"], ' µs')} | {met(g["added_p99_us"] is not None and g["added_p99_us"] <= 500)} |
+| streaming added TTFB ≤ 200 µs (gateway issue) | {fmt(g['sse_added_ttfb_p50_us'], ' µs')} (nginx {fmt(n['sse_added_ttfb_p50_us'], ' µs')}) | {met(g['sse_added_ttfb_p50_us'] is not None and g['sse_added_ttfb_p50_us'] <= 200)} |
 | admission review p99 ≤ 5 ms at 100 concurrent | {fmt((latest.get("admission") or {}).get("all", {}).get("p99_ms"), ' ms')} | {met((latest.get("admission") or {}).get("all", {}).get("p99_ms", 1e9) <= 5)} |
+
+"Added" includes the TLS hop to the upstream that every proxy pays, and the load
+generator shares the 2 cores: on this machine a plain nginx hop already costs more than
+the gateway issue's absolute p50 and streaming-TTFB targets, which is why those two are
+missed while the ratio targets are met. Profiling what the gateway adds over nginx is
+open work.
 
 Evidence and recorder microbenchmarks (signing and verification rates as ratios to raw
 Ed25519 in the same run) are in `docs/evidence.md` and `docs/recorder.md`.
