@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test deps lint unit sdk e2e crds fmt
+.PHONY: test deps lint unit sdk e2e crds fmt images images-test
 
 ## test: everything CI runs: dependencies, lints, unit and integration tests,
 ## the SDK suite, and e2e.
@@ -38,3 +38,16 @@ crds:
 ## fmt: format the code.
 fmt:
 	$(CARGO) fmt --all
+
+## images: the operator, recorder and gateway images as target/images/NAME.tar
+## (docker-archive, for `ctr images import`), no container engine needed.
+## PROFILE=debug uses target/debug; binaries lose debug info (STRIP=none keeps
+## it); E2E_IMAGES=1 adds pause and app.
+PROFILE ?= release
+images:
+	PROFILE=$(PROFILE) CARGO="$(CARGO)" images/build.sh
+
+## images-test: the image archives agree with the Dockerfile and the chart
+## (no .pytest_cache left in the tree).
+images-test:
+	python3 -m pytest -q -p no:cacheprovider images/test_images.py

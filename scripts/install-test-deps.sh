@@ -13,7 +13,23 @@ command -v iptables-restore >/dev/null || need_apt+=(iptables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+# The node suite (e2e/cluster.sh up --with-node): its own containerd with runc
+# and the CNI plugins, socat (the API server relay), conntrack (kube-proxy);
+# the image build (images/build.sh): strip from binutils.
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v socat >/dev/null || need_apt+=(socat)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
+command -v strip >/dev/null || need_apt+=(binutils)
 
+# images/rootfs.sh downloads the images' Debian packages: it needs package lists.
+lists_ok=1
+apt-cache policy libc6 2>/dev/null | grep -q 'Candidate: [0-9]' || lists_ok=0
+
+if [ "${#need_apt[@]}" -eq 0 ] && [ "$lists_ok" = 0 ]; then
+  apt-get update -qq
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

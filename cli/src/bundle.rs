@@ -113,20 +113,37 @@ async fn export_local(
     Ok(bytes)
 }
 
-async fn export_remote(args: &ExportArgs) -> anyhow::Result<Vec<u8>> {
-    let (client, base, token) = args.source.remote()?;
-    let query: Vec<String> = {
-        let mut p: Vec<(String, String)> = params(args).into_iter().collect();
-        p.sort();
-        p.into_iter()
-            .map(|(k, v)| format!("{k}={}", encode(&v)))
-            .collect()
-    };
-    let url = if query.is_empty() {
-        format!("{base}/v1/bundle")
+fn query_suffix(args: &ExportArgs) -> String {
+    let mut p: Vec<(String, String)> = params(args).into_iter().collect();
+    p.sort();
+    let query: Vec<String> = p
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", encode(&v)))
+        .collect();
+    if query.is_empty() {
+        String::new()
     } else {
-        format!("{base}/v1/bundle?{}", query.join("&"))
-    };
+        format!("?{}", query.join("&"))
+    }
+}
+
+/// The bundle through the API server's aggregation layer, as the kubeconfig's identity.
+async fn export_through_api_server(args: &ExportArgs) -> anyhow::Result<Vec<u8>> {
+    let client = crate::cluster::client().await?;
+    let path = format!("{}/bundles{}", crate::cluster::API_BASE, query_suffix(args));
+    let body = crate::cluster::get(&client, &path).await?;
+    if body.len() as u64 > MAX_EXPORT_BYTES {
+        bail!("the bundle is over {MAX_EXPORT_BYTES} bytes; export a smaller range");
+    }
+    Ok(body.into_bytes())
+}
+
+async fn export_remote(args: &ExportArgs) -> anyhow::Result<Vec<u8>> {
+    if args.source.recorder.is_none() {
+        return export_through_api_server(args).await;
+    }
+    let (client, base, token) = args.source.remote()?;
+    let url = format!("{base}/v1/bundle{}", query_suffix(args));
     let response = client
         .send(
             http::Method::GET,

@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bundle;
+mod cluster;
 mod compile;
 mod crds;
 mod doctor;
 mod inject;
+mod keys;
 mod lint;
 mod local;
 mod reconcile;
@@ -39,6 +41,9 @@ enum Command {
     Usage(usage::UsageArgs),
     /// Export evidence bundles from a recorder.
     Bundle(bundle::BundleArgs),
+    /// Print the cluster's trust anchors (receipt CA and recorder keys) as the
+    /// TrustAnchor YAML an auditor keeps for `verify --trust-anchor`.
+    Keys(keys::KeysArgs),
     /// Compare receipts in a bundle with a provider's usage export.
     Reconcile(reconcile::ReconcileArgs),
     /// Inject the gateway into pods and workload templates offline, as the webhook would.
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args, &mut stdout),
         Command::Usage(args) => usage::run(&args, &mut stdout),
         Command::Bundle(args) => bundle::run(&args, &mut stdout),
+        Command::Keys(args) => keys::run(&args, &mut stdout),
         Command::Reconcile(args) => reconcile::run(&args, &mut stdout),
         Command::Inject(args) => inject::run(&args, &mut stdout),
         Command::Lint(args) => lint::run(&args, &mut stdout),

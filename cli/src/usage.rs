@@ -1,5 +1,6 @@
 //! `kubectl tollgate usage`: who used what, from a local recorder's SQLite store
-//! (`--local DATA_DIR`) or a recorder's API (`--recorder URL --token-file FILE`).
+//! (`--local DATA_DIR`), a recorder's API (`--recorder URL --token-file FILE`), or,
+//! with neither, the cluster of the kubeconfig through its API server.
 //! Prints a table (groups, then a TOTAL row, then warnings) or the recorder's JSON
 //! report, whose top-level `total` holds `requests`, `input_tokens`,
 //! `output_tokens` and `cost_micro_usd`.
@@ -166,19 +167,13 @@ async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
         let store = SqliteStore::open(&db)?;
         return Ok(tollgate_recorder::usage::report(&store, &query).await?);
     }
-    let (client, base, token) = args.source.remote()?;
-    let mut url = format!("{base}/v1/usage?since={}", encode(&args.since));
-    if let Some(u) = &args.until {
-        url.push_str(&format!("&until={}", encode(u)));
+    if args.source.recorder.is_none() {
+        return fetch_through_api_server(args, ns.as_deref()).await;
     }
+    let (client, base, token) = args.source.remote()?;
+    let mut url = format!("{base}/v1/usage?{}", query_string(args));
     if let Some(n) = &ns {
         url.push_str(&format!("&namespace={}", encode(n)));
-    }
-    if !args.by.is_empty() {
-        url.push_str(&format!("&group_by={}", encode(&args.by)));
-    }
-    if let Some(b) = &args.bucket {
-        url.push_str(&format!("&bucket={}", encode(b)));
     }
     let response = client
         .send(
@@ -197,6 +192,41 @@ async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
         );
     }
     serde_json::from_slice(&response.body).context("reading the recorder's usage report")
+}
+
+/// The query string shared by both remote paths (no namespace: the API server
+/// path carries it).
+fn query_string(args: &UsageArgs) -> String {
+    let mut q = format!("since={}", encode(&args.since));
+    if let Some(u) = &args.until {
+        q.push_str(&format!("&until={}", encode(u)));
+    }
+    if !args.by.is_empty() {
+        q.push_str(&format!("&group_by={}", encode(&args.by)));
+    }
+    if let Some(b) = &args.bucket {
+        q.push_str(&format!("&bucket={}", encode(b)));
+    }
+    q
+}
+
+/// Usage through the API server's aggregation layer, as the kubeconfig's identity.
+async fn fetch_through_api_server(
+    args: &UsageArgs,
+    namespace: Option<&str>,
+) -> anyhow::Result<UsageReport> {
+    let client = crate::cluster::client().await?;
+    let path = match namespace {
+        Some(ns) => format!(
+            "{}/namespaces/{}/usage?{}",
+            crate::cluster::API_BASE,
+            encode(ns),
+            query_string(args)
+        ),
+        None => format!("{}/usage?{}", crate::cluster::API_BASE, query_string(args)),
+    };
+    let body = crate::cluster::get(&client, &path).await?;
+    serde_json::from_str(&body).context("reading the recorder's usage report")
 }
 
 /// Formats micro-USD as dollars with 6 decimals.

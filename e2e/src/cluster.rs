@@ -41,13 +41,17 @@ pub fn kubeconfig_path() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// True for the hosts `e2e/cluster.sh` serves on.
-pub fn is_loopback_host(host: &str) -> bool {
+/// True for the hosts `e2e/cluster.sh` serves on: loopback, or the test node's
+/// own addresses in 198.18.0.0/15 (the benchmarking range; `up --with-node`).
+pub fn is_test_cluster_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_loopback() || (v4.octets()[0] == 198 && v4.octets()[1] & 0xfe == 18)
+            }
+            std::net::IpAddr::V6(v6) => v6.is_loopback(),
+        })
 }
 
 /// A client for the e2e cluster. The suites install CRDs and webhooks
@@ -60,10 +64,10 @@ pub async fn client() -> Result<Client> {
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     let host = config.cluster_url.host().unwrap_or_default();
-    if !is_loopback_host(host) {
+    if !is_test_cluster_host(host) {
         bail!(
             "refusing to run the e2e suites against {}: they install CRDs and webhooks \
-             cluster-wide and only ever target the loopback cluster of e2e/cluster.sh",
+             cluster-wide and only ever target the cluster of e2e/cluster.sh (loopback or 198.18.0.0/15)",
             config.cluster_url
         );
     }
@@ -75,12 +79,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_hosts() {
-        for host in ["127.0.0.1", "localhost", "[::1]", "::1", "127.0.0.2"] {
-            assert!(is_loopback_host(host), "{host}");
+    fn test_cluster_hosts() {
+        for host in [
+            "127.0.0.1",
+            "localhost",
+            "[::1]",
+            "::1",
+            "127.0.0.2",
+            "198.18.0.1",
+            "198.19.255.1",
+        ] {
+            assert!(is_test_cluster_host(host), "{host}");
         }
-        for host in ["10.0.0.1", "example.com", "0.0.0.0", ""] {
-            assert!(!is_loopback_host(host), "{host}");
+        for host in [
+            "10.0.0.1",
+            "example.com",
+            "0.0.0.0",
+            "",
+            "198.20.0.1",
+            "198.17.0.1",
+            "192.168.0.1",
+        ] {
+            assert!(!is_test_cluster_host(host), "{host}");
         }
     }
 

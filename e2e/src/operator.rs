@@ -114,6 +114,11 @@ pub fn gateway_binary() -> Result<PathBuf> {
     )
 }
 
+/// The kubectl plugin (`kubectl tollgate`).
+pub fn cli_binary() -> Result<PathBuf> {
+    workspace_binary("TOLLGATE_CLI_BIN", "tollgate-cli", "kubectl-tollgate")
+}
+
 /// A binary of this workspace: `$env_override`, else `target/debug/<bin>`,
 /// which `e2e/run.sh` builds before the suites run.
 fn workspace_binary(env_override: &str, package: &str, bin: &str) -> Result<PathBuf> {

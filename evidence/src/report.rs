@@ -442,6 +442,27 @@ impl VerificationReport {
         self.verdict == Verdict::Pass
     }
 
+    /// Whether the only thing short of a pass is streams without a close record
+    /// (the streams of gateways still running), checked against trust roots:
+    /// every phase passed except stream chains, whose findings, listed and
+    /// suppressed, are exactly the open streams.
+    pub fn passed_but_open_streams(&self) -> bool {
+        if self.verdict != Verdict::Warn || !self.trust_root_given {
+            return false;
+        }
+        let Some(summary) = &self.summary else {
+            return false;
+        };
+        self.phases.iter().all(|p| match p.verdict {
+            Verdict::Pass => true,
+            Verdict::Warn if p.phase == Phase::StreamChains => {
+                p.findings.iter().all(|f| f.code == ErrorCode::StreamOpen)
+                    && p.findings.len() as u64 + p.suppressed == summary.open_streams
+            }
+            _ => false,
+        })
+    }
+
     /// The result of `phase`.
     pub fn phase(&self, phase: Phase) -> Option<&PhaseReport> {
         self.phases.iter().find(|p| p.phase == phase)

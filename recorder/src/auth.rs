@@ -45,6 +45,16 @@ pub enum Caller {
         /// The pod the token is bound to, if any.
         pod: Option<String>,
     },
+    /// A user the API server vouched for through its front proxy (the aggregated
+    /// `usage.tollgate.dev` API), whose read access the API server's authorizer
+    /// already decided (`SubjectAccessReview`).
+    Reader {
+        /// Username.
+        name: String,
+        /// The namespaces whose usage it may read; `None`: every namespace (and
+        /// bundle exports, which span them all).
+        namespaces: Option<std::collections::BTreeSet<String>>,
+    },
     /// Another Kubernetes user.
     User {
         /// Username.
@@ -62,7 +72,7 @@ impl Caller {
             Self::ServiceAccount {
                 namespace, name, ..
             } => format!("system:serviceaccount:{namespace}:{name}"),
-            Self::User { name, .. } => name.clone(),
+            Self::User { name, .. } | Self::Reader { name, .. } => name.clone(),
         }
     }
 
@@ -281,6 +291,7 @@ impl Policy {
     pub fn check_read(&self, caller: &Caller) -> Result<(), RecorderError> {
         let allowed = match caller {
             Caller::Local => true,
+            Caller::Reader { namespaces, .. } => namespaces.is_none(),
             Caller::ServiceAccount { .. } => self.readers.contains(&caller.name()),
             Caller::User { name, groups } => {
                 self.readers.contains(name)
@@ -326,9 +337,27 @@ impl Policy {
                     )))
                 }
             }
-            Caller::User { .. } => Err(RecorderError::Forbidden(
+            Caller::User { .. } | Caller::Reader { .. } => Err(RecorderError::Forbidden(
                 "only gateways (ServiceAccounts) ship receipts".into(),
             )),
+        }
+    }
+
+    /// Whether `caller` may read usage of `namespace`.
+    pub fn check_read_namespace(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+    ) -> Result<(), RecorderError> {
+        match caller {
+            Caller::Reader {
+                namespaces: Some(readable),
+                name,
+            } if !readable.contains(namespace) => Err(RecorderError::Forbidden(format!(
+                "{name} may not read usage in namespace {namespace:?}"
+            ))),
+            Caller::Reader { .. } => Ok(()),
+            _ => self.check_read(caller),
         }
     }
 
@@ -355,7 +384,7 @@ impl Policy {
                     )))
                 }
             }
-            Caller::User { .. } => Err(RecorderError::Forbidden(
+            Caller::User { .. } | Caller::Reader { .. } => Err(RecorderError::Forbidden(
                 "only gateways (ServiceAccounts) take leases".into(),
             )),
         }
@@ -411,6 +440,28 @@ mod tests {
             groups: vec!["auditors".into()],
         };
         assert!(p.check_read(&auditor).is_ok());
+    }
+
+    #[test]
+    fn readers_vouched_for_by_the_api_server_read_only_their_namespaces() {
+        let p = Policy::default();
+        let everything = Caller::Reader {
+            name: "auditor".into(),
+            namespaces: None,
+        };
+        assert!(p.check_read(&everything).is_ok());
+        assert!(p.check_read_namespace(&everything, "x").is_ok());
+        let alice = Caller::Reader {
+            name: "alice".into(),
+            namespaces: Some(["team-a".to_string()].into()),
+        };
+        assert!(
+            p.check_read(&alice).is_err(),
+            "exports span every namespace"
+        );
+        assert!(p.check_read_namespace(&alice, "team-a").is_ok());
+        assert!(p.check_read_namespace(&alice, "team-b").is_err());
+        assert!(p.check_lease(&alice, "team-a/q").is_err());
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ type CachedLog = Option<(LogCore, Option<LogMetaRow>)>;
 pub struct Recorder {
     store: Arc<dyn Store>,
     key: SigningKey,
-    trust: Arc<TrustRoots>,
+    trust: std::sync::RwLock<Arc<TrustRoots>>,
     settings: Settings,
     origin: Identifier,
     policy: Policy,
@@ -123,7 +123,7 @@ impl Recorder {
         let recorder = Self {
             store,
             key: options.key,
-            trust: Arc::new(options.trust),
+            trust: std::sync::RwLock::new(Arc::new(options.trust)),
             settings: options.settings,
             origin,
             policy: options.policy,
@@ -169,6 +169,17 @@ impl Recorder {
     /// The recorder's public key.
     pub fn public_key(&self) -> PublicKey {
         PublicKey::of_signing_key(&self.key)
+    }
+
+    /// The trust roots receipts are verified against now.
+    pub fn trust_roots(&self) -> Arc<TrustRoots> {
+        self.trust.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the trust roots (the cluster's TrustAnchors changed). Batches
+    /// already being verified finish against the roots they started with.
+    pub fn set_trust_roots(&self, roots: TrustRoots) {
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots);
     }
 
     /// The recorder's own trust anchor (role `recorder`), for auditors.
@@ -309,7 +320,7 @@ impl Recorder {
                 .acquire()
                 .await
                 .map_err(|_| RecorderError::Unavailable("shutting down".into()))?;
-            let trust = self.trust.clone();
+            let trust = self.trust_roots();
             let threads = self.verify_threads;
             tokio::task::spawn_blocking(move || verify_batch(batch, &trust, threads))
                 .await
@@ -593,6 +604,19 @@ impl Recorder {
         caller: &Caller,
     ) -> Result<UsageReport, RecorderError> {
         let own_namespace = matches!(caller, Caller::ServiceAccount { namespace, .. } if Some(namespace) == query.namespace.as_ref());
+        if let Caller::Reader {
+            namespaces: Some(_),
+            name,
+        } = caller
+        {
+            let ns = query.namespace.as_deref().ok_or_else(|| {
+                RecorderError::Forbidden(format!(
+                    "{name} may read usage of single namespaces only; ask with -n NAMESPACE"
+                ))
+            })?;
+            self.policy.check_read_namespace(caller, ns)?;
+            return crate::usage::report(self.store.as_ref(), query).await;
+        }
         if !own_namespace {
             self.policy.check_read(caller)?;
         }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{AUDIENCE, Authenticator, Policy, StaticTokens, TokenReviewer};
 use crate::clock::{Clock, SystemClock};
+use crate::http::tls::Peer;
 use crate::http::{AppState, router};
 use crate::identity::{
     IdentityError, LOCAL_TOKEN_FILE, TRUST_ANCHOR_FILE, default_origin, load_or_create_key,
@@ -174,7 +175,10 @@ pub async fn start(
         .iter()
         .any(|k| k.role == tollgate_evidence::KeyRole::ReceiptCa)
     {
-        tracing::warn!("no receiptCA trust anchor given: every receipt batch will be refused");
+        tracing::warn!(
+            "no receiptCA trust anchor file given: receipt batches are refused until one is known \
+             (in a cluster, from its TrustAnchors)"
+        );
     }
     let store = open_store(&options.storage).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -202,16 +206,56 @@ pub async fn start(
     let anchor_path = options.data_dir.join(TRUST_ANCHOR_FILE);
     std::fs::write(&anchor_path, recorder.trust_anchor_yaml())
         .map_err(|e| ServeError::Io(format!("{}: {e}", anchor_path.display())))?;
+    // In a cluster the recorder also follows the cluster's TrustAnchors and, when
+    // the API server has a front proxy, serves the aggregated usage API.
+    let mut front_proxy = None;
+    let mut access: Option<Arc<dyn crate::cluster::AccessReviewer>> = None;
+    let mut trust_follower = None;
     let auth: Arc<dyn Authenticator> = match &options.auth {
         AuthChoice::Local { token_file } => {
             Arc::new(StaticTokens::local(&load_or_create_token(token_file)?))
         }
-        AuthChoice::TokenReview => Arc::new(TokenReviewer::in_cluster(AUDIENCE).await?),
+        AuthChoice::TokenReview => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| ServeError::Options(format!("kubernetes client: {e}")))?;
+            trust_follower = Some(
+                crate::cluster::follow_trust_anchors(
+                    client.clone(),
+                    options.trust_anchors.clone(),
+                    recorder.clone(),
+                )
+                .await,
+            );
+            match crate::cluster::FrontProxy::load(client.clone()).await {
+                Ok(Some(fp)) if options.tls.is_some() => {
+                    tracing::info!(
+                        allowed_names = ?fp.allowed_names,
+                        "serving /apis/usage.tollgate.dev/v1alpha1 to the API server's front proxy"
+                    );
+                    front_proxy = Some(Arc::new(fp));
+                    access = Some(Arc::new(crate::cluster::SubjectAccessReviewer::new(
+                        client.clone(),
+                    )));
+                }
+                Ok(_) => tracing::info!(
+                    "no front proxy (requestheader) configured: the aggregated usage API is off"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "reading kube-system/extension-apiserver-authentication failed: the aggregated usage API is off"
+                ),
+            }
+            Arc::new(TokenReviewer::with_client(client, AUDIENCE))
+        }
     };
+    let client_ca = front_proxy.as_ref().map(|fp| fp.client_ca_pem.clone());
     let app = router(AppState {
         recorder: recorder.clone(),
         auth,
         max_body_bytes,
+        front_proxy,
+        access,
     });
     let tcp = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -235,10 +279,11 @@ pub async fn start(
     };
     let handle = match &options.tls {
         Some((cert, key)) => {
-            let config = crate::http::tls::server_config(cert, key)?;
+            let config = crate::http::tls::server_config(cert, key, client_ca.as_deref())?;
             let listener = crate::http::tls::TlsListener::new(tcp, config)
                 .map_err(|e| ServeError::Io(e.to_string()))?;
             tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<Peer>();
                 if let Err(e) = axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown)
                     .await
@@ -246,13 +291,20 @@ pub async fn start(
                     tracing::error!(error = %e, "server failed");
                 }
                 sealer.abort();
+                if let Some(t) = trust_follower {
+                    t.abort();
+                }
             })
         }
         None => tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<Peer>();
             if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
                 tracing::error!(error = %e, "server failed");
             }
             sealer.abort();
+            if let Some(t) = trust_follower {
+                t.abort();
+            }
         }),
     };
     Ok(Running {

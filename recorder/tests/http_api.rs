@@ -68,6 +68,8 @@ async fn api(settings: Settings) -> Api {
         recorder: rec,
         auth: Arc::new(auth),
         max_body_bytes: settings.max_body_bytes,
+        front_proxy: None,
+        access: None,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();

@@ -21,6 +21,8 @@ async fn serve() -> (Arc<Recorder>, String) {
         recorder: rec.clone(),
         auth: Arc::new(StaticTokens::local("t")),
         max_body_bytes: 16 << 20,
+        front_proxy: None,
+        access: None,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", tcp.local_addr().unwrap());

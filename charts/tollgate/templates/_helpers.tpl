@@ -78,3 +78,26 @@ capabilities:
 {{- fail "recorder.storage.type=postgres needs recorder.keySecret.name: without a volume the checkpoint key must come from a Secret, the same for every replica and every restart" -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+The recorder's self-signed serving certificate and CA (base64), as YAML: kept
+from the existing Secret on upgrade, generated once per render otherwise and
+memoized in .Values so the Secret and the APIService's caBundle agree.
+*/ -}}
+{{- define "tollgate.recorderTLSData" -}}
+{{- if not (hasKey .Values "_recorderTLS") -}}
+{{- $secretName := include "tollgate.recorderTLSSecret" . -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName -}}
+{{- if and $existing (index $existing.data "tls.crt") -}}
+{{- $_ := set .Values "_recorderTLS" (dict "crt" (index $existing.data "tls.crt") "key" (index $existing.data "tls.key") "ca" (index $existing.data "ca.crt" | default "")) -}}
+{{- else -}}
+{{- $svc := include "tollgate.recorderName" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $ca := genCA "tollgate-recorder-ca" 3650 -}}
+{{- $dns := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) (printf "*.%s-headless.%s.svc" $svc $ns) -}}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $svc $ns) nil $dns 3650 $ca -}}
+{{- $_ := set .Values "_recorderTLS" (dict "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) "ca" ($ca.Cert | b64enc)) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml .Values._recorderTLS -}}
+{{- end -}}

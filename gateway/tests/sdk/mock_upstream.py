@@ -3,7 +3,8 @@
 
 It speaks the providers' real wire shapes (JSON bodies and SSE streams) so the
 official SDKs, through the gateway, parse its answers exactly as they would
-parse the real services'. It never calls out: it listens on 127.0.0.1 only.
+parse the real services'. It never calls out: it listens on 127.0.0.1 (or, with ``--bind``, a test node's
+own address in 198.18.0.0/15).
 
 Every request is appended to ``--log`` as one JSON line (path, lower-cased
 headers, sha256 of the body, the parsed model, stream flags, a correlation id
@@ -477,7 +478,7 @@ def serve(args: argparse.Namespace) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     ctx.set_alpn_protocols(["http/1.1"])
-    server = TLSServer(("127.0.0.1", args.port), handler, ctx)
+    server = TLSServer((args.bind, args.port), handler, ctx)
     port = server.server_address[1]
     print(f"mock_upstream: listening port={port} tag={args.tag}", flush=True)
     try:
@@ -495,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", required=True, help="JSONL file to append one record per request to")
     p.add_argument("--tag", default="mock", help="name of this instance, shown in logs and answers")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on: loopback, or a test node's own address (198.18.0.0/15)")
     p.add_argument("--marker", default="MOCKCOMPLETION", help="text every completion starts with (the privacy check greps for it)")
     p.add_argument("--redirect-to", default=None, help="base URL that model redirect-me is redirected to")
     p.add_argument("--fail-all-429", action="store_true", help="answer every API call with 429")

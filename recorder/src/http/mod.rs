@@ -13,6 +13,17 @@
 //! | GET | `/v1/bundle` | evidence bundle (`since`/`until`, or `segments=A..B`) |
 //! | GET | `/v1/trust-anchor` | the recorder's TrustAnchor (YAML) |
 //! | GET | `/live`, `/ready`, `/metrics` | health and Prometheus metrics |
+//!
+//! Through the API server's aggregation layer (`APIService v1alpha1.usage.tollgate.dev`),
+//! as the caller's own Kubernetes identity, authorized by `SubjectAccessReview`:
+//!
+//! | method | path under `/apis/usage.tollgate.dev/v1alpha1` | what |
+//! |---|---|---|
+//! | GET | `` | API discovery (`APIResourceList`) |
+//! | GET | `/usage` | usage of every namespace (`list usage` cluster-wide) |
+//! | GET | `/namespaces/{namespace}/usage` | one namespace's usage (`list usage` there) |
+//! | GET | `/bundles` | evidence bundle (`list bundles` cluster-wide) |
+//! | GET | `/recorderkeys` | the recorder's TrustAnchor (YAML; any authenticated user) |
 
 pub mod problem;
 pub mod tls;
@@ -21,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +41,9 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, Limited};
 use tollgate_evidence::Timestamp;
 
+use self::tls::Peer;
 use crate::auth::{Authenticator, Caller};
+use crate::cluster::{AccessReviewer, FrontProxy};
 use crate::error::RecorderError;
 use crate::export::{ExportRange, parse_segment_range};
 use crate::metrics::RouteLabels;
@@ -51,7 +64,14 @@ pub struct AppState {
     pub auth: Arc<dyn Authenticator>,
     /// Largest ingest body.
     pub max_body_bytes: usize,
+    /// The API server's front proxy, when the recorder serves the aggregated API.
+    pub front_proxy: Option<Arc<FrontProxy>>,
+    /// Decides what a user the front proxy vouches for may read.
+    pub access: Option<Arc<dyn AccessReviewer>>,
 }
+
+/// The aggregated API's base path.
+pub const API_BASE: &str = "/apis/usage.tollgate.dev/v1alpha1";
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -64,6 +84,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(usage))
         .route("/v1/bundle", get(bundle))
         .route("/v1/trust-anchor", get(trust_anchor))
+        .route("/apis/usage.tollgate.dev/v1alpha1", get(api_resources))
+        .route("/apis/usage.tollgate.dev/v1alpha1/usage", get(api_usage))
+        .route(
+            "/apis/usage.tollgate.dev/v1alpha1/namespaces/{namespace}/usage",
+            get(api_namespace_usage),
+        )
+        .route("/apis/usage.tollgate.dev/v1alpha1/bundles", get(api_bundle))
+        .route(
+            "/apis/usage.tollgate.dev/v1alpha1/recorderkeys",
+            get(trust_anchor),
+        )
         .route("/live", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -75,7 +106,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 16] = [
     "/v1/receipts",
     "/v1/streams/{stream_id}",
     "/v1/quota/leases",
@@ -84,6 +115,11 @@ const ROUTES: [&str; 11] = [
     "/v1/usage",
     "/v1/bundle",
     "/v1/trust-anchor",
+    "/apis/usage.tollgate.dev/v1alpha1",
+    "/apis/usage.tollgate.dev/v1alpha1/usage",
+    "/apis/usage.tollgate.dev/v1alpha1/namespaces/{namespace}/usage",
+    "/apis/usage.tollgate.dev/v1alpha1/bundles",
+    "/apis/usage.tollgate.dev/v1alpha1/recorderkeys",
     "/live",
     "/ready",
     "/metrics",
@@ -314,8 +350,16 @@ async fn bundle(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, RecorderError> {
     let caller = caller(&state, &headers).await?;
-    let range = export_range(&params, recorder_now(&state))?;
-    let bundle = state.recorder.export(range, &caller).await?;
+    export_response(&state, &params, &caller).await
+}
+
+async fn export_response(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    caller: &Caller,
+) -> Result<Response, RecorderError> {
+    let range = export_range(params, recorder_now(state))?;
+    let bundle = state.recorder.export(range, caller).await?;
     let bytes = bundle.to_json()?;
     if bytes.len() as u64 > MAX_EXPORT_BYTES {
         return Err(RecorderError::TooLarge {
@@ -329,6 +373,128 @@ async fn bundle(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+fn peer(extensions: &axum::http::Extensions) -> Option<&Peer> {
+    extensions.get::<ConnectInfo<Peer>>().map(|c| &c.0)
+}
+
+/// A user the API server's front proxy vouched for, and who decides what it may read.
+struct Vouched {
+    user: String,
+    groups: Vec<String>,
+    access: Arc<dyn AccessReviewer>,
+}
+
+/// The user and groups the API server's front proxy vouches for on this request.
+/// Only a connection whose client certificate the front-proxy CA verified, with
+/// an allowed common name, may name a user in headers.
+fn vouched_user(
+    state: &AppState,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+) -> Result<Vouched, RecorderError> {
+    let not_through_api_server = || {
+        RecorderError::Unauthenticated(
+            "this API is served through the Kubernetes API server only \
+             (kubectl tollgate usage, or kubectl get --raw /apis/usage.tollgate.dev/v1alpha1/...)"
+                .into(),
+        )
+    };
+    let (Some(front_proxy), Some(access)) = (&state.front_proxy, &state.access) else {
+        return Err(not_through_api_server());
+    };
+    let peer = peer.ok_or_else(not_through_api_server)?;
+    if !peer.client_cert || !front_proxy.accepts_name(peer.client_cn.as_deref()) {
+        return Err(not_through_api_server());
+    }
+    let (user, groups) = front_proxy.user(headers).ok_or_else(|| {
+        RecorderError::Unauthenticated("the API server's front proxy named no user".into())
+    })?;
+    Ok(Vouched {
+        user,
+        groups,
+        access: access.clone(),
+    })
+}
+
+async fn api_resources() -> Response {
+    Json(serde_json::json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "usage.tollgate.dev/v1alpha1",
+        "resources": [
+            {"name": "usage", "singularName": "usage", "namespaced": true, "kind": "Usage", "verbs": ["list"]},
+            {"name": "bundles", "singularName": "bundle", "namespaced": false, "kind": "Bundle", "verbs": ["list"]},
+            {"name": "recorderkeys", "singularName": "recorderkey", "namespaced": false, "kind": "RecorderKey", "verbs": ["list"]},
+        ],
+    }))
+    .into_response()
+}
+
+async fn api_usage(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let Vouched {
+        user,
+        groups,
+        access,
+    } = vouched_user(&state, peer(&extensions), &headers)?;
+    let query = usage_query(&params, recorder_now(&state))?;
+    let namespace = query.namespace.as_deref();
+    if !access.allowed(&user, &groups, "usage", namespace).await? {
+        return Err(RecorderError::Forbidden(match namespace {
+            Some(ns) => format!("{user} may not read usage in namespace {ns:?}"),
+            None => format!("{user} may not read usage of every namespace"),
+        }));
+    }
+    let caller = Caller::Reader {
+        name: user,
+        namespaces: namespace.map(|ns| [ns.to_string()].into()),
+    };
+    Ok(Json(state.recorder.usage(&query, &caller).await?).into_response())
+}
+
+async fn api_namespace_usage(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    if params.contains_key("namespace") {
+        return Err(RecorderError::BadRequest(
+            "the namespace is in the path; drop the namespace parameter".into(),
+        ));
+    }
+    params.insert("namespace".into(), namespace);
+    api_usage(State(state), extensions, headers, Query(params)).await
+}
+
+async fn api_bundle(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let Vouched {
+        user,
+        groups,
+        access,
+    } = vouched_user(&state, peer(&extensions), &headers)?;
+    if !access.allowed(&user, &groups, "bundles", None).await? {
+        return Err(RecorderError::Forbidden(format!(
+            "{user} may not export evidence bundles (needs list bundles.usage.tollgate.dev cluster-wide)"
+        )));
+    }
+    let caller = Caller::Reader {
+        name: user,
+        namespaces: None,
+    };
+    export_response(&state, &params, &caller).await
 }
 
 async fn trust_anchor(State(state): State<AppState>) -> Response {

@@ -34,8 +34,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A server config from PEM certificate chain and private key files.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// A server config from PEM certificate chain and private key files. With
+/// `client_ca_pem`, clients may present a certificate, which must then chain to
+/// that CA (the API server's front proxy); clients without one are still served.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_ca_pem: Option<&str>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let file_err = |path: &Path, message: String| TlsError::File {
         path: path.display().to_string(),
         message,
@@ -51,11 +57,34 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| file_err(key_path, e.to_string()))?
         .ok_or_else(|| file_err(key_path, "no PEM private key".into()))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                let cert = cert.map_err(|e| TlsError::File {
+                    path: "front-proxy client CA".into(),
+                    message: e.to_string(),
+                })?;
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::File {
+                path: "front-proxy client CA".into(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -121,5 +150,46 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// What the server knows of a connection's peer, for handlers
+/// (`ConnectInfo<Peer>`): whether it presented a client certificate that rustls
+/// verified against the front-proxy CA, and that certificate's common name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The verified client certificate's subject common name, if one was presented.
+    pub client_cn: Option<String>,
+    /// Whether a verified client certificate was presented at all.
+    pub client_cert: bool,
+}
+
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(String::from)
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let leaf = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first());
+        Self {
+            client_cn: leaf.and_then(|c| common_name(c.as_ref())),
+            client_cert: leaf.is_some(),
+        }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(_: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Self::default()
     }
 }

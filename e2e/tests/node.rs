@@ -1,0 +1,924 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)] // test code
+//! The three user stories on a real node (`e2e/cluster.sh up --with-node`: kubelet,
+//! containerd, runc, CNI, kube-proxy, scheduler, controller-manager, CoreDNS), with
+//! the images `make images` built:
+//!
+//! 1. `helm install` the chart: operators, the recorder with its volume, webhooks
+//!    served by operator pods, the aggregated usage API; all Ready.
+//! 2. A TLS upstream speaking the OpenAI and Anthropic wire formats on the node's
+//!    address, with its `LLMProvider`s, `TrustAnchor` and key Secret.
+//! 3. Policy, quota and a Deployment in a governed namespace: the sidecar is
+//!    injected, init-network fences the pod, requests go through the gateway with
+//!    the provider's key injected, direct connections and foreign DNS fail, the
+//!    quota answers 429 and its status shows used and remaining.
+//! 4. Audit with nothing but the kubeconfig: usage (a namespace admin sees only
+//!    their namespace), keys, bundle export, verify PASS while the app runs.
+//! 5. Faults: the operator leader pod deleted, the recorder pod deleted (receipts
+//!    spooled and drained, counts match exactly), a hostNetwork pod rejected.
+//!
+//! Only `e2e/run.sh` (its node stage) runs this file; without a node it fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use tollgate_e2e::namespace::unique_name;
+use tollgate_e2e::operator::cli_binary;
+use tollgate_e2e::{Kubectl, eventually, repo_root};
+
+const SYSTEM_NS: &str = "tollgate-system";
+const APP_NS: &str = "node-app";
+const FAULT_NS: &str = "node-faults";
+const NODE_IP: &str = "198.18.0.1";
+const CLUSTER_DNS: &str = "198.19.0.10";
+const GATEWAY: &str = "http://127.0.0.1:15080";
+
+fn node_env() -> Result<()> {
+    ensure!(
+        std::env::var("TOLLGATE_E2E_NODE").as_deref() == Ok("1"),
+        "this suite needs the node: run it with e2e/run.sh (its node stage starts \
+         `e2e/cluster.sh up --with-node`)"
+    );
+    Ok(())
+}
+
+fn helm_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("TOLLGATE_HELM")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .context("TOLLGATE_HELM is not set (e2e/run.sh sets it)")?;
+    ensure!(
+        bin.is_file(),
+        "TOLLGATE_HELM={} does not exist",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Runs a command to completion; its stdout, or an error with both streams.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `kubectl tollgate ARGS` with the e2e kubeconfig and nothing else.
+fn tollgate(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cli_binary().expect("kubectl-tollgate is built"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl-tollgate")
+}
+
+fn kubeconfig() -> PathBuf {
+    PathBuf::from(std::env::var_os("KUBECONFIG").expect("KUBECONFIG is set"))
+}
+
+/// A test CA and a leaf for the node's address, with openssl.
+fn upstream_pki(dir: &Path) -> Result<()> {
+    let sh = format!(
+        r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+  -days 2 -subj /CN=tollgate-node-upstream-ca -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key -out leaf.csr \
+  -subj /CN={NODE_IP} 2>/dev/null
+printf 'subjectAltName=IP:{NODE_IP}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+  -extfile leaf.ext -out leaf.crt 2>/dev/null
+cat leaf.crt ca.crt > chain.crt"#
+    );
+    run(Command::new("bash").arg("-c").arg(sh).current_dir(dir))?;
+    Ok(())
+}
+
+/// The project's mock provider (OpenAI and Anthropic wire formats over TLS), on
+/// the node's bridge address so that pods can reach it.
+struct Upstream {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Upstream {
+    fn start(dir: &Path) -> Result<Self> {
+        let log = dir.join("upstream.jsonl");
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("gateway/tests/sdk/mock_upstream.py"))
+            .arg("--cert")
+            .arg(dir.join("chain.crt"))
+            .arg("--key")
+            .arg(dir.join("leaf.key"))
+            .arg("--log")
+            .arg(&log)
+            .args(["--bind", NODE_IP, "--tag", "node"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the mock upstream")?;
+        let stdout = child.stdout.take().context("mock stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("mock upstream did not start: {line:?}"))?;
+        Ok(Self { child, port, log })
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// One POST from inside the app container, through the sidecar: (HTTP status, body).
+async fn app_post(k: &Kubectl, ns: &str, path: &str, body: &Value) -> Result<(u16, String)> {
+    // busybox wget (Debian's static build crashes with -T or -O -): -S prints the
+    // status line to stderr, the body goes to a file that is printed afterwards,
+    // also for error statuses (429, 403).
+    let body = body.to_string();
+    let url = format!("{GATEWAY}{path}");
+    let script = "rm -f /tmp/resp; wget -S -q -O /tmp/resp --header 'Content-Type: application/json' \
+                  --header 'anthropic-version: 2023-06-01' --post-data \"$1\" \"$2\"; \
+                  rc=$?; cat /tmp/resp 2>/dev/null; exit $rc";
+    let out = k
+        .output(
+            &[
+                "exec",
+                "-n",
+                ns,
+                "deploy/app",
+                "-c",
+                "app",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                &body,
+                &url,
+            ],
+            None,
+        )
+        .await?;
+    let status = out
+        .stderr
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("HTTP/1.1 ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|s| s.parse::<u16>().ok())
+        })
+        .with_context(|| {
+            format!(
+                "no HTTP status from wget in the app container: {}",
+                out.stderr
+            )
+        })?;
+    Ok((status, out.stdout))
+}
+
+fn chat(model: &str, marker: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": format!("hello {marker}")}]})
+}
+
+async fn apply(k: &Kubectl, docs: &[Value]) -> Result<()> {
+    let stream: String = docs.iter().map(|d| format!("---\n{d}\n")).collect();
+    k.run_with_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &stream,
+    )
+    .await?;
+    Ok(())
+}
+
+fn deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "app",
+                        "image": "tollgate-e2e/app:1",
+                        "imagePullPolicy": "Never",
+                        "securityContext": {"runAsUser": 1000, "runAsNonRoot": true,
+                                            "allowPrivilegeEscalation": false},
+                    }],
+                },
+            },
+        },
+    })
+}
+
+/// Applies the app Deployment in `ns` and waits until its pod is Ready; the time it took.
+async fn run_app(k: &Kubectl, ns: &str) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut d = deployment("app");
+    d["metadata"]["namespace"] = json!(ns);
+    apply(k, &[d]).await?;
+    k.run(&[
+        "rollout",
+        "status",
+        "-n",
+        ns,
+        "deploy/app",
+        "--timeout=180s",
+    ])
+    .await
+    .context("the governed Deployment did not become Ready")?;
+    Ok(t0.elapsed())
+}
+
+async fn pod_json(k: &Kubectl, ns: &str) -> Result<Value> {
+    let list: Value = serde_json::from_str(
+        &k.run(&["get", "pods", "-n", ns, "-l", "app=app", "-o", "json"])
+            .await?,
+    )?;
+    list["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        })
+        .cloned()
+        .context("no app pod")
+}
+
+fn usage_total(report: &Value) -> u64 {
+    report["total"]["requests"].as_u64().unwrap_or(0)
+}
+
+fn usage_json(kubeconfig: &Path, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["usage", "-o", "json", "--since", "2h"];
+    all.extend_from_slice(args);
+    let out = tollgate(kubeconfig, &all);
+    ensure!(
+        out.status.success(),
+        "kubectl tollgate usage failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn namespace_requests(report: &Value, ns: &str) -> u64 {
+    report["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["namespace"] == ns)
+                .map(|r| r["requests"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of every host process whose command name is `name`, in KiB.
+fn rss_kib(name: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if status.lines().next() == Some(&format!("Name:\t{}", &name[..name.len().min(15)]))
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        {
+            out.push(kib);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<()> {
+    node_env()?;
+    let k = Kubectl::from_env()?;
+    let kubeconfig = kubeconfig();
+    let work = std::env::temp_dir().join(unique_name("tg-node"));
+    std::fs::create_dir_all(&work)?;
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+
+    // ---- 1. helm install on the node --------------------------------------
+    let pv_dir = repo_root().join("e2e/.state/pv-recorder");
+    let _ = std::fs::remove_dir_all(&pv_dir);
+    std::fs::create_dir_all(&pv_dir)?;
+    run(Command::new("chown").arg("65532:65532").arg(&pv_dir))?;
+    apply(
+        &k,
+        &[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NS,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                           "pod-security.kubernetes.io/enforce-version": "latest"}}}),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": "tollgate-e2e-recorder"},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "storageClassName": "tollgate-e2e-local",
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": pv_dir.display().to_string(), "type": "Directory"}}}),
+        ],
+    )
+    .await?;
+    let t0 = Instant::now();
+    run(Command::new(helm_bin()?)
+        .args(["install", "tollgate"])
+        .arg(repo_root().join("charts/tollgate"))
+        .args(["-n", SYSTEM_NS, "--create-namespace", "-f"])
+        .arg(repo_root().join("e2e/node-values.yaml"))
+        .args(["--wait", "--timeout", "6m"])
+        .env("KUBECONFIG", &kubeconfig))
+    .context("helm install on the node")?;
+    timings.push(("helm install to Ready".into(), t0.elapsed()));
+    k.run(&[
+        "wait",
+        "--for=condition=Available",
+        "apiservice/v1alpha1.usage.tollgate.dev",
+        "--timeout=120s",
+    ])
+    .await
+    .context("the aggregated usage API did not become Available")?;
+    timings.push(("install to APIService Available".into(), t0.elapsed()));
+    let ready = k
+        .run(&["get", "pods", "-n", SYSTEM_NS, "-o",
+               "jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[*].ready}{\"\\n\"}{end}"])
+        .await?;
+    ensure!(
+        ready
+            .lines()
+            .filter(|l| l.starts_with("tollgate-operator-"))
+            .count()
+            == 2
+            && ready.lines().any(|l| l.starts_with("tollgate-recorder-0="))
+            && ready.lines().all(|l| l.ends_with("=true")),
+        "control plane pods not all ready:\n{ready}"
+    );
+    // The receipt CA the operator publishes reaches the recorder with no hand-over.
+    eventually(Duration::from_secs(60), || async {
+        k.run(&["get", "trustanchor", "tollgate-receipt-ca"])
+            .await
+            .map(|_| ())
+    })
+    .await?;
+
+    // ---- 2. the upstream and its provider objects ---------------------------
+    upstream_pki(&work)?;
+    let upstream = Upstream::start(&work)?;
+    let key = format!("sk-node-INJECTED-{}", unique_name("k"));
+    let ca_pem = std::fs::read_to_string(work.join("ca.crt"))?;
+    let base_url = format!("https://{NODE_IP}:{}", upstream.port);
+    let pricing = json!({"inputPerMillionMicroUSD": 150000, "outputPerMillionMicroUSD": 600000});
+    apply(
+        &k,
+        &[
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "node-provider-keys", "namespace": SYSTEM_NS},
+                   "stringData": {"key-a": key}}),
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "TrustAnchor",
+                   "metadata": {"name": "node-upstream-ca"},
+                   "spec": {"upstream": [{"host": NODE_IP, "caBundle": ca_pem}]}}),
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-openai"},
+                   "spec": {"api": "openai", "baseURL": base_url, "hosts": [NODE_IP],
+                            "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
+                            "models": [{"name": "gpt-4o-mini", "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-anthropic"},
+                   "spec": {"api": "anthropic", "baseURL": base_url, "hosts": [NODE_IP],
+                            "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
+                            "models": [{"name": "claude-haiku-4-5", "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+        ],
+    )
+    .await?;
+
+    // ---- 3. a governed namespace: policy, quota, a Deployment --------------
+    let policy = |ns: &str| {
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
+               "metadata": {"name": "default", "namespace": ns},
+               "spec": {"mode": "enforce", "failMode": "closed",
+                        "allow": [{"providerRef": "node-openai", "models": ["gpt-4o-mini"]},
+                                  {"providerRef": "node-anthropic", "models": ["claude-*"]}]}})
+    };
+    const QUOTA_REQUESTS: u64 = 6;
+    for ns in [APP_NS, FAULT_NS] {
+        apply(
+            &k,
+            &[json!({"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": ns, "labels": {"tollgate.dev/inject": "enabled"}}})],
+        )
+        .await?;
+        apply(&k, &[policy(ns)]).await?;
+    }
+    apply(
+        &k,
+        &[json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressQuota",
+                 "metadata": {"name": "requests", "namespace": APP_NS},
+                 "spec": {"limits": [{"name": "daily", "window": "day", "requests": QUOTA_REQUESTS}],
+                          "enforcement": "enforce", "failMode": "closed"}})],
+    )
+    .await?;
+    let pod_ready = run_app(&k, APP_NS).await?;
+    timings.push(("governed pod apply to Ready".into(), pod_ready));
+    let pod = pod_json(&k, APP_NS).await?;
+    let init = &pod["status"]["initContainerStatuses"];
+    ensure!(
+        init.as_array()
+            .is_some_and(|s| s.iter().any(|c| c["name"] == "tollgate-init-network"
+                && c["state"]["terminated"]["exitCode"] == 0)),
+        "init-network did not run to completion in the pod: {init}"
+    );
+    let names: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["spec"]["containers"].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    ensure!(
+        names.contains(&"tollgate-gateway"),
+        "no gateway sidecar: {names:?}"
+    );
+
+    let mut sent_app = 0u64;
+    // A request through the gateway, the provider's key injected upstream.
+    let marker = unique_name("m");
+    let (status, body) = app_post(
+        &k,
+        APP_NS,
+        "/v1/chat/completions",
+        &chat("gpt-4o-mini", &marker),
+    )
+    .await?;
+    sent_app += 1;
+    ensure!(
+        status == 200 && body.contains("MOCKCOMPLETION"),
+        "chat through the gateway: {status} {body}"
+    );
+    let (status, body) = app_post(
+        &k,
+        APP_NS,
+        "/v1/messages",
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await?;
+    sent_app += 1;
+    ensure!(
+        status == 200 && body.contains("MOCKCOMPLETION"),
+        "messages through the gateway: {status} {body}"
+    );
+    let seen = upstream.records();
+    ensure!(
+        seen.iter()
+            .any(|r| r["headers"]["authorization"] == format!("Bearer {key}")),
+        "the upstream never saw the provider's key as a bearer token: {seen:?}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|r| r["headers"]["x-api-key"] == key.as_str()),
+        "the Anthropic upstream never saw the provider's key: {seen:?}"
+    );
+    let env = k
+        .run(&["exec", "-n", APP_NS, "deploy/app", "-c", "app", "--", "env"])
+        .await?;
+    ensure!(
+        !env.contains(&key),
+        "the app container can see the provider key"
+    );
+    ensure!(
+        env.contains("OPENAI_BASE_URL="),
+        "injected base URLs missing: {env}"
+    );
+    // A model the policy does not allow.
+    let (status, _) = app_post(&k, APP_NS, "/v1/chat/completions", &chat("gpt-5", &marker)).await?;
+    sent_app += 1;
+    ensure!(
+        status == 403,
+        "a model outside the policy answered {status}"
+    );
+
+    // A direct connection from the app container to the upstream fails...
+    let before = upstream.records().len();
+    let direct = k
+        .output(
+            &[
+                "exec",
+                "-n",
+                APP_NS,
+                "deploy/app",
+                "-c",
+                "app",
+                "--",
+                "nc",
+                "-w",
+                "5",
+                NODE_IP,
+                &upstream.port.to_string(),
+            ],
+            Some(""),
+        )
+        .await?;
+    ensure!(
+        !direct.status.success(),
+        "a direct TCP connection to the upstream succeeded"
+    );
+    let direct_wget = k
+        .output(
+            &[
+                "exec",
+                "-n",
+                APP_NS,
+                "deploy/app",
+                "-c",
+                "app",
+                "--",
+                "wget",
+                "-q",
+                "-O",
+                "/tmp/direct",
+                &format!("{base_url}/v1/models"),
+            ],
+            None,
+        )
+        .await?;
+    ensure!(
+        !direct_wget.status.success(),
+        "a direct HTTPS request to the upstream succeeded"
+    );
+    ensure!(
+        direct_wget.stderr.contains("refused") || direct_wget.stderr.contains("reset"),
+        "the direct connection was not reset by the pod's rules: {}",
+        direct_wget.stderr
+    );
+    ensure!(
+        upstream.records().len() == before,
+        "the upstream saw a direct request"
+    );
+    // ... DNS goes to the cluster's resolver only ...
+    let dns_ok = k
+        .output(
+            &[
+                "exec",
+                "-n",
+                APP_NS,
+                "deploy/app",
+                "-c",
+                "app",
+                "--",
+                "nslookup",
+                "kubernetes.default.svc.cluster.local",
+                CLUSTER_DNS,
+            ],
+            None,
+        )
+        .await?;
+    ensure!(
+        dns_ok.status.success(),
+        "cluster DNS from the app failed: {}{}",
+        dns_ok.stdout,
+        dns_ok.stderr
+    );
+    let dns_other = std::env::var("TOLLGATE_E2E_OTHER_DNS").unwrap_or_else(|_| NODE_IP.to_string());
+    let dns_bad = k
+        .output(
+            &[
+                "exec",
+                "-n",
+                APP_NS,
+                "deploy/app",
+                "-c",
+                "app",
+                "--",
+                "nslookup",
+                "kubernetes.default.svc.cluster.local",
+                &dns_other,
+            ],
+            None,
+        )
+        .await?;
+    ensure!(
+        !dns_bad.status.success(),
+        "DNS to {dns_other}, not the cluster's resolver, answered: {}",
+        dns_bad.stdout
+    );
+    // ... and the quota answers 429 once spent.
+    let mut allowed = 0u64;
+    let mut refused = false;
+    for i in 0..(QUOTA_REQUESTS + 4) {
+        let (status, body) = app_post(
+            &k,
+            APP_NS,
+            "/v1/chat/completions",
+            &chat("gpt-4o-mini", &format!("q{i}")),
+        )
+        .await?;
+        sent_app += 1;
+        match status {
+            200 => allowed += 1,
+            429 => {
+                refused = true;
+                break;
+            }
+            other => bail!("quota request {i}: {other} {body}"),
+        }
+    }
+    ensure!(
+        refused,
+        "the quota of {QUOTA_REQUESTS} requests never answered 429"
+    );
+    // 2 allowed before (chat + messages) and the 403 are counted as requests too.
+    eprintln!("node: quota allowed {allowed} more requests before 429");
+    let status = eventually(Duration::from_secs(60), || async {
+        let q: Value = serde_json::from_str(
+            &k.run(&["get", "egressquota", "-n", APP_NS, "requests", "-o", "json"])
+                .await?,
+        )?;
+        let limit = &q["status"]["limits"][0];
+        ensure!(
+            limit["remaining"]["requests"] == 0,
+            "status not caught up: {}",
+            q["status"]
+        );
+        ensure!(
+            limit["used"]["requests"].as_u64() >= Some(QUOTA_REQUESTS),
+            "used: {limit}"
+        );
+        Ok(limit.clone())
+    })
+    .await?;
+    eprintln!("node: quota status {status}");
+
+    // ---- 5a. faults: the operator leader pod ---------------------------------
+    let leader = k
+        .run(&[
+            "get",
+            "lease",
+            "-n",
+            SYSTEM_NS,
+            "tollgate-operator-leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .await?;
+    ensure!(
+        leader.starts_with("tollgate-operator-"),
+        "leader: {leader:?}"
+    );
+    k.run(&[
+        "delete",
+        "pod",
+        "-n",
+        SYSTEM_NS,
+        leader.trim(),
+        "--wait=false",
+    ])
+    .await?;
+    // Pods keep being admitted (and injected) and rejected while it is gone.
+    let fault_ready = run_app(&k, FAULT_NS).await?;
+    timings.push(("pod to Ready, leader deleted".into(), fault_ready));
+    let host_net = k
+        .output(
+            &["apply", "-n", FAULT_NS, "-f", "-"],
+            Some(
+                &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sneaky"},
+                        "spec": {"hostNetwork": true,
+                                 "containers": [{"name": "c", "image": "tollgate-e2e/app:1",
+                                                 "imagePullPolicy": "Never"}]}})
+                .to_string(),
+            ),
+        )
+        .await?;
+    ensure!(
+        !host_net.status.success() && host_net.stderr.contains("host-network"),
+        "a hostNetwork pod in a governed namespace was not rejected by rule host-network: {}",
+        host_net.stderr
+    );
+    let (status, _) = app_post(&k, APP_NS, "/v1/messages",
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})).await?;
+    sent_app += 1;
+    ensure!(
+        status == 429 || status == 200,
+        "the gateway stopped serving without the leader: {status}"
+    );
+
+    // ---- 5b. faults: the recorder pod ----------------------------------------
+    let mut sent_fault = 0u64;
+    for i in 0..3 {
+        let (status, _) = app_post(
+            &k,
+            FAULT_NS,
+            "/v1/chat/completions",
+            &chat("gpt-4o-mini", &format!("f{i}")),
+        )
+        .await?;
+        sent_fault += 1;
+        ensure!(status == 200, "fault namespace request {i}: {status}");
+    }
+    eventually(Duration::from_secs(60), || async {
+        let report = usage_json(&kubeconfig, &["-n", FAULT_NS])?;
+        ensure!(
+            usage_total(&report) == sent_fault,
+            "recorder has {} of {sent_fault}",
+            usage_total(&report)
+        );
+        Ok(())
+    })
+    .await?;
+    k.run(&[
+        "delete",
+        "pod",
+        "-n",
+        SYSTEM_NS,
+        "tollgate-recorder-0",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .await?;
+    for i in 0..4 {
+        let (status, _) = app_post(
+            &k,
+            FAULT_NS,
+            "/v1/chat/completions",
+            &chat("gpt-4o-mini", &format!("g{i}")),
+        )
+        .await?;
+        sent_fault += 1;
+        ensure!(
+            status == 200,
+            "request {i} while the recorder is away: {status}"
+        );
+    }
+    k.run(&[
+        "rollout",
+        "status",
+        "-n",
+        SYSTEM_NS,
+        "statefulset/tollgate-recorder",
+        "--timeout=180s",
+    ])
+    .await?;
+    eventually(Duration::from_secs(120), || async {
+        let report = usage_json(&kubeconfig, &["-n", FAULT_NS])?;
+        ensure!(
+            usage_total(&report) == sent_fault,
+            "after the recorder restart it has {} receipts of {sent_fault}",
+            usage_total(&report)
+        );
+        Ok(())
+    })
+    .await?;
+
+    // ---- 4. audit with nothing but the kubeconfig ----------------------------
+    let all = eventually(Duration::from_secs(60), || async {
+        let report = usage_json(
+            &kubeconfig,
+            &["-A", "--by", "namespace,serviceAccount,model"],
+        )?;
+        ensure!(
+            namespace_requests(&report, APP_NS) == sent_app,
+            "usage shows {} requests for {APP_NS}, sent {sent_app}: {report}",
+            namespace_requests(&report, APP_NS)
+        );
+        Ok(report)
+    })
+    .await?;
+    ensure!(namespace_requests(&all, FAULT_NS) == sent_fault, "{all}");
+    eprintln!("node: usage -A {}", all["rows"]);
+    // A namespace admin sees their namespace only, and may not export bundles.
+    k.run(&[
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "-n",
+        APP_NS,
+        "--clusterrole=admin",
+        "--user=alice",
+    ])
+    .await?;
+    let mut as_alice: Value = serde_saphyr::from_str(&std::fs::read_to_string(&kubeconfig)?)?;
+    as_alice["users"][0]["user"]["as"] = json!("alice");
+    let alice_config = work.join("alice.kubeconfig");
+    std::fs::write(&alice_config, serde_json::to_string(&as_alice)?)?;
+    let alice = eventually(Duration::from_secs(30), || async {
+        let report = usage_json(&alice_config, &["-n", APP_NS, "--by", "namespace"])?;
+        ensure!(
+            namespace_requests(&report, APP_NS) == sent_app,
+            "alice: {report}"
+        );
+        Ok(report)
+    })
+    .await?;
+    eprintln!("node: alice's usage of {APP_NS}: {}", alice["total"]);
+    for args in [vec!["usage", "-n", FAULT_NS], vec!["usage", "-A"]] {
+        let denied = tollgate(&alice_config, &args);
+        let stderr = String::from_utf8_lossy(&denied.stderr);
+        ensure!(
+            !denied.status.success() && stderr.contains("forbidden"),
+            "alice ran {args:?}: {stderr}"
+        );
+    }
+    let denied = tollgate(&alice_config, &["bundle", "export", "-o", "/dev/null"]);
+    ensure!(!denied.status.success(), "alice exported a bundle");
+
+    let keys = work.join("keys.yaml");
+    let bundle = work.join("bundle.json");
+    for args in [
+        vec!["keys", "-o", keys.to_str().unwrap()],
+        vec!["bundle", "export", "-o", bundle.to_str().unwrap()],
+    ] {
+        let out = tollgate(&kubeconfig, &args);
+        ensure!(
+            out.status.success(),
+            "kubectl tollgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let verify = tollgate(
+        &kubeconfig,
+        &[
+            "verify",
+            bundle.to_str().unwrap(),
+            "--trust-anchor",
+            keys.to_str().unwrap(),
+        ],
+    );
+    let report = String::from_utf8_lossy(&verify.stdout);
+    eprintln!("node: verify\n{report}");
+    ensure!(
+        verify.status.success() && report.contains("Verdict: PASS"),
+        "verify: {report}"
+    );
+    // Nothing the app sent is in the evidence.
+    let exported = std::fs::read_to_string(&bundle)?;
+    ensure!(
+        !exported.contains(&marker) && !exported.contains(&key),
+        "content or key in the bundle"
+    );
+
+    // ---- measurements for the record -----------------------------------------
+    for (name, d) in &timings {
+        eprintln!("node: {name}: {:.1}s", d.as_secs_f64());
+    }
+    for bin in ["tollgate-gateway", "tollgate-operator", "tollgate-recorder"] {
+        eprintln!("node: RSS of {bin} (KiB, per process): {:?}", rss_kib(bin));
+    }
+
+    drop(upstream);
+    run(Command::new(helm_bin()?)
+        .args([
+            "uninstall",
+            "tollgate",
+            "-n",
+            SYSTEM_NS,
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .env("KUBECONFIG", &kubeconfig))?;
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&pv_dir);
+    Ok(())
+}
