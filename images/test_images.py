@@ -413,7 +413,7 @@ def test_gateway_init_network_applies_rules_in_netns(extracted):
     (root / "dev").mkdir(exist_ok=True)
     (root / "proc").mkdir(exist_ok=True)
     env_path = dict(e.split("=", 1) for e in img.cfg["Env"])["PATH"]
-    run = f"chroot {root} /usr/local/bin/tollgate-gateway init-network --gateway-uid 15080 --dns 10.96.0.10 --allow 10.0.0.0/8=443"
+    run = f"chroot {root} /usr/local/bin/tollgate-gateway init-network --gateway-uid 15080 --dns 198.19.0.10 --allow 198.18.0.0/15=443"
     script = (
         f"set -e; mount --rbind /dev {root}/dev; mount -t proc proc {root}/proc; "
         f"{run}; {run}; echo ===; chroot {root} iptables-save; echo ===; chroot {root} ip6tables-save"
