@@ -69,13 +69,14 @@ RUN --mount=type=bind,from=build,source=/out,target=/out \
 FROM scratch AS operator
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG SOURCE_URL=https://github.com/tollgate-dev/tollgate
 COPY --from=rootfs-operator /rootfs/ /
 COPY --from=build /out/tollgate-operator /usr/local/bin/tollgate-operator
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 LABEL org.opencontainers.image.title="tollgate-operator" \
       org.opencontainers.image.description="Tollgate operator: reconciles the policy CRDs and serves the admission webhooks that inject the gateway sidecar." \
-      org.opencontainers.image.source="https://github.com/tollgate-dev/tollgate" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
@@ -86,13 +87,14 @@ ENTRYPOINT ["/usr/local/bin/tollgate-operator"]
 FROM scratch AS recorder
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG SOURCE_URL=https://github.com/tollgate-dev/tollgate
 COPY --from=rootfs-recorder /rootfs/ /
 COPY --from=build /out/tollgate-recorder /usr/local/bin/tollgate-recorder
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 LABEL org.opencontainers.image.title="tollgate-recorder" \
       org.opencontainers.image.description="Tollgate recorder: verifies and stores the signed receipts gateways emit." \
-      org.opencontainers.image.source="https://github.com/tollgate-dev/tollgate" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
@@ -106,13 +108,14 @@ ENTRYPOINT ["/usr/local/bin/tollgate-recorder"]
 FROM scratch AS gateway
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG SOURCE_URL=https://github.com/tollgate-dev/tollgate
 COPY --from=rootfs-gateway /rootfs/ /
 COPY --from=build /out/tollgate-gateway /usr/local/bin/tollgate-gateway
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 LABEL org.opencontainers.image.title="tollgate-gateway" \
       org.opencontainers.image.description="Tollgate gateway: the injected LLM egress sidecar, and its init-network init container (iptables, nf_tables backend)." \
-      org.opencontainers.image.source="https://github.com/tollgate-dev/tollgate" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"

@@ -275,14 +275,7 @@ kc() { "$kubectl_bin" --kubeconfig "$kubeconfig" "$@"; }
 # The sysctls the bridge plugin (ip_forward), the kubelet (kernel tunables it
 # sets unless protectKernelDefaults) and kube-proxy may change; `up` records
 # them and `down` writes the recorded values back.
-node_sysctls=(
-  net/ipv4/ip_forward net/ipv6/conf/all/forwarding net/ipv4/conf/all/route_localnet
-  vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
-  kernel/keys/root_maxkeys kernel/keys/root_maxbytes
-  net/bridge/bridge-nf-call-iptables net/bridge/bridge-nf-call-ip6tables
-  net/netfilter/nf_conntrack_max net/netfilter/nf_conntrack_tcp_timeout_established
-  net/netfilter/nf_conntrack_tcp_timeout_close_wait net/netfilter/nf_conntrack_tcp_be_liberal
-)
+mapfile -t node_sysctls < <(grep -v "^#" "$here/node/host-sysctls")
 # Directories that containerd, the CNI library or the kubelet create outside
 # our own roots when missing (the kubelet's device-plugin socket is always
 # /var/lib/kubelet/device-plugins/kubelet.sock, whatever --root-dir says);

@@ -13,15 +13,8 @@ set -euo pipefail
 
 section() { printf '\n## %s\n' "$1"; }
 
-# The same list as node_sysctls in cluster.sh.
-sysctls=(
-  net/ipv4/ip_forward net/ipv6/conf/all/forwarding net/ipv4/conf/all/route_localnet
-  vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
-  kernel/keys/root_maxkeys kernel/keys/root_maxbytes
-  net/bridge/bridge-nf-call-iptables net/bridge/bridge-nf-call-ip6tables
-  net/netfilter/nf_conntrack_max net/netfilter/nf_conntrack_tcp_timeout_established
-  net/netfilter/nf_conntrack_tcp_timeout_close_wait net/netfilter/nf_conntrack_tcp_be_liberal
-)
+# The sysctls cluster.sh records and restores (one list for both).
+mapfile -t sysctls < <(grep -v "^#" "$(dirname "${BASH_SOURCE[0]}")/node/host-sysctls")
 dirs=(/etc/cni /var/lib/cni /run/netns /var/run/netns /var/log/containers /var/log/pods
   /var/lib/kubelet /var/lib/tollgate-e2e /run/tollgate-e2e /run/containerd/s)
 

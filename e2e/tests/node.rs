@@ -165,6 +165,17 @@ impl Upstream {
     }
 }
 
+/// Runs a command in the app container of `deploy/app` (stdin closed).
+async fn in_app(
+    k: &Kubectl,
+    ns: &str,
+    command: &[&str],
+) -> Result<tollgate_e2e::kubectl::KubectlOutput> {
+    let mut args = vec!["exec", "-n", ns, "deploy/app", "-c", "app", "--"];
+    args.extend_from_slice(command);
+    k.output(&args, None).await
+}
+
 /// One POST from inside the app container, through the sidecar: (HTTP status, body).
 async fn app_post(k: &Kubectl, ns: &str, path: &str, body: &Value) -> Result<(u16, String)> {
     // busybox wget (Debian's static build crashes with -T or -O -): -S prints the
@@ -175,26 +186,7 @@ async fn app_post(k: &Kubectl, ns: &str, path: &str, body: &Value) -> Result<(u1
     let script = "rm -f /tmp/resp; wget -S -q -O /tmp/resp --header 'Content-Type: application/json' \
                   --header 'anthropic-version: 2023-06-01' --post-data \"$1\" \"$2\"; \
                   rc=$?; cat /tmp/resp 2>/dev/null; exit $rc";
-    let out = k
-        .output(
-            &[
-                "exec",
-                "-n",
-                ns,
-                "deploy/app",
-                "-c",
-                "app",
-                "--",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                &body,
-                &url,
-            ],
-            None,
-        )
-        .await?;
+    let out = in_app(k, ns, &["sh", "-c", script, "sh", &body, &url]).await?;
     let status = out
         .stderr
         .lines()
@@ -542,48 +534,28 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
 
     // A direct connection from the app container to the upstream fails...
     let before = upstream.records().len();
-    let direct = k
-        .output(
-            &[
-                "exec",
-                "-n",
-                APP_NS,
-                "deploy/app",
-                "-c",
-                "app",
-                "--",
-                "nc",
-                "-w",
-                "5",
-                NODE_IP,
-                &upstream.port.to_string(),
-            ],
-            Some(""),
-        )
-        .await?;
+    let direct = in_app(
+        &k,
+        APP_NS,
+        &["nc", "-w", "5", NODE_IP, &upstream.port.to_string()],
+    )
+    .await?;
     ensure!(
         !direct.status.success(),
         "a direct TCP connection to the upstream succeeded"
     );
-    let direct_wget = k
-        .output(
-            &[
-                "exec",
-                "-n",
-                APP_NS,
-                "deploy/app",
-                "-c",
-                "app",
-                "--",
-                "wget",
-                "-q",
-                "-O",
-                "/tmp/direct",
-                &format!("{base_url}/v1/models"),
-            ],
-            None,
-        )
-        .await?;
+    let direct_wget = in_app(
+        &k,
+        APP_NS,
+        &[
+            "wget",
+            "-q",
+            "-O",
+            "/tmp/direct",
+            &format!("{base_url}/v1/models"),
+        ],
+    )
+    .await?;
     ensure!(
         !direct_wget.status.success(),
         "a direct HTTPS request to the upstream succeeded"
@@ -598,47 +570,35 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         "the upstream saw a direct request"
     );
     // ... DNS goes to the cluster's resolver only ...
-    let dns_ok = k
-        .output(
-            &[
-                "exec",
-                "-n",
-                APP_NS,
-                "deploy/app",
-                "-c",
-                "app",
-                "--",
-                "nslookup",
-                "kubernetes.default.svc.cluster.local",
-                CLUSTER_DNS,
-            ],
-            None,
-        )
-        .await?;
+    let dns_ok = in_app(
+        &k,
+        APP_NS,
+        &[
+            "nslookup",
+            "kubernetes.default.svc.cluster.local",
+            CLUSTER_DNS,
+        ],
+    )
+    .await?;
     ensure!(
         dns_ok.status.success(),
         "cluster DNS from the app failed: {}{}",
         dns_ok.stdout,
         dns_ok.stderr
     );
-    let dns_other = std::env::var("TOLLGATE_E2E_OTHER_DNS").unwrap_or_else(|_| NODE_IP.to_string());
-    let dns_bad = k
-        .output(
-            &[
-                "exec",
-                "-n",
-                APP_NS,
-                "deploy/app",
-                "-c",
-                "app",
-                "--",
-                "nslookup",
-                "kubernetes.default.svc.cluster.local",
-                &dns_other,
-            ],
-            None,
-        )
-        .await?;
+    // The node's address runs the very CoreDNS behind the cluster DNS Service:
+    // only the pod's rules can make it fail.
+    let dns_other = NODE_IP;
+    let dns_bad = in_app(
+        &k,
+        APP_NS,
+        &[
+            "nslookup",
+            "kubernetes.default.svc.cluster.local",
+            dns_other,
+        ],
+    )
+    .await?;
     ensure!(
         !dns_bad.status.success(),
         "DNS to {dns_other}, not the cluster's resolver, answered: {}",
