@@ -372,6 +372,15 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     .await
     .context("the aggregated usage API did not become Available")?;
     timings.push(("install to APIService Available".into(), t0.elapsed()));
+    eprintln!(
+        "node: $ kubectl -n {SYSTEM_NS} get pods\n{}",
+        k.run(&["get", "pods", "-n", SYSTEM_NS]).await?
+    );
+    eprintln!(
+        "node: $ kubectl get apiservice v1alpha1.usage.tollgate.dev\n{}",
+        k.run(&["get", "apiservice", "v1alpha1.usage.tollgate.dev"])
+            .await?
+    );
     let ready = k
         .run(&["get", "pods", "-n", SYSTEM_NS, "-o",
                "jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[*].ready}{\"\\n\"}{end}"])
@@ -455,6 +464,10 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     let pod_ready = run_app(&k, APP_NS).await?;
     timings.push(("governed pod apply to Ready".into(), pod_ready));
     let pod = pod_json(&k, APP_NS).await?;
+    eprintln!(
+        "node: $ kubectl -n {APP_NS} get pods\n{}",
+        k.run(&["get", "pods", "-n", APP_NS]).await?
+    );
     let init = &pod["status"]["initContainerStatuses"];
     ensure!(
         init.as_array()
@@ -819,6 +832,7 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
             !denied.status.success() && stderr.contains("forbidden"),
             "alice ran {args:?}: {stderr}"
         );
+        eprintln!("node: alice {args:?}: {stderr}");
     }
     let denied = tollgate(&alice_config, &["bundle", "export", "-o", "/dev/null"]);
     ensure!(!denied.status.success(), "alice exported a bundle");
