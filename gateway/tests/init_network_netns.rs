@@ -116,11 +116,13 @@ fn missing_prerequisites() -> Vec<String> {
     missing
 }
 
-/// The two namespaces and the peers in them; removed on drop.
+/// The two namespaces and the peers in them; removed on drop, with the
+/// `/run/netns` mount `ip netns add` makes when it was not there before.
 struct Lab {
     pod: String,
     out: String,
     peers: Vec<Child>,
+    made_run_netns: bool,
 }
 
 impl Lab {
@@ -130,6 +132,7 @@ impl Lab {
             pod: format!("tgpod{id}"),
             out: format!("tgout{id}"),
             peers: Vec::new(),
+            made_run_netns: !std::path::Path::new("/run/netns").exists(),
         };
         let (vp, vo) = (format!("tgp{id}"), format!("tgo{id}"));
         sh(&["ip", "netns", "add", &lab.pod]);
@@ -251,6 +254,11 @@ impl Drop for Lab {
         }
         for ns in [&self.pod, &self.out] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let empty = std::fs::read_dir("/run/netns").is_ok_and(|mut d| d.next().is_none());
+        if self.made_run_netns && empty {
+            let _ = Command::new("umount").arg("/run/netns").status();
+            let _ = std::fs::remove_dir("/run/netns");
         }
     }
 }
