@@ -6,8 +6,8 @@
 
 use anyhow::{Context, bail};
 
-/// The aggregated API's base path.
-pub const API_BASE: &str = "/apis/usage.tollgate.dev/v1alpha1";
+/// The aggregated API's base path (the recorder's definition).
+pub use tollgate_recorder::http::API_BASE;
 
 /// A client from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or, inside a
 /// pod, the in-cluster credentials.

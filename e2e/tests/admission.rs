@@ -54,7 +54,7 @@ async fn start_operator(operator_namespace: &str) -> Result<OperatorProcess> {
         "--control-url",
         CONTROL_URL,
         "--cluster-dns",
-        "10.96.0.10",
+        "198.19.0.10",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -221,6 +221,17 @@ fn chart_lints_strictly_with_every_values_file() -> Result<()> {
 #[test]
 fn chart_renders_the_control_plane_with_default_values() -> Result<()> {
     let docs = render(DEFAULT_NS, &[], &[])?;
+    // The aggregated usage API trusts the CA of the recorder's generated
+    // certificate, the same CA the Secret carries.
+    let api = find(&docs, "APIService", "v1alpha1.usage.tollgate.dev")?;
+    let secret = find(&docs, "Secret", "tollgate-recorder-tls")?;
+    assert_eq!(api["spec"]["caBundle"], secret["data"]["ca.crt"]);
+    assert!(
+        api["spec"]["caBundle"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+    );
+    assert_eq!(api["spec"]["service"]["name"], "tollgate-recorder");
     let counts = kinds(&docs);
     for (k, n) in [
         ("CustomResourceDefinition", 6),
@@ -670,11 +681,18 @@ fn chart_cert_manager_mode_uses_cert_manager() -> Result<()> {
             format!("{DEFAULT_NS}/tollgate-operator-webhook")
         );
     }
+    // The aggregated usage API trusts the recorder's Certificate (by its name).
+    let api = find(&docs, "APIService", "v1alpha1.usage.tollgate.dev")?;
+    assert_eq!(
+        api["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{DEFAULT_NS}/tollgate-recorder")
+    );
+    assert!(api["spec"]["caBundle"].is_null(), "{api}");
     let op = find(&docs, "Deployment", "tollgate-operator")?;
     let args = args_of(op);
     assert!(args.contains(&"--webhook-cert-mode=cert-manager".to_owned()));
     assert!(args.contains(&"--webhook-cert-dir=/var/run/tollgate/webhook-certs".to_owned()));
-    assert!(args.contains(&"--cluster-dns=10.96.0.10".to_owned()));
+    assert!(args.contains(&"--cluster-dns=198.19.0.10".to_owned()));
     // The chart generates no certificate of its own in this mode.
     assert!(find(&docs, "Secret", "tollgate-recorder-tls").is_err());
 

@@ -203,8 +203,9 @@ impl FrontProxy {
 ///
 /// The API server has already authorized the request before proxying it (a GET
 /// of `/apis/usage.tollgate.dev/v1alpha1/[namespaces/NS/]RESOURCE` is `list
-/// RESOURCE`); the recorder asks again with the same attributes, so that a
-/// request is never served on the strength of headers alone.
+/// RESOURCE`); the recorder asks again for the same user, groups, verb, resource
+/// and namespace (not the `X-Remote-Extra-*` attributes, which Tollgate's roles
+/// do not use), so that a request is never served on headers alone.
 pub trait AccessReviewer: Send + Sync + std::fmt::Debug {
     /// Whether `user` (in `groups`) may `list` `resource` of [`API_GROUP`] in
     /// `namespace` (cluster-wide when `None`).

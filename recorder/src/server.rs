@@ -238,7 +238,10 @@ pub async fn start(
                         client.clone(),
                     )));
                 }
-                Ok(_) => tracing::info!(
+                Ok(Some(_)) => tracing::info!(
+                    "the aggregated usage API needs TLS (--tls-cert, --tls-key): it is off"
+                ),
+                Ok(None) => tracing::info!(
                     "no front proxy (requestheader) configured: the aggregated usage API is off"
                 ),
                 Err(e) => tracing::warn!(

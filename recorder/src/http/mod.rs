@@ -23,7 +23,7 @@
 //! | GET | `/usage` | usage of every namespace (`list usage` cluster-wide) |
 //! | GET | `/namespaces/{namespace}/usage` | one namespace's usage (`list usage` there) |
 //! | GET | `/bundles` | evidence bundle (`list bundles` cluster-wide) |
-//! | GET | `/recorderkeys` | the recorder's TrustAnchor (YAML; any authenticated user) |
+//! | GET | `/recorderkeys` | the recorder's TrustAnchor (YAML; public: the recorder asks for no user, the chart's RBAC lets every authenticated user through) |
 
 pub mod problem;
 pub mod tls;
