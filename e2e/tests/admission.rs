@@ -41,7 +41,7 @@ fn settings(operator_namespace: &str) -> InjectionSettings {
         operator_namespace: operator_namespace.into(),
         control_url: CONTROL_URL.into(),
         recorder_url: None,
-        cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+        cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(198, 19, 0, 10))],
     }
 }
 
