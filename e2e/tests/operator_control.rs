@@ -534,6 +534,9 @@ async fn e2e_webhook_certificate_rotation_keeps_serving() -> Result<()> {
         suffix: suffix.clone(),
     };
 
+    // The operator writes its configurations shortly after it listens.
+    eventually(Duration::from_secs(30), || published_bundle(&client, &op)).await?;
+
     // Poll like a client would: take the bundle the configuration carries
     // now, and complete a TLS handshake against it. Through at least one CA
     // rotation, no handshake may fail.
