@@ -386,6 +386,19 @@ struct Vouched {
     access: Arc<dyn AccessReviewer>,
 }
 
+impl Vouched {
+    /// Whether the user may `list` `resource` in `namespace` (cluster-wide: `None`).
+    async fn may_list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<bool, RecorderError> {
+        self.access
+            .allowed(&self.user, &self.groups, resource, namespace)
+            .await
+    }
+}
+
 /// The user and groups the API server's front proxy vouches for on this request.
 /// Only a connection whose client certificate the front-proxy CA verified, with
 /// an allowed common name, may name a user in headers.
@@ -438,14 +451,11 @@ async fn api_usage(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, RecorderError> {
-    let Vouched {
-        user,
-        groups,
-        access,
-    } = vouched_user(&state, peer(&extensions), &headers)?;
+    let vouched = vouched_user(&state, peer(&extensions), &headers)?;
     let query = usage_query(&params, recorder_now(&state))?;
     let namespace = query.namespace.as_deref();
-    if !access.allowed(&user, &groups, "usage", namespace).await? {
+    let user = vouched.user.clone();
+    if !vouched.may_list("usage", namespace).await? {
         return Err(RecorderError::Forbidden(match namespace {
             Some(ns) => format!("{user} may not read usage in namespace {ns:?}"),
             None => format!("{user} may not read usage of every namespace"),
@@ -480,12 +490,9 @@ async fn api_bundle(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, RecorderError> {
-    let Vouched {
-        user,
-        groups,
-        access,
-    } = vouched_user(&state, peer(&extensions), &headers)?;
-    if !access.allowed(&user, &groups, "bundles", None).await? {
+    let vouched = vouched_user(&state, peer(&extensions), &headers)?;
+    let user = vouched.user.clone();
+    if !vouched.may_list("bundles", None).await? {
         return Err(RecorderError::Forbidden(format!(
             "{user} may not export evidence bundles (needs list bundles.usage.tollgate.dev cluster-wide)"
         )));
