@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test deps lint unit sdk e2e crds fmt images images-test
+.PHONY: test deps lint unit deps-check sdk e2e crds fmt images images-test
 
 ## test: everything CI runs: dependencies, lints, unit and integration tests,
 ## the SDK suite, and e2e.
@@ -19,9 +19,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 ## unit: every crate's unit and integration tests (the e2e crate runs in `e2e`),
-## with a throwaway PostgreSQL for the recorder's backend suite.
-unit:
+## with a throwaway PostgreSQL for the recorder's backend suite. The binaries
+## are built first: tests start them and never run cargo themselves.
+unit: deps-check
 	scripts/with-postgres.sh $(CARGO) test --workspace --locked --exclude tollgate-e2e
+
+## deps-check: the gateway's dependency tree and its binary from a workspace
+## build hold nothing of the control plane (kube, schemars, databases).
+deps-check:
+	$(CARGO) build --workspace --bins --locked
+	scripts/check-gateway-deps.sh target/debug/tollgate-gateway
 
 ## sdk: the official openai and anthropic Python SDKs against the gateway.
 sdk:

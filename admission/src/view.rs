@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 use tollgate_crds::EgressPolicy;
-use tollgate_crds::gateway_config::Selector;
 use tollgate_crds::policy::{EgressRule, PolicyMode};
+use tollgate_wire::config::Selector;
 
 /// The part of an `EgressPolicy` admission needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use serde_json::json;
 use tollgate_admission::inject::Decision;
 use tollgate_admission::view::PolicySummary;
 use tollgate_admission::{NamespaceView, Subject, check_pod, inject};
-use tollgate_crds::gateway_config::Selector;
 use tollgate_crds::policy::PolicyMode;
+use tollgate_wire::config::Selector;
 
 fn namespace(label: Option<&str>, allow_opt_out: bool) -> NamespaceView {
     NamespaceView {

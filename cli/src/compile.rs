@@ -204,8 +204,7 @@ mod tests {
             credentials_dir: None,
         };
         assert_eq!(run(&args, &mut out).unwrap(), ExitCode::SUCCESS);
-        let config: tollgate_crds::gateway_config::GatewayConfig =
-            serde_json::from_slice(&out).unwrap();
+        let config: tollgate_wire::config::GatewayConfig = serde_json::from_slice(&out).unwrap();
         assert_eq!(config.namespace, "demo");
         assert_eq!(config.providers[0].name, "dry-run");
     }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tollgate_evidence::{KeyRole, PublicKey};
-use tollgate_recorder::client::{HttpClient, public_roots};
+use tollgate_wire::client::{HttpClient, public_roots};
 
 use crate::compile::ManifestObjects;
 use crate::local::{RECEIPT_CA_KEY_FILE, TRUST_ANCHOR_FILE};

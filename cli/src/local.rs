@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
-use tollgate_crds::gateway_config::GatewayConfig;
 use tollgate_evidence::{
     DnsLabel, DnsSubdomain, KeyRole, PodIdentity, PodUid, PublicKey, SigningKey,
 };
@@ -21,7 +20,8 @@ use tollgate_gateway::credentials::Credentials;
 use tollgate_gateway::run::{Certifier, ConfigLoader, GatewayOptions, QuotaSource, RecorderLink};
 use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key};
 use tollgate_recorder::server::ServeOptions;
-use tollgate_recorder::shipper::FileToken;
+use tollgate_wire::client::FileToken;
+use tollgate_wire::config::GatewayConfig;
 
 use crate::compile::{ManifestObjects, create_private_dir, parse_labels};
 
@@ -271,7 +271,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         recorder: Some(RecorderLink {
             url: recorder_url.clone(),
             token: Arc::new(FileToken::new(data.join(LOCAL_TOKEN_FILE))),
-            tls: tollgate_recorder::client::public_roots().map_err(|e| anyhow::anyhow!("{e}"))?,
+            tls: tollgate_wire::client::public_roots().map_err(|e| anyhow::anyhow!("{e}"))?,
         }),
     })
     .await

@@ -11,9 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tollgate_recorder::client::{HttpClient, public_roots, roots_from_pem_file};
 use tollgate_recorder::store::sqlite::SqliteStore;
 use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery, UsageReport};
+use tollgate_wire::client::{HttpClient, public_roots, roots_from_pem_file};
 
 /// Where the data comes from (shared with `bundle export`).
 #[derive(clap::Args, Debug, Clone)]

@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use sha2::{Digest, Sha256};
 
-use crate::gateway_config::{
-    CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
-    CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
-    LimitWindow, Requirement, Route, Selector, SelectorOperator,
-};
 use crate::policy::PolicyMode;
 use crate::quota::{QuotaLimit, QuotaSubjects};
 use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnchor};
+use tollgate_wire::config::{
+    CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
+    CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
+    LimitWindow, Requirement, Route, Selector, SelectorOperator, policy_hash,
+};
 
 /// The objects compilation reads. Namespaced lists may hold every namespace;
 /// compilation picks what applies.
@@ -198,16 +197,6 @@ pub fn compile_namespace_config(
     };
     config.policy_hash = policy_hash(&config);
     Compiled { config, problems }
-}
-
-/// SHA-256 over the config's JSON with an empty `policyHash`. serde_json
-/// writes struct fields in declaration order and maps sorted, so equal
-/// configs hash equally.
-pub fn policy_hash(config: &GatewayConfig) -> String {
-    let mut unhashed = config.clone();
-    unhashed.policy_hash.clear();
-    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
 }
 
 fn compile_provider(

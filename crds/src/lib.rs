@@ -20,13 +20,11 @@
 
 pub mod compile;
 pub mod conditions;
-pub mod gateway_config;
 pub mod generate;
 pub mod manifest;
 pub mod policy;
 pub mod provider;
 pub mod quota;
-pub mod quota_math;
 pub mod recorder_config;
 pub mod reference;
 pub mod trust;

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use tollgate_wire::config::{FailMode, PolicyMode};
 
 /// The LLM egress policy for the pods of one namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -87,25 +88,6 @@ pub struct EgressPolicySpec {
     /// Sidecar injection settings for the governed pods.
     #[serde(default)]
     pub injection: InjectionSettings,
-}
-
-/// How a policy treats requests.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum PolicyMode {
-    #[default]
-    Enforce,
-    Audit,
-    Disabled,
-}
-
-/// What happens when a dependency needed for evidence or quota is unavailable.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum FailMode {
-    #[default]
-    Closed,
-    Open,
 }
 
 /// Models of one provider that may be called.

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use tollgate_wire::config::{ModelPricing, ProviderApi};
 
 /// An upstream LLM API that gateways may call. Cluster-scoped: platform teams
 /// define providers once, and namespaces opt into them through `EgressPolicy`.
@@ -83,18 +84,6 @@ pub struct LLMProviderSpec {
     pub timeouts: ProviderTimeouts,
 }
 
-/// The wire API a provider speaks.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub enum ProviderApi {
-    // OpenAI-style: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models.
-    Openai,
-    // Anthropic-style: /v1/messages and /v1/messages/count_tokens.
-    Anthropic,
-    // Offline, deterministic, no network.
-    DryRun,
-}
-
 /// A reference to the Secret holding a provider's API keys.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -136,21 +125,6 @@ pub struct ModelSpec {
     /// Prices in micro-USD per million tokens. Costs are integers end to end.
     #[serde(default)]
     pub pricing: ModelPricing,
-}
-
-/// Prices in micro-USD (1e-6 USD) per million tokens.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelPricing {
-    /// Price of one million input tokens, in micro-USD.
-    #[serde(rename = "inputPerMillionMicroUSD", default)]
-    pub input_per_million_micro_usd: u64,
-    /// Price of one million output tokens, in micro-USD.
-    #[serde(rename = "outputPerMillionMicroUSD", default)]
-    pub output_per_million_micro_usd: u64,
-    /// Price of one million cached input tokens, in micro-USD.
-    #[serde(rename = "cachedInputPerMillionMicroUSD", default)]
-    pub cached_input_per_million_micro_usd: u64,
 }
 
 /// Upstream TLS settings for a provider.

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use tollgate_wire::config::{CalendarWindow, Enforcement};
 
 use crate::policy::FailMode;
 
@@ -126,26 +127,6 @@ pub struct QuotaSubjects {
     /// Pod label selector. Absent means any pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
-}
-
-/// Whether a quota denies or only records.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum Enforcement {
-    #[default]
-    Enforce,
-    Shadow,
-}
-
-/// A UTC calendar window. Windows start at the top of the minute or hour, at
-/// 00:00 UTC, or on the first of the month.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub enum CalendarWindow {
-    Minute,
-    Hour,
-    Day,
-    Month,
 }
 
 /// One limit of a quota.

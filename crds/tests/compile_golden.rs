@@ -167,7 +167,7 @@ fn policy_hash_is_stable_and_tracks_changes() {
     changed.policies[0].spec.guards.max_request_bytes += 1;
     let c = compile_namespace_config("demo", &governed_labels(), changed.view()).config;
     assert_ne!(a.policy_hash, c.policy_hash);
-    assert_eq!(tollgate_crds::compile::policy_hash(&c), c.policy_hash);
+    assert_eq!(tollgate_wire::config::policy_hash(&c), c.policy_hash);
 }
 
 #[test]
@@ -175,10 +175,9 @@ fn config_round_trips_and_rejects_unknown_fields() {
     let objects = Objects::load("examples/quickstart", "demo");
     let config = compile_namespace_config("demo", &governed_labels(), objects.view()).config;
     let json = serde_json::to_value(&config).unwrap();
-    let back: tollgate_crds::gateway_config::GatewayConfig =
-        serde_json::from_value(json.clone()).unwrap();
+    let back: tollgate_wire::config::GatewayConfig = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(back, config);
     let mut extra = json;
     extra["surprise"] = serde_json::json!(1);
-    assert!(serde_json::from_value::<tollgate_crds::gateway_config::GatewayConfig>(extra).is_err());
+    assert!(serde_json::from_value::<tollgate_wire::config::GatewayConfig>(extra).is_err());
 }

@@ -33,6 +33,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tollgate_test_support::process;
+
 use crate::cluster::{kubeconfig_path, repo_root};
 use crate::namespace::unique_name;
 
@@ -98,45 +100,17 @@ pub fn free_port() -> Result<u16> {
 
 /// The operator binary.
 pub fn operator_binary() -> Result<PathBuf> {
-    workspace_binary(
-        "TOLLGATE_OPERATOR_BIN",
-        "tollgate-operator",
-        "tollgate-operator",
-    )
+    Ok(process::operator_binary()?)
 }
 
 /// The gateway binary (for gateways run against a real control endpoint).
 pub fn gateway_binary() -> Result<PathBuf> {
-    workspace_binary(
-        "TOLLGATE_GATEWAY_BIN",
-        "tollgate-gateway",
-        "tollgate-gateway",
-    )
+    Ok(process::gateway_binary()?)
 }
 
 /// The kubectl plugin (`kubectl tollgate`).
 pub fn cli_binary() -> Result<PathBuf> {
-    workspace_binary("TOLLGATE_CLI_BIN", "tollgate-cli", "kubectl-tollgate")
-}
-
-/// A binary of this workspace: `$env_override`, else `target/debug/<bin>`,
-/// which `e2e/run.sh` builds before the suites run.
-fn workspace_binary(env_override: &str, package: &str, bin: &str) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(env_override).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| repo_root().join("target"), PathBuf::from);
-    let path = target.join("debug").join(bin);
-    if !path.is_file() {
-        bail!(
-            "{} does not exist: build it with `cargo build -p {package} --bin {bin}` \
-             (e2e/run.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(process::cli_binary()?)
 }
 
 impl OperatorProcess {

@@ -6,9 +6,8 @@
 //! a request, and picks up a policy change through the long-poll without a
 //! restart.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -23,6 +22,7 @@ use tollgate_e2e::operator::{
     OperatorArgs, OperatorProcess, gateway_binary, label_governed, pod_token,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
+use tollgate_test_support::process::Listening;
 
 struct Gateway {
     child: Child,
@@ -37,7 +37,8 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
-    let mut child = Command::new(gateway_binary()?)
+    let mut command = Command::new(gateway_binary()?);
+    command
         .args(["run", "--control-url", control_url])
         .arg("--control-ca-file")
         .arg(dir.join("ca.crt"))
@@ -46,32 +47,13 @@ fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
         .arg("--spool-dir")
         .arg(dir.join("spool"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
+        .env("RUST_LOG", "warn");
+    let started = Listening::start(command, "gateway", "tollgate-gateway: listening api=")
         .context("starting tollgate-gateway")?;
-    let stderr = child.stderr.take().context("gateway stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-            eprintln!("[gateway] {line}");
-        }
-    });
-    let api = rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("the gateway did not start listening")?;
-    Ok(Gateway { child, api })
+    Ok(Gateway {
+        child: started.child,
+        api: started.address,
+    })
 }
 
 /// POSTs a chat completion over plain HTTP/1.1; returns the status code.

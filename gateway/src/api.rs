@@ -2,7 +2,7 @@
 //! each belongs to, and which provider APIs may serve it. Any other path is
 //! refused, never passed through.
 
-use tollgate_crds::provider::ProviderApi;
+use tollgate_wire::config::ProviderApi;
 
 /// The wire style a client speaks; errors are answered in the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,19 +4,18 @@
 //! (audience `tollgate.dev/gateway`). Config and keys are long-polled and held
 //! in memory only; see docs/operator.md for the protocol.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use serde::Deserialize;
-use tollgate_crds::gateway_config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
 use tollgate_evidence::{PublicKey, SignedKeyCertificate};
-use tollgate_recorder::client::HttpClient;
-use tollgate_recorder::shipper::TokenSource;
+use tollgate_wire::client::HttpClient;
+use tollgate_wire::client::TokenSource;
+use tollgate_wire::config::GatewayConfig;
+use tollgate_wire::control::{CertificateRequest, CertificateResponse, ConfigDocument};
+use tollgate_wire::problem::Problem;
 
 use crate::credentials::Credentials;
 use crate::run::ConfigLoader;
@@ -26,70 +25,19 @@ pub const MAX_BOOTSTRAP_BYTES: usize = 16 * 1024 * 1024;
 /// How long one long-poll asks the operator to hold the request.
 pub const LONG_POLL_SECONDS: u64 = 30;
 
-/// The pod the control endpoint says the token belongs to.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub service_account: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// `GET /v1/gateway/config`: what a gateway runs on.
-#[derive(Deserialize, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Bootstrap {
-    pub pod: PodInfo,
-    pub config: GatewayConfig,
-    /// Secret name → key → value. Never logged: see the `Debug` impl.
-    #[serde(default)]
-    pub credentials: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl fmt::Debug for Bootstrap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bootstrap")
-            .field("pod", &self.pod)
-            .field("policy_hash", &self.config.policy_hash)
-            .field("secrets", &self.credentials.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl Bootstrap {
-    /// Parses and checks an answer: known config version, policy hash that
-    /// matches the content, and keys for every provider that needs them.
-    pub fn parse(body: &[u8]) -> anyhow::Result<(Self, Credentials)> {
-        let bootstrap: Self =
-            serde_json::from_slice(body).context("the control endpoint's answer is not valid")?;
-        if bootstrap.config.version != GATEWAY_CONFIG_VERSION {
-            bail!(
-                "config version {} is not supported (expected {GATEWAY_CONFIG_VERSION})",
-                bootstrap.config.version
-            );
-        }
-        let expected = tollgate_crds::compile::policy_hash(&bootstrap.config);
-        if expected != bootstrap.config.policy_hash {
-            bail!("the config's policyHash does not match its content; refusing it");
-        }
-        let credentials = Credentials::from_secrets(&bootstrap.credentials, &bootstrap.config)?;
-        Ok((bootstrap, credentials))
-    }
-}
-
-#[derive(Deserialize)]
-struct CertificateAnswer {
-    certificate: SignedKeyCertificate,
+/// Parses and checks an answer: known config version, policy hash that
+/// matches the content, and keys for every provider that needs them.
+pub fn parse_document(body: &[u8]) -> anyhow::Result<(ConfigDocument, Credentials)> {
+    let bootstrap = ConfigDocument::parse(body)?;
+    let credentials = Credentials::from_secrets(&bootstrap.credentials, &bootstrap.config)?;
+    Ok((bootstrap, credentials))
 }
 
 /// What one fetch found.
 #[derive(Debug)]
 pub enum Fetched {
     /// New content with its ETag.
-    Changed(Box<Bootstrap>, Credentials, String),
+    Changed(Box<ConfigDocument>, Credentials, String),
     /// Nothing changed while we waited.
     NotModified,
 }
@@ -100,7 +48,7 @@ pub struct ControlClient {
     base_url: String,
     token: Arc<dyn TokenSource>,
     http: HttpClient,
-    current: RwLock<Option<(Bootstrap, Credentials, String)>>,
+    current: RwLock<Option<(ConfigDocument, Credentials, String)>>,
 }
 
 impl ControlClient {
@@ -156,7 +104,7 @@ impl ControlClient {
         match response.status {
             StatusCode::NOT_MODIFIED => Ok(Fetched::NotModified),
             StatusCode::OK => {
-                let (bootstrap, credentials) = Bootstrap::parse(&response.body)?;
+                let (bootstrap, credentials) = parse_document(&response.body)?;
                 let etag = response
                     .etag
                     .map(|e| e.trim_matches('"').to_string())
@@ -165,14 +113,14 @@ impl ControlClient {
             }
             status => bail!(
                 "control endpoint answered {status}: {}",
-                problem_summary(&response.body)
+                Problem::summarize_body(&response.body)
             ),
         }
     }
 
     /// Fetches until the first answer arrives (a new pod waits, not ready,
     /// while the operator is unreachable), and remembers it.
-    pub async fn first_fetch(&self) -> Bootstrap {
+    pub async fn first_fetch(&self) -> ConfigDocument {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.fetch(None).await {
@@ -198,7 +146,7 @@ impl ControlClient {
             .and_then(|c| c.as_ref().map(|(_, _, e)| e.clone()))
     }
 
-    fn store(&self, bootstrap: Bootstrap, credentials: Credentials, etag: String) {
+    fn store(&self, bootstrap: ConfigDocument, credentials: Credentials, etag: String) {
         if let Ok(mut current) = self.current.write() {
             *current = Some((bootstrap, credentials, etag));
         }
@@ -227,7 +175,10 @@ impl ControlClient {
     /// `POST /v1/gateway/certificate`: the operator certifies `key` for the
     /// pod the token belongs to.
     pub async fn certify(&self, key: &PublicKey) -> anyhow::Result<SignedKeyCertificate> {
-        let body = serde_json::json!({ "publicKey": key.to_base64() });
+        let request = CertificateRequest {
+            public_key: key.to_base64(),
+        };
+        let body = serde_json::to_vec(&request).context("encoding the certificate request")?;
         let token = self.bearer()?;
         let response = self
             .http
@@ -235,7 +186,7 @@ impl ControlClient {
                 Method::POST,
                 &format!("{}/v1/gateway/certificate", self.base_url),
                 Some(&token),
-                Some(Bytes::from(body.to_string())),
+                Some(Bytes::from(body)),
                 64 * 1024,
             )
             .await
@@ -244,10 +195,10 @@ impl ControlClient {
             bail!(
                 "control endpoint refused the key certificate ({}): {}",
                 response.status,
-                problem_summary(&response.body)
+                Problem::summarize_body(&response.body)
             );
         }
-        let answer: CertificateAnswer = serde_json::from_slice(&response.body)
+        let answer: CertificateResponse = serde_json::from_slice(&response.body)
             .context("the control endpoint's certificate is not valid")?;
         if answer.certificate.certificate.public_key != *key {
             bail!("the control endpoint certified a different key");
@@ -275,30 +226,6 @@ impl ConfigLoader for ControlClient {
     }
 }
 
-/// The `title`/`detail`/`reason` of a problem+json body, bounded, for logs.
-fn problem_summary(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Problem {
-        #[serde(default)]
-        reason: Option<String>,
-        #[serde(default)]
-        detail: Option<String>,
-        #[serde(default)]
-        title: Option<String>,
-    }
-    match serde_json::from_slice::<Problem>(body) {
-        Ok(p) => {
-            let text = [p.reason, p.title, p.detail]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(": ");
-            text.chars().take(300).collect()
-        }
-        Err(_) => format!("({} bytes, not problem+json)", body.len()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +249,7 @@ mod tests {
         let body = answer(serde_json::json!({
             "openai-keys": {"key-a": "sk-aaaa-secret", "key-b": "sk-bbbb-secret"}
         }));
-        let (bootstrap, credentials) = Bootstrap::parse(&body).unwrap();
+        let (bootstrap, credentials) = parse_document(&body).unwrap();
         assert_eq!(bootstrap.pod.labels["app"], "chat");
         assert_eq!(credentials.keys("openai").len(), 2);
         let shown = format!("{bootstrap:?} {credentials:?}");
@@ -333,7 +260,7 @@ mod tests {
     #[test]
     fn a_missing_key_or_a_tampered_config_is_refused() {
         let body = answer(serde_json::json!({"openai-keys": {"key-a": "sk-a"}}));
-        let err = Bootstrap::parse(&body).unwrap_err();
+        let err = parse_document(&body).unwrap_err();
         assert!(format!("{err:#}").contains("key-b"), "{err:#}");
 
         let mut value: serde_json::Value = serde_json::from_slice(&answer(serde_json::json!({
@@ -341,21 +268,14 @@ mod tests {
         })))
         .unwrap();
         value["config"]["providers"][0]["hosts"] = serde_json::json!(["evil.example"]);
-        let err = Bootstrap::parse(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        let err = parse_document(&serde_json::to_vec(&value).unwrap()).unwrap_err();
         assert!(format!("{err:#}").contains("policyHash"), "{err:#}");
     }
 
     #[test]
-    fn problem_bodies_are_summarised_and_bounded() {
-        let body = br#"{"title":"Forbidden","reason":"PodNotInjected","detail":"pod a/b"}"#;
-        assert_eq!(problem_summary(body), "PodNotInjected: Forbidden: pod a/b");
-        assert!(problem_summary(&[b'x'; 5000]).contains("5000 bytes"));
-    }
-
-    #[test]
     fn only_https_control_urls_are_accepted() {
-        let tls = tollgate_recorder::client::public_roots().unwrap();
-        let token = Arc::new(tollgate_recorder::shipper::StaticToken("t".into()));
+        let tls = tollgate_wire::client::public_roots().unwrap();
+        let token = Arc::new(tollgate_wire::client::StaticToken("t".into()));
         assert!(ControlClient::new("http://op:9443", token.clone(), tls.clone()).is_err());
         assert!(ControlClient::new("https://op:9443/", token, tls).is_ok());
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tollgate_crds::gateway_config::GatewayConfig;
+use tollgate_wire::config::GatewayConfig;
 
 /// Largest key file read, in bytes.
 pub const MAX_KEY_BYTES: u64 = 4096;

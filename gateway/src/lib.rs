@@ -19,5 +19,6 @@ pub mod quota;
 pub mod quota_lease;
 pub mod receipts;
 pub mod run;
+pub mod shipper;
 pub mod sse;
 pub mod upstream;

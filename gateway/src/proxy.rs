@@ -20,12 +20,12 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_crds::gateway_config::{
+use tollgate_evidence::{Decision, Lane};
+use tollgate_wire::config::PolicyMode;
+use tollgate_wire::config::{
     CompiledModel, CompiledPolicy, CompiledProvider, GatewayConfig, glob_matches,
 };
-use tollgate_crds::policy::PolicyMode;
-use tollgate_crds::provider::{ModelPricing, ProviderApi};
-use tollgate_evidence::{Decision, Lane};
+use tollgate_wire::config::{ModelPricing, ProviderApi};
 
 use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
@@ -359,7 +359,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         let fail_open = runtime
             .policy
             .as_ref()
-            .is_some_and(|p| p.fail_mode == tollgate_crds::policy::FailMode::Open);
+            .is_some_and(|p| p.fail_mode == tollgate_wire::config::FailMode::Open);
         if !fail_open {
             return error_response(
                 style,
@@ -1251,7 +1251,7 @@ impl http_body::Body for MeteredBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_crds::gateway_config::Route;
+    use tollgate_wire::config::Route;
 
     fn model(name: &str, aliases: &[&str]) -> CompiledModel {
         CompiledModel {
@@ -1280,7 +1280,7 @@ mod tests {
         let policy = CompiledPolicy {
             name: "p".into(),
             pod_selector: Default::default(),
-            mode: tollgate_crds::policy::PolicyMode::Enforce,
+            mode: tollgate_wire::config::PolicyMode::Enforce,
             routes: vec![
                 Route {
                     provider: "openai".into(),
@@ -1307,7 +1307,7 @@ mod tests {
             max_request_bytes: 1024,
             block_secrets: true,
             header_allowlist: vec![],
-            fail_mode: tollgate_crds::policy::FailMode::Closed,
+            fail_mode: tollgate_wire::config::FailMode::Closed,
             allow_opt_out: false,
             egress: vec![],
         };

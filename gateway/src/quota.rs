@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use tollgate_crds::gateway_config::{
+use tollgate_wire::config::{CalendarWindow, Enforcement};
+use tollgate_wire::config::{
     CompiledLimit, CompiledQuota, GatewayConfig, LimitWindow, glob_matches,
 };
-use tollgate_crds::quota::{CalendarWindow, Enforcement};
-pub use tollgate_crds::quota_math::{Amounts, calendar_window_bounds, price};
+pub use tollgate_wire::quota_math::{Amounts, calendar_window_bounds, price};
 
 /// Who is calling: matched against quota subjects.
 #[derive(Debug, Clone, Default)]
@@ -311,7 +311,7 @@ impl LocalQuotaAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_crds::policy::FailMode;
+    use tollgate_wire::config::FailMode;
 
     fn quota(id: &str, enforcement: Enforcement, limit: CompiledLimit) -> CompiledQuota {
         CompiledQuota {

@@ -16,14 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use tollgate_crds::gateway_config::{CompiledLimit, CompiledQuota};
-use tollgate_crds::policy::FailMode;
-use tollgate_crds::quota::Enforcement;
-use tollgate_recorder::client::HttpClient;
-use tollgate_recorder::lease_wire::{
-    AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest,
-};
-use tollgate_recorder::shipper::TokenSource;
+use tollgate_wire::client::HttpClient;
+use tollgate_wire::client::TokenSource;
+use tollgate_wire::config::Enforcement;
+use tollgate_wire::config::FailMode;
+use tollgate_wire::config::{CompiledLimit, CompiledQuota};
+use tollgate_wire::lease::{AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest};
 
 use crate::quota::{
     Amounts, BoxFuture, LimitKey, QuotaAuthority, QuotaDecision, Reservation, key_of,
@@ -480,8 +478,8 @@ impl QuotaAuthority for LeasedQuotaAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_crds::gateway_config::LimitWindow;
-    use tollgate_crds::quota::CalendarWindow;
+    use tollgate_wire::config::CalendarWindow;
+    use tollgate_wire::config::LimitWindow;
 
     fn quota(enforcement: Enforcement, tokens: u64) -> CompiledQuota {
         CompiledQuota {

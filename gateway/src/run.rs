@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tollgate_crds::gateway_config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
 use tollgate_evidence::{
     DnsLabel, DnsSubdomain, Identifier, KeyCertificate, KeyId, PodIdentity, PodUid, PublicKey,
     SignedKeyCertificate, SigningKey, Workload,
 };
+use tollgate_wire::config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
 
-use tollgate_recorder::shipper::{FileToken, Shipper, TokenSource};
+use crate::shipper::Shipper;
+use tollgate_wire::client::{FileToken, TokenSource};
 
 use crate::control::ControlClient;
 use crate::credentials::Credentials;
@@ -137,7 +138,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<GatewayConfig> {
             config.version
         );
     }
-    let expected = tollgate_crds::compile::policy_hash(&config);
+    let expected = tollgate_wire::config::policy_hash(&config);
     if expected != config.policy_hash {
         bail!(
             "{}: policyHash does not match the content (expected {expected}); refusing a tampered or hand-edited config",
@@ -480,9 +481,9 @@ fn required<'a>(value: &'a Option<String>, flag: &str) -> anyhow::Result<&'a str
 /// Reads a PEM CA bundle into a TLS client config.
 fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     match ca_file {
-        Some(path) => tollgate_recorder::client::roots_from_pem_file(path)
+        Some(path) => tollgate_wire::client::roots_from_pem_file(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
-        None => tollgate_recorder::client::public_roots().map_err(|e| anyhow::anyhow!("{e}")),
+        None => tollgate_wire::client::public_roots().map_err(|e| anyhow::anyhow!("{e}")),
     }
 }
 

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tollgate_crds::gateway_config::{CompiledProvider, HostTrust};
+use tollgate_wire::config::{CompiledProvider, HostTrust};
 
 /// SHA-256 of the upstream leaf certificate (DER). The connector puts it in
 /// the extensions of every response that came over TLS.

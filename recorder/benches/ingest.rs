@@ -16,7 +16,7 @@ use tollgate_recorder::metrics::Metrics;
 use tollgate_recorder::recorder::{Recorder, RecorderOptions};
 use tollgate_recorder::settings::Settings;
 use tollgate_recorder::store::sqlite::SqliteStore;
-use tollgate_recorder::testkit::{Gateway, key_from, trust_for};
+use tollgate_test_support::fixtures::{Gateway, key_from, trust_for};
 
 const BATCH: usize = 1_000;
 

@@ -1,25 +1,7 @@
 //! The recorder's error type: variants a caller can act on. The HTTP layer maps
 //! them to RFC 9457 problems in one place (`http::problem`).
 
-use serde::{Deserialize, Serialize};
-
-#[cfg(feature = "server")]
 use crate::store::StoreError;
-
-/// An RFC 9457 problem document, as the recorder answers errors
-/// (`application/problem+json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// `https://tollgate.dev/problems/<code>`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// A short summary of the problem type.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What happened this time.
-    pub detail: String,
-}
 
 /// Why a recorder operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +30,6 @@ pub enum RecorderError {
     #[error("{0}")]
     Conflict(String),
     /// Storage failed; retry later.
-    #[cfg(feature = "server")]
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The recorder cannot serve right now (starting, shutting down, TokenReview down).

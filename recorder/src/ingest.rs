@@ -25,102 +25,18 @@ use tollgate_evidence::{
 };
 
 use crate::error::RecorderError;
+pub use tollgate_wire::ingest::{IngestResponse, RejectReason, Rejection, StreamStatus};
 
-/// Why an envelope was refused. Stable snake_case codes; a bounded metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    /// Not a valid envelope (JSON shape or a field rule).
-    Malformed,
-    /// The certificate's issuer is not an active `receiptCA` key of the trust roots
-    /// valid at the certificate's issue time and the receipt's time.
-    CertificateUntrusted,
-    /// The certificate itself is wrong: CA signature, or key id not its key's hash.
-    CertificateInvalid,
-    /// The envelope belongs to another stream than the batch's.
-    WrongStream,
-    /// The envelope's hash is not the hash of its content.
-    HashMismatch,
-    /// The record is signed by a key other than the certificate's.
-    KeyNotCertified,
-    /// The record's signature does not verify with the certified key.
-    SignatureInvalid,
-    /// The record is dated outside the certificate's validity window.
-    OutsideCertificateWindow,
-    /// The receipt names a namespace, serviceAccount or pod the key is not certified for.
-    WorkloadMismatch,
-    /// The envelope's seq skips ahead of the stream's next seq: envelopes are missing.
-    SeqGap,
-    /// A different envelope is already stored at this seq of the stream.
-    SeqConflict,
-    /// `prev_hash` does not name the stream's previous envelope.
-    PrevHashMismatch,
-    /// The stream's records were signed by another key.
-    KeyChanged,
-    /// The stream already has its close record.
-    StreamClosed,
-    /// The close record disagrees with the chain it closes.
-    CloseMismatch,
-    /// The receipt id is already stored (or repeated in the batch) at another position.
-    ReceiptIdDuplicate,
-    /// An earlier envelope of this batch was rejected, so this one cannot follow it.
-    PrecededByRejection,
-}
-
-impl RejectReason {
-    /// Every reason, for metrics and docs.
-    pub const ALL: [Self; 17] = [
-        Self::Malformed,
-        Self::CertificateUntrusted,
-        Self::CertificateInvalid,
-        Self::WrongStream,
-        Self::HashMismatch,
-        Self::KeyNotCertified,
-        Self::SignatureInvalid,
-        Self::OutsideCertificateWindow,
-        Self::WorkloadMismatch,
-        Self::SeqGap,
-        Self::SeqConflict,
-        Self::PrevHashMismatch,
-        Self::KeyChanged,
-        Self::StreamClosed,
-        Self::CloseMismatch,
-        Self::ReceiptIdDuplicate,
-        Self::PrecededByRejection,
-    ];
-
-    /// The wire code.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::CertificateUntrusted => "certificate_untrusted",
-            Self::CertificateInvalid => "certificate_invalid",
-            Self::WrongStream => "wrong_stream",
-            Self::HashMismatch => "hash_mismatch",
-            Self::KeyNotCertified => "key_not_certified",
-            Self::SignatureInvalid => "signature_invalid",
-            Self::OutsideCertificateWindow => "outside_certificate_window",
-            Self::WorkloadMismatch => "workload_mismatch",
-            Self::SeqGap => "seq_gap",
-            Self::SeqConflict => "seq_conflict",
-            Self::PrevHashMismatch => "prev_hash_mismatch",
-            Self::KeyChanged => "key_changed",
-            Self::StreamClosed => "stream_closed",
-            Self::CloseMismatch => "close_mismatch",
-            Self::ReceiptIdDuplicate => "receipt_id_duplicate",
-            Self::PrecededByRejection => "preceded_by_rejection",
+/// The chain fault a rejection is flagged as, if it threatens the chain.
+pub const fn fault_of(reason: RejectReason) -> Option<FaultKind> {
+    match reason {
+        RejectReason::SeqGap => Some(FaultKind::Gap),
+        RejectReason::PrevHashMismatch | RejectReason::CloseMismatch => {
+            Some(FaultKind::BrokenChain)
         }
-    }
-
-    /// The chain fault this rejection is flagged as, if it threatens the chain.
-    pub const fn fault(self) -> Option<FaultKind> {
-        match self {
-            Self::SeqGap => Some(FaultKind::Gap),
-            Self::PrevHashMismatch | Self::CloseMismatch => Some(FaultKind::BrokenChain),
-            Self::SeqConflict => Some(FaultKind::Conflict),
-            Self::KeyChanged => Some(FaultKind::KeyChanged),
-            _ => None,
-        }
+        RejectReason::SeqConflict => Some(FaultKind::Conflict),
+        RejectReason::KeyChanged => Some(FaultKind::KeyChanged),
+        _ => None,
     }
 }
 
@@ -149,19 +65,6 @@ fn truncate(s: &mut String, max: usize) {
         }
         s.truncate(end);
     }
-}
-
-/// One refused envelope in the response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejection {
-    /// Position in the batch's `envelopes`.
-    pub index: usize,
-    /// The envelope's seq, when it could be read.
-    pub seq: Option<u64>,
-    /// Why.
-    pub reason: RejectReason,
-    /// Details for people.
-    pub message: String,
 }
 
 /// What a chain fault is.
@@ -216,34 +119,6 @@ pub struct ChainFault {
     pub at_ms: u64,
     /// Details.
     pub message: String,
-}
-
-/// `POST /v1/receipts` response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IngestResponse {
-    /// The batch's stream, when it could be read.
-    pub stream_id: Option<String>,
-    /// Envelopes stored by this request.
-    pub accepted: u64,
-    /// Envelopes already stored before (same stream, seq and hash): not stored again.
-    pub duplicates: u64,
-    /// Envelopes refused, with reasons. Nothing refused is stored.
-    pub rejected: Vec<Rejection>,
-    /// The seq the recorder expects next for this stream: resume shipping from here.
-    pub next_seq: u64,
-    /// Whether the stream's close record is stored.
-    pub closed: bool,
-}
-
-/// `GET /v1/streams/{stream_id}` response: a stream's position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamStatus {
-    /// The stream.
-    pub stream_id: String,
-    /// The seq the recorder expects next.
-    pub next_seq: u64,
-    /// Whether its close record is stored.
-    pub closed: bool,
 }
 
 /// A parsed batch: the certificate and each envelope (or why it could not be read).
@@ -576,7 +451,7 @@ pub fn plan_chain(
     let mut broken = false;
     for (index, (seq, verdict)) in envelopes.into_iter().enumerate() {
         let reject = |refusal: Refusal, at_ms: Option<u64>, plan: &mut ChainPlan| {
-            if let (Some(kind), Some(seq), Some(at_ms)) = (refusal.reason.fault(), seq, at_ms) {
+            if let (Some(kind), Some(seq), Some(at_ms)) = (fault_of(refusal.reason), seq, at_ms) {
                 plan.faults.push(ChainFault {
                     stream_id: stream_id.to_string(),
                     kind,
@@ -672,7 +547,7 @@ pub fn plan_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{Gateway, trust_for};
+    use tollgate_test_support::fixtures::{Gateway, trust_for};
 
     fn verified(batch_json: &[u8], trust: &TrustRoots) -> VerifiedBatch {
         verify_batch(parse_batch(batch_json, 1_000).unwrap(), trust, 2)
@@ -765,7 +640,8 @@ mod tests {
     #[test]
     fn an_untrusted_certificate_refuses_everything() {
         let gw = Gateway::new(1).unwrap();
-        let other = Gateway::with_ca(2, crate::testkit::key_from("other-ca")).unwrap();
+        let other =
+            Gateway::with_ca(2, tollgate_test_support::fixtures::key_from("other-ca")).unwrap();
         let trust = trust_for(&other);
         let envelopes = gw.stream(2, false).unwrap();
         let v = verified(&gw.batch_json(&envelopes).unwrap(), &trust);

@@ -214,7 +214,7 @@ impl LogCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{Gateway, T0_MS};
+    use tollgate_test_support::fixtures::{Gateway, T0_MS};
 
     fn ts(ms: u64) -> Timestamp {
         Timestamp::from_unix_millis(ms).unwrap()

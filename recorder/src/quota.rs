@@ -19,18 +19,18 @@
 //! [`decide`] and [`window_view`] are pure; [`grant`], [`renew`] and [`give_back`]
 //! run them inside a storage transaction holding the limit's lock.
 
-use tollgate_crds::gateway_config::{CompiledLimit, LimitWindow};
-use tollgate_crds::quota::{CalendarWindow, Enforcement};
-use tollgate_crds::quota_math::{Amounts, calendar_window_bounds};
 use tollgate_evidence::Timestamp;
+use tollgate_wire::config::{CalendarWindow, Enforcement};
+use tollgate_wire::config::{CompiledLimit, LimitWindow};
+use tollgate_wire::quota_math::{Amounts, calendar_window_bounds};
 
 use crate::error::RecorderError;
-pub use crate::lease_wire::{
-    AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, ReturnResponse,
-};
 use crate::settings::{DEFAULT_LEASE_TTL_SECONDS, MAX_LEASE_TTL_SECONDS};
 pub use crate::store::Caps;
 use crate::store::{LeaseRow, LimitKey, QuotaTx, Store};
+pub use tollgate_wire::lease::{
+    AmountsWire, GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, ReturnResponse,
+};
 
 /// Rolling windows are kept as this many buckets (as in the gateway).
 pub const ROLLING_BUCKETS: u64 = 120;

@@ -105,8 +105,9 @@ impl Recorder {
             None => options.origin,
         };
         let sinks = (!options.settings.sinks.is_empty()).then(|| {
-            let client = crate::client::public_roots()
-                .map(|tls| crate::client::HttpClient::new(tls, std::time::Duration::from_secs(10)));
+            let client = tollgate_wire::client::public_roots().map(|tls| {
+                tollgate_wire::client::HttpClient::new(tls, std::time::Duration::from_secs(10))
+            });
             client.map(|client| {
                 crate::sinks::spawn_sinks(
                     options.settings.sinks.clone(),

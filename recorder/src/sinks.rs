@@ -14,9 +14,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tollgate_evidence::SignedCheckpoint;
 
-use crate::client::HttpClient;
 use crate::metrics::{Metrics, SinkLabels};
 use crate::settings::{SinkSettings, SinkTarget};
+use tollgate_wire::client::HttpClient;
 
 /// Attempts per checkpoint and HTTP sink.
 const HTTP_ATTEMPTS: u32 = 5;

@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::Arc;
 
-use tollgate_crds::gateway_config::{CompiledLimit, LimitWindow};
 use tollgate_crds::quota::{CalendarWindow, Enforcement};
 use tollgate_evidence::{EnvelopeRecord, PrevHash, SignatureHex};
 use tollgate_recorder::auth::Caller;
@@ -16,8 +15,9 @@ use tollgate_recorder::ingest::{IngestResponse, RejectReason};
 use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRequest};
 use tollgate_recorder::recorder::Recorder;
 use tollgate_recorder::store::Store;
-use tollgate_recorder::testkit::{Gateway, HOUR_MS, T0_MS, key_from};
 use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery};
+use tollgate_test_support::fixtures::{Gateway, HOUR_MS, T0_MS, key_from};
+use tollgate_wire::config::{CompiledLimit, LimitWindow};
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::{RecorderProcess, ca_anchor, kubectl_tollgate};
-use tollgate_recorder::client::{HttpClient, public_roots};
+use tollgate_gateway::shipper::Shipper;
 use tollgate_recorder::ingest::IngestResponse;
-use tollgate_recorder::shipper::{Shipper, StaticToken};
-use tollgate_recorder::testkit::Gateway;
+use tollgate_test_support::fixtures::Gateway;
+use tollgate_wire::client::StaticToken;
+use tollgate_wire::client::{HttpClient, public_roots};
 
 fn client() -> HttpClient {
     HttpClient::new(public_roots().unwrap(), Duration::from_secs(30))
@@ -445,7 +446,7 @@ async fn a_real_gateway_spool_ships_and_verifies() {
     ]);
     assert_eq!(code, 0, "{err}");
     // The receipt CA: a fixed seed, and its TrustAnchor.
-    let ca = tollgate_recorder::testkit::key_from("gateway-test-ca");
+    let ca = tollgate_test_support::fixtures::key_from("gateway-test-ca");
     let ca_file = dir.join("ca.key");
     std::fs::write(&ca_file, hex::encode(ca.to_bytes())).unwrap();
     let ca_anchor_file = dir.join("gateway-ca-anchor.yaml");
@@ -461,62 +462,40 @@ async fn a_real_gateway_spool_ships_and_verifies() {
     .unwrap();
 
     let spool = dir.join("spool");
-    let mut gateway = std::process::Command::new(common::process::workspace_bin(
-        "tollgate-gateway",
-        "tollgate-gateway",
-    ))
-    .args([
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .args([
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "--namespace",
-        "demo",
-        "--service-account",
-        "app",
-    ])
-    .args([
-        "--pod-name",
-        "app-0",
-        "--pod-uid",
-        "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
-    ])
-    .args(["--ca-key-file", ca_file.to_str().unwrap()])
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stderr = gateway.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-            eprintln!("[gateway] {line}");
-        }
-    });
-    let api = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway did not start");
+    let mut command =
+        std::process::Command::new(tollgate_test_support::process::gateway_binary().unwrap());
+    command
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--namespace",
+            "demo",
+            "--service-account",
+            "app",
+        ])
+        .args([
+            "--pod-name",
+            "app-0",
+            "--pod-uid",
+            "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+        ])
+        .args(["--ca-key-file", ca_file.to_str().unwrap()]);
+    let gateway = tollgate_test_support::process::Listening::start(
+        command,
+        "gateway",
+        "tollgate-gateway: listening api=",
+    )
+    .expect("gateway did not start");
+    let api = gateway.address.clone();
     for i in 0..3 {
         let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hello {i}")}]});
         let r = client()
@@ -535,11 +514,7 @@ async fn a_real_gateway_spool_ships_and_verifies() {
             String::from_utf8_lossy(&r.body)
         );
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &gateway.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(gateway.wait().unwrap().success());
+    assert!(gateway.terminate().unwrap().success());
 
     let data = dir.join("data");
     let rec = RecorderProcess::start(&data, &["--trust-anchor", ca_anchor_file.to_str().unwrap()]);

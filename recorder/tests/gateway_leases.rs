@@ -7,11 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::process::{RecorderProcess, kubectl_tollgate, workspace_bin};
-use tollgate_recorder::client::{HttpClient, public_roots};
+use common::process::{RecorderProcess, kubectl_tollgate};
+use tollgate_test_support::process::{Listening, gateway_binary};
+use tollgate_wire::client::{HttpClient, public_roots};
 
 const CA_SEED: &str = "gateway-leases-test-ca";
 
@@ -49,7 +50,7 @@ fn manifests(dir: &Path, requests: u64, fail_mode: &str) -> PathBuf {
 }
 
 fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
-    let ca = tollgate_recorder::testkit::key_from(CA_SEED);
+    let ca = tollgate_test_support::fixtures::key_from(CA_SEED);
     let key = dir.join("ca.key");
     std::fs::write(&key, hex::encode(ca.to_bytes())).unwrap();
     let anchor = dir.join("ca-anchor.yaml");
@@ -80,7 +81,8 @@ impl GatewayProcess {
         recorder_url: &str,
         token: &Path,
     ) -> Self {
-        let mut child = Command::new(workspace_bin("tollgate-gateway", "tollgate-gateway"))
+        let mut command = Command::new(gateway_binary().unwrap());
+        command
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args([
@@ -97,36 +99,10 @@ impl GatewayProcess {
             .args(["--ca-key-file", ca_key.to_str().unwrap()])
             .args(["--recorder-url", recorder_url])
             .args(["--recorder-token-file", token.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let tag = name.to_string();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.strip_prefix("tollgate-gateway: listening api=")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-                eprintln!("[{tag}] {line}");
-            }
-        });
-        let api = rx
-            .recv_timeout(Duration::from_secs(60))
+            .env("RUST_LOG", "warn");
+        let started = Listening::start(command, name, "tollgate-gateway: listening api=")
             .expect("gateway did not start");
+        let (child, api) = (started.child, started.address);
         Self { child, api }
     }
 

@@ -10,12 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use tollgate_recorder::auth::{Caller, StaticTokens};
-use tollgate_recorder::client::{HttpClient, Response, public_roots, roots_from_pem_file};
 use tollgate_recorder::http::problem::{PROBLEM_JSON, Problem};
 use tollgate_recorder::http::{AppState, router};
 use tollgate_recorder::server::{ServeOptions, start};
 use tollgate_recorder::settings::Settings;
-use tollgate_recorder::testkit::Gateway;
+use tollgate_test_support::fixtures::Gateway;
+use tollgate_wire::client::{HttpClient, Response, public_roots, roots_from_pem_file};
 
 struct Api {
     url: String,

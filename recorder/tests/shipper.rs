@@ -8,12 +8,13 @@ mod common;
 use std::sync::Arc;
 
 use tollgate_evidence::EnvelopeRecord;
+use tollgate_gateway::shipper::Shipper;
 use tollgate_recorder::auth::{Caller, StaticTokens};
-use tollgate_recorder::client::public_roots;
 use tollgate_recorder::http::{AppState, router};
 use tollgate_recorder::recorder::Recorder;
-use tollgate_recorder::shipper::{Shipper, StaticToken};
-use tollgate_recorder::testkit::Gateway;
+use tollgate_test_support::fixtures::Gateway;
+use tollgate_wire::client::StaticToken;
+use tollgate_wire::client::public_roots;
 
 async fn serve() -> (Arc<Recorder>, String) {
     let (rec, _clock) = common::recorder(common::sqlite("shipper"), common::settings(100)).await;

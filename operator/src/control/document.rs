@@ -1,50 +1,19 @@
-//! The documents the control endpoint returns, built purely from what the
-//! caches hold: the gateway config document with its ETag, and key
-//! certificates.
+//! What the control endpoint answers, built purely from what the caches hold:
+//! the credentials a config document carries, and key certificates. The
+//! documents themselves are the wire contract (`tollgate_wire::control`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tollgate_crds::gateway_config::GatewayConfig;
 use tollgate_evidence::fields::{DnsLabel, DnsSubdomain, PodUid};
 use tollgate_evidence::{KeyCertificate, PodIdentity, PublicKey, SignedKeyCertificate, SigningKey};
 use tollgate_evidence::{KeyId, Timestamp};
+use tollgate_wire::config::GatewayConfig;
 
 use super::auth::TokenIdentity;
 
 /// How long a key certificate is valid.
 pub const CERTIFICATE_VALIDITY_MILLIS: u64 = 24 * 60 * 60 * 1000;
-
-/// The pod a config document is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub service_account: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// `GET /v1/gateway/config`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigDocument {
-    pub pod: PodInfo,
-    pub config: GatewayConfig,
-    /// Secret name → key → value, for the config's providers only.
-    pub credentials: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl ConfigDocument {
-    /// The body and its ETag (hex SHA-256 of the body, unquoted).
-    pub fn render(&self) -> Result<(Vec<u8>, String), serde_json::Error> {
-        let body = serde_json::to_vec(self)?;
-        let etag = hex::encode(Sha256::digest(&body));
-        Ok((body, etag))
-    }
-}
 
 /// The credentials `config`'s providers name: only their listed keys of
 /// their Secrets (from the operator namespace). Missing Secrets and keys, and
@@ -81,20 +50,6 @@ pub fn credentials_for(
         }
     }
     out
-}
-
-/// `POST /v1/gateway/certificate` request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CertificateRequest {
-    /// Standard base64 of the 32-byte Ed25519 public key.
-    pub public_key: String,
-}
-
-/// `POST /v1/gateway/certificate` response.
-#[derive(Debug, Clone, Serialize)]
-pub struct CertificateResponse {
-    pub certificate: SignedKeyCertificate,
 }
 
 /// Why a key certificate was not issued.
@@ -144,8 +99,8 @@ pub fn issue_certificate(
 mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use tollgate_crds::gateway_config::{CompiledProvider, CredentialsSource};
     use tollgate_crds::provider::ProviderApi;
+    use tollgate_wire::config::{CompiledProvider, CredentialsSource};
 
     use super::*;
 
@@ -215,32 +170,6 @@ mod tests {
             )])
         );
         assert!(credentials_for(&config(vec![]), &secrets).is_empty());
-    }
-
-    #[test]
-    fn the_etag_follows_the_content() {
-        let doc = ConfigDocument {
-            pod: PodInfo {
-                namespace: "team-a".into(),
-                name: "p".into(),
-                uid: "u".into(),
-                service_account: "default".into(),
-                labels: BTreeMap::new(),
-            },
-            config: config(vec![]),
-            credentials: BTreeMap::new(),
-        };
-        let (body, etag) = doc.render().unwrap();
-        assert_eq!(etag, hex::encode(Sha256::digest(&body)));
-        assert_eq!(doc.render().unwrap().1, etag);
-        let mut changed = doc.clone();
-        changed
-            .credentials
-            .insert("s".into(), BTreeMap::from([("k".into(), "v".into())]));
-        assert_ne!(changed.render().unwrap().1, etag);
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["pod"]["serviceAccount"], "default");
-        assert_eq!(json["config"]["namespace"], "team-a");
     }
 
     #[test]

@@ -41,7 +41,8 @@ use tokio::sync::Semaphore;
 use crate::receipt_ca::ReceiptCa;
 use auth::{GATEWAY_AUDIENCE, Refusal, TokenIdentity};
 use cache::ClusterCache;
-use document::{CertificateRequest, CertificateResponse, ConfigDocument, PodInfo};
+use tollgate_wire::control::{CertificateRequest, CertificateResponse, ConfigDocument, PodInfo};
+use tollgate_wire::problem::{PROBLEM_JSON, Problem as ProblemBody};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -140,18 +141,17 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "reason": self.reason,
-            "detail": self.detail,
-        });
-        let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let body = ProblemBody {
+            type_: "about:blank".to_owned(),
+            title: self.status.canonical_reason().unwrap_or("error").to_owned(),
+            status: self.status.as_u16(),
+            reason: Some(self.reason.to_owned()),
+            detail: self.detail,
+        };
+        let mut response = (self.status, body.to_json()).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use tollgate_crds::compile::parse_rolling;
-use tollgate_crds::gateway_config::Selector;
 use tollgate_crds::quota::{LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects};
 use tollgate_crds::{ClusterEgressQuota, EgressQuota};
+use tollgate_wire::config::Selector;
 
 use super::conditions::{Desired, Status, with_ready};
 use super::usage::{QuotaScope, QuotaToRefresh, summary};

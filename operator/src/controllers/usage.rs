@@ -15,9 +15,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use tollgate_crds::compile::parse_rolling;
-use tollgate_crds::gateway_config::glob_matches;
 use tollgate_crds::quota::{LimitStatus, QuotaAmounts, QuotaLimit};
-use tollgate_crds::quota_math::{Amounts, calendar_window_bounds};
+use tollgate_wire::config::glob_matches;
+use tollgate_wire::quota_math::{Amounts, calendar_window_bounds};
 
 /// Most bytes read from one usage answer.
 const MAX_USAGE_BODY: usize = 16 * 1024 * 1024;
@@ -173,7 +173,7 @@ pub fn summary(limits: &[QuotaLimit], statuses: &[LimitStatus]) -> Option<String
 #[derive(Debug)]
 pub struct RecorderSource {
     pub base_url: String,
-    client: tollgate_recorder::client::HttpClient,
+    client: tollgate_wire::client::HttpClient,
     token: TokenSource,
 }
 
@@ -249,13 +249,13 @@ impl RecorderSource {
         ca_file: Option<PathBuf>,
     ) -> Result<Self, String> {
         let tls = match &ca_file {
-            Some(path) => tollgate_recorder::client::roots_from_pem_file(path),
-            None => tollgate_recorder::client::public_roots(),
+            Some(path) => tollgate_wire::client::roots_from_pem_file(path),
+            None => tollgate_wire::client::public_roots(),
         }
         .map_err(|e| e.to_string())?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
-            client: tollgate_recorder::client::HttpClient::new(tls, QUERY_TIMEOUT),
+            client: tollgate_wire::client::HttpClient::new(tls, QUERY_TIMEOUT),
             token,
         })
     }

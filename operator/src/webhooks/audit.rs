@@ -300,8 +300,8 @@ mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
     use tollgate_admission::PolicySummary;
-    use tollgate_crds::gateway_config::Selector;
     use tollgate_crds::policy::PolicyMode;
+    use tollgate_wire::config::Selector;
 
     fn settings() -> InjectionSettings {
         InjectionSettings {

@@ -1,14 +1,11 @@
 //! RFC 9457 problem details: the one place recorder errors become HTTP responses.
 //! Internal and storage errors are logged and answered without their details.
 
-pub use crate::error::Problem;
 use crate::error::RecorderError;
 use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-
-/// The media type.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub use tollgate_wire::problem::{PROBLEM_JSON, Problem};
 
 /// A problem response.
 pub fn problem(status: StatusCode, code: &str, title: &str, detail: String) -> Response {
@@ -16,9 +13,10 @@ pub fn problem(status: StatusCode, code: &str, title: &str, detail: String) -> R
         type_: format!("https://tollgate.dev/problems/{code}"),
         title: title.to_string(),
         status: status.as_u16(),
+        reason: None,
         detail,
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let bytes = body.to_json();
     let mut response = (status, bytes).into_response();
     response
         .headers_mut()

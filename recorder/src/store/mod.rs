@@ -14,8 +14,8 @@ pub mod postgres;
 pub mod sqlite;
 
 use futures::future::BoxFuture;
-use tollgate_crds::quota_math::Amounts;
 use tollgate_evidence::{Envelope, EnvelopeRecord, SignedKeyCertificate};
+use tollgate_wire::quota_math::Amounts;
 
 use crate::ingest::ChainFault;
 use crate::log::Position;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Row};
-use tollgate_crds::quota_math::Amounts;
+use tollgate_wire::quota_math::Amounts;
 
 use super::{
     CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, QuotaTx,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::OwnedMutexGuard;
-use tollgate_crds::quota_math::Amounts;
+use tollgate_wire::quota_math::Amounts;
 
 use super::{
     CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, QuotaTx,

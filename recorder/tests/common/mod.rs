@@ -20,7 +20,7 @@ use tollgate_recorder::settings::Settings;
 use tollgate_recorder::store::Store;
 use tollgate_recorder::store::postgres::PostgresStore;
 use tollgate_recorder::store::sqlite::SqliteStore;
-use tollgate_recorder::testkit::{self, T0_MS};
+use tollgate_test_support::fixtures::{self, T0_MS};
 
 /// A fresh directory under the cargo target tmp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -37,12 +37,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// The recorder key every test uses.
 pub fn recorder_key() -> SigningKey {
-    testkit::key_from("recorder")
+    fixtures::key_from("recorder")
 }
 
 /// Trust roots with the receipt CA and the recorder key.
 pub fn auditor_trust() -> TrustRoots {
-    let mut trust = testkit::trust_for_ca(&testkit::key_from("receipt-ca"));
+    let mut trust = fixtures::trust_for_ca(&fixtures::key_from("receipt-ca"));
     let public = PublicKey::of_signing_key(&recorder_key());
     trust.keys.push(TrustedKey {
         key_id: public.key_id(),
@@ -142,7 +142,7 @@ pub async fn recorder(
         store,
         RecorderOptions {
             settings,
-            trust: testkit::trust_for_ca(&testkit::key_from("receipt-ca")),
+            trust: fixtures::trust_for_ca(&fixtures::key_from("receipt-ca")),
             origin: tollgate_recorder::identity::default_origin(&key).unwrap(),
             key,
             clock: clock.clone(),

@@ -1,5 +1,7 @@
 //! The compiled gateway configuration: the one wire type the operator produces
-//! (and `kubectl tollgate local` produces the same way) and the gateway consumes.
+//! (and `kubectl tollgate local` produces the same way) and the gateway consumes,
+//! with the small enums and prices it shares with the custom resources (the
+//! `tollgate-crds` spec types use these very types, so the two cannot drift).
 //!
 //! It holds no secret material. Provider keys reach the gateway separately and
 //! stay in its memory; the config only says which Secret keys exist, so the
@@ -9,13 +11,83 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{FailMode, PolicyMode};
-use crate::provider::{ModelPricing, ProviderApi};
-use crate::quota::{CalendarWindow, Enforcement};
+use sha2::{Digest, Sha256};
 
 /// The format version of [`GatewayConfig`]. Bumped on incompatible change; a
 /// gateway refuses a config with a version it does not know.
 pub const GATEWAY_CONFIG_VERSION: u32 = 1;
+
+/// How a policy treats requests.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Audit,
+    Disabled,
+}
+
+/// What happens when a dependency needed for evidence or quota is unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum FailMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+/// The wire API a provider speaks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum ProviderApi {
+    // OpenAI-style: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models.
+    Openai,
+    // Anthropic-style: /v1/messages and /v1/messages/count_tokens.
+    Anthropic,
+    // Offline, deterministic, no network.
+    DryRun,
+}
+
+/// Prices in micro-USD (1e-6 USD) per million tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPricing {
+    /// Price of one million input tokens, in micro-USD.
+    #[serde(rename = "inputPerMillionMicroUSD", default)]
+    pub input_per_million_micro_usd: u64,
+    /// Price of one million output tokens, in micro-USD.
+    #[serde(rename = "outputPerMillionMicroUSD", default)]
+    pub output_per_million_micro_usd: u64,
+    /// Price of one million cached input tokens, in micro-USD.
+    #[serde(rename = "cachedInputPerMillionMicroUSD", default)]
+    pub cached_input_per_million_micro_usd: u64,
+}
+
+/// Whether a quota denies or only records.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// A UTC calendar window. Windows start at the top of the minute or hour, at
+/// 00:00 UTC, or on the first of the month.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum CalendarWindow {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
 
 /// Everything one namespace's gateways need, identified by `policy_hash`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -245,6 +317,21 @@ impl GatewayConfig {
     pub fn provider(&self, name: &str) -> Option<&CompiledProvider> {
         self.providers.iter().find(|p| p.name == name)
     }
+
+    /// What `policy_hash` should be for this content.
+    pub fn content_hash(&self) -> String {
+        policy_hash(self)
+    }
+}
+
+/// SHA-256 over the config's JSON with an empty `policyHash`. serde_json
+/// writes struct fields in declaration order and maps sorted, so equal
+/// configs hash equally.
+pub fn policy_hash(config: &GatewayConfig) -> String {
+    let mut unhashed = config.clone();
+    unhashed.policy_hash.clear();
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! The quota lease API's wire types, shared by the recorder (which serves it)
 //! and gateways (which call it). See docs/recorder.md, "Quota leases".
 
+use crate::config::{CompiledLimit, Enforcement};
+use crate::quota_math::Amounts;
 use serde::{Deserialize, Serialize};
-use tollgate_crds::gateway_config::CompiledLimit;
-use tollgate_crds::quota::Enforcement;
-use tollgate_crds::quota_math::Amounts;
 
 /// Tokens, requests and cost on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

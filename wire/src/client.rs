@@ -2,7 +2,7 @@
 //! to checkpoint sinks: one connection per request, plain HTTP or rustls, bounded
 //! response bodies, a timeout on the whole exchange.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,44 @@ pub enum ClientError {
     /// TLS configuration.
     #[error("tls: {0}")]
     Tls(String),
+    /// The bearer token could not be read.
+    #[error("token: {0}")]
+    Token(String),
+}
+
+/// Where a bearer token comes from.
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
+    /// The current token.
+    fn token(&self) -> Result<String, ClientError>;
+}
+
+/// A token file, re-read on every request (projected tokens rotate).
+#[derive(Debug, Clone)]
+pub struct FileToken(PathBuf);
+
+impl FileToken {
+    /// Reads `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+}
+
+impl TokenSource for FileToken {
+    fn token(&self) -> Result<String, ClientError> {
+        std::fs::read_to_string(&self.0)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| ClientError::Token(format!("{}: {e}", self.0.display())))
+    }
+}
+
+/// A fixed token.
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub String);
+
+impl TokenSource for StaticToken {
+    fn token(&self) -> Result<String, ClientError> {
+        Ok(self.0.clone())
+    }
 }
 
 /// A response.

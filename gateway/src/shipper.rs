@@ -17,7 +17,8 @@
 //! ```no_run
 //! # async fn example(tls: std::sync::Arc<rustls::ClientConfig>) {
 //! use std::sync::Arc;
-//! use tollgate_recorder::shipper::{FileToken, Shipper};
+//! use tollgate_gateway::shipper::Shipper;
+//! use tollgate_wire::client::FileToken;
 //! let shipper = Shipper::new(
 //!     "/var/run/tollgate/spool",
 //!     "https://tollgate-recorder.tollgate-system.svc:8443",
@@ -42,8 +43,8 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::client::{ClientError, HttpClient};
-use crate::ingest::{IngestResponse, StreamStatus};
+use tollgate_wire::client::{ClientError, HttpClient, TokenSource};
+use tollgate_wire::ingest::{IngestResponse, StreamStatus};
 
 /// Envelopes per batch by default (the recorder's default bound is 1000).
 pub const DEFAULT_BATCH_ENVELOPES: usize = 500;
@@ -76,44 +77,6 @@ pub enum ShipperError {
         /// The problem detail, if any.
         detail: String,
     },
-    /// The token could not be read.
-    #[error("token: {0}")]
-    Token(String),
-}
-
-/// Where the bearer token comes from.
-pub trait TokenSource: Send + Sync + std::fmt::Debug {
-    /// The current token.
-    fn token(&self) -> Result<String, ShipperError>;
-}
-
-/// A token file, re-read on every request (projected tokens rotate).
-#[derive(Debug, Clone)]
-pub struct FileToken(PathBuf);
-
-impl FileToken {
-    /// Reads `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self(path.into())
-    }
-}
-
-impl TokenSource for FileToken {
-    fn token(&self) -> Result<String, ShipperError> {
-        std::fs::read_to_string(&self.0)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| ShipperError::Token(format!("{}: {e}", self.0.display())))
-    }
-}
-
-/// A fixed token.
-#[derive(Debug, Clone)]
-pub struct StaticToken(pub String);
-
-impl TokenSource for StaticToken {
-    fn token(&self) -> Result<String, ShipperError> {
-        Ok(self.0.clone())
-    }
 }
 
 /// What one pass did.
@@ -505,7 +468,7 @@ fn parse_line(line: &[u8]) -> Option<SpoolLine<'_>> {
 }
 
 fn status_error(status: StatusCode, body: &[u8]) -> ShipperError {
-    let detail = serde_json::from_slice::<crate::error::Problem>(body)
+    let detail = serde_json::from_slice::<tollgate_wire::problem::Problem>(body)
         .map(|p| p.detail)
         .unwrap_or_default();
     ShipperError::Status { status, detail }

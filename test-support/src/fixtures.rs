@@ -1,4 +1,4 @@
-//! Deterministic evidence for tests, benches and the gateway team: a gateway key
+//! Deterministic evidence for tests and benches: a gateway key
 //! certified by a receipt CA (both from fixed seeds), receipt bodies with usage,
 //! chained streams, batch bodies and matching trust roots.
 //!

@@ -1,8 +1,7 @@
 //! Quota arithmetic shared by the gateway's in-process authority and the
 //! recorder's: UTC calendar windows, integer pricing and amounts. Pure.
 
-use crate::provider::ModelPricing;
-use crate::quota::CalendarWindow;
+use crate::config::{CalendarWindow, ModelPricing};
 
 /// Amounts of the three quantities a limit can cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

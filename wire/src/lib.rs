@@ -1,0 +1,26 @@
+//! Everything a Tollgate gateway and the control plane exchange, and nothing
+//! else: no Kubernetes client, no database, no server.
+//!
+//! - [`config`]: the compiled gateway config the operator (or
+//!   `kubectl tollgate local`) produces and the gateway runs on, its policy hash,
+//!   and the small enums and prices the custom resources share with it;
+//! - [`control`]: the operator's control endpoint documents;
+//! - [`quota_math`] and [`lease`]: quota arithmetic and the recorder's lease API;
+//! - [`ingest`]: the recorder's receipt ingest answers;
+//! - [`problem`]: the one problem+json error body;
+//! - [`client`]: the small HTTPS client and bearer-token sources both sides use.
+//!
+//! The gateway depends on this crate and `tollgate-evidence` only; the
+//! `tollgate-crds`, recorder and operator crates depend on it. The `schema`
+//! feature (enabled by `tollgate-crds`) derives JSON schemas for the types that
+//! appear in custom resources. `make deps-check` proves the gateway's tree and
+//! binary hold no kube, k8s-openapi, schemars, rusqlite or tokio-postgres.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod ingest;
+pub mod lease;
+pub mod problem;
+pub mod quota_math;
