@@ -401,6 +401,26 @@ impl ReceiptSink {
     }
 }
 
+/// A sink whose drafts the test reads from the receiver, with no spool.
+#[cfg(test)]
+pub(crate) fn test_sink(max_bytes: u64) -> (ReceiptSink, mpsc::UnboundedReceiver<ReceiptDraft>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = ReceiptSink {
+        tx,
+        status: Arc::new(SpoolStatus::new(max_bytes)),
+        written: Arc::new(AtomicU64::new(0)),
+    };
+    (sink, rx)
+}
+
+#[cfg(test)]
+impl SpoolStatus {
+    /// Marks the writer as failed, as a failed write would.
+    pub(crate) fn fail_for_test(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Starts the writer task. It drains the channel in batches, syncing once per
 /// batch; when every sink is dropped it writes the close record and returns.
 pub fn spawn_spool_writer(

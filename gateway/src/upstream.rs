@@ -33,7 +33,7 @@ use tollgate_wire::config::{CompiledProvider, HostTrust};
 pub struct TlsFingerprint(pub [u8; 32]);
 
 /// Why a connection could not be made. Messages name hosts, never keys.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     #[error("host {0:?} is not in the provider's allowlist")]
     HostNotAllowed(String),
@@ -193,6 +193,9 @@ pub struct PinnedConnector {
     allowed_hosts: Arc<[String]>,
     tls_by_host: Arc<HashMap<String, Arc<ClientConfig>>>,
     connect_timeout: Duration,
+    /// In unit tests, connections come from here instead of TCP and TLS.
+    #[cfg(test)]
+    fake: Option<fake::FakeDial>,
 }
 
 impl PinnedConnector {
@@ -207,6 +210,8 @@ impl PinnedConnector {
             allowed_hosts: provider.hosts.clone().into(),
             tls_by_host: Arc::new(tls_by_host),
             connect_timeout: Duration::from_millis(u64::from(provider.connect_timeout_ms)),
+            #[cfg(test)]
+            fake: None,
         })
     }
 
@@ -224,6 +229,10 @@ impl PinnedConnector {
             Some("https") => {}
             Some("http") => return Err(ConnectError::PlainHttpRefused(host)),
             _ => return Err(ConnectError::BadUri),
+        }
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return fake.dial(&host);
         }
         let port = uri.port_u16().unwrap_or(443);
         let tcp = tokio::time::timeout(
@@ -261,8 +270,8 @@ impl PinnedConnector {
             .ok_or_else(|| ConnectError::NoPeerCertificate { host: host.clone() })?;
         let fingerprint = TlsFingerprint(Sha256::digest(leaf.as_ref()).into());
         Ok(UpstreamStream {
-            io: Box::new(TokioIo::new(tls)),
-            fingerprint,
+            io: Io::Tls(Box::new(TokioIo::new(tls))),
+            fingerprint: Some(fingerprint),
         })
     }
 }
@@ -284,13 +293,35 @@ impl tower::Service<Uri> for PinnedConnector {
 /// A TLS connection to a provider, with its leaf certificate fingerprint.
 #[derive(Debug)]
 pub struct UpstreamStream {
-    io: Box<TokioIo<TlsStream<TcpStream>>>,
-    fingerprint: TlsFingerprint,
+    io: Io,
+    /// Always set on a real connection (no fingerprint is a connect error).
+    fingerprint: Option<TlsFingerprint>,
+}
+
+#[derive(Debug)]
+enum Io {
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    #[cfg(test)]
+    Memory(TokioIo<tokio::io::DuplexStream>),
+}
+
+/// Calls `$method` on whichever stream `$io` is (static dispatch).
+macro_rules! on_io {
+    ($io:expr, $method:ident($($arg:expr),*)) => {
+        match $io {
+            Io::Tls(io) => Pin::new(io.as_mut()).$method($($arg),*),
+            #[cfg(test)]
+            Io::Memory(io) => Pin::new(io).$method($($arg),*),
+        }
+    };
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.fingerprint)
+        match self.fingerprint {
+            Some(fingerprint) => Connected::new().extra(fingerprint),
+            None => Connected::new(),
+        }
     }
 }
 
@@ -300,7 +331,7 @@ impl hyper::rt::Read for UpstreamStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(self.get_mut().io.as_mut()).poll_read(cx, buf)
+        on_io!(&mut self.get_mut().io, poll_read(cx, buf))
     }
 }
 
@@ -310,13 +341,13 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(self.get_mut().io.as_mut()).poll_write(cx, buf)
+        on_io!(&mut self.get_mut().io, poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.get_mut().io.as_mut()).poll_flush(cx)
+        on_io!(&mut self.get_mut().io, poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(self.get_mut().io.as_mut()).poll_shutdown(cx)
+        on_io!(&mut self.get_mut().io, poll_shutdown(cx))
     }
 }
 
@@ -325,11 +356,60 @@ pub type ProviderClient = Client<PinnedConnector, Full<Bytes>>;
 
 /// Builds the pooled client for a provider.
 pub fn provider_client(provider: &CompiledProvider) -> Result<ProviderClient, TrustError> {
-    let connector = PinnedConnector::for_provider(provider)?;
-    Ok(Client::builder(TokioExecutor::new())
+    Ok(pooled(PinnedConnector::for_provider(provider)?))
+}
+
+fn pooled(connector: PinnedConnector) -> ProviderClient {
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
-        .build(connector))
+        .build(connector)
+}
+
+/// In-memory upstreams for unit tests: the connector keeps its host and
+/// scheme checks, then takes the connection from a test function instead of
+/// TCP and TLS, so the request path runs without sockets.
+#[cfg(test)]
+pub mod fake {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Makes the connection to `host`: the client's end of an in-memory pipe
+    /// and the fingerprint its "TLS" had (`None` to simulate a connection with
+    /// none), or a connect error.
+    pub type DialFn = dyn Fn(&str) -> Result<(tokio::io::DuplexStream, Option<TlsFingerprint>), ConnectError>
+        + Send
+        + Sync;
+
+    #[derive(Clone)]
+    pub struct FakeDial(pub Arc<DialFn>);
+
+    impl std::fmt::Debug for FakeDial {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FakeDial")
+        }
+    }
+
+    impl FakeDial {
+        pub(super) fn dial(&self, host: &str) -> Result<UpstreamStream, ConnectError> {
+            let (io, fingerprint) = (self.0)(host)?;
+            Ok(UpstreamStream {
+                io: Io::Memory(TokioIo::new(io)),
+                fingerprint,
+            })
+        }
+    }
+
+    /// The provider's client, dialing through `dial`.
+    pub fn provider_client(
+        provider: &CompiledProvider,
+        dial: FakeDial,
+    ) -> Result<ProviderClient, TrustError> {
+        let mut connector = PinnedConnector::for_provider(provider)?;
+        connector.fake = Some(dial);
+        Ok(pooled(connector))
+    }
 }
 
 /// The connector error behind a client error, if the failure was ours.

@@ -1,0 +1,347 @@
+//! Forwarding to a live provider: one attempt per candidate in policy order,
+//! failing over (when the policy allows it) on errors that happened before the
+//! provider answered, on 429 and on 5xx. Each attempt strips the client's
+//! credentials, injects the provider key the routing formula picks, and
+//! requires the provider's TLS leaf fingerprint for the receipt.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::Full;
+use serde_json::Value;
+use tollgate_evidence::{Decision, Lane};
+use tollgate_wire::config::CompiledPolicy;
+
+use super::Ticket;
+use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
+use super::refusal::{Refusal, Refused};
+use super::route::Candidate;
+use crate::api::ApiStyle;
+use crate::credentials::choose_key_index;
+use crate::receipts::UpstreamFacts;
+use crate::upstream::{TlsFingerprint, connect_error};
+
+/// The request as it leaves for the provider: its JSON (which routing may have
+/// rewritten), the bytes the client sent, and whether they must be re-encoded.
+pub(super) struct Outgoing {
+    pub json: Value,
+    pub original: Bytes,
+    pub rewrite: bool,
+    /// The gateway asked for usage in the stream; the client did not, so the
+    /// usage chunk is taken out again.
+    pub strip_injected_usage: bool,
+}
+
+/// An attempt that failed before the provider answered.
+struct Failure {
+    refusal: Refusal,
+    /// Whether the next candidate may be tried (the provider did not take it).
+    may_fail_over: bool,
+}
+
+impl Failure {
+    fn final_(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            may_fail_over: false,
+        }
+    }
+
+    fn retryable(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            may_fail_over: true,
+        }
+    }
+}
+
+/// What one attempt's provider answered, with what the receipt needs of it.
+struct Answered {
+    response: http::Response<hyper::body::Incoming>,
+    host: String,
+    key_index: u32,
+    key_count: u32,
+}
+
+/// Tries `candidates` in order and streams back the first answer it keeps.
+pub(super) async fn forward(
+    ticket: &Ticket,
+    client_headers: &HeaderMap,
+    mut outgoing: Outgoing,
+    candidates: &[Candidate<'_>],
+    policy: &CompiledPolicy,
+    settle: Settle,
+) -> Result<Response, Refused> {
+    for (attempt, candidate) in candidates.iter().enumerate() {
+        let provider = candidate.provider.name.as_str();
+        let failover = policy.failover && attempt + 1 < candidates.len();
+        if outgoing.json.get("model").and_then(Value::as_str) != Some(candidate.model.name.as_str())
+        {
+            outgoing.json["model"] = Value::from(candidate.model.name.clone());
+            outgoing.rewrite = true;
+        }
+        let body = if outgoing.rewrite {
+            Bytes::from(serde_json::to_vec(&outgoing.json).unwrap_or_default())
+        } else {
+            outgoing.original.clone()
+        };
+        let answered = match attempt_once(ticket, client_headers, policy, candidate, body).await {
+            Ok(answered) => answered,
+            Err(failure) if failure.may_fail_over && failover => continue,
+            Err(failure) => return Err(failure.refusal.at(provider, Lane::Live)),
+        };
+        let status = answered.response.status();
+        if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) && failover {
+            continue;
+        }
+        return stream_back(
+            ticket,
+            answered,
+            candidate,
+            outgoing.strip_injected_usage,
+            settle,
+        )
+        .map_err(|refusal| refusal.at(provider, Lane::Live));
+    }
+    Err(Refusal::NoProviderAvailable.into())
+}
+
+/// Sends the request to one candidate and waits for the answer's headers.
+async fn attempt_once(
+    ticket: &Ticket,
+    client_headers: &HeaderMap,
+    policy: &CompiledPolicy,
+    candidate: &Candidate<'_>,
+    body: Bytes,
+) -> Result<Answered, Failure> {
+    let provider = candidate.provider;
+    let keys = ticket.runtime.credentials.keys(&provider.name);
+    if provider.credentials.is_some() && keys.is_empty() {
+        return Err(Failure::retryable(Refusal::CredentialsUnavailable {
+            provider: provider.name.clone(),
+        }));
+    }
+    let key_count = keys.len().max(1) as u32;
+    let key_index = choose_key_index(
+        &candidate.model.name,
+        &ticket.request_sha256,
+        &ticket.gateway.identity.node_id,
+        key_count,
+    );
+    let Some(base) = provider.base_url.as_deref() else {
+        return Err(Failure::final_(Refusal::ProviderMisconfigured {
+            provider: provider.name.clone(),
+        }));
+    };
+    let uri = format!("{}{}", base.trim_end_matches('/'), ticket.endpoint.path());
+    let host = uri
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+        .unwrap_or_default();
+    let style = ticket.endpoint.style();
+    let mut request = http::Request::post(&uri);
+    if let Some(headers) = request.headers_mut() {
+        copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
+        if let Some(key) = keys.get(key_index as usize) {
+            let (name, value) = match style {
+                ApiStyle::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+                ApiStyle::Anthropic => (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose().to_string(),
+                ),
+            };
+            if let Ok(mut value) = HeaderValue::from_str(&value) {
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
+        }
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|_| Failure::final_(Refusal::RequestBuildFailed))?;
+    let client = ticket
+        .runtime
+        .clients
+        .get(&provider.name)
+        .ok_or(Failure::final_(Refusal::ProviderClientMissing))?;
+    let first_byte = Duration::from_millis(u64::from(provider.first_byte_timeout_ms));
+    let response = match tokio::time::timeout(first_byte, client.request(request)).await {
+        Err(_) => {
+            return Err(Failure::retryable(Refusal::UpstreamTimeout {
+                provider: provider.name.clone(),
+                first_byte_timeout_ms: provider.first_byte_timeout_ms,
+            }));
+        }
+        Ok(Err(err)) => {
+            let refusal = match connect_error(&err) {
+                Some(e) => Refusal::UpstreamConnect(e.clone()),
+                None => Refusal::UpstreamFailed {
+                    provider: provider.name.clone(),
+                },
+            };
+            return Err(Failure::retryable(refusal));
+        }
+        Ok(Ok(response)) => response,
+    };
+    Ok(Answered {
+        response,
+        host,
+        key_index,
+        key_count,
+    })
+}
+
+/// Turns the provider's answer into the client's response, metered. A
+/// redirect or a connection without a TLS fingerprint is refused instead.
+fn stream_back(
+    ticket: &Ticket,
+    answered: Answered,
+    candidate: &Candidate<'_>,
+    strip_injected_usage: bool,
+    settle: Settle,
+) -> Result<Response, Refusal> {
+    let provider = candidate.provider;
+    let upstream = answered.response;
+    let status = upstream.status();
+    if status.is_redirection() {
+        return Err(Refusal::UpstreamRedirect {
+            provider: provider.name.clone(),
+        });
+    }
+    let fingerprint = upstream
+        .extensions()
+        .get::<TlsFingerprint>()
+        .map(|f| f.0)
+        .ok_or(Refusal::TlsFingerprintMissing)?;
+    let sse = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let (decision, reason) = if status.is_success() {
+        (Decision::Allow, "allowed")
+    } else {
+        (Decision::Error, upstream_reason(status))
+    };
+    let mut draft = ticket.draft(decision, reason, status.as_u16());
+    draft.provider = Some(provider.name.clone());
+    draft.model_served = Some(candidate.model.name.clone());
+    draft.first_byte_ms = Some(ticket.started.elapsed().as_millis() as u64);
+    draft.upstream = Some(UpstreamFacts {
+        host: answered.host,
+        tls_cert_sha256: Some(fingerprint),
+        provider_request_id: None,
+        key_index: answered.key_index,
+        key_count: answered.key_count,
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("request-id"),
+    ] {
+        if let Some(v) = upstream.headers().get(&name) {
+            response.headers_mut().insert(name, v.clone());
+        }
+    }
+    ticket.tag(&mut response);
+    let idle = Duration::from_millis(u64::from(provider.idle_timeout_ms));
+    let metered = MeteredBody::new(
+        Source::Upstream(upstream.into_body()),
+        tap_for(
+            ticket.endpoint,
+            sse,
+            strip_injected_usage && status.is_success(),
+        ),
+        draft,
+        ticket_finish(ticket, candidate.model.pricing.clone(), settle),
+        Some(idle),
+    );
+    *response.body_mut() = Body::new(metered);
+    Ok(response)
+}
+
+fn upstream_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => "upstream_429",
+        400..=499 => "upstream_4xx",
+        _ => "upstream_5xx",
+    }
+}
+
+/// Headers the API itself needs, plus the policy's allowlist. Credentials,
+/// cookies and anything else the client sent stay behind.
+fn copy_forwarded_headers(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    style: ApiStyle,
+    allowlist: &[String],
+) {
+    to.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let own: &[&str] = match style {
+        ApiStyle::OpenAi => &["accept", "user-agent", "openai-beta", "idempotency-key"],
+        ApiStyle::Anthropic => &[
+            "accept",
+            "user-agent",
+            "anthropic-version",
+            "anthropic-beta",
+        ],
+    };
+    for name in own
+        .iter()
+        .copied()
+        .chain(allowlist.iter().map(String::as_str))
+    {
+        if matches!(
+            name,
+            "authorization" | "x-api-key" | "proxy-authorization" | "cookie" | "host"
+        ) {
+            continue;
+        }
+        if let (Ok(header_name), Some(value)) =
+            (HeaderName::from_bytes(name.as_bytes()), from.get(name))
+        {
+            to.insert(header_name, value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_drop_credentials_and_keep_api_headers() {
+        let mut from = HeaderMap::new();
+        from.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer client-key"),
+        );
+        from.insert("x-api-key", HeaderValue::from_static("client-key"));
+        from.insert("cookie", HeaderValue::from_static("a=b"));
+        from.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        from.insert("x-request-id", HeaderValue::from_static("abc"));
+        from.insert("x-internal", HeaderValue::from_static("secret"));
+        let mut to = HeaderMap::new();
+        copy_forwarded_headers(
+            &from,
+            &mut to,
+            ApiStyle::Anthropic,
+            &["x-request-id".into(), "authorization".into()],
+        );
+        assert_eq!(to.get("anthropic-version").unwrap(), "2023-06-01");
+        assert_eq!(to.get("x-request-id").unwrap(), "abc");
+        for dropped in ["authorization", "x-api-key", "cookie", "x-internal"] {
+            assert!(to.get(dropped).is_none(), "{dropped} was forwarded");
+        }
+    }
+}

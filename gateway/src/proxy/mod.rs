@@ -1,0 +1,575 @@
+//! The request path, as named phases:
+//!
+//! 1. **admit**: a served path, and a spool that can take the receipt;
+//! 2. **read body**: bounded by the policy, hashed, a JSON object;
+//! 3. **guards**: secrets in the request;
+//! 4. **route**: the candidates the policy allows ([`route`]), and the policy's
+//!    token cap applied to the request;
+//! 5. **reserve quota**: an estimate, before anything goes upstream;
+//! 6. **dry-run or forward** ([`forward`]): one attempt per candidate;
+//! 7. **account** ([`metered`]): stream back while hashing and counting, then
+//!    settle the quota and hand the receipt draft to the spool writer.
+//!
+//! A phase that refuses returns a [`Refused`]; [`refusal`] holds the one table
+//! that maps each refusal to status, reason code, body and headers, and
+//! [`Ticket::refuse`] writes its receipt.
+//!
+//! Nothing here logs or keeps request or response text; receipts get hashes
+//! and counts only.
+
+mod forward;
+mod metered;
+pub mod refusal;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tollgate_evidence::{Decision, Lane};
+use tollgate_wire::config::{CompiledPolicy, FailMode, GatewayConfig, PolicyMode, ProviderApi};
+
+use crate::admin::Metrics;
+use crate::api::{ApiStyle, Endpoint};
+use crate::credentials::Credentials;
+use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits, price};
+use crate::receipts::{ReceiptDraft, ReceiptSink, unix_millis};
+use crate::upstream::{ProviderClient, TrustError, provider_client};
+use crate::{dry_run, guards};
+use forward::Outgoing;
+use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
+use refusal::{Refusal, Refused};
+use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, max_tokens_field, requested_max_tokens};
+
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub node_id: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Everything that changes on a config reload, swapped as one.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: GatewayConfig,
+    /// The policy that governs this pod; `None` refuses every request.
+    pub policy: Option<CompiledPolicy>,
+    pub credentials: Credentials,
+    clients: HashMap<String, ProviderClient>,
+    policy_hash: [u8; 32],
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`: picks this pod's policy and makes one
+    /// pooled, pinned client per live provider.
+    pub fn build(
+        config: GatewayConfig,
+        credentials: Credentials,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> Result<Self, TrustError> {
+        let policy = config.policy_for(pod_labels).cloned();
+        let mut clients = HashMap::new();
+        for provider in config
+            .providers
+            .iter()
+            .filter(|p| p.api != ProviderApi::DryRun)
+        {
+            clients.insert(provider.name.clone(), provider_client(provider)?);
+        }
+        let mut policy_hash = [0u8; 32];
+        hex::decode_to_slice(&config.policy_hash, &mut policy_hash).unwrap_or_default();
+        Ok(Self {
+            config,
+            policy,
+            credentials,
+            clients,
+            policy_hash,
+        })
+    }
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    runtime: RwLock<Arc<Runtime>>,
+    quota: Arc<dyn QuotaAuthority>,
+    receipts: ReceiptSink,
+    identity: Identity,
+    pub metrics: Metrics,
+}
+
+impl Gateway {
+    pub fn new(
+        runtime: Runtime,
+        quota: Arc<dyn QuotaAuthority>,
+        receipts: ReceiptSink,
+        identity: Identity,
+    ) -> Self {
+        Self {
+            runtime: RwLock::new(Arc::new(runtime)),
+            quota,
+            receipts,
+            identity,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The runtime in force; requests keep the one they started with.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a new runtime. In-flight requests finish on the old one.
+    pub fn swap_runtime(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
+    }
+
+    /// Counts a finished request and hands its receipt to the spool writer.
+    fn record(&self, draft: ReceiptDraft) {
+        self.metrics.count(&draft);
+        self.receipts.submit(draft);
+    }
+
+    pub fn receipts(&self) -> &ReceiptSink {
+        &self.receipts
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+/// The API router: every path goes to one handler, which refuses what it
+/// does not serve.
+pub fn router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(gateway)
+}
+
+fn style_for_path(path: &str) -> ApiStyle {
+    if path.starts_with("/v1/messages") {
+        ApiStyle::Anthropic
+    } else {
+        ApiStyle::OpenAi
+    }
+}
+
+/// Per-request facts accumulated on the way, turned into a draft at the end.
+struct Ticket {
+    gateway: Arc<Gateway>,
+    runtime: Arc<Runtime>,
+    endpoint: Endpoint,
+    started: Instant,
+    started_at_ms: u64,
+    receipt_id: String,
+    request_id: String,
+    request_sha256: [u8; 32],
+    model_requested: Option<String>,
+    guards: Vec<&'static str>,
+}
+
+impl Ticket {
+    fn new(
+        gateway: Arc<Gateway>,
+        runtime: Arc<Runtime>,
+        endpoint: Endpoint,
+        started: Instant,
+    ) -> Self {
+        Self {
+            gateway,
+            runtime,
+            endpoint,
+            started,
+            started_at_ms: unix_millis(),
+            receipt_id: uuid::Uuid::now_v7().hyphenated().to_string(),
+            request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+            request_sha256: [0; 32],
+            model_requested: None,
+            guards: Vec::new(),
+        }
+    }
+
+    fn draft(&self, decision: Decision, reason: &'static str, status: u16) -> ReceiptDraft {
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        ReceiptDraft {
+            id: self.receipt_id.clone(),
+            request_id: self.request_id.clone(),
+            started_at_ms: self.started_at_ms,
+            completed_at_ms: self.started_at_ms + elapsed,
+            total_ms: elapsed,
+            first_byte_ms: None,
+            endpoint: self.endpoint,
+            provider: None,
+            model_requested: self.model_requested.clone(),
+            model_served: None,
+            decision,
+            reason,
+            guards: self.guards.clone(),
+            status,
+            request_sha256: self.request_sha256,
+            response_sha256: [0; 32],
+            response_length: 0,
+            usage: None,
+            cost_micro_usd: 0,
+            upstream: None,
+            quota: None,
+            lane: Lane::Live,
+            policy_hash: self.runtime.policy_hash,
+        }
+    }
+
+    /// Refuses the request in the client's API style and records why.
+    fn refuse(&self, refused: Refused) -> Response {
+        let Refused {
+            refusal,
+            provider,
+            lane,
+        } = refused;
+        let body = refusal.body(self.endpoint.style());
+        let status = refusal.status();
+        let decision = if status >= 500 {
+            Decision::Error
+        } else {
+            Decision::Deny
+        };
+        let mut draft = self.draft(decision, refusal.row().reason, status);
+        draft.provider = provider;
+        draft.lane = lane;
+        draft.response_sha256 = Sha256::digest(&body).into();
+        draft.response_length = body.len() as u64;
+        self.submit(draft);
+        let mut response = refusal.response_with_body(body);
+        self.tag(&mut response);
+        response
+    }
+
+    fn submit(&self, draft: ReceiptDraft) {
+        self.gateway.record(draft);
+    }
+
+    fn tag(&self, response: &mut Response) {
+        if let Ok(v) = HeaderValue::from_str(&self.receipt_id) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("x-tollgate-receipt-id"), v);
+        }
+    }
+
+    /// Lists the models the policy allows, and records the listing.
+    fn answer_models(mut self, headers: &HeaderMap) -> Response {
+        self.request_sha256 = Sha256::digest(b"").into();
+        let body = route::list_models(&self.runtime, headers);
+        let mut draft = self.draft(Decision::Allow, "models_listed", 200);
+        draft.response_sha256 = Sha256::digest(&body).into();
+        draft.response_length = body.len() as u64;
+        self.submit(draft);
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.tag(&mut response);
+        response
+    }
+}
+
+/// Phase 1, admit: refusals here write no receipt (the path is not a model
+/// call, or the receipt could not be written).
+async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let started = Instant::now();
+    let Some(endpoint) = Endpoint::from_request(request.method(), request.uri().path()) else {
+        return Refusal::PathNotServed.response(style_for_path(request.uri().path()));
+    };
+    let runtime = gateway.runtime();
+    let fails_open = runtime
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.fail_mode == FailMode::Open);
+    if !gateway.receipts.status.accepting() && !fails_open {
+        return Refusal::SpoolUnavailable.response(endpoint.style());
+    }
+    let (parts, body) = request.into_parts();
+    let mut ticket = Ticket::new(gateway, runtime, endpoint, started);
+    if endpoint == Endpoint::Models {
+        return ticket.answer_models(&parts.headers);
+    }
+    match serve(&mut ticket, &parts.headers, body).await {
+        Ok(response) => response,
+        Err(refused) => ticket.refuse(refused),
+    }
+}
+
+/// Phases 2 to 7 for a model call under the pod's policy.
+async fn serve(ticket: &mut Ticket, headers: &HeaderMap, body: Body) -> Result<Response, Refused> {
+    let runtime = ticket.runtime.clone();
+    let policy = runtime.policy.as_ref().ok_or(Refusal::NoPolicy)?;
+    let bytes = read_body(policy, body).await?;
+    ticket.request_sha256 = Sha256::digest(&bytes).into();
+    let json = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return Err(Refusal::MalformedJson.into()),
+    };
+    // In audit mode every policy refusal becomes a guard code on a forwarded
+    // request: the receipt records the would-deny, the client sees no change.
+    let audit = policy.mode == PolicyMode::Audit;
+    check_guards(policy, &bytes, audit, &mut ticket.guards)?;
+    let requested = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or(Refusal::ModelMissing)?;
+    ticket.model_requested = Some(requested.clone());
+    let routed = route_request(ticket, &runtime.config, policy, &requested, (bytes, json))?;
+    let first = &routed.candidates[0];
+    let settle = reserve_quota(
+        ticket,
+        first,
+        &routed.outgoing.json,
+        routed.asked,
+        routed.lane,
+    )
+    .await?;
+    if routed.lane == Lane::DryRun {
+        return Ok(answer_dry_run(ticket, first, routed.outgoing, settle));
+    }
+    forward::forward(
+        ticket,
+        headers,
+        routed.outgoing,
+        &routed.candidates,
+        policy,
+        settle,
+    )
+    .await
+}
+
+/// Phase 2: the body, bounded by the policy.
+async fn read_body(policy: &CompiledPolicy, body: Body) -> Result<Bytes, Refusal> {
+    let limit = policy.max_request_bytes as usize;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Refusal::RequestTooLarge { limit })
+        }
+        Err(_) => Err(Refusal::BodyUnreadable),
+    }
+}
+
+/// Phase 3: a secret in the request is refused, or only recorded in audit mode.
+fn check_guards(
+    policy: &CompiledPolicy,
+    bytes: &[u8],
+    audit: bool,
+    fired: &mut Vec<&'static str>,
+) -> Result<(), Refusal> {
+    if policy.block_secrets
+        && let Some(secret) = guards::find_secret(bytes)
+    {
+        fired.push(secret.code());
+    }
+    if let Some(guard) = fired.first().copied().filter(|_| !audit) {
+        return Err(Refusal::SecretInRequest { guard });
+    }
+    if audit && !fired.is_empty() {
+        fired.push("audit.secret_in_request");
+    }
+    Ok(())
+}
+
+/// Where a request goes and what it asks for, after routing.
+struct Routed<'a> {
+    /// Never empty.
+    candidates: Vec<Candidate<'a>>,
+    lane: Lane,
+    /// The output tokens the client asked for, if it said.
+    asked: Option<u64>,
+    outgoing: Outgoing,
+}
+
+/// Phase 4: the candidates the policy allows, and the policy's token cap
+/// applied to the request (refused when over it, filled in when missing).
+fn route_request<'a>(
+    ticket: &mut Ticket,
+    config: &'a GatewayConfig,
+    policy: &'a CompiledPolicy,
+    requested: &str,
+    (original, mut json): (Bytes, Value),
+) -> Result<Routed<'a>, Refused> {
+    let endpoint = ticket.endpoint;
+    let audit = policy.mode == PolicyMode::Audit;
+    let mut candidates = route::candidates(config, policy, endpoint, requested, true);
+    if candidates.is_empty() && audit {
+        candidates = route::candidates(config, policy, endpoint, requested, false);
+        if !candidates.is_empty() {
+            ticket.guards.push("audit.model_not_allowed");
+        }
+    }
+    let Some(first) = candidates.first() else {
+        return Err(Refusal::ModelNotAllowed {
+            model: requested.to_owned(),
+        }
+        .into());
+    };
+    let lane = if first.provider.api == ProviderApi::DryRun {
+        Lane::DryRun
+    } else {
+        Lane::Live
+    };
+    let asked = requested_max_tokens(endpoint, &json);
+    if let (Some(asked), Some(cap)) = (asked, first.max_tokens)
+        && asked > u64::from(cap)
+    {
+        if !audit {
+            return Err(Refusal::MaxTokensOverPolicy { asked, cap }.at(&first.provider.name, lane));
+        }
+        ticket.guards.push("audit.max_tokens_over_policy");
+    }
+    let mut rewrite = false;
+    if asked.is_none()
+        && let (Some(cap), Some(field)) = (first.max_tokens, max_tokens_field(endpoint))
+    {
+        json[field] = Value::from(cap);
+        rewrite = true;
+    }
+    let streaming = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let mut strip_injected_usage = false;
+    if streaming && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions) {
+        let asked_usage = json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !asked_usage {
+            json["stream_options"] = serde_json::json!({"include_usage": true});
+            strip_injected_usage = true;
+            rewrite = true;
+        }
+    }
+    Ok(Routed {
+        candidates,
+        lane,
+        asked,
+        outgoing: Outgoing {
+            json,
+            original,
+            rewrite,
+            strip_injected_usage,
+        },
+    })
+}
+
+/// Phase 5: reserves an estimate against every quota that applies, before
+/// anything goes upstream. Counting tokens is free: one request, no tokens.
+async fn reserve_quota(
+    ticket: &mut Ticket,
+    first: &Candidate<'_>,
+    json: &Value,
+    asked: Option<u64>,
+    lane: Lane,
+) -> Result<Settle, Refused> {
+    let gateway = ticket.gateway.clone();
+    let provider = first.provider.name.as_str();
+    let estimate = if ticket.endpoint == Endpoint::CountTokens {
+        Amounts {
+            requests: 1,
+            ..Amounts::default()
+        }
+    } else {
+        let input = dry_run::estimate_input_tokens(ticket.endpoint, json);
+        let output = asked
+            .or(first.max_tokens.map(u64::from))
+            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+        Amounts {
+            tokens: input + output,
+            requests: 1,
+            cost_micro_usd: price(input, output, 0, &first.model.pricing),
+        }
+    };
+    let caller = Caller {
+        service_account: gateway.identity.service_account.clone(),
+        pod_labels: gateway.identity.pod_labels.clone(),
+    };
+    let limits = matching_limits(&ticket.runtime.config, &caller, provider, &first.model.name);
+    let now_secs = ticket.started_at_ms / 1000;
+    let reservation = match gateway.quota.reserve(&limits, estimate, now_secs).await {
+        QuotaDecision::Allow(reservation) => reservation,
+        QuotaDecision::Unavailable { quota_id, limit } => {
+            return Err(Refusal::QuotaAuthorityUnavailable { quota_id, limit }.at(provider, lane));
+        }
+        QuotaDecision::Deny {
+            quota_id,
+            limit,
+            retry_after_secs,
+        } => {
+            return Err(Refusal::QuotaExceeded {
+                quota_id,
+                limit,
+                retry_after_secs,
+            }
+            .at(provider, lane));
+        }
+    };
+    if reservation.shadow_denied {
+        ticket.guards.push("quota.shadow_exceeded");
+    }
+    Ok(Settle::new(
+        gateway.quota.clone(),
+        reservation,
+        estimate,
+        now_secs,
+    ))
+}
+
+/// Phase 6, dry-run lane: the deterministic answer, metered like a live one.
+fn answer_dry_run(
+    ticket: &Ticket,
+    first: &Candidate<'_>,
+    mut outgoing: Outgoing,
+    settle: Settle,
+) -> Response {
+    let endpoint = ticket.endpoint;
+    outgoing.json["model"] = Value::from(first.model.name.clone());
+    let answer = dry_run::respond(endpoint, &first.model.name, &outgoing.json);
+    let frames: VecDeque<Bytes> = match answer.body {
+        dry_run::DryRunBody::Json(b) => VecDeque::from([b]),
+        dry_run::DryRunBody::Events(events) => events.into(),
+    };
+    let mut draft = ticket.draft(Decision::Allow, "allowed", answer.status);
+    draft.provider = Some(first.provider.name.clone());
+    draft.model_served = Some(first.model.name.clone());
+    draft.lane = Lane::DryRun;
+    let sse = answer.content_type.starts_with("text/event-stream");
+    let metered = MeteredBody::new(
+        Source::Frames(frames),
+        tap_for(endpoint, sse, outgoing.strip_injected_usage),
+        draft,
+        ticket_finish(ticket, first.model.pricing.clone(), settle),
+        None,
+    );
+    let mut response = Response::new(Body::new(metered));
+    *response.status_mut() =
+        http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    ticket.tag(&mut response);
+    response
+}

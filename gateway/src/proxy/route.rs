@@ -1,0 +1,323 @@
+//! Routing: which providers and models a request may go to under the pod's
+//! policy, and what the policy's token caps make of the request. Pure.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::Value;
+use tollgate_wire::config::{
+    CompiledModel, CompiledPolicy, CompiledProvider, GatewayConfig, ProviderApi, glob_matches,
+};
+
+use super::Runtime;
+use crate::api::Endpoint;
+
+/// A provider and model a request may go to.
+#[derive(Debug, Clone)]
+pub(super) struct Candidate<'a> {
+    pub provider: &'a CompiledProvider,
+    pub model: &'a CompiledModel,
+    pub max_tokens: Option<u32>,
+}
+
+/// The candidates for `requested` under `policy`, in policy order. A
+/// `provider:model` prefix forces one provider. Only providers that serve the
+/// endpoint's style, and models the provider lists, qualify.
+pub(super) fn candidates<'a>(
+    config: &'a GatewayConfig,
+    policy: &'a CompiledPolicy,
+    endpoint: Endpoint,
+    requested: &str,
+    check_globs: bool,
+) -> Vec<Candidate<'a>> {
+    let (forced, model_name) = match requested.split_once(':') {
+        Some((p, m)) if config.provider(p).is_some() => (Some(p), m),
+        _ => (None, requested),
+    };
+    let mut out: Vec<Candidate<'a>> = Vec::new();
+    for route in &policy.routes {
+        if forced.is_some_and(|p| p != route.provider) {
+            continue;
+        }
+        let Some(provider) = config.provider(&route.provider) else {
+            continue;
+        };
+        if !endpoint.served_by(provider.api) || out.iter().any(|c| c.provider.name == provider.name)
+        {
+            continue;
+        }
+        let Some(model) = provider
+            .models
+            .iter()
+            .find(|m| m.name == model_name || m.aliases.iter().any(|a| a == model_name))
+        else {
+            continue;
+        };
+        let allowed = !check_globs
+            || route
+                .model_globs
+                .iter()
+                .any(|g| glob_matches(g, &model.name) || glob_matches(g, model_name));
+        if allowed {
+            out.push(Candidate {
+                provider,
+                model,
+                max_tokens: route.max_tokens,
+            });
+        }
+    }
+    // A live route never falls back to dry-run, nor the reverse.
+    if let Some(first_lane) = out.first().map(|c| c.provider.api == ProviderApi::DryRun) {
+        out.retain(|c| (c.provider.api == ProviderApi::DryRun) == first_lane);
+    }
+    out
+}
+
+/// The field that caps output tokens for an endpoint.
+pub(super) fn max_tokens_field(endpoint: Endpoint) -> Option<&'static str> {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages => {
+            Some("max_tokens")
+        }
+        Endpoint::Responses => Some("max_output_tokens"),
+        _ => None,
+    }
+}
+
+pub(super) fn requested_max_tokens(endpoint: Endpoint, body: &Value) -> Option<u64> {
+    let field = max_tokens_field(endpoint)?;
+    body.get(field)
+        .and_then(Value::as_u64)
+        .or_else(|| body.get("max_completion_tokens").and_then(Value::as_u64))
+}
+
+/// Output tokens assumed for a quota estimate when neither the request nor
+/// the policy bounds them.
+pub(super) const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
+
+/// The `GET /v1/models` answer: the models the policy allows, in the style
+/// the client speaks (Anthropic when it sends `anthropic-version`).
+pub(super) fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Bytes {
+    let mut names: Vec<(String, &str)> = Vec::new();
+    if let Some(policy) = &runtime.policy {
+        for route in &policy.routes {
+            let Some(provider) = runtime.config.provider(&route.provider) else {
+                continue;
+            };
+            for model in &provider.models {
+                let allowed = route
+                    .model_globs
+                    .iter()
+                    .any(|g| glob_matches(g, &model.name));
+                if allowed && !names.iter().any(|(n, _)| n == &model.name) {
+                    names.push((model.name.clone(), provider.name.as_str()));
+                }
+            }
+        }
+    }
+    let body = if headers.contains_key("anthropic-version") {
+        let data: Vec<Value> = names.iter().map(|(n, _)| serde_json::json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect();
+        serde_json::json!({"data": data, "has_more": false, "first_id": names.first().map(|n| &n.0), "last_id": names.last().map(|n| &n.0)})
+    } else {
+        let data: Vec<Value> = names.iter().map(|(n, p)| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": p})).collect();
+        serde_json::json!({"object": "list", "data": data})
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_wire::config::{ModelPricing, Route};
+
+    fn model(name: &str, aliases: &[&str]) -> CompiledModel {
+        CompiledModel {
+            name: name.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            pricing: ModelPricing::default(),
+        }
+    }
+
+    fn provider(name: &str, api: ProviderApi, models: Vec<CompiledModel>) -> CompiledProvider {
+        CompiledProvider {
+            name: name.into(),
+            api,
+            base_url: None,
+            hosts: vec![],
+            credentials: None,
+            models,
+            upstream_trust: vec![],
+            connect_timeout_ms: 1,
+            first_byte_timeout_ms: 1,
+            idle_timeout_ms: 1,
+        }
+    }
+
+    fn config() -> (GatewayConfig, CompiledPolicy) {
+        let policy = CompiledPolicy {
+            name: "p".into(),
+            pod_selector: Default::default(),
+            mode: tollgate_wire::config::PolicyMode::Enforce,
+            routes: vec![
+                Route {
+                    provider: "openai".into(),
+                    model_globs: vec!["gpt-4o*".into()],
+                    max_tokens: Some(100),
+                },
+                Route {
+                    provider: "backup".into(),
+                    model_globs: vec!["*".into()],
+                    max_tokens: None,
+                },
+                Route {
+                    provider: "dry".into(),
+                    model_globs: vec!["*".into()],
+                    max_tokens: None,
+                },
+                Route {
+                    provider: "claude".into(),
+                    model_globs: vec!["claude-*".into()],
+                    max_tokens: None,
+                },
+            ],
+            failover: true,
+            max_request_bytes: 1024,
+            block_secrets: true,
+            header_allowlist: vec![],
+            fail_mode: tollgate_wire::config::FailMode::Closed,
+            allow_opt_out: false,
+            egress: vec![],
+        };
+        let config = GatewayConfig {
+            version: 1,
+            namespace: "ns".into(),
+            policy_hash: String::new(),
+            policies: vec![policy.clone()],
+            providers: vec![
+                provider(
+                    "openai",
+                    ProviderApi::Openai,
+                    vec![model("gpt-4o-mini", &["mini"])],
+                ),
+                provider(
+                    "backup",
+                    ProviderApi::Openai,
+                    vec![model("gpt-4o-mini", &[])],
+                ),
+                provider(
+                    "dry",
+                    ProviderApi::DryRun,
+                    vec![model("gpt-4o-mini", &[]), model("dry-only", &[])],
+                ),
+                provider(
+                    "claude",
+                    ProviderApi::Anthropic,
+                    vec![model("claude-3-5-haiku", &[])],
+                ),
+            ],
+            quotas: vec![],
+        };
+        (config, policy)
+    }
+
+    fn names(c: &[Candidate<'_>]) -> Vec<String> {
+        c.iter()
+            .map(|c| format!("{}:{}", c.provider.name, c.model.name))
+            .collect()
+    }
+
+    #[test]
+    fn routes_follow_policy_order_and_never_mix_lanes() {
+        let (config, policy) = config();
+        let c = candidates(
+            &config,
+            &policy,
+            Endpoint::ChatCompletions,
+            "gpt-4o-mini",
+            true,
+        );
+        assert_eq!(
+            names(&c),
+            ["openai:gpt-4o-mini", "backup:gpt-4o-mini"],
+            "dry-run is never a fallback for a live route"
+        );
+        let c = candidates(&config, &policy, Endpoint::ChatCompletions, "mini", true);
+        assert_eq!(
+            names(&c),
+            ["openai:gpt-4o-mini"],
+            "aliases resolve to the provider's name"
+        );
+        let c = candidates(
+            &config,
+            &policy,
+            Endpoint::ChatCompletions,
+            "dry-only",
+            true,
+        );
+        assert_eq!(names(&c), ["dry:dry-only"]);
+    }
+
+    #[test]
+    fn provider_prefix_forces_a_provider() {
+        let (config, policy) = config();
+        assert_eq!(
+            names(&candidates(
+                &config,
+                &policy,
+                Endpoint::ChatCompletions,
+                "backup:gpt-4o-mini",
+                true
+            )),
+            ["backup:gpt-4o-mini"]
+        );
+        assert_eq!(
+            names(&candidates(
+                &config,
+                &policy,
+                Endpoint::ChatCompletions,
+                "dry:gpt-4o-mini",
+                true
+            )),
+            ["dry:gpt-4o-mini"]
+        );
+        assert!(
+            candidates(
+                &config,
+                &policy,
+                Endpoint::ChatCompletions,
+                "nobody:gpt-4o-mini",
+                true
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn styles_and_unknown_models_are_enforced() {
+        let (config, policy) = config();
+        assert!(
+            candidates(
+                &config,
+                &policy,
+                Endpoint::ChatCompletions,
+                "claude-3-5-haiku",
+                true
+            )
+            .is_empty(),
+            "an Anthropic model over the OpenAI API"
+        );
+        assert_eq!(
+            names(&candidates(
+                &config,
+                &policy,
+                Endpoint::Messages,
+                "claude-3-5-haiku",
+                true
+            )),
+            ["claude:claude-3-5-haiku"]
+        );
+        assert!(
+            candidates(&config, &policy, Endpoint::ChatCompletions, "gpt-5", true).is_empty(),
+            "not listed by any provider"
+        );
+    }
+}

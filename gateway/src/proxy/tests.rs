@@ -1,0 +1,731 @@
+//! The request path in process, without sockets: requests go through the
+//! router with `tower::ServiceExt::oneshot`, live providers are answered by
+//! HTTP servers on in-memory pipes (`upstream::fake`), and receipt drafts are
+//! read from the sink. Every refusal reason is driven here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tollgate_evidence::{Decision, Lane};
+use tollgate_wire::config::{
+    CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
+    CredentialsSource, Enforcement, FailMode, GatewayConfig, LimitWindow, ModelPricing, PolicyMode,
+    ProviderApi, Route, Selector,
+};
+
+use super::{Gateway, Identity, Runtime, router};
+use crate::credentials::{ApiKey, Credentials};
+use crate::quota::{
+    Amounts, BoxFuture, LocalQuotaAuthority, QuotaAuthority, QuotaDecision, Reservation,
+};
+use crate::receipts::{ReceiptDraft, test_sink};
+use crate::upstream::fake::{self, FakeDial};
+use crate::upstream::{ConnectError, TlsFingerprint};
+
+const FINGERPRINT: [u8; 32] = [7; 32];
+const PROVIDER_KEY: &str = "sk-provider-key-0123456789";
+
+/// How the in-memory provider behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upstream {
+    /// Answers 200 with a chat completion and its usage.
+    Ok,
+    /// Answers with this status and an error body.
+    Status(u16),
+    /// Redirects.
+    Redirect,
+    /// Accepts the request and never answers.
+    Silent,
+    /// Closes the connection without answering.
+    Hangup,
+    /// Refuses the TLS handshake.
+    TlsRefused,
+    /// Answers 200, over a connection with no certificate fingerprint.
+    NoFingerprint,
+}
+
+/// What the in-memory providers saw, by host.
+#[derive(Default, Debug)]
+struct Seen {
+    requests: Vec<(String, http::HeaderMap, Value)>,
+}
+
+fn dial(behaviour: BTreeMap<String, Upstream>, seen: Arc<Mutex<Seen>>) -> FakeDial {
+    FakeDial(Arc::new(move |host: &str| {
+        let behaviour = behaviour.get(host).copied().unwrap_or(Upstream::Ok);
+        let fingerprint = match behaviour {
+            Upstream::TlsRefused => {
+                return Err(ConnectError::Tls {
+                    host: host.to_owned(),
+                    reason: "certificate not trusted".into(),
+                });
+            }
+            Upstream::NoFingerprint => None,
+            _ => Some(TlsFingerprint(FINGERPRINT)),
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let seen = seen.clone();
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            if behaviour == Upstream::Hangup {
+                drop(server);
+                return;
+            }
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                let host = host.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let bytes = body.collect().await.unwrap().to_bytes();
+                    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    seen.lock()
+                        .unwrap()
+                        .requests
+                        .push((host, parts.headers, json.clone()));
+                    Ok::<_, Infallible>(answer(behaviour, &json).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .await;
+        });
+        Ok((client, fingerprint))
+    }))
+}
+
+async fn answer(behaviour: Upstream, request: &Value) -> http::Response<String> {
+    let builder = http::Response::builder().header("content-type", "application/json");
+    match behaviour {
+        Upstream::Silent => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            builder.status(200).body(String::new()).unwrap()
+        }
+        Upstream::Redirect => builder
+            .status(302)
+            .header("location", "https://elsewhere.test/")
+            .body(String::new())
+            .unwrap(),
+        Upstream::Status(status) => builder
+            .status(status)
+            .body(json!({"error": {"message": "busy", "type": "server_error"}}).to_string())
+            .unwrap(),
+        _ => builder
+            .status(200)
+            .body(
+                json!({
+                    "id": "chatcmpl-1", "object": "chat.completion",
+                    "model": request["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+                })
+                .to_string(),
+            )
+            .unwrap(),
+    }
+}
+
+fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
+    CompiledProvider {
+        name: name.into(),
+        api,
+        base_url: (api != ProviderApi::DryRun).then(|| format!("https://{host}")),
+        hosts: if api == ProviderApi::DryRun {
+            vec![]
+        } else {
+            vec![host.into()]
+        },
+        credentials: (api != ProviderApi::DryRun).then(|| CredentialsSource {
+            secret_name: format!("{name}-keys"),
+            keys: vec!["key".into()],
+        }),
+        models: vec![CompiledModel {
+            name: "gpt-4o-mini".into(),
+            aliases: vec![],
+            pricing: ModelPricing::default(),
+        }],
+        upstream_trust: vec![],
+        connect_timeout_ms: 1_000,
+        first_byte_timeout_ms: 2_000,
+        idle_timeout_ms: 2_000,
+    }
+}
+
+fn route(provider: &str) -> Route {
+    Route {
+        provider: provider.into(),
+        model_globs: vec!["gpt-4o*".into()],
+        max_tokens: Some(100),
+    }
+}
+
+/// One governed pod's gateway, in process.
+struct Pod {
+    config: GatewayConfig,
+    upstream: BTreeMap<String, Upstream>,
+    quota: Arc<dyn QuotaAuthority>,
+    spool_failed: bool,
+    pod_labels: BTreeMap<String, String>,
+    keys: bool,
+}
+
+impl Pod {
+    /// A pod whose policy routes `gpt-4o*` to `openai` (at `api.openai.test`)
+    /// then `backup` (at `backup.test`), failover on, secrets blocked.
+    fn new() -> Self {
+        let policy = CompiledPolicy {
+            name: "p".into(),
+            pod_selector: Selector::default(),
+            mode: PolicyMode::Enforce,
+            routes: vec![route("openai"), route("backup")],
+            failover: true,
+            max_request_bytes: 4096,
+            block_secrets: true,
+            header_allowlist: vec![],
+            fail_mode: FailMode::Closed,
+            allow_opt_out: false,
+            egress: vec![],
+        };
+        let config = GatewayConfig {
+            version: 1,
+            namespace: "team-a".into(),
+            policy_hash: String::new(),
+            policies: vec![policy],
+            providers: vec![
+                provider("openai", ProviderApi::Openai, "api.openai.test"),
+                provider("backup", ProviderApi::Openai, "backup.test"),
+            ],
+            quotas: vec![],
+        };
+        Self {
+            config,
+            upstream: BTreeMap::new(),
+            quota: Arc::new(LocalQuotaAuthority::new()),
+            spool_failed: false,
+            pod_labels: BTreeMap::new(),
+            keys: true,
+        }
+    }
+
+    fn policy(&mut self) -> &mut CompiledPolicy {
+        &mut self.config.policies[0]
+    }
+
+    fn upstream(mut self, host: &str, behaviour: Upstream) -> Self {
+        self.upstream.insert(host.into(), behaviour);
+        self
+    }
+
+    fn start(self) -> Running {
+        let credentials = Credentials::from_keys(
+            self.config
+                .providers
+                .iter()
+                .filter(|_| self.keys)
+                .map(|p| (p.name.clone(), vec![ApiKey::new(PROVIDER_KEY).unwrap()])),
+        );
+        let mut runtime = Runtime::build(self.config, credentials, &self.pod_labels).unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let dialer = dial(self.upstream, seen.clone());
+        for provider in runtime.config.providers.clone() {
+            if runtime.clients.contains_key(&provider.name) {
+                runtime.clients.insert(
+                    provider.name.clone(),
+                    fake::provider_client(&provider, dialer.clone()).unwrap(),
+                );
+            }
+        }
+        let (sink, drafts) = test_sink(64 * 1024 * 1024);
+        if self.spool_failed {
+            sink.status.fail_for_test();
+        }
+        let identity = Identity {
+            namespace: "team-a".into(),
+            service_account: "app".into(),
+            pod: "app-0".into(),
+            node_id: "node-1".into(),
+            pod_labels: BTreeMap::new(),
+        };
+        let gateway = Arc::new(Gateway::new(runtime, self.quota, sink, identity));
+        Running {
+            gateway,
+            drafts,
+            seen,
+        }
+    }
+}
+
+struct Running {
+    gateway: Arc<Gateway>,
+    drafts: UnboundedReceiver<ReceiptDraft>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What the client got.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl Running {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = tower::ServiceExt::oneshot(router(self.gateway.clone()), request)
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn chat(&self, body: Value) -> Answer {
+        self.send(chat_request(body.to_string())).await
+    }
+
+    /// The next receipt draft; waits briefly, as a streamed body ends after
+    /// the response is returned.
+    async fn receipt(&mut self) -> ReceiptDraft {
+        tokio::time::timeout(Duration::from_secs(5), self.drafts.recv())
+            .await
+            .expect("a receipt draft")
+            .expect("the sink is open")
+    }
+
+    fn no_receipt(&mut self) {
+        assert!(self.drafts.try_recv().is_err(), "no receipt expected");
+    }
+}
+
+fn chat_request(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer the-apps-own-key")
+        .body(body.into())
+        .unwrap()
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    body
+}
+
+/// Asserts a refusal: status, the OpenAI-style error, and its receipt.
+async fn assert_refused(
+    running: &mut Running,
+    answer: &Answer,
+    status: u16,
+    reason: &str,
+) -> ReceiptDraft {
+    assert_eq!(answer.status.as_u16(), status, "{reason}: {answer:?}");
+    assert!(
+        answer.body["error"]["message"].is_string(),
+        "{reason}: an OpenAI-style error body: {answer:?}"
+    );
+    assert!(
+        answer.headers.contains_key("x-tollgate-receipt-id"),
+        "{reason}: the receipt id is on the refusal"
+    );
+    let draft = running.receipt().await;
+    assert_eq!(draft.reason, reason);
+    assert_eq!(draft.status, status);
+    let expected = if status >= 500 {
+        Decision::Error
+    } else {
+        Decision::Deny
+    };
+    assert_eq!(draft.decision, expected, "{reason}");
+    assert_ne!(
+        draft.response_sha256, [0; 32],
+        "{reason}: the body is hashed"
+    );
+    draft
+}
+
+#[tokio::test]
+async fn an_allowed_request_reaches_the_provider_with_its_key_and_not_the_apps() {
+    let mut running = Pod::new().start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body["usage"]["total_tokens"], 7);
+    let draft = running.receipt().await;
+    assert_eq!((draft.decision, draft.reason), (Decision::Allow, "allowed"));
+    assert_eq!(draft.provider.as_deref(), Some("openai"));
+    assert_eq!(draft.usage, Some((5, 2, 0)));
+    let upstream = draft.upstream.expect("upstream facts");
+    assert_eq!(upstream.tls_cert_sha256, Some(FINGERPRINT));
+    assert_eq!((upstream.key_index, upstream.key_count), (0, 1));
+    let seen = running.seen.lock().unwrap();
+    let (host, headers, json) = &seen.requests[0];
+    assert_eq!(host, "api.openai.test");
+    assert_eq!(
+        headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}").as_str()
+    );
+    assert_eq!(json["max_tokens"], 100, "the policy's cap is filled in");
+}
+
+#[tokio::test]
+async fn a_failing_provider_fails_over_to_the_next_one() {
+    let mut running = Pod::new()
+        .upstream("api.openai.test", Upstream::Status(503))
+        .start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.provider.as_deref(), Some("backup"));
+    let hosts: Vec<String> = running
+        .seen
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(hosts, ["api.openai.test", "backup.test"]);
+}
+
+#[tokio::test]
+async fn without_failover_the_providers_error_is_the_answer() {
+    let mut pod = Pod::new().upstream("api.openai.test", Upstream::Status(503));
+    pod.policy().failover = false;
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_eq!(answer.status.as_u16(), 503);
+    let draft = running.receipt().await;
+    assert_eq!(
+        (draft.decision, draft.reason),
+        (Decision::Error, "upstream_5xx")
+    );
+    assert!(
+        draft.upstream.unwrap().tls_cert_sha256.is_some(),
+        "a request that reached a provider records its certificate"
+    );
+}
+
+#[tokio::test]
+async fn paths_that_are_not_model_apis_are_refused_without_a_receipt() {
+    let mut running = Pod::new().start();
+    let answer = running
+        .send(Request::get("/v1/files").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body["error"]["code"], "not_found");
+    let answer = running
+        .send(Request::get("/v1/messages").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer.body["type"], "error",
+        "Anthropic style for its paths"
+    );
+    running.no_receipt();
+}
+
+#[tokio::test]
+async fn a_failed_spool_refuses_unless_the_policy_fails_open() {
+    let mut pod = Pod::new();
+    pod.spool_failed = true;
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body["error"]["code"], "overloaded");
+    running.no_receipt();
+
+    let mut pod = Pod::new();
+    pod.spool_failed = true;
+    pod.policy().fail_mode = FailMode::Open;
+    let running = pod.start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_pod_no_policy_selects_is_refused() {
+    let mut pod = Pod::new();
+    pod.policy().pod_selector = Selector {
+        match_labels: BTreeMap::from([("app".into(), "other".into())]),
+        match_expressions: vec![],
+    };
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 403, "no_policy").await;
+}
+
+#[tokio::test]
+async fn bodies_are_bounded_read_and_must_be_json_objects() {
+    let mut running = Pod::new().start();
+    let big = chat(json!({"padding": "x".repeat(5000)}));
+    let answer = running.chat(big).await;
+    assert_refused(&mut running, &answer, 413, "request_too_large").await;
+
+    let answer = running.send(chat_request("[1, 2]")).await;
+    assert_refused(&mut running, &answer, 400, "malformed_json").await;
+
+    let broken = futures::stream::iter([
+        Ok(bytes::Bytes::from_static(b"{\"model\":")),
+        Err(std::io::Error::other("client went away")),
+    ]);
+    let answer = running.send(chat_request(Body::from_stream(broken))).await;
+    assert_refused(&mut running, &answer, 400, "request_body_unreadable").await;
+}
+
+#[tokio::test]
+async fn a_secret_in_the_request_is_refused_or_only_recorded_in_audit_mode() {
+    let secret =
+        chat(json!({"messages": [{"role": "user", "content": "key AKIAIOSFODNN7EXAMPLE here"}]}));
+    let mut running = Pod::new().start();
+    let answer = running.chat(secret.clone()).await;
+    let draft = assert_refused(&mut running, &answer, 403, "secret_in_request").await;
+    assert_eq!(draft.guards, ["aws_access_key_id"]);
+    assert!(
+        running.seen.lock().unwrap().requests.is_empty(),
+        "nothing went upstream"
+    );
+
+    let mut pod = Pod::new();
+    pod.policy().mode = PolicyMode::Audit;
+    let mut running = pod.start();
+    assert_eq!(running.chat(secret).await.status, StatusCode::OK);
+    let draft = running.receipt().await;
+    assert_eq!(
+        draft.guards,
+        ["aws_access_key_id", "audit.secret_in_request"]
+    );
+}
+
+#[tokio::test]
+async fn models_must_be_named_allowed_and_within_the_token_cap() {
+    let mut running = Pod::new().start();
+    let answer = running.chat(json!({"messages": []})).await;
+    assert_refused(&mut running, &answer, 400, "model_missing").await;
+
+    let answer = running.chat(chat(json!({"model": "o1-preview"}))).await;
+    assert_refused(&mut running, &answer, 403, "model_not_allowed").await;
+
+    let answer = running.chat(chat(json!({"max_tokens": 101}))).await;
+    let draft = assert_refused(&mut running, &answer, 400, "max_tokens_over_policy").await;
+    assert_eq!(draft.provider.as_deref(), Some("openai"));
+    assert_eq!(draft.lane, Lane::Live);
+}
+
+/// An authority that always gives the same answer.
+#[derive(Debug)]
+struct Fixed(QuotaDecision);
+
+impl QuotaAuthority for Fixed {
+    fn reserve<'a>(
+        &'a self,
+        _: &'a [(&'a CompiledQuota, &'a CompiledLimit)],
+        _: Amounts,
+        _: u64,
+    ) -> BoxFuture<'a, QuotaDecision> {
+        Box::pin(std::future::ready(self.0.clone()))
+    }
+    fn settle(&self, _: Reservation, _: Amounts, _: u64) {}
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_says_when_to_retry_and_an_unreachable_one_fails_closed() {
+    let mut pod = Pod::new();
+    pod.config.quotas = vec![CompiledQuota {
+        id: "team-a/one-a-minute".into(),
+        service_accounts: vec![],
+        pod_selector: None,
+        limits: vec![CompiledLimit {
+            name: "minute".into(),
+            window: LimitWindow::Calendar(tollgate_wire::config::CalendarWindow::Minute),
+            tokens: None,
+            requests: Some(1),
+            cost_micro_usd: None,
+            model_globs: vec![],
+            providers: vec![],
+        }],
+        enforcement: Enforcement::Enforce,
+        fail_mode: FailMode::Closed,
+    }];
+    let mut running = pod.start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    let allowed = running.receipt().await;
+    assert_eq!(allowed.reason, "allowed");
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 429, "quota_exceeded").await;
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+
+    let mut pod = Pod::new();
+    pod.quota = Arc::new(Fixed(QuotaDecision::Unavailable {
+        quota_id: "cluster/budget".into(),
+        limit: "daily".into(),
+    }));
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 503, "quota_authority_unavailable").await;
+    assert!(running.seen.lock().unwrap().requests.is_empty());
+}
+
+#[tokio::test]
+async fn a_provider_without_keys_or_a_base_url_or_a_client_is_refused() {
+    let mut pod = Pod::new();
+    pod.keys = false;
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    let draft = assert_refused(&mut running, &answer, 502, "credentials_unavailable").await;
+    assert_eq!(draft.provider.as_deref(), Some("backup"), "both were tried");
+
+    let mut pod = Pod::new();
+    pod.config.providers[0].base_url = None;
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 500, "provider_misconfigured").await;
+
+    let mut pod = Pod::new();
+    pod.config.providers[0].base_url = Some("https://api.openai.test/ a space".into());
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 500, "request_build_failed").await;
+
+    let mut running = Pod::new().start();
+    let mut runtime = Runtime::build(
+        running.gateway.runtime().config.clone(),
+        Credentials::from_keys([(
+            "openai".to_string(),
+            vec![ApiKey::new(PROVIDER_KEY).unwrap()],
+        )]),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    runtime.clients.clear();
+    running.gateway.swap_runtime(runtime);
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 500, "provider_client_missing").await;
+}
+
+#[tokio::test]
+async fn connection_failures_are_named_and_fail_over_when_allowed() {
+    for (behaviour, status, reason) in [
+        (Upstream::TlsRefused, 502, "upstream_tls_refused"),
+        (Upstream::Hangup, 502, "upstream_failed"),
+        (Upstream::Silent, 504, "upstream_timeout"),
+    ] {
+        let mut pod = Pod::new().upstream("api.openai.test", behaviour);
+        pod.policy().failover = false;
+        pod.config.providers[0].first_byte_timeout_ms = 200;
+        let mut running = pod.start();
+        let answer = running.chat(chat(json!({}))).await;
+        let draft = assert_refused(&mut running, &answer, status, reason).await;
+        assert_eq!(draft.provider.as_deref(), Some("openai"));
+
+        let mut pod = Pod::new().upstream("api.openai.test", behaviour);
+        pod.config.providers[0].first_byte_timeout_ms = 200;
+        let mut running = pod.start();
+        assert_eq!(
+            running.chat(chat(json!({}))).await.status,
+            StatusCode::OK,
+            "{reason} fails over"
+        );
+        assert_eq!(running.receipt().await.provider.as_deref(), Some("backup"));
+    }
+}
+
+#[tokio::test]
+async fn hosts_outside_the_allowlist_and_plain_http_are_never_dialed() {
+    let mut pod = Pod::new();
+    pod.policy().failover = false;
+    pod.config.providers[0].base_url = Some("https://evil.test".into());
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 502, "upstream_host_not_allowed").await;
+
+    let mut pod = Pod::new();
+    pod.policy().failover = false;
+    pod.config.providers[0].base_url = Some("http://api.openai.test".into());
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    let draft = assert_refused(&mut running, &answer, 502, "upstream_connect_failed").await;
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("plain http")
+    );
+    assert!(draft.upstream.is_none());
+    assert!(running.seen.lock().unwrap().requests.is_empty());
+}
+
+#[tokio::test]
+async fn redirects_and_connections_without_a_fingerprint_are_refused() {
+    let mut running = Pod::new()
+        .upstream("api.openai.test", Upstream::Redirect)
+        .start();
+    let answer = running.chat(chat(json!({}))).await;
+    let draft = assert_refused(&mut running, &answer, 502, "upstream_redirect_refused").await;
+    assert_eq!(
+        draft.provider.as_deref(),
+        Some("openai"),
+        "no failover after an answer"
+    );
+
+    let mut running = Pod::new()
+        .upstream("api.openai.test", Upstream::NoFingerprint)
+        .start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_refused(&mut running, &answer, 502, "tls_fingerprint_missing").await;
+}
+
+#[tokio::test]
+async fn with_no_candidates_left_no_provider_is_available() {
+    // `serve` never forwards without a candidate; the loop's own answer for
+    // that case is still a refusal, not a panic.
+    let running = Pod::new().start();
+    let runtime = running.gateway.runtime();
+    let ticket = super::Ticket::new(
+        running.gateway.clone(),
+        runtime.clone(),
+        crate::api::Endpoint::ChatCompletions,
+        std::time::Instant::now(),
+    );
+    let settle = super::metered::Settle::new(
+        running.gateway.quota.clone(),
+        Reservation::default(),
+        Amounts::default(),
+        0,
+    );
+    let outgoing = super::forward::Outgoing {
+        json: json!({}),
+        original: bytes::Bytes::new(),
+        rewrite: false,
+        strip_injected_usage: false,
+    };
+    let refused = super::forward::forward(
+        &ticket,
+        &http::HeaderMap::new(),
+        outgoing,
+        &[],
+        runtime.policy.as_ref().unwrap(),
+        settle,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.refusal.row().reason, "no_provider_available");
+    assert_eq!(refused.refusal.status(), 502);
+}
