@@ -1,6 +1,7 @@
 //! The Tollgate operator: controllers, config compilation, the gateway control
 //! endpoint, admission webhooks and their certificates.
 //!
+//! - [`cache`]: the one reflector per kind that everything below reads.
 //! - [`webhooks`]: serves the pure rules of `tollgate_admission` over HTTPS and
 //!   registers the webhook configurations.
 //! - [`control`]: the HTTPS endpoint gateways fetch config, credentials and
@@ -10,11 +11,14 @@
 //! - [`tls`], [`registration`]: serving certificates, CA rotation, and the
 //!   `caBundle`s and ConfigMaps that carry the CA to clients.
 //! - [`receipt_ca`]: the key that signs gateway key certificates.
-//! - [`runtime`], [`serve`]: the process: listeners, probes, wiring.
+//! - [`runtime`], [`serve`]: the process: listeners, probes, wiring;
+//!   [`failures`]: the failure counter in `/metrics`.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod control;
 pub mod controllers;
+pub mod failures;
 pub mod leader;
 pub mod receipt_ca;
 pub mod registration;

@@ -20,7 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::control::cache::ClusterCache;
+use crate::cache::ClusterCache;
+use crate::failures::Failures;
 use crate::receipt_ca::FIELD_MANAGER;
 
 /// Names of the webhook configurations.
@@ -211,13 +212,15 @@ fn gateway_trust_bundle(control: &str, recorder: Option<&str>) -> String {
 }
 
 /// Keeps `tollgate-control-ca` current in every governed namespace: the
-/// control CA bundle plus, when given, the recorder's CA.
+/// control CA bundle plus, when given, the recorder's CA. Runs on the leader
+/// only (the controllers prune the same ConfigMaps), until the bundle's
+/// sender is gone.
 pub async fn keep_control_ca_published(
     client: Client,
     cache: ClusterCache,
     mut bundle: watch::Receiver<Option<String>>,
     recorder_ca_pem: Option<String>,
-    mut shutdown: watch::Receiver<bool>,
+    failures: Failures,
 ) {
     let mut changes = cache.subscribe();
     // Namespace → the bundle last written there.
@@ -248,6 +251,7 @@ pub async fn keep_control_ca_published(
                         written.insert(ns, pem.clone());
                     }
                     Err(e) => {
+                        failures.count("configmap_apply");
                         tracing::warn!(namespace = %ns, error = %e, "publishing {CONTROL_CA_CONFIGMAP}");
                         failed = true;
                     }
@@ -265,7 +269,6 @@ pub async fn keep_control_ca_published(
             changed = bundle.changed() => if changed.is_err() { return },
             changed = changes.changed() => if changed.is_err() { return },
             () = retry => {}
-            _ = shutdown.changed() => return,
         }
     }
 }

@@ -17,9 +17,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::control::cache::ClusterCache;
+use crate::cache::ClusterCache;
 use crate::control::{ControlMetrics, ControlState};
-use crate::controllers::ControllerSettings;
+use crate::controllers::{ControlCaPublication, ControllerSettings};
+use crate::failures::Failures;
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::registration::{self, WebhookRegistration};
 use crate::tls::{FileCertificate, Lifetimes, SelfSignedCa, ServingCertResolver};
@@ -113,6 +114,8 @@ pub async fn run(
     control_metrics.register(&mut registry);
     let admission_metrics = webhooks::AdmissionMetrics::default();
     admission_metrics.register(&mut registry);
+    let failures = Failures::default();
+    failures.register(&mut registry);
     let ca_rotations = Counter::default();
     let certs_issued = Counter::default();
     registry.register(
@@ -222,8 +225,8 @@ pub async fn run(
         });
     }
 
-    // Caches, the control endpoint and the webhooks.
-    let cache = ClusterCache::start(&client, &settings.namespace);
+    // The one cache, the control endpoint and the webhooks.
+    let cache = ClusterCache::start(&client, &settings.namespace, &failures);
     let control = Arc::new(ControlState {
         client: client.clone(),
         cache: cache.clone(),
@@ -232,8 +235,9 @@ pub async fn run(
         metrics: control_metrics,
     });
     let control_router = crate::control::router(control);
-    let webhook_router = webhooks::start_with_metrics(
+    let webhook_router = webhooks::start(
         client.clone(),
+        &cache,
         webhooks::WebhookSettings {
             injection: tollgate_admission::InjectionSettings {
                 gateway_image: settings.gateway_image.clone(),
@@ -245,8 +249,7 @@ pub async fn run(
         },
         admission_metrics,
     )
-    .await
-    .context("starting the webhooks")?;
+    .await;
     tokio::spawn(serve::serve_https(
         webhook_listener,
         tls.clone(),
@@ -266,22 +269,16 @@ pub async fn run(
         bundle_rx.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(registration::keep_control_ca_published(
-        client.clone(),
-        cache.clone(),
-        bundle_rx,
-        settings.recorder_ca_pem.clone(),
-        shutdown.clone(),
-    ));
 
     // Ready once a certificate is served and the caches have listed.
     {
         let ready = ready.clone();
         let resolver = resolver.clone();
+        let caches = cache.readiness();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                let now = resolver.has_certificate() && cache.is_ready();
+                let now = resolver.has_certificate() && caches.is_ready();
                 if now != ready.swap(now, Ordering::AcqRel) {
                     tracing::info!(ready = now, "readiness changed");
                 }
@@ -307,6 +304,11 @@ pub async fn run(
         quota_refresh: Duration::from_secs(30),
     };
     let leader_client = client.clone();
+    let leader_cache = cache.clone();
+    let control_ca = ControlCaPublication {
+        bundle: bundle_rx,
+        recorder_ca_pem: settings.recorder_ca_pem.clone(),
+    };
     let mut leader_shutdown = shutdown.clone();
     let result = elector
         .run(
@@ -314,7 +316,9 @@ pub async fn run(
                 crate::controllers::run(
                     leader_client.clone(),
                     controller_settings.clone(),
-                    std::future::pending::<()>(),
+                    leader_cache.clone(),
+                    failures.clone(),
+                    control_ca.clone(),
                 )
             },
             async move {

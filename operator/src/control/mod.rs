@@ -10,11 +10,10 @@
 //!
 //! Every request carries a pod-bound ServiceAccount token for audience
 //! `tollgate.dev/gateway`; [`auth`] holds the checks, [`document`] the
-//! responses, [`cache`] the reflectors. Refusals are `application/problem+json`
+//! responses; the stores are the process's shared [`crate::cache`]. Refusals are `application/problem+json`
 //! with a `reason`.
 
 pub mod auth;
-pub mod cache;
 pub mod document;
 
 use std::collections::BTreeMap;
@@ -38,9 +37,9 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use crate::cache::ClusterCache;
 use crate::receipt_ca::ReceiptCa;
 use auth::{GATEWAY_AUDIENCE, Refusal, TokenIdentity};
-use cache::ClusterCache;
 use tollgate_wire::control::{CertificateRequest, CertificateResponse, ConfigDocument, PodInfo};
 use tollgate_wire::problem::{PROBLEM_JSON, Problem as ProblemBody};
 

@@ -2,9 +2,10 @@
 //! Events, and quota usage from the recorder. They run on the elected leader.
 //!
 //! Design: one index and full passes, not one kube-runtime `Controller` per
-//! kind. Watches keep in-memory stores of every kind, of the operator
-//! namespace's Secrets (key names only) and of Namespaces (labels). Any
-//! change, or the [`reconcile::RESYNC_PERIOD`] tick, runs a pass: snapshot a
+//! kind. They read the process's shared cache ([`crate::cache`]): every kind,
+//! Namespaces (labels) and the operator namespace's Secrets (key names only
+//! reach the controllers). Any change, or the [`reconcile::RESYNC_PERIOD`]
+//! tick, runs a pass: snapshot a
 //! [`world::World`], compute each object's status with a pure `status_for`
 //! function, and server-side apply only the statuses that differ. Because a
 //! pass looks at everything, a change to a referenced object (a Secret, a
@@ -16,7 +17,9 @@
 //!   pure status of each kind.
 //! - [`usage`]: quota usage from the recorder's `GET /v1/usage`.
 //! - [`prune`]: owned ConfigMaps in namespaces no longer governed.
-//! - [`reconcile`]: the watches, the passes and the writes.
+//! - [`status`]: what the one status writer needs of each kind.
+//! - [`reconcile`]: the passes, the writes, and the owned ConfigMaps (applied
+//!   and pruned by the leader alone).
 //!
 //! No finalizers: nothing outside an object needs cleaning up when it is
 //! deleted (statuses and Events go with it; compiled configs are recomputed).
@@ -30,6 +33,7 @@ pub mod prune;
 pub mod quota;
 pub mod reconcile;
 pub mod recorder_config;
+pub mod status;
 pub mod trust;
 pub mod usage;
 pub mod world;
@@ -53,15 +57,16 @@ pub struct ControllerSettings {
     pub quota_refresh: Duration,
 }
 
-/// Runs every controller until `shutdown` resolves or one fails. Dropping the
-/// returned future (leadership lost) stops every controller task.
+pub use reconcile::ControlCaPublication;
+
+/// Runs every controller over the shared `cache` until one fails. Dropping
+/// the returned future (leadership lost) stops every controller task.
 pub async fn run(
     client: kube::Client,
     settings: ControllerSettings,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    cache: crate::cache::ClusterCache,
+    failures: crate::failures::Failures,
+    control_ca: ControlCaPublication,
 ) -> anyhow::Result<()> {
-    tokio::select! {
-        result = reconcile::run(client, settings) => result,
-        () = shutdown => Ok(()),
-    }
+    reconcile::run(client, settings, cache, failures, control_ca).await
 }

@@ -1,69 +1,68 @@
-//! The I/O shell of the controllers: watches fill in-memory stores; any
-//! change (or the resync tick) triggers a pass that snapshots a [`World`],
-//! computes every object's status with the pure functions, and writes only
-//! the statuses that differ, with server-side apply. Events go out when a
-//! condition changes status or reason. The quota usage refresh runs beside it.
+//! The I/O shell of the controllers: any change in the shared cache (or the
+//! resync tick) triggers a pass that snapshots a [`World`], computes every
+//! object's status with the pure functions, and writes only the statuses that
+//! differ, with server-side apply, through one generic writer. Events go out
+//! when a condition changes status or reason. The quota usage refresh and the
+//! owned objects (the `tollgate-control-ca` ConfigMaps, applied and pruned)
+//! run beside it, on the leader only.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tollgate_crds::policy::EgressPolicyStatus;
 use tollgate_crds::provider::LLMProviderStatus;
 use tollgate_crds::quota::QuotaStatus;
 use tollgate_crds::recorder_config::RecorderConfigStatus;
 use tollgate_crds::trust::TrustAnchorStatus;
-use tollgate_crds::{
-    ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, RecorderConfig, TrustAnchor,
-};
 
 use super::conditions::{self, Desired};
+use super::status::StatusKind;
 use super::usage::{self, RecorderSource, UsageObservation};
-use super::world::{SecretKeyIndex, World};
+use super::world::World;
 use super::{
     ControllerSettings, FIELD_MANAGER, policy, provider, prune, quota, recorder_config, trust,
 };
+use crate::cache::ClusterCache;
+use crate::failures::Failures;
+use crate::registration;
 
 /// A full pass runs at least this often, for what no watch reports: time
 /// passing (key expiry) and missed events.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(60);
 /// Changes arriving together are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long the controllers wait for the shared cache before each check.
+const READY_POLL: Duration = Duration::from_secs(1);
 
-struct Stores {
-    providers: Store<LLMProvider>,
-    policies: Store<EgressPolicy>,
-    quotas: Store<EgressQuota>,
-    cluster_quotas: Store<ClusterEgressQuota>,
-    trust_anchors: Store<TrustAnchor>,
-    recorder_configs: Store<RecorderConfig>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
-    secrets: Arc<Mutex<SecretKeyIndex>>,
+/// What the leader publishes besides statuses: the CA bundle gateways trust,
+/// as a `tollgate-control-ca` ConfigMap in every governed namespace.
+#[derive(Debug, Clone)]
+pub struct ControlCaPublication {
+    /// The control endpoint's CA bundle, as the certificate source has it.
+    pub bundle: watch::Receiver<Option<String>>,
+    /// The recorder's CA (PEM), published with it.
+    pub recorder_ca_pem: Option<String>,
 }
 
 struct Context {
     client: kube::Client,
     settings: ControllerSettings,
     recorder: Recorder,
-    stores: Stores,
+    cache: ClusterCache,
+    failures: Failures,
     usage: Mutex<BTreeMap<String, UsageObservation>>,
-    changed: Arc<Notify>,
+    /// Fresh usage arrived: run a pass.
+    usage_changed: Notify,
 }
 
 fn cloned<K>(store: &Store<K>) -> Vec<K>
@@ -75,22 +74,18 @@ where
 
 impl Context {
     fn snapshot(&self) -> World {
-        let s = &self.stores;
+        let c = &self.cache;
         World {
             now: Timestamp::now(),
             operator_namespace: self.settings.operator_namespace.clone(),
-            providers: cloned(&s.providers),
-            policies: cloned(&s.policies),
-            quotas: cloned(&s.quotas),
-            cluster_quotas: cloned(&s.cluster_quotas),
-            trust_anchors: cloned(&s.trust_anchors),
-            recorder_configs: cloned(&s.recorder_configs),
-            secrets: s
-                .secrets
-                .lock()
-                .map(|index| index.snapshot())
-                .unwrap_or_default(),
-            namespaces: s
+            providers: cloned(&c.providers),
+            policies: cloned(&c.policies),
+            quotas: cloned(&c.quotas),
+            cluster_quotas: cloned(&c.cluster_quotas),
+            trust_anchors: cloned(&c.trust_anchors),
+            recorder_configs: cloned(&c.recorder_configs),
+            secrets: c.secret_keys(),
+            namespaces: c
                 .namespaces
                 .state()
                 .iter()
@@ -99,128 +94,22 @@ impl Context {
             usage: self.usage.lock().map(|u| u.clone()).unwrap_or_default(),
         }
     }
-
-    async fn wait_until_ready(&self) -> anyhow::Result<()> {
-        let s = &self.stores;
-        let ready = async {
-            s.providers.wait_until_ready().await?;
-            s.policies.wait_until_ready().await?;
-            s.quotas.wait_until_ready().await?;
-            s.cluster_quotas.wait_until_ready().await?;
-            s.trust_anchors.wait_until_ready().await?;
-            s.recorder_configs.wait_until_ready().await?;
-            s.namespaces.wait_until_ready().await?;
-            Ok::<_, reflector::store::WriterDropped>(())
-        };
-        ready
-            .await
-            .map_err(|e| anyhow::anyhow!("a watch stopped before its first list: {e}"))?;
-        while !s.secrets.lock().map(|i| i.is_ready()).unwrap_or(false) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
 }
 
-/// Starts a reflector for `api`, signalling `changed` on every event.
-fn watch_into<K>(
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    api: Api<K>,
-    changed: Arc<Notify>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&()).to_string();
-    let stream = reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    tasks.spawn(async move {
-        stream
-            .for_each(|event| {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
-                }
-                futures::future::ready(())
-            })
-            .await;
-        Err(anyhow::anyhow!("the {kind} watch ended"))
-    });
-    reader
-}
-
-use kube::runtime::reflector::reflector;
-
-/// Runs the status controllers and the quota usage refresh until one fails.
-/// Dropping the future stops everything (the tasks live in a [`JoinSet`]).
-pub async fn run(client: kube::Client, settings: ControllerSettings) -> anyhow::Result<()> {
-    let mut tasks = JoinSet::new();
-    let changed = Arc::new(Notify::new());
-
-    let namespaces = {
-        let (reader, writer) = reflector::store();
-        let stream = reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        );
-        let changed = changed.clone();
-        tasks.spawn(async move {
-            stream
-                .for_each(|event| {
-                    match event {
-                        Ok(_) => changed.notify_one(),
-                        Err(e) => tracing::warn!(error = %e, "namespace watch failed; retrying"),
-                    }
-                    futures::future::ready(())
-                })
-                .await;
-            Err(anyhow::anyhow!("the Namespace watch ended"))
-        });
-        reader
-    };
-
-    // Secrets: only their key names are kept (see SecretKeyIndex).
-    let secrets = Arc::new(Mutex::new(SecretKeyIndex::default()));
-    {
-        let index = secrets.clone();
-        let changed = changed.clone();
-        let api: Api<Secret> = Api::namespaced(client.clone(), &settings.operator_namespace);
-        tasks.spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => {
-                        if let Ok(mut index) = index.lock() {
-                            index.apply(event);
-                        }
-                        changed.notify_one();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "secret watch failed; retrying"),
-                }
-            }
-            Err(anyhow::anyhow!("the Secret watch ended"))
-        });
+/// Runs the status controllers, the quota usage refresh and the owned-object
+/// publisher over the shared `cache` until one fails. Dropping the future
+/// (leadership lost) stops everything (the tasks live in a [`JoinSet`]).
+pub async fn run(
+    client: kube::Client,
+    settings: ControllerSettings,
+    cache: ClusterCache,
+    failures: Failures,
+    control_ca: ControlCaPublication,
+) -> anyhow::Result<()> {
+    let readiness = cache.readiness();
+    while !readiness.wait(READY_POLL).await {
+        tracing::info!("controllers: waiting for the caches to list");
     }
-
-    let stores = Stores {
-        providers: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        policies: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        quotas: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        cluster_quotas: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        trust_anchors: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        recorder_configs: watch_into(&mut tasks, Api::all(client.clone()), changed.clone()),
-        namespaces,
-        secrets,
-    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -231,23 +120,26 @@ pub async fn run(client: kube::Client, settings: ControllerSettings) -> anyhow::
         ),
         client,
         settings,
-        stores,
+        cache,
+        failures,
         usage: Mutex::new(BTreeMap::new()),
-        changed,
+        usage_changed: Notify::new(),
     });
-
-    // Waited for here, once: two tasks awaiting one store's readiness at
-    // the same time can leave one of them unwoken.
-    tokio::select! {
-        ready = ctx.wait_until_ready() => ready?,
-        Some(ended) = tasks.join_next() => {
-            return Err(anyhow::anyhow!("a watch ended before the caches filled: {ended:?}"));
-        }
-    }
     tracing::info!("controllers: caches filled, reconciling");
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     tasks.spawn(status_loop(ctx.clone()));
-    tasks.spawn(usage_loop(ctx));
-
+    tasks.spawn(usage_loop(ctx.clone()));
+    tasks.spawn(async move {
+        registration::keep_control_ca_published(
+            ctx.client.clone(),
+            ctx.cache.clone(),
+            control_ca.bundle,
+            control_ca.recorder_ca_pem,
+            ctx.failures.clone(),
+        )
+        .await;
+        Err(anyhow::anyhow!("the control CA publisher ended"))
+    });
     match tasks.join_next().await {
         Some(Ok(Ok(()))) | None => Ok(()),
         Some(Ok(Err(e))) => Err(e),
@@ -256,10 +148,17 @@ pub async fn run(client: kube::Client, settings: ControllerSettings) -> anyhow::
 }
 
 async fn status_loop(ctx: Arc<Context>) -> anyhow::Result<()> {
+    let mut changes = ctx.cache.subscribe();
     loop {
+        changes.borrow_and_update();
         pass(&ctx).await;
         tokio::select! {
-            () = ctx.changed.notified() => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(anyhow::anyhow!("the shared cache stopped"));
+                }
+            }
+            () = ctx.usage_changed.notified() => {}
             () = tokio::time::sleep(RESYNC_PERIOD) => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -291,10 +190,13 @@ async fn usage_loop(ctx: Arc<Context>) -> anyhow::Result<()> {
             now,
         )
         .await;
+        if source.is_ok() && observed.values().any(|o| o.error.is_some()) {
+            ctx.failures.count("usage_refresh");
+        }
         if let Ok(mut usage) = ctx.usage.lock() {
             *usage = observed;
         }
-        ctx.changed.notify_one();
+        ctx.usage_changed.notify_one();
         tokio::time::sleep(ctx.settings.quota_refresh).await;
     }
 }
@@ -305,195 +207,99 @@ fn env_path(name: &str) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
-/// One pass over every object.
+/// One pass over every object: each kind's pure status, written if changed.
 async fn pass(ctx: &Context) {
     let world = ctx.snapshot();
-    let now = world.now;
-
     for p in &world.providers {
-        let desired = provider::conditions_for(p, &world);
-        let status = |conditions| LLMProviderStatus {
-            conditions,
+        let next = LLMProviderStatus {
+            conditions: vec![],
             observed_generation: p.meta().generation,
         };
-        let current = p.status.clone().unwrap_or_default();
         write(
             ctx,
-            Api::all(ctx.client.clone()),
             p,
-            &current.conditions,
-            provider::CONDITION_TYPES,
-            &desired,
-            now,
-            |c| {
-                let next = status(c);
-                (
-                    next.observed_generation == current.observed_generation,
-                    to_value(&next),
-                )
-            },
+            &provider::conditions_for(p, &world),
+            next,
+            world.now,
         )
         .await;
     }
-
     for p in &world.policies {
         let outcome = policy::status_for(p, &world);
-        let current = p.status.clone().unwrap_or_default();
-        write(
-            ctx,
-            Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default()),
-            p,
-            &current.conditions,
-            policy::CONDITION_TYPES,
-            &outcome.conditions,
-            now,
-            |c| {
-                // Only the fields this controller owns; the audit sweep owns the rest.
-                let next = EgressPolicyStatus {
-                    conditions: c,
-                    observed_generation: p.meta().generation,
-                    policy_hash: Some(outcome.policy_hash.clone()),
-                    non_compliant_pods: None,
-                    last_audit_time: None,
-                };
-                let same = next.observed_generation == current.observed_generation
-                    && next.policy_hash == current.policy_hash;
-                (same, to_value(&next))
-            },
-        )
-        .await;
+        // Only the fields the controllers own; the audit sweep owns the rest.
+        let next = EgressPolicyStatus {
+            conditions: vec![],
+            observed_generation: p.meta().generation,
+            policy_hash: Some(outcome.policy_hash.clone()),
+            non_compliant_pods: None,
+            last_audit_time: None,
+        };
+        write(ctx, p, &outcome.conditions, next, world.now).await;
     }
-
     for q in &world.quotas {
         let outcome = quota::egress_quota_status(q, &world);
-        let current = q.status.clone().unwrap_or_default();
-        write(
-            ctx,
-            Api::namespaced(ctx.client.clone(), &q.namespace().unwrap_or_default()),
-            q,
-            &current.conditions,
-            quota::CONDITION_TYPES,
-            &outcome.conditions,
-            now,
-            |c| quota_status(c, q.meta().generation, &outcome, &current),
-        )
-        .await;
+        let next = quota_status(q.meta().generation, &outcome);
+        write(ctx, q, &outcome.conditions, next, world.now).await;
     }
-
     for q in &world.cluster_quotas {
         let outcome = quota::cluster_quota_status(q, &world);
-        let current = q.status.clone().unwrap_or_default();
-        write(
-            ctx,
-            Api::all(ctx.client.clone()),
-            q,
-            &current.conditions,
-            quota::CONDITION_TYPES,
-            &outcome.conditions,
-            now,
-            |c| quota_status(c, q.meta().generation, &outcome, &current),
-        )
-        .await;
+        let next = quota_status(q.meta().generation, &outcome);
+        write(ctx, q, &outcome.conditions, next, world.now).await;
     }
-
     for a in &world.trust_anchors {
-        let outcome = trust::status_for(a, now);
-        let current = a.status.clone().unwrap_or_default();
-        write(
-            ctx,
-            Api::all(ctx.client.clone()),
-            a,
-            &current.conditions,
-            trust::CONDITION_TYPES,
-            &outcome.conditions,
-            now,
-            |c| {
-                let next = TrustAnchorStatus {
-                    conditions: c,
-                    observed_generation: a.meta().generation,
-                    active_keys: Some(outcome.active_keys),
-                };
-                let same = next.observed_generation == current.observed_generation
-                    && next.active_keys == current.active_keys;
-                (same, to_value(&next))
-            },
-        )
-        .await;
+        let outcome = trust::status_for(a, world.now);
+        let next = TrustAnchorStatus {
+            conditions: vec![],
+            observed_generation: a.meta().generation,
+            active_keys: Some(outcome.active_keys),
+        };
+        write(ctx, a, &outcome.conditions, next, world.now).await;
     }
-
     for r in &world.recorder_configs {
-        let desired = recorder_config::conditions_for(r, &world);
-        let current = r.status.clone().unwrap_or_default();
+        let next = RecorderConfigStatus {
+            conditions: vec![],
+            observed_generation: r.meta().generation,
+        };
         write(
             ctx,
-            Api::all(ctx.client.clone()),
             r,
-            &current.conditions,
-            recorder_config::CONDITION_TYPES,
-            &desired,
-            now,
-            |c| {
-                let next = RecorderConfigStatus {
-                    conditions: c,
-                    observed_generation: r.meta().generation,
-                };
-                (
-                    next.observed_generation == current.observed_generation,
-                    to_value(&next),
-                )
-            },
+            &recorder_config::conditions_for(r, &world),
+            next,
+            world.now,
         )
         .await;
     }
-
     prune_configmaps(ctx, &world).await;
 }
 
-fn quota_status(
-    conditions: Vec<Condition>,
-    generation: Option<i64>,
-    outcome: &quota::QuotaOutcome,
-    current: &QuotaStatus,
-) -> (bool, Value) {
-    let next = QuotaStatus {
-        conditions,
+fn quota_status(generation: Option<i64>, outcome: &quota::QuotaOutcome) -> QuotaStatus {
+    QuotaStatus {
+        conditions: vec![],
         observed_generation: generation,
         limits: outcome.limits.clone(),
         summary: outcome.summary.clone(),
-    };
-    let same = next.observed_generation == current.observed_generation
-        && next.limits == current.limits
-        && next.summary == current.summary;
-    (same, to_value(&next))
+    }
 }
 
-fn to_value(status: &impl Serialize) -> Value {
-    serde_json::to_value(status).unwrap_or(Value::Null)
-}
-
-/// Merges the desired conditions with the object's, builds the status with
-/// `build` (which also says whether its other fields are unchanged), writes
-/// it if anything changed, and publishes Events for changed conditions.
-#[allow(clippy::too_many_arguments)]
-async fn write<K>(
+/// The one status writer: merges the desired conditions with the object's,
+/// writes `next` (with them) if anything the controllers own changed, and
+/// publishes Events for changed conditions.
+async fn write<K: StatusKind>(
     ctx: &Context,
-    api: Api<K>,
     obj: &K,
-    current_conditions: &[Condition],
-    owned_types: &[&str],
     desired: &[Desired],
+    mut next: K::Status,
     now: Timestamp,
-    build: impl FnOnce(Vec<Condition>) -> (bool, Value),
-) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let previous = conditions::owned(current_conditions, owned_types);
+) {
+    let current = obj.current();
+    let previous = conditions::owned(K::conditions(&current), K::CONDITION_TYPES);
     let merged = conditions::merge(&previous, desired, obj.meta().generation, now);
-    let unchanged_conditions = conditions::same_conditions(&previous, &merged);
-    let (unchanged_rest, status) = build(merged);
-    if unchanged_conditions && unchanged_rest {
+    let unchanged =
+        conditions::same_conditions(&previous, &merged) && K::same_owned_fields(&next, &current);
+    if unchanged {
         return;
     }
+    K::set_conditions(&mut next, merged);
     let what = match obj.namespace() {
         Some(ns) => format!("{} {ns}/{}", K::kind(&()), obj.name_any()),
         None => format!("{} {}", K::kind(&()), obj.name_any()),
@@ -506,9 +312,10 @@ async fn write<K>(
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "metadata": metadata,
-        "status": status,
+        "status": serde_json::to_value(&next).unwrap_or(Value::Null),
     });
-    if let Err(e) = api
+    if let Err(e) = obj
+        .api(ctx.client.clone())
         .patch_status(
             &obj.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -517,6 +324,7 @@ async fn write<K>(
         .await
     {
         // The next pass retries (a watch event or the resync tick).
+        ctx.failures.count("status_write");
         tracing::warn!(object = %what, error = %e, "writing status failed");
         return;
     }
@@ -538,6 +346,7 @@ async fn write<K>(
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            ctx.failures.count("event_publish");
             tracing::warn!(object = %what, error = %e, "publishing an Event failed");
         }
     }
@@ -562,6 +371,7 @@ async fn prune_configmaps(ctx: &Context, world: &World) {
     {
         Ok(list) => list,
         Err(e) => {
+            ctx.failures.count("configmap_prune");
             tracing::warn!(error = %e, "listing owned ConfigMaps failed");
             return;
         }
@@ -578,7 +388,10 @@ async fn prune_configmaps(ctx: &Context, world: &World) {
                 tracing::info!(namespace = %ns, name = %name, "pruned a ConfigMap of a namespace no longer governed")
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => tracing::warn!(namespace = %ns, name = %name, error = %e, "pruning failed"),
+            Err(e) => {
+                ctx.failures.count("configmap_prune");
+                tracing::warn!(namespace = %ns, name = %name, error = %e, "pruning failed")
+            }
         }
     }
 }

@@ -1,28 +1,22 @@
-//! Reflector caches of Namespaces and EgressPolicies, answering
-//! [`PolicyView`] for the pure admission functions.
+//! The webhooks' view of the shared cache's Namespaces and EgressPolicies,
+//! answering [`PolicyView`] for the pure admission functions.
 
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt as _, reflector as reflect};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tollgate_admission::{ENABLED, LABEL_INJECT, PolicySummary, PolicyView};
 use tollgate_crds::EgressPolicy;
 
-/// The caches, cheap to clone.
+use crate::cache::{ClusterCache, Readiness};
+
+/// The view, cheap to clone.
 #[derive(Clone)]
 pub struct AdmissionCache {
     namespaces: Store<Namespace>,
     policies: Store<EgressPolicy>,
-    listed: [Arc<AtomicBool>; 2],
+    readiness: Readiness,
 }
 
 impl Debug for AdmissionCache {
@@ -33,73 +27,33 @@ impl Debug for AdmissionCache {
     }
 }
 
-fn watch<K>(api: Api<K>, listed: Arc<AtomicBool>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = reflect(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                match event {
-                    Ok(Event::InitDone) => listed.store(true, Ordering::Release),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(kind, error = %e, "admission watch failed; retrying"),
-                }
-                futures::future::ready(())
-            })
-            .await;
-    });
-    reader
-}
-
 impl AdmissionCache {
-    /// A cache over stores filled by someone else (tests).
+    /// The view over the process's shared cache.
+    pub fn of(cache: &ClusterCache) -> Self {
+        Self {
+            namespaces: cache.namespaces.clone(),
+            policies: cache.policies.clone(),
+            readiness: cache.readiness(),
+        }
+    }
+
+    /// A view over stores filled by someone else (tests).
     pub fn from_stores(namespaces: Store<Namespace>, policies: Store<EgressPolicy>) -> Self {
         Self {
             namespaces,
             policies,
-            listed: [
-                Arc::new(AtomicBool::new(true)),
-                Arc::new(AtomicBool::new(true)),
-            ],
+            readiness: Readiness::ready(),
         }
     }
 
-    /// Starts the watches.
-    pub fn start(client: &Client) -> Self {
-        let listed = [
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        ];
-        Self {
-            namespaces: watch(Api::all(client.clone()), listed[0].clone()),
-            policies: watch(Api::all(client.clone()), listed[1].clone()),
-            listed,
-        }
-    }
-
-    /// Whether both caches have listed once.
+    /// Whether the shared cache has listed everything once.
     pub fn is_ready(&self) -> bool {
-        self.listed.iter().all(|l| l.load(Ordering::Acquire))
+        self.readiness.is_ready()
     }
 
-    /// Waits until both caches have listed, or `timeout` passes.
+    /// Waits until ready, or `timeout` passes; says which.
     pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.is_ready() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        true
+        self.readiness.wait(timeout).await
     }
 
     /// Namespaces labelled `tollgate.dev/inject=enabled`, in name order.
@@ -156,7 +110,12 @@ impl PolicyView for AdmissionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::Resource;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    use serde::de::DeserializeOwned;
     use serde_json::json;
+    use std::hash::Hash;
 
     fn apply<K>(writer: &mut reflector::store::Writer<K>, value: serde_json::Value)
     where

@@ -35,6 +35,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tollgate_admission::{InjectionSettings, PolicyView, Webhook};
 
+use crate::cache::ClusterCache;
 use cache::AdmissionCache;
 
 /// The largest AdmissionReview accepted (the API server's own request limit
@@ -127,34 +128,31 @@ impl SharedView for tollgate_admission::StaticPolicyView {
     }
 }
 
-/// Starts what the webhooks need (caches of namespaces and policies, the
-/// audit sweep) and returns the router serving the webhook paths.
-pub async fn start(client: kube::Client, settings: WebhookSettings) -> anyhow::Result<Router> {
-    start_with_metrics(client, settings, AdmissionMetrics::default()).await
-}
-
-/// [`start`], recording into `metrics` (registered by the caller).
-pub async fn start_with_metrics(
+/// Starts what the webhooks need beyond the shared cache (the audit sweep)
+/// and returns the router serving the webhook paths, recording into
+/// `metrics` (registered by the caller).
+pub async fn start(
     client: kube::Client,
+    cache: &ClusterCache,
     settings: WebhookSettings,
     metrics: AdmissionMetrics,
-) -> anyhow::Result<Router> {
-    let cache = AdmissionCache::start(&client);
-    if !cache.wait_ready(CACHE_WAIT).await {
-        tracing::warn!("admission caches have not listed yet; reviews get 503 until they do");
+) -> Router {
+    let view = AdmissionCache::of(cache);
+    if !view.wait_ready(CACHE_WAIT).await {
+        tracing::warn!("the caches have not listed yet; reviews get 503 until they do");
     }
     tokio::spawn(audit::run(
         client,
-        cache.clone(),
+        view.clone(),
         settings.injection.clone(),
         metrics.clone(),
         audit::interval_from_env(),
     ));
-    Ok(router(Arc::new(WebhookState {
-        view: Box::new(cache),
+    router(Arc::new(WebhookState {
+        view: Box::new(view),
         settings: settings.injection,
         metrics,
-    })))
+    }))
 }
 
 /// The webhook routes over any view (tests drive it with `oneshot`).
