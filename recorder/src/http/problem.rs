@@ -68,6 +68,19 @@ impl IntoResponse for RecorderError {
                     "storage is unavailable; retry later".into(),
                 )
             }
+            Self::Store(StoreError::Busy(d)) => {
+                tracing::warn!(error = %d, "storage busy");
+                let mut response = problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-busy",
+                    "Storage busy",
+                    "too much work is queued for storage; nothing from this request was stored; retry shortly".into(),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
             Self::Store(e) => {
                 tracing::error!(error = %e, "storage error");
                 problem(

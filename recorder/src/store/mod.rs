@@ -1,6 +1,8 @@
-//! Storage: one [`Store`] trait, two implementations ([`sqlite::SqliteStore`], the
-//! embedded default, and [`postgres::PostgresStore`], for replicas sharing one
-//! database). The same behaviour suite runs against both.
+//! Storage: one [`Store`] trait, written once ([`engine`]: one schema and one
+//! statement table in [`sql`], row mapping in [`rows`]) over two thin drivers:
+//! [`sqlite::SqliteStore`], the embedded default, and
+//! [`postgres::PostgresStore`], for replicas sharing one database. The same
+//! behaviour suite runs against both.
 //!
 //! Writes go through short transactions that take a lock first: [`LogTx`] locks
 //! the log (SQLite `BEGIN IMMEDIATE`; PostgreSQL `SELECT … FOR UPDATE` on the one
@@ -10,7 +12,10 @@
 //! The decisions themselves are made by pure code ([`crate::ingest`],
 //! [`crate::log`], [`crate::quota`]) between the reads and the writes.
 
+pub mod engine;
 pub mod postgres;
+pub mod rows;
+pub mod sql;
 pub mod sqlite;
 
 use futures::future::BoxFuture;
@@ -38,6 +43,9 @@ pub enum StoreError {
     /// The database cannot be used (connect, open, pool).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Too much work is already queued for the database: retry shortly.
+    #[error("storage busy: {0}")]
+    Busy(String),
 }
 
 /// Storage-side facts of a receipt, for usage queries and exports.

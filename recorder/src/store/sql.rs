@@ -1,0 +1,345 @@
+//! The storage's SQL, written once: the schema, its migrations and every
+//! statement, in one dialect-neutral text that [`Dialect::render`] turns into
+//! SQLite or PostgreSQL. Statements use `?1`, `?2`… placeholders and a few
+//! tokens for what really differs between the two:
+//!
+//! | token | SQLite | PostgreSQL |
+//! |---|---|---|
+//! | `{BIGINT}` | `INTEGER` (a rowid alias as a primary key) | `BIGINT` |
+//! | `{BOOL}` | `INTEGER` | `BOOLEAN` |
+//! | `{FALSE}` | `0` | `false` |
+//! | `{GREATEST}` | `MAX` (the scalar, two arguments) | `GREATEST` |
+//! | `{C}` | nothing (the default collation is bytewise) | `COLLATE "C"` |
+//! | `{FOR_UPDATE}` | nothing (`BEGIN IMMEDIATE` holds the write lock) | `FOR UPDATE` |
+//!
+//! Placeholders become `$1`, `$2`… for PostgreSQL. Transactions and locks
+//! (`BEGIN IMMEDIATE`; advisory locks) are the drivers'.
+
+use std::sync::OnceLock;
+
+/// The two SQL dialects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// `text` in this dialect.
+    pub fn render(self, text: &str) -> String {
+        let tokens: [(&str, &str); 6] = match self {
+            Self::Sqlite => [
+                ("{BIGINT}", "INTEGER"),
+                ("{BOOL}", "INTEGER"),
+                ("{FALSE}", "0"),
+                ("{GREATEST}", "MAX"),
+                (" {C}", ""),
+                (" {FOR_UPDATE}", ""),
+            ],
+            Self::Postgres => [
+                ("{BIGINT}", "BIGINT"),
+                ("{BOOL}", "BOOLEAN"),
+                ("{FALSE}", "false"),
+                ("{GREATEST}", "GREATEST"),
+                ("{C}", "COLLATE \"C\""),
+                ("{FOR_UPDATE}", "FOR UPDATE"),
+            ],
+        };
+        let mut out = text.to_owned();
+        for (token, value) in tokens {
+            out = out.replace(token, value);
+        }
+        match self {
+            Self::Sqlite => out,
+            Self::Postgres => dollar_placeholders(&out),
+        }
+    }
+
+    /// The rendered text of `stmt` (rendered once per dialect).
+    pub fn sql(self, stmt: Stmt) -> &'static str {
+        static SQLITE: OnceLock<Vec<String>> = OnceLock::new();
+        static POSTGRES: OnceLock<Vec<String>> = OnceLock::new();
+        let table = match self {
+            Self::Sqlite => &SQLITE,
+            Self::Postgres => &POSTGRES,
+        };
+        let rendered =
+            table.get_or_init(|| Stmt::ALL.iter().map(|s| self.render(&s.text())).collect());
+        rendered.get(stmt as usize).map_or("", String::as_str)
+    }
+}
+
+/// `?N` → `$N`.
+fn dollar_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The schema, both dialects. `CREATE … IF NOT EXISTS` throughout, so it runs
+/// at every start after [`SQLITE_MIGRATIONS`].
+pub const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS log_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    origin TEXT NOT NULL,
+    size {BIGINT} NOT NULL,
+    state TEXT,
+    last_issued_at_ms {BIGINT}
+);
+CREATE TABLE IF NOT EXISTS segments (
+    segment_index {BIGINT} PRIMARY KEY,
+    genesis TEXT NOT NULL,
+    created_at_ms {BIGINT} NOT NULL,
+    seal TEXT,
+    checkpoint TEXT,
+    sealed_at_ms {BIGINT},
+    envelope_count {BIGINT}
+);
+CREATE TABLE IF NOT EXISTS envelopes (
+    log_index {BIGINT} PRIMARY KEY,
+    segment_index {BIGINT} NOT NULL,
+    stream_id TEXT NOT NULL,
+    seq {BIGINT} NOT NULL,
+    hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    receipt_id TEXT UNIQUE,
+    namespace TEXT,
+    service_account TEXT,
+    pod TEXT,
+    provider TEXT,
+    model TEXT,
+    started_at_ms {BIGINT},
+    completed_at_ms {BIGINT},
+    input_tokens {BIGINT},
+    output_tokens {BIGINT},
+    cached_tokens {BIGINT},
+    cost_micro_usd {BIGINT},
+    decision TEXT,
+    provider_request_id TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (stream_id, seq)
+);
+CREATE INDEX IF NOT EXISTS envelopes_started ON envelopes (started_at_ms);
+CREATE INDEX IF NOT EXISTS envelopes_segment ON envelopes (segment_index);
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    service_account TEXT NOT NULL,
+    pod TEXT NOT NULL,
+    next_seq {BIGINT} NOT NULL,
+    closed {BOOL} NOT NULL,
+    first_record_ms {BIGINT} NOT NULL,
+    last_record_ms {BIGINT} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    cert_hash TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    not_before_ms {BIGINT} NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_key ON certificates (key_id);
+CREATE TABLE IF NOT EXISTS chain_faults (
+    stream_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seq {BIGINT} NOT NULL,
+    namespace TEXT NOT NULL,
+    at_ms {BIGINT} NOT NULL,
+    detected_at_ms {BIGINT} NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind, seq)
+);
+CREATE TABLE IF NOT EXISTS quota_limits (
+    quota_id TEXT NOT NULL,
+    limit_name TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    PRIMARY KEY (quota_id, limit_name, window_key)
+);
+CREATE TABLE IF NOT EXISTS quota_usage (
+    quota_id TEXT NOT NULL,
+    limit_name TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    bucket {BIGINT} NOT NULL,
+    tokens {BIGINT} NOT NULL,
+    requests {BIGINT} NOT NULL,
+    cost {BIGINT} NOT NULL,
+    PRIMARY KEY (quota_id, limit_name, window_key, bucket)
+);
+CREATE TABLE IF NOT EXISTS quota_leases (
+    lease_id TEXT PRIMARY KEY,
+    quota_id TEXT NOT NULL,
+    limit_name TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    window_start {BIGINT} NOT NULL,
+    granted_tokens {BIGINT} NOT NULL,
+    granted_requests {BIGINT} NOT NULL,
+    granted_cost {BIGINT} NOT NULL,
+    consumed_tokens {BIGINT} NOT NULL,
+    consumed_requests {BIGINT} NOT NULL,
+    consumed_cost {BIGINT} NOT NULL,
+    expires_at {BIGINT} NOT NULL,
+    holder TEXT NOT NULL,
+    returned {BOOL} NOT NULL,
+    cap_tokens {BIGINT},
+    cap_requests {BIGINT},
+    cap_cost {BIGINT},
+    shadow {BOOL} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (quota_id, limit_name, window_key, window_start);
+";
+
+/// The SQLite schema version this code writes (`PRAGMA user_version`).
+pub const SQLITE_VERSION: i64 = 2;
+
+/// SQLite migrations: `(from version, statements)`, applied in order to a
+/// database at that version. Version 0 is a new file (no migration: the
+/// schema creates everything).
+pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    // Version 1 named the window column `window`, a reserved word in
+    // PostgreSQL; both backends now call it `window_key`.
+    "ALTER TABLE quota_limits RENAME COLUMN window TO window_key;
+     ALTER TABLE quota_usage RENAME COLUMN window TO window_key;
+     ALTER TABLE quota_leases RENAME COLUMN window TO window_key;",
+)];
+
+const STREAM_COLUMNS: &str = "stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms";
+
+macro_rules! statements {
+    ($( $(#[$doc:meta])* $name:ident = $text:expr; )*) => {
+        /// Every statement the stores run.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Stmt {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl Stmt {
+            /// Every statement, in declaration order (the render table's order).
+            pub const ALL: &'static [Stmt] = &[$(Stmt::$name),*];
+
+            /// The dialect-neutral text.
+            pub fn text(self) -> String {
+                match self {
+                    $( Stmt::$name => $text.to_string(), )*
+                }
+            }
+        }
+    };
+}
+
+statements! {
+    // The log.
+    Meta = "SELECT origin, size, state, last_issued_at_ms FROM log_meta WHERE id = 1";
+    OpenSegment = "SELECT segment_index, genesis FROM segments WHERE seal IS NULL ORDER BY segment_index DESC LIMIT 1";
+    SegmentBodies = "SELECT body FROM envelopes WHERE segment_index = ?1 ORDER BY log_index";
+    Stream = format!("SELECT {STREAM_COLUMNS} FROM streams WHERE stream_id = ?1");
+    EnvelopeJson = "SELECT body FROM envelopes WHERE stream_id = ?1 AND seq = ?2";
+    Hashes = "SELECT seq, hash FROM envelopes WHERE stream_id = ?1 AND seq >= ?2 AND seq <= ?3";
+    /// One id (SQLite: cheap per statement).
+    ReceiptIdKnown = "SELECT receipt_id FROM envelopes WHERE receipt_id = ?1";
+    /// Many ids in one round trip (PostgreSQL: a text array parameter).
+    ReceiptIdsKnown = "SELECT receipt_id FROM envelopes WHERE receipt_id = ANY(?1)";
+    InsertCertificate = "INSERT INTO certificates (cert_hash, key_id, not_before_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+    InsertSegment = "INSERT INTO segments (segment_index, genesis, created_at_ms) VALUES (?1, ?2, ?3)";
+    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
+    SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5 WHERE segment_index = ?1";
+    UpsertStream = "INSERT INTO streams (stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        ON CONFLICT (stream_id) DO UPDATE SET next_seq = excluded.next_seq, closed = excluded.closed,
+          first_record_ms = excluded.first_record_ms, last_record_ms = excluded.last_record_ms";
+    InsertFault = "INSERT INTO chain_faults (stream_id, kind, seq, namespace, at_ms, detected_at_ms, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
+    UpsertMeta = "INSERT INTO log_meta (id, origin, size, state, last_issued_at_ms) VALUES (1, ?1, ?2, ?3, ?4)
+        ON CONFLICT (id) DO UPDATE SET size = excluded.size, state = excluded.state, last_issued_at_ms = excluded.last_issued_at_ms";
+
+    // Quota limits, usage and leases. ?1, ?2, ?3 are always the limit's key.
+    InsertLimit = "INSERT INTO quota_limits (quota_id, limit_name, window_key) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+    LockLimit = "SELECT 1 FROM quota_limits WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 {FOR_UPDATE}";
+    UsageSum = "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(SUM(requests), 0) AS BIGINT), CAST(COALESCE(SUM(cost), 0) AS BIGINT) FROM quota_usage
+        WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND bucket >= ?4 AND bucket <= ?5";
+    OldestBucket = "SELECT MIN(bucket) FROM quota_usage WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND bucket >= ?4
+        AND (tokens > 0 OR requests > 0 OR cost > 0)";
+    Outstanding = "SELECT CAST(COALESCE(SUM({GREATEST}(granted_tokens - consumed_tokens, 0)), 0) AS BIGINT),
+            CAST(COALESCE(SUM({GREATEST}(granted_requests - consumed_requests, 0)), 0) AS BIGINT),
+            CAST(COALESCE(SUM({GREATEST}(granted_cost - consumed_cost, 0)), 0) AS BIGINT)
+        FROM quota_leases
+        WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND window_start = ?4
+          AND expires_at > ?5 AND returned = {FALSE} AND lease_id IS DISTINCT FROM ?6";
+    Lease = "SELECT window_start, granted_tokens, granted_requests, granted_cost, consumed_tokens, consumed_requests, consumed_cost, expires_at, holder, returned, cap_tokens, cap_requests, cap_cost, shadow
+        FROM quota_leases WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND lease_id = ?4";
+    PutLease = "INSERT INTO quota_leases (quota_id, limit_name, window_key, lease_id, window_start, granted_tokens, granted_requests, granted_cost,
+            consumed_tokens, consumed_requests, consumed_cost, expires_at, holder, returned, cap_tokens, cap_requests, cap_cost, shadow)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+        ON CONFLICT (lease_id) DO UPDATE SET window_start = excluded.window_start,
+            granted_tokens = excluded.granted_tokens, granted_requests = excluded.granted_requests, granted_cost = excluded.granted_cost,
+            consumed_tokens = excluded.consumed_tokens, consumed_requests = excluded.consumed_requests, consumed_cost = excluded.consumed_cost,
+            expires_at = excluded.expires_at, returned = excluded.returned";
+    AddUsage = "INSERT INTO quota_usage (quota_id, limit_name, window_key, bucket, tokens, requests, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        ON CONFLICT (quota_id, limit_name, window_key, bucket) DO UPDATE SET tokens = quota_usage.tokens + excluded.tokens,
+            requests = quota_usage.requests + excluded.requests, cost = quota_usage.cost + excluded.cost";
+    PurgeLeases = "DELETE FROM quota_leases WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND expires_at < ?4";
+    PurgeUsage = "DELETE FROM quota_usage WHERE quota_id = ?1 AND limit_name = ?2 AND window_key = ?3 AND bucket < ?4";
+    LeaseKey = "SELECT quota_id, limit_name, window_key FROM quota_leases WHERE lease_id = ?1";
+
+    // Queries and exports.
+    UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
+            CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT)
+        FROM envelopes
+        WHERE receipt_id IS NOT NULL AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+        GROUP BY 1, 2, 3, 4, 5
+        ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
+    Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
+        WHERE at_ms >= ?1 AND at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+        ORDER BY at_ms, stream_id {C}, kind {C}, seq LIMIT ?4";
+    OpenStreamsCount = "SELECT CAST(COUNT(*) AS BIGINT) FROM streams
+        WHERE closed = {FALSE} AND first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)";
+    OpenStreams = format!("SELECT {STREAM_COLUMNS} FROM streams
+        WHERE closed = {{FALSE}} AND first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+        ORDER BY stream_id {{C}} LIMIT ?4");
+    SealedSegments = "SELECT segment_index, genesis, seal, checkpoint, envelope_count FROM segments
+        WHERE seal IS NOT NULL AND segment_index <= ?1 ORDER BY segment_index";
+    LastSegmentBefore = "SELECT MAX(segment_index) FROM envelopes WHERE started_at_ms < ?1";
+    CertificatesUpto = "SELECT body FROM certificates WHERE key_id IN
+            (SELECT DISTINCT key_id FROM envelopes WHERE segment_index <= ?1)
+        ORDER BY key_id {C}, not_before_ms, cert_hash {C}";
+    Ping = "SELECT 1";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_tokens_render_per_dialect() {
+        let text = "SELECT {GREATEST}(a, 0) FROM t WHERE x = ?1 AND y = ?12 AND z = '?' AND b = {FALSE} ORDER BY n {C} {FOR_UPDATE}";
+        assert_eq!(
+            Dialect::Sqlite.render(text),
+            "SELECT MAX(a, 0) FROM t WHERE x = ?1 AND y = ?12 AND z = '?' AND b = 0 ORDER BY n"
+        );
+        assert_eq!(
+            Dialect::Postgres.render(text),
+            "SELECT GREATEST(a, 0) FROM t WHERE x = $1 AND y = $12 AND z = '?' AND b = false ORDER BY n COLLATE \"C\" FOR UPDATE"
+        );
+    }
+
+    #[test]
+    fn every_statement_renders_without_a_token_left() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            for stmt in Stmt::ALL {
+                let sql = dialect.sql(*stmt);
+                assert!(!sql.is_empty(), "{stmt:?}");
+                assert!(!sql.contains('{'), "{dialect:?} {stmt:?}: {sql}");
+            }
+            assert!(!dialect.render(SCHEMA).contains('{'));
+        }
+        assert!(Dialect::Postgres.sql(Stmt::Hashes).contains("$3"));
+        assert!(!Dialect::Postgres.sql(Stmt::Hashes).contains("?3"));
+    }
+}
