@@ -56,6 +56,11 @@ pub struct LocalArgs {
     /// A label of the pretend pod, KEY=VALUE (picks the EgressPolicy and quota subjects).
     #[arg(long = "pod-label")]
     pub pod_labels: Vec<String>,
+    /// How long each receipt key certificate is valid (`30s`, `10m`, `24h`,
+    /// `365d`); the gateway renews its key at two thirds of it, without a
+    /// restart.
+    #[arg(long, default_value = "365d", value_parser = tollgate_gateway::run::parse_lifetime)]
+    pub key_certificate_lifetime: std::time::Duration,
 }
 
 /// Loads the manifests on every change: compile, then resolve keys.
@@ -264,7 +269,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         node_id: "local".into(),
         certifier: Certifier::LocalCa {
             key: Box::new(receipt_ca),
-            validity_hours: 24 * 365,
+            lifetime: args.key_certificate_lifetime,
         },
         // Local mode is one gateway: the in-process authority, same semantics.
         quota: QuotaSource::InProcess,

@@ -47,6 +47,8 @@ fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
         .arg("--spool-dir")
         .arg(dir.join("spool"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        // Short, so the suite sees a renewal through the control endpoint.
+        .args(["--key-certificate-lifetime", "6s"])
         .env("RUST_LOG", "warn");
     let started = Listening::start(command, "gateway", "tollgate-gateway: listening api=")
         .context("starting tollgate-gateway")?;
@@ -147,6 +149,24 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
         cert["pod_uid"] == pod.uid().unwrap_or_default().as_str(),
         "{first}"
     );
+
+    // The key is renewed through the control endpoint (which honoured the
+    // 6 s lifetime asked for), while requests keep being served.
+    let spool_dir = dir.join("spool");
+    eventually(Duration::from_secs(30), || {
+        let spool_dir = spool_dir.clone();
+        let api = gateway.api.clone();
+        async move {
+            let streams = std::fs::read_dir(&spool_dir)?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                .count();
+            ensure!(chat(&api, "dry-m").await? == 200, "refused during renewal");
+            ensure!(streams >= 2, "{streams} stream file(s) so far");
+            Ok(())
+        }
+    })
+    .await?;
 
     // A policy change reaches the running gateway through the long-poll.
     app_ns.accepts(&policy(&["other-*"])).await?;

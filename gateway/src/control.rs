@@ -22,6 +22,8 @@ use crate::run::ConfigLoader;
 
 /// Largest control endpoint answer read, in bytes.
 pub const MAX_BOOTSTRAP_BYTES: usize = 16 * 1024 * 1024;
+/// The key certificate lifetime the operator gives when not asked for one.
+pub const DEFAULT_KEY_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long one long-poll asks the operator to hold the request.
 pub const LONG_POLL_SECONDS: u64 = 30;
 
@@ -173,10 +175,19 @@ impl ControlClient {
     }
 
     /// `POST /v1/gateway/certificate`: the operator certifies `key` for the
-    /// pod the token belongs to.
-    pub async fn certify(&self, key: &PublicKey) -> anyhow::Result<SignedKeyCertificate> {
+    /// pod the token belongs to, for `lifetime` or the most it allows.
+    pub async fn certify(
+        &self,
+        key: &PublicKey,
+        lifetime: Duration,
+    ) -> anyhow::Result<SignedKeyCertificate> {
+        // The default lifetime is not sent, so that an operator of the
+        // previous release (which refuses unknown fields) still certifies
+        // gateways of this one during a rolling upgrade.
         let request = CertificateRequest {
             public_key: key.to_base64(),
+            lifetime_seconds: (lifetime != DEFAULT_KEY_CERTIFICATE_LIFETIME)
+                .then_some(lifetime.as_secs()),
         };
         let body = serde_json::to_vec(&request).context("encoding the certificate request")?;
         let token = self.bearer()?;

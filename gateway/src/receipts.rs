@@ -210,6 +210,9 @@ pub struct SpoolStatus {
     /// Bytes kept free for receipts of requests already admitted.
     headroom_bytes: u64,
     failed: AtomicBool,
+    /// The current key certificate's `not_after` (unix ms): receipts signed
+    /// after it would be refused, so requests are not admitted.
+    certificate_not_after_ms: AtomicU64,
 }
 
 impl SpoolStatus {
@@ -219,13 +222,20 @@ impl SpoolStatus {
             max_bytes,
             headroom_bytes: (max_bytes / 16).clamp(64 * 1024, 4 * 1024 * 1024),
             failed: AtomicBool::new(false),
+            certificate_not_after_ms: AtomicU64::new(0),
         }
     }
     /// Whether new requests may be admitted: the spool has room for their
-    /// receipts and the writer has not failed.
+    /// receipts, the writer has not failed, and the key certificate is valid.
     pub fn accepting(&self) -> bool {
         !self.failed.load(Ordering::Relaxed)
             && self.used_bytes.load(Ordering::Relaxed) + self.headroom_bytes <= self.max_bytes
+            && unix_millis() < self.certificate_not_after_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether the current key certificate has expired (renewal failed).
+    pub fn certificate_expired(&self) -> bool {
+        unix_millis() >= self.certificate_not_after_ms.load(Ordering::Relaxed)
     }
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
@@ -265,123 +275,235 @@ enum SpoolLine<'a> {
     Envelope(&'a Envelope),
 }
 
-/// Appends signed, chained receipts to one stream file.
+/// A receipt stream's key: its id, the ephemeral signing key, and the
+/// certificate for it.
+pub struct StreamKey {
+    pub stream_id: Identifier,
+    pub key: SigningKey,
+    pub certificate: SignedKeyCertificate,
+}
+
+impl std::fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("StreamKey")
+            .field("stream_id", &self.stream_id)
+            .field("not_after", &self.certificate.certificate.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One stream file being written.
 #[derive(Debug)]
-pub struct SpoolWriter {
+struct StreamFile {
     path: PathBuf,
     file: BufWriter<File>,
     chain: StreamChainWriter,
     key: SigningKey,
+    not_before_ms: u64,
+    not_after_ms: u64,
+}
+
+/// Appends signed, chained receipts to stream files. Normally one stream is
+/// open; after a key renewal the previous one stays open until its
+/// certificate expires (or it is closed), so that requests that started under
+/// the old certificate are signed by the old key: a receipt's times must lie
+/// within its certificate's window.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    dir: PathBuf,
+    current: StreamFile,
+    previous: Option<StreamFile>,
     workload: Workload,
     status: Arc<SpoolStatus>,
 }
 
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl SpoolWriter {
-    /// Starts a new stream file in `dir` for `stream_id`, beginning with the
-    /// key certificate. Existing files (earlier streams not yet shipped) count
-    /// against the spool size.
+    /// Starts a new stream file in `dir`, beginning with the key certificate.
+    /// Existing files (earlier streams not yet shipped) count against the
+    /// spool size.
     pub fn create(
         dir: &Path,
-        stream_id: Identifier,
-        key: SigningKey,
-        certificate: &SignedKeyCertificate,
+        first: StreamKey,
         workload: Workload,
         status: Arc<SpoolStatus>,
     ) -> Result<Self, SpoolError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SpoolError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let existing: u64 = std::fs::read_dir(dir)
-            .map_err(io(dir))?
+            .map_err(io_error(dir))?
             .filter_map(Result::ok)
             .filter_map(|e| e.metadata().ok())
             .filter(|m| m.is_file())
             .map(|m| m.len())
             .sum();
         status.used_bytes.store(existing, Ordering::Relaxed);
-        let path = dir.join(format!("{stream_id}.jsonl"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut writer = Self {
-            path,
-            file: BufWriter::new(file),
-            chain: StreamChainWriter::new(stream_id),
-            key,
+        let current = open_stream(dir, first, &status)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            current,
+            previous: None,
             workload,
             status,
-        };
-        writer.write_line(&SpoolLine::Certificate(certificate))?;
-        writer.sync()?;
-        Ok(writer)
+        })
     }
 
-    /// The stream file.
+    /// The current stream's file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.current.path
     }
 
-    fn write_line(&mut self, line: &SpoolLine<'_>) -> Result<(), SpoolError> {
-        let mut bytes = serde_json::to_vec(line)?;
-        bytes.push(b'\n');
-        let used = self.status.used_bytes.load(Ordering::Relaxed);
-        let len = bytes.len() as u64;
-        if used + len > self.status.max_bytes {
-            return Err(SpoolError::Full {
-                used,
-                max: self.status.max_bytes,
-            });
-        }
-        self.file
-            .write_all(&bytes)
-            .map_err(|source| SpoolError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.status.used_bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Signs, chains and appends one receipt. Buffered: call [`Self::sync`].
+    /// Signs, chains and appends one receipt: to the previous stream if the
+    /// request started before the current certificate and ends within the
+    /// previous one, else to the current stream. Buffered: call [`Self::sync`].
     pub fn append(&mut self, draft: ReceiptDraft) -> Result<Envelope, SpoolError> {
+        let use_previous = self.previous.as_ref().is_some_and(|previous| {
+            draft.started_at_ms < self.current.not_before_ms
+                && draft.completed_at_ms < previous.not_after_ms
+        });
         let body = draft.into_body(&self.workload)?;
-        let envelope = self.chain.sign_and_append(body, &self.key)?;
-        self.write_line(&SpoolLine::Envelope(&envelope))?;
+        let stream = match (&mut self.previous, use_previous) {
+            (Some(previous), true) => previous,
+            _ => &mut self.current,
+        };
+        let envelope = stream.chain.sign_and_append(body, &stream.key)?;
+        write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
         Ok(envelope)
     }
 
     /// Flushes and fsyncs what was appended.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        let err = |source| SpoolError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.flush().map_err(err)?;
-        self.file
-            .get_ref()
-            .sync_data()
-            .map_err(|source| SpoolError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        if let Some(previous) = &mut self.previous {
+            sync(previous)?;
+        }
+        sync(&mut self.current)
     }
 
-    /// Ends the stream with a signed close record and syncs.
-    pub fn close(&mut self, reason: CloseReason, now: Timestamp) -> Result<(), SpoolError> {
-        let envelope = self.chain.close(reason, now, &self.key)?;
-        self.write_line(&SpoolLine::Envelope(&envelope))?;
-        self.sync()
+    /// Renewal: `next` becomes the current stream; the current one stays open
+    /// as the previous until [`Self::close_previous`]. A previous stream still
+    /// open is closed first.
+    pub fn renew(&mut self, next: StreamKey, now: Timestamp) -> Result<(), SpoolError> {
+        self.close_previous(now)?;
+        let opened = open_stream(&self.dir, next, &self.status)?;
+        self.previous = Some(std::mem::replace(&mut self.current, opened));
+        Ok(())
     }
+
+    /// Ends the previous stream, if one is open, with its signed close record
+    /// (`key_expiry`).
+    pub fn close_previous(&mut self, now: Timestamp) -> Result<(), SpoolError> {
+        if let Some(mut previous) = self.previous.take() {
+            close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
+        }
+        Ok(())
+    }
+
+    /// Ends every open stream with a signed close record and syncs.
+    pub fn close(&mut self, reason: CloseReason, now: Timestamp) -> Result<(), SpoolError> {
+        if let Some(mut previous) = self.previous.take() {
+            close(&mut previous, &self.status, reason, now)?;
+        }
+        close(&mut self.current, &self.status, reason, now)
+    }
+}
+
+fn open_stream(
+    dir: &Path,
+    next: StreamKey,
+    status: &SpoolStatus,
+) -> Result<StreamFile, SpoolError> {
+    let path = dir.join(format!("{}.jsonl", next.stream_id));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    let certificate = &next.certificate.certificate;
+    let mut stream = StreamFile {
+        file: BufWriter::new(file),
+        chain: StreamChainWriter::new(next.stream_id),
+        key: next.key,
+        not_before_ms: certificate.not_before.unix_millis(),
+        not_after_ms: certificate.not_after.unix_millis(),
+        path,
+    };
+    write_line(
+        &mut stream,
+        status,
+        &SpoolLine::Certificate(&next.certificate),
+    )?;
+    sync(&mut stream)?;
+    status
+        .certificate_not_after_ms
+        .store(stream.not_after_ms, Ordering::Relaxed);
+    Ok(stream)
+}
+
+fn write_line(
+    stream: &mut StreamFile,
+    status: &SpoolStatus,
+    line: &SpoolLine<'_>,
+) -> Result<(), SpoolError> {
+    let mut bytes = serde_json::to_vec(line)?;
+    bytes.push(b'\n');
+    let used = status.used_bytes.load(Ordering::Relaxed);
+    let len = bytes.len() as u64;
+    if used + len > status.max_bytes {
+        return Err(SpoolError::Full {
+            used,
+            max: status.max_bytes,
+        });
+    }
+    stream
+        .file
+        .write_all(&bytes)
+        .map_err(io_error(&stream.path))?;
+    status.used_bytes.fetch_add(len, Ordering::Relaxed);
+    Ok(())
+}
+
+fn sync(stream: &mut StreamFile) -> Result<(), SpoolError> {
+    stream.file.flush().map_err(io_error(&stream.path))?;
+    stream
+        .file
+        .get_ref()
+        .sync_data()
+        .map_err(io_error(&stream.path))
+}
+
+fn close(
+    stream: &mut StreamFile,
+    status: &SpoolStatus,
+    reason: CloseReason,
+    now: Timestamp,
+) -> Result<(), SpoolError> {
+    let envelope = stream.chain.close(reason, now, &stream.key)?;
+    write_line(stream, status, &SpoolLine::Envelope(&envelope))?;
+    sync(stream)
+}
+
+/// What the writer task is asked to do, in order.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every command is a draft; boxing it would add an allocation per request"
+)]
+enum SpoolCommand {
+    Write(ReceiptDraft),
+    Renew(Box<StreamKey>),
+    ClosePrevious,
 }
 
 /// The hot path's handle: hands drafts to the writer task.
 #[derive(Debug, Clone)]
 pub struct ReceiptSink {
-    tx: mpsc::UnboundedSender<ReceiptDraft>,
+    tx: mpsc::UnboundedSender<SpoolCommand>,
     pub status: Arc<SpoolStatus>,
     written: Arc<AtomicU64>,
 }
@@ -390,11 +512,26 @@ impl ReceiptSink {
     /// Queues a draft. Fails only when the writer task is gone, which the
     /// status already reports as failed so no new request is admitted.
     pub fn submit(&self, draft: ReceiptDraft) {
-        if self.tx.send(draft).is_err() {
+        self.send(SpoolCommand::Write(draft));
+    }
+
+    /// Switches to a new stream under `next`'s key (see [`SpoolWriter::renew`]).
+    pub fn renew(&self, next: StreamKey) {
+        self.send(SpoolCommand::Renew(Box::new(next)));
+    }
+
+    /// Closes the stream the last renewal left open.
+    pub fn close_previous(&self) {
+        self.send(SpoolCommand::ClosePrevious);
+    }
+
+    fn send(&self, command: SpoolCommand) {
+        if self.tx.send(command).is_err() {
             self.status.failed.store(true, Ordering::Relaxed);
             tracing::error!("receipt writer is gone; refusing new requests");
         }
     }
+
     /// Receipts written so far.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
@@ -404,13 +541,25 @@ impl ReceiptSink {
 /// A sink whose drafts the test reads from the receiver, with no spool.
 #[cfg(test)]
 pub(crate) fn test_sink(max_bytes: u64) -> (ReceiptSink, mpsc::UnboundedReceiver<ReceiptDraft>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, mut commands) = mpsc::unbounded_channel();
+    let (drafts_tx, drafts) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(command) = commands.recv().await {
+            if let SpoolCommand::Write(draft) = command {
+                let _ = drafts_tx.send(draft);
+            }
+        }
+    });
+    let status = Arc::new(SpoolStatus::new(max_bytes));
+    status
+        .certificate_not_after_ms
+        .store(u64::MAX, Ordering::Relaxed);
     let sink = ReceiptSink {
         tx,
-        status: Arc::new(SpoolStatus::new(max_bytes)),
+        status,
         written: Arc::new(AtomicU64::new(0)),
     };
-    (sink, rx)
+    (sink, drafts)
 }
 
 #[cfg(test)]
@@ -422,11 +571,11 @@ impl SpoolStatus {
 }
 
 /// Starts the writer task. It drains the channel in batches, syncing once per
-/// batch; when every sink is dropped it writes the close record and returns.
+/// batch; when every sink is dropped it writes the close records and returns.
 pub fn spawn_spool_writer(
     mut writer: SpoolWriter,
 ) -> (ReceiptSink, tokio::task::JoinHandle<Result<(), SpoolError>>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ReceiptDraft>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SpoolCommand>();
     let status = writer.status.clone();
     let written = Arc::new(AtomicU64::new(0));
     let sink = ReceiptSink {
@@ -440,12 +589,22 @@ pub fn spawn_spool_writer(
             tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
             e
         };
+        let run = |writer: &mut SpoolWriter, command: SpoolCommand| -> Result<u64, SpoolError> {
+            match command {
+                SpoolCommand::Write(draft) => writer.append(draft).map(|_| 1),
+                SpoolCommand::Renew(next) => {
+                    let stream = next.stream_id.clone();
+                    writer.renew(*next, now_timestamp())?;
+                    tracing::info!(stream_id = %stream, "key certificate renewed; receipts go to a new stream");
+                    Ok(0)
+                }
+                SpoolCommand::ClosePrevious => writer.close_previous(now_timestamp()).map(|()| 0),
+            }
+        };
         while let Some(first) = rx.blocking_recv() {
-            writer.append(first).map_err(fail)?;
-            let mut batch = 1u64;
+            let mut batch = run(&mut writer, first).map_err(fail)?;
             while let Ok(next) = rx.try_recv() {
-                writer.append(next).map_err(fail)?;
-                batch += 1;
+                batch += run(&mut writer, next).map_err(fail)?;
             }
             writer.sync().map_err(fail)?;
             written.fetch_add(batch, Ordering::Relaxed);
@@ -468,4 +627,196 @@ pub fn unix_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_evidence::{KeyCertificate, KeyId, PodIdentity, PublicKey};
+
+    const T0: u64 = 1_750_000_000_000;
+
+    fn workload() -> Workload {
+        Workload {
+            namespace: "team-a".parse().unwrap(),
+            service_account: "app".parse().unwrap(),
+            pod: "app-0".parse().unwrap(),
+        }
+    }
+
+    fn stream_key(seed: u8, not_before: u64, not_after: u64) -> StreamKey {
+        let ca = SigningKey::from_bytes(&[1; 32]);
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let pod = PodIdentity {
+            namespace: "team-a".parse().unwrap(),
+            service_account: "app".parse().unwrap(),
+            pod_name: "app-0".parse().unwrap(),
+            pod_uid: "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab".parse().unwrap(),
+        };
+        let certificate = KeyCertificate::new(
+            PublicKey::of_signing_key(&key),
+            pod,
+            Timestamp::from_unix_millis(not_before).unwrap(),
+            Timestamp::from_unix_millis(not_after).unwrap(),
+            KeyId::of_signing_key(&ca),
+        )
+        .unwrap();
+        StreamKey {
+            stream_id: Identifier::new(format!("stream-{seed}")).unwrap(),
+            key,
+            certificate: SignedKeyCertificate::issue(certificate, &ca).unwrap(),
+        }
+    }
+
+    fn draft(started: u64, completed: u64) -> ReceiptDraft {
+        ReceiptDraft {
+            id: format!(
+                "0190c5a0-0000-7000-8000-{:012}",
+                started % 1_000_000_000_000
+            ),
+            request_id: format!("req_{started}"),
+            started_at_ms: started,
+            completed_at_ms: completed,
+            total_ms: completed - started,
+            first_byte_ms: None,
+            endpoint: Endpoint::ChatCompletions,
+            provider: Some("dry".into()),
+            model_requested: Some("m".into()),
+            model_served: Some("m".into()),
+            decision: Decision::Allow,
+            reason: "allowed",
+            guards: vec![],
+            status: 200,
+            request_sha256: [1; 32],
+            response_sha256: [2; 32],
+            response_length: 10,
+            usage: None,
+            cost_micro_usd: 0,
+            upstream: None,
+            quota: None,
+            lane: Lane::DryRun,
+            policy_hash: [3; 32],
+        }
+    }
+
+    /// The spool file's lines, as JSON.
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_renewal_keeps_requests_under_the_certificate_they_started_under() {
+        let dir = temp_dir("renew");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let first = stream_key(10, T0, T0 + 60_000);
+        let mut writer = SpoolWriter::create(&dir, first, workload(), status.clone()).unwrap();
+        let first_path = writer.path().to_path_buf();
+        writer.append(draft(T0 + 1_000, T0 + 2_000)).unwrap();
+
+        writer
+            .renew(
+                stream_key(11, T0 + 40_000, T0 + 100_000),
+                Timestamp::from_unix_millis(T0 + 40_000).unwrap(),
+            )
+            .unwrap();
+        let second_path = writer.path().to_path_buf();
+        assert_ne!(first_path, second_path);
+        // Started before the renewal, ended after it: the old key signs it.
+        writer.append(draft(T0 + 39_000, T0 + 41_000)).unwrap();
+        // Started after: the new key.
+        writer.append(draft(T0 + 42_000, T0 + 43_000)).unwrap();
+        writer.sync().unwrap();
+        assert_eq!(
+            status.certificate_not_after_ms.load(Ordering::Relaxed),
+            T0 + 100_000,
+            "admission follows the newest certificate"
+        );
+
+        writer
+            .close_previous(Timestamp::from_unix_millis(T0 + 55_000).unwrap())
+            .unwrap();
+        // With no previous stream, a late request goes to the current one.
+        writer.append(draft(T0 + 39_500, T0 + 56_000)).unwrap();
+        writer
+            .close(
+                CloseReason::Shutdown,
+                Timestamp::from_unix_millis(T0 + 60_000).unwrap(),
+            )
+            .unwrap();
+
+        let old = lines(&first_path);
+        assert!(old[0].get("certificate").is_some());
+        assert_eq!(old.len(), 4, "certificate, two receipts, close: {old:?}");
+        assert_eq!(
+            old[3]["envelope"]["record"]["close"]["close"]["reason"],
+            "key_expiry"
+        );
+        let new = lines(&second_path);
+        assert_eq!(new.len(), 4, "certificate, two receipts, close: {new:?}");
+        assert_eq!(
+            new[3]["envelope"]["record"]["close"]["close"]["reason"],
+            "shutdown"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_renewal_closes_the_stream_the_first_one_left_open() {
+        let dir = temp_dir("renew-twice");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let mut writer =
+            SpoolWriter::create(&dir, stream_key(20, T0, T0 + 30_000), workload(), status).unwrap();
+        let first = writer.path().to_path_buf();
+        writer
+            .renew(
+                stream_key(21, T0 + 20_000, T0 + 50_000),
+                Timestamp::from_unix_millis(T0 + 20_000).unwrap(),
+            )
+            .unwrap();
+        writer
+            .renew(
+                stream_key(22, T0 + 29_000, T0 + 70_000),
+                Timestamp::from_unix_millis(T0 + 29_000).unwrap(),
+            )
+            .unwrap();
+        let first = lines(&first);
+        assert_eq!(first.len(), 2, "certificate and close: {first:?}");
+        assert_eq!(
+            first[1]["envelope"]["record"]["close"]["close"]["reason"],
+            "key_expiry"
+        );
+        writer
+            .close(
+                CloseReason::Shutdown,
+                Timestamp::from_unix_millis(T0 + 29_500).unwrap(),
+            )
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_expired_certificate_stops_admission() {
+        let status = SpoolStatus::new(1 << 20);
+        assert!(!status.accepting(), "no certificate yet");
+        status
+            .certificate_not_after_ms
+            .store(unix_millis() + 60_000, Ordering::Relaxed);
+        assert!(status.accepting());
+        status
+            .certificate_not_after_ms
+            .store(unix_millis() - 1, Ordering::Relaxed);
+        assert!(!status.accepting());
+        assert!(status.certificate_expired());
+    }
 }

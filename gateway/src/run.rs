@@ -24,7 +24,9 @@ use crate::credentials::Credentials;
 use crate::proxy::{Gateway, Identity, Runtime};
 use crate::quota::{LocalQuotaAuthority, QuotaAuthority};
 use crate::quota_lease::LeasedQuotaAuthority;
-use crate::receipts::{SpoolStatus, SpoolWriter, now_timestamp, spawn_spool_writer};
+use crate::receipts::{
+    ReceiptSink, SpoolStatus, SpoolWriter, StreamKey, now_timestamp, spawn_spool_writer,
+};
 
 /// Largest config file read, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
@@ -104,9 +106,47 @@ pub struct RunArgs {
         conflicts_with = "control_url"
     )]
     pub ca_key_file: Option<PathBuf>,
-    /// Hours the key certificate is valid (local CA only).
-    #[arg(long, default_value_t = 24)]
-    pub cert_validity_hours: u64,
+    /// How long each receipt key certificate is valid: `30s`, `10m`, `24h`,
+    /// `7d` (at least 5 s; the operator caps it at 24 h). The gateway renews
+    /// its key at two thirds of the lifetime without a restart.
+    #[arg(
+        long,
+        env = "TOLLGATE_KEY_CERTIFICATE_LIFETIME",
+        default_value = "24h",
+        value_parser = parse_lifetime
+    )]
+    pub key_certificate_lifetime: Duration,
+}
+
+/// The shortest key certificate lifetime accepted.
+pub const MIN_KEY_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5);
+
+/// Parses a key certificate lifetime: a whole number and `s`, `m`, `h` or `d`.
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (s, m, h, d)")),
+    }
+    .ok_or_else(|| format!("{text:?} is too long"))?;
+    let lifetime = Duration::from_secs(seconds);
+    if lifetime < MIN_KEY_CERTIFICATE_LIFETIME {
+        return Err(format!(
+            "{text:?} is shorter than the minimum of {}s",
+            MIN_KEY_CERTIFICATE_LIFETIME.as_secs()
+        ));
+    }
+    Ok(lifetime)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -222,15 +262,18 @@ pub enum QuotaSource {
     RecorderLeases,
 }
 
-/// Who certifies the gateway's ephemeral receipt key.
+/// Who certifies the gateway's ephemeral receipt keys, for how long.
 pub enum Certifier {
     /// A local receipt CA key (local mode and tests).
     LocalCa {
         key: Box<SigningKey>,
-        validity_hours: u64,
+        lifetime: Duration,
     },
-    /// The operator's control endpoint.
-    Control(Arc<ControlClient>),
+    /// The operator's control endpoint, asked for `lifetime` (it may give less).
+    Control {
+        client: Arc<ControlClient>,
+        lifetime: Duration,
+    },
 }
 
 /// The recorder receipts are shipped to.
@@ -245,11 +288,14 @@ impl std::fmt::Debug for Certifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the CA key.
         match self {
-            Self::LocalCa { validity_hours, .. } => f
+            Self::LocalCa { lifetime, .. } => f
                 .debug_struct("LocalCa")
-                .field("validity_hours", validity_hours)
+                .field("lifetime", lifetime)
                 .finish_non_exhaustive(),
-            Self::Control(_) => f.write_str("Control"),
+            Self::Control { lifetime, .. } => f
+                .debug_struct("Control")
+                .field("lifetime", lifetime)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -263,11 +309,12 @@ impl Certifier {
         match self {
             Self::LocalCa {
                 key: ca_key,
-                validity_hours,
+                lifetime,
             } => {
                 let not_before = now_timestamp();
+                let millis = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
                 let not_after = not_before
-                    .checked_add_millis(validity_hours * 3_600_000)
+                    .checked_add_millis(millis)
                     .context("certificate validity overflows")?;
                 Ok(SignedKeyCertificate::issue(
                     KeyCertificate::new(
@@ -280,8 +327,10 @@ impl Certifier {
                     ca_key,
                 )?)
             }
-            Self::Control(client) => {
-                let certificate = client.certify(&PublicKey::of_signing_key(key)).await?;
+            Self::Control { client, lifetime } => {
+                let certificate = client
+                    .certify(&PublicKey::of_signing_key(key), *lifetime)
+                    .await?;
                 let c = &certificate.certificate;
                 if c.namespace != pod.namespace
                     || c.service_account != pod.service_account
@@ -312,7 +361,9 @@ impl std::fmt::Debug for GatewayOptions {
 pub struct RunningGateway {
     pub api_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The first receipt stream (each key renewal starts another).
     pub stream_id: Identifier,
+    /// The first stream's spool file.
     pub spool_path: PathBuf,
     pub policy_hash: String,
     stop: tokio::sync::watch::Sender<bool>,
@@ -321,7 +372,7 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     /// Stops accepting, drains in-flight requests (30 s at most), and ends the
-    /// receipt stream with its signed close record.
+    /// receipt streams with their signed close records.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.done.await.context("gateway task")?
@@ -344,20 +395,20 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         node_id: options.node_id.clone(),
         pod_labels: options.pod_labels.clone(),
     };
-    let key = ephemeral_key()?;
-    let certificate = options.certifier.certify(&key, &options.pod).await?;
-    let stream_id = Identifier::new(uuid::Uuid::now_v7().hyphenated().to_string())?;
+    let certifier = Arc::new(options.certifier);
+    let first = new_stream_key(&certifier, &options.pod).await?;
+    let stream_id = first.stream_id.clone();
+    let window = certificate_window(&first);
     let status = Arc::new(SpoolStatus::new(options.spool_max_bytes));
-    let writer = SpoolWriter::create(
-        &options.spool_dir,
-        stream_id.clone(),
-        key,
-        &certificate,
-        workload,
-        status,
-    )?;
+    let writer = SpoolWriter::create(&options.spool_dir, first, workload, status)?;
     let spool_path = writer.path().to_path_buf();
     let (sink, writer_task) = spawn_spool_writer(writer);
+    let renewal = tokio::spawn(renew_keys(
+        certifier,
+        options.pod.clone(),
+        sink.clone(),
+        window,
+    ));
     let (shipper_stop, shipper_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shipper = options.recorder.as_ref().map(|link| {
         let shipper = Shipper::new(
@@ -424,6 +475,9 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             Err(_) => tracing::warn!("drain timed out after 30s"),
         }
         drop(gateway);
+        // The renewal task holds a sink too: stop it so the writer sees the end.
+        renewal.abort();
+        let _ = renewal.await;
         if let Some(keeper) = lease_keeper {
             keeper.abort();
         }
@@ -446,6 +500,85 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         stop,
         done,
     })
+}
+
+/// A fresh key, certified, with a new stream id.
+async fn new_stream_key(certifier: &Certifier, pod: &PodIdentity) -> anyhow::Result<StreamKey> {
+    let key = ephemeral_key()?;
+    let certificate = certifier.certify(&key, pod).await?;
+    Ok(StreamKey {
+        stream_id: Identifier::new(uuid::Uuid::now_v7().hyphenated().to_string())?,
+        key,
+        certificate,
+    })
+}
+
+/// `not_before` and `not_after` in unix milliseconds.
+fn certificate_window(stream: &StreamKey) -> (u64, u64) {
+    let c = &stream.certificate.certificate;
+    (c.not_before.unix_millis(), c.not_after.unix_millis())
+}
+
+/// When to renew a certificate valid over `window`: at two thirds of it,
+/// which leaves the last third for requests already running under the old
+/// key and for retries should the certifier be unreachable.
+pub fn renewal_due(window: (u64, u64)) -> u64 {
+    let (not_before, not_after) = window;
+    not_before + not_after.saturating_sub(not_before) / 3 * 2
+}
+
+/// When to close the stream of a certificate valid over `window` once a
+/// successor took over: shortly before it expires, so its close record falls
+/// inside it.
+pub fn previous_closes_at(window: (u64, u64)) -> u64 {
+    let (not_before, not_after) = window;
+    let margin = (not_after.saturating_sub(not_before) / 10).min(5_000);
+    not_after.saturating_sub(margin)
+}
+
+async fn sleep_until_unix_millis(at: u64) {
+    let now = crate::receipts::unix_millis();
+    if at > now {
+        tokio::time::sleep(Duration::from_millis(at - now)).await;
+    }
+}
+
+/// Renews the receipt key before its certificate expires, for as long as the
+/// gateway runs: a new key, certified, then a new stream; the old stream is
+/// closed with its signed close record just before its certificate ends.
+/// Nothing is refused in between. If the certifier cannot be reached, it
+/// retries with backoff; should the certificate expire first, requests are
+/// refused (the spool is not accepting) until a renewal succeeds.
+async fn renew_keys(
+    certifier: Arc<Certifier>,
+    pod: PodIdentity,
+    sink: ReceiptSink,
+    mut window: (u64, u64),
+) {
+    loop {
+        sleep_until_unix_millis(renewal_due(window)).await;
+        let mut backoff = Duration::from_secs(1);
+        let next = loop {
+            match new_stream_key(&certifier, &pod).await {
+                Ok(next) => break next,
+                Err(e) => {
+                    let left = window.1.saturating_sub(crate::receipts::unix_millis());
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        seconds_left = left / 1000,
+                        "renewing the receipt key certificate failed; retrying (requests are refused once it expires)"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let previous = window;
+        window = certificate_window(&next);
+        sink.renew(next);
+        sleep_until_unix_millis(previous_closes_at(previous)).await;
+        sink.close_previous();
+    }
 }
 
 /// Where the pod identity, config and key certificate come from.
@@ -510,7 +643,10 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
             pod,
             pod_labels: bootstrap.pod.labels,
             loader: client.clone(),
-            certifier: Certifier::Control(client.clone()),
+            certifier: Certifier::Control {
+                client: client.clone(),
+                lifetime: args.key_certificate_lifetime,
+            },
             control: Some(client),
         });
     }
@@ -536,7 +672,7 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
         }),
         certifier: Certifier::LocalCa {
             key: Box::new(read_signing_key(ca_key_file)?),
-            validity_hours: args.cert_validity_hours,
+            lifetime: args.key_certificate_lifetime,
         },
         control: None,
     })
@@ -653,5 +789,44 @@ async fn watch_config(
                 tracing::error!(error = %format!("{e:#}"), "config reload refused; keeping the last good config")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_parse_with_a_unit_and_a_floor() {
+        assert_eq!(parse_lifetime("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_lifetime("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_lifetime("6s"), Ok(Duration::from_secs(6)));
+        assert_eq!(
+            parse_lifetime("365d"),
+            Ok(Duration::from_secs(365 * 86_400))
+        );
+        for bad in [
+            "",
+            "24",
+            "h",
+            "4s",
+            "1.5h",
+            "10y",
+            "-1s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn renewal_leaves_a_third_for_requests_under_the_old_key() {
+        let day = 86_400_000;
+        assert_eq!(renewal_due((0, day)), day / 3 * 2);
+        assert_eq!(renewal_due((1_000, 7_000)), 5_000);
+        // The old stream closes just before its certificate ends, never after.
+        assert_eq!(previous_closes_at((0, day)), day - 5_000);
+        assert_eq!(previous_closes_at((1_000, 7_000)), 6_400);
+        assert!(previous_closes_at((0, 6_000)) > renewal_due((0, 6_000)));
     }
 }

@@ -86,6 +86,10 @@ impl ConfigDocument {
 pub struct CertificateRequest {
     /// Standard base64 of the 32-byte Ed25519 public key.
     pub public_key: String,
+    /// The lifetime the gateway asks for, in seconds; the operator bounds it
+    /// (and uses its default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_seconds: Option<u64>,
 }
 
 /// `POST /v1/gateway/certificate` response.

@@ -12,8 +12,20 @@ use tollgate_wire::config::GatewayConfig;
 
 use super::auth::TokenIdentity;
 
-/// How long a key certificate is valid.
+/// The longest a key certificate is valid, and how long when the gateway
+/// does not ask.
 pub const CERTIFICATE_VALIDITY_MILLIS: u64 = 24 * 60 * 60 * 1000;
+/// The shortest key certificate the operator issues: shorter ones would have
+/// gateways renewing (and the operator signing) many times a minute.
+pub const MIN_CERTIFICATE_VALIDITY_MILLIS: u64 = 5 * 1000;
+
+/// The validity to issue for a request asking for `requested_seconds`.
+pub fn validity_millis(requested_seconds: Option<u64>) -> u64 {
+    requested_seconds.map_or(CERTIFICATE_VALIDITY_MILLIS, |s| {
+        s.saturating_mul(1000)
+            .clamp(MIN_CERTIFICATE_VALIDITY_MILLIS, CERTIFICATE_VALIDITY_MILLIS)
+    })
+}
 
 /// The credentials `config`'s providers name: only their listed keys of
 /// their Secrets (from the operator namespace). Missing Secrets and keys, and
@@ -63,12 +75,13 @@ pub enum IssueError {
     Sign(String),
 }
 
-/// Signs a certificate binding `public_key` to `who`, valid for 24 hours
-/// from `now_millis`.
+/// Signs a certificate binding `public_key` to `who`, valid for
+/// `validity_millis` from `now_millis`.
 pub fn issue_certificate(
     public_key_b64: &str,
     who: &TokenIdentity,
     now_millis: u64,
+    validity_millis: u64,
     ca_key: &SigningKey,
 ) -> Result<SignedKeyCertificate, IssueError> {
     let public_key =
@@ -82,7 +95,7 @@ pub fn issue_certificate(
     };
     let not_before = Timestamp::from_unix_millis(now_millis).map_err(bad)?;
     let not_after = not_before
-        .checked_add_millis(CERTIFICATE_VALIDITY_MILLIS)
+        .checked_add_millis(validity_millis)
         .ok_or_else(|| IssueError::Sign("validity past year 9999".to_owned()))?;
     let certificate = KeyCertificate::new(
         public_key,
@@ -97,6 +110,15 @@ pub fn issue_certificate(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn requested_lifetimes_are_bounded() {
+        use super::*;
+        assert_eq!(validity_millis(None), CERTIFICATE_VALIDITY_MILLIS);
+        assert_eq!(validity_millis(Some(60)), 60_000);
+        assert_eq!(validity_millis(Some(1)), MIN_CERTIFICATE_VALIDITY_MILLIS);
+        assert_eq!(validity_millis(Some(u64::MAX)), CERTIFICATE_VALIDITY_MILLIS);
+    }
+
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use tollgate_crds::provider::ProviderApi;
@@ -184,7 +206,7 @@ mod tests {
         };
         let b64 = PublicKey::of_signing_key(&gateway).to_base64();
         let now = 1_750_000_000_000;
-        let signed = issue_certificate(&b64, &who, now, &ca).unwrap();
+        let signed = issue_certificate(&b64, &who, now, CERTIFICATE_VALIDITY_MILLIS, &ca).unwrap();
         signed
             .verify_issuer(&PublicKey::of_signing_key(&ca))
             .unwrap();
@@ -197,11 +219,11 @@ mod tests {
         assert_eq!(c.public_key, PublicKey::of_signing_key(&gateway));
 
         assert!(matches!(
-            issue_certificate("not base64!", &who, now, &ca),
+            issue_certificate("not base64!", &who, now, CERTIFICATE_VALIDITY_MILLIS, &ca),
             Err(IssueError::BadPublicKey)
         ));
         assert!(matches!(
-            issue_certificate("AAAA", &who, now, &ca),
+            issue_certificate("AAAA", &who, now, CERTIFICATE_VALIDITY_MILLIS, &ca),
             Err(IssueError::BadPublicKey)
         ));
     }

@@ -405,6 +405,7 @@ async fn serve_certificate(
         &request.public_key,
         &caller.identity,
         now_millis,
+        document::validity_millis(request.lifetime_seconds),
         &state.receipt_ca.key,
     )
     .map_err(|e| match e {

@@ -1,0 +1,149 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+//! Key certificate renewal end to end: the real gateway binary with a 6 s key
+//! certificate lifetime serves a steady trickle of requests across several
+//! renewals without refusing one, its streams ship to the real recorder, and
+//! the exported bundle verifies with the CLI.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{RecorderProcess, kubectl_tollgate};
+use tollgate_gateway::shipper::Shipper;
+use tollgate_test_support::process::{Listening, gateway_binary};
+use tollgate_wire::client::{HttpClient, StaticToken, public_roots};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_refuse_nothing_and_the_bundle_spanning_them_verifies() {
+    let dir = common::temp_dir("renewal");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let config = dir.join("cfg.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "compile",
+        "--manifests",
+        root.join("examples/quickstart").to_str().unwrap(),
+        "-n",
+        "demo",
+        "-o",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let ca = tollgate_test_support::fixtures::key_from("renewal-test-ca");
+    let ca_file = dir.join("ca.key");
+    std::fs::write(&ca_file, hex::encode(ca.to_bytes())).unwrap();
+    let ca_anchor_file = dir.join("ca-anchor.yaml");
+    std::fs::write(
+        &ca_anchor_file,
+        tollgate_recorder::trust::anchor_yaml(
+            "renewal-ca",
+            &tollgate_evidence::PublicKey::of_signing_key(&ca),
+            tollgate_evidence::KeyRole::ReceiptCa,
+            tollgate_evidence::Timestamp::UNIX_EPOCH,
+        ),
+    )
+    .unwrap();
+
+    let spool = dir.join("spool");
+    let mut command = std::process::Command::new(gateway_binary().unwrap());
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--spool-dir", spool.to_str().unwrap()])
+        .args(["--namespace", "demo", "--service-account", "app"])
+        .args([
+            "--pod-name",
+            "app-0",
+            "--pod-uid",
+            "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+        ])
+        .args(["--ca-key-file", ca_file.to_str().unwrap()])
+        .args(["--key-certificate-lifetime", "6s"])
+        .env("RUST_LOG", "info");
+    let gateway = Listening::start(command, "gateway", "tollgate-gateway: listening api=")
+        .expect("gateway did not start");
+
+    // A request every 150 ms for 15 s: renewals fall at about 4, 8 and 12 s.
+    let client = HttpClient::new(public_roots().unwrap(), Duration::from_secs(10));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(15) {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hello {sent}")}]});
+        let r = client
+            .send(
+                http::Method::POST,
+                &format!("http://{}/v1/chat/completions", gateway.address),
+                None,
+                Some(bytes::Bytes::from(serde_json::to_vec(&body).unwrap())),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.status.is_success(),
+            "request {sent} at {:?} was refused: {} {}",
+            started.elapsed(),
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(gateway.terminate().unwrap().success());
+
+    let streams = std::fs::read_dir(&spool).unwrap().count() as u64;
+    assert!(
+        streams >= 4,
+        "at least three renewals: {streams} stream files"
+    );
+
+    let data = dir.join("data");
+    let rec = RecorderProcess::start(&data, &["--trust-anchor", ca_anchor_file.to_str().unwrap()]);
+    let shipper = Shipper::new(
+        &spool,
+        rec.url.clone(),
+        Arc::new(StaticToken(rec.token.clone())),
+        public_roots().unwrap(),
+    );
+    let report = shipper.ship_once().await.unwrap();
+    assert!(report.stuck.is_empty(), "{report:?}");
+    assert_eq!(
+        (report.accepted, report.deleted.len() as u64),
+        (sent + streams, streams),
+        "every receipt and every stream's close record, every stream closed"
+    );
+
+    let token_file = data.join("local-token");
+    let bundle = dir.join("bundle.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--recorder",
+        &rec.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    assert_eq!(
+        exported["certificates"].as_array().unwrap().len() as u64,
+        streams,
+        "one key certificate per stream"
+    );
+    let (code, out, err) = kubectl_tollgate(&[
+        "verify",
+        bundle.to_str().unwrap(),
+        "--require-closed",
+        "--trust-anchor",
+        data.join("recorder-trust-anchor.yaml").to_str().unwrap(),
+        "--trust-anchor",
+        ca_anchor_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
+    rec.stop();
+}
