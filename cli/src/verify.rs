@@ -380,10 +380,25 @@ fn write_text_report(
     let open = report.summary.as_ref().map_or(0, |s| s.open_streams);
     let verdict = match report.verdict {
         Verdict::Pass => "PASS".to_string(),
-        Verdict::Warn if report.passed_but_open_streams() && !require_closed => format!(
-            "PASS with {open} open stream(s): their gateways are still running (or stopped \
-             without a close record); every receipt up to the bundle's last checkpoint is covered"
-        ),
+        Verdict::Warn if report.passed_but_open_streams() && !require_closed => {
+            let covered = report.summary.and_then(|s| s.last_checkpoint).map_or_else(
+                || "the bundle's last checkpoint".to_string(),
+                |c| {
+                    format!(
+                        "checkpoint {} (log size {}, root {}, issued {})",
+                        c.index,
+                        c.size,
+                        c.root.to_hex(),
+                        c.issued_at
+                    )
+                },
+            );
+            format!(
+                "PASS with {open} open stream(s): their gateways are still running (or stopped \
+                 without a close record); every receipt in the bundle, theirs included, is \
+                 covered by {covered}"
+            )
+        }
         Verdict::Warn if report.passed_but_open_streams() => {
             format!("FAIL: {open} open stream(s) and --require-closed")
         }
@@ -464,6 +479,7 @@ mod tests {
             upstream: Some(Upstream {
                 host: HostName::new("dry-run.local").unwrap(),
                 key_count: 1,
+                key_route: None,
                 key_index: 0,
                 provider_request_id: None,
                 tls_cert_sha256: None,
@@ -654,6 +670,17 @@ mod tests {
         assert_eq!(code, ExitCode::SUCCESS, "{text}");
         assert!(text.contains("(1 open)"), "{text}");
         assert!(text.contains("Verdict: PASS with 1 open stream"), "{text}");
+        assert!(
+            text.contains("covered by checkpoint 0 (log size "),
+            "{text}"
+        );
+        args.output = OutputFormat::Json;
+        let (code, json) = run_to_string(&args);
+        assert_eq!(code, ExitCode::SUCCESS);
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(report["open_streams_only"], true, "{json}");
+        assert_eq!(report["summary"]["last_checkpoint"]["index"], 0, "{json}");
+        args.output = OutputFormat::Text;
         args.require_closed = true;
         let (code, text) = run_to_string(&args);
         assert_eq!(code, ExitCode::from(1), "{text}");

@@ -58,10 +58,13 @@ pub use merkle::{
     MerkleAccumulator, MerkleTree, ProofError, merkle_root, verify_consistency, verify_inclusion,
 };
 pub use receipt::{
-    Api, Decision, GuardCodes, HttpMethod, HttpStatus, Lane, Latency, QuotaCharge, ReceiptBody,
-    ReceiptError, ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage, Workload,
+    Api, Decision, GuardCodes, HttpMethod, HttpStatus, KeyRoute, Lane, Latency, QuotaCharge,
+    ReceiptBody, ReceiptError, ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage,
+    Workload, key_index,
 };
-pub use report::{ErrorCode, Finding, Location, Phase, Verdict, VerificationReport};
+pub use report::{
+    BundleSummary, CheckpointRef, ErrorCode, Finding, Location, Phase, Verdict, VerificationReport,
+};
 pub use segment::{Genesis, LogError, LogState, LogWriter, Seal, SealOutcome, Segment};
 pub use strict_json::StrictJsonError;
 pub use timestamp::Timestamp;

@@ -8,6 +8,7 @@
 
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::fields::{
     Code, DnsLabel, DnsSubdomain, FieldError, FieldProblem, HostName, Identifier, ModelName,
@@ -279,10 +280,44 @@ pub struct Upstream {
     pub key_count: u32,
     /// Which of the provider's keys was used (never the key or its hash).
     pub key_index: u32,
+    /// What the key routing formula hashed to pick `key_index`, so anyone can
+    /// recompute it ([`key_index`]); absent in receipts of older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_route: Option<KeyRoute>,
     /// The provider's request id, if it sent one.
     pub provider_request_id: Option<Identifier>,
     /// SHA-256 of the peer's leaf certificate (DER). Required on the live lane.
     pub tls_cert_sha256: Option<Sha256Hex>,
+}
+
+/// The inputs of the key routing formula besides the request body's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRoute {
+    /// The exact model string hashed: the provider's name for the model the
+    /// request was routed to (before the provider reports what it served).
+    pub model: ModelName,
+    /// The gateway's node.
+    pub node: DnsSubdomain,
+}
+
+/// Picks one of `key_count` provider keys: `sha256(model ‖ request_sha256 ‖
+/// node)`, the first 8 bytes big-endian, mod `key_count`. The same request
+/// from the same node always uses the same key, which keeps provider-side
+/// caches warm, and different requests spread across keys. The gateway routes
+/// with it and the verifier recomputes it.
+pub fn key_index(model: &str, request_sha256: &[u8; 32], node: &str, key_count: u32) -> u32 {
+    if key_count <= 1 {
+        return 0;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(model.as_bytes());
+    hasher.update(request_sha256);
+    hasher.update(node.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % u64::from(key_count)) as u32
 }
 
 /// What quotas were charged.
@@ -312,6 +347,10 @@ pub enum ReceiptRule {
     /// `upstream.key_index` is not below `upstream.key_count`.
     #[error("upstream.key_index is not below upstream.key_count")]
     KeyIndexOutOfRange,
+    /// `upstream.key_index` is not what the key routing formula gives for
+    /// `upstream.key_route` and `request_sha256`.
+    #[error("upstream.key_index is not what upstream.key_route and request_sha256 route to")]
+    KeyIndexNotRouted,
     /// A live-lane request went upstream without a TLS certificate hash.
     #[error("a live request that went upstream needs upstream.tls_cert_sha256")]
     LiveWithoutTlsHash,
@@ -361,6 +400,17 @@ impl ReceiptBody {
             }
             if upstream.key_index >= upstream.key_count {
                 return Err(ReceiptRule::KeyIndexOutOfRange);
+            }
+            if let Some(route) = &upstream.key_route {
+                let routed = key_index(
+                    route.model.as_str(),
+                    self.request_sha256.as_bytes(),
+                    route.node.as_str(),
+                    upstream.key_count,
+                );
+                if routed != upstream.key_index {
+                    return Err(ReceiptRule::KeyIndexNotRouted);
+                }
             }
             // Dry-run never dials out; a live request that did must prove which peer it reached.
             if self.lane == Lane::Live && upstream.tls_cert_sha256.is_none() {
@@ -494,11 +544,52 @@ pub(crate) mod tests {
                 provider_request_id: Some(Identifier::new("chatcmpl-123").unwrap()),
                 key_index: 0,
                 key_count: 2,
+                key_route: None,
             }),
             policy_hash: crate::hash::sha256(b"policy"),
             quota: None,
             lane: Lane::Live,
         }
+    }
+
+    #[test]
+    fn key_routing_is_recomputed_from_what_the_receipt_says_was_hashed() {
+        let mut body = sample_body();
+        let request = *body.request_sha256.as_bytes();
+        let routed = key_index("gpt-4o", &request, "node-a", 5);
+        assert_eq!(
+            routed,
+            key_index("gpt-4o", &request, "node-a", 5),
+            "deterministic"
+        );
+        let upstream = body.upstream.as_mut().unwrap();
+        upstream.key_count = 5;
+        upstream.key_index = routed;
+        upstream.key_route = Some(KeyRoute {
+            model: ModelName::new("gpt-4o").unwrap(),
+            node: DnsSubdomain::new("node-a").unwrap(),
+        });
+        body.validate().unwrap();
+        let json = serde_json::to_string(&body).unwrap();
+        assert!(
+            json.contains(r#""key_route":{"model":"gpt-4o","node":"node-a"}"#),
+            "{json}"
+        );
+
+        body.upstream.as_mut().unwrap().key_index = (routed + 1) % 5;
+        assert_eq!(body.validate(), Err(ReceiptRule::KeyIndexNotRouted));
+
+        // Receipts of older gateways carry no route and are not recomputed.
+        let mut old = sample_body();
+        old.upstream.as_mut().unwrap().key_index = 1;
+        old.validate().unwrap();
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("key_route"), "{json}");
+        assert_eq!(
+            key_index("m", &request, "n", 1),
+            0,
+            "one key needs no hashing"
+        );
     }
 
     #[test]

@@ -412,6 +412,22 @@ pub struct BundleSummary {
     pub certificates: u64,
     /// Checkpoints.
     pub checkpoints: u64,
+    /// The last checkpoint: it covers every envelope in the bundle, those of
+    /// open streams included.
+    pub last_checkpoint: Option<CheckpointRef>,
+}
+
+/// Which checkpoint, by position and content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckpointRef {
+    /// Its position in the bundle's checkpoints (the segment it sealed), from 0.
+    pub index: u64,
+    /// The log size it commits to.
+    pub size: u64,
+    /// The tree root it commits to.
+    pub root: crate::Sha256Hex,
+    /// When the recorder signed it.
+    pub issued_at: crate::Timestamp,
 }
 
 /// The verifier's output.
@@ -431,6 +447,10 @@ pub struct VerificationReport {
     pub phases: Vec<PhaseReport>,
     /// What the bundle holds, when it parsed.
     pub summary: Option<BundleSummary>,
+    /// Whether the only findings short of a pass are open streams (a live
+    /// system), checked against trust roots: see
+    /// [`VerificationReport::passed_but_open_streams`].
+    pub open_streams_only: bool,
 }
 
 impl VerificationReport {

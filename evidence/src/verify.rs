@@ -19,7 +19,8 @@ use crate::jcs::CanonicalError;
 use crate::keys::{KeyId, PublicKey};
 use crate::merkle::{MerkleTree, merkle_root, verify_consistency, verify_inclusion};
 use crate::report::{
-    BundleSummary, ErrorCode, Finding, Location, Phase, PhaseReport, Verdict, VerificationReport,
+    BundleSummary, CheckpointRef, ErrorCode, Finding, Location, Phase, PhaseReport, Verdict,
+    VerificationReport,
 };
 use crate::segment::envelope_leaf;
 use crate::strict_json::{self, StrictJsonError};
@@ -206,6 +207,12 @@ impl<'a> Indexed<'a> {
             open_streams,
             certificates: bundle.certificates.len() as u64,
             checkpoints: bundle.checkpoints.len() as u64,
+            last_checkpoint: bundle.checkpoints.last().map(|c| CheckpointRef {
+                index: bundle.checkpoints.len() as u64 - 1,
+                size: c.checkpoint.size.get(),
+                root: c.checkpoint.root,
+                issued_at: c.checkpoint.issued_at,
+            }),
         }
     }
 }
@@ -293,7 +300,7 @@ impl<'o> Run<'o> {
         } else {
             Verdict::Pass
         };
-        VerificationReport {
+        let mut report = VerificationReport {
             format: VerificationReport::FORMAT,
             format_version: 1,
             verdict,
@@ -301,7 +308,10 @@ impl<'o> Run<'o> {
             input_bytes: self.input_bytes,
             phases: phases_out,
             summary,
-        }
+            open_streams_only: false,
+        };
+        report.open_streams_only = report.passed_but_open_streams();
+        report
     }
 
     // ---- phase 1 -------------------------------------------------------------

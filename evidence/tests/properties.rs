@@ -335,3 +335,38 @@ fn reverse_objects(value: CanonicalValue) -> CanonicalValue {
         other => other,
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The key routing formula picks a key that exists, the same one every
+    /// time, and the body hash alone can move it.
+    #[test]
+    fn key_routing_stays_in_range_and_is_deterministic(
+        model in "[a-z0-9.-]{1,40}",
+        node in "[a-z0-9-]{1,30}",
+        body in proptest::array::uniform32(any::<u8>()),
+        count in 1u32..64,
+    ) {
+        let index = tollgate_evidence::key_index(&model, &body, &node, count);
+        prop_assert!(index < count);
+        prop_assert_eq!(index, tollgate_evidence::key_index(&model, &body, &node, count));
+        if count == 1 {
+            prop_assert_eq!(index, 0);
+        }
+    }
+}
+
+#[test]
+fn key_routing_spreads_requests_across_keys() {
+    let mut hits = [0u32; 4];
+    for n in 0u32..4_000 {
+        let body: [u8; 32] = tollgate_evidence::hash::sha256(&n.to_be_bytes())
+            .as_bytes()
+            .to_owned();
+        hits[tollgate_evidence::key_index("gpt-4o", &body, "node-a", 4) as usize] += 1;
+    }
+    for h in hits {
+        assert!((800..1_200).contains(&h), "uneven spread: {hits:?}");
+    }
+}

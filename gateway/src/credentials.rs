@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use tollgate_wire::config::GatewayConfig;
 
 /// Largest key file read, in bytes.
@@ -169,27 +168,16 @@ impl Credentials {
     }
 }
 
-/// Picks one of `key_count` keys: `sha256(model ‖ sha256(body) ‖ node_id)`,
-/// first 8 bytes big-endian, mod `key_count`. The same request from the same
-/// node always uses the same key, which keeps provider-side caches warm, and
-/// different requests spread across keys.
+/// Picks one of `key_count` keys with the formula receipts record and the
+/// verifier recomputes ([`tollgate_evidence::key_index`]).
 pub fn choose_key_index(model: &str, body_sha256: &[u8; 32], node_id: &str, key_count: u32) -> u32 {
-    if key_count <= 1 {
-        return 0;
-    }
-    let mut hasher = Sha256::new();
-    hasher.update(model.as_bytes());
-    hasher.update(body_sha256);
-    hasher.update(node_id.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) % u64::from(key_count)) as u32
+    tollgate_evidence::key_index(model, body_sha256, node_id, key_count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn keys_never_show_in_debug() {

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tollgate_evidence::chain::CloseReason;
 use tollgate_evidence::{
     Api, Code, Decision, DnsSubdomain, Envelope, GuardCodes, HostName, HttpMethod, HttpStatus,
-    Identifier, Lane, Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId, RequestVerdict,
-    Route, SafeU64, Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter, Timestamp,
-    Upstream, Usage, Workload,
+    Identifier, KeyRoute, Lane, Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId,
+    RequestVerdict, Route, SafeU64, Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter,
+    Timestamp, Upstream, Usage, Workload,
 };
 
 use crate::api::{ApiStyle, Endpoint};
@@ -61,6 +61,9 @@ pub struct UpstreamFacts {
     pub provider_request_id: Option<String>,
     pub key_index: u32,
     pub key_count: u32,
+    /// What the key routing formula hashed besides the body: the model name
+    /// and the node.
+    pub key_route: Option<(String, String)>,
 }
 
 /// Why a draft could not become a receipt (a gateway bug, reported loudly).
@@ -120,6 +123,13 @@ impl ReceiptDraft {
                     .and_then(|id| Identifier::new(id).ok()),
                 key_index: u.key_index,
                 key_count: u.key_count,
+                key_route: match u.key_route {
+                    None => None,
+                    Some((model, node)) => Some(KeyRoute {
+                        model: field("upstream.key_route.model", ModelName::new(model))?,
+                        node: field("upstream.key_route.node", DnsSubdomain::new(node))?,
+                    }),
+                },
             }),
         };
         let body = ReceiptBody {

@@ -383,6 +383,13 @@ impl RunningGateway {
 pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     let (config, credentials) = options.loader.load()?;
     let runtime = Runtime::build(config, credentials, &options.pod_labels)?;
+    // Receipts record the node the key routing formula hashed.
+    tollgate_evidence::DnsSubdomain::new(options.node_id.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "--node-id {:?} cannot go into receipts ({e}); it must be a Kubernetes node name",
+            options.node_id
+        )
+    })?;
     let workload = Workload {
         namespace: options.pod.namespace.clone(),
         service_account: options.pod.service_account.clone(),

@@ -163,6 +163,7 @@ impl Gateway {
                 provider_request_id: Some(Identifier::new(format!("chatcmpl-{}-{i}", self.n))?),
                 key_index: 0,
                 key_count: 1,
+                key_route: None,
             }),
             policy_hash: sha256(b"policy"),
             quota: None,

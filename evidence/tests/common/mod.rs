@@ -198,6 +198,7 @@ pub fn receipt_body(spec: &Spec, g: usize, round: usize) -> ReceiptBody {
             provider_request_id: Some(Identifier::new(format!("chatcmpl-{g}-{round}")).unwrap()),
             key_index: (n % 2) as u32,
             key_count: 2,
+            key_route: None,
         }),
         policy_hash: sha256(b"policy-v1"),
         quota: Some(QuotaCharge {

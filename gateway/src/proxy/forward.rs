@@ -64,6 +64,8 @@ struct Answered {
     host: String,
     key_index: u32,
     key_count: u32,
+    /// The node the routing formula hashed.
+    node: String,
 }
 
 /// Tries `candidates` in order and streams back the first answer it keeps.
@@ -192,6 +194,7 @@ async fn attempt_once(
         host,
         key_index,
         key_count,
+        node: ticket.gateway.identity.node_id.clone(),
     })
 }
 
@@ -237,6 +240,7 @@ fn stream_back(
         provider_request_id: None,
         key_index: answered.key_index,
         key_count: answered.key_count,
+        key_route: Some((candidate.model.name.clone(), answered.node)),
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;

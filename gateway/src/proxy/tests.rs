@@ -371,6 +371,11 @@ async fn an_allowed_request_reaches_the_provider_with_its_key_and_not_the_apps()
     let upstream = draft.upstream.expect("upstream facts");
     assert_eq!(upstream.tls_cert_sha256, Some(FINGERPRINT));
     assert_eq!((upstream.key_index, upstream.key_count), (0, 1));
+    assert_eq!(
+        upstream.key_route,
+        Some(("gpt-4o-mini".to_string(), "node-1".to_string())),
+        "the receipt says what the routing formula hashed"
+    );
     let seen = running.seen.lock().unwrap();
     let (host, headers, json) = &seen.requests[0];
     assert_eq!(host, "api.openai.test");
