@@ -32,6 +32,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     spool_used_bytes: Gauge,
     receipts_written: Gauge,
+    receipts_set_aside: Gauge,
 }
 
 impl Default for Metrics {
@@ -40,6 +41,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let spool_used_bytes = Gauge::default();
         let receipts_written = Gauge::default();
+        let receipts_set_aside = Gauge::default();
         registry.register(
             "requests",
             "Requests by endpoint, provider and decision",
@@ -55,11 +57,17 @@ impl Default for Metrics {
             "Receipts signed and written to the spool",
             receipts_written.clone(),
         );
+        registry.register(
+            "receipts_set_aside",
+            "Receipts no open key certificate covered, set aside unsigned in the spool's unplaced/ (should stay 0)",
+            receipts_set_aside.clone(),
+        );
         Self {
             registry,
             requests,
             spool_used_bytes,
             receipts_written,
+            receipts_set_aside,
         }
     }
 }
@@ -85,6 +93,8 @@ impl Metrics {
             .set(i64::try_from(gateway.receipts().status.used_bytes()).unwrap_or(i64::MAX));
         self.receipts_written
             .set(i64::try_from(gateway.receipts().written()).unwrap_or(i64::MAX));
+        self.receipts_set_aside
+            .set(i64::try_from(gateway.receipts().status.set_aside()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -109,6 +119,8 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
         Some("no EgressPolicy governs this pod")
     } else if status.writer_failed() {
         Some("the receipt writer failed")
+    } else if status.certificate_expired() {
+        Some("the receipt key certificate expired and could not be renewed")
     } else if !status.accepting() {
         Some("the receipt spool is full")
     } else {

@@ -123,13 +123,15 @@ impl ReceiptDraft {
                     .and_then(|id| Identifier::new(id).ok()),
                 key_index: u.key_index,
                 key_count: u.key_count,
-                key_route: match u.key_route {
-                    None => None,
-                    Some((model, node)) => Some(KeyRoute {
-                        model: field("upstream.key_route.model", ModelName::new(model))?,
-                        node: field("upstream.key_route.node", DnsSubdomain::new(node))?,
-                    }),
-                },
+                // A model name the receipt format cannot hold leaves the route
+                // out (the receipt stays valid; the choice is then not
+                // recomputable), never the receipt.
+                key_route: u.key_route.and_then(|(model, node)| {
+                    Some(KeyRoute {
+                        model: ModelName::new(model).ok()?,
+                        node: DnsSubdomain::new(node).ok()?,
+                    })
+                }),
             }),
         };
         let body = ReceiptBody {
@@ -220,9 +222,13 @@ pub struct SpoolStatus {
     /// Bytes kept free for receipts of requests already admitted.
     headroom_bytes: u64,
     failed: AtomicBool,
-    /// The current key certificate's `not_after` (unix ms): receipts signed
-    /// after it would be refused, so requests are not admitted.
+    /// Requests are admitted until this time (unix ms): shortly before the
+    /// current key certificate's `not_after`, so that a request admitted under
+    /// it can still finish and be receipted inside its window. A renewal
+    /// moves it on; a failing one lets it pass and requests are refused.
     certificate_not_after_ms: AtomicU64,
+    /// Receipts set aside because no open stream could hold them.
+    set_aside: AtomicU64,
 }
 
 impl SpoolStatus {
@@ -233,6 +239,7 @@ impl SpoolStatus {
             headroom_bytes: (max_bytes / 16).clamp(64 * 1024, 4 * 1024 * 1024),
             failed: AtomicBool::new(false),
             certificate_not_after_ms: AtomicU64::new(0),
+            set_aside: AtomicU64::new(0),
         }
     }
     /// Whether new requests may be admitted: the spool has room for their
@@ -243,9 +250,15 @@ impl SpoolStatus {
             && unix_millis() < self.certificate_not_after_ms.load(Ordering::Relaxed)
     }
 
-    /// Whether the current key certificate has expired (renewal failed).
+    /// Whether requests are refused because the key certificate is (about
+    /// to be) expired: its renewal failed.
     pub fn certificate_expired(&self) -> bool {
         unix_millis() >= self.certificate_not_after_ms.load(Ordering::Relaxed)
+    }
+
+    /// Receipts set aside (see [`SpoolWriter::append`]).
+    pub fn set_aside(&self) -> u64 {
+        self.set_aside.load(Ordering::Relaxed)
     }
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
@@ -302,6 +315,9 @@ impl std::fmt::Debug for StreamKey {
             .finish_non_exhaustive()
     }
 }
+
+/// Where receipts no open stream can hold are set aside, in the spool.
+pub const UNPLACED_DIR: &str = "unplaced";
 
 /// One stream file being written.
 #[derive(Debug)]
@@ -369,22 +385,44 @@ impl SpoolWriter {
         &self.current.path
     }
 
-    /// Signs, chains and appends one receipt: to the previous stream if the
-    /// request started before the current certificate and ends within the
-    /// previous one, else to the current stream. Buffered: call [`Self::sync`].
-    pub fn append(&mut self, draft: ReceiptDraft) -> Result<Envelope, SpoolError> {
-        let use_previous = self.previous.as_ref().is_some_and(|previous| {
-            draft.started_at_ms < self.current.not_before_ms
-                && draft.completed_at_ms < previous.not_after_ms
-        });
+    /// Signs, chains and appends one receipt to the open stream whose
+    /// certificate covers both its start and its end (the current one, or the
+    /// previous one for a request that started before a renewal). A receipt
+    /// that no open stream covers (a request that outlived the overlap, or
+    /// one that ended after an expired certificate) would be refused by the
+    /// recorder and stall its stream: it is set aside instead, unsigned, as
+    /// `unplaced/<receipt id>.json` in the spool, and counted. Buffered: call
+    /// [`Self::sync`].
+    pub fn append(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
+        let window = (draft.started_at_ms, draft.completed_at_ms);
+        let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
+        let in_current = self.current.covers(window);
         let body = draft.into_body(&self.workload)?;
-        let stream = match (&mut self.previous, use_previous) {
-            (Some(previous), true) => previous,
-            _ => &mut self.current,
+        let stream = match (&mut self.previous, in_current, in_previous) {
+            (_, true, _) => &mut self.current,
+            (Some(previous), false, true) => previous,
+            _ => {
+                self.set_aside(&body)?;
+                return Ok(None);
+            }
         };
         let envelope = stream.chain.sign_and_append(body, &stream.key)?;
         write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
-        Ok(envelope)
+        Ok(Some(envelope))
+    }
+
+    fn set_aside(&mut self, body: &ReceiptBody) -> Result<(), SpoolError> {
+        let dir = self.dir.join(UNPLACED_DIR);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let path = dir.join(format!("{}.json", body.id.as_str()));
+        std::fs::write(&path, serde_json::to_vec(body)?).map_err(io_error(&path))?;
+        self.status.set_aside.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            receipt_id = %body.id.as_str(),
+            path = %path.display(),
+            "a receipt falls outside every open key certificate's window; set aside unsigned"
+        );
+        Ok(())
     }
 
     /// Flushes and fsyncs what was appended.
@@ -423,6 +461,13 @@ impl SpoolWriter {
     }
 }
 
+impl StreamFile {
+    /// Whether this stream's certificate covers `(started, completed)`.
+    fn covers(&self, (started, completed): (u64, u64)) -> bool {
+        self.not_before_ms <= started && completed <= self.not_after_ms
+    }
+}
+
 fn open_stream(
     dir: &Path,
     next: StreamKey,
@@ -449,9 +494,10 @@ fn open_stream(
         &SpoolLine::Certificate(&next.certificate),
     )?;
     sync(&mut stream)?;
-    status
-        .certificate_not_after_ms
-        .store(stream.not_after_ms, Ordering::Relaxed);
+    status.certificate_not_after_ms.store(
+        admit_until(stream.not_before_ms, stream.not_after_ms),
+        Ordering::Relaxed,
+    );
     Ok(stream)
 }
 
@@ -487,13 +533,26 @@ fn sync(stream: &mut StreamFile) -> Result<(), SpoolError> {
         .map_err(io_error(&stream.path))
 }
 
+/// Until when requests are admitted under a certificate valid over
+/// `[not_before, not_after]`: a tenth of its lifetime (at most 5 s) before
+/// its end, the time the previous stream is closed after a renewal.
+pub fn admit_until(not_before_ms: u64, not_after_ms: u64) -> u64 {
+    let margin = (not_after_ms.saturating_sub(not_before_ms) / 10).min(5_000);
+    not_after_ms.saturating_sub(margin)
+}
+
 fn close(
     stream: &mut StreamFile,
     status: &SpoolStatus,
     reason: CloseReason,
     now: Timestamp,
 ) -> Result<(), SpoolError> {
-    let envelope = stream.chain.close(reason, now, &stream.key)?;
+    // The close record must lie inside the certificate's window, even when the
+    // stream is closed late (a renewal that succeeded after expiry, a slow
+    // shutdown): it is dated at the window's end then.
+    let end = Timestamp::from_unix_millis(stream.not_after_ms).unwrap_or(now);
+    let closed_at = if now > end { end } else { now };
+    let envelope = stream.chain.close(reason, closed_at, &stream.key)?;
     write_line(stream, status, &SpoolLine::Envelope(&envelope))?;
     sync(stream)
 }
@@ -601,7 +660,7 @@ pub fn spawn_spool_writer(
         };
         let run = |writer: &mut SpoolWriter, command: SpoolCommand| -> Result<u64, SpoolError> {
             match command {
-                SpoolCommand::Write(draft) => writer.append(draft).map(|_| 1),
+                SpoolCommand::Write(draft) => writer.append(draft).map(|e| u64::from(e.is_some())),
                 SpoolCommand::Renew(next) => {
                     let stream = next.stream_id.clone();
                     writer.renew(*next, now_timestamp())?;
@@ -749,19 +808,31 @@ mod tests {
         writer.sync().unwrap();
         assert_eq!(
             status.certificate_not_after_ms.load(Ordering::Relaxed),
-            T0 + 100_000,
-            "admission follows the newest certificate"
+            admit_until(T0 + 40_000, T0 + 100_000),
+            "admission follows the newest certificate, stopping before its end"
         );
 
         writer
             .close_previous(Timestamp::from_unix_millis(T0 + 55_000).unwrap())
             .unwrap();
-        // With no previous stream, a late request goes to the current one.
-        writer.append(draft(T0 + 39_500, T0 + 56_000)).unwrap();
+        // Started under the old certificate, which is closed now: no open
+        // stream covers it, so it is set aside instead of stalling a stream.
+        assert!(
+            writer
+                .append(draft(T0 + 39_500, T0 + 56_000))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(status.set_aside(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.join(UNPLACED_DIR)).unwrap().count(),
+            1
+        );
+        // A close after the certificate's end is dated at its end.
         writer
             .close(
                 CloseReason::Shutdown,
-                Timestamp::from_unix_millis(T0 + 60_000).unwrap(),
+                Timestamp::from_unix_millis(T0 + 150_000).unwrap(),
             )
             .unwrap();
 
@@ -773,10 +844,15 @@ mod tests {
             "key_expiry"
         );
         let new = lines(&second_path);
-        assert_eq!(new.len(), 4, "certificate, two receipts, close: {new:?}");
+        assert_eq!(new.len(), 3, "certificate, one receipt, close: {new:?}");
+        let close = &new[2]["envelope"]["record"]["close"]["close"];
+        assert_eq!(close["reason"], "shutdown");
         assert_eq!(
-            new[3]["envelope"]["record"]["close"]["close"]["reason"],
-            "shutdown"
+            close["closed_at"],
+            Timestamp::from_unix_millis(T0 + 100_000)
+                .unwrap()
+                .to_string(),
+            "never after the certificate"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -538,9 +538,7 @@ pub fn renewal_due(window: (u64, u64)) -> u64 {
 /// successor took over: shortly before it expires, so its close record falls
 /// inside it.
 pub fn previous_closes_at(window: (u64, u64)) -> u64 {
-    let (not_before, not_after) = window;
-    let margin = (not_after.saturating_sub(not_before) / 10).min(5_000);
-    not_after.saturating_sub(margin)
+    crate::receipts::admit_until(window.0, window.1)
 }
 
 async fn sleep_until_unix_millis(at: u64) {

@@ -119,9 +119,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the database has schema version {version}, newer than this recorder's {SQLITE_VERSION}; run a newer recorder"
         )));
     }
+    // Each step and its new version commit together (user_version is
+    // transactional), so a crash never leaves a half-migrated file.
     for (from, statements) in SQLITE_MIGRATIONS {
         if version != 0 && version <= *from {
-            conn.execute_batch(&format!("BEGIN; {statements} COMMIT;"))?;
+            conn.execute_batch(&format!(
+                "BEGIN; {statements} PRAGMA user_version = {}; COMMIT;",
+                from + 1
+            ))?;
         }
     }
     conn.execute_batch(&Dialect::Sqlite.render(SCHEMA))?;
