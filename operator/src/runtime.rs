@@ -225,6 +225,16 @@ pub async fn run(
         });
     }
 
+    // Leader election: the controllers and the webhooks' audit sweep run on
+    // the Lease holder only.
+    let elector = LeaderElector::new(
+        client.clone(),
+        LeaseSettings::new(
+            settings.leader_election_namespace.clone(),
+            settings.identity.clone(),
+        ),
+    );
+
     // The one cache, the control endpoint and the webhooks.
     let cache = ClusterCache::start(&client, &settings.namespace, &failures);
     let control = Arc::new(ControlState {
@@ -248,6 +258,7 @@ pub async fn run(
             },
         },
         admission_metrics,
+        elector.leading(),
     )
     .await;
     tokio::spawn(serve::serve_https(
@@ -290,14 +301,7 @@ pub async fn run(
         });
     }
 
-    // Controllers, on the leader only.
-    let elector = LeaderElector::new(
-        client.clone(),
-        LeaseSettings::new(
-            settings.leader_election_namespace.clone(),
-            settings.identity.clone(),
-        ),
-    );
+    // Controllers (and the audit sweep above), on the leader only.
     let controller_settings = ControllerSettings {
         operator_namespace: settings.namespace.clone(),
         recorder_url: settings.recorder_url.clone(),

@@ -173,13 +173,15 @@ pub fn interval_from_env() -> Duration {
         .map_or(DEFAULT_INTERVAL, Duration::from_secs)
 }
 
-/// Sweeps forever.
+/// Sweeps forever, while this replica holds the leader Lease (`leading`):
+/// one replica publishes the Events and writes the policies' audit status.
 pub async fn run(
     client: Client,
     cache: AdmissionCache,
     settings: InjectionSettings,
     metrics: AdmissionMetrics,
     interval: Duration,
+    leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let recorder = Recorder::new(
         client.clone(),
@@ -194,6 +196,16 @@ pub async fn run(
     // The first sweep runs as soon as the caches have listed, so pods left
     // over from before the operator (or the label) are reported promptly.
     loop {
+        if !*leading.borrow() {
+            // A standby reports nothing; the leader's gauges are the ones.
+            for gone in std::mem::take(&mut previously_governed) {
+                metrics
+                    .noncompliant_pods
+                    .remove(&super::NamespaceLabel { namespace: gone });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         if !cache.is_ready() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;

@@ -128,14 +128,16 @@ impl SharedView for tollgate_admission::StaticPolicyView {
     }
 }
 
-/// Starts what the webhooks need beyond the shared cache (the audit sweep)
-/// and returns the router serving the webhook paths, recording into
-/// `metrics` (registered by the caller).
+/// Starts what the webhooks need beyond the shared cache (the audit sweep,
+/// which runs while `leading` says this replica holds the Lease) and returns
+/// the router serving the webhook paths, recording into `metrics`
+/// (registered by the caller).
 pub async fn start(
     client: kube::Client,
     cache: &ClusterCache,
     settings: WebhookSettings,
     metrics: AdmissionMetrics,
+    leading: tokio::sync::watch::Receiver<bool>,
 ) -> Router {
     let view = AdmissionCache::of(cache);
     if !view.wait_ready(CACHE_WAIT).await {
@@ -147,6 +149,7 @@ pub async fn start(
         settings.injection.clone(),
         metrics.clone(),
         audit::interval_from_env(),
+        leading,
     ));
     router(Arc::new(WebhookState {
         view: Box::new(view),
