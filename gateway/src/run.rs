@@ -25,7 +25,8 @@ use crate::proxy::{Gateway, Identity, Runtime};
 use crate::quota::{LocalQuotaAuthority, QuotaAuthority};
 use crate::quota_lease::LeasedQuotaAuthority;
 use crate::receipts::{
-    ReceiptSink, SpoolStatus, SpoolWriter, StreamKey, now_timestamp, spawn_spool_writer,
+    ReceiptSink, SpoolStatus, SpoolWriter, StreamKey, admit_until, now_timestamp,
+    spawn_spool_writer,
 };
 
 /// Largest config file read, in bytes.
@@ -534,13 +535,6 @@ pub fn renewal_due(window: (u64, u64)) -> u64 {
     not_before + not_after.saturating_sub(not_before) / 3 * 2
 }
 
-/// When to close the stream of a certificate valid over `window` once a
-/// successor took over: shortly before it expires, so its close record falls
-/// inside it.
-pub fn previous_closes_at(window: (u64, u64)) -> u64 {
-    crate::receipts::admit_until(window.0, window.1)
-}
-
 async fn sleep_until_unix_millis(at: u64) {
     let now = crate::receipts::unix_millis();
     if at > now {
@@ -581,7 +575,9 @@ async fn renew_keys(
         let previous = window;
         window = certificate_window(&next);
         sink.renew(next);
-        sleep_until_unix_millis(previous_closes_at(previous)).await;
+        // Shortly before the old certificate ends, so its close record falls
+        // inside it: the time admission under it stopped too.
+        sleep_until_unix_millis(admit_until(previous.0, previous.1)).await;
         sink.close_previous();
     }
 }
@@ -830,8 +826,8 @@ mod tests {
         assert_eq!(renewal_due((0, day)), day / 3 * 2);
         assert_eq!(renewal_due((1_000, 7_000)), 5_000);
         // The old stream closes just before its certificate ends, never after.
-        assert_eq!(previous_closes_at((0, day)), day - 5_000);
-        assert_eq!(previous_closes_at((1_000, 7_000)), 6_400);
-        assert!(previous_closes_at((0, 6_000)) > renewal_due((0, 6_000)));
+        assert_eq!(admit_until(0, day), day - 5_000);
+        assert_eq!(admit_until(1_000, 7_000), 6_400);
+        assert!(admit_until(0, 6_000) > renewal_due((0, 6_000)));
     }
 }

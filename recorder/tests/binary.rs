@@ -8,7 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{RecorderProcess, ca_anchor, kubectl_tollgate};
+use common::process::{
+    RecorderProcess, ca_anchor, kubectl_tollgate, local_ca, quickstart_config, start_demo_gateway,
+};
 use tollgate_gateway::shipper::Shipper;
 use tollgate_recorder::ingest::IngestResponse;
 use tollgate_test_support::fixtures::Gateway;
@@ -431,70 +433,10 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_gateway_spool_ships_and_verifies() {
     let dir = common::temp_dir("gateway");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let config = dir.join("cfg.json");
-    let (code, _, err) = kubectl_tollgate(&[
-        "compile",
-        "--manifests",
-        root.join("examples/quickstart").to_str().unwrap(),
-        "-n",
-        "demo",
-        "-o",
-        config.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    // The receipt CA: a fixed seed, and its TrustAnchor.
-    let ca = tollgate_test_support::fixtures::key_from("gateway-test-ca");
-    let ca_file = dir.join("ca.key");
-    std::fs::write(&ca_file, hex::encode(ca.to_bytes())).unwrap();
-    let ca_anchor_file = dir.join("gateway-ca-anchor.yaml");
-    std::fs::write(
-        &ca_anchor_file,
-        tollgate_recorder::trust::anchor_yaml(
-            "gateway-ca",
-            &tollgate_evidence::PublicKey::of_signing_key(&ca),
-            tollgate_evidence::KeyRole::ReceiptCa,
-            tollgate_evidence::Timestamp::UNIX_EPOCH,
-        ),
-    )
-    .unwrap();
-
+    let config = quickstart_config(&dir);
+    let (ca_file, ca_anchor_file) = local_ca(&dir, "gateway-test-ca");
     let spool = dir.join("spool");
-    let mut command =
-        std::process::Command::new(tollgate_test_support::process::gateway_binary().unwrap());
-    command
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--namespace",
-            "demo",
-            "--service-account",
-            "app",
-        ])
-        .args([
-            "--pod-name",
-            "app-0",
-            "--pod-uid",
-            "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
-        ])
-        .args(["--ca-key-file", ca_file.to_str().unwrap()]);
-    let gateway = tollgate_test_support::process::Listening::start(
-        command,
-        "gateway",
-        "tollgate-gateway: listening api=",
-    )
-    .expect("gateway did not start");
+    let gateway = start_demo_gateway(&config, &spool, &ca_file, &[]);
     let api = gateway.address.clone();
     for i in 0..3 {
         let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hello {i}")}]});

@@ -9,61 +9,24 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{RecorderProcess, kubectl_tollgate};
+use common::process::{
+    RecorderProcess, kubectl_tollgate, local_ca, quickstart_config, start_demo_gateway,
+};
 use tollgate_gateway::shipper::Shipper;
-use tollgate_test_support::process::{Listening, gateway_binary};
 use tollgate_wire::client::{HttpClient, StaticToken, public_roots};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_refuse_nothing_and_the_bundle_spanning_them_verifies() {
     let dir = common::temp_dir("renewal");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let config = dir.join("cfg.json");
-    let (code, _, err) = kubectl_tollgate(&[
-        "compile",
-        "--manifests",
-        root.join("examples/quickstart").to_str().unwrap(),
-        "-n",
-        "demo",
-        "-o",
-        config.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let ca = tollgate_test_support::fixtures::key_from("renewal-test-ca");
-    let ca_file = dir.join("ca.key");
-    std::fs::write(&ca_file, hex::encode(ca.to_bytes())).unwrap();
-    let ca_anchor_file = dir.join("ca-anchor.yaml");
-    std::fs::write(
-        &ca_anchor_file,
-        tollgate_recorder::trust::anchor_yaml(
-            "renewal-ca",
-            &tollgate_evidence::PublicKey::of_signing_key(&ca),
-            tollgate_evidence::KeyRole::ReceiptCa,
-            tollgate_evidence::Timestamp::UNIX_EPOCH,
-        ),
-    )
-    .unwrap();
-
+    let config = quickstart_config(&dir);
+    let (ca_file, ca_anchor_file) = local_ca(&dir, "renewal-test-ca");
     let spool = dir.join("spool");
-    let mut command = std::process::Command::new(gateway_binary().unwrap());
-    command
-        .args(["run", "--config", config.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--spool-dir", spool.to_str().unwrap()])
-        .args(["--namespace", "demo", "--service-account", "app"])
-        .args([
-            "--pod-name",
-            "app-0",
-            "--pod-uid",
-            "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
-        ])
-        .args(["--ca-key-file", ca_file.to_str().unwrap()])
-        .args(["--key-certificate-lifetime", "6s"])
-        .env("RUST_LOG", "info");
-    let gateway = Listening::start(command, "gateway", "tollgate-gateway: listening api=")
-        .expect("gateway did not start");
+    let gateway = start_demo_gateway(
+        &config,
+        &spool,
+        &ca_file,
+        &["--key-certificate-lifetime", "6s"],
+    );
 
     // A request every 150 ms for 15 s: renewals fall at about 4, 8 and 12 s.
     let client = HttpClient::new(public_roots().unwrap(), Duration::from_secs(10));

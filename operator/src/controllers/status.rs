@@ -44,8 +44,12 @@ where
     Api::namespaced(client, &obj.namespace().unwrap_or_default())
 }
 
-macro_rules! conditions_in {
+/// The accessors every kind's status has the same way.
+macro_rules! status_accessors {
     ($status:ty) => {
+        fn current(&self) -> Self::Status {
+            self.status.clone().unwrap_or_default()
+        }
         fn conditions(status: &$status) -> &[Condition] {
             &status.conditions
         }
@@ -61,10 +65,7 @@ impl StatusKind for LLMProvider {
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(LLMProviderStatus);
+    status_accessors!(LLMProviderStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         next.observed_generation == current.observed_generation
     }
@@ -76,10 +77,7 @@ impl StatusKind for EgressPolicy {
     fn api(&self, client: kube::Client) -> Api<Self> {
         namespaced(self, client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(EgressPolicyStatus);
+    status_accessors!(EgressPolicyStatus);
     /// `nonCompliantPods` and `lastAuditTime` are the audit sweep's.
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         next.observed_generation == current.observed_generation
@@ -93,10 +91,7 @@ impl StatusKind for EgressQuota {
     fn api(&self, client: kube::Client) -> Api<Self> {
         namespaced(self, client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(QuotaStatus);
+    status_accessors!(QuotaStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         same_quota_fields(next, current)
     }
@@ -108,10 +103,7 @@ impl StatusKind for ClusterEgressQuota {
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(QuotaStatus);
+    status_accessors!(QuotaStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         same_quota_fields(next, current)
     }
@@ -129,10 +121,7 @@ impl StatusKind for TrustAnchor {
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(TrustAnchorStatus);
+    status_accessors!(TrustAnchorStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         next.observed_generation == current.observed_generation
             && next.active_keys == current.active_keys
@@ -145,10 +134,7 @@ impl StatusKind for RecorderConfig {
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
-    fn current(&self) -> Self::Status {
-        self.status.clone().unwrap_or_default()
-    }
-    conditions_in!(RecorderConfigStatus);
+    status_accessors!(RecorderConfigStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
         next.observed_generation == current.observed_generation
     }

@@ -89,3 +89,66 @@ pub fn kubectl_tollgate(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Compiles `examples/quickstart` for namespace `demo` into `dir/cfg.json`.
+pub fn quickstart_config(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let config = dir.join("cfg.json");
+    let (code, _, err) = kubectl_tollgate(&[
+        "compile",
+        "--manifests",
+        root.join("examples/quickstart").to_str().unwrap(),
+        "-n",
+        "demo",
+        "-o",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    config
+}
+
+/// A local receipt CA from a fixed seed named `label`: its key file (for
+/// `--ca-key-file`) and its TrustAnchor (for the recorder and the verifier).
+pub fn local_ca(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
+    let ca = key_from(label);
+    let key_file = dir.join(format!("{label}.key"));
+    std::fs::write(&key_file, hex::encode(ca.to_bytes())).unwrap();
+    let anchor_file = dir.join(format!("{label}-anchor.yaml"));
+    std::fs::write(
+        &anchor_file,
+        tollgate_recorder::trust::anchor_yaml(
+            label,
+            &PublicKey::of_signing_key(&ca),
+            KeyRole::ReceiptCa,
+            Timestamp::UNIX_EPOCH,
+        ),
+    )
+    .unwrap();
+    (key_file, anchor_file)
+}
+
+/// Starts `tollgate-gateway run` as pod `demo/app-0` on `config`, spooling
+/// to `spool`, certified by the local CA `ca_key_file`, with `extra` flags.
+pub fn start_demo_gateway(
+    config: &Path,
+    spool: &Path,
+    ca_key_file: &Path,
+    extra: &[&str],
+) -> Listening {
+    let mut command = Command::new(tollgate_test_support::process::gateway_binary().unwrap());
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--spool-dir", spool.to_str().unwrap()])
+        .args(["--namespace", "demo", "--service-account", "app"])
+        .args([
+            "--pod-name",
+            "app-0",
+            "--pod-uid",
+            "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+        ])
+        .args(["--ca-key-file", ca_key_file.to_str().unwrap()])
+        .args(extra);
+    Listening::start(command, "gateway", "tollgate-gateway: listening api=")
+        .expect("gateway did not start")
+}
