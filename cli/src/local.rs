@@ -18,8 +18,9 @@ use tollgate_evidence::{
 };
 use tollgate_gateway::credentials::Credentials;
 use tollgate_gateway::run::{Certifier, ConfigLoader, GatewayOptions, QuotaSource, RecorderLink};
-use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key};
+use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key, load_or_create_token};
 use tollgate_recorder::server::ServeOptions;
+use tollgate_wire::caller::CallerKey;
 use tollgate_wire::client::FileToken;
 use tollgate_wire::config::GatewayConfig;
 
@@ -29,6 +30,10 @@ use crate::compile::{ManifestObjects, create_private_dir, parse_labels};
 pub const TRUST_ANCHOR_FILE: &str = "trust-anchor.yaml";
 /// The local receipt CA key that certifies the gateway's ephemeral keys.
 pub const RECEIPT_CA_KEY_FILE: &str = "receipt-ca.key";
+
+/// The key end-user ids are hashed under (local mode keeps its own; a
+/// cluster's operator keeps the cluster's).
+pub const CALLER_KEY_FILE: &str = "caller.key";
 
 /// Flags of `local`.
 #[derive(clap::Args, Debug)]
@@ -68,6 +73,7 @@ pub struct LocalArgs {
 struct ManifestLoader {
     dir: PathBuf,
     namespace: String,
+    caller_key: Option<CallerKey>,
 }
 
 impl ConfigLoader for ManifestLoader {
@@ -88,7 +94,8 @@ impl ConfigLoader for ManifestLoader {
                 }
             );
         }
-        let credentials = credentials_for(&objects, &compiled.config)?;
+        let credentials =
+            credentials_for(&objects, &compiled.config)?.with_caller_key(self.caller_key.clone());
         Ok((compiled.config, credentials))
     }
 
@@ -212,6 +219,15 @@ fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     load_or_create_key(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// The caller key at `path`, created on first use: 32 random bytes as 64 hex
+/// digits in a 0600 file, the same form as the local token, so one user keeps
+/// one `caller_hash` across restarts.
+fn load_caller_key(path: &Path) -> anyhow::Result<CallerKey> {
+    let text =
+        load_or_create_token(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    CallerKey::from_hex(&text).with_context(|| format!("{}", path.display()))
+}
+
 /// Runs local mode until Ctrl-C or SIGTERM.
 pub fn run(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -225,10 +241,11 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
     if !args.listen.ip().is_loopback() || !args.recorder_listen.ip().is_loopback() {
         bail!("local mode listens on loopback only (--listen, --recorder-listen)");
     }
-    let loader = Arc::new(ManifestLoader {
+    let mut loader = ManifestLoader {
         dir: args.manifests.clone(),
         namespace: args.namespace.clone(),
-    });
+        caller_key: None,
+    };
     // Check the manifests before touching the data directory.
     let (config, _) = loader
         .load()
@@ -236,6 +253,8 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
 
     let data = &args.data_dir;
     create_private_dir(data)?;
+    loader.caller_key = Some(load_caller_key(&data.join(CALLER_KEY_FILE))?);
+    let loader = Arc::new(loader);
     let receipt_ca = load_key(&data.join(RECEIPT_CA_KEY_FILE))?;
     let recorder_key = load_key(&data.join(tollgate_recorder::identity::KEY_FILE))?;
     let anchor_path = data.join(TRUST_ANCHOR_FILE);
@@ -413,6 +432,7 @@ mod tests {
         let loader = ManifestLoader {
             dir: dir.clone(),
             namespace: "default".into(),
+            caller_key: None,
         };
         let before = loader.fingerprint();
         assert_eq!(before, loader.fingerprint());

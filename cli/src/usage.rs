@@ -103,7 +103,9 @@ pub struct UsageArgs {
     /// End (exclusive): a duration ago or RFC 3339; default now.
     #[arg(long)]
     pub until: Option<String>,
-    /// Group by: namespace, serviceAccount, provider, model (comma-separated).
+    /// Group by: namespace, serviceAccount, provider, model, caller
+    /// (comma-separated). `caller` is the receipts' `caller_hash`: the keyed
+    /// hash of the end-user id the app sent, never the id.
     #[arg(long, default_value = "")]
     pub by: String,
     /// Also group by time: hour or day.
@@ -245,6 +247,7 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
                 GroupKey::ServiceAccount => "SERVICEACCOUNT",
                 GroupKey::Provider => "PROVIDER",
                 GroupKey::Model => "MODEL",
+                GroupKey::Caller => "CALLER",
             }
             .to_string()
         })
@@ -264,6 +267,7 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
                     GroupKey::ServiceAccount => &row.service_account,
                     GroupKey::Provider => &row.provider,
                     GroupKey::Model => &row.model,
+                    GroupKey::Caller => &row.caller,
                 };
                 match v.as_deref() {
                     Some("") | None => "-".to_string(),
@@ -374,6 +378,7 @@ mod tests {
                 service_account: None,
                 provider: None,
                 model: Some("gpt-4o".into()),
+                caller: None,
                 bucket_start: None,
                 totals: Totals {
                     requests: 2,

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
-use tollgate_evidence::report::PhaseReport;
+use tollgate_evidence::report::{BundleSummary, PhaseReport};
 use tollgate_evidence::{
     KeyId, KeyRole, KeyState, PublicKey, SignedCheckpoint, Timestamp, TrustRoots, TrustedKey,
     Verdict, VerificationReport, VerifyLimits, VerifyOptions, report_oversized_input,
@@ -371,6 +371,7 @@ fn write_text_report(
             s.certificates,
             s.checkpoints
         )?;
+        write_guard_checks(out, s)?;
     }
     writeln!(out)?;
     for phase in &report.phases {
@@ -381,18 +382,22 @@ fn write_text_report(
     let verdict = match report.verdict {
         Verdict::Pass => "PASS".to_string(),
         Verdict::Warn if report.passed_but_open_streams() && !require_closed => {
-            let covered = report.summary.and_then(|s| s.last_checkpoint).map_or_else(
-                || "the bundle's last checkpoint".to_string(),
-                |c| {
-                    format!(
-                        "checkpoint {} (log size {}, root {}, issued {})",
-                        c.index,
-                        c.size,
-                        c.root.to_hex(),
-                        c.issued_at
-                    )
-                },
-            );
+            let covered = report
+                .summary
+                .as_ref()
+                .and_then(|s| s.last_checkpoint)
+                .map_or_else(
+                    || "the bundle's last checkpoint".to_string(),
+                    |c| {
+                        format!(
+                            "checkpoint {} (log size {}, root {}, issued {})",
+                            c.index,
+                            c.size,
+                            c.root.to_hex(),
+                            c.issued_at
+                        )
+                    },
+                );
             format!(
                 "PASS with {open} open stream(s): their gateways are still running (or stopped \
                  without a close record); every receipt in the bundle, theirs included, is \
@@ -406,6 +411,33 @@ fn write_text_report(
         Verdict::Fail | Verdict::Skipped => "FAIL".to_string(),
     };
     writeln!(out, "Verdict: {verdict}")
+}
+
+/// One line per guard: how often it passed, denied or only audited, and how
+/// many receipts list no checks (older gateways), so "not denied" is never
+/// read as "checked".
+fn write_guard_checks(out: &mut dyn Write, s: &BundleSummary) -> std::io::Result<()> {
+    for (i, (guard, t)) in s.guard_checks.iter().enumerate() {
+        let label = if i == 0 { "Guards:" } else { "" };
+        writeln!(
+            out,
+            "{label:<13} {guard}: {} passed, {} denied, {} audit-only",
+            t.passed, t.denied, t.audit_only
+        )?;
+    }
+    if s.receipts_without_checks > 0 {
+        writeln!(
+            out,
+            "{:<13} {} receipt(s) list no guard checks (written by an older gateway)",
+            if s.guard_checks.is_empty() {
+                "Guards:"
+            } else {
+                ""
+            },
+            s.receipts_without_checks
+        )?;
+    }
+    Ok(())
 }
 
 fn write_phase(out: &mut dyn Write, phase: &PhaseReport) -> std::io::Result<()> {
@@ -486,6 +518,7 @@ mod tests {
             }),
             usage: None,
             verdict: RequestVerdict {
+                checks: None,
                 decision: Decision::Allow,
                 guards: GuardCodes::default(),
                 reason: Code::new("allowed").unwrap(),

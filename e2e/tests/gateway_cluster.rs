@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -23,6 +23,7 @@ use tollgate_e2e::operator::{
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
 use tollgate_test_support::process::Listening;
+use tollgate_wire::caller::CallerKey;
 
 struct Gateway {
     child: Child,
@@ -58,9 +59,14 @@ fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
     })
 }
 
+/// The end-user id every request names.
+const END_USER: &str = "e2e-end-user-7";
+
 /// POSTs a chat completion over plain HTTP/1.1; returns the status code.
 async fn chat(api: &str, model: &str) -> Result<u16> {
-    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let body =
+        json!({"model": model, "user": END_USER, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
     let mut stream = tokio::net::TcpStream::connect(api).await?;
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -148,6 +154,29 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     ensure!(
         cert["pod_uid"] == pod.uid().unwrap_or_default().as_str(),
         "{first}"
+    );
+    // The end user is hashed under the cluster's caller key, which the
+    // gateway got from the control endpoint.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), op_ns.name());
+    let key = secrets
+        .get("tollgate-caller-key")
+        .await?
+        .data
+        .unwrap_or_default();
+    let key = CallerKey::from_hex(std::str::from_utf8(
+        &key.get("hmac-sha256.key").context("caller key")?.0,
+    )?)?;
+    let spool_text = std::fs::read_to_string(&spool)?;
+    let receipt: serde_json::Value =
+        serde_json::from_str(spool_text.lines().nth(1).context("no receipt")?)?;
+    let expected = tollgate_evidence::Sha256Hex::from_bytes(key.hash(END_USER.as_bytes())).to_hex();
+    ensure!(
+        receipt["envelope"]["record"]["receipt"]["body"]["caller_hash"] == expected.as_str(),
+        "{receipt}"
+    );
+    ensure!(
+        !spool_text.contains(END_USER),
+        "the end-user id is in the spool"
     );
 
     // The key is renewed through the control endpoint (which honoured the

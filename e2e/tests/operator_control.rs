@@ -235,6 +235,17 @@ async fn e2e_control_issues_config_and_key_certificate() -> Result<()> {
         doc["credentials"],
         json!({ s.secret.as_str(): {"key-a": "sk-one"} })
     );
+    // The cluster's caller key, created once in the operator namespace and
+    // brokered to every gateway; never copied into the app namespace.
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.op_ns.name());
+    let caller_key = secrets.get("tollgate-caller-key").await?.data.unwrap()["hmac-sha256.key"]
+        .0
+        .clone();
+    let caller_key = String::from_utf8(caller_key)?;
+    assert_eq!(caller_key.len(), 64, "32 bytes as hex");
+    assert_eq!(doc["caller_key"], caller_key.as_str());
+    let app_secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.app_ns.name());
+    assert!(app_secrets.get_opt("tollgate-caller-key").await?.is_none());
 
     // Unchanged content: 304 with the same ETag.
     let again = get_config(&s.op, &s.ca, &token, "", Some(&etag)).await?;

@@ -58,12 +58,13 @@ pub use merkle::{
     MerkleAccumulator, MerkleTree, ProofError, merkle_root, verify_consistency, verify_inclusion,
 };
 pub use receipt::{
-    Api, Decision, GuardCodes, HttpMethod, HttpStatus, KeyRoute, Lane, Latency, QuotaCharge,
-    ReceiptBody, ReceiptError, ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage,
-    Workload, key_index,
+    Api, Decision, GuardCheck, GuardChecks, GuardCodes, GuardOutcome, HttpMethod, HttpStatus,
+    KeyRoute, Lane, Latency, QuotaCharge, ReceiptBody, ReceiptError, ReceiptRule, RequestVerdict,
+    Route, SignedReceipt, Upstream, Usage, Workload, key_index,
 };
 pub use report::{
-    BundleSummary, CheckpointRef, ErrorCode, Finding, Location, Phase, Verdict, VerificationReport,
+    BundleSummary, CheckpointRef, ErrorCode, Finding, GuardTally, Location, Phase, Verdict,
+    VerificationReport,
 };
 pub use segment::{Genesis, LogError, LogState, LogWriter, Seal, SealOutcome, Segment};
 pub use strict_json::StrictJsonError;

@@ -185,6 +185,10 @@ pub enum Lane {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestVerdict {
+    /// Every guard that ran, with its outcome, in the order they ran; absent in
+    /// receipts of older gateways. A guard not listed did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<GuardChecks>,
     /// Allow, deny or error.
     pub decision: Decision,
     /// The guards that fired, e.g. `secret.private_key`.
@@ -229,6 +233,71 @@ impl<'de> Deserialize<'de> for GuardCodes {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let codes = Vec::<Code>::deserialize(deserializer)?;
         Self::new(codes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What one guard concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardOutcome {
+    /// The guard ran and found nothing.
+    Passed,
+    /// The guard refused the request.
+    Denied,
+    /// The guard would have refused it, but the policy is in audit mode (or
+    /// the limit is a shadow limit), so the request went on.
+    AuditOnly,
+}
+
+/// One guard that ran: which, its outcome, and a content-free detail (which
+/// rule or limit, e.g. `aws_access_key_id` or `max_tokens.4096`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardCheck {
+    /// Which rule or limit decided, when there is one to name.
+    pub detail: Option<Code>,
+    /// The guard, e.g. `secret_scan`, `model_allowlist`, `max_tokens`, `quota`.
+    pub guard: Code,
+    /// What it concluded.
+    pub outcome: GuardOutcome,
+}
+
+/// Up to [`GuardChecks::MAX`] guard checks, one per guard, in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GuardChecks(Vec<GuardCheck>);
+
+impl GuardChecks {
+    /// The most checks one receipt may carry.
+    pub const MAX: usize = 16;
+
+    /// Checks the bound and that no guard is listed twice.
+    pub fn new(checks: Vec<GuardCheck>) -> Result<Self, FieldError> {
+        if checks.len() > Self::MAX {
+            return Err(FieldError::new(
+                "checks",
+                FieldProblem::TooMany { max: Self::MAX },
+            ));
+        }
+        if checks
+            .iter()
+            .enumerate()
+            .any(|(i, c)| checks.iter().skip(i + 1).any(|d| d.guard == c.guard))
+        {
+            return Err(FieldError::new("checks", FieldProblem::Duplicate));
+        }
+        Ok(Self(checks))
+    }
+
+    /// The checks.
+    pub fn as_slice(&self) -> &[GuardCheck] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for GuardChecks {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let checks = Vec::<GuardCheck>::deserialize(deserializer)?;
+        Self::new(checks).map_err(serde::de::Error::custom)
     }
 }
 
@@ -357,6 +426,9 @@ pub enum ReceiptRule {
     /// Cached tokens exceed input tokens.
     #[error("usage.cached_tokens exceeds usage.input_tokens")]
     CachedAboveInput,
+    /// A guard check says `denied` but the request was allowed.
+    #[error("verdict.checks has a denied guard but verdict.decision is allow")]
+    DeniedCheckOnAllow,
 }
 
 /// Why a receipt could not be made or checked.
@@ -393,6 +465,16 @@ impl ReceiptBody {
             && usage.cached_tokens > usage.input_tokens
         {
             return Err(ReceiptRule::CachedAboveInput);
+        }
+        if self.verdict.decision == Decision::Allow
+            && self.verdict.checks.as_ref().is_some_and(|checks| {
+                checks
+                    .as_slice()
+                    .iter()
+                    .any(|c| c.outcome == GuardOutcome::Denied)
+            })
+        {
+            return Err(ReceiptRule::DeniedCheckOnAllow);
         }
         if let Some(upstream) = &self.upstream {
             if upstream.key_count == 0 {
@@ -524,6 +606,7 @@ pub(crate) mod tests {
             model_requested: Some(ModelName::new("gpt-4o").unwrap()),
             model_served: Some(ModelName::new("gpt-4o-2024-08-06").unwrap()),
             verdict: RequestVerdict {
+                checks: None,
                 decision: Decision::Allow,
                 reason: Code::new("allowed").unwrap(),
                 guards: GuardCodes::default(),
@@ -590,6 +673,68 @@ pub(crate) mod tests {
             0,
             "one key needs no hashing"
         );
+    }
+
+    fn check(guard: &str, outcome: GuardOutcome, detail: Option<&str>) -> GuardCheck {
+        GuardCheck {
+            guard: Code::new(guard).unwrap(),
+            outcome,
+            detail: detail.map(|d| Code::new(d).unwrap()),
+        }
+    }
+
+    #[test]
+    fn guard_checks_tell_clean_from_unchecked_and_agree_with_the_decision() {
+        let mut body = sample_body();
+        body.verdict.checks = Some(
+            GuardChecks::new(vec![
+                check("secret_scan", GuardOutcome::Passed, None),
+                check(
+                    "max_tokens",
+                    GuardOutcome::AuditOnly,
+                    Some("max_tokens.4096"),
+                ),
+            ])
+            .unwrap(),
+        );
+        body.validate().unwrap();
+        let json = serde_json::to_string(&body.verdict).unwrap();
+        assert_eq!(
+            json,
+            r#"{"checks":[{"detail":null,"guard":"secret_scan","outcome":"passed"},{"detail":"max_tokens.4096","guard":"max_tokens","outcome":"audit_only"}],"decision":"allow","guards":[],"reason":"allowed"}"#
+        );
+        let back: RequestVerdict = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, body.verdict);
+
+        // A denied check on an allowed request is a contradiction.
+        body.verdict.checks = Some(
+            GuardChecks::new(vec![check(
+                "secret_scan",
+                GuardOutcome::Denied,
+                Some("pem_private_key"),
+            )])
+            .unwrap(),
+        );
+        assert_eq!(body.validate(), Err(ReceiptRule::DeniedCheckOnAllow));
+        body.verdict.decision = Decision::Deny;
+        body.validate().unwrap();
+
+        // One entry per guard, and bounded.
+        let twice = vec![
+            check("quota", GuardOutcome::Passed, None),
+            check("quota", GuardOutcome::Passed, None),
+        ];
+        assert!(GuardChecks::new(twice).is_err());
+        let many = (0..=GuardChecks::MAX)
+            .map(|i| check(&format!("g{i}"), GuardOutcome::Passed, None))
+            .collect();
+        assert!(GuardChecks::new(many).is_err());
+        let bad = r#"[{"detail":null,"guard":"a","outcome":"maybe"}]"#;
+        assert!(serde_json::from_str::<GuardChecks>(bad).is_err());
+
+        // Receipts of older gateways have no checks at all, and say so by omission.
+        let old = serde_json::to_string(&sample_body()).unwrap();
+        assert!(!old.contains("checks"), "{old}");
     }
 
     #[test]

@@ -394,7 +394,7 @@ pub struct PhaseReport {
 }
 
 /// Totals of what the bundle holds, when it could be read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BundleSummary {
     /// Segments.
     pub segments: u64,
@@ -415,6 +415,19 @@ pub struct BundleSummary {
     /// The last checkpoint: it covers every envelope in the bundle, those of
     /// open streams included.
     pub last_checkpoint: Option<CheckpointRef>,
+    /// Per guard, how its checks came out across the bundle's receipts.
+    pub guard_checks: std::collections::BTreeMap<String, GuardTally>,
+    /// Receipts that list no guard checks at all (written by gateways that
+    /// predate them): for these, "not denied" does not mean "checked".
+    pub receipts_without_checks: u64,
+}
+
+/// How often one guard passed, denied or only audited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GuardTally {
+    pub passed: u64,
+    pub denied: u64,
+    pub audit_only: u64,
 }
 
 /// Which checkpoint, by position and content.

@@ -18,9 +18,10 @@ use crate::hash::{PrevHash, Sha256Hex};
 use crate::jcs::CanonicalError;
 use crate::keys::{KeyId, PublicKey};
 use crate::merkle::{MerkleTree, merkle_root, verify_consistency, verify_inclusion};
+use crate::receipt::GuardOutcome;
 use crate::report::{
-    BundleSummary, CheckpointRef, ErrorCode, Finding, Location, Phase, PhaseReport, Verdict,
-    VerificationReport,
+    BundleSummary, CheckpointRef, ErrorCode, Finding, GuardTally, Location, Phase, PhaseReport,
+    Verdict, VerificationReport,
 };
 use crate::segment::envelope_leaf;
 use crate::strict_json::{self, StrictJsonError};
@@ -198,6 +199,22 @@ impl<'a> Indexed<'a> {
             .iter()
             .filter(|p| p.envelope.receipt().is_some())
             .count() as u64;
+        let mut guard_checks = std::collections::BTreeMap::<String, GuardTally>::new();
+        let mut receipts_without_checks = 0;
+        for receipt in self.envelopes.iter().filter_map(|p| p.envelope.receipt()) {
+            let Some(checks) = &receipt.body.verdict.checks else {
+                receipts_without_checks += 1;
+                continue;
+            };
+            for check in checks.as_slice() {
+                let tally = guard_checks.entry(check.guard.to_string()).or_default();
+                match check.outcome {
+                    GuardOutcome::Passed => tally.passed += 1,
+                    GuardOutcome::Denied => tally.denied += 1,
+                    GuardOutcome::AuditOnly => tally.audit_only += 1,
+                }
+            }
+        }
         BundleSummary {
             segments: bundle.segments.len() as u64,
             envelopes: self.envelopes.len() as u64,
@@ -213,6 +230,8 @@ impl<'a> Indexed<'a> {
                 root: c.checkpoint.root,
                 issued_at: c.checkpoint.issued_at,
             }),
+            guard_checks,
+            receipts_without_checks,
         }
     }
 }

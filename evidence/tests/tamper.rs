@@ -55,6 +55,14 @@ fn valid_bundle_passes_with_trust_anchor() {
         (3, 21, 18, 3)
     );
     assert_eq!(summary.open_streams, 0);
+    // Every receipt either lists its quota check or is counted as unchecked.
+    let quota = summary.guard_checks["quota"];
+    assert!(quota.passed > 0 && quota.denied > 0, "{quota:?}");
+    assert!(summary.receipts_without_checks > 0);
+    assert_eq!(
+        quota.passed + quota.denied + quota.audit_only + summary.receipts_without_checks,
+        summary.receipts
+    );
 }
 
 #[test]

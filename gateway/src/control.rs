@@ -31,7 +31,8 @@ pub const LONG_POLL_SECONDS: u64 = 30;
 /// matches the content, and keys for every provider that needs them.
 pub fn parse_document(body: &[u8]) -> anyhow::Result<(ConfigDocument, Credentials)> {
     let bootstrap = ConfigDocument::parse(body)?;
-    let credentials = Credentials::from_secrets(&bootstrap.credentials, &bootstrap.config)?;
+    let credentials = Credentials::from_secrets(&bootstrap.credentials, &bootstrap.config)?
+        .with_caller_key(bootstrap.caller_key()?);
     Ok((bootstrap, credentials))
 }
 

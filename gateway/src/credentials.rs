@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
+use tollgate_wire::caller::CallerKey;
 use tollgate_wire::config::GatewayConfig;
 
 /// Largest key file read, in bytes.
@@ -39,6 +40,8 @@ impl fmt::Debug for ApiKey {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     by_provider: HashMap<String, Vec<ApiKey>>,
+    /// The key end-user ids are hashed under; without one no caller is hashed.
+    caller_key: Option<CallerKey>,
 }
 
 impl fmt::Debug for Credentials {
@@ -50,6 +53,7 @@ impl fmt::Debug for Credentials {
             .collect();
         f.debug_struct("Credentials")
             .field("key_counts", &counts)
+            .field("caller_key", &self.caller_key)
             .finish()
     }
 }
@@ -149,14 +153,29 @@ impl Credentials {
             }
             by_provider.insert(provider.name.clone(), keys);
         }
-        Ok(Self { by_provider })
+        Ok(Self {
+            by_provider,
+            caller_key: None,
+        })
     }
 
     /// Builds credentials from keys already in memory (tests, local mode).
     pub fn from_keys(keys: impl IntoIterator<Item = (String, Vec<ApiKey>)>) -> Self {
         Self {
             by_provider: keys.into_iter().collect(),
+            caller_key: None,
         }
+    }
+
+    /// These credentials with the caller key set.
+    pub fn with_caller_key(mut self, key: Option<CallerKey>) -> Self {
+        self.caller_key = key;
+        self
+    }
+
+    /// The caller key, if there is one.
+    pub fn caller_key(&self) -> Option<&CallerKey> {
+        self.caller_key.as_ref()
     }
 
     /// The keys of a provider.

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod api_error;
+pub mod caller;
 pub mod control;
 pub mod credentials;
 pub mod dry_run;

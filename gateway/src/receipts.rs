@@ -16,10 +16,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tollgate_evidence::chain::CloseReason;
 use tollgate_evidence::{
-    Api, Code, Decision, DnsSubdomain, Envelope, GuardCodes, HostName, HttpMethod, HttpStatus,
-    Identifier, KeyRoute, Lane, Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId,
-    RequestVerdict, Route, SafeU64, Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter,
-    Timestamp, Upstream, Usage, Workload,
+    Api, Code, Decision, DnsSubdomain, Envelope, GuardCheck, GuardChecks, GuardCodes, GuardOutcome,
+    HostName, HttpMethod, HttpStatus, Identifier, KeyRoute, Lane, Latency, ModelName, QuotaCharge,
+    ReceiptBody, ReceiptId, RequestVerdict, Route, SafeU64, Sha256Hex, SignedKeyCertificate,
+    SigningKey, StreamChainWriter, Timestamp, Upstream, Usage, Workload,
 };
 
 use crate::api::{ApiStyle, Endpoint};
@@ -41,6 +41,10 @@ pub struct ReceiptDraft {
     pub decision: Decision,
     pub reason: &'static str,
     pub guards: Vec<&'static str>,
+    /// Every guard that ran, in order (see [`CheckDraft`]).
+    pub checks: Vec<CheckDraft>,
+    /// HMAC-SHA256 of the end-user id under the cluster's caller key.
+    pub caller_hash: Option<[u8; 32]>,
     pub status: u16,
     pub request_sha256: [u8; 32],
     pub response_sha256: [u8; 32],
@@ -51,6 +55,15 @@ pub struct ReceiptDraft {
     pub quota: Option<(u64, u64, u64)>,
     pub lane: Lane,
     pub policy_hash: [u8; 32],
+}
+
+/// One guard that ran on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckDraft {
+    pub guard: &'static str,
+    pub outcome: GuardOutcome,
+    /// Which rule or limit decided; content-free (a code, never request text).
+    pub detail: Option<String>,
 }
 
 /// The upstream side of a request.
@@ -113,6 +126,19 @@ impl ReceiptDraft {
             .iter()
             .map(|g| field("guards", Code::new(*g)))
             .collect::<Result<Vec<_>, _>>()?;
+        let checks = self
+            .checks
+            .into_iter()
+            .map(|c| {
+                Ok(GuardCheck {
+                    guard: field("verdict.checks", Code::new(c.guard))?,
+                    outcome: c.outcome,
+                    // A detail the code alphabet cannot hold (a limit named
+                    // outside it) is left out, never the check.
+                    detail: c.detail.and_then(|d| Code::new(d).ok()),
+                })
+            })
+            .collect::<Result<Vec<_>, DraftError>>()?;
         let upstream = match self.upstream {
             None => None,
             Some(u) => Some(Upstream {
@@ -155,7 +181,7 @@ impl ReceiptDraft {
                     .transpose()?,
             },
             workload: workload.clone(),
-            caller_hash: None,
+            caller_hash: self.caller_hash.map(Sha256Hex::from_bytes),
             api: match self.endpoint.style() {
                 ApiStyle::OpenAi => Api::Openai,
                 ApiStyle::Anthropic => Api::Anthropic,
@@ -173,6 +199,7 @@ impl ReceiptDraft {
             model_requested: model(self.model_requested.as_ref()),
             model_served: model(self.model_served.as_ref()),
             verdict: RequestVerdict {
+                checks: Some(field("verdict.checks", GuardChecks::new(checks))?),
                 decision: self.decision,
                 reason: field("verdict.reason", Code::new(self.reason))?,
                 guards: field("verdict.guards", GuardCodes::new(guards))?,
@@ -755,6 +782,8 @@ mod tests {
             decision: Decision::Allow,
             reason: "allowed",
             guards: vec![],
+            checks: vec![],
+            caller_hash: None,
             status: 200,
             request_sha256: [1; 32],
             response_sha256: [2; 32],

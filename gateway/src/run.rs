@@ -14,13 +14,14 @@ use tollgate_evidence::{
     DnsLabel, DnsSubdomain, Identifier, KeyCertificate, KeyId, PodIdentity, PodUid, PublicKey,
     SignedKeyCertificate, SigningKey, Workload,
 };
+use tollgate_wire::caller::CallerKey;
 use tollgate_wire::config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
 
 use crate::shipper::Shipper;
 use tollgate_wire::client::{FileToken, TokenSource};
 
 use crate::control::ControlClient;
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, MAX_KEY_BYTES};
 use crate::proxy::{Gateway, Identity, Runtime};
 use crate::quota::{LocalQuotaAuthority, QuotaAuthority};
 use crate::quota_lease::LeasedQuotaAuthority;
@@ -107,6 +108,11 @@ pub struct RunArgs {
         conflicts_with = "control_url"
     )]
     pub ca_key_file: Option<PathBuf>,
+    /// The caller key (64 hex digits) end-user ids are hashed under for
+    /// receipts' `caller_hash`. Without it no caller is hashed. In a cluster
+    /// the operator's control endpoint supplies the cluster's key.
+    #[arg(long, env = "TOLLGATE_CALLER_KEY_FILE", conflicts_with = "control_url")]
+    pub caller_key_file: Option<PathBuf>,
     /// How long each receipt key certificate is valid: `30s`, `10m`, `24h`,
     /// `7d` (at least 5 s; the operator caps it at 24 h). The gateway renews
     /// its key at two thirds of the lifetime without a restart.
@@ -198,6 +204,20 @@ pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// Reads a caller key file: 64 hex digits (and a trailing newline), at most
+/// [`MAX_KEY_BYTES`] bytes.
+pub fn read_caller_key(path: &Path) -> anyhow::Result<CallerKey> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading the caller key {}", path.display()))?
+        .len();
+    if size > MAX_KEY_BYTES {
+        bail!("{}: {size} bytes is not a caller key", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the caller key {}", path.display()))?;
+    CallerKey::from_hex(&text).with_context(|| format!("{}", path.display()))
+}
+
 /// A fresh Ed25519 key; it never leaves this process.
 pub fn ephemeral_key() -> anyhow::Result<SigningKey> {
     let mut seed = [0u8; 32];
@@ -214,11 +234,12 @@ pub trait ConfigLoader: Send + Sync + 'static {
     fn fingerprint(&self) -> Vec<u8>;
 }
 
-/// A compiled config file plus an optional credentials directory.
+/// A compiled config file plus an optional credentials directory and caller key.
 #[derive(Debug, Clone)]
 pub struct FileConfig {
     pub config: PathBuf,
     pub credentials_dir: Option<PathBuf>,
+    pub caller_key: Option<CallerKey>,
 }
 
 impl ConfigLoader for FileConfig {
@@ -228,7 +249,7 @@ impl ConfigLoader for FileConfig {
             Some(dir) => Credentials::load_dir(dir, &config)?,
             None => Credentials::default(),
         };
-        Ok((config, credentials))
+        Ok((config, credentials.with_caller_key(self.caller_key.clone())))
     }
     fn fingerprint(&self) -> Vec<u8> {
         std::fs::read(&self.config).unwrap_or_default()
@@ -670,6 +691,11 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
         loader: Arc::new(FileConfig {
             config,
             credentials_dir: args.credentials_dir.clone(),
+            caller_key: args
+                .caller_key_file
+                .as_deref()
+                .map(read_caller_key)
+                .transpose()?,
         }),
         certifier: Certifier::LocalCa {
             key: Box::new(read_signing_key(ca_key_file)?),

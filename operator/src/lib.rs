@@ -10,12 +10,14 @@
 //! - [`leader`]: leader election with a Lease.
 //! - [`tls`], [`registration`]: serving certificates, CA rotation, and the
 //!   `caBundle`s and ConfigMaps that carry the CA to clients.
-//! - [`receipt_ca`]: the key that signs gateway key certificates.
+//! - [`receipt_ca`]: the key that signs gateway key certificates;
+//!   [`cluster_secrets`]: it and the caller key, created once per cluster.
 //! - [`runtime`], [`serve`]: the process: listeners, probes, wiring;
 //!   [`failures`]: the failure counter in `/metrics`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod cluster_secrets;
 pub mod control;
 pub mod controllers;
 pub mod failures;

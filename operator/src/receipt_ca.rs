@@ -2,16 +2,13 @@
 //! certificates, and the `TrustAnchor` that publishes its public half.
 //!
 //! The key lives in the Secret `tollgate-receipt-ca` of the operator
-//! namespace (key `ed25519.seed`, 64 hex characters). It is created if
-//! absent with a plain create, so two replicas racing end with one key: the
-//! loser reads the winner's. The `TrustAnchor` `tollgate-receipt-ca` is
+//! namespace (key `ed25519.seed`, 64 hex characters), created if absent like
+//! every random secret of the operator ([`crate::cluster_secrets`]). The `TrustAnchor` `tollgate-receipt-ca` is
 //! written with server-side apply; its `notBefore` is the Secret's creation
 //! time, so every replica writes the same object.
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use tollgate_crds::trust::{KeyRole, KeyState, ReceiptKey, TrustAnchor, TrustAnchorSpec};
 use tollgate_evidence::{KeyId, PublicKey, SigningKey};
 
@@ -29,8 +26,8 @@ pub enum ReceiptCaError {
     Kube(#[from] kube::Error),
     #[error("Secret {RECEIPT_CA_NAME} key {SEED_KEY} must be 64 lowercase hex characters")]
     BadSeed,
-    #[error("no randomness for a new key: {0}")]
-    Random(String),
+    #[error(transparent)]
+    Secret(#[from] crate::cluster_secrets::ClusterSecretError),
 }
 
 /// The loaded receipt CA key and when it came into use.
@@ -92,43 +89,8 @@ fn from_secret(secret: &Secret) -> Result<ReceiptCa, ReceiptCaError> {
 
 /// Loads the receipt CA key, creating it if absent.
 pub async fn load_or_create(secrets: &Api<Secret>) -> Result<ReceiptCa, ReceiptCaError> {
-    if let Some(secret) = secrets.get_opt(RECEIPT_CA_NAME).await? {
-        return from_secret(&secret);
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| ReceiptCaError::Random(e.to_string()))?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(RECEIPT_CA_NAME.to_owned()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    FIELD_MANAGER.to_owned(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(
-            [(
-                SEED_KEY.to_owned(),
-                ByteString(hex::encode(seed).into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(created) => {
-            tracing::info!("created the receipt CA Secret {RECEIPT_CA_NAME}");
-            from_secret(&created)
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            from_secret(&secrets.get(RECEIPT_CA_NAME).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let secret = crate::cluster_secrets::load_or_create(secrets, RECEIPT_CA_NAME, SEED_KEY).await?;
+    from_secret(&secret)
 }
 
 /// The TrustAnchor publishing `ca`'s public key.

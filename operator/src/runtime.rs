@@ -103,6 +103,24 @@ pub fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// Calls `load` every 2 s until it succeeds; `None` when `shutdown` fires first.
+async fn retry_until_loaded<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    load: impl Fn() -> F,
+) -> Option<T> {
+    loop {
+        match load().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::error!(error = %e, "loading {what}; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 /// Runs the operator until `shutdown` fires.
 pub async fn run(
     client: kube::Client,
@@ -189,19 +207,22 @@ pub async fn run(
     let tls = resolver.server_config()?;
 
     // The receipt CA: needed before any key certificate is issued.
-    let receipt_ca = loop {
-        match receipt_ca::load_or_create(&secrets).await {
-            Ok(ca) => break ca,
-            Err(e) => {
-                tracing::error!(error = %e, "loading the receipt CA; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        }
+    let Some(receipt_ca) = retry_until_loaded("the receipt CA", &mut shutdown, || {
+        receipt_ca::load_or_create(&secrets)
+    })
+    .await
+    else {
+        return Ok(());
     };
     tracing::info!(key_id = %receipt_ca.key_id(), "receipt CA loaded");
+    // The caller key: every config document carries it.
+    let Some(caller_key) = retry_until_loaded("the caller key", &mut shutdown, || {
+        crate::cluster_secrets::load_or_create_caller_key(&secrets)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     {
         let client = client.clone();
         let ca = receipt_ca.clone();
@@ -241,6 +262,7 @@ pub async fn run(
         client: client.clone(),
         cache: cache.clone(),
         receipt_ca,
+        caller_key,
         waiters: Arc::new(Semaphore::new(settings.max_waiters.max(1))),
         metrics: control_metrics,
     });

@@ -30,17 +30,20 @@ pub enum GroupKey {
     Provider,
     /// The model served (else requested).
     Model,
+    /// The end user: the receipt's `caller_hash` ("" when none was named).
+    Caller,
 }
 
 impl GroupKey {
     /// Parses `namespace`, `serviceAccount` (or `service_account`, `sa`),
-    /// `provider` or `model`.
+    /// `provider`, `model` or `caller`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "namespace" | "ns" => Self::Namespace,
             "serviceAccount" | "service_account" | "serviceaccount" | "sa" => Self::ServiceAccount,
             "provider" => Self::Provider,
             "model" => Self::Model,
+            "caller" => Self::Caller,
             _ => return None,
         })
     }
@@ -51,7 +54,7 @@ impl GroupKey {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let key = Self::parse(part).ok_or_else(|| {
                 RecorderError::BadRequest(format!(
-                    "cannot group by {part:?}: use namespace, serviceAccount, provider, model"
+                    "cannot group by {part:?}: use namespace, serviceAccount, provider, model, caller"
                 ))
             })?;
             if !out.contains(&key) {
@@ -144,6 +147,10 @@ pub struct UsageRow {
     /// Model, when grouped by it ("" when the request had none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Caller hash (hex), when grouped by it ("" when the request named no
+    /// end user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     /// Bucket start (RFC 3339), when bucketed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_start: Option<String>,
@@ -209,6 +216,7 @@ pub fn aggregate(
                 GroupKey::ServiceAccount => cell.service_account.clone(),
                 GroupKey::Provider => cell.provider.clone(),
                 GroupKey::Model => cell.model.clone(),
+                GroupKey::Caller => cell.caller.clone(),
             })
             .collect();
         let bucket_start = bucket.map(|b| b.start_ms(cell.hour));
@@ -226,6 +234,7 @@ pub fn aggregate(
                 service_account: None,
                 provider: None,
                 model: None,
+                caller: None,
                 bucket_start: bucket_start.and_then(|ms| {
                     Timestamp::from_unix_millis(ms)
                         .ok()
@@ -239,6 +248,7 @@ pub fn aggregate(
                     GroupKey::ServiceAccount => &mut row.service_account,
                     GroupKey::Provider => &mut row.provider,
                     GroupKey::Model => &mut row.model,
+                    GroupKey::Caller => &mut row.caller,
                 };
                 *slot = Some(value);
             }
@@ -291,6 +301,7 @@ pub async fn report(store: &dyn Store, query: &UsageQuery) -> Result<UsageReport
         since_ms: query.since_ms,
         until_ms: query.until_ms,
         namespace: query.namespace.clone(),
+        by_caller: query.group_by.contains(&GroupKey::Caller),
     };
     let cells = store.usage_cells(&cells_query).await?;
     let (rows, total) = aggregate(&cells, &query.group_by, query.bucket);
@@ -339,7 +350,28 @@ mod tests {
             input_tokens: requests * 10,
             output_tokens: requests * 2,
             cost_micro_usd: requests * 100,
+            caller: String::new(),
         }
+    }
+
+    #[test]
+    fn groups_by_caller_hash() {
+        let mut alice = cell("a", "m1", 10, 1);
+        alice.caller = "aa".repeat(32);
+        let mut alice_later = cell("b", "m2", 11, 2);
+        alice_later.caller = "aa".repeat(32);
+        let nobody = cell("a", "m1", 10, 4);
+        let (rows, _) = aggregate(&[alice, alice_later, nobody], &[GroupKey::Caller], None);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].caller.as_deref(), Some(""));
+        assert_eq!(rows[0].totals.requests, 4);
+        assert_eq!(rows[1].caller.as_deref(), Some("aa".repeat(32).as_str()));
+        assert_eq!(rows[1].totals.requests, 3);
+        assert_eq!(rows[1].namespace, None);
+        assert_eq!(
+            GroupKey::parse_list("caller").unwrap(),
+            vec![GroupKey::Caller]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRe
 use tollgate_recorder::recorder::Recorder;
 use tollgate_recorder::store::Store;
 use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery};
-use tollgate_test_support::fixtures::{Gateway, HOUR_MS, T0_MS, key_from};
+use tollgate_test_support::fixtures::{Gateway, HOUR_MS, T0_MS, caller_hash, key_from};
 use tollgate_wire::config::{CompiledLimit, LimitWindow};
 
 macro_rules! on_both_backends {
@@ -497,6 +497,7 @@ async fn transcript(store: Arc<dyn Store>) -> Vec<String> {
             vec![GroupKey::ServiceAccount, GroupKey::Provider],
             Some(Bucket::Day),
         ),
+        (vec![GroupKey::Caller], None),
     ] {
         let mut q = all_time();
         q.group_by = group_by;
@@ -554,8 +555,20 @@ async fn transcript(store: Arc<dyn Store>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_and_postgres_give_identical_answers() {
     let sqlite = transcript(common::sqlite("identical")).await;
-    assert_eq!(sqlite.len(), 5 + 3 + 4 + 1 + 1 + 1);
+    assert_eq!(sqlite.len(), 5 + 4 + 4 + 1 + 1 + 1);
     assert!(sqlite[3].contains("seq_gap") || sqlite[4].contains("seq_gap"));
+    // Grouped by caller: no caller, and the two fixture callers.
+    let by_caller: serde_json::Value = serde_json::from_str(&sqlite[8]).unwrap();
+    let callers: Vec<&str> = by_caller["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["caller"].as_str().unwrap())
+        .collect();
+    let (zero, one) = (caller_hash(0).to_string(), caller_hash(1).to_string());
+    let mut expected = vec!["", zero.as_str(), one.as_str()];
+    expected.sort_unstable();
+    assert_eq!(callers, expected);
     let Some(pg) = common::postgres("identical").await else {
         return;
     };

@@ -35,6 +35,11 @@ pub enum TestkitError {
 }
 
 /// A key from a fixed label.
+/// The `caller_hash` of fixture caller `n`.
+pub fn caller_hash(n: u64) -> tollgate_evidence::Sha256Hex {
+    tollgate_evidence::hash::sha256(format!("caller-{n}").as_bytes())
+}
+
 pub fn key_from(label: &str) -> SigningKey {
     SigningKey::from_bytes(sha256(label.as_bytes()).as_bytes())
 }
@@ -104,6 +109,8 @@ impl Gateway {
 
     /// Receipt body `i` of this gateway: dated [`T0_MS`] + `i` seconds, with usage
     /// `100 + i` input and `10 + i` output tokens and cost `1000 + i` micro-USD.
+    /// Every third receipt names no caller; the others name one of two callers
+    /// ([`caller_hash`]`(i % 2)`).
     pub fn body(&self, i: u64) -> Result<ReceiptBody, TestkitError> {
         let started = T0_MS + i * 1_000;
         let provider = if self.n.is_multiple_of(2) {
@@ -135,7 +142,7 @@ impl Gateway {
                 first_byte_ms: Some(SafeU64::from(40u32)),
             },
             workload: self.workload.clone(),
-            caller_hash: None,
+            caller_hash: (!i.is_multiple_of(3)).then(|| caller_hash(i % 2)),
             api: Api::Openai,
             provider: Some(DnsSubdomain::new(provider)?),
             route: Route::ChatCompletions,
@@ -143,6 +150,7 @@ impl Gateway {
             model_requested: Some(ModelName::new(model)?),
             model_served: Some(ModelName::new(model)?),
             verdict: RequestVerdict {
+                checks: None,
                 decision: Decision::Allow,
                 reason: Code::new("allowed")?,
                 guards: GuardCodes::default(),

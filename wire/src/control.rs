@@ -34,6 +34,10 @@ pub struct ConfigDocument {
     /// logged: see the `Debug` impl.
     #[serde(default)]
     pub credentials: BTreeMap<String, BTreeMap<String, String>>,
+    /// The cluster's caller key as 64 hex digits ([`crate::caller`]); absent
+    /// from older operators, and then no caller is hashed. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_key: Option<String>,
 }
 
 impl fmt::Debug for ConfigDocument {
@@ -42,6 +46,10 @@ impl fmt::Debug for ConfigDocument {
             .field("pod", &self.pod)
             .field("policy_hash", &self.config.policy_hash)
             .field("secrets", &self.credentials.keys().collect::<Vec<_>>())
+            .field(
+                "caller_key",
+                &self.caller_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -55,6 +63,8 @@ pub enum DocumentError {
     UnsupportedVersion(u32),
     #[error("the config's policyHash does not match its content; refusing it")]
     PolicyHashMismatch,
+    #[error("the document's caller key is malformed: {0}")]
+    CallerKey(#[from] crate::caller::CallerKeyError),
 }
 
 impl ConfigDocument {
@@ -76,7 +86,17 @@ impl ConfigDocument {
         if document.config.content_hash() != document.config.policy_hash {
             return Err(DocumentError::PolicyHashMismatch);
         }
+        document.caller_key()?;
         Ok(document)
+    }
+
+    /// The caller key, if the document carries one.
+    pub fn caller_key(&self) -> Result<Option<crate::caller::CallerKey>, DocumentError> {
+        self.caller_key
+            .as_deref()
+            .map(crate::caller::CallerKey::from_hex)
+            .transpose()
+            .map_err(DocumentError::from)
     }
 }
 
@@ -122,6 +142,7 @@ mod tests {
             },
             config,
             credentials: BTreeMap::new(),
+            caller_key: None,
         }
     }
 
@@ -162,6 +183,11 @@ mod tests {
             ConfigDocument::parse(b"{").unwrap_err(),
             DocumentError::Malformed(_)
         ));
+
+        let mut bad_key = document();
+        bad_key.caller_key = Some("not hex".into());
+        let err = ConfigDocument::parse(&bad_key.render().unwrap().0).unwrap_err();
+        assert!(matches!(err, DocumentError::CallerKey(_)), "{err}");
     }
 
     #[test]
@@ -171,8 +197,14 @@ mod tests {
             "openai-keys".into(),
             BTreeMap::from([("key-a".into(), "sk-secret-value".into())]),
         );
+        doc.caller_key = Some("7a".repeat(32));
         let shown = format!("{doc:?}");
         assert!(shown.contains("openai-keys"), "{shown}");
         assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(!shown.contains("7a7a"), "{shown}");
+        assert_eq!(
+            doc.caller_key().unwrap(),
+            Some(crate::caller::CallerKey::from_bytes([0x7a; 32]))
+        );
     }
 }

@@ -5,6 +5,7 @@
 //!   `kubectl tollgate local`) produces and the gateway runs on, its policy hash,
 //!   and the small enums and prices the custom resources share with it;
 //! - [`control`]: the operator's control endpoint documents;
+//! - [`caller`]: the cluster's caller key and the end-user hash it makes;
 //! - [`quota_math`] and [`lease`]: quota arithmetic and the recorder's lease API;
 //! - [`ingest`]: the recorder's receipt ingest answers;
 //! - [`problem`]: the one problem+json error body;
@@ -17,6 +18,7 @@
 //! binary hold no kube, k8s-openapi, schemars, rusqlite or tokio-postgres.
 #![forbid(unsafe_code)]
 
+pub mod caller;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -12,8 +12,9 @@ use tollgate_evidence::fields::{
 use tollgate_evidence::hash::{PrevHash, Sha256Hex, sha256};
 use tollgate_evidence::keys::{KeyId, PublicKey, SigningKey, sign_canonical};
 use tollgate_evidence::receipt::{
-    Api, Decision, GuardCodes, HttpMethod, HttpStatus, Lane, Latency, QuotaCharge, ReceiptBody,
-    ReceiptSchema, RequestVerdict, Route, SignedReceipt, Upstream, Usage, Workload,
+    Api, Decision, GuardCheck, GuardChecks, GuardCodes, GuardOutcome, HttpMethod, HttpStatus, Lane,
+    Latency, QuotaCharge, ReceiptBody, ReceiptSchema, RequestVerdict, Route, SignedReceipt,
+    Upstream, Usage, Workload,
 };
 use tollgate_evidence::segment::{LogWriter, Segment};
 use tollgate_evidence::timestamp::Timestamp;
@@ -169,6 +170,19 @@ pub fn receipt_body(spec: &Spec, g: usize, round: usize) -> ReceiptBody {
         model_requested: Some(ModelName::new("gpt-4o").unwrap()),
         model_served: (!denied).then(|| ModelName::new("gpt-4o-2024-08-06").unwrap()),
         verdict: RequestVerdict {
+            // Every third receipt comes from a gateway that predates checks.
+            checks: (!n.is_multiple_of(3)).then(|| {
+                GuardChecks::new(vec![GuardCheck {
+                    guard: Code::new("quota").unwrap(),
+                    outcome: if denied {
+                        GuardOutcome::Denied
+                    } else {
+                        GuardOutcome::Passed
+                    },
+                    detail: denied.then(|| Code::new("tokens").unwrap()),
+                }])
+                .unwrap()
+            }),
             decision: if denied {
                 Decision::Deny
             } else {

@@ -2,7 +2,7 @@
 //!
 //! 1. **admit**: a served path, and a spool that can take the receipt;
 //! 2. **read body**: bounded by the policy, hashed, a JSON object;
-//! 3. **guards**: secrets in the request;
+//! 3. **guards**: secrets in the request; the caller's id, hashed;
 //! 4. **route**: the candidates the policy allows ([`route`]), and the policy's
 //!    token cap applied to the request;
 //! 5. **reserve quota**: an estimate, before anything goes upstream;
@@ -36,16 +36,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_evidence::{Decision, Lane};
+use tollgate_evidence::{Decision, GuardOutcome, Lane};
 use tollgate_wire::config::{CompiledPolicy, FailMode, GatewayConfig, PolicyMode, ProviderApi};
 
 use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
 use crate::credentials::Credentials;
 use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits, price};
-use crate::receipts::{ReceiptDraft, ReceiptSink, unix_millis};
+use crate::receipts::{CheckDraft, ReceiptDraft, ReceiptSink, unix_millis};
 use crate::upstream::{ProviderClient, TrustError, provider_client};
-use crate::{dry_run, guards};
+use crate::{caller, dry_run, guards};
 use forward::Outgoing;
 use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use refusal::{Refusal, Refused};
@@ -180,6 +180,8 @@ struct Ticket {
     request_sha256: [u8; 32],
     model_requested: Option<String>,
     guards: Vec<&'static str>,
+    checks: Vec<CheckDraft>,
+    caller_hash: Option<[u8; 32]>,
 }
 
 impl Ticket {
@@ -200,7 +202,30 @@ impl Ticket {
             request_sha256: [0; 32],
             model_requested: None,
             guards: Vec::new(),
+            checks: Vec::new(),
+            caller_hash: None,
         }
+    }
+
+    /// Records that `guard` ran and what it concluded.
+    fn checked(&mut self, guard: &'static str, outcome: GuardOutcome, detail: Option<String>) {
+        self.checks.push(CheckDraft {
+            guard,
+            outcome,
+            detail,
+        });
+    }
+
+    /// Records `guard` as denied, or as audit-only when the policy only
+    /// audits; true when the request must be refused.
+    fn guard_refuses(&mut self, guard: &'static str, audit: bool, detail: Option<String>) -> bool {
+        let outcome = if audit {
+            GuardOutcome::AuditOnly
+        } else {
+            GuardOutcome::Denied
+        };
+        self.checked(guard, outcome, detail);
+        !audit
     }
 
     fn draft(&self, decision: Decision, reason: &'static str, status: u16) -> ReceiptDraft {
@@ -219,6 +244,8 @@ impl Ticket {
             decision,
             reason,
             guards: self.guards.clone(),
+            checks: self.checks.clone(),
+            caller_hash: self.caller_hash,
             status,
             request_sha256: self.request_sha256,
             response_sha256: [0; 32],
@@ -326,7 +353,11 @@ async fn serve(ticket: &mut Ticket, headers: &HeaderMap, body: Body) -> Result<R
     // In audit mode every policy refusal becomes a guard code on a forwarded
     // request: the receipt records the would-deny, the client sees no change.
     let audit = policy.mode == PolicyMode::Audit;
-    check_guards(policy, &bytes, audit, &mut ticket.guards)?;
+    check_guards(ticket, policy, &bytes, audit)?;
+    ticket.caller_hash = runtime
+        .credentials
+        .caller_key()
+        .and_then(|key| caller::caller_hash(key, headers, &json, ticket.endpoint.style()));
     let requested = json
         .get("model")
         .and_then(Value::as_str)
@@ -375,22 +406,24 @@ async fn read_body(policy: &CompiledPolicy, body: Body) -> Result<Bytes, Refusal
 
 /// Phase 3: a secret in the request is refused, or only recorded in audit mode.
 fn check_guards(
+    ticket: &mut Ticket,
     policy: &CompiledPolicy,
     bytes: &[u8],
     audit: bool,
-    fired: &mut Vec<&'static str>,
 ) -> Result<(), Refusal> {
-    if policy.block_secrets
-        && let Some(secret) = guards::find_secret(bytes)
-    {
-        fired.push(secret.code());
+    if !policy.block_secrets {
+        return Ok(());
     }
-    if let Some(guard) = fired.first().copied().filter(|_| !audit) {
+    let Some(secret) = guards::find_secret(bytes) else {
+        ticket.checked("secret_scan", GuardOutcome::Passed, None);
+        return Ok(());
+    };
+    let guard = secret.code();
+    ticket.guards.push(guard);
+    if ticket.guard_refuses("secret_scan", audit, Some(guard.to_owned())) {
         return Err(Refusal::SecretInRequest { guard });
     }
-    if audit && !fired.is_empty() {
-        fired.push("audit.secret_in_request");
-    }
+    ticket.guards.push("audit.secret_in_request");
     Ok(())
 }
 
@@ -420,9 +453,13 @@ fn route_request<'a>(
         candidates = route::candidates(config, policy, endpoint, requested, false);
         if !candidates.is_empty() {
             ticket.guards.push("audit.model_not_allowed");
+            ticket.guard_refuses("model_allowlist", true, None);
         }
+    } else if !candidates.is_empty() {
+        ticket.checked("model_allowlist", GuardOutcome::Passed, None);
     }
     let Some(first) = candidates.first() else {
+        ticket.guard_refuses("model_allowlist", false, None);
         return Err(Refusal::ModelNotAllowed {
             model: requested.to_owned(),
         }
@@ -434,13 +471,19 @@ fn route_request<'a>(
         Lane::Live
     };
     let asked = requested_max_tokens(endpoint, &json);
-    if let (Some(asked), Some(cap)) = (asked, first.max_tokens)
-        && asked > u64::from(cap)
-    {
-        if !audit {
-            return Err(Refusal::MaxTokensOverPolicy { asked, cap }.at(&first.provider.name, lane));
+    if let Some(cap) = first.max_tokens {
+        let detail = Some(format!("max_tokens.{cap}"));
+        if asked.is_some_and(|asked| asked > u64::from(cap)) {
+            if ticket.guard_refuses("max_tokens", audit, detail) {
+                let asked = asked.unwrap_or_default();
+                return Err(
+                    Refusal::MaxTokensOverPolicy { asked, cap }.at(&first.provider.name, lane)
+                );
+            }
+            ticket.guards.push("audit.max_tokens_over_policy");
+        } else {
+            ticket.checked("max_tokens", GuardOutcome::Passed, detail);
         }
-        ticket.guards.push("audit.max_tokens_over_policy");
     }
     let mut rewrite = false;
     if asked.is_none()
@@ -511,6 +554,7 @@ async fn reserve_quota(
     let reservation = match gateway.quota.reserve(&limits, estimate, now_secs).await {
         QuotaDecision::Allow(reservation) => reservation,
         QuotaDecision::Unavailable { quota_id, limit } => {
+            ticket.guard_refuses("quota", false, Some("authority_unavailable".into()));
             return Err(Refusal::QuotaAuthorityUnavailable { quota_id, limit }.at(provider, lane));
         }
         QuotaDecision::Deny {
@@ -518,6 +562,7 @@ async fn reserve_quota(
             limit,
             retry_after_secs,
         } => {
+            ticket.guard_refuses("quota", false, Some(limit.clone()));
             return Err(Refusal::QuotaExceeded {
                 quota_id,
                 limit,
@@ -528,6 +573,9 @@ async fn reserve_quota(
     };
     if reservation.shadow_denied {
         ticket.guards.push("quota.shadow_exceeded");
+        ticket.guard_refuses("quota", true, Some("shadow".into()));
+    } else if !limits.is_empty() {
+        ticket.checked("quota", GuardOutcome::Passed, None);
     }
     Ok(Settle::new(
         gateway.quota.clone(),

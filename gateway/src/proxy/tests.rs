@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tollgate_evidence::{Decision, Lane};
+use tollgate_evidence::{Decision, GuardOutcome, Lane};
+use tollgate_wire::caller::CallerKey;
 use tollgate_wire::config::{
     CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
     CredentialsSource, Enforcement, FailMode, GatewayConfig, LimitWindow, ModelPricing, PolicyMode,
@@ -27,7 +28,7 @@ use crate::credentials::{ApiKey, Credentials};
 use crate::quota::{
     Amounts, BoxFuture, LocalQuotaAuthority, QuotaAuthority, QuotaDecision, Reservation,
 };
-use crate::receipts::{ReceiptDraft, test_sink};
+use crate::receipts::{CheckDraft, ReceiptDraft, test_sink};
 use crate::upstream::fake::{self, FakeDial};
 use crate::upstream::{ConnectError, TlsFingerprint};
 
@@ -175,6 +176,7 @@ struct Pod {
     spool_failed: bool,
     pod_labels: BTreeMap<String, String>,
     keys: bool,
+    caller_key: Option<CallerKey>,
 }
 
 impl Pod {
@@ -212,6 +214,7 @@ impl Pod {
             spool_failed: false,
             pod_labels: BTreeMap::new(),
             keys: true,
+            caller_key: None,
         }
     }
 
@@ -231,7 +234,8 @@ impl Pod {
                 .iter()
                 .filter(|_| self.keys)
                 .map(|p| (p.name.clone(), vec![ApiKey::new(PROVIDER_KEY).unwrap()])),
-        );
+        )
+        .with_caller_key(self.caller_key);
         let mut runtime = Runtime::build(self.config, credentials, &self.pod_labels).unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let dialer = dial(self.upstream, seen.clone());
@@ -529,6 +533,177 @@ async fn models_must_be_named_allowed_and_within_the_token_cap() {
     assert_eq!(draft.lane, Lane::Live);
 }
 
+fn checks(draft: &ReceiptDraft) -> Vec<(&'static str, GuardOutcome, Option<&str>)> {
+    draft
+        .checks
+        .iter()
+        .map(|c: &CheckDraft| (c.guard, c.outcome, c.detail.as_deref()))
+        .collect()
+}
+
+/// The draft becomes a valid receipt body (its checks agree with its decision).
+fn assert_receipt_is_valid(draft: &ReceiptDraft) {
+    let workload = tollgate_evidence::Workload {
+        namespace: tollgate_evidence::DnsLabel::new("team-a").unwrap(),
+        service_account: tollgate_evidence::DnsSubdomain::new("app").unwrap(),
+        pod: tollgate_evidence::DnsSubdomain::new("app-0").unwrap(),
+    };
+    draft.clone().into_body(&workload).unwrap();
+}
+
+fn minute_quota(requests: u64, enforcement: Enforcement) -> CompiledQuota {
+    CompiledQuota {
+        id: "team-a/one-a-minute".into(),
+        service_accounts: vec![],
+        pod_selector: None,
+        limits: vec![CompiledLimit {
+            name: "minute".into(),
+            window: LimitWindow::Calendar(tollgate_wire::config::CalendarWindow::Minute),
+            tokens: None,
+            requests: Some(requests),
+            cost_micro_usd: None,
+            model_globs: vec![],
+            providers: vec![],
+        }],
+        enforcement,
+        fail_mode: FailMode::Closed,
+    }
+}
+
+#[tokio::test]
+async fn every_guard_that_ran_is_recorded_with_its_outcome() {
+    use GuardOutcome::{AuditOnly, Denied, Passed};
+    let mut pod = Pod::new();
+    pod.config.quotas = vec![minute_quota(1, Enforcement::Enforce)];
+    let mut running = pod.start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    let clean = running.receipt().await;
+    assert_eq!(
+        checks(&clean),
+        [
+            ("secret_scan", Passed, None),
+            ("model_allowlist", Passed, None),
+            ("max_tokens", Passed, Some("max_tokens.100")),
+            ("quota", Passed, None),
+        ],
+        "checked and clean, guard by guard"
+    );
+    assert_receipt_is_valid(&clean);
+
+    let answer = running.chat(chat(json!({}))).await;
+    let over = assert_refused(&mut running, &answer, 429, "quota_exceeded").await;
+    assert_eq!(checks(&over)[3], ("quota", Denied, Some("minute")));
+    assert_receipt_is_valid(&over);
+
+    let secret =
+        chat(json!({"messages": [{"role": "user", "content": "key AKIAIOSFODNN7EXAMPLE here"}]}));
+    let answer = running.chat(secret.clone()).await;
+    let denied = assert_refused(&mut running, &answer, 403, "secret_in_request").await;
+    assert_eq!(
+        checks(&denied),
+        [("secret_scan", Denied, Some("aws_access_key_id"))],
+        "guards after the refusing one did not run, and are not listed"
+    );
+    assert_receipt_is_valid(&denied);
+
+    let answer = running.chat(chat(json!({"model": "o1-preview"}))).await;
+    let draft = assert_refused(&mut running, &answer, 403, "model_not_allowed").await;
+    assert_eq!(
+        checks(&draft),
+        [
+            ("secret_scan", Passed, None),
+            ("model_allowlist", Denied, None)
+        ]
+    );
+
+    // Audit mode: every would-deny is audit-only and the request goes on;
+    // a shadow quota's would-deny too.
+    let mut pod = Pod::new();
+    pod.policy().mode = PolicyMode::Audit;
+    for route in &mut pod.policy().routes {
+        route.model_globs = vec!["gpt-4o".into()];
+    }
+    pod.config.quotas = vec![minute_quota(0, Enforcement::Shadow)];
+    let mut running = pod.start();
+    let mut everything = secret;
+    everything["max_tokens"] = json!(500);
+    let answer = running.chat(everything).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let audited = running.receipt().await;
+    assert_eq!(
+        checks(&audited),
+        [
+            ("secret_scan", AuditOnly, Some("aws_access_key_id")),
+            ("model_allowlist", AuditOnly, None),
+            ("max_tokens", AuditOnly, Some("max_tokens.100")),
+            ("quota", AuditOnly, Some("shadow")),
+        ]
+    );
+    assert_eq!(audited.decision, Decision::Allow);
+    assert_receipt_is_valid(&audited);
+
+    // No secret scanning configured: the guard is not listed at all.
+    let mut pod = Pod::new();
+    pod.policy().block_secrets = false;
+    let mut running = pod.start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    let unscanned = running.receipt().await;
+    assert!(
+        !checks(&unscanned).iter().any(|c| c.0 == "secret_scan"),
+        "{:?}",
+        unscanned.checks
+    );
+}
+
+#[tokio::test]
+async fn the_end_user_is_hashed_under_the_caller_key_and_the_header_stays_here() {
+    let key = CallerKey::from_bytes([5; 32]);
+    let mut pod = Pod::new();
+    pod.caller_key = Some(key.clone());
+    let mut running = pod.start();
+    let named = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-tollgate-caller", "alice@example.test")
+        .body(Body::from(chat(json!({"user": "bob"})).to_string()))
+        .unwrap();
+    assert_eq!(running.send(named).await.status, StatusCode::OK);
+    let draft = running.receipt().await;
+    assert_eq!(draft.caller_hash, Some(key.hash(b"alice@example.test")));
+    {
+        let seen = running.seen.lock().unwrap();
+        let (_, headers, json) = &seen.requests[0];
+        assert!(
+            !headers.contains_key("x-tollgate-caller"),
+            "the caller header is Tollgate's, not the provider's"
+        );
+        assert_eq!(json["user"], "bob", "the app's own field is passed through");
+    }
+
+    assert_eq!(
+        running.chat(chat(json!({"user": "bob"}))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(running.receipt().await.caller_hash, Some(key.hash(b"bob")));
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    assert_eq!(running.receipt().await.caller_hash, None, "nobody named");
+
+    // A refused request still says who asked.
+    let answer = running
+        .chat(chat(json!({"user": "bob", "model": "o1-preview"})))
+        .await;
+    let refused = assert_refused(&mut running, &answer, 403, "model_not_allowed").await;
+    assert_eq!(refused.caller_hash, Some(key.hash(b"bob")));
+
+    // Without a key nothing is hashed: an unkeyed hash of a user id could be
+    // reversed by guessing.
+    let mut running = Pod::new().start();
+    assert_eq!(
+        running.chat(chat(json!({"user": "bob"}))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(running.receipt().await.caller_hash, None);
+}
+
 /// An authority that always gives the same answer.
 #[derive(Debug)]
 struct Fixed(QuotaDecision);
@@ -548,22 +723,7 @@ impl QuotaAuthority for Fixed {
 #[tokio::test]
 async fn an_exhausted_quota_says_when_to_retry_and_an_unreachable_one_fails_closed() {
     let mut pod = Pod::new();
-    pod.config.quotas = vec![CompiledQuota {
-        id: "team-a/one-a-minute".into(),
-        service_accounts: vec![],
-        pod_selector: None,
-        limits: vec![CompiledLimit {
-            name: "minute".into(),
-            window: LimitWindow::Calendar(tollgate_wire::config::CalendarWindow::Minute),
-            tokens: None,
-            requests: Some(1),
-            cost_micro_usd: None,
-            model_globs: vec![],
-            providers: vec![],
-        }],
-        enforcement: Enforcement::Enforce,
-        fail_mode: FailMode::Closed,
-    }];
+    pod.config.quotas = vec![minute_quota(1, Enforcement::Enforce)];
     let mut running = pod.start();
     assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
     let allowed = running.receipt().await;

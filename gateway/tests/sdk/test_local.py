@@ -8,6 +8,8 @@ Every wait is bounded; everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import anthropic
@@ -96,7 +99,9 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
 
     # The SDKs need some key; the gateway drops it.
     oa = openai.OpenAI(base_url=openai_url, api_key="sk-anything", max_retries=0)
-    chat = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {PROMPT_MARKER}"}])
+    # The app names its end user as each API does; receipts keep only a keyed hash.
+    end_user = f"end-user-{uuid.uuid4().hex}"
+    chat = oa.chat.completions.create(model="gpt-4o-mini", user=end_user, messages=[{"role": "user", "content": f"hi {PROMPT_MARKER}"}])
     assert chat.choices[0].message.content and chat.usage.total_tokens > 0
     chunks = list(oa.chat.completions.create(model="mini", stream=True, messages=[{"role": "user", "content": f"stream {PROMPT_MARKER}"}]))
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
@@ -106,7 +111,8 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
         oa.chat.completions.create(model="gpt-5-not-allowed", messages=[{"role": "user", "content": "x"}])
 
     an = anthropic.Anthropic(base_url=anthropic_url, api_key="sk-ant-anything", max_retries=0)
-    msg = an.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": f"hello {PROMPT_MARKER}"}])
+    msg = an.messages.create(model="claude-haiku-4-5", max_tokens=64, metadata={"user_id": end_user},
+                             messages=[{"role": "user", "content": f"hello {PROMPT_MARKER}"}])
     assert msg.content[0].text and msg.usage.output_tokens > 0
     with an.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": f"s {PROMPT_MARKER}"}]) as s:
         text = "".join(s.text_stream)
@@ -120,6 +126,16 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
         return json.loads(proc.stdout)["total"]["requests"]
 
     wait_until(lambda: allowed_requests() >= 5, 15, what="5 requests in usage")
+
+    # Usage by caller: the end user's two calls under HMAC-SHA256(caller key, id).
+    caller_key = bytes.fromhex((local.data / "caller.key").read_text().strip())
+    expected_hash = hmac.new(caller_key, end_user.encode(), hashlib.sha256).hexdigest()
+    proc = cli("usage", "--local", str(local.data), "--by", "caller", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    by_caller = {row["caller"]: row["requests"] for row in json.loads(proc.stdout)["rows"]}
+    assert by_caller.get(expected_hash) == 2, by_caller
+    proc = cli("usage", "--local", str(local.data), "--by", "caller")
+    assert proc.returncode == 0 and "CALLER" in proc.stdout and expected_hash in proc.stdout, proc.stdout
 
     # doctor: healthy while local mode runs (the open stream is only a warning).
     proc = cli("doctor", "--manifests", str(QUICKSTART), "--data-dir", str(local.data),
@@ -138,6 +154,9 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Verdict: PASS" in proc.stdout
     assert "(0 open)" in proc.stdout, "Ctrl-C must leave a closed stream"
+    # Which guards ran on the receipts, and what they found.
+    guards = re.search(r"model_allowlist: (\d+) passed, (\d+) denied", proc.stdout)
+    assert guards and int(guards[1]) >= 5 and int(guards[2]) == 1, proc.stdout
 
     # With local mode stopped, doctor reports the recorder and exits 1.
     proc = cli("doctor", "--data-dir", str(local.data), "--recorder", f"http://127.0.0.1:{local.recorder_port}")
@@ -153,7 +172,9 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
     # Nothing private was stored or logged.
     for path in [*local.data.rglob("*"), local.log_out, local.log_err, bundle]:
         if path.is_file():
-            assert PROMPT_MARKER.encode() not in path.read_bytes(), f"prompt text found in {path}"
+            data = path.read_bytes()
+            assert PROMPT_MARKER.encode() not in data, f"prompt text found in {path}"
+            assert end_user.encode() not in data, f"the end-user id was written to {path}"
 
 
 def test_live_provider_key_comes_from_the_environment(binaries, tmp_path: Path, pki: Pki, mocks: Mocks) -> None:

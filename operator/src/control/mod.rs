@@ -84,6 +84,8 @@ pub struct ControlState {
     pub client: kube::Client,
     pub cache: ClusterCache,
     pub receipt_ca: ReceiptCa,
+    /// The cluster's caller key, sent to every gateway (never logged).
+    pub caller_key: tollgate_wire::caller::CallerKey,
     pub waiters: Arc<Semaphore>,
     pub metrics: ControlMetrics,
 }
@@ -237,6 +239,7 @@ impl ControlState {
             },
             config: compiled.config,
             credentials,
+            caller_key: Some(self.caller_key.expose_hex()),
         };
         doc.render().map_err(|e| {
             Problem::new(

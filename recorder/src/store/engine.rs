@@ -123,7 +123,12 @@ impl<D: Driver> Store for Engine<D> {
             let rows = self
                 .read_rows(
                     Stmt::UsageCells,
-                    params![q.since_ms, q.until_ms, q.namespace.as_ref()],
+                    params![
+                        q.since_ms,
+                        q.until_ms,
+                        q.namespace.as_ref(),
+                        u64::from(q.by_caller)
+                    ],
                 )
                 .await?;
             all(&rows, rows::usage_cell)

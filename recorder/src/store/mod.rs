@@ -79,6 +79,8 @@ pub struct ReceiptFacts {
     pub decision: &'static str,
     /// The provider's request id, if any.
     pub provider_request_id: Option<String>,
+    /// The keyed hash of the end user (hex), if the receipt has one.
+    pub caller_hash: Option<String>,
 }
 
 /// One stored envelope.
@@ -145,6 +147,7 @@ impl EnvelopeRow {
                         .as_ref()
                         .and_then(|u| u.provider_request_id.as_ref())
                         .map(|id| id.as_str().to_string()),
+                    caller_hash: b.caller_hash.as_ref().map(ToString::to_string),
                 })
             }
         };
@@ -395,9 +398,11 @@ pub struct CellQuery {
     pub until_ms: u64,
     /// Only this namespace.
     pub namespace: Option<String>,
+    /// Also group by `caller_hash` (else every cell's caller is "").
+    pub by_caller: bool,
 }
 
-/// Receipts grouped by workload, provider, model and hour: the finest grain usage
+/// Receipts grouped by workload, provider, model and hour (and caller when asked): the finest grain usage
 /// is aggregated from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UsageCell {
@@ -419,6 +424,9 @@ pub struct UsageCell {
     pub output_tokens: u64,
     /// Cost.
     pub cost_micro_usd: u64,
+    /// `caller_hash` (hex), "" when the receipt has none or the query did not
+    /// group by caller.
+    pub caller: String,
 }
 
 /// A sealed segment's stored metadata.

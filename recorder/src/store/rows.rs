@@ -205,6 +205,7 @@ pub fn usage_cell(r: &Row) -> Result<UsageCell, StoreError> {
         input_tokens: r.opt_u64(6)?.unwrap_or(0),
         output_tokens: r.opt_u64(7)?.unwrap_or(0),
         cost_micro_usd: r.opt_u64(8)?.unwrap_or(0),
+        caller: r.text(9)?,
     })
 }
 
@@ -312,6 +313,7 @@ pub fn log_write(w: &LogWrite) -> Vec<Statement> {
                 r.map(|r| r.decision),
                 r.and_then(|r| r.provider_request_id.as_ref()),
                 &e.json,
+                r.and_then(|r| r.caller_hash.as_ref()),
             ],
         ));
     }

@@ -124,6 +124,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     decision TEXT,
     provider_request_id TEXT,
     body TEXT NOT NULL,
+    caller_hash TEXT,
     UNIQUE (stream_id, seq)
 );
 CREATE INDEX IF NOT EXISTS envelopes_started ON envelopes (started_at_ms);
@@ -196,19 +197,31 @@ CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (quota_id, limit_nam
 ";
 
 /// The SQLite schema version this code writes (`PRAGMA user_version`).
-pub const SQLITE_VERSION: i64 = 2;
+pub const SQLITE_VERSION: i64 = 3;
 
 /// SQLite migrations: `(from version, statements)`, applied in order to a
 /// database at that version. Version 0 is a new file (no migration: the
 /// schema creates everything).
-pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    // Version 1 named the window column `window`, a reserved word in
-    // PostgreSQL; both backends now call it `window_key`.
-    "ALTER TABLE quota_limits RENAME COLUMN window TO window_key;
+pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        // Version 1 named the window column `window`, a reserved word in
+        // PostgreSQL; both backends now call it `window_key`.
+        "ALTER TABLE quota_limits RENAME COLUMN window TO window_key;
      ALTER TABLE quota_usage RENAME COLUMN window TO window_key;
      ALTER TABLE quota_leases RENAME COLUMN window TO window_key;",
-)];
+    ),
+    (
+        2,
+        // Version 3 stores receipts' caller_hash for usage by caller.
+        "ALTER TABLE envelopes ADD COLUMN caller_hash TEXT;",
+    ),
+];
+
+/// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
+/// database up to date (each statement is idempotent).
+pub const POSTGRES_UPGRADES: &str =
+    "ALTER TABLE envelopes ADD COLUMN IF NOT EXISTS caller_hash TEXT;";
 
 const STREAM_COLUMNS: &str = "stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms";
 
@@ -248,8 +261,8 @@ statements! {
     ReceiptIdsKnown = "SELECT receipt_id FROM envelopes WHERE receipt_id = ANY(?1)";
     InsertCertificate = "INSERT INTO certificates (cert_hash, key_id, not_before_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
     InsertSegment = "INSERT INTO segments (segment_index, genesis, created_at_ms) VALUES (?1, ?2, ?3)";
-    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
+    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)";
     SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5 WHERE segment_index = ?1";
     UpsertStream = "INSERT INTO streams (stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -290,10 +303,11 @@ statements! {
 
     // Queries and exports.
     UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
-            CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT)
+            CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
+            CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END
         FROM envelopes
         WHERE receipt_id IS NOT NULL AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
-        GROUP BY 1, 2, 3, 4, 5
+        GROUP BY 1, 2, 3, 4, 5, 10
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
         WHERE at_ms >= ?1 AND at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)

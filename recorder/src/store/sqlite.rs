@@ -321,7 +321,7 @@ impl Driver for SqliteDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{LimitKey, Store};
+    use crate::store::{CellQuery, LimitKey, Store};
 
     fn temp(name: &str) -> PathBuf {
         let dir =
@@ -331,8 +331,8 @@ mod tests {
         dir.join("recorder.db")
     }
 
-    /// The version 1 schema's quota tables, as recorders before version 2
-    /// created them.
+    /// The version 1 schema's quota tables and envelopes, as recorders before
+    /// version 2 created them.
     const V1_QUOTA_TABLES: &str = "
         CREATE TABLE quota_limits (quota_id TEXT NOT NULL, limit_name TEXT NOT NULL, window TEXT NOT NULL,
             PRIMARY KEY (quota_id, limit_name, window));
@@ -346,6 +346,14 @@ mod tests {
             holder TEXT NOT NULL, returned INTEGER NOT NULL, cap_tokens INTEGER, cap_requests INTEGER,
             cap_cost INTEGER, shadow INTEGER NOT NULL);
         CREATE INDEX quota_leases_key ON quota_leases (quota_id, limit_name, window, window_start);
+        CREATE TABLE envelopes (log_index INTEGER PRIMARY KEY, segment_index INTEGER NOT NULL,
+            stream_id TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, key_id TEXT NOT NULL,
+            receipt_id TEXT UNIQUE, namespace TEXT, service_account TEXT, pod TEXT, provider TEXT,
+            model TEXT, started_at_ms INTEGER, completed_at_ms INTEGER, input_tokens INTEGER,
+            output_tokens INTEGER, cached_tokens INTEGER, cost_micro_usd INTEGER, decision TEXT,
+            provider_request_id TEXT, body TEXT NOT NULL, UNIQUE (stream_id, seq));
+        INSERT INTO envelopes VALUES (0, 0, 's', 1, 'h', 'k', 'r-1', 'ns', 'sa', 'p', 'openai',
+            'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'allow', NULL, '{}');
         INSERT INTO quota_leases VALUES ('l-1', 'ns/q', 'daily', 'calendar:day', 0, 5, 1, 0, 0, 0, 0, 99, 'gw', 0, NULL, 10, NULL, 0);
         INSERT INTO quota_usage VALUES ('ns/q', 'daily', 'calendar:day', 3, 7, 1, 0);
         PRAGMA user_version = 1;";
@@ -375,6 +383,18 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SQLITE_VERSION);
+        // Receipts stored before callers were hashed group under no caller.
+        let cells = store
+            .usage_cells(&CellQuery {
+                since_ms: 0,
+                until_ms: 10_000,
+                namespace: None,
+                by_caller: true,
+            })
+            .await
+            .unwrap();
+        assert_eq!(cells.len(), 1);
+        assert_eq!((cells[0].requests, cells[0].caller.as_str()), (1, ""));
         drop(store);
         // Opening again is a no-op.
         SqliteStore::open(&path).unwrap();
