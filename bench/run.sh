@@ -17,4 +17,5 @@ python3 -c 'import litellm' 2>/dev/null || { echo "bench: installing litellm[pro
 cd "$root"
 cargo build --release -q -p tollgate-gateway -p tollgate-cli -p tollgate-bench
 cargo build --release -q -p tollgate-operator --example admission_bench
+cargo build --release -q -p tollgate-gateway --example decision_bench
 exec python3 "$root/bench/run.py" "$@"

@@ -184,12 +184,13 @@ pub fn run(args: &BundleArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             let m = &bundle.manifest;
             writeln!(
                 out,
-                "wrote {}: segments {}..{}, {} envelopes ({} receipts, {} close records) in {} streams, {} certificates",
+                "wrote {}: segments {}..{}, {} envelopes ({} receipts, {} forward decisions, {} close records) in {} streams, {} certificates",
                 path.display(),
                 m.ranges.segment_index.first,
                 m.ranges.segment_index.last,
                 m.counts.envelopes,
                 m.counts.receipts,
+                m.counts.decisions,
                 m.counts.close_records,
                 m.counts.streams,
                 m.counts.certificates,

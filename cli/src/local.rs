@@ -230,6 +230,15 @@ fn load_caller_key(path: &Path) -> anyhow::Result<CallerKey> {
 
 /// Runs local mode until Ctrl-C or SIGTERM.
 pub fn run(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    // Warnings and errors (a stream the recorder refuses, a failing spool)
+    // go to stderr; RUST_LOG can ask for more.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

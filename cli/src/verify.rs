@@ -360,11 +360,12 @@ fn write_text_report(
     if let Some(s) = &report.summary {
         writeln!(
             out,
-            "Contents:     {} segments, {} envelopes ({} receipts, {} close records), \
-             {} streams ({} open), {} certificates, {} checkpoints",
+            "Contents:     {} segments, {} envelopes ({} receipts, {} forward decisions, \
+             {} close records), {} streams ({} open), {} certificates, {} checkpoints",
             s.segments,
             s.envelopes,
             s.receipts,
+            s.decisions,
             s.close_records,
             s.streams,
             s.open_streams,
@@ -372,6 +373,14 @@ fn write_text_report(
             s.checkpoints
         )?;
         write_guard_checks(out, s)?;
+        if s.forwarded_outcome_unknown > 0 {
+            writeln!(
+                out,
+                "Forwarded:    {} request attempt(s) went upstream with no receipt of how they \
+                 ended ({} in open streams, possibly still in flight)",
+                s.forwarded_outcome_unknown, s.forwarded_outcome_unknown_in_open_streams
+            )?;
+        }
     }
     writeln!(out)?;
     for phase in &report.phases {
@@ -485,6 +494,7 @@ mod tests {
         ReceiptBody {
             api: Api::Openai,
             caller_hash: None,
+            decision_id: None,
             completed_at: at("2025-03-01T00:00:01.000Z"),
             cost_micro_usd: SafeU64::new(10 + n).unwrap(),
             id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
@@ -670,7 +680,9 @@ mod tests {
         assert!(text.contains("Verdict: PASS"), "{text}");
         assert!(text.contains("Trust roots:  2 trusted keys"), "{text}");
         assert!(
-            text.contains("1 segments, 3 envelopes (2 receipts, 1 close records)"),
+            text.contains(
+                "1 segments, 3 envelopes (2 receipts, 0 forward decisions, 1 close records)"
+            ),
             "{text}"
         );
 

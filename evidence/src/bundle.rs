@@ -78,6 +78,10 @@ pub struct ManifestCounts {
     pub receipts: SafeU64,
     /// Envelopes carrying close records.
     pub close_records: SafeU64,
+    /// Envelopes carrying forward decisions; absent (zero) in bundles without
+    /// any, so older bundles keep their exact bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decisions: SafeU64,
     /// Distinct stream ids.
     pub streams: SafeU64,
     /// Key certificates.
@@ -88,6 +92,10 @@ pub struct ManifestCounts {
     pub inclusion_proofs: SafeU64,
     /// Consistency proofs.
     pub consistency_proofs: SafeU64,
+}
+
+fn is_zero(count: &SafeU64) -> bool {
+    count.get() == 0
 }
 
 /// Ranges in the manifest.
@@ -212,6 +220,7 @@ impl Manifest {
         proofs: &Proofs,
     ) -> Result<Self, BundleError> {
         let mut receipts = 0usize;
+        let mut decisions = 0usize;
         let mut closes = 0usize;
         let mut streams = BTreeSet::new();
         let mut time: Option<TimeRange> = None;
@@ -232,10 +241,11 @@ impl Manifest {
                         },
                     });
                 }
+                None if envelope.decision().is_some() => decisions += 1,
                 None => closes += 1,
             }
         }
-        let envelopes = receipts + closes;
+        let envelopes = receipts + decisions + closes;
         let first_segment = segments
             .first()
             .map_or(SafeU64::ZERO, |s| s.genesis.segment_index);
@@ -256,6 +266,7 @@ impl Manifest {
                 envelopes: SafeU64::from_usize(envelopes)?,
                 receipts: SafeU64::from_usize(receipts)?,
                 close_records: SafeU64::from_usize(closes)?,
+                decisions: SafeU64::from_usize(decisions)?,
                 streams: SafeU64::from_usize(streams.len())?,
                 certificates: SafeU64::from_usize(certificates.len())?,
                 checkpoints: SafeU64::from_usize(checkpoints.len())?,

@@ -1,5 +1,5 @@
 //! Stream chains: the store layer (the gateway's spool writer) wraps each signed
-//! receipt in an envelope with `stream_id`, `seq`, `prev_hash` and `hash`, and ends
+//! receipt (and each forward decision, [`crate::decision`]) in an envelope with `stream_id`, `seq`, `prev_hash` and `hash`, and ends
 //! the stream with a signed close record.
 //!
 //! One stream per gateway start, one key per stream. `seq` starts at 1; the first
@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{DecisionBody, SignedDecision};
 use crate::fields::{Identifier, SafeU64, SchemaVersion1, constant_string};
 use crate::hash::{PrevHash, Sha256Hex, sha256};
 use crate::jcs::{CanonicalError, to_canonical_bytes, write_canonical, write_string};
@@ -48,7 +49,8 @@ pub struct CloseRecord {
     pub last_seq: SafeU64,
     /// Why the stream ended.
     pub reason: CloseReason,
-    /// How many receipts the stream carried (equal to `last_seq`, since seq starts at 1).
+    /// How many records (receipts and forward decisions) the stream carried
+    /// before this one: equal to `last_seq`, since seq starts at 1.
     pub receipt_count: SafeU64,
     /// Always `tollgate.dev/stream-close`.
     pub schema: CloseRecordSchema,
@@ -97,6 +99,8 @@ impl SignedCloseRecord {
 pub enum EnvelopeRecord {
     /// A signed receipt.
     Receipt(SignedReceipt),
+    /// A signed forward decision, written before the request left.
+    Decision(SignedDecision),
     /// The signed end of the stream.
     Close(SignedCloseRecord),
 }
@@ -106,6 +110,7 @@ impl EnvelopeRecord {
     pub fn key_id(&self) -> &KeyId {
         match self {
             Self::Receipt(r) => &r.key_id,
+            Self::Decision(d) => &d.key_id,
             Self::Close(c) => &c.key_id,
         }
     }
@@ -143,6 +148,7 @@ impl EnvelopeRecord {
     pub fn signed_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
         match self {
             Self::Receipt(r) => to_canonical_bytes(&r.body),
+            Self::Decision(d) => to_canonical_bytes(&d.decision),
             Self::Close(c) => to_canonical_bytes(&c.close),
         }
     }
@@ -189,7 +195,15 @@ impl Envelope {
     pub fn receipt(&self) -> Option<&SignedReceipt> {
         match &self.record {
             EnvelopeRecord::Receipt(r) => Some(r),
-            EnvelopeRecord::Close(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The forward decision, if this envelope carries one.
+    pub fn decision(&self) -> Option<&SignedDecision> {
+        match &self.record {
+            EnvelopeRecord::Decision(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -197,7 +211,7 @@ impl Envelope {
     pub fn close(&self) -> Option<&SignedCloseRecord> {
         match &self.record {
             EnvelopeRecord::Close(c) => Some(c),
-            EnvelopeRecord::Receipt(_) => None,
+            _ => None,
         }
     }
 }
@@ -215,6 +229,7 @@ fn content_hash(
 ) -> Result<Sha256Hex, CanonicalError> {
     let (tag, inner, key_id, signature) = match record {
         EnvelopeRecord::Receipt(r) => ("receipt", "body", &r.key_id, &r.signature),
+        EnvelopeRecord::Decision(d) => ("decision", "decision", &d.key_id, &d.signature),
         EnvelopeRecord::Close(c) => ("close", "close", &c.key_id, &c.signature),
     };
     let mut out = Vec::with_capacity(signed.len() + 512);
@@ -298,6 +313,9 @@ pub enum ChainError {
     /// The receipt body could not be signed.
     #[error(transparent)]
     Receipt(#[from] ReceiptError),
+    /// A forward decision is dated before its request started.
+    #[error("a forward decision is dated before its request started")]
+    InvalidDecision,
 }
 
 /// Where a stream stands after its last envelope.
@@ -445,6 +463,31 @@ impl StreamChainWriter {
             record,
             hash,
         };
+        self.position.advance(&envelope)?;
+        Ok(envelope)
+    }
+
+    /// Signs a forward decision with the gateway key and chains it.
+    pub fn sign_and_append_decision(
+        &mut self,
+        decision: DecisionBody,
+        gateway_key: &SigningKey,
+    ) -> Result<Envelope, ChainError> {
+        if self.position.closed {
+            return Err(ChainError::Closed);
+        }
+        self.position
+            .check_key(&KeyId::of_signing_key(gateway_key))?;
+        decision
+            .validate()
+            .map_err(|_| ChainError::InvalidDecision)?;
+        let signed = SignedDecision::sign(decision, gateway_key)?;
+        let envelope = Envelope::seal(
+            self.position.stream_id.clone(),
+            self.position.next_seq,
+            self.position.prev_hash,
+            EnvelopeRecord::Decision(signed),
+        )?;
         self.position.advance(&envelope)?;
         Ok(envelope)
     }
@@ -625,6 +668,49 @@ mod tests {
             assert_eq!(envelope.hash, generic_hash(envelope));
             assert_eq!(envelope.compute_hash().unwrap(), envelope.hash);
         }
+    }
+
+    #[test]
+    fn decisions_chain_between_receipts_and_count_toward_the_close() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut writer = StreamChainWriter::new(Identifier::new("s").unwrap());
+        let decision = crate::decision::tests::sample_decision();
+        let mut envelopes = vec![
+            writer
+                .sign_and_append_decision(decision.clone(), &key)
+                .unwrap(),
+        ];
+        envelopes.push(writer.append(signed(&key, 1)).unwrap());
+        envelopes.push(
+            writer
+                .close(CloseReason::Shutdown, at("2025-01-01T01:00:00.000Z"), &key)
+                .unwrap(),
+        );
+        assert_eq!(envelopes[0].decision().unwrap().decision, decision);
+        assert!(envelopes[0].receipt().is_none() && envelopes[0].close().is_none());
+        assert_eq!(envelopes[2].close().unwrap().close.receipt_count.get(), 2);
+        let mut checker = StreamChainChecker::new(Identifier::new("s").unwrap());
+        for envelope in &envelopes {
+            assert_eq!(envelope.hash, generic_hash(envelope));
+            checker.check(envelope).unwrap();
+        }
+        let json = serde_json::to_string(&envelopes[0]).unwrap();
+        assert!(
+            json.contains(r#""record":{"decision":{"decision":{"attempt":0"#),
+            "{json}"
+        );
+
+        let mut early = decision;
+        early.decided_at = at("2024-01-01T00:00:00.000Z");
+        assert_eq!(
+            writer.sign_and_append_decision(early.clone(), &key),
+            Err(ChainError::Closed)
+        );
+        let mut open = StreamChainWriter::new(Identifier::new("t").unwrap());
+        assert_eq!(
+            open.sign_and_append_decision(early, &key),
+            Err(ChainError::InvalidDecision)
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod bundle;
 pub mod certificate;
 pub mod chain;
 pub mod checkpoint;
+pub mod decision;
 pub mod fields;
 pub mod hash;
 pub mod jcs;

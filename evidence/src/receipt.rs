@@ -42,6 +42,11 @@ pub struct ReceiptBody {
     pub completed_at: Timestamp,
     /// Cost in micro-USD from the provider's price list.
     pub cost_micro_usd: SafeU64,
+    /// The forward decision this attempt was sent under
+    /// ([`crate::decision`]); absent when nothing was sent upstream, and in
+    /// receipts of older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<ReceiptId>,
     /// A UUIDv7 the producer generates.
     pub id: ReceiptId,
     /// `live` or `dry_run`.
@@ -599,6 +604,7 @@ pub(crate) mod tests {
                 pod: DnsSubdomain::new("app-7f9c").unwrap(),
             },
             caller_hash: None,
+            decision_id: None,
             api: Api::Openai,
             provider: Some(DnsSubdomain::new("openai").unwrap()),
             route: Route::ChatCompletions,

@@ -161,6 +161,8 @@ error_codes! {
     CloseRecordMismatch => "close_record_mismatch", StreamChains, Fail, "A close record's stream, counts or last hash disagree with the chain.";
     ReceiptIdDuplicate => "receipt_id_duplicate", StreamChains, Fail, "Two receipts carry the same id.";
     StreamOpen => "stream_open", StreamChains, Warn, "A stream has no close record: the gateway is still running, crashed, or the tail was cut off.";
+    DecisionMissing => "decision_missing", StreamChains, Fail, "A receipt names a forward decision the bundle does not hold.";
+    ForwardedOutcomeUnknown => "forwarded_outcome_unknown", StreamChains, Warn, "A request was forwarded (its forward decision is signed) but no receipt says how it ended: the gateway is still serving it, was killed, or could not sign the receipt.";
     SealCountMismatch => "seal_count_mismatch", MerkleRoots, Fail, "A seal's envelope count differs from the segment's.";
     SealRootMismatch => "seal_root_mismatch", MerkleRoots, Fail, "A seal's root is not the Merkle root of its segment's envelopes.";
     CheckpointSizeMismatch => "checkpoint_size_mismatch", MerkleRoots, Fail, "A checkpoint's size is not the number of envelopes up to its segment.";
@@ -182,6 +184,7 @@ error_codes! {
     CertificateSignatureInvalid => "certificate_signature_invalid", Signatures, Fail, "A key certificate's CA signature does not verify.";
     SigningKeyUncertified => "signing_key_uncertified", Signatures, Fail, "Records are signed by a key with no valid certificate in the bundle.";
     ReceiptSignatureInvalid => "receipt_signature_invalid", Signatures, Fail, "A receipt's signature does not verify.";
+    DecisionSignatureInvalid => "decision_signature_invalid", Signatures, Fail, "A forward decision's signature does not verify.";
     CloseSignatureInvalid => "close_signature_invalid", Signatures, Fail, "A close record's signature does not verify.";
     OutsideCertificateWindow => "outside_certificate_window", Signatures, Fail, "A record is dated outside every certificate window of its key.";
     WorkloadMismatch => "workload_mismatch", Signatures, Fail, "A receipt names a namespace, serviceAccount or pod its key is not certified for.";
@@ -408,6 +411,13 @@ pub struct BundleSummary {
     pub streams: u64,
     /// Streams without a close record.
     pub open_streams: u64,
+    /// Forward decisions (one per upstream attempt).
+    pub decisions: u64,
+    /// Forward decisions no receipt names: forwarded, outcome unknown.
+    pub forwarded_outcome_unknown: u64,
+    /// ... of them, in streams without a close record (requests the gateway
+    /// may still be serving).
+    pub forwarded_outcome_unknown_in_open_streams: u64,
     /// Certificates.
     pub certificates: u64,
     /// Checkpoints.
@@ -489,8 +499,16 @@ impl VerificationReport {
         self.phases.iter().all(|p| match p.verdict {
             Verdict::Pass => true,
             Verdict::Warn if p.phase == Phase::StreamChains => {
-                p.findings.iter().all(|f| f.code == ErrorCode::StreamOpen)
-                    && p.findings.len() as u64 + p.suppressed == summary.open_streams
+                // Open streams, and requests in flight in them.
+                p.findings.iter().all(|f| {
+                    matches!(
+                        f.code,
+                        ErrorCode::StreamOpen | ErrorCode::ForwardedOutcomeUnknown
+                    )
+                }) && summary.forwarded_outcome_unknown
+                    == summary.forwarded_outcome_unknown_in_open_streams
+                    && p.findings.len() as u64 + p.suppressed
+                        == summary.open_streams + summary.forwarded_outcome_unknown
             }
             _ => false,
         })

@@ -13,7 +13,7 @@ use crate::bundle::{Bundle, Manifest, certificate_order};
 use crate::certificate::KeyCertificate;
 use crate::chain::{Envelope, EnvelopeRecord, close_record_matches};
 use crate::checkpoint::SignedCheckpoint;
-use crate::fields::Identifier;
+use crate::fields::{Identifier, ReceiptId};
 use crate::hash::{PrevHash, Sha256Hex};
 use crate::jcs::CanonicalError;
 use crate::keys::{KeyId, PublicKey};
@@ -88,12 +88,12 @@ pub fn verify_bundle(bytes: &[u8], options: &VerifyOptions) -> VerificationRepor
     let indexed = Indexed::new(&bundle);
     let mut indexed = indexed;
     run.content_hash_phase(&bundle, &mut indexed);
-    let open_streams = run.stream_chain_phase(&indexed);
+    let chains = run.stream_chain_phase(&indexed);
     run.merkle_phase(&bundle, &indexed);
     run.checkpoint_chain_phase(&bundle, &indexed);
     run.signature_phase(&bundle, &indexed);
     run.segment_link_phase(&bundle);
-    let summary = indexed.summary(&bundle, open_streams);
+    let summary = indexed.summary(&bundle, &chains);
     run.finish(Some(summary))
 }
 
@@ -134,6 +134,17 @@ impl Placed<'_> {
     fn seq(&self) -> u64 {
         self.envelope.seq.get()
     }
+}
+
+/// What the stream chain phase found, for the summary.
+#[derive(Debug, Default)]
+struct ChainOutcome {
+    open_streams: u64,
+    decisions: u64,
+    /// Forward decisions no receipt names.
+    outcome_unknown: u64,
+    /// ... of them, in streams without a close record.
+    outcome_unknown_in_open_streams: u64,
 }
 
 /// Derived views of a parsed bundle shared by the phases.
@@ -193,7 +204,7 @@ impl<'a> Indexed<'a> {
             .collect()
     }
 
-    fn summary(&self, bundle: &Bundle, open_streams: u64) -> BundleSummary {
+    fn summary(&self, bundle: &Bundle, chains: &ChainOutcome) -> BundleSummary {
         let receipts = self
             .envelopes
             .iter()
@@ -219,9 +230,12 @@ impl<'a> Indexed<'a> {
             segments: bundle.segments.len() as u64,
             envelopes: self.envelopes.len() as u64,
             receipts,
-            close_records: self.envelopes.len() as u64 - receipts,
+            close_records: self.envelopes.len() as u64 - receipts - chains.decisions,
             streams: self.streams.len() as u64,
-            open_streams,
+            open_streams: chains.open_streams,
+            decisions: chains.decisions,
+            forwarded_outcome_unknown: chains.outcome_unknown,
+            forwarded_outcome_unknown_in_open_streams: chains.outcome_unknown_in_open_streams,
             certificates: bundle.certificates.len() as u64,
             checkpoints: bundle.checkpoints.len() as u64,
             last_checkpoint: bundle.checkpoints.last().map(|c| CheckpointRef {
@@ -613,9 +627,10 @@ impl<'o> Run<'o> {
 
     // ---- phase 3 -------------------------------------------------------------
 
-    fn stream_chain_phase(&mut self, indexed: &Indexed<'_>) -> u64 {
+    fn stream_chain_phase(&mut self, indexed: &Indexed<'_>) -> ChainOutcome {
         self.enter(Phase::StreamChains);
         let mut ids = HashSet::new();
+        let mut decisions: BTreeMap<&ReceiptId, &Placed<'_>> = BTreeMap::new();
         for placed in &indexed.envelopes {
             if let Some(receipt) = placed.envelope.receipt()
                 && !ids.insert(&receipt.body.id)
@@ -626,15 +641,64 @@ impl<'o> Run<'o> {
                     format!("receipt id {}", receipt.body.id),
                 );
             }
+            if let Some(decision) = placed.envelope.decision()
+                && decisions.insert(&decision.decision.id, placed).is_some()
+            {
+                self.report(
+                    ErrorCode::ReceiptIdDuplicate,
+                    placed.location(),
+                    format!("forward decision id {}", decision.decision.id),
+                );
+            }
         }
-        let mut open_streams = 0;
+        let mut outcome = ChainOutcome {
+            decisions: decisions.len() as u64,
+            ..ChainOutcome::default()
+        };
+        let mut open = BTreeSet::new();
         for (stream_id, positions) in &indexed.streams {
             let entries = indexed.stream_entries(positions);
             if !self.check_stream(stream_id, &entries) {
-                open_streams += 1;
+                outcome.open_streams += 1;
+                open.insert(*stream_id);
             }
         }
-        open_streams
+        // Every receipt that names a forward decision must find it; a decision
+        // no receipt names went upstream with an unknown outcome.
+        for placed in &indexed.envelopes {
+            let Some(id) = placed
+                .envelope
+                .receipt()
+                .and_then(|r| r.body.decision_id.as_ref())
+            else {
+                continue;
+            };
+            if decisions.remove(id).is_none() {
+                self.report(
+                    ErrorCode::DecisionMissing,
+                    placed.location(),
+                    format!("names forward decision {id}, which the bundle does not hold"),
+                );
+            }
+        }
+        for (id, placed) in decisions {
+            outcome.outcome_unknown += 1;
+            if open.contains(&placed.envelope.stream_id) {
+                outcome.outcome_unknown_in_open_streams += 1;
+            }
+            let detail = placed.envelope.decision().map_or_else(String::new, |d| {
+                format!(
+                    "forward decision {id} (attempt {} to {}, request {}): forwarded, outcome unknown",
+                    d.decision.attempt, d.decision.provider, d.decision.request_id
+                )
+            });
+            self.report(
+                ErrorCode::ForwardedOutcomeUnknown,
+                placed.location(),
+                detail,
+            );
+        }
+        outcome
     }
 
     /// Checks one stream; returns whether it is closed.
@@ -1079,6 +1143,33 @@ impl<'o> Run<'o> {
                 } else if !covering.iter().any(|c| c.binds(&body.workload)) {
                     let detail = format!(
                         "receipt names {}/{}/{}",
+                        body.workload.namespace, body.workload.service_account, body.workload.pod
+                    );
+                    self.report(ErrorCode::WorkloadMismatch, location, detail);
+                }
+            }
+            EnvelopeRecord::Decision(decision) => {
+                if let Err(e) = verify(&decision.signature) {
+                    self.report(
+                        ErrorCode::DecisionSignatureInvalid,
+                        location.clone(),
+                        e.to_string(),
+                    );
+                }
+                let body = &decision.decision;
+                let covering: Vec<&&KeyCertificate> = certs
+                    .iter()
+                    .filter(|c| c.covers(body.started_at) && c.covers(body.decided_at))
+                    .collect();
+                if covering.is_empty() {
+                    let detail = format!(
+                        "forward decision {} to {} is outside every certificate window",
+                        body.started_at, body.decided_at
+                    );
+                    self.report(ErrorCode::OutsideCertificateWindow, location, detail);
+                } else if !covering.iter().any(|c| c.binds(&body.workload)) {
+                    let detail = format!(
+                        "forward decision names {}/{}/{}",
                         body.workload.namespace, body.workload.service_account, body.workload.pod
                     );
                     self.report(ErrorCode::WorkloadMismatch, location, detail);

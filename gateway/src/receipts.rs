@@ -2,6 +2,12 @@
 //! the spool writer task builds the body, signs it with the gateway key,
 //! chains it, and appends it to the local append-only spool.
 //!
+//! Forward decisions are the one record the hot path waits for: before a
+//! request leaves for a provider, [`ReceiptSink::decide`] has the writer sign
+//! and chain a [`DecisionDraft`] and hand its line to the kernel (a `write`,
+//! no fsync: the page cache survives the gateway being killed), so a prompt
+//! that reached a provider always leaves a signed trace.
+//!
 //! Spool layout, one file per gateway start (`<stream_id>.jsonl`): the first
 //! line holds the signed key certificate, every later line one envelope, and
 //! the last one the signed close record written on shutdown.
@@ -13,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_evidence::chain::CloseReason;
+use tollgate_evidence::decision::DecisionBody;
 use tollgate_evidence::{
     Api, Code, Decision, DnsSubdomain, Envelope, GuardCheck, GuardChecks, GuardCodes, GuardOutcome,
     HostName, HttpMethod, HttpStatus, Identifier, KeyRoute, Lane, Latency, ModelName, QuotaCharge,
@@ -45,6 +52,8 @@ pub struct ReceiptDraft {
     pub checks: Vec<CheckDraft>,
     /// HMAC-SHA256 of the end-user id under the cluster's caller key.
     pub caller_hash: Option<[u8; 32]>,
+    /// The forward decision this attempt went upstream under.
+    pub decision_id: Option<String>,
     pub status: u16,
     pub request_sha256: [u8; 32],
     pub response_sha256: [u8; 32],
@@ -57,6 +66,49 @@ pub struct ReceiptDraft {
     pub policy_hash: [u8; 32],
 }
 
+/// What the gateway is about to send where: the forward decision, before it
+/// is signed.
+#[derive(Debug, Clone)]
+pub struct DecisionDraft {
+    pub id: String,
+    pub request_id: String,
+    pub attempt: u32,
+    pub started_at_ms: u64,
+    pub decided_at_ms: u64,
+    pub provider: String,
+    pub host: String,
+    pub model: String,
+    pub request_sha256: [u8; 32],
+    pub policy_hash: [u8; 32],
+}
+
+impl DecisionDraft {
+    /// The decision body for this draft, made by `workload`.
+    pub fn into_body(self, workload: &Workload) -> Result<DecisionBody, DraftError> {
+        Ok(DecisionBody {
+            attempt: self.attempt,
+            decided_at: field(
+                "decided_at",
+                Timestamp::from_unix_millis(self.decided_at_ms.max(self.started_at_ms)),
+            )?,
+            host: field("host", HostName::new(self.host))?,
+            id: field("id", ReceiptId::new(self.id))?,
+            model: field("model", ModelName::new(self.model))?,
+            policy_hash: Sha256Hex::from_bytes(self.policy_hash),
+            provider: field("provider", DnsSubdomain::new(self.provider))?,
+            request_id: field("request_id", Identifier::new(self.request_id))?,
+            request_sha256: Sha256Hex::from_bytes(self.request_sha256),
+            schema: Default::default(),
+            schema_version: Default::default(),
+            started_at: field(
+                "started_at",
+                Timestamp::from_unix_millis(self.started_at_ms),
+            )?,
+            workload: workload.clone(),
+        })
+    }
+}
+
 /// One guard that ran on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckDraft {
@@ -67,7 +119,7 @@ pub struct CheckDraft {
 }
 
 /// The upstream side of a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamFacts {
     pub host: String,
     pub tls_cert_sha256: Option<[u8; 32]>,
@@ -182,6 +234,10 @@ impl ReceiptDraft {
             },
             workload: workload.clone(),
             caller_hash: self.caller_hash.map(Sha256Hex::from_bytes),
+            decision_id: self
+                .decision_id
+                .map(|id| field("decision_id", ReceiptId::new(id)))
+                .transpose()?,
             api: match self.endpoint.style() {
                 ApiStyle::OpenAi => Api::Openai,
                 ApiStyle::Anthropic => Api::Anthropic,
@@ -351,6 +407,8 @@ pub const UNPLACED_DIR: &str = "unplaced";
 struct StreamFile {
     path: PathBuf,
     file: BufWriter<File>,
+    /// The same file, for the syncer thread to fsync without holding the writer.
+    sync_handle: Arc<File>,
     chain: StreamChainWriter,
     key: SigningKey,
     not_before_ms: u64,
@@ -438,6 +496,27 @@ impl SpoolWriter {
         Ok(Some(envelope))
     }
 
+    /// Signs, chains and writes one forward decision to the open stream whose
+    /// certificate covers the request so far (as [`Self::append`] picks), and
+    /// hands the line to the kernel: no fsync, so it costs a `write` and
+    /// survives the gateway being killed. `false` when no open stream covers
+    /// it: the request must not go upstream then.
+    pub fn append_decision(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
+        let window = (draft.started_at_ms, draft.decided_at_ms);
+        let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
+        let in_current = self.current.covers(window);
+        let body = draft.into_body(&self.workload)?;
+        let stream = match (&mut self.previous, in_current, in_previous) {
+            (_, true, _) => &mut self.current,
+            (Some(previous), false, true) => previous,
+            _ => return Ok(false),
+        };
+        let envelope = stream.chain.sign_and_append_decision(body, &stream.key)?;
+        write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
+        stream.file.flush().map_err(io_error(&stream.path))?;
+        Ok(true)
+    }
+
     fn set_aside(&mut self, body: &ReceiptBody) -> Result<(), SpoolError> {
         let dir = self.dir.join(UNPLACED_DIR);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -450,6 +529,17 @@ impl SpoolWriter {
             "a receipt falls outside every open key certificate's window; set aside unsigned"
         );
         Ok(())
+    }
+
+    /// Hands what was appended to the kernel (no fsync), and returns the
+    /// files to fsync for it.
+    pub fn flush(&mut self) -> Result<Vec<(PathBuf, Arc<File>)>, SpoolError> {
+        let mut handles = Vec::with_capacity(2);
+        for stream in self.previous.iter_mut().chain([&mut self.current]) {
+            stream.file.flush().map_err(io_error(&stream.path))?;
+            handles.push((stream.path.clone(), stream.sync_handle.clone()));
+        }
+        Ok(handles)
     }
 
     /// Flushes and fsyncs what was appended.
@@ -507,8 +597,10 @@ fn open_stream(
         .open(&path)
         .map_err(io_error(&path))?;
     let certificate = &next.certificate.certificate;
+    let sync_handle = Arc::new(file.try_clone().map_err(io_error(&path))?);
     let mut stream = StreamFile {
         file: BufWriter::new(file),
+        sync_handle,
         chain: StreamChainWriter::new(next.stream_id),
         key: next.key,
         not_before_ms: certificate.not_before.unix_millis(),
@@ -592,6 +684,8 @@ fn close(
 )]
 enum SpoolCommand {
     Write(ReceiptDraft),
+    /// A forward decision; the answer says whether it is in the kernel's hands.
+    Decide(DecisionDraft, oneshot::Sender<bool>),
     Renew(Box<StreamKey>),
     ClosePrevious,
 }
@@ -609,6 +703,16 @@ impl ReceiptSink {
     /// status already reports as failed so no new request is admitted.
     pub fn submit(&self, draft: ReceiptDraft) {
         self.send(SpoolCommand::Write(draft));
+    }
+
+    /// Has the writer sign, chain and write a forward decision, and waits
+    /// until its line is written. `false` when it could not be (the spool
+    /// failed or is full, or no key certificate covers it): the request must
+    /// not go upstream.
+    pub async fn decide(&self, draft: DecisionDraft) -> bool {
+        let (done, written) = oneshot::channel();
+        self.send(SpoolCommand::Decide(draft, done));
+        written.await.unwrap_or(false)
     }
 
     /// Switches to a new stream under `next`'s key (see [`SpoolWriter::renew`]).
@@ -635,14 +739,30 @@ impl ReceiptSink {
 }
 
 /// A sink whose drafts the test reads from the receiver, with no spool.
+/// Forward decisions are accepted (unless `refuse_decisions`) and kept in
+/// `decisions`, in order.
 #[cfg(test)]
-pub(crate) fn test_sink(max_bytes: u64) -> (ReceiptSink, mpsc::UnboundedReceiver<ReceiptDraft>) {
+pub(crate) fn test_sink(
+    max_bytes: u64,
+    decisions: Arc<std::sync::Mutex<Vec<DecisionDraft>>>,
+    refuse_decisions: bool,
+) -> (ReceiptSink, mpsc::UnboundedReceiver<ReceiptDraft>) {
     let (tx, mut commands) = mpsc::unbounded_channel();
     let (drafts_tx, drafts) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(command) = commands.recv().await {
-            if let SpoolCommand::Write(draft) = command {
-                let _ = drafts_tx.send(draft);
+            match command {
+                SpoolCommand::Write(draft) => {
+                    let _ = drafts_tx.send(draft);
+                }
+                SpoolCommand::Decide(draft, done) => {
+                    decisions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(draft);
+                    let _ = done.send(!refuse_decisions);
+                }
+                _ => {}
             }
         }
     });
@@ -666,8 +786,10 @@ impl SpoolStatus {
     }
 }
 
-/// Starts the writer task. It drains the channel in batches, syncing once per
-/// batch; when every sink is dropped it writes the close records and returns.
+/// Starts the writer task. It drains the channel in batches and hands each
+/// batch to the kernel; a syncer thread fsyncs behind it, so a forward
+/// decision never waits for an earlier batch's fsync. When every sink is
+/// dropped it writes the close records, fsyncs and returns.
 pub fn spawn_spool_writer(
     mut writer: SpoolWriter,
 ) -> (ReceiptSink, tokio::task::JoinHandle<Result<(), SpoolError>>) {
@@ -679,6 +801,7 @@ pub fn spawn_spool_writer(
         status: status.clone(),
         written: written.clone(),
     };
+    let syncer = Syncer::start(status.clone());
     let handle = tokio::task::spawn_blocking(move || {
         let fail = |e: SpoolError| {
             status.failed.store(true, Ordering::Relaxed);
@@ -688,6 +811,13 @@ pub fn spawn_spool_writer(
         let run = |writer: &mut SpoolWriter, command: SpoolCommand| -> Result<u64, SpoolError> {
             match command {
                 SpoolCommand::Write(draft) => writer.append(draft).map(|e| u64::from(e.is_some())),
+                SpoolCommand::Decide(draft, done) => {
+                    // Answered as soon as the line is written: the request
+                    // waits for this, not for the batch's fsync.
+                    let written = writer.append_decision(draft);
+                    let _ = done.send(matches!(written, Ok(true)));
+                    written.map(|_| 0)
+                }
                 SpoolCommand::Renew(next) => {
                     let stream = next.stream_id.clone();
                     writer.renew(*next, now_timestamp())?;
@@ -702,14 +832,64 @@ pub fn spawn_spool_writer(
             while let Ok(next) = rx.try_recv() {
                 batch += run(&mut writer, next).map_err(fail)?;
             }
-            writer.sync().map_err(fail)?;
+            let files = writer.flush().map_err(fail)?;
+            syncer.sync(files);
             written.fetch_add(batch, Ordering::Relaxed);
         }
+        drop(syncer);
         writer
             .close(CloseReason::Shutdown, now_timestamp())
             .map_err(fail)
     });
     (sink, handle)
+}
+
+/// Fsyncs spool files on its own thread, coalescing requests that arrive
+/// while it is busy: the writer thread only hands it file handles.
+struct Syncer {
+    tx: std::sync::mpsc::Sender<Vec<(PathBuf, Arc<File>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(status: Arc<SpoolStatus>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(PathBuf, Arc<File>)>>();
+        let thread = std::thread::Builder::new()
+            .name("spool-fsync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut files = first;
+                    while let Ok(more) = rx.try_recv() {
+                        files.extend(more);
+                    }
+                    files.sort_by(|a, b| a.0.cmp(&b.0));
+                    files.dedup_by(|a, b| a.0 == b.0);
+                    for (path, file) in files {
+                        if let Err(e) = file.sync_data() {
+                            status.failed.store(true, Ordering::Relaxed);
+                            tracing::error!(path = %path.display(), error = %e, "receipt spool fsync failed; refusing new requests");
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self { tx, thread }
+    }
+
+    fn sync(&self, files: Vec<(PathBuf, Arc<File>)>) {
+        let _ = self.tx.send(files);
+    }
+}
+
+impl Drop for Syncer {
+    /// Waits for the fsyncs already asked for.
+    fn drop(&mut self) {
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Wall-clock now as a receipt timestamp.
@@ -784,6 +964,7 @@ mod tests {
             guards: vec![],
             checks: vec![],
             caller_hash: None,
+            decision_id: None,
             status: 200,
             request_sha256: [1; 32],
             response_sha256: [2; 32],
@@ -883,6 +1064,64 @@ mod tests {
                 .to_string(),
             "never after the certificate"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn decision(started: u64, decided: u64) -> DecisionDraft {
+        DecisionDraft {
+            id: format!(
+                "0190c5a0-0000-7000-8000-{:012}",
+                decided % 1_000_000_000_000
+            ),
+            request_id: format!("req_{started}"),
+            attempt: 0,
+            started_at_ms: started,
+            decided_at_ms: decided,
+            provider: "openai".into(),
+            host: "api.openai.test".into(),
+            model: "gpt-4o".into(),
+            request_sha256: [1; 32],
+            policy_hash: [2; 32],
+        }
+    }
+
+    #[test]
+    fn a_forward_decision_is_in_the_file_before_any_sync_and_chains_with_receipts() {
+        let dir = temp_dir("decide");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let mut writer =
+            SpoolWriter::create(&dir, stream_key(12, T0, T0 + 60_000), workload(), status).unwrap();
+        let path = writer.path().to_path_buf();
+        assert!(
+            writer
+                .append_decision(decision(T0 + 1_000, T0 + 1_002))
+                .unwrap()
+        );
+        // No sync: what a killed process leaves is what the kernel was given.
+        let written = lines(&path);
+        assert_eq!(written.len(), 2, "certificate, decision: {written:?}");
+        let record = &written[1]["envelope"]["record"]["decision"];
+        assert_eq!(record["decision"]["attempt"], 0);
+        assert_eq!(record["decision"]["host"], "api.openai.test");
+        assert_eq!(written[1]["envelope"]["seq"], 1);
+
+        let mut receipt = draft(T0 + 1_000, T0 + 2_000);
+        receipt.decision_id = Some(decision(T0 + 1_000, T0 + 1_002).id);
+        writer.append(receipt).unwrap();
+        writer.sync().unwrap();
+        let written = lines(&path);
+        let body = &written[2]["envelope"]["record"]["receipt"]["body"];
+        assert_eq!(body["decision_id"], record["decision"]["id"]);
+        assert_eq!(written[2]["envelope"]["seq"], 2);
+
+        // No open stream's certificate covers it: not written, and the caller
+        // must not forward.
+        assert!(
+            !writer
+                .append_decision(decision(T0 + 61_000, T0 + 61_001))
+                .unwrap()
+        );
+        assert_eq!(lines(&path).len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -125,6 +125,7 @@ struct Peek {
 #[serde(rename_all = "snake_case")]
 enum PeekRecord {
     Receipt(IgnoredAny),
+    Decision(IgnoredAny),
     Close(IgnoredAny),
 }
 

@@ -219,10 +219,12 @@ pub fn check_certificate<'t>(
     Ok(issuer)
 }
 
-/// The times a record is dated at: a receipt's start and end, a close record's close.
+/// The times a record is dated at: a receipt's start and end, a forward
+/// decision's request start and decision, a close record's close.
 fn record_times(envelope: &Envelope) -> [Timestamp; 2] {
     match &envelope.record {
         EnvelopeRecord::Receipt(r) => [r.body.started_at, r.body.completed_at],
+        EnvelopeRecord::Decision(d) => [d.decision.started_at, d.decision.decided_at],
         EnvelopeRecord::Close(c) => [c.close.closed_at, c.close.closed_at],
     }
 }
@@ -265,6 +267,12 @@ pub fn check_envelope(
     }
     let signature = match &envelope.record {
         EnvelopeRecord::Receipt(r) => &r.signature,
+        EnvelopeRecord::Decision(d) => {
+            d.decision
+                .validate()
+                .map_err(|e| Refusal::new(RejectReason::Malformed, e.to_string()))?;
+            &d.signature
+        }
         EnvelopeRecord::Close(c) => &c.signature,
     };
     cert.public_key
@@ -287,12 +295,15 @@ pub fn check_envelope(
             )
         })?;
     }
-    if let Some(receipt) = envelope.receipt()
-        && !cert.binds(&receipt.body.workload)
-    {
+    let workload = match &envelope.record {
+        EnvelopeRecord::Receipt(r) => Some(&r.body.workload),
+        EnvelopeRecord::Decision(d) => Some(&d.decision.workload),
+        EnvelopeRecord::Close(_) => None,
+    };
+    if workload.is_some_and(|w| !cert.binds(w)) {
         return Err(Refusal::new(
             RejectReason::WorkloadMismatch,
-            "receipt workload is not the certified pod",
+            "the record's workload is not the certified pod",
         ));
     }
     Ok(())
@@ -428,9 +439,10 @@ fn chain_refusal(e: &ChainError) -> Refusal {
         ChainError::CloseMismatch { .. } => RejectReason::CloseMismatch,
         ChainError::Closed => RejectReason::StreamClosed,
         ChainError::WrongStream => RejectReason::WrongStream,
-        ChainError::SeqOverflow | ChainError::Canonical(_) | ChainError::Receipt(_) => {
-            RejectReason::Malformed
-        }
+        ChainError::SeqOverflow
+        | ChainError::Canonical(_)
+        | ChainError::Receipt(_)
+        | ChainError::InvalidDecision => RejectReason::Malformed,
     };
     Refusal::new(reason, e.to_string())
 }

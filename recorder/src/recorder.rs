@@ -765,6 +765,7 @@ impl Recorder {
 fn record_time(e: &Envelope) -> u64 {
     match &e.record {
         tollgate_evidence::EnvelopeRecord::Receipt(r) => r.body.started_at.unix_millis(),
+        tollgate_evidence::EnvelopeRecord::Decision(d) => d.decision.started_at.unix_millis(),
         tollgate_evidence::EnvelopeRecord::Close(c) => c.close.closed_at.unix_millis(),
     }
 }

@@ -148,6 +148,7 @@ pub fn receipt_body(spec: &Spec, g: usize, round: usize) -> ReceiptBody {
         caller_hash: round
             .is_multiple_of(2)
             .then(|| sha256(format!("caller-{g}").as_bytes())),
+        decision_id: None,
         api: if g.is_multiple_of(2) {
             Api::Openai
         } else {
@@ -363,7 +364,7 @@ impl Fixture {
     pub fn receipt_mut(&mut self, stream: usize, seq: u64) -> &mut SignedReceipt {
         match &mut self.envelope_mut(stream, seq).record {
             EnvelopeRecord::Receipt(r) => r,
-            EnvelopeRecord::Close(_) => panic!("not a receipt"),
+            _ => panic!("not a receipt"),
         }
     }
 

@@ -11,13 +11,15 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::Full;
+use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tollgate_evidence::{Decision, Lane};
 use tollgate_wire::config::CompiledPolicy;
 
 use super::Ticket;
 use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
-use super::refusal::{Refusal, Refused};
+use super::refusal::{Contact, Refusal, Refused};
 use super::route::Candidate;
 use crate::api::ApiStyle;
 use crate::credentials::choose_key_index;
@@ -40,6 +42,8 @@ struct Failure {
     refusal: Refusal,
     /// Whether the next candidate may be tried (the provider did not take it).
     may_fail_over: bool,
+    /// Set when the request had been sent upstream.
+    contact: Option<Box<Contact>>,
 }
 
 impl Failure {
@@ -47,6 +51,7 @@ impl Failure {
         Self {
             refusal,
             may_fail_over: false,
+            contact: None,
         }
     }
 
@@ -54,21 +59,50 @@ impl Failure {
         Self {
             refusal,
             may_fail_over: true,
+            contact: None,
         }
+    }
+
+    fn after(mut self, contact: Contact) -> Self {
+        self.contact = Some(Box::new(contact));
+        self
     }
 }
 
 /// What one attempt's provider answered, with what the receipt needs of it.
 struct Answered {
     response: http::Response<hyper::body::Incoming>,
-    host: String,
-    key_index: u32,
-    key_count: u32,
-    /// The node the routing formula hashed.
-    node: String,
+    /// The decision it went upstream under, and the upstream facts without
+    /// the TLS fingerprint (read from the response).
+    decision_id: String,
+    upstream: UpstreamFacts,
+}
+
+impl Answered {
+    /// The upstream facts with the fingerprint of the connection that answered.
+    fn upstream(&self) -> UpstreamFacts {
+        UpstreamFacts {
+            tls_cert_sha256: fingerprint_of(self.response.extensions()),
+            ..self.upstream.clone()
+        }
+    }
+
+    fn contact(&self) -> Contact {
+        Contact {
+            decision_id: self.decision_id.clone(),
+            upstream: Some(self.upstream()).filter(|u| u.tls_cert_sha256.is_some()),
+        }
+    }
+}
+
+fn fingerprint_of(extensions: &http::Extensions) -> Option<[u8; 32]> {
+    extensions.get::<TlsFingerprint>().map(|f| f.0)
 }
 
 /// Tries `candidates` in order and streams back the first answer it keeps.
+/// Every attempt that went upstream is receipted: the ones given up for the
+/// next candidate as they end, the last one by the response's meter (or its
+/// refusal).
 pub(super) async fn forward(
     ticket: &Ticket,
     client_headers: &HeaderMap,
@@ -90,13 +124,34 @@ pub(super) async fn forward(
         } else {
             outgoing.original.clone()
         };
-        let answered = match attempt_once(ticket, client_headers, policy, candidate, body).await {
-            Ok(answered) => answered,
-            Err(failure) if failure.may_fail_over && failover => continue,
-            Err(failure) => return Err(failure.refusal.at(provider, Lane::Live)),
-        };
+        let answered =
+            match attempt_once(ticket, client_headers, policy, attempt, candidate, body).await {
+                Ok(answered) => answered,
+                Err(failure) if failure.may_fail_over && failover => {
+                    if let Some(contact) = failure.contact {
+                        let status = failure.refusal.status();
+                        let reason = failure.refusal.row().reason;
+                        record_given_up(ticket, candidate, status, reason, *contact);
+                    }
+                    continue;
+                }
+                Err(failure) => {
+                    return Err(failure
+                        .refusal
+                        .at(provider, Lane::Live)
+                        .after(failure.contact));
+                }
+            };
         let status = answered.response.status();
         if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) && failover {
+            let contact = answered.contact();
+            record_given_up(
+                ticket,
+                candidate,
+                status.as_u16(),
+                upstream_reason(status),
+                contact,
+            );
             continue;
         }
         return stream_back(
@@ -106,16 +161,37 @@ pub(super) async fn forward(
             outgoing.strip_injected_usage,
             settle,
         )
-        .map_err(|refusal| refusal.at(provider, Lane::Live));
+        .map_err(|(refusal, contact)| refusal.at(provider, Lane::Live).after(Some(contact)));
     }
     Err(Refusal::NoProviderAvailable.into())
 }
 
-/// Sends the request to one candidate and waits for the answer's headers.
+/// The receipt of an attempt given up for the next candidate: an error with
+/// the provider's side as far as it is known, under its own id, linked to its
+/// forward decision. The client saw nothing of it.
+fn record_given_up(
+    ticket: &Ticket,
+    candidate: &Candidate<'_>,
+    status: u16,
+    reason: &'static str,
+    contact: Contact,
+) {
+    let mut draft = ticket.draft(Decision::Error, reason, status);
+    draft.id = uuid::Uuid::now_v7().hyphenated().to_string();
+    draft.provider = Some(candidate.provider.name.clone());
+    draft.response_sha256 = Sha256::digest(b"").into();
+    draft.decision_id = Some(contact.decision_id);
+    draft.upstream = contact.upstream;
+    ticket.submit(draft);
+}
+
+/// Sends the request to one candidate and waits for the answer's headers. The
+/// forward decision is written first; nothing leaves without it.
 async fn attempt_once(
     ticket: &Ticket,
     client_headers: &HeaderMap,
     policy: &CompiledPolicy,
+    attempt: usize,
     candidate: &Candidate<'_>,
     body: Bytes,
 ) -> Result<Answered, Failure> {
@@ -162,7 +238,7 @@ async fn attempt_once(
             }
         }
     }
-    let request = request
+    let mut request = request
         .body(Full::new(body))
         .map_err(|_| Failure::final_(Refusal::RequestBuildFailed))?;
     let client = ticket
@@ -170,13 +246,43 @@ async fn attempt_once(
         .clients
         .get(&provider.name)
         .ok_or(Failure::final_(Refusal::ProviderClientMissing))?;
+    let upstream = UpstreamFacts {
+        host: host.clone(),
+        tls_cert_sha256: None,
+        provider_request_id: None,
+        key_index,
+        key_count,
+        key_route: Some((
+            candidate.model.name.clone(),
+            ticket.gateway.identity.node_id.clone(),
+        )),
+    };
+    let decision_id = ticket
+        .decide(attempt, &provider.name, &host, &candidate.model.name)
+        .await
+        .ok_or(Failure::final_(Refusal::SpoolUnavailable))?;
+    // The connection's TLS fingerprint, for receipts of attempts that fail
+    // after the request was sent (a timeout, a reset).
+    let connection = capture_connection(&mut request);
+    let contact = |connection: &CaptureConnection| Contact {
+        decision_id: decision_id.clone(),
+        upstream: connection.connection_metadata().as_ref().and_then(|c| {
+            let mut extensions = http::Extensions::new();
+            c.get_extras(&mut extensions);
+            fingerprint_of(&extensions).map(|fingerprint| UpstreamFacts {
+                tls_cert_sha256: Some(fingerprint),
+                ..upstream.clone()
+            })
+        }),
+    };
     let first_byte = Duration::from_millis(u64::from(provider.first_byte_timeout_ms));
     let response = match tokio::time::timeout(first_byte, client.request(request)).await {
         Err(_) => {
             return Err(Failure::retryable(Refusal::UpstreamTimeout {
                 provider: provider.name.clone(),
                 first_byte_timeout_ms: provider.first_byte_timeout_ms,
-            }));
+            })
+            .after(contact(&connection)));
         }
         Ok(Err(err)) => {
             let refusal = match connect_error(&err) {
@@ -185,41 +291,40 @@ async fn attempt_once(
                     provider: provider.name.clone(),
                 },
             };
-            return Err(Failure::retryable(refusal));
+            return Err(Failure::retryable(refusal).after(contact(&connection)));
         }
         Ok(Ok(response)) => response,
     };
     Ok(Answered {
         response,
-        host,
-        key_index,
-        key_count,
-        node: ticket.gateway.identity.node_id.clone(),
+        decision_id,
+        upstream,
     })
 }
 
 /// Turns the provider's answer into the client's response, metered. A
-/// redirect or a connection without a TLS fingerprint is refused instead.
+/// redirect or a connection without a TLS fingerprint is refused instead,
+/// with what the receipt keeps of the contact.
 fn stream_back(
     ticket: &Ticket,
     answered: Answered,
     candidate: &Candidate<'_>,
     strip_injected_usage: bool,
     settle: Settle,
-) -> Result<Response, Refusal> {
+) -> Result<Response, (Refusal, Box<Contact>)> {
     let provider = candidate.provider;
-    let upstream = answered.response;
-    let status = upstream.status();
+    let status = answered.response.status();
     if status.is_redirection() {
-        return Err(Refusal::UpstreamRedirect {
+        let refusal = Refusal::UpstreamRedirect {
             provider: provider.name.clone(),
-        });
+        };
+        return Err((refusal, Box::new(answered.contact())));
     }
-    let fingerprint = upstream
-        .extensions()
-        .get::<TlsFingerprint>()
-        .map(|f| f.0)
-        .ok_or(Refusal::TlsFingerprintMissing)?;
+    let upstream_facts = answered.upstream();
+    if upstream_facts.tls_cert_sha256.is_none() {
+        return Err((Refusal::TlsFingerprintMissing, Box::new(answered.contact())));
+    }
+    let upstream = answered.response;
     let sse = upstream
         .headers()
         .get(header::CONTENT_TYPE)
@@ -234,14 +339,8 @@ fn stream_back(
     draft.provider = Some(provider.name.clone());
     draft.model_served = Some(candidate.model.name.clone());
     draft.first_byte_ms = Some(ticket.started.elapsed().as_millis() as u64);
-    draft.upstream = Some(UpstreamFacts {
-        host: answered.host,
-        tls_cert_sha256: Some(fingerprint),
-        provider_request_id: None,
-        key_index: answered.key_index,
-        key_count: answered.key_count,
-        key_route: Some((candidate.model.name.clone(), answered.node)),
-    });
+    draft.decision_id = Some(answered.decision_id);
+    draft.upstream = Some(upstream_facts);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     for name in [

@@ -43,12 +43,12 @@ use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
 use crate::credentials::Credentials;
 use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits, price};
-use crate::receipts::{CheckDraft, ReceiptDraft, ReceiptSink, unix_millis};
+use crate::receipts::{CheckDraft, DecisionDraft, ReceiptDraft, ReceiptSink, unix_millis};
 use crate::upstream::{ProviderClient, TrustError, provider_client};
 use crate::{caller, dry_run, guards};
 use forward::Outgoing;
 use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
-use refusal::{Refusal, Refused};
+use refusal::{Contact, Refusal, Refused};
 use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, max_tokens_field, requested_max_tokens};
 
 #[derive(Debug, Clone, Default)]
@@ -246,6 +246,7 @@ impl Ticket {
             guards: self.guards.clone(),
             checks: self.checks.clone(),
             caller_hash: self.caller_hash,
+            decision_id: None,
             status,
             request_sha256: self.request_sha256,
             response_sha256: [0; 32],
@@ -265,6 +266,7 @@ impl Ticket {
             refusal,
             provider,
             lane,
+            contact,
         } = refused;
         let body = refusal.body(self.endpoint.style());
         let status = refusal.status();
@@ -276,12 +278,46 @@ impl Ticket {
         let mut draft = self.draft(decision, refusal.row().reason, status);
         draft.provider = provider;
         draft.lane = lane;
+        if let Some(contact) = contact {
+            let Contact {
+                decision_id,
+                upstream,
+            } = *contact;
+            draft.decision_id = Some(decision_id);
+            draft.upstream = upstream;
+        }
         draft.response_sha256 = Sha256::digest(&body).into();
         draft.response_length = body.len() as u64;
         self.submit(draft);
         let mut response = refusal.response_with_body(body);
         self.tag(&mut response);
         response
+    }
+
+    /// Writes the forward decision for attempt `attempt` (to `provider` at
+    /// `host`, asking for `model`) and waits until it is in the spool; its id,
+    /// or `None` when it could not be written and nothing may go upstream.
+    async fn decide(
+        &self,
+        attempt: usize,
+        provider: &str,
+        host: &str,
+        model: &str,
+    ) -> Option<String> {
+        let id = uuid::Uuid::now_v7().hyphenated().to_string();
+        let draft = DecisionDraft {
+            id: id.clone(),
+            request_id: self.request_id.clone(),
+            attempt: attempt as u32,
+            started_at_ms: self.started_at_ms,
+            decided_at_ms: unix_millis(),
+            provider: provider.to_owned(),
+            host: host.to_owned(),
+            model: model.to_owned(),
+            request_sha256: self.request_sha256,
+            policy_hash: self.runtime.policy_hash,
+        };
+        self.gateway.receipts.decide(draft).await.then_some(id)
     }
 
     fn submit(&self, draft: ReceiptDraft) {

@@ -13,6 +13,7 @@ use tollgate_evidence::Lane;
 
 use crate::api::ApiStyle;
 use crate::api_error::{ErrorKind, error_body, status as error_status};
+use crate::receipts::UpstreamFacts;
 use crate::upstream::ConnectError;
 
 /// Why a request was refused or failed.
@@ -218,6 +219,17 @@ pub struct Refused {
     /// The provider the request was headed for, once routing chose one.
     pub provider: Option<String>,
     pub lane: Lane,
+    /// Set when the refusal came after the request was sent upstream.
+    pub contact: Option<Box<Contact>>,
+}
+
+/// A request that was sent upstream: its forward decision, and the
+/// provider's side as far as it is known (absent when no TLS connection was
+/// made, so nothing left the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub decision_id: String,
+    pub upstream: Option<UpstreamFacts>,
 }
 
 impl From<Refusal> for Refused {
@@ -226,7 +238,16 @@ impl From<Refusal> for Refused {
             refusal,
             provider: None,
             lane: Lane::Live,
+            contact: None,
         }
+    }
+}
+
+impl Refused {
+    /// This refusal, after the request was sent upstream.
+    pub fn after(mut self, contact: Option<Box<Contact>>) -> Self {
+        self.contact = contact;
+        self
     }
 }
 
@@ -237,6 +258,7 @@ impl Refusal {
             refusal: self,
             provider: Some(provider.to_owned()),
             lane,
+            contact: None,
         }
     }
 }

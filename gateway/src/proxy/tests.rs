@@ -28,7 +28,7 @@ use crate::credentials::{ApiKey, Credentials};
 use crate::quota::{
     Amounts, BoxFuture, LocalQuotaAuthority, QuotaAuthority, QuotaDecision, Reservation,
 };
-use crate::receipts::{CheckDraft, ReceiptDraft, test_sink};
+use crate::receipts::{CheckDraft, DecisionDraft, ReceiptDraft, test_sink};
 use crate::upstream::fake::{self, FakeDial};
 use crate::upstream::{ConnectError, TlsFingerprint};
 
@@ -177,6 +177,7 @@ struct Pod {
     pod_labels: BTreeMap<String, String>,
     keys: bool,
     caller_key: Option<CallerKey>,
+    refuse_decisions: bool,
 }
 
 impl Pod {
@@ -215,6 +216,7 @@ impl Pod {
             pod_labels: BTreeMap::new(),
             keys: true,
             caller_key: None,
+            refuse_decisions: false,
         }
     }
 
@@ -247,7 +249,8 @@ impl Pod {
                 );
             }
         }
-        let (sink, drafts) = test_sink(64 * 1024 * 1024);
+        let decisions = Arc::new(Mutex::new(Vec::new()));
+        let (sink, drafts) = test_sink(64 * 1024 * 1024, decisions.clone(), self.refuse_decisions);
         if self.spool_failed {
             sink.status.fail_for_test();
         }
@@ -263,6 +266,7 @@ impl Pod {
             gateway,
             drafts,
             seen,
+            decisions,
         }
     }
 }
@@ -271,6 +275,8 @@ struct Running {
     gateway: Arc<Gateway>,
     drafts: UnboundedReceiver<ReceiptDraft>,
     seen: Arc<Mutex<Seen>>,
+    /// Forward decisions, in the order the writer took them.
+    decisions: Arc<Mutex<Vec<DecisionDraft>>>,
 }
 
 /// What the client got.
@@ -397,8 +403,42 @@ async fn a_failing_provider_fails_over_to_the_next_one() {
         .start();
     let answer = running.chat(chat(json!({}))).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    // The attempt given up has its own receipt, linked to its own decision.
+    let given_up = running.receipt().await;
+    assert_eq!(
+        (
+            given_up.provider.as_deref(),
+            given_up.reason,
+            given_up.status
+        ),
+        (Some("openai"), "upstream_5xx", 503)
+    );
+    assert_eq!(given_up.decision, Decision::Error);
+    assert!(
+        given_up
+            .upstream
+            .as_ref()
+            .unwrap()
+            .tls_cert_sha256
+            .is_some()
+    );
     let draft = running.receipt().await;
     assert_eq!(draft.provider.as_deref(), Some("backup"));
+    assert_ne!(given_up.id, draft.id);
+    assert_eq!(given_up.request_id, draft.request_id);
+    let decisions = running.decisions.lock().unwrap().clone();
+    assert_eq!(
+        decisions
+            .iter()
+            .map(|d| (d.attempt, d.provider.as_str(), d.host.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (0, "openai", "api.openai.test"),
+            (1, "backup", "backup.test")
+        ]
+    );
+    assert_eq!(given_up.decision_id.as_ref(), Some(&decisions[0].id));
+    assert_eq!(draft.decision_id.as_ref(), Some(&decisions[1].id));
     let hosts: Vec<String> = running
         .seen
         .lock()
@@ -799,6 +839,21 @@ async fn connection_failures_are_named_and_fail_over_when_allowed() {
         let answer = running.chat(chat(json!({}))).await;
         let draft = assert_refused(&mut running, &answer, status, reason).await;
         assert_eq!(draft.provider.as_deref(), Some("openai"));
+        assert_eq!(
+            draft.decision_id.as_ref(),
+            Some(&running.decisions.lock().unwrap()[0].id),
+            "{reason}: the attempt was decided before it was sent"
+        );
+        // A request sent over a completed TLS handshake names the
+        // certificate even without an answer; a refused handshake sent
+        // nothing. (A hang-up right after the handshake may or may not have
+        // taken the request; either record is honest.)
+        let fingerprint = draft.upstream.as_ref().and_then(|u| u.tls_cert_sha256);
+        match behaviour {
+            Upstream::Silent => assert_eq!(fingerprint, Some(FINGERPRINT), "{reason}"),
+            Upstream::TlsRefused => assert_eq!(fingerprint, None, "{reason}"),
+            _ => {}
+        }
 
         let mut pod = Pod::new().upstream("api.openai.test", behaviour);
         pod.config.providers[0].first_byte_timeout_ms = 200;
@@ -808,6 +863,12 @@ async fn connection_failures_are_named_and_fail_over_when_allowed() {
             StatusCode::OK,
             "{reason} fails over"
         );
+        let given_up = running.receipt().await;
+        assert_eq!(
+            (given_up.provider.as_deref(), given_up.reason),
+            (Some("openai"), reason)
+        );
+        assert!(given_up.decision_id.is_some());
         assert_eq!(running.receipt().await.provider.as_deref(), Some("backup"));
     }
 }
@@ -849,12 +910,56 @@ async fn redirects_and_connections_without_a_fingerprint_are_refused() {
         Some("openai"),
         "no failover after an answer"
     );
+    let upstream = draft.upstream.expect("the provider was reached");
+    assert_eq!(
+        upstream.tls_cert_sha256,
+        Some(FINGERPRINT),
+        "a request refused after it reached the provider names its certificate"
+    );
+    assert!(draft.decision_id.is_some());
 
     let mut running = Pod::new()
         .upstream("api.openai.test", Upstream::NoFingerprint)
         .start();
     let answer = running.chat(chat(json!({}))).await;
     assert_refused(&mut running, &answer, 502, "tls_fingerprint_missing").await;
+}
+
+#[tokio::test]
+async fn nothing_goes_upstream_without_a_written_forward_decision() {
+    let mut running = Pod::new().start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    let draft = running.receipt().await;
+    let decisions = running.decisions.lock().unwrap().clone();
+    assert_eq!(decisions.len(), 1);
+    let decision = &decisions[0];
+    assert_eq!(draft.decision_id.as_ref(), Some(&decision.id));
+    assert_eq!(
+        (decision.request_id.as_str(), decision.request_sha256),
+        (draft.request_id.as_str(), draft.request_sha256)
+    );
+    assert_eq!(
+        (decision.model.as_str(), decision.started_at_ms),
+        ("gpt-4o-mini", draft.started_at_ms)
+    );
+    assert!(decision.decided_at_ms >= decision.started_at_ms);
+
+    // The writer could not take the decision: refused, and nothing was sent.
+    let mut pod = Pod::new();
+    pod.refuse_decisions = true;
+    let mut running = pod.start();
+    let answer = running.chat(chat(json!({}))).await;
+    let draft = assert_refused(&mut running, &answer, 503, "receipt_spool_unavailable").await;
+    assert!(draft.decision_id.is_none() && draft.upstream.is_none());
+    assert!(running.seen.lock().unwrap().requests.is_empty());
+
+    // The dry-run lane never goes upstream and decides nothing.
+    let mut pod = Pod::new();
+    pod.config.providers[0] = provider("openai", ProviderApi::DryRun, "");
+    let mut running = pod.start();
+    assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+    assert!(running.receipt().await.decision_id.is_none());
+    assert!(running.decisions.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

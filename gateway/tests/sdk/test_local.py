@@ -214,3 +214,68 @@ def test_live_provider_key_comes_from_the_environment(binaries, tmp_path: Path, 
             data = path.read_bytes()
             assert key.encode() not in data, f"the provider key was written to {path}"
             assert PROMPT_MARKER.encode() not in data, f"prompt text found in {path}"
+
+
+def test_sigkill_mid_request_leaves_a_forward_decision_the_verifier_reports(
+    binaries, tmp_path: Path, pki: Pki, mocks: Mocks
+) -> None:
+    """A prompt that reached the provider leaves a signed trace even when the
+    whole process is killed before the answer: the forward decision is in the
+    spool (written before forwarding, no fsync needed), a restart ships it, and
+    the verifier reports the request as forwarded with an unknown outcome."""
+    key = OPENAI_KEYS["key-a"]
+    docs = [d for d in base_providers(pki, mocks) if d["kind"] != "Secret"]
+    docs += [
+        doc("Secret", "openai-keys", api_version="v1", stringData={"key-a": key, "key-b": key}),
+        doc("Secret", "anthropic-keys", api_version="v1", stringData={"key-a": "sk-ant-x"}),
+        doc("EgressPolicy", "default", {"mode": "enforce", "allow": [{"providerRef": "openai-mock", "models": ["gpt-4o-mini", "slow-stream"]}]}),
+    ]
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "all.yaml").write_text(to_yaml(docs))
+    data = tmp_path / "data"
+
+    local = Local(manifests, data)
+    oa = openai.OpenAI(base_url=local.exported("OPENAI_BASE_URL"), api_key="sk-client-dropped", max_retries=0)
+    done = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one that ends"}])
+    assert done.choices[0].message.content
+    corr = new_corr()
+    stream = oa.chat.completions.create(model="slow-stream", stream=True, user=corr,
+                                        messages=[{"role": "user", "content": f"cut {PROMPT_MARKER}"}])
+    next(iter(stream))
+    mocks.primary.wait_for(corr, "request")  # the prompt reached the provider
+    local.proc.kill()  # SIGKILL: no drain, no receipt, no close record
+    local.proc.wait(10)
+
+    spool = [json.loads(line) for f in (data / "spool").glob("*.jsonl") for line in f.read_text().splitlines() if line.strip()]
+    records = [(line.get("envelope") or {}).get("record") or {} for line in spool]
+    decisions = [r["decision"]["decision"] for r in records if "decision" in r]
+    linked = {r["receipt"]["body"].get("decision_id") for r in records if "receipt" in r}
+    pending = [d for d in decisions if d["id"] not in linked]
+    assert len(decisions) == 2 and len(pending) == 1, decisions
+    assert (pending[0]["model"], pending[0]["provider"], pending[0]["attempt"]) == ("slow-stream", "openai-mock", 0)
+
+    # A restart ships what the killed process left; the export verifies with
+    # the killed stream open and its request reported, not hidden.
+    again = Local(manifests, data)
+
+    def shipped() -> bool:
+        proc = cli("usage", "--local", str(data), "-o", "json")
+        return proc.returncode == 0 and json.loads(proc.stdout)["total"]["requests"] >= 1
+
+    try:
+        wait_until(shipped, 20, what="the killed process's receipts shipped")
+    finally:
+        assert again.stop() == 0, again.stderr()
+    bundle = tmp_path / "bundle.json"
+    proc = cli("bundle", "export", "--local", str(data), "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("verify", str(bundle), "--trust-anchor", str(data / "trust-anchor.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "forwarded, outcome unknown" in proc.stdout and pending[0]["id"] in proc.stdout, proc.stdout
+    assert "Forwarded:    1 request attempt(s)" in proc.stdout, proc.stdout
+    proc = cli("verify", str(bundle), "--trust-anchor", str(data / "trust-anchor.yaml"), "--require-closed")
+    assert proc.returncode == 1, proc.stdout
+    for path in [*data.rglob("*"), bundle]:
+        if path.is_file():
+            assert PROMPT_MARKER.encode() not in path.read_bytes(), f"prompt text found in {path}"

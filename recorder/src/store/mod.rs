@@ -116,7 +116,7 @@ impl EnvelopeRow {
     /// JSON as received, already parsed into `envelope`).
     pub fn with_json(envelope: &Envelope, position: Position, json: String) -> Self {
         let receipt = match &envelope.record {
-            EnvelopeRecord::Close(_) => None,
+            EnvelopeRecord::Close(_) | EnvelopeRecord::Decision(_) => None,
             EnvelopeRecord::Receipt(r) => {
                 let b = &r.body;
                 let usage = b.usage;

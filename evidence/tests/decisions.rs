@@ -1,0 +1,128 @@
+//! Forward decisions in bundles: a receipt names the decision it went
+//! upstream under; a decision no receipt names is reported as "forwarded,
+//! outcome unknown" (tolerated in open streams, where the request may still be
+//! in flight); a receipt naming a decision the bundle lacks fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{HOUR, ORIGIN, T0, at, certificate, receipt_body, record, trust_roots, workload};
+use tollgate_evidence::chain::{CloseReason, StreamChainWriter};
+use tollgate_evidence::decision::{DecisionBody, DecisionSchema};
+use tollgate_evidence::fields::SchemaVersion1;
+use tollgate_evidence::{
+    BundleBuilder, DnsSubdomain, ErrorCode, HostName, Identifier, ModelName, ReceiptId, Verdict,
+    VerificationReport, VerifyOptions, sha256, verify_bundle,
+};
+
+fn decision(n: u64, started: u64) -> DecisionBody {
+    DecisionBody {
+        attempt: 0,
+        decided_at: at(started + 5),
+        host: HostName::new("api.openai.com").unwrap(),
+        id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
+        model: ModelName::new("gpt-4o").unwrap(),
+        policy_hash: sha256(b"policy"),
+        provider: DnsSubdomain::new("openai").unwrap(),
+        request_id: Identifier::new(format!("req-{n}")).unwrap(),
+        request_sha256: sha256(format!("request-{n}").as_bytes()),
+        schema: DecisionSchema,
+        schema_version: SchemaVersion1,
+        started_at: at(started),
+        workload: workload(0),
+    }
+}
+
+/// One stream: decision 1 then its receipt, then decision 2 (whose receipt
+/// never came), then a close record if `closed`. `link` is what the receipt
+/// names.
+fn verify(closed: bool, link: u64) -> VerificationReport {
+    let spec = common::Spec {
+        streams: 1,
+        ..common::Spec::default()
+    };
+    let keys = common::Keys::new(spec.seed, 1);
+    let key = &keys.gateways[0];
+    let mut writer = StreamChainWriter::new(Identifier::new("stream-decisions").unwrap());
+    let mut log = Vec::new();
+    let first = decision(1, common::receipt_time(&spec, 0, 0));
+    log.push(writer.sign_and_append_decision(first.clone(), key).unwrap());
+    let mut receipt = receipt_body(&spec, 0, 0);
+    receipt.decision_id = Some(decision(link, 0).id);
+    log.push(writer.sign_and_append(receipt, key).unwrap());
+    log.push(
+        writer
+            .sign_and_append_decision(decision(2, common::receipt_time(&spec, 0, 1)), key)
+            .unwrap(),
+    );
+    if closed {
+        log.push(
+            writer
+                .close(CloseReason::Shutdown, at(T0 + HOUR), key)
+                .unwrap(),
+        );
+    }
+    let (segments, checkpoints) = record(&log, 10, &keys.recorder);
+    let mut builder = BundleBuilder::new(Identifier::new(ORIGIN).unwrap(), at(T0 + 2 * HOUR));
+    builder.add_certificate(certificate(&keys, 0, T0 - HOUR, T0 + common::DAY));
+    for (segment, checkpoint) in segments.into_iter().zip(checkpoints) {
+        builder.add_segment(segment, checkpoint).unwrap();
+    }
+    let bundle = builder.build(&keys.recorder).unwrap();
+    let options = VerifyOptions {
+        trust: Some(trust_roots(&keys)),
+        ..VerifyOptions::default()
+    };
+    verify_bundle(&bundle.to_json().unwrap(), &options)
+}
+
+fn codes(report: &VerificationReport) -> Vec<ErrorCode> {
+    report.findings().map(|f| f.code).collect()
+}
+
+#[test]
+fn a_decision_without_its_receipt_is_forwarded_outcome_unknown() {
+    let report = verify(true, 1);
+    assert_eq!(codes(&report), [ErrorCode::ForwardedOutcomeUnknown]);
+    assert_eq!(report.verdict, Verdict::Warn);
+    assert!(
+        !report.passed_but_open_streams(),
+        "in a closed stream an unknown outcome is not in flight"
+    );
+    let summary = report.summary.as_ref().unwrap();
+    assert_eq!(
+        (
+            summary.decisions,
+            summary.receipts,
+            summary.close_records,
+            summary.forwarded_outcome_unknown
+        ),
+        (2, 1, 1, 1)
+    );
+    let finding = report.findings().next().unwrap();
+    assert!(
+        finding.detail.contains("forwarded, outcome unknown") && finding.detail.contains("req-2"),
+        "{}",
+        finding.detail
+    );
+}
+
+#[test]
+fn in_an_open_stream_the_unknown_outcome_is_a_request_in_flight() {
+    let report = verify(false, 1);
+    let mut found = codes(&report);
+    found.sort();
+    assert_eq!(
+        found,
+        [ErrorCode::StreamOpen, ErrorCode::ForwardedOutcomeUnknown]
+    );
+    assert!(report.passed_but_open_streams(), "{report:#?}");
+}
+
+#[test]
+fn a_receipt_naming_an_absent_decision_fails() {
+    let report = verify(true, 9);
+    let found = codes(&report);
+    assert!(found.contains(&ErrorCode::DecisionMissing), "{found:?}");
+    assert_eq!(report.verdict, Verdict::Fail);
+}
