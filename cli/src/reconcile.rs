@@ -277,6 +277,15 @@ pub fn receipts_of(bundle: &Bundle, include_dry_run: bool) -> Vec<ReceiptUse> {
         .flat_map(|s| &s.envelopes)
         .filter_map(|e| e.receipt())
         .map(|r| &r.body)
+        // Requests the provider answered: not attempts given up for another
+        // provider, nor requests the gateway refused after sending them (a
+        // redirect, a timeout), which carry the provider's side too.
+        .filter(|b| {
+            matches!(
+                b.verdict.reason.as_str(),
+                "allowed" | "upstream_4xx" | "upstream_429" | "upstream_5xx"
+            )
+        })
         .filter(|b| b.upstream.is_some() && (include_dry_run || b.lane == Lane::Live))
         .map(|b| ReceiptUse {
             receipt_id: b.id.as_str().to_string(),

@@ -38,8 +38,9 @@ pub struct DecisionBody {
     pub host: HostName,
     /// A UUIDv7; the attempt's receipt carries it as `decision_id`.
     pub id: ReceiptId,
-    /// The model name sent to the provider.
-    pub model: ModelName,
+    /// The model name sent to the provider; absent when the receipt format
+    /// cannot hold it (over 128 bytes or outside the identifier alphabet).
+    pub model: Option<ModelName>,
     /// Hash of the compiled policy in force.
     pub policy_hash: Sha256Hex,
     /// The `LLMProvider` chosen.
@@ -118,7 +119,7 @@ pub(crate) mod tests {
             decided_at: Timestamp::parse_canonical("2025-01-01T00:00:00.010Z").unwrap(),
             host: HostName::new("api.openai.com").unwrap(),
             id: ReceiptId::new("0192f0c4-7a1b-7c3d-8e4f-0123456789ac").unwrap(),
-            model: ModelName::new("gpt-4o").unwrap(),
+            model: Some(ModelName::new("gpt-4o").unwrap()),
             policy_hash: crate::hash::sha256(b"policy"),
             provider: DnsSubdomain::new("openai").unwrap(),
             request_id: Identifier::new("req-1").unwrap(),

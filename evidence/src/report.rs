@@ -161,7 +161,7 @@ error_codes! {
     CloseRecordMismatch => "close_record_mismatch", StreamChains, Fail, "A close record's stream, counts or last hash disagree with the chain.";
     ReceiptIdDuplicate => "receipt_id_duplicate", StreamChains, Fail, "Two receipts carry the same id.";
     StreamOpen => "stream_open", StreamChains, Warn, "A stream has no close record: the gateway is still running, crashed, or the tail was cut off.";
-    DecisionMissing => "decision_missing", StreamChains, Fail, "A receipt names a forward decision the bundle does not hold.";
+    DecisionMissing => "decision_missing", StreamChains, Fail, "A receipt names a forward decision the bundle does not hold, one for another request, one logged after it, or one another receipt already names.";
     ForwardedOutcomeUnknown => "forwarded_outcome_unknown", StreamChains, Warn, "A request was forwarded (its forward decision is signed) but no receipt says how it ended: the gateway is still serving it, was killed, or could not sign the receipt.";
     SealCountMismatch => "seal_count_mismatch", MerkleRoots, Fail, "A seal's envelope count differs from the segment's.";
     SealRootMismatch => "seal_root_mismatch", MerkleRoots, Fail, "A seal's root is not the Merkle root of its segment's envelopes.";

@@ -652,7 +652,11 @@ impl<'o> Run<'o> {
             }
         }
         let mut outcome = ChainOutcome {
-            decisions: decisions.len() as u64,
+            decisions: indexed
+                .envelopes
+                .iter()
+                .filter(|p| p.envelope.decision().is_some())
+                .count() as u64,
             ..ChainOutcome::default()
         };
         let mut open = BTreeSet::new();
@@ -663,24 +667,47 @@ impl<'o> Run<'o> {
                 open.insert(*stream_id);
             }
         }
-        // Every receipt that names a forward decision must find it; a decision
-        // no receipt names went upstream with an unknown outcome.
+        // Every receipt that names a forward decision must find it, for the
+        // same request, earlier in the log, and be the only one naming it; a
+        // decision no receipt names went upstream with an unknown outcome.
+        let mut answered = BTreeSet::new();
         for placed in &indexed.envelopes {
-            let Some(id) = placed
-                .envelope
-                .receipt()
-                .and_then(|r| r.body.decision_id.as_ref())
-            else {
+            let Some(receipt) = placed.envelope.receipt() else {
                 continue;
             };
-            if decisions.remove(id).is_none() {
-                self.report(
-                    ErrorCode::DecisionMissing,
-                    placed.location(),
-                    format!("names forward decision {id}, which the bundle does not hold"),
-                );
+            let Some(id) = receipt.body.decision_id.as_ref() else {
+                continue;
+            };
+            let problem = match decisions.get(id) {
+                None => Some(format!(
+                    "names forward decision {id}, which the bundle does not hold"
+                )),
+                Some(decided) => {
+                    let decision = decided.envelope.decision().map(|d| &d.decision);
+                    if !answered.insert(id) {
+                        Some(format!(
+                            "forward decision {id} is named by a second receipt"
+                        ))
+                    } else if decision.is_some_and(|d| {
+                        d.request_id != receipt.body.request_id
+                            || d.request_sha256 != receipt.body.request_sha256
+                            || d.workload != receipt.body.workload
+                    }) {
+                        Some(format!("forward decision {id} is for another request"))
+                    } else if decided.pos > placed.pos {
+                        Some(format!(
+                            "forward decision {id} comes after the receipt naming it"
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(detail) = problem {
+                self.report(ErrorCode::DecisionMissing, placed.location(), detail);
             }
         }
+        decisions.retain(|id, _| !answered.contains(id));
         for (id, placed) in decisions {
             outcome.outcome_unknown += 1;
             if open.contains(&placed.envelope.stream_id) {

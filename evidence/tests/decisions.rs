@@ -21,7 +21,7 @@ fn decision(n: u64, started: u64) -> DecisionBody {
         decided_at: at(started + 5),
         host: HostName::new("api.openai.com").unwrap(),
         id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
-        model: ModelName::new("gpt-4o").unwrap(),
+        model: Some(ModelName::new("gpt-4o").unwrap()),
         policy_hash: sha256(b"policy"),
         provider: DnsSubdomain::new("openai").unwrap(),
         request_id: Identifier::new(format!("req-{n}")).unwrap(),
@@ -35,8 +35,12 @@ fn decision(n: u64, started: u64) -> DecisionBody {
 
 /// One stream: decision 1 then its receipt, then decision 2 (whose receipt
 /// never came), then a close record if `closed`. `link` is what the receipt
-/// names.
+/// names; with `same_request` false, decision 1 is for another request.
 fn verify(closed: bool, link: u64) -> VerificationReport {
+    verify_with(closed, link, true)
+}
+
+fn verify_with(closed: bool, link: u64, same_request: bool) -> VerificationReport {
     let spec = common::Spec {
         streams: 1,
         ..common::Spec::default()
@@ -45,9 +49,13 @@ fn verify(closed: bool, link: u64) -> VerificationReport {
     let key = &keys.gateways[0];
     let mut writer = StreamChainWriter::new(Identifier::new("stream-decisions").unwrap());
     let mut log = Vec::new();
-    let first = decision(1, common::receipt_time(&spec, 0, 0));
-    log.push(writer.sign_and_append_decision(first.clone(), key).unwrap());
     let mut receipt = receipt_body(&spec, 0, 0);
+    let mut first = decision(1, common::receipt_time(&spec, 0, 0));
+    if same_request {
+        first.request_id = receipt.request_id.clone();
+        first.request_sha256 = receipt.request_sha256;
+    }
+    log.push(writer.sign_and_append_decision(first, key).unwrap());
     receipt.decision_id = Some(decision(link, 0).id);
     log.push(writer.sign_and_append(receipt, key).unwrap());
     log.push(
@@ -120,9 +128,20 @@ fn in_an_open_stream_the_unknown_outcome_is_a_request_in_flight() {
 }
 
 #[test]
-fn a_receipt_naming_an_absent_decision_fails() {
-    let report = verify(true, 9);
-    let found = codes(&report);
-    assert!(found.contains(&ErrorCode::DecisionMissing), "{found:?}");
-    assert_eq!(report.verdict, Verdict::Fail);
+fn a_receipt_naming_an_absent_decision_or_another_requests_fails() {
+    for report in [verify(true, 9), verify_with(true, 1, false)] {
+        let found = codes(&report);
+        assert!(found.contains(&ErrorCode::DecisionMissing), "{found:?}");
+        assert_eq!(report.verdict, Verdict::Fail);
+    }
+    let report = verify_with(true, 1, false);
+    let finding = report
+        .findings()
+        .find(|f| f.code == ErrorCode::DecisionMissing)
+        .unwrap();
+    assert!(
+        finding.detail.contains("another request"),
+        "{}",
+        finding.detail
+    );
 }

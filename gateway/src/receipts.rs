@@ -12,6 +12,7 @@
 //! line holds the signed key certificate, every later line one envelope, and
 //! the last one the signed close record written on shutdown.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ impl DecisionDraft {
             )?,
             host: field("host", HostName::new(self.host))?,
             id: field("id", ReceiptId::new(self.id))?,
-            model: field("model", ModelName::new(self.model))?,
+            model: ModelName::new(self.model).ok(),
             policy_hash: Sha256Hex::from_bytes(self.policy_hash),
             provider: field("provider", DnsSubdomain::new(self.provider))?,
             request_id: field("request_id", Identifier::new(self.request_id))?,
@@ -399,6 +400,10 @@ impl std::fmt::Debug for StreamKey {
     }
 }
 
+/// Spool room a forward decision needs before it is written: its own line
+/// and its receipt's, generously.
+const DECISION_ROOM_BYTES: u64 = 8 * 1024;
+
 /// Where receipts no open stream can hold are set aside, in the spool.
 pub const UNPLACED_DIR: &str = "unplaced";
 
@@ -427,6 +432,10 @@ pub struct SpoolWriter {
     previous: Option<StreamFile>,
     workload: Workload,
     status: Arc<SpoolStatus>,
+    /// Forward decisions awaiting their receipt, and the stream each went
+    /// to: the receipt goes to the same stream (or is set aside), so a
+    /// decision and its receipt never straddle two streams.
+    decided: HashMap<String, Identifier>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -462,6 +471,7 @@ impl SpoolWriter {
             previous: None,
             workload,
             status,
+            decided: HashMap::new(),
         })
     }
 
@@ -480,8 +490,27 @@ impl SpoolWriter {
     /// [`Self::sync`].
     pub fn append(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
         let window = (draft.started_at_ms, draft.completed_at_ms);
-        let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
-        let in_current = self.current.covers(window);
+        let mut draft = draft;
+        // The stream its forward decision went to; a decision that was never
+        // written (refused while its client went away) is not named.
+        let pinned = match draft.decision_id.as_ref() {
+            Some(id) => {
+                let stream = self.decided.remove(id);
+                if stream.is_none() {
+                    draft.decision_id = None;
+                }
+                stream
+            }
+            None => None,
+        };
+        let allowed = |stream: &StreamFile| {
+            pinned
+                .as_ref()
+                .is_none_or(|id| stream.chain.stream_id() == id)
+                && stream.covers(window)
+        };
+        let in_previous = self.previous.as_ref().is_some_and(allowed);
+        let in_current = allowed(&self.current);
         let body = draft.into_body(&self.workload)?;
         let stream = match (&mut self.previous, in_current, in_previous) {
             (_, true, _) => &mut self.current,
@@ -499,21 +528,38 @@ impl SpoolWriter {
     /// Signs, chains and writes one forward decision to the open stream whose
     /// certificate covers the request so far (as [`Self::append`] picks), and
     /// hands the line to the kernel: no fsync, so it costs a `write` and
-    /// survives the gateway being killed. `false` when no open stream covers
-    /// it: the request must not go upstream then.
+    /// survives the gateway being killed. `false` when this decision cannot
+    /// be written (no open stream covers it, the spool is full, a field the
+    /// format cannot hold): that request must not go upstream, and the writer
+    /// carries on. An I/O error is the writer's failure.
     pub fn append_decision(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
         let window = (draft.started_at_ms, draft.decided_at_ms);
         let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
         let in_current = self.current.covers(window);
-        let body = draft.into_body(&self.workload)?;
+        let id = draft.id.clone();
+        let body = match draft.into_body(&self.workload) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "a forward decision cannot be written; refusing its request");
+                return Ok(false);
+            }
+        };
         let stream = match (&mut self.previous, in_current, in_previous) {
             (_, true, _) => &mut self.current,
             (Some(previous), false, true) => previous,
             _ => return Ok(false),
         };
+        // Room for the decision and its receipt, checked before the chain
+        // moves on: a decision the spool cannot take refuses its request
+        // instead of breaking the stream.
+        let used = self.status.used_bytes.load(Ordering::Relaxed);
+        if used + DECISION_ROOM_BYTES > self.status.max_bytes {
+            return Ok(false);
+        }
         let envelope = stream.chain.sign_and_append_decision(body, &stream.key)?;
         write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
         stream.file.flush().map_err(io_error(&stream.path))?;
+        self.decided.insert(id, stream.chain.stream_id().clone());
         Ok(true)
     }
 
@@ -833,7 +879,7 @@ pub fn spawn_spool_writer(
                 batch += run(&mut writer, next).map_err(fail)?;
             }
             let files = writer.flush().map_err(fail)?;
-            syncer.sync(files);
+            syncer.sync(files).map_err(fail)?;
             written.fetch_add(batch, Ordering::Relaxed);
         }
         drop(syncer);
@@ -876,8 +922,16 @@ impl Syncer {
         Self { tx, thread }
     }
 
-    fn sync(&self, files: Vec<(PathBuf, Arc<File>)>) {
-        let _ = self.tx.send(files);
+    /// Queues an fsync of `files`; without the thread, fsyncs them here.
+    fn sync(&self, files: Vec<(PathBuf, Arc<File>)>) -> Result<(), SpoolError> {
+        if self.thread.is_some() {
+            let _ = self.tx.send(files);
+            return Ok(());
+        }
+        for (path, file) in files {
+            file.sync_data().map_err(io_error(&path))?;
+        }
+        Ok(())
     }
 }
 

@@ -101,6 +101,14 @@ pub fn hex_value<'a>(
     }
 }
 
+/// Wall-clock now in unix milliseconds.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
 /// The cluster's caller key, created on first start.
 pub async fn load_or_create_caller_key(
     secrets: &Api<Secret>,

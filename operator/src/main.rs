@@ -90,6 +90,17 @@ struct Args {
     /// Cap on concurrent long-polls of the control endpoint.
     #[arg(long, default_value_t = tollgate_operator::control::DEFAULT_MAX_WAITERS)]
     max_long_polls: usize,
+    /// Rotate the receipt CA once its key has signed this long (`0s`: never).
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    receipt_ca_rotation_period: Duration,
+    /// How long a new receipt CA key is published in its TrustAnchor before
+    /// it signs anything, so recorders and auditors trust it first.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    receipt_ca_publish_lead: Duration,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn hostname() -> Option<String> {
@@ -185,6 +196,11 @@ fn settings(args: Args) -> Result<OperatorSettings> {
         certificates,
         extra_names,
         max_waiters: args.max_long_polls,
+        receipt_ca_rotation: tollgate_operator::receipt_ca::RotationPolicy {
+            rotate_after_ms: Some(millis(args.receipt_ca_rotation_period)).filter(|ms| *ms > 0),
+            publish_lead_ms: millis(args.receipt_ca_publish_lead),
+            max_certificate_ms: tollgate_operator::control::document::CERTIFICATE_VALIDITY_MILLIS,
+        },
     })
 }
 

@@ -59,6 +59,8 @@ pub struct OperatorSettings {
     /// Extra names for the serving certificate (hosts of URLs and listeners).
     pub extra_names: Vec<String>,
     pub max_waiters: usize,
+    /// When the receipt CA rotates.
+    pub receipt_ca_rotation: receipt_ca::RotationPolicy,
 }
 
 /// Parses `500ms`, `30s`, `10m`, `24h` or `365d`.
@@ -214,7 +216,7 @@ pub async fn run(
     else {
         return Ok(());
     };
-    tracing::info!(key_id = %receipt_ca.key_id(), "receipt CA loaded");
+    tracing::info!(state = ?receipt_ca, "receipt CA loaded");
     // The caller key: every config document carries it.
     let Some(caller_key) = retry_until_loaded("the caller key", &mut shutdown, || {
         crate::cluster_secrets::load_or_create_caller_key(&secrets)
@@ -223,28 +225,9 @@ pub async fn run(
     else {
         return Ok(());
     };
-    {
-        let client = client.clone();
-        let ca = receipt_ca.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                match receipt_ca::publish_trust_anchor(&client, &ca).await {
-                    Ok(()) => {
-                        tracing::info!("TrustAnchor {} is current", receipt_ca::RECEIPT_CA_NAME);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "publishing the receipt CA TrustAnchor; retrying")
-                    }
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        });
-    }
+    // The Lease holder publishes its TrustAnchor and rotates it
+    // (`receipt_ca::keep_rotated`): a replica that only serves must not
+    // write an anchor from a state it read before a rotation step.
 
     // Leader election: the controllers and the webhooks' audit sweep run on
     // the Lease holder only.
@@ -261,7 +244,6 @@ pub async fn run(
     let control = Arc::new(ControlState {
         client: client.clone(),
         cache: cache.clone(),
-        receipt_ca,
         caller_key,
         waiters: Arc::new(Semaphore::new(settings.max_waiters.max(1))),
         metrics: control_metrics,
@@ -328,6 +310,7 @@ pub async fn run(
         operator_namespace: settings.namespace.clone(),
         recorder_url: settings.recorder_url.clone(),
         quota_refresh: Duration::from_secs(30),
+        receipt_ca_rotation: settings.receipt_ca_rotation,
     };
     let leader_client = client.clone();
     let leader_cache = cache.clone();

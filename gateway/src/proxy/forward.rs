@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection}
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_evidence::{Decision, Lane};
-use tollgate_wire::config::CompiledPolicy;
+use tollgate_wire::config::{CompiledPolicy, FailMode};
 
 use super::Ticket;
 use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
@@ -69,12 +69,39 @@ impl Failure {
     }
 }
 
+/// An attempt between its forward decision and its receipt, as the ticket
+/// keeps it in case the request is dropped.
+pub(super) struct Pending {
+    pub decision_id: String,
+    pub provider: String,
+    /// The upstream facts without the fingerprint.
+    pub upstream: UpstreamFacts,
+    /// The connection the request went out on, once sent.
+    pub connection: Option<CaptureConnection>,
+}
+
+/// `upstream` with the fingerprint of the connection `connection` captured,
+/// if a TLS connection was made (else nothing left the gateway).
+pub(super) fn with_fingerprint(
+    connection: &CaptureConnection,
+    upstream: UpstreamFacts,
+) -> Option<UpstreamFacts> {
+    let metadata = connection.connection_metadata();
+    let connected = metadata.as_ref()?;
+    let mut extensions = http::Extensions::new();
+    connected.get_extras(&mut extensions);
+    fingerprint_of(&extensions).map(|fingerprint| UpstreamFacts {
+        tls_cert_sha256: Some(fingerprint),
+        ..upstream
+    })
+}
+
 /// What one attempt's provider answered, with what the receipt needs of it.
 struct Answered {
     response: http::Response<hyper::body::Incoming>,
     /// The decision it went upstream under, and the upstream facts without
     /// the TLS fingerprint (read from the response).
-    decision_id: String,
+    decision_id: Option<String>,
     upstream: UpstreamFacts,
 }
 
@@ -166,6 +193,23 @@ pub(super) async fn forward(
     Err(Refusal::NoProviderAvailable.into())
 }
 
+/// The reason code of an attempt given up for the next candidate:
+/// `failed_over.` and why. Usage and reconciliation count requests, not these
+/// attempts (the request's final receipt counts it).
+fn failed_over(reason: &str) -> &'static str {
+    match reason {
+        "upstream_429" => "failed_over.upstream_429",
+        "upstream_4xx" => "failed_over.upstream_4xx",
+        "upstream_5xx" => "failed_over.upstream_5xx",
+        "upstream_timeout" => "failed_over.upstream_timeout",
+        "upstream_failed" => "failed_over.upstream_failed",
+        "upstream_connect_failed" => "failed_over.upstream_connect_failed",
+        "upstream_tls_refused" => "failed_over.upstream_tls_refused",
+        "upstream_host_not_allowed" => "failed_over.upstream_host_not_allowed",
+        _ => "failed_over",
+    }
+}
+
 /// The receipt of an attempt given up for the next candidate: an error with
 /// the provider's side as far as it is known, under its own id, linked to its
 /// forward decision. The client saw nothing of it.
@@ -176,13 +220,14 @@ fn record_given_up(
     reason: &'static str,
     contact: Contact,
 ) {
-    let mut draft = ticket.draft(Decision::Error, reason, status);
+    let mut draft = ticket.draft(Decision::Error, failed_over(reason), status);
     draft.id = uuid::Uuid::now_v7().hyphenated().to_string();
     draft.provider = Some(candidate.provider.name.clone());
     draft.response_sha256 = Sha256::digest(b"").into();
-    draft.decision_id = Some(contact.decision_id);
+    draft.decision_id = contact.decision_id;
     draft.upstream = contact.upstream;
     ticket.submit(draft);
+    ticket.answered();
 }
 
 /// Sends the request to one candidate and waits for the answer's headers. The
@@ -257,23 +302,31 @@ async fn attempt_once(
             ticket.gateway.identity.node_id.clone(),
         )),
     };
-    let decision_id = ticket
-        .decide(attempt, &provider.name, &host, &candidate.model.name)
+    let pending = Pending {
+        decision_id: uuid::Uuid::now_v7().hyphenated().to_string(),
+        provider: provider.name.clone(),
+        upstream: upstream.clone(),
+        connection: None,
+    };
+    let decision_id = match ticket
+        .decide(attempt, pending, &host, &candidate.model.name)
         .await
-        .ok_or(Failure::final_(Refusal::SpoolUnavailable))?;
+    {
+        Some(id) => Some(id),
+        // The policy chose availability over evidence: the request goes on
+        // without a decision (its receipt still follows, if it can).
+        None if policy.fail_mode == FailMode::Open => None,
+        None => return Err(Failure::final_(Refusal::SpoolUnavailable)),
+    };
     // The connection's TLS fingerprint, for receipts of attempts that fail
-    // after the request was sent (a timeout, a reset).
+    // after the request was sent (a timeout, a reset, a dropped client).
     let connection = capture_connection(&mut request);
+    if let Some(pending) = ticket.pending().as_mut() {
+        pending.connection = Some(connection.clone());
+    }
     let contact = |connection: &CaptureConnection| Contact {
         decision_id: decision_id.clone(),
-        upstream: connection.connection_metadata().as_ref().and_then(|c| {
-            let mut extensions = http::Extensions::new();
-            c.get_extras(&mut extensions);
-            fingerprint_of(&extensions).map(|fingerprint| UpstreamFacts {
-                tls_cert_sha256: Some(fingerprint),
-                ..upstream.clone()
-            })
-        }),
+        upstream: with_fingerprint(connection, upstream.clone()),
     };
     let first_byte = Duration::from_millis(u64::from(provider.first_byte_timeout_ms));
     let response = match tokio::time::timeout(first_byte, client.request(request)).await {
@@ -339,7 +392,7 @@ fn stream_back(
     draft.provider = Some(provider.name.clone());
     draft.model_served = Some(candidate.model.name.clone());
     draft.first_byte_ms = Some(ticket.started.elapsed().as_millis() as u64);
-    draft.decision_id = Some(answered.decision_id);
+    draft.decision_id = answered.decision_id;
     draft.upstream = Some(upstream_facts);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
@@ -367,6 +420,8 @@ fn stream_back(
         Some(idle),
     );
     *response.body_mut() = Body::new(metered);
+    // The meter writes the receipt now, however the response ends.
+    ticket.answered();
     Ok(response)
 }
 
@@ -406,7 +461,12 @@ fn copy_forwarded_headers(
     {
         if matches!(
             name,
-            "authorization" | "x-api-key" | "proxy-authorization" | "cookie" | "host"
+            "authorization"
+                | "x-api-key"
+                | "proxy-authorization"
+                | "cookie"
+                | "host"
+                | crate::caller::CALLER_HEADER
         ) {
             continue;
         }

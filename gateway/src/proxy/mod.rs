@@ -182,6 +182,10 @@ struct Ticket {
     guards: Vec<&'static str>,
     checks: Vec<CheckDraft>,
     caller_hash: Option<[u8; 32]>,
+    /// The attempt whose forward decision is (being) written and whose
+    /// receipt is not yet handed over: if the request is dropped (its
+    /// client went away) the ticket's `Drop` receipts it.
+    pending: std::sync::Mutex<Option<forward::Pending>>,
 }
 
 impl Ticket {
@@ -204,7 +208,14 @@ impl Ticket {
             guards: Vec::new(),
             checks: Vec::new(),
             caller_hash: None,
+            pending: std::sync::Mutex::new(None),
         }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<forward::Pending>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records that `guard` ran and what it concluded.
@@ -283,7 +294,7 @@ impl Ticket {
                 decision_id,
                 upstream,
             } = *contact;
-            draft.decision_id = Some(decision_id);
+            draft.decision_id = decision_id;
             draft.upstream = upstream;
         }
         draft.response_sha256 = Sha256::digest(&body).into();
@@ -296,31 +307,51 @@ impl Ticket {
 
     /// Writes the forward decision for attempt `attempt` (to `provider` at
     /// `host`, asking for `model`) and waits until it is in the spool; its id,
-    /// or `None` when it could not be written and nothing may go upstream.
+    /// or `None` when it could not be written. From here until its receipt
+    /// is handed over the attempt is pending (see [`Ticket::drop`]).
     async fn decide(
         &self,
         attempt: usize,
-        provider: &str,
+        pending: forward::Pending,
         host: &str,
         model: &str,
     ) -> Option<String> {
-        let id = uuid::Uuid::now_v7().hyphenated().to_string();
+        let id = pending.decision_id.clone();
+        let provider = pending.provider.clone();
+        *self.pending() = Some(pending);
         let draft = DecisionDraft {
             id: id.clone(),
             request_id: self.request_id.clone(),
             attempt: attempt as u32,
             started_at_ms: self.started_at_ms,
             decided_at_ms: unix_millis(),
-            provider: provider.to_owned(),
+            provider,
             host: host.to_owned(),
             model: model.to_owned(),
             request_sha256: self.request_sha256,
             policy_hash: self.runtime.policy_hash,
         };
-        self.gateway.receipts.decide(draft).await.then_some(id)
+        let written = self.gateway.receipts.decide(draft).await;
+        if !written {
+            *self.pending() = None;
+        }
+        written.then_some(id)
+    }
+
+    /// The pending attempt's receipt was handed over (submitted, or to the
+    /// response's meter).
+    fn answered(&self) {
+        *self.pending() = None;
     }
 
     fn submit(&self, draft: ReceiptDraft) {
+        let mut pending = self.pending();
+        if pending.is_some()
+            && pending.as_ref().map(|p| Some(&p.decision_id)) == Some(draft.decision_id.as_ref())
+        {
+            *pending = None;
+        }
+        drop(pending);
         self.gateway.record(draft);
     }
 
@@ -347,6 +378,29 @@ impl Ticket {
         );
         self.tag(&mut response);
         response
+    }
+}
+
+impl Drop for Ticket {
+    /// A request dropped between its forward decision and its receipt (the
+    /// client went away while the provider was being asked): receipted as
+    /// `client_disconnected`, so no decision is left unanswered.
+    fn drop(&mut self) {
+        let Some(pending) = self.pending().take() else {
+            return;
+        };
+        let mut draft = self.draft(Decision::Error, "client_disconnected", 499);
+        let forward::Pending {
+            decision_id,
+            provider,
+            upstream,
+            connection,
+        } = pending;
+        draft.provider = Some(provider);
+        draft.decision_id = Some(decision_id);
+        draft.upstream = connection.and_then(|c| forward::with_fingerprint(&c, upstream));
+        draft.response_sha256 = Sha256::digest(b"").into();
+        self.gateway.record(draft);
     }
 }
 

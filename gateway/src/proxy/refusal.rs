@@ -228,7 +228,9 @@ pub struct Refused {
 /// made, so nothing left the gateway).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contact {
-    pub decision_id: String,
+    /// Absent only when the policy fails open and the decision could not be
+    /// written.
+    pub decision_id: Option<String>,
     pub upstream: Option<UpstreamFacts>,
 }
 

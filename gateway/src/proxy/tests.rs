@@ -411,7 +411,7 @@ async fn a_failing_provider_fails_over_to_the_next_one() {
             given_up.reason,
             given_up.status
         ),
-        (Some("openai"), "upstream_5xx", 503)
+        (Some("openai"), "failed_over.upstream_5xx", 503)
     );
     assert_eq!(given_up.decision, Decision::Error);
     assert!(
@@ -864,10 +864,8 @@ async fn connection_failures_are_named_and_fail_over_when_allowed() {
             "{reason} fails over"
         );
         let given_up = running.receipt().await;
-        assert_eq!(
-            (given_up.provider.as_deref(), given_up.reason),
-            (Some("openai"), reason)
-        );
+        assert_eq!(given_up.provider.as_deref(), Some("openai"));
+        assert_eq!(given_up.reason, format!("failed_over.{reason}"));
         assert!(given_up.decision_id.is_some());
         assert_eq!(running.receipt().await.provider.as_deref(), Some("backup"));
     }

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::cache::ClusterCache;
-use crate::receipt_ca::ReceiptCa;
+use crate::receipt_ca::{CaState, RECEIPT_CA_NAME};
 use auth::{GATEWAY_AUDIENCE, Refusal, TokenIdentity};
 use tollgate_wire::control::{CertificateRequest, CertificateResponse, ConfigDocument, PodInfo};
 use tollgate_wire::problem::{PROBLEM_JSON, Problem as ProblemBody};
@@ -83,7 +83,6 @@ impl ControlMetrics {
 pub struct ControlState {
     pub client: kube::Client,
     pub cache: ClusterCache,
-    pub receipt_ca: ReceiptCa,
     /// The cluster's caller key, sent to every gateway (never logged).
     pub caller_key: tollgate_wire::caller::CallerKey,
     pub waiters: Arc<Semaphore>,
@@ -94,7 +93,6 @@ impl std::fmt::Debug for ControlState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlState")
             .field("cache", &self.cache)
-            .field("receipt_ca", &self.receipt_ca)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +244,24 @@ impl ControlState {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal",
                 format!("encoding the config: {e}"),
+            )
+        })
+    }
+
+    /// The receipt CA as the cache holds its Secret (rotation moves it on).
+    fn receipt_ca(&self) -> Result<CaState, Problem> {
+        let secret = self
+            .cache
+            .secrets()
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(RECEIPT_CA_NAME))
+            .ok_or_else(|| Problem::unavailable("the receipt CA is not loaded yet; retry"))?;
+        CaState::from_secret(&secret).map_err(|e| {
+            tracing::error!(error = %e, "the receipt CA Secret is unusable");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "the receipt CA Secret is unusable".to_owned(),
             )
         })
     }
@@ -404,12 +420,13 @@ async fn serve_certificate(
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default();
+    let ca = state.receipt_ca()?;
     let certificate = document::issue_certificate(
         &request.public_key,
         &caller.identity,
         now_millis,
         document::validity_millis(request.lifetime_seconds),
-        &state.receipt_ca.key,
+        ca.signing_key(now_millis),
     )
     .map_err(|e| match e {
         document::IssueError::BadPublicKey => {

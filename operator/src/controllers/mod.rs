@@ -55,6 +55,8 @@ pub struct ControllerSettings {
     pub recorder_url: Option<String>,
     /// How often quota status is refreshed from the recorder.
     pub quota_refresh: Duration,
+    /// When the receipt CA rotates (the leader runs the rotation).
+    pub receipt_ca_rotation: crate::receipt_ca::RotationPolicy,
 }
 
 pub use reconcile::ControlCaPublication;

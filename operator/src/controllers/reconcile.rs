@@ -129,6 +129,16 @@ pub async fn run(
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     tasks.spawn(status_loop(ctx.clone()));
     tasks.spawn(usage_loop(ctx.clone()));
+    {
+        let (client, namespace) = (ctx.client.clone(), ctx.settings.operator_namespace.clone());
+        let policy = ctx.settings.receipt_ca_rotation;
+        // A tick well inside the publish lead, at most 30 s, at least 1 s.
+        let tick = Duration::from_millis((policy.publish_lead_ms / 4).clamp(1_000, 30_000));
+        tasks.spawn(async move {
+            crate::receipt_ca::keep_rotated(client, namespace, policy, tick).await;
+            Err(anyhow::anyhow!("the receipt CA rotation loop ended"))
+        });
+    }
     tasks.spawn(async move {
         registration::keep_control_ca_published(
             ctx.client.clone(),

@@ -137,7 +137,10 @@ impl EnvelopeRow {
                     output_tokens: usage.map_or(0, |u| u.output_tokens.get()),
                     cached_tokens: usage.map_or(0, |u| u.cached_tokens.get()),
                     cost_micro_usd: b.cost_micro_usd.get(),
+                    // An attempt given up for another provider is not a
+                    // request of its own: usage leaves it out.
                     decision: match b.verdict.decision {
+                        _ if b.verdict.reason.as_str().starts_with(FAILED_OVER) => "failed_over",
                         tollgate_evidence::Decision::Allow => "allow",
                         tollgate_evidence::Decision::Deny => "deny",
                         tollgate_evidence::Decision::Error => "error",
@@ -163,6 +166,10 @@ impl EnvelopeRow {
         }
     }
 }
+
+/// The reason prefix of a receipt for an attempt given up for the next
+/// provider (the request's own receipt follows it).
+pub const FAILED_OVER: &str = "failed_over";
 
 /// A stream's stored position.
 #[derive(Debug, Clone, PartialEq, Eq)]

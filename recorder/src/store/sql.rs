@@ -220,8 +220,13 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
 
 /// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
 /// database up to date (each statement is idempotent).
-pub const POSTGRES_UPGRADES: &str =
-    "ALTER TABLE envelopes ADD COLUMN IF NOT EXISTS caller_hash TEXT;";
+/// Each checks the catalog first, so a current database takes no table lock.
+pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'caller_hash') THEN
+        ALTER TABLE envelopes ADD COLUMN caller_hash TEXT;
+    END IF;
+END $$;";
 
 const STREAM_COLUMNS: &str = "stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms";
 
@@ -306,7 +311,7 @@ statements! {
             CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
             CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END
         FROM envelopes
-        WHERE receipt_id IS NOT NULL AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+        WHERE receipt_id IS NOT NULL AND decision <> 'failed_over' AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
         GROUP BY 1, 2, 3, 4, 5, 10
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
