@@ -471,10 +471,12 @@ Streaming uses 64 deltas 20 ms apart per response, 20 responses, 5 at a time.
 | admission review p99 ≤ 5 ms at 100 concurrent | {fmt((latest.get("admission") or {}).get("all", {}).get("p99_ms"), ' ms')} | {met((latest.get("admission") or {}).get("all", {}).get("p99_ms", 1e9) <= 5)} |
 
 "Added" includes the TLS hop to the upstream that every proxy pays, and the load
-generator shares the 2 cores: on this machine a plain nginx hop already costs more than
-the gateway issue's absolute p50 and streaming-TTFB targets, which is why those two are
-missed while the ratio targets are met. Profiling what the gateway adds over nginx is
-open work.
+generator shares the 2 cores, so run-to-run noise is tens to hundreds of microseconds
+(compare two runs before reading a difference). On this machine a plain nginx hop
+already costs more than the gateway issue's absolute streaming-TTFB target. Since the
+receipt work of issue 17 the gateway also writes a signed forward decision before each
+upstream attempt (see "Forward decision cost"). Profiling what the gateway adds over
+nginx is issue 18's work.
 
 Evidence and recorder microbenchmarks (signing and verification rates as ratios to raw
 Ed25519 in the same run) are in `docs/evidence.md` and `docs/recorder.md`.

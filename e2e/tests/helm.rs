@@ -1047,6 +1047,7 @@ async fn e2e_helm_chart_applies_with_least_privilege_rbac() -> Result<()> {
         vec!["get", "secrets", "-n", &ns],
         vec!["create", "secrets", "-n", &ns],
         vec!["update", "secrets/tollgate-webhook-ca", "-n", &ns],
+        vec!["update", "secrets/tollgate-receipt-ca", "-n", &ns],
         vec!["update", "leases.coordination.k8s.io", "-n", &ns],
         vec![
             "create",
@@ -1061,7 +1062,7 @@ async fn e2e_helm_chart_applies_with_least_privilege_rbac() -> Result<()> {
         vec!["list", "secrets", "-A"],
         vec!["delete", "secrets", "-n", &ns],
         vec!["update", "secrets", "-n", &ns],
-        vec!["update", "secrets/tollgate-receipt-ca", "-n", &ns],
+        vec!["update", "secrets/tollgate-caller-key", "-n", &ns],
         vec!["update", "egresspolicies.tollgate.dev", "-n", "default"],
         vec!["delete", "llmproviders.tollgate.dev", "-n", "default"],
         vec!["patch", "trustanchors.tollgate.dev/someone-elses"],

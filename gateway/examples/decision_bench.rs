@@ -1,7 +1,8 @@
 //! What a forward decision costs the request that waits for it: the real
 //! spool writer on a temporary directory, `ReceiptSink::decide` from request
-//! tasks (sign, chain, `write`, answer; no fsync), sequentially and from 16
-//! tasks at once, against signing alone. Prints p50/p99 per case.
+//! tasks (sign, chain, `write` on the request's thread; no fsync),
+//! sequentially and from 16 tasks at once, against signing alone. Prints
+//! p50/p99 per case.
 //!
 //! `cargo run --release -p tollgate-gateway --example decision_bench`
 
@@ -91,8 +92,10 @@ fn draft(attempt: u32) -> DecisionDraft {
 
 async fn timed_decide(sink: &ReceiptSink) -> Result<Duration> {
     let started = Instant::now();
-    ensure!(sink.decide(draft(0)).await, "the writer refused a decision");
-    Ok(started.elapsed())
+    ensure!(sink.decide(draft(0)), "the writer refused a decision");
+    let elapsed = started.elapsed();
+    tokio::task::yield_now().await;
+    Ok(elapsed)
 }
 
 async fn run() -> Result<()> {

@@ -3,10 +3,12 @@
 //! chains it, and appends it to the local append-only spool.
 //!
 //! Forward decisions are the one record the hot path waits for: before a
-//! request leaves for a provider, [`ReceiptSink::decide`] has the writer sign
-//! and chain a [`DecisionDraft`] and hand its line to the kernel (a `write`,
-//! no fsync: the page cache survives the gateway being killed), so a prompt
-//! that reached a provider always leaves a signed trace.
+//! request leaves for a provider, [`ReceiptSink::decide`] signs and chains a
+//! [`DecisionDraft`] on the request's own thread (the spool writer is shared
+//! behind a mutex the writer task takes per record) and hands its line to the
+//! kernel (a `write`, no fsync: the page cache survives the gateway being
+//! killed), so a prompt that reached a provider always leaves a signed trace,
+//! with no thread hand-off on the way.
 //!
 //! Spool layout, one file per gateway start (`<stream_id>.jsonl`): the first
 //! line holds the signed key certificate, every later line one envelope, and
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tollgate_evidence::chain::CloseReason;
 use tollgate_evidence::decision::DecisionBody;
 use tollgate_evidence::{
@@ -730,10 +732,27 @@ fn close(
 )]
 enum SpoolCommand {
     Write(ReceiptDraft),
-    /// A forward decision; the answer says whether it is in the kernel's hands.
-    Decide(DecisionDraft, oneshot::Sender<bool>),
     Renew(Box<StreamKey>),
     ClosePrevious,
+}
+
+/// Where forward decisions are written.
+#[derive(Debug, Clone)]
+enum Decisions {
+    /// The spool, shared with the writer task.
+    Spool(Arc<std::sync::Mutex<SpoolWriter>>),
+    /// Kept for a test, accepted unless `refuse`.
+    #[cfg(test)]
+    Kept {
+        kept: Arc<std::sync::Mutex<Vec<DecisionDraft>>>,
+        refuse: bool,
+    },
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The hot path's handle: hands drafts to the writer task.
@@ -742,6 +761,7 @@ pub struct ReceiptSink {
     tx: mpsc::UnboundedSender<SpoolCommand>,
     pub status: Arc<SpoolStatus>,
     written: Arc<AtomicU64>,
+    decisions: Decisions,
 }
 
 impl ReceiptSink {
@@ -751,14 +771,31 @@ impl ReceiptSink {
         self.send(SpoolCommand::Write(draft));
     }
 
-    /// Has the writer sign, chain and write a forward decision, and waits
-    /// until its line is written. `false` when it could not be (the spool
-    /// failed or is full, or no key certificate covers it): the request must
-    /// not go upstream.
-    pub async fn decide(&self, draft: DecisionDraft) -> bool {
-        let (done, written) = oneshot::channel();
-        self.send(SpoolCommand::Decide(draft, done));
-        written.await.unwrap_or(false)
+    /// Signs, chains and writes a forward decision here, on the calling
+    /// thread (tens of microseconds: a signature and a `write`). `false` when
+    /// it could not be (the spool failed or is full, or no key certificate
+    /// covers it): the request must not go upstream.
+    pub fn decide(&self, draft: DecisionDraft) -> bool {
+        match &self.decisions {
+            Decisions::Spool(writer) => {
+                if self.status.failed.load(Ordering::Relaxed) {
+                    return false;
+                }
+                match lock(writer).append_decision(draft) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        self.status.failed.store(true, Ordering::Relaxed);
+                        tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
+                        false
+                    }
+                }
+            }
+            #[cfg(test)]
+            Decisions::Kept { kept, refuse } => {
+                lock(kept).push(draft);
+                !refuse
+            }
+        }
     }
 
     /// Switches to a new stream under `next`'s key (see [`SpoolWriter::renew`]).
@@ -797,18 +834,8 @@ pub(crate) fn test_sink(
     let (drafts_tx, drafts) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(command) = commands.recv().await {
-            match command {
-                SpoolCommand::Write(draft) => {
-                    let _ = drafts_tx.send(draft);
-                }
-                SpoolCommand::Decide(draft, done) => {
-                    decisions
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(draft);
-                    let _ = done.send(!refuse_decisions);
-                }
-                _ => {}
+            if let SpoolCommand::Write(draft) = command {
+                let _ = drafts_tx.send(draft);
             }
         }
     });
@@ -820,6 +847,10 @@ pub(crate) fn test_sink(
         tx,
         status,
         written: Arc::new(AtomicU64::new(0)),
+        decisions: Decisions::Kept {
+            kept: decisions,
+            refuse: refuse_decisions,
+        },
     };
     (sink, drafts)
 }
@@ -832,20 +863,23 @@ impl SpoolStatus {
     }
 }
 
-/// Starts the writer task. It drains the channel in batches and hands each
-/// batch to the kernel; a syncer thread fsyncs behind it, so a forward
-/// decision never waits for an earlier batch's fsync. When every sink is
-/// dropped it writes the close records, fsyncs and returns.
+/// Starts the writer task. It drains the channel in batches, taking the
+/// shared writer per record (so a forward decision waits for one record at
+/// most), and hands each batch to the kernel; a syncer thread fsyncs behind
+/// it. When every sink is dropped it writes the close records, fsyncs and
+/// returns.
 pub fn spawn_spool_writer(
-    mut writer: SpoolWriter,
+    writer: SpoolWriter,
 ) -> (ReceiptSink, tokio::task::JoinHandle<Result<(), SpoolError>>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<SpoolCommand>();
     let status = writer.status.clone();
     let written = Arc::new(AtomicU64::new(0));
+    let writer = Arc::new(std::sync::Mutex::new(writer));
     let sink = ReceiptSink {
         tx,
         status: status.clone(),
         written: written.clone(),
+        decisions: Decisions::Spool(writer.clone()),
     };
     let syncer = Syncer::start(status.clone());
     let handle = tokio::task::spawn_blocking(move || {
@@ -854,16 +888,12 @@ pub fn spawn_spool_writer(
             tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
             e
         };
-        let run = |writer: &mut SpoolWriter, command: SpoolCommand| -> Result<u64, SpoolError> {
+        let run = |writer: &std::sync::Mutex<SpoolWriter>,
+                   command: SpoolCommand|
+         -> Result<u64, SpoolError> {
+            let mut writer = lock(writer);
             match command {
                 SpoolCommand::Write(draft) => writer.append(draft).map(|e| u64::from(e.is_some())),
-                SpoolCommand::Decide(draft, done) => {
-                    // Answered as soon as the line is written: the request
-                    // waits for this, not for the batch's fsync.
-                    let written = writer.append_decision(draft);
-                    let _ = done.send(matches!(written, Ok(true)));
-                    written.map(|_| 0)
-                }
                 SpoolCommand::Renew(next) => {
                     let stream = next.stream_id.clone();
                     writer.renew(*next, now_timestamp())?;
@@ -874,24 +904,29 @@ pub fn spawn_spool_writer(
             }
         };
         while let Some(first) = rx.blocking_recv() {
-            let mut batch = run(&mut writer, first).map_err(fail)?;
+            let mut batch = run(&writer, first).map_err(fail)?;
             while let Ok(next) = rx.try_recv() {
-                batch += run(&mut writer, next).map_err(fail)?;
+                batch += run(&writer, next).map_err(fail)?;
             }
-            let files = writer.flush().map_err(fail)?;
+            let files = lock(&writer).flush().map_err(fail)?;
             syncer.sync(files).map_err(fail)?;
             written.fetch_add(batch, Ordering::Relaxed);
         }
         drop(syncer);
-        writer
+        lock(&writer)
             .close(CloseReason::Shutdown, now_timestamp())
             .map_err(fail)
     });
     (sink, handle)
 }
 
-/// Fsyncs spool files on its own thread, coalescing requests that arrive
-/// while it is busy: the writer thread only hands it file handles.
+/// The longest a written receipt waits for its fsync (power-loss
+/// durability; a killed gateway loses nothing the kernel has).
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Fsyncs spool files on its own thread, at most once per
+/// [`SYNC_INTERVAL`], coalescing what was written meanwhile: the writer
+/// thread only hands it file handles.
 struct Syncer {
     tx: std::sync::mpsc::Sender<Vec<(PathBuf, Arc<File>)>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -903,7 +938,14 @@ impl Syncer {
         let thread = std::thread::Builder::new()
             .name("spool-fsync".into())
             .spawn(move || {
+                let mut last = std::time::Instant::now();
                 while let Ok(first) = rx.recv() {
+                    // Group commit: at most one round of fsyncs per
+                    // interval, whatever the request rate.
+                    if let Some(wait) = SYNC_INTERVAL.checked_sub(last.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    last = std::time::Instant::now();
                     let mut files = first;
                     while let Ok(more) = rx.try_recv() {
                         files.extend(more);

@@ -274,8 +274,8 @@ impl CaState {
         }
     }
 
-    /// The TrustAnchor's keys: retired ones with their `notAfter`, the
-    /// current one, and the next one from its activation.
+    /// The TrustAnchor's keys: the current one, the next one from its
+    /// activation, and retired ones with their `notAfter`.
     pub fn receipt_keys(&self) -> Vec<ReceiptKey> {
         let entry =
             |public: PublicKey, not_before: u64, not_after: Option<u64>, state| ReceiptKey {
@@ -286,25 +286,12 @@ impl CaState {
                 not_after: not_after.map(millis_rfc3339),
                 state,
             };
-        let mut keys: Vec<ReceiptKey> = self
-            .retired
-            .iter()
-            .filter_map(|r| {
-                let public = PublicKey::from_base64(&r.public_key).ok()?;
-                Some(entry(
-                    public,
-                    r.not_before_ms,
-                    Some(r.not_after_ms),
-                    KeyState::Retired,
-                ))
-            })
-            .collect();
-        keys.push(entry(
+        let mut keys = vec![entry(
             PublicKey::of_signing_key(&self.current),
             self.current_not_before_ms,
             None,
             KeyState::Active,
-        ));
+        )];
         if let Some(next) = &self.next {
             keys.push(entry(
                 PublicKey::of_signing_key(&next.key),
@@ -313,6 +300,15 @@ impl CaState {
                 KeyState::Active,
             ));
         }
+        keys.extend(self.retired.iter().filter_map(|r| {
+            let public = PublicKey::from_base64(&r.public_key).ok()?;
+            Some(entry(
+                public,
+                r.not_before_ms,
+                Some(r.not_after_ms),
+                KeyState::Retired,
+            ))
+        }));
         keys
     }
 

@@ -308,10 +308,7 @@ async fn attempt_once(
         upstream: upstream.clone(),
         connection: None,
     };
-    let decision_id = match ticket
-        .decide(attempt, pending, &host, &candidate.model.name)
-        .await
-    {
+    let decision_id = match ticket.decide(attempt, pending, &host, &candidate.model.name) {
         Some(id) => Some(id),
         // The policy chose availability over evidence: the request goes on
         // without a decision (its receipt still follows, if it can).

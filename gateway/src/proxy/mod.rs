@@ -309,7 +309,7 @@ impl Ticket {
     /// `host`, asking for `model`) and waits until it is in the spool; its id,
     /// or `None` when it could not be written. From here until its receipt
     /// is handed over the attempt is pending (see [`Ticket::drop`]).
-    async fn decide(
+    fn decide(
         &self,
         attempt: usize,
         pending: forward::Pending,
@@ -331,7 +331,7 @@ impl Ticket {
             request_sha256: self.request_sha256,
             policy_hash: self.runtime.policy_hash,
         };
-        let written = self.gateway.receipts.decide(draft).await;
+        let written = self.gateway.receipts.decide(draft);
         if !written {
             *self.pending() = None;
         }

@@ -791,9 +791,12 @@ def test_shadow_quota_serves_and_records_the_would_deny(gateways: GatewayFactory
         raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
         assert raw.parse().choices[0].message.content == COMPLETION_TEXT, "shadow enforcement must let requests through"
         verdicts.append(sgw.receipt(raw.headers.get(RID))["verdict"])
-    assert verdicts[0] == {"decision": "allow", "reason": "allowed", "guards": []}, verdicts[0]
+    passed = lambda guard: {"detail": None, "guard": guard, "outcome": "passed"}  # noqa: E731
+    assert verdicts[0] == {"decision": "allow", "reason": "allowed", "guards": [],
+                           "checks": [passed("secret_scan"), passed("model_allowlist"), passed("quota")]}, verdicts[0]
     for v in verdicts[1:]:
         assert v["decision"] == "allow" and any("quota" in g for g in v["guards"]), f"over-budget request should record a would-deny: {v}"
+        assert {"detail": "shadow", "guard": "quota", "outcome": "audit_only"} in v["checks"], v
 
 
 # =========================================================================== 8. hot reload
@@ -875,7 +878,9 @@ def test_audit_mode_forwards_and_records_the_would_deny(gateways: GatewayFactory
     client = agw.openai()
     raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
     ok = agw.receipt(raw.headers.get(RID))
-    assert ok["verdict"] == {"decision": "allow", "reason": "allowed", "guards": []}, ok["verdict"]
+    passed = lambda guard: {"detail": None, "guard": guard, "outcome": "passed"}  # noqa: E731
+    assert ok["verdict"] == {"decision": "allow", "reason": "allowed", "guards": [],
+                             "checks": [passed("secret_scan"), passed("model_allowlist")]}, ok["verdict"]
     corr = new_corr()
     try:
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-blocked", messages=msgs(), user=corr)
@@ -886,6 +891,7 @@ def test_audit_mode_forwards_and_records_the_would_deny(gateways: GatewayFactory
     r = agw.receipt(raw.headers.get(RID))
     v = r["verdict"]
     assert v["reason"] != "allowed" or v["guards"], f"audit mode must record the would-deny, got {v}"
+    assert {"detail": None, "guard": "model_allowlist", "outcome": "audit_only"} in v["checks"], v
 
 
 def test_disabled_policy_refuses_all_traffic(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:

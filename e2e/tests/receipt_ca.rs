@@ -1,0 +1,207 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+//! Receipt CA rotation by the real `tollgate-operator` against the real API
+//! server, sped up (`--receipt-ca-rotation-period 4s`,
+//! `--receipt-ca-publish-lead 2s`): certificates issued before and after a
+//! rotation are signed by different keys; the old key is retired with a
+//! `notAfter` past every certificate it signed; the TrustAnchor carries both;
+//! and both certificates verify, over their whole lives, against the trust
+//! roots that anchor gives.
+//!
+//! Its own test binary: the anchor is cluster-wide and this operator rewrites
+//! it at every rotation step, which suites running beside it would see.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DynamicObject, PostParams};
+use serde_json::json;
+use tollgate_e2e::crds::install_crds;
+use tollgate_e2e::operator::{
+    OperatorArgs, OperatorProcess, https_request, label_governed, pod_token,
+};
+use tollgate_e2e::{TestNamespace, client, eventually};
+use tollgate_evidence::{
+    KeyId, KeyRole, KeyState, PublicKey, SignedKeyCertificate, SigningKey, Timestamp, TrustRoots,
+    TrustedKey,
+};
+
+/// Asks the control endpoint to certify a fresh key.
+async fn certify(op: &OperatorProcess, ca: &str, token: &str) -> Result<SignedKeyCertificate> {
+    let key = SigningKey::from_bytes(&rand_seed());
+    let body = json!({"publicKey": PublicKey::of_signing_key(&key).to_base64()}).to_string();
+    let auth = format!("Bearer {token}");
+    let r = https_request(
+        &op.control_url(),
+        ca,
+        "POST",
+        "/v1/gateway/certificate",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await?;
+    ensure!(r.status == 200, "{r:?}");
+    Ok(serde_json::from_value(r.json()?["certificate"].clone())?)
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_le_bytes();
+    seed[..16].copy_from_slice(&nanos);
+    seed
+}
+
+fn trusted(
+    public_key: &str,
+    not_before: &str,
+    not_after: Option<&str>,
+    state: KeyState,
+) -> TrustedKey {
+    let public_key = PublicKey::from_base64(public_key).unwrap();
+    TrustedKey {
+        key_id: public_key.key_id(),
+        public_key,
+        role: KeyRole::ReceiptCa,
+        not_before: Timestamp::parse_rfc3339(not_before).unwrap(),
+        not_after: not_after.map(|t| Timestamp::parse_rfc3339(t).unwrap()),
+        state,
+    }
+}
+
+#[tokio::test]
+async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let op_ns = TestNamespace::create(&client, "rot-op").await?;
+    let app_ns = TestNamespace::create(&client, "rot-app").await?;
+    let mut pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gw", "annotations": {"tollgate.dev/injected": "1"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))?;
+    pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
+        .create(&PostParams::default(), &pod)
+        .await?;
+    label_governed(&client, app_ns.name()).await?;
+    let mut args = OperatorArgs::new(op_ns.name());
+    args.extra_args = [
+        "--receipt-ca-rotation-period",
+        "4s",
+        "--receipt-ca-publish-lead",
+        "2s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let op = OperatorProcess::start(&args).await?;
+    let ca = op.ca_bundle(&client).await?;
+    let token = pod_token(&client, &pod, "tollgate.dev/gateway").await?;
+
+    let first = certify(&op, &ca, &token).await?;
+    let first_issuer = first.certificate.issuer_key_id;
+    let second = eventually(Duration::from_secs(40), || async {
+        let c = certify(&op, &ca, &token).await?;
+        ensure!(
+            c.certificate.issuer_key_id != first_issuer,
+            "not rotated yet"
+        );
+        Ok(c)
+    })
+    .await?;
+    let second_issuer = second.certificate.issuer_key_id;
+
+    // The Secret: the first key retired, trusted until after the last
+    // certificate it can have signed has expired.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), op_ns.name());
+    let data = secrets
+        .get("tollgate-receipt-ca")
+        .await?
+        .data
+        .unwrap_or_default();
+    let retired: Vec<serde_json::Value> =
+        serde_json::from_slice(&data.get("retired.json").context("retired.json")?.0)?;
+    let old = retired
+        .iter()
+        .find(|r| {
+            PublicKey::from_base64(r["publicKey"].as_str().unwrap_or_default())
+                .is_ok_and(|k| k.key_id() == first_issuer)
+        })
+        .context("the first key is not retired")?;
+    let old_not_after = old["notAfterMs"].as_u64().context("notAfterMs")?;
+    ensure!(
+        old_not_after >= first.certificate.not_after.unix_millis(),
+        "the first key retires before its certificate expires: {old}"
+    );
+
+    // The anchor publishes both (other suites' operators write this object
+    // at their start, so wait for one of this operator's rotation steps).
+    let anchors: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("tollgate.dev", "v1alpha1", "TrustAnchor"),
+            "trustanchors",
+        ),
+    );
+    let keys = eventually(Duration::from_secs(30), || async {
+        let anchor = anchors.get("tollgate-receipt-ca").await?;
+        let keys = anchor.data["spec"]["receiptKeys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has = |id: &KeyId| keys.iter().any(|k| k["keyId"] == id.to_string().as_str());
+        ensure!(has(&first_issuer) && has(&second_issuer), "{keys:?}");
+        Ok(keys)
+    })
+    .await?;
+    let roots = TrustRoots {
+        keys: keys
+            .iter()
+            .map(|k| {
+                trusted(
+                    k["publicKey"].as_str().unwrap(),
+                    k["notBefore"].as_str().unwrap(),
+                    k["notAfter"].as_str(),
+                    match k["state"].as_str() {
+                        Some("retired") => KeyState::Retired,
+                        Some("revoked") => KeyState::Revoked,
+                        _ => KeyState::Active,
+                    },
+                )
+            })
+            .collect(),
+    };
+    roots.validate()?;
+    // Both certificates verify over their whole lives (records dated up to
+    // their expiry are checked against the issuer's window too).
+    for certificate in [&first, &second] {
+        let issuer = roots
+            .find(&certificate.certificate.issuer_key_id)
+            .context("issuer not in the anchor")?;
+        certificate.verify_issuer(&issuer.public_key)?;
+        for at in [
+            certificate.certificate.not_before,
+            certificate.certificate.not_after,
+        ] {
+            issuer
+                .check_use(KeyRole::ReceiptCa, at)
+                .map_err(|e| anyhow::anyhow!("{} at {at}: {e}", issuer.key_id))?;
+        }
+    }
+    let old_anchor = roots.find(&first_issuer).unwrap();
+    ensure!(old_anchor.state == KeyState::Retired && old_anchor.not_after.is_some());
+    // Published before it signed: its window starts no later than the first
+    // certificate it issued, and the anchor had it then (the operator writes
+    // the anchor before marking the key published).
+    let new_anchor = roots.find(&second_issuer).unwrap();
+    ensure!(new_anchor.not_before <= second.certificate.not_before);
+
+    drop(op);
+    app_ns.delete().await?;
+    op_ns.delete().await
+}
