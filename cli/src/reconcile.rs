@@ -3,8 +3,18 @@
 //! when every receipt and every export record is accounted for within tolerance;
 //! 1 on any mismatch or unmatched record; 2 on input errors.
 //!
-//! Which receipts count: those whose request went upstream (`upstream` present) on
-//! the live lane (`--include-dry-run` adds the dry-run lane, for tests and demos).
+//! The bundle is verified first (`--trust-anchor`, as `verify` does; open
+//! streams are accepted, as from a running cluster): a bundle that does not
+//! verify is not reconciled (exit 1). `--no-verify` skips that, and the report
+//! says so. `--since`/`--until` (RFC 3339) reconcile one window: receipts that
+//! started in it, export requests dated in it (undated ones are kept), and
+//! export buckets that lie wholly inside it, so a window should follow the
+//! export's bucket edges.
+//!
+//! Which receipts count: those a provider bills, i.e. allowed requests that went
+//! upstream (`upstream` present) on the live lane (`--include-dry-run` adds the
+//! dry-run lane, for tests and demos). Refusals, provider errors and attempts
+//! given up for another provider are not billed and not reconciled.
 //! A receipt's time is `[started_at, completed_at]`, its model `model_served`
 //! (else `model_requested`), its usage `usage.input_tokens` (cached included) and
 //! `usage.output_tokens`.
@@ -47,7 +57,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
-use tollgate_evidence::{Bundle, Lane, Timestamp};
+use tollgate_evidence::{
+    Bundle, Decision, Lane, Timestamp, VerificationReport, VerifyOptions, verify_bundle,
+};
 
 /// Largest export file read.
 const MAX_EXPORT_BYTES: u64 = 256 * 1024 * 1024;
@@ -69,9 +81,22 @@ pub enum ExportFormat {
 /// Flags of `reconcile`.
 #[derive(clap::Args, Debug)]
 pub struct ReconcileArgs {
-    /// The evidence bundle (verify it first with `kubectl tollgate verify`).
+    /// The evidence bundle; it is verified first against `--trust-anchor`.
     #[arg(long)]
     pub bundle: PathBuf,
+    /// TrustAnchor YAML or JSON to verify the bundle against (repeatable:
+    /// the receipt CA and the recorder key).
+    #[arg(long = "trust-anchor", required_unless_present = "no_verify")]
+    pub trust_anchor: Vec<PathBuf>,
+    /// Reconcile without verifying the bundle (the report says so).
+    #[arg(long, conflicts_with = "trust_anchor")]
+    pub no_verify: bool,
+    /// Only receipts that started at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_instant)]
+    pub since: Option<Timestamp>,
+    /// ... and before this time (RFC 3339).
+    #[arg(long, value_parser = parse_instant)]
+    pub until: Option<Timestamp>,
     /// The provider's usage export.
     #[arg(long)]
     pub export: PathBuf,
@@ -240,6 +265,53 @@ pub struct Summary {
     pub unmatched_export: usize,
 }
 
+/// The window reconciled, `[since, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    /// Unix ms.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub since_ms: u64,
+    /// Unix ms.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub until_ms: u64,
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+impl Window {
+    fn holds(&self, ms: u64) -> bool {
+        self.since_ms <= ms && ms < self.until_ms
+    }
+
+    /// The receipts that started in the window, the export requests dated in
+    /// it (undated ones kept) and the buckets wholly inside it. Pure.
+    pub fn apply(&self, receipts: Vec<ReceiptUse>, export: Export) -> (Vec<ReceiptUse>, Export) {
+        let receipts = receipts
+            .into_iter()
+            .filter(|r| self.holds(r.started_ms))
+            .collect();
+        let export = Export {
+            requests: export
+                .requests
+                .into_iter()
+                .filter(|e| e.at_ms.is_none_or(|at| self.holds(at)))
+                .collect(),
+            buckets: export
+                .buckets
+                .into_iter()
+                .filter(|b| self.since_ms <= b.start_ms && b.end_ms <= self.until_ms)
+                .collect(),
+        };
+        (receipts, export)
+    }
+}
+
+fn parse_instant(text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_rfc3339(text).map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+}
+
 /// The report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -247,6 +319,11 @@ pub struct Report {
     pub format: &'static str,
     /// 1.
     pub format_version: u32,
+    /// `verified`, `verified_with_open_streams` or `not_verified` (`--no-verify`).
+    pub bundle: &'static str,
+    /// The window, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     /// The export's format.
     pub export_format: ExportFormat,
     /// `pass` or `fail`.
@@ -277,15 +354,10 @@ pub fn receipts_of(bundle: &Bundle, include_dry_run: bool) -> Vec<ReceiptUse> {
         .flat_map(|s| &s.envelopes)
         .filter_map(|e| e.receipt())
         .map(|r| &r.body)
-        // Requests the provider answered: not attempts given up for another
-        // provider, nor requests the gateway refused after sending them (a
-        // redirect, a timeout), which carry the provider's side too.
-        .filter(|b| {
-            matches!(
-                b.verdict.reason.as_str(),
-                "allowed" | "upstream_4xx" | "upstream_429" | "upstream_5xx"
-            )
-        })
+        // What a provider bills: allowed requests. Not refusals (some carry
+        // the provider's side: a redirect, a timeout after sending), provider
+        // errors, or attempts given up for another provider.
+        .filter(|b| b.verdict.decision == Decision::Allow)
         .filter(|b| b.upstream.is_some() && (include_dry_run || b.lane == Lane::Live))
         .map(|b| ReceiptUse {
             receipt_id: b.id.as_str().to_string(),
@@ -681,6 +753,8 @@ pub fn reconcile(
     Report {
         format: "tollgate.dev/reconcile-report",
         format_version: 1,
+        bundle: "not_verified",
+        window: None,
         export_format: format,
         verdict: if pass { "pass" } else { "fail" },
         tolerances: tol,
@@ -701,6 +775,18 @@ pub fn reconcile(
     }
 }
 
+/// `verified` or `verified_with_open_streams` when the bundle may be
+/// reconciled; `None` when it failed verification.
+fn verification_outcome(report: &VerificationReport) -> Option<&'static str> {
+    if report.passed() {
+        Some("verified")
+    } else if report.passed_but_open_streams() {
+        Some("verified_with_open_streams")
+    } else {
+        None
+    }
+}
+
 fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
@@ -717,7 +803,45 @@ fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
 
 /// Runs `reconcile`.
 pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let window = match (args.since, args.until) {
+        (None, None) => None,
+        (since, until) => {
+            let since_ms = since.map_or(0, Timestamp::unix_millis);
+            let until_ms = until.map_or(u64::MAX, Timestamp::unix_millis);
+            if since_ms >= until_ms {
+                bail!("--since must be before --until");
+            }
+            Some(Window { since_ms, until_ms })
+        }
+    };
+    let trust = crate::verify::load_trust_roots(&args.trust_anchor)?;
     let bundle_bytes = read_limited(&args.bundle, MAX_BUNDLE_BYTES)?;
+    let verified = match trust {
+        None => "not_verified",
+        Some(trust) => {
+            let options = VerifyOptions {
+                trust: Some(trust),
+                ..VerifyOptions::default()
+            };
+            let verification = verify_bundle(&bundle_bytes, &options);
+            match verification_outcome(&verification) {
+                Some(outcome) => outcome,
+                None => {
+                    let findings: Vec<_> = verification.findings().take(20).collect();
+                    let refused = serde_json::json!({
+                        "format": "tollgate.dev/reconcile-report",
+                        "format_version": 1,
+                        "verdict": "fail",
+                        "bundle": "failed_verification",
+                        "verification": {"verdict": verification.verdict, "findings": findings},
+                    });
+                    serde_json::to_writer_pretty(&mut *out, &refused)?;
+                    writeln!(out)?;
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    };
     let bundle: Bundle = tollgate_evidence::strict_json::from_slice(&bundle_bytes)
         .with_context(|| format!("{} is not an evidence bundle", args.bundle.display()))?;
     let export_bytes = read_limited(&args.export, MAX_EXPORT_BYTES)?;
@@ -736,8 +860,13 @@ pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         }
     }
     .with_context(|| format!("reading {}", args.export.display()))?;
-    let report = reconcile(
-        &receipts_of(&bundle, args.include_dry_run),
+    let receipts = receipts_of(&bundle, args.include_dry_run);
+    let (receipts, export) = match &window {
+        Some(window) => window.apply(receipts, export),
+        None => (receipts, export),
+    };
+    let mut report = reconcile(
+        &receipts,
         &export,
         args.format,
         Tolerances {
@@ -746,6 +875,8 @@ pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
             tokens_percent: args.token_tolerance_percent,
         },
     );
+    report.bundle = verified;
+    report.window = window;
     serde_json::to_writer_pretty(&mut *out, &report)?;
     writeln!(out)?;
     Ok(if report.verdict == "pass" {
@@ -778,6 +909,59 @@ mod tests {
             tokens_absolute: 0,
             tokens_percent: 0,
         }
+    }
+
+    #[test]
+    fn a_window_keeps_what_started_in_it_and_buckets_wholly_inside() {
+        let receipts = vec![
+            receipt(1, None, "m", 1, 1),
+            receipt(5, None, "m", 1, 1),
+            receipt(9, None, "m", 1, 1),
+        ];
+        let request = |index, at_ms| ExportRequest {
+            index,
+            provider_request_id: None,
+            model: "m".into(),
+            at_ms,
+            input_tokens: 1,
+            output_tokens: 1,
+        };
+        let bucket = |start_ms, end_ms| ExportBucket {
+            index: (0, 0),
+            start_ms,
+            end_ms,
+            model: None,
+            requests: None,
+            input_tokens: 0,
+            output_tokens: 0,
+        };
+        let export = Export {
+            requests: vec![
+                request(0, Some(T + 1_000)),
+                request(1, Some(T + 5_000)),
+                request(2, None),
+            ],
+            buckets: vec![bucket(T + 4_000, T + 6_000), bucket(T, T + 10_000)],
+        };
+        let window = Window {
+            since_ms: T + 4_000,
+            until_ms: T + 8_000,
+        };
+        let (receipts, export) = window.apply(receipts, export);
+        assert_eq!(
+            receipts
+                .iter()
+                .map(|r| r.receipt_id.as_str())
+                .collect::<Vec<_>>(),
+            ["r5"]
+        );
+        assert_eq!(
+            export.requests.iter().map(|e| e.index).collect::<Vec<_>>(),
+            [1, 2],
+            "dated in the window, or undated"
+        );
+        assert_eq!(export.buckets.len(), 1, "the straddling bucket is left out");
+        assert_eq!(export.buckets[0].start_ms, T + 4_000);
     }
 
     #[test]

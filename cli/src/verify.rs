@@ -241,7 +241,7 @@ enum StateDoc {
 }
 
 /// Reads every TrustAnchor in `paths` into trust roots; `None` when no path is given.
-fn load_trust_roots(paths: &[PathBuf]) -> anyhow::Result<Option<TrustRoots>> {
+pub fn load_trust_roots(paths: &[PathBuf]) -> anyhow::Result<Option<TrustRoots>> {
     if paths.is_empty() {
         return Ok(None);
     }

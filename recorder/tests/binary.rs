@@ -235,11 +235,15 @@ async fn a_shipped_spool_exports_a_bundle_the_cli_verifies() {
     }
     let export = dir.join("export.csv");
     std::fs::write(&export, &csv).unwrap();
-    let args = |export: &std::path::Path| {
+    let args = |bundle: &std::path::Path, export: &std::path::Path| {
         vec![
             "reconcile".to_string(),
             "--bundle".into(),
             bundle.display().to_string(),
+            "--trust-anchor".into(),
+            recorder_anchor.display().to_string(),
+            "--trust-anchor".into(),
+            anchor.display().to_string(),
             "--export".into(),
             export.display().to_string(),
             "--format".into(),
@@ -247,13 +251,61 @@ async fn a_shipped_spool_exports_a_bundle_the_cli_verifies() {
             "--include-dry-run".into(),
         ]
     };
-    let run = |export: &std::path::Path| {
-        let a = args(export);
+    let run_on = |bundle: &std::path::Path, export: &std::path::Path, extra: &[&str]| {
+        let mut a = args(bundle, export);
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
         kubectl_tollgate(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
+    let run = |export: &std::path::Path| run_on(&bundle, export, &[]);
     let (code, out, err) = run(&export);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"verdict\": \"pass\""), "{out}");
+    // The bundle is verified first.
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["bundle"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("verified")),
+        "{out}"
+    );
+
+    // A window: the receipts that started in it against the export rows
+    // dated in it; the same export over a window holding nothing else passes.
+    let first = receipts[0].body.started_at;
+    let second = receipts[1].body.started_at;
+    let (code, out, err) = run_on(
+        &bundle,
+        &export,
+        &[
+            "--since",
+            &first.to_string(),
+            "--until",
+            &second.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let in_window = receipts
+        .iter()
+        .filter(|r| first <= r.body.started_at && r.body.started_at < second)
+        .count();
+    assert!(in_window >= 1 && in_window < receipts.len());
+    assert_eq!(report["summary"]["receipts"], in_window, "{out}");
+    assert_eq!(report["summary"]["matched"], in_window, "{out}");
+    let (code, _, err) = run_on(&bundle, &export, &["--since", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+
+    // A bundle that does not verify is not reconciled.
+    let mut tampered: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    tampered["segments"][0]["envelopes"][0]["record"]["receipt"]["body"]["cost_micro_usd"] =
+        serde_json::json!(1);
+    let tampered_path = dir.join("tampered.json");
+    std::fs::write(&tampered_path, tampered.to_string()).unwrap();
+    let (code, out, _) = run_on(&tampered_path, &export, &[]);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["bundle"], "failed_verification", "{out}");
     let falsified = dir.join("falsified.csv");
     let mut lines: Vec<String> = csv.lines().map(String::from).collect();
     let fields: Vec<&str> = lines[3].split(',').collect();
