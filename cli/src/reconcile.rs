@@ -285,18 +285,29 @@ impl Window {
         self.since_ms <= ms && ms < self.until_ms
     }
 
-    /// The receipts that started in the window, the export requests dated in
-    /// it (undated ones kept) and the buckets wholly inside it. Pure.
+    /// The receipts that started in the window; the export requests of those
+    /// receipts (by provider request id, whatever their export time), then
+    /// those no receipt names that are dated in it (undated ones kept); and
+    /// the buckets wholly inside it. Pure.
     pub fn apply(&self, receipts: Vec<ReceiptUse>, export: Export) -> (Vec<ReceiptUse>, Export) {
-        let receipts = receipts
-            .into_iter()
-            .filter(|r| self.holds(r.started_ms))
-            .collect();
+        let (inside, outside): (Vec<ReceiptUse>, Vec<ReceiptUse>) =
+            receipts.into_iter().partition(|r| self.holds(r.started_ms));
+        let ids = |receipts: &[ReceiptUse]| -> BTreeSet<String> {
+            receipts
+                .iter()
+                .filter_map(|r| r.provider_request_id.clone())
+                .collect()
+        };
+        let (ids_inside, ids_outside) = (ids(&inside), ids(&outside));
         let export = Export {
             requests: export
                 .requests
                 .into_iter()
-                .filter(|e| e.at_ms.is_none_or(|at| self.holds(at)))
+                .filter(|e| match &e.provider_request_id {
+                    Some(id) if ids_inside.contains(id) => true,
+                    Some(id) if ids_outside.contains(id) => false,
+                    _ => e.at_ms.is_none_or(|at| self.holds(at)),
+                })
                 .collect(),
             buckets: export
                 .buckets
@@ -304,7 +315,7 @@ impl Window {
                 .filter(|b| self.since_ms <= b.start_ms && b.end_ms <= self.until_ms)
                 .collect(),
         };
-        (receipts, export)
+        (inside, export)
     }
 }
 
@@ -807,7 +818,7 @@ pub fn run(args: &ReconcileArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         (None, None) => None,
         (since, until) => {
             let since_ms = since.map_or(0, Timestamp::unix_millis);
-            let until_ms = until.map_or(u64::MAX, Timestamp::unix_millis);
+            let until_ms = until.map_or(Timestamp::MAX_UNIX_MILLIS, Timestamp::unix_millis);
             if since_ms >= until_ms {
                 bail!("--since must be before --until");
             }
@@ -917,6 +928,10 @@ mod tests {
             receipt(1, None, "m", 1, 1),
             receipt(5, None, "m", 1, 1),
             receipt(9, None, "m", 1, 1),
+            // Started inside, logged by the provider just after the window.
+            receipt(7, Some("late-log"), "m", 1, 1),
+            // Started before, undated in the export.
+            receipt(2, Some("early"), "m", 1, 1),
         ];
         let request = |index, at_ms| ExportRequest {
             index,
@@ -940,6 +955,14 @@ mod tests {
                 request(0, Some(T + 1_000)),
                 request(1, Some(T + 5_000)),
                 request(2, None),
+                ExportRequest {
+                    provider_request_id: Some("late-log".into()),
+                    ..request(3, Some(T + 8_500))
+                },
+                ExportRequest {
+                    provider_request_id: Some("early".into()),
+                    ..request(4, None)
+                },
             ],
             buckets: vec![bucket(T + 4_000, T + 6_000), bucket(T, T + 10_000)],
         };
@@ -953,12 +976,13 @@ mod tests {
                 .iter()
                 .map(|r| r.receipt_id.as_str())
                 .collect::<Vec<_>>(),
-            ["r5"]
+            ["r5", "r7"]
         );
         assert_eq!(
             export.requests.iter().map(|e| e.index).collect::<Vec<_>>(),
-            [1, 2],
-            "dated in the window, or undated"
+            [1, 2, 3],
+            "dated in the window or undated, and the rows of receipts in the window \
+             by id; never the rows of receipts outside it"
         );
         assert_eq!(export.buckets.len(), 1, "the straddling bucket is left out");
         assert_eq!(export.buckets[0].start_ms, T + 4_000);

@@ -375,6 +375,20 @@ pub enum SpoolError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Canonical(#[from] tollgate_evidence::CanonicalError),
+    #[error("an earlier spool write failed part-way; nothing more is appended")]
+    Broken,
+}
+
+impl SpoolError {
+    /// Whether the stream file may now hold a partial line, or a chain that
+    /// moved past what was written (a write refused after the record was
+    /// chained). Errors raised before chaining leave it intact.
+    fn breaks_the_stream(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. } | Self::Full { .. } | Self::Encode(_) | Self::Broken
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -438,6 +452,9 @@ pub struct SpoolWriter {
     /// to: the receipt goes to the same stream (or is set aside), so a
     /// decision and its receipt never straddle two streams.
     decided: HashMap<String, Identifier>,
+    /// A write failed part-way: nothing more is appended (a half-written
+    /// line would corrupt every line after it).
+    broken: bool,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -474,6 +491,7 @@ impl SpoolWriter {
             workload,
             status,
             decided: HashMap::new(),
+            broken: false,
         })
     }
 
@@ -491,6 +509,15 @@ impl SpoolWriter {
     /// `unplaced/<receipt id>.json` in the spool, and counted. Buffered: call
     /// [`Self::sync`].
     pub fn append(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
+        if self.broken {
+            return Err(SpoolError::Broken);
+        }
+        let appended = self.append_unchecked(draft);
+        self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
+        appended
+    }
+
+    fn append_unchecked(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
         let window = (draft.started_at_ms, draft.completed_at_ms);
         let mut draft = draft;
         // The stream its forward decision went to; a decision that was never
@@ -535,6 +562,15 @@ impl SpoolWriter {
     /// format cannot hold): that request must not go upstream, and the writer
     /// carries on. An I/O error is the writer's failure.
     pub fn append_decision(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
+        if self.broken {
+            return Err(SpoolError::Broken);
+        }
+        let appended = self.append_decision_unchecked(draft);
+        self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
+        appended
+    }
+
+    fn append_decision_unchecked(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
         let window = (draft.started_at_ms, draft.decided_at_ms);
         let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
         let in_current = self.current.covers(window);
@@ -781,7 +817,12 @@ impl ReceiptSink {
                 if self.status.failed.load(Ordering::Relaxed) {
                     return false;
                 }
-                match lock(writer).append_decision(draft) {
+                let Ok(mut writer) = writer.lock() else {
+                    // A panic while writing: the chain is not to be trusted.
+                    self.status.failed.store(true, Ordering::Relaxed);
+                    return false;
+                };
+                match writer.append_decision(draft) {
                     Ok(written) => written,
                     Err(e) => {
                         self.status.failed.store(true, Ordering::Relaxed);

@@ -207,12 +207,16 @@ impl CaState {
         let current = parse_seed(get(SEED_KEY).ok_or(ReceiptCaError::BadSeed)?)?;
         let current_not_before_ms = match get(NOT_BEFORE_KEY) {
             Some(value) => parse_millis(value)?,
+            // The first key: it signs from the Secret's creation.
             None => secret
                 .metadata
                 .creation_timestamp
                 .as_ref()
                 .and_then(|t| Timestamp::parse_rfc3339(&t.0.to_string()).ok())
-                .map_or(0, Timestamp::unix_millis),
+                .map(Timestamp::unix_millis)
+                .ok_or(ReceiptCaError::BadState(
+                    "no ed25519.not-before and no readable creationTimestamp",
+                ))?,
         };
         let next = match get(NEXT_SEED_KEY) {
             None => None,
@@ -407,6 +411,19 @@ pub async fn publish_trust_anchor(
     Ok(())
 }
 
+/// Writes the TrustAnchor when it does not list exactly `state`'s keys.
+async fn reconcile_anchor(client: &kube::Client, state: &CaState) -> Result<(), ReceiptCaError> {
+    let anchors: Api<TrustAnchor> = Api::all(client.clone());
+    let current = anchors.get_opt(RECEIPT_CA_NAME).await?;
+    let wanted = state.receipt_keys();
+    if current.is_some_and(|a| a.spec.receipt_keys == wanted) {
+        return Ok(());
+    }
+    publish_trust_anchor(client, state).await?;
+    tracing::info!("TrustAnchor {RECEIPT_CA_NAME} rewritten from the receipt CA Secret");
+    Ok(())
+}
+
 /// The leader's rotation loop: publishes the TrustAnchor, then every `tick`
 /// reads the Secret, takes the step [`CaState::step`] gives, and writes the
 /// TrustAnchor with it.
@@ -460,7 +477,9 @@ async fn rotate_once(
         SigningKey::from_bytes(&seed)
     };
     let Some(step) = state.step(now_ms, policy, new_key) else {
-        return Ok(());
+        // Nothing to do but keep the anchor in line with the Secret: a write
+        // that failed after a step, or another writer, is repaired here.
+        return reconcile_anchor(client, &state).await;
     };
     let write = |next: &CaState| {
         let mut updated = secret.clone();

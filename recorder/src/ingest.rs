@@ -20,8 +20,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tollgate_evidence::{
-    ChainError, Envelope, EnvelopeRecord, Identifier, KeyRole, KeyState, Sha256Hex,
-    SignedKeyCertificate, StreamChainChecker, Timestamp, TrustRoots, TrustedKey,
+    ChainError, Envelope, EnvelopeRecord, Identifier, KeyRole, Sha256Hex, SignedKeyCertificate,
+    StreamChainChecker, Timestamp, TrustRoots, TrustedKey,
 };
 
 use crate::error::RecorderError;
@@ -190,12 +190,10 @@ pub fn check_certificate<'t>(
             format!("issuer {} is not a receiptCA key", body.issuer_key_id),
         ));
     }
-    if issuer.state != KeyState::Active {
-        return Err(Refusal::new(
-            RejectReason::CertificateUntrusted,
-            format!("issuer {} is not active", body.issuer_key_id),
-        ));
-    }
+    // A retired issuer still vouches for what it certified inside its
+    // window (a receipt CA rotation keeps it trusted until its last
+    // certificate expires); `check_use` refuses revoked keys and retired
+    // ones without a `notAfter`.
     issuer
         .check_use(KeyRole::ReceiptCa, body.not_before)
         .map_err(|e| {
@@ -576,6 +574,35 @@ mod tests {
         assert_eq!(plan.accepted.len(), 6);
         assert!(plan.rejected.is_empty());
         assert_eq!((plan.next_seq, plan.closed), (7, true));
+    }
+
+    #[test]
+    fn a_retired_issuer_vouches_inside_its_window_only() {
+        let gw = Gateway::new(1).unwrap();
+        let mut trust = trust_for(&gw);
+        let certificate = &gw.certificate;
+        let issued = certificate.certificate.not_before;
+        let expires = certificate.certificate.not_after;
+        // Retired after a rotation, trusted until its last certificate expires.
+        trust.keys[0].state = tollgate_evidence::KeyState::Retired;
+        trust.keys[0].not_after = Some(expires);
+        assert!(check_certificate(certificate, &trust).is_ok());
+        let envelopes = gw.stream(2, true).unwrap();
+        let v = verified(&gw.batch_json(&envelopes).unwrap(), &trust);
+        assert!(
+            v.envelopes.iter().all(|(_, e)| e.is_ok()),
+            "records dated up to the certificate's expiry are accepted"
+        );
+        // Retired before the certificate was issued: refused.
+        let before = Timestamp::from_unix_millis(issued.unix_millis() - 1).unwrap();
+        trust.keys[0].not_after = Some(before);
+        assert!(check_certificate(certificate, &trust).is_err());
+        // Retired with no end, or revoked: refused.
+        trust.keys[0].not_after = None;
+        assert!(check_certificate(certificate, &trust).is_err());
+        trust.keys[0].state = tollgate_evidence::KeyState::Revoked;
+        trust.keys[0].not_after = Some(expires);
+        assert!(check_certificate(certificate, &trust).is_err());
     }
 
     #[test]
