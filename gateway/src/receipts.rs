@@ -638,19 +638,34 @@ impl SpoolWriter {
     /// as the previous until [`Self::close_previous`]. A previous stream still
     /// open is closed first.
     pub fn renew(&mut self, next: StreamKey, now: Timestamp) -> Result<(), SpoolError> {
-        self.close_previous(now)?;
         let opened = open_stream(&self.dir, next, &self.status)?;
+        let closed = self.install(opened, now)?;
+        sync_files(closed)
+    }
+
+    /// [`Self::renew`] with the stream already opened (and its certificate
+    /// line synced) outside any lock: closes the previous stream without
+    /// syncing it, and returns the file to fsync, so whoever holds the
+    /// shared writer only appends.
+    fn install(&mut self, opened: StreamFile, now: Timestamp) -> Result<SyncList, SpoolError> {
+        let closed = self.close_previous_unsynced(now)?;
         self.previous = Some(std::mem::replace(&mut self.current, opened));
-        Ok(())
+        Ok(closed)
     }
 
     /// Ends the previous stream, if one is open, with its signed close record
     /// (`key_expiry`).
     pub fn close_previous(&mut self, now: Timestamp) -> Result<(), SpoolError> {
-        if let Some(mut previous) = self.previous.take() {
-            close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
-        }
-        Ok(())
+        sync_files(self.close_previous_unsynced(now)?)
+    }
+
+    fn close_previous_unsynced(&mut self, now: Timestamp) -> Result<SyncList, SpoolError> {
+        let Some(mut previous) = self.previous.take() else {
+            return Ok(Vec::new());
+        };
+        append_close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
+        previous.file.flush().map_err(io_error(&previous.path))?;
+        Ok(vec![(previous.path.clone(), previous.sync_handle.clone())])
     }
 
     /// Ends every open stream with a signed close record and syncs.
@@ -744,7 +759,28 @@ pub fn admit_until(not_before_ms: u64, not_after_ms: u64) -> u64 {
     not_after_ms.saturating_sub(margin)
 }
 
+/// Spool files to fsync, by path.
+type SyncList = Vec<(PathBuf, Arc<File>)>;
+
+fn sync_files(files: SyncList) -> Result<(), SpoolError> {
+    for (path, file) in files {
+        file.sync_data().map_err(io_error(&path))?;
+    }
+    Ok(())
+}
+
 fn close(
+    stream: &mut StreamFile,
+    status: &SpoolStatus,
+    reason: CloseReason,
+    now: Timestamp,
+) -> Result<(), SpoolError> {
+    append_close(stream, status, reason, now)?;
+    sync(stream)
+}
+
+/// Appends the signed close record (not flushed).
+fn append_close(
     stream: &mut StreamFile,
     status: &SpoolStatus,
     reason: CloseReason,
@@ -756,8 +792,7 @@ fn close(
     let end = Timestamp::from_unix_millis(stream.not_after_ms).unwrap_or(now);
     let closed_at = if now > end { end } else { now };
     let envelope = stream.chain.close(reason, closed_at, &stream.key)?;
-    write_line(stream, status, &SpoolLine::Envelope(&envelope))?;
-    sync(stream)
+    write_line(stream, status, &SpoolLine::Envelope(&envelope))
 }
 
 /// What the writer task is asked to do, in order.
@@ -915,6 +950,7 @@ pub fn spawn_spool_writer(
     let (tx, mut rx) = mpsc::unbounded_channel::<SpoolCommand>();
     let status = writer.status.clone();
     let written = Arc::new(AtomicU64::new(0));
+    let dir = writer.dir.clone();
     let writer = Arc::new(std::sync::Mutex::new(writer));
     let sink = ReceiptSink {
         tx,
@@ -929,19 +965,28 @@ pub fn spawn_spool_writer(
             tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
             e
         };
+        // The shared writer is held to append only: creating a stream file
+        // and fsyncing run outside it, so a forward decision never waits for
+        // a disk flush.
         let run = |writer: &std::sync::Mutex<SpoolWriter>,
                    command: SpoolCommand|
          -> Result<u64, SpoolError> {
-            let mut writer = lock(writer);
             match command {
-                SpoolCommand::Write(draft) => writer.append(draft).map(|e| u64::from(e.is_some())),
+                SpoolCommand::Write(draft) => {
+                    lock(writer).append(draft).map(|e| u64::from(e.is_some()))
+                }
                 SpoolCommand::Renew(next) => {
                     let stream = next.stream_id.clone();
-                    writer.renew(*next, now_timestamp())?;
+                    let opened = open_stream(&dir, *next, &status)?;
+                    let closed = lock(writer).install(opened, now_timestamp())?;
+                    sync_files(closed)?;
                     tracing::info!(stream_id = %stream, "key certificate renewed; receipts go to a new stream");
                     Ok(0)
                 }
-                SpoolCommand::ClosePrevious => writer.close_previous(now_timestamp()).map(|()| 0),
+                SpoolCommand::ClosePrevious => {
+                    let closed = lock(writer).close_previous_unsynced(now_timestamp())?;
+                    sync_files(closed).map(|()| 0)
+                }
             }
         };
         while let Some(first) = rx.blocking_recv() {
