@@ -119,28 +119,33 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
     // The Secret: the first key retired, trusted until after the last
     // certificate it can have signed has expired.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), op_ns.name());
-    let data = secrets
-        .get("tollgate-receipt-ca")
-        .await?
-        .data
-        .unwrap_or_default();
-    let retired: Vec<serde_json::Value> =
-        serde_json::from_slice(&data.get("retired.json").context("retired.json")?.0)?;
-    let old = retired
-        .iter()
-        .find(|r| {
-            PublicKey::from_base64(r["publicKey"].as_str().unwrap_or_default())
-                .is_ok_and(|k| k.key_id() == first_issuer)
-        })
-        .context("the first key is not retired")?;
-    let old_not_after = old["notAfterMs"].as_u64().context("notAfterMs")?;
+    // The certificate can come from the new key a tick before the leader
+    // records the promotion: wait for it.
+    let old_not_after = eventually(Duration::from_secs(30), || async {
+        let data = secrets
+            .get("tollgate-receipt-ca")
+            .await?
+            .data
+            .unwrap_or_default();
+        let retired: Vec<serde_json::Value> =
+            serde_json::from_slice(&data.get("retired.json").context("retired.json")?.0)?;
+        let old = retired
+            .iter()
+            .find(|r| {
+                PublicKey::from_base64(r["publicKey"].as_str().unwrap_or_default())
+                    .is_ok_and(|k| k.key_id() == first_issuer)
+            })
+            .context("the first key is not retired yet")?;
+        old["notAfterMs"].as_u64().context("notAfterMs")
+    })
+    .await?;
     ensure!(
         old_not_after >= first.certificate.not_after.unix_millis(),
-        "the first key retires before its certificate expires: {old}"
+        "the first key retires before its certificate expires"
     );
 
-    // The anchor publishes both (other suites' operators write this object
-    // at their start, so wait for one of this operator's rotation steps).
+    // The anchor publishes both, the first as retired (the leader writes it
+    // right after the Secret, and repairs it every tick).
     let anchors: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &kube::discovery::ApiResource::from_gvk_with_plural(
@@ -154,8 +159,12 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let has = |id: &KeyId| keys.iter().any(|k| k["keyId"] == id.to_string().as_str());
-        ensure!(has(&first_issuer) && has(&second_issuer), "{keys:?}");
+        let find = |id: &KeyId| keys.iter().find(|k| k["keyId"] == id.to_string().as_str());
+        // The anchor is written just after the Secret at each step: wait for
+        // the one that shows the first key retired.
+        let retired = find(&first_issuer)
+            .is_some_and(|k| k["state"] == "retired" && k["notAfter"].is_string());
+        ensure!(retired && find(&second_issuer).is_some(), "{keys:?}");
         Ok(keys)
     })
     .await?;
