@@ -413,19 +413,29 @@ impl StreamChainWriter {
 
     /// Chains a signed receipt.
     pub fn append(&mut self, receipt: SignedReceipt) -> Result<Envelope, ChainError> {
-        if self.position.closed {
-            return Err(ChainError::Closed);
-        }
-        self.position.check_key(&receipt.key_id)?;
+        self.accepts_key(&receipt.key_id)?;
         self.position
             .next_seq
             .checked_increment()
             .ok_or(ChainError::SeqOverflow)?;
+        self.seal_next(EnvelopeRecord::Receipt(receipt))
+    }
+
+    /// Refuses a record for a closed stream or signed by another key.
+    fn accepts_key(&self, key_id: &KeyId) -> Result<(), ChainError> {
+        if self.position.closed {
+            return Err(ChainError::Closed);
+        }
+        self.position.check_key(key_id)
+    }
+
+    /// Seals `record` as the next envelope and moves the position past it.
+    fn seal_next(&mut self, record: EnvelopeRecord) -> Result<Envelope, ChainError> {
         let envelope = Envelope::seal(
             self.position.stream_id.clone(),
             self.position.next_seq,
             self.position.prev_hash,
-            EnvelopeRecord::Receipt(receipt),
+            record,
         )?;
         self.position.advance(&envelope)?;
         Ok(envelope)
@@ -439,11 +449,7 @@ impl StreamChainWriter {
         body: ReceiptBody,
         gateway_key: &SigningKey,
     ) -> Result<Envelope, ChainError> {
-        if self.position.closed {
-            return Err(ChainError::Closed);
-        }
-        self.position
-            .check_key(&KeyId::of_signing_key(gateway_key))?;
+        self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
         self.position
             .next_seq
             .checked_increment()
@@ -473,23 +479,12 @@ impl StreamChainWriter {
         decision: DecisionBody,
         gateway_key: &SigningKey,
     ) -> Result<Envelope, ChainError> {
-        if self.position.closed {
-            return Err(ChainError::Closed);
-        }
-        self.position
-            .check_key(&KeyId::of_signing_key(gateway_key))?;
+        self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
         decision
             .validate()
             .map_err(|_| ChainError::InvalidDecision)?;
         let signed = SignedDecision::sign(decision, gateway_key)?;
-        let envelope = Envelope::seal(
-            self.position.stream_id.clone(),
-            self.position.next_seq,
-            self.position.prev_hash,
-            EnvelopeRecord::Decision(signed),
-        )?;
-        self.position.advance(&envelope)?;
-        Ok(envelope)
+        self.seal_next(EnvelopeRecord::Decision(signed))
     }
 
     /// Ends the stream with a close record signed by `gateway_key` (the stream's key).
@@ -499,11 +494,7 @@ impl StreamChainWriter {
         closed_at: Timestamp,
         gateway_key: &SigningKey,
     ) -> Result<Envelope, ChainError> {
-        if self.position.closed {
-            return Err(ChainError::Closed);
-        }
-        self.position
-            .check_key(&KeyId::of_signing_key(gateway_key))?;
+        self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
         let receipts = self.position.receipt_count();
         let close = CloseRecord {
             schema: CloseRecordSchema,
@@ -516,14 +507,7 @@ impl StreamChainWriter {
             closed_at,
         };
         let signed = SignedCloseRecord::sign(close, gateway_key)?;
-        let envelope = Envelope::seal(
-            self.position.stream_id.clone(),
-            self.position.next_seq,
-            self.position.prev_hash,
-            EnvelopeRecord::Close(signed),
-        )?;
-        self.position.advance(&envelope)?;
-        Ok(envelope)
+        self.seal_next(EnvelopeRecord::Close(signed))
     }
 }
 
