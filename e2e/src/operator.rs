@@ -496,6 +496,30 @@ pub async fn label_governed(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Asks `op`'s control endpoint (trusting `ca`) to certify `public_key`
+/// (standard base64) for the pod `token` is bound to.
+pub async fn request_certificate(
+    op: &OperatorProcess,
+    ca: &str,
+    token: &str,
+    public_key: &str,
+) -> Result<HttpResponse> {
+    let body = serde_json::json!({ "publicKey": public_key }).to_string();
+    let auth = format!("Bearer {token}");
+    https_request(
+        &op.control_url(),
+        ca,
+        "POST",
+        "/v1/gateway/certificate",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
 /// A token for `pod`'s ServiceAccount, bound to the pod, for `audience`.
 pub async fn pod_token(client: &Client, pod: &Pod, audience: &str) -> Result<String> {
     let ns = pod.namespace().context("pod without namespace")?;

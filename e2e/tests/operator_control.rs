@@ -24,7 +24,7 @@ use tollgate_e2e::crds::install_crds;
 use tollgate_e2e::namespace::unique_name;
 use tollgate_e2e::operator::{
     HttpResponse, OperatorArgs, OperatorProcess, https_request, label_governed, peer_certificate,
-    pod_token,
+    pod_token, request_certificate,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
 use tollgate_evidence::{PublicKey, SignedKeyCertificate, SigningKey};
@@ -258,20 +258,7 @@ async fn e2e_control_issues_config_and_key_certificate() -> Result<()> {
     // A key certificate for an ephemeral key, bound to the pod.
     let gateway_key = SigningKey::from_bytes(&[9; 32]);
     let public = PublicKey::of_signing_key(&gateway_key);
-    let body = json!({"publicKey": public.to_base64()}).to_string();
-    let auth = format!("Bearer {token}");
-    let r = https_request(
-        &s.op.control_url(),
-        &s.ca,
-        "POST",
-        "/v1/gateway/certificate",
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await?;
+    let r = request_certificate(&s.op, &s.ca, &token, &public.to_base64()).await?;
     ensure!(r.status == 200, "{r:?}");
     let signed: SignedKeyCertificate = serde_json::from_value(r.json()?["certificate"].clone())?;
     let c = &signed.certificate;
@@ -316,6 +303,7 @@ async fn e2e_control_issues_config_and_key_certificate() -> Result<()> {
     PublicKey::from_base64(key["publicKey"].as_str().unwrap())?;
 
     // A bad public key is a 400 with a reason.
+    let auth = format!("Bearer {token}");
     let r = https_request(
         &s.op.control_url(),
         &s.ca,

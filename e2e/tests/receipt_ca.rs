@@ -18,7 +18,7 @@ use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 use tollgate_e2e::crds::install_crds;
 use tollgate_e2e::operator::{
-    OperatorArgs, OperatorProcess, https_request, label_governed, pod_token,
+    OperatorArgs, OperatorProcess, label_governed, pod_token, request_certificate,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
 use tollgate_evidence::{
@@ -29,20 +29,8 @@ use tollgate_evidence::{
 /// Asks the control endpoint to certify a fresh key.
 async fn certify(op: &OperatorProcess, ca: &str, token: &str) -> Result<SignedKeyCertificate> {
     let key = SigningKey::from_bytes(&rand_seed());
-    let body = json!({"publicKey": PublicKey::of_signing_key(&key).to_base64()}).to_string();
-    let auth = format!("Bearer {token}");
-    let r = https_request(
-        &op.control_url(),
-        ca,
-        "POST",
-        "/v1/gateway/certificate",
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-    .await?;
+    let public_key = PublicKey::of_signing_key(&key).to_base64();
+    let r = request_certificate(op, ca, token, &public_key).await?;
     ensure!(r.status == 200, "{r:?}");
     Ok(serde_json::from_value(r.json()?["certificate"].clone())?)
 }
