@@ -372,6 +372,18 @@ fn write_text_report(
             s.certificates,
             s.checkpoints
         )?;
+        if let Some(base) = &s.base_checkpoint {
+            writeln!(
+                out,
+                "Range:        continues the checkpoint of log size {} (root {}, issued {}); \
+                 {} stream(s) began before it, {} receipt(s) name a forward decision before it",
+                base.size,
+                base.root.to_hex(),
+                base.issued_at,
+                s.streams_continued,
+                s.decisions_before_range
+            )?;
+        }
         write_guard_checks(out, s)?;
         if s.forwarded_outcome_unknown > 0 {
             writeln!(
@@ -400,7 +412,7 @@ fn write_text_report(
                     |c| {
                         format!(
                             "checkpoint {} (log size {}, root {}, issued {})",
-                            c.index,
+                            c.index.unwrap_or_default(),
                             c.size,
                             c.root.to_hex(),
                             c.issued_at

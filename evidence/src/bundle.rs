@@ -3,9 +3,12 @@
 //! segments with their envelopes, one checkpoint per segment, and inclusion and
 //! consistency proofs.
 //!
-//! A bundle is always a complete prefix of the log, from segment 0. Certificates
-//! are sorted by `(key_id, not_before)` and proofs by their indices, so one log
-//! state has one bundle layout.
+//! A bundle holds either the whole log from segment 0, or a range of it: the
+//! segments after a base checkpoint (one the auditor already holds, or can fetch
+//! from a checkpoint sink), with the base's perfect-subtree roots so every later
+//! root can be recomputed, and an RFC 6962 consistency proof from the base to the
+//! bundle's last checkpoint. Certificates are sorted by `(key_id, not_before)` and
+//! proofs by their indices, so one log state has one bundle layout.
 
 use std::collections::BTreeSet;
 
@@ -19,7 +22,7 @@ use crate::jcs::CanonicalError;
 use crate::keys::{
     KeyId, PublicKey, SignatureError, SignatureHex, SigningKey, sign_canonical, verify_named,
 };
-use crate::merkle::{MerkleTree, ProofError};
+use crate::merkle::{MerkleAccumulator, MerkleTree, ProofError};
 use crate::segment::{Segment, envelope_leaf};
 use crate::timestamp::Timestamp;
 
@@ -38,12 +41,31 @@ pub struct Bundle {
     pub manifest_signature: ManifestSignature,
     /// Gateway key certificates, sorted by `(key_id, not_before)`.
     pub certificates: Vec<SignedKeyCertificate>,
-    /// Sealed segments, from segment 0, in order.
+    /// For a range bundle, the checkpoint it continues; absent when the bundle
+    /// starts at segment 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BundleBase>,
+    /// Sealed segments in order: from segment 0, or from the one after the base.
     pub segments: Vec<Segment>,
     /// One checkpoint per segment, in order.
     pub checkpoints: Vec<SignedCheckpoint>,
     /// Proofs over the checkpoints.
     pub proofs: Proofs,
+}
+
+/// Where a range bundle starts: the log as of the checkpoint before its first
+/// segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleBase {
+    /// The checkpoint issued with the segment before the bundle's first.
+    pub checkpoint: SignedCheckpoint,
+    /// Roots of the perfect subtrees of the log's first `checkpoint.size`
+    /// envelopes, largest first (one per set bit of the size); they hash to the
+    /// checkpoint's root.
+    pub frontier: Vec<Sha256Hex>,
+    /// RFC 6962 consistency proof from the base checkpoint to the bundle's last.
+    pub consistency: Vec<Sha256Hex>,
 }
 
 /// The bundle's table of contents.
@@ -64,6 +86,9 @@ pub struct Manifest {
     pub ranges: ManifestRanges,
     /// Hash of the last checkpoint body.
     pub latest_checkpoint_hash: Sha256Hex,
+    /// For a range bundle, the hash of the base checkpoint's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_checkpoint_hash: Option<Sha256Hex>,
 }
 
 /// Counts in the manifest.
@@ -104,7 +129,8 @@ fn is_zero(count: &SafeU64) -> bool {
 pub struct ManifestRanges {
     /// First and last segment index.
     pub segment_index: IndexRange,
-    /// First and last log position.
+    /// First and last log position (the first is the base's size in a range
+    /// bundle).
     pub leaf_index: IndexRange,
     /// Earliest `started_at` and latest `completed_at` over all receipts; absent
     /// when there are none.
@@ -188,6 +214,9 @@ pub enum BundleError {
         /// Position in the input.
         index: usize,
     },
+    /// The base checkpoint's frontier does not fit its size or root.
+    #[error("the base frontier does not match the base checkpoint")]
+    BaseMismatch,
     /// The checkpoint given with segment `index` is not for its seal, or its size is wrong.
     #[error("checkpoint {index} does not belong to its segment")]
     CheckpointMismatch {
@@ -214,6 +243,7 @@ impl Manifest {
     pub fn summarize(
         origin: &Identifier,
         created_at: Timestamp,
+        base: Option<&BundleBase>,
         certificates: &[SignedKeyCertificate],
         segments: &[Segment],
         checkpoints: &[SignedCheckpoint],
@@ -256,6 +286,8 @@ impl Manifest {
             Some(c) => c.checkpoint.hash()?,
             None => crate::merkle::empty_root(),
         };
+        let base_checkpoint_hash = base.map(|b| b.checkpoint.checkpoint.hash()).transpose()?;
+        let first_leaf = base.map_or(0, |b| b.checkpoint.checkpoint.size.get());
         Ok(Self {
             format: BundleFormat,
             format_version: SchemaVersion1,
@@ -279,12 +311,13 @@ impl Manifest {
                     last: last_segment,
                 },
                 leaf_index: IndexRange {
-                    first: SafeU64::ZERO,
-                    last: SafeU64::from_usize(envelopes.saturating_sub(1))?,
+                    first: SafeU64::new(first_leaf)?,
+                    last: SafeU64::new((first_leaf + envelopes as u64).saturating_sub(1))?,
                 },
                 receipt_time: time,
             },
             latest_checkpoint_hash,
+            base_checkpoint_hash,
         })
     }
 
@@ -319,21 +352,40 @@ pub fn certificate_order(a: &SignedKeyCertificate, b: &SignedKeyCertificate) -> 
 pub struct BundleBuilder {
     origin: Identifier,
     created_at: Timestamp,
+    base: Option<(SignedCheckpoint, MerkleAccumulator)>,
     certificates: Vec<SignedKeyCertificate>,
     segments: Vec<Segment>,
     checkpoints: Vec<SignedCheckpoint>,
 }
 
 impl BundleBuilder {
-    /// Starts a bundle of the log `origin`.
+    /// Starts a bundle of the log `origin` from segment 0.
     pub fn new(origin: Identifier, created_at: Timestamp) -> Self {
         Self {
             origin,
             created_at,
+            base: None,
             certificates: Vec::new(),
             segments: Vec::new(),
             checkpoints: Vec::new(),
         }
+    }
+
+    /// Starts a range bundle of the log `origin` after the base checkpoint, given
+    /// with the log's frontier at its size (its perfect-subtree roots, largest
+    /// first), which must hash to its root.
+    pub fn after(
+        origin: Identifier,
+        created_at: Timestamp,
+        base: SignedCheckpoint,
+        frontier: Vec<Sha256Hex>,
+    ) -> Result<Self, BundleError> {
+        let accumulator = MerkleAccumulator::from_frontier(base.checkpoint.size.get(), frontier)
+            .filter(|a| a.root() == base.checkpoint.root)
+            .ok_or(BundleError::BaseMismatch)?;
+        let mut builder = Self::new(origin, created_at);
+        builder.base = Some((base, accumulator));
+        Ok(builder)
     }
 
     /// Adds a gateway key certificate. Exact duplicates are dropped.
@@ -345,33 +397,40 @@ impl BundleBuilder {
     }
 
     /// Adds the next sealed segment and the checkpoint issued with it. Checks that it
-    /// continues the log.
+    /// continues the log (or the base).
     pub fn add_segment(
         &mut self,
         segment: Segment,
         checkpoint: SignedCheckpoint,
     ) -> Result<&mut Self, BundleError> {
         let index = self.segments.len();
-        let expected_first_leaf = self
-            .segments
-            .iter()
-            .map(|s| s.envelopes.len())
-            .sum::<usize>();
-        let previous_seal = match self.segments.last() {
-            Some(previous) => crate::hash::PrevHash::Hash(previous.seal.hash()?),
-            None => crate::hash::PrevHash::Genesis,
-        };
-        let continues = segment.genesis.segment_index.get() == index as u64
+        let (expected_index, expected_first_leaf, previous_seal) =
+            match (self.segments.last(), &self.base) {
+                (Some(previous), _) => (
+                    previous.genesis.segment_index.get() + 1,
+                    previous.genesis.first_leaf_index.get() + previous.envelopes.len() as u64,
+                    crate::hash::PrevHash::Hash(previous.seal.hash()?),
+                ),
+                // The base checkpoint names its seal, not its segment index: the
+                // seal link and the leaf index tie the first segment to it.
+                (None, Some((base, _))) => (
+                    segment.genesis.segment_index.get().max(1),
+                    base.checkpoint.size.get(),
+                    crate::hash::PrevHash::Hash(base.checkpoint.seal_hash),
+                ),
+                (None, None) => (0, 0, crate::hash::PrevHash::Genesis),
+            };
+        let continues = segment.genesis.segment_index.get() == expected_index
             && segment.seal.segment_index == segment.genesis.segment_index
-            && segment.genesis.first_leaf_index.get() == expected_first_leaf as u64
+            && segment.genesis.first_leaf_index.get() == expected_first_leaf
             && segment.genesis.prev_seal_hash == previous_seal
             && !segment.envelopes.is_empty();
         if !continues {
             return Err(BundleError::SegmentOutOfOrder { index });
         }
-        let size = expected_first_leaf + segment.envelopes.len();
+        let size = expected_first_leaf + segment.envelopes.len() as u64;
         if checkpoint.checkpoint.seal_hash != segment.seal.hash()?
-            || checkpoint.checkpoint.size.get() != size as u64
+            || checkpoint.checkpoint.size.get() != size
         {
             return Err(BundleError::CheckpointMismatch { index });
         }
@@ -381,9 +440,9 @@ impl BundleBuilder {
     }
 
     /// Builds the bundle: sorts certificates, generates a consistency proof between
-    /// each pair of consecutive checkpoints and an inclusion proof of each
-    /// checkpoint's newest envelope, writes the manifest and signs it with the
-    /// recorder key.
+    /// each pair of consecutive checkpoints (and from the base to the last) and an
+    /// inclusion proof of each checkpoint's newest envelope, writes the manifest and
+    /// signs it with the recorder key.
     pub fn build(self, recorder_key: &SigningKey) -> Result<Bundle, BundleError> {
         if self.segments.is_empty() {
             return Err(BundleError::Empty);
@@ -396,7 +455,10 @@ impl BundleBuilder {
             .flat_map(|s| &s.envelopes)
             .map(|e| envelope_leaf(&e.hash))
             .collect();
-        let tree = MerkleTree::new(leaves);
+        let tree = match &self.base {
+            Some((_, accumulator)) => MerkleTree::after(accumulator, leaves),
+            None => MerkleTree::new(leaves),
+        };
         let mut proofs = Proofs::default();
         let mut previous_size = None;
         for (i, checkpoint) in self.checkpoints.iter().enumerate() {
@@ -418,9 +480,19 @@ impl BundleBuilder {
             }
             previous_size = Some(size);
         }
+        let base = match self.base {
+            None => None,
+            Some((checkpoint, accumulator)) => Some(BundleBase {
+                consistency: tree
+                    .consistency_proof(accumulator.size(), previous_size.unwrap_or_default())?,
+                frontier: accumulator.frontier().to_vec(),
+                checkpoint,
+            }),
+        };
         let manifest = Manifest::summarize(
             &self.origin,
             self.created_at,
+            base.as_ref(),
             &certificates,
             &self.segments,
             &self.checkpoints,
@@ -431,6 +503,7 @@ impl BundleBuilder {
             manifest,
             manifest_signature,
             certificates,
+            base,
             segments: self.segments,
             checkpoints: self.checkpoints,
             proofs,

@@ -125,50 +125,125 @@ impl MerkleAccumulator {
     }
 }
 
-/// A complete tree kept level by level, for roots at any size and for proofs.
-/// Memory is about twice the leaves.
+/// A tree kept level by level, for roots at any size and for proofs. Memory is
+/// about twice the leaves.
+///
+/// The tree may continue a log whose first leaves it does not hold: it is then
+/// built over a base (the perfect-subtree roots of the log's first `n` leaves,
+/// RFC 9162's compact range `[0, n)`) and the leaves from `n` on. Every root of
+/// size `n` or more, every inclusion proof of a leaf from `n` on and every
+/// consistency proof from a size of `n` or more can still be computed: the nodes
+/// they need left of `n` are exactly the base's perfect subtrees.
 #[derive(Debug, Clone)]
 pub struct MerkleTree {
-    levels: Vec<Vec<Sha256Hex>>,
+    /// Leaves before the first held one (the base's size).
+    first_leaf: u64,
+    /// Level 0 holds leaf hashes; level L the roots of aligned subtrees of 2^L leaves.
+    levels: Vec<Level>,
+}
+
+/// One level of a [`MerkleTree`]: the nodes from index `first` on.
+#[derive(Debug, Clone)]
+struct Level {
+    first: u64,
+    nodes: Vec<Sha256Hex>,
+}
+
+impl Level {
+    fn get(&self, index: u64) -> Option<Sha256Hex> {
+        let offset = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.nodes.get(offset).copied()
+    }
 }
 
 impl MerkleTree {
     /// Builds the tree over already-hashed leaves.
     pub fn new(leaf_hashes: Vec<Sha256Hex>) -> Self {
-        let mut levels = vec![leaf_hashes];
-        while let Some(below) = levels.last().filter(|level| level.len() > 1) {
-            let above: Vec<Sha256Hex> = below
-                .chunks_exact(2)
-                .map(|pair| match pair {
-                    [left, right] => node_hash(left, right),
-                    _ => empty_root(),
-                })
-                .collect();
+        Self::after(&MerkleAccumulator::new(), leaf_hashes)
+    }
+
+    /// Builds the tree of a log whose first `base.size()` leaves are known only by
+    /// their perfect-subtree roots, followed by `leaf_hashes`.
+    pub fn after(base: &MerkleAccumulator, leaf_hashes: Vec<Sha256Hex>) -> Self {
+        let first_leaf = base.size();
+        let size = first_leaf + leaf_hashes.len() as u64;
+        // The base's frontier, largest first, is one subtree per set bit of its size.
+        let mut frontier = base.frontier().iter();
+        let mut base_node = [None; 64];
+        for height in (0..64).rev() {
+            if first_leaf >> height & 1 == 1 {
+                base_node[height] = frontier.next().copied();
+            }
+        }
+        let mut levels = vec![Level {
+            first: first_leaf,
+            nodes: leaf_hashes,
+        }];
+        let mut height = 0usize;
+        while let Some(below) = levels.last_mut() {
+            // The level starts at index `first_leaf >> height`; when that is odd
+            // its left sibling is the base's subtree of this height.
+            if below.first & 1 == 1 {
+                match base_node.get(height).copied().flatten() {
+                    Some(node) => {
+                        below.nodes.insert(0, node);
+                        below.first -= 1;
+                    }
+                    None => {
+                        if !below.nodes.is_empty() {
+                            below.nodes.remove(0);
+                        }
+                        below.first += 1;
+                    }
+                }
+            }
+            height += 1;
+            if height >= 64 || 1u64 << height > size {
+                break;
+            }
+            let above = Level {
+                first: below.first / 2,
+                nodes: below
+                    .nodes
+                    .chunks_exact(2)
+                    .map(|pair| match pair {
+                        [left, right] => node_hash(left, right),
+                        _ => empty_root(),
+                    })
+                    .collect(),
+            };
             levels.push(above);
         }
-        Self { levels }
+        Self { first_leaf, levels }
     }
 
-    /// Number of leaves.
+    /// Number of leaves, the base's included.
     pub fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |leaves| leaves.len() as u64)
+        self.first_leaf + self.leaves().len() as u64
     }
 
-    /// All leaf hashes.
+    /// Index of the first leaf held (the base's size; 0 for a whole tree).
+    pub fn first_leaf(&self) -> u64 {
+        self.first_leaf
+    }
+
+    /// The leaf hashes held, from [`Self::first_leaf`] on.
     pub fn leaves(&self) -> &[Sha256Hex] {
-        self.levels.first().map_or(&[], Vec::as_slice)
+        self.levels.first().map_or(&[], |level| {
+            let skip = usize::try_from(self.first_leaf - level.first).unwrap_or(0);
+            level.nodes.get(skip..).unwrap_or_default()
+        })
     }
 
-    /// The leaf hash at `index`.
+    /// The leaf hash at log position `index`, if held.
     pub fn leaf(&self, index: u64) -> Option<&Sha256Hex> {
-        self.levels
-            .first()
-            .and_then(|leaves| leaves.get(usize::try_from(index).ok()?))
+        let offset = usize::try_from(index.checked_sub(self.first_leaf)?).ok()?;
+        self.leaves().get(offset)
     }
 
-    /// The root of the first `size` leaves.
+    /// The root of the first `size` leaves (`size` from the base's size on).
     pub fn root_at(&self, size: u64) -> Result<Sha256Hex, ProofError> {
-        if size > self.size() {
+        if size > self.size() || size < self.first_leaf {
             return Err(ProofError::SizeOutOfRange { size });
         }
         if size == 0 {
@@ -182,13 +257,10 @@ impl MerkleTree {
     fn subtree(&self, start: u64, len: u64) -> Result<Sha256Hex, ProofError> {
         if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros() as usize;
-            let index = usize::try_from(start / len)
-                .map_err(|_| ProofError::SizeOutOfRange { size: start })?;
             return self
                 .levels
                 .get(level)
-                .and_then(|nodes| nodes.get(index))
-                .copied()
+                .and_then(|nodes| nodes.get(start / len))
                 .ok_or(ProofError::SizeOutOfRange { size: start + len });
         }
         let k = split_point(len);
@@ -204,6 +276,10 @@ impl MerkleTree {
             return Err(ProofError::SizeOutOfRange { size });
         }
         if index >= size {
+            return Err(ProofError::IndexOutOfRange { index, size });
+        }
+        if index < self.first_leaf {
+            // Only the base's subtree roots are held, not the nodes beside this leaf.
             return Err(ProofError::IndexOutOfRange { index, size });
         }
         let mut proof = Vec::new();
@@ -242,7 +318,7 @@ impl MerkleTree {
         if new_size > self.size() {
             return Err(ProofError::SizeOutOfRange { size: new_size });
         }
-        if old_size > new_size {
+        if old_size > new_size || (old_size > 0 && old_size < self.first_leaf) {
             return Err(ProofError::SizeOutOfRange { size: old_size });
         }
         let mut proof = Vec::new();
@@ -626,6 +702,48 @@ mod tests {
         );
         assert!(tree.inclusion_proof(8, 8).is_err());
         assert!(tree.consistency_proof(3, 9).is_err());
+    }
+
+    #[test]
+    fn a_tree_after_a_base_gives_the_whole_trees_roots_and_proofs() {
+        let all: Vec<Sha256Hex> = (0u32..23).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let whole = MerkleTree::new(all.clone());
+        for base_size in 0..all.len() {
+            let (prefix, rest) = all.split_at(base_size);
+            let mut base = MerkleAccumulator::new();
+            prefix.iter().for_each(|leaf| base.push(*leaf));
+            let tree = MerkleTree::after(&base, rest.to_vec());
+            let base_size = base_size as u64;
+            assert_eq!(tree.size(), whole.size());
+            assert_eq!(tree.first_leaf(), base_size);
+            assert_eq!(tree.leaves(), rest);
+            assert_eq!(tree.root_at(base_size).unwrap(), base.root());
+            for size in base_size.max(1)..=whole.size() {
+                assert_eq!(
+                    tree.root_at(size),
+                    whole.root_at(size),
+                    "base {base_size} size {size}"
+                );
+                for index in base_size..size {
+                    assert_eq!(
+                        tree.inclusion_proof(index, size),
+                        whole.inclusion_proof(index, size)
+                    );
+                }
+                for old in base_size.max(1)..=size {
+                    assert_eq!(
+                        tree.consistency_proof(old, size),
+                        whole.consistency_proof(old, size)
+                    );
+                }
+            }
+            if base_size > 1 {
+                assert!(tree.root_at(base_size - 1).is_err());
+                assert!(tree.inclusion_proof(base_size - 1, base_size).is_err());
+                assert!(tree.consistency_proof(base_size - 1, whole.size()).is_err());
+                assert!(tree.leaf(base_size - 1).is_none());
+            }
+        }
     }
 
     #[test]

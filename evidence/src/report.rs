@@ -144,7 +144,7 @@ error_codes! {
     LimitExceeded => "limit_exceeded", Manifest, Fail, "A count or proof length is above its verification limit.";
     BundleEmpty => "bundle_empty", Manifest, Fail, "The bundle holds no segment.";
     SegmentEmpty => "segment_empty", Manifest, Fail, "A segment holds no envelope.";
-    SegmentIndexMismatch => "segment_index_mismatch", Manifest, Fail, "Segments are not numbered 0, 1, 2, … in order.";
+    SegmentIndexMismatch => "segment_index_mismatch", Manifest, Fail, "Segments are not numbered 0, 1, 2, … in order (in a range bundle, consecutively from the one after the base).";
     LeafIndexMismatch => "leaf_index_mismatch", Manifest, Fail, "A genesis gives the wrong log position for its first envelope.";
     CheckpointCountMismatch => "checkpoint_count_mismatch", Manifest, Fail, "There is not exactly one checkpoint per segment.";
     OriginMismatch => "origin_mismatch", Manifest, Fail, "A genesis or checkpoint names a different log origin than the manifest.";
@@ -154,7 +154,7 @@ error_codes! {
     EnvelopeHashMismatch => "envelope_hash_mismatch", ContentHashes, Fail, "An envelope's hash is not the hash of its content.";
     CertificateKeyIdMismatch => "certificate_key_id_mismatch", ContentHashes, Fail, "A certificate's key_id is not the hash of its public key.";
     SeqDuplicate => "seq_duplicate", StreamChains, Fail, "A stream has two envelopes with the same seq.";
-    SeqGap => "seq_gap", StreamChains, Fail, "A stream is missing envelopes (seq does not start at 1 or skips).";
+    SeqGap => "seq_gap", StreamChains, Fail, "A stream is missing envelopes (seq skips, or does not start at 1 in a bundle from segment 0).";
     SeqOutOfOrder => "seq_out_of_order", StreamChains, Fail, "A stream's envelopes appear in the log out of seq order.";
     PrevHashMismatch => "prev_hash_mismatch", StreamChains, Fail, "An envelope's prev_hash does not name the previous envelope of its stream.";
     RecordAfterClose => "record_after_close", StreamChains, Fail, "A stream continues after its close record.";
@@ -169,9 +169,11 @@ error_codes! {
     CheckpointRootMismatch => "checkpoint_root_mismatch", MerkleRoots, Fail, "A checkpoint's root is not the Merkle root of the log up to its segment.";
     InclusionProofInvalid => "inclusion_proof_invalid", MerkleRoots, Fail, "An inclusion proof does not verify.";
     ConsistencyProofInvalid => "consistency_proof_invalid", MerkleRoots, Fail, "A consistency proof does not verify.";
+    BaseInvalid => "base_invalid", MerkleRoots, Fail, "A range bundle's base frontier does not fit the base checkpoint's size or does not hash to its root.";
     CheckpointLinkBroken => "checkpoint_link_broken", CheckpointChain, Fail, "A checkpoint does not link to the previous one (a fork or a rewrite).";
     CheckpointTimeRegressed => "checkpoint_time_regressed", CheckpointChain, Fail, "A checkpoint is dated before the previous one.";
     KnownCheckpointOriginMismatch => "known_checkpoint_origin_mismatch", CheckpointChain, Fail, "A checkpoint given to the verifier is for a different log.";
+    KnownCheckpointBeforeBundle => "known_checkpoint_before_bundle", CheckpointChain, Fail, "A checkpoint given to the verifier is older than the range bundle's base, so the bundle cannot show the log still extends it: export the range after that checkpoint.";
     BundleTruncated => "bundle_truncated", CheckpointChain, Fail, "A checkpoint given to the verifier covers more envelopes than the bundle: the log was cut.";
     KnownCheckpointConflict => "known_checkpoint_conflict", CheckpointChain, Fail, "A checkpoint given to the verifier has a different root than the bundle at that size: the log was rewritten.";
     NoTrustRoot => "no_trust_root", Signatures, Warn, "No trust root was given: certificates, checkpoints and the manifest were not checked against trusted keys.";
@@ -235,6 +237,9 @@ pub struct Location {
     /// Proof index (inclusion or consistency, per the code).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proof: Option<u64>,
+    /// The range bundle's base checkpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub base_checkpoint: bool,
     /// The key involved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<KeyId>,
@@ -285,6 +290,14 @@ impl Location {
     pub fn checkpoint(index: usize) -> Self {
         Self {
             checkpoint: Some(index as u64),
+            ..Self::default()
+        }
+    }
+
+    /// A range bundle's base checkpoint.
+    pub fn base() -> Self {
+        Self {
+            base_checkpoint: true,
             ..Self::default()
         }
     }
@@ -425,6 +438,14 @@ pub struct BundleSummary {
     /// The last checkpoint: it covers every envelope in the bundle, those of
     /// open streams included.
     pub last_checkpoint: Option<CheckpointRef>,
+    /// A range bundle's base: the checkpoint it continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_checkpoint: Option<CheckpointRef>,
+    /// Streams a range bundle holds from past their first record (their start
+    /// is under the base checkpoint).
+    pub streams_continued: u64,
+    /// Receipts in such streams whose forward decision precedes the range.
+    pub decisions_before_range: u64,
     /// Per guard, how its checks came out across the bundle's receipts.
     pub guard_checks: std::collections::BTreeMap<String, GuardTally>,
     /// Receipts that list no guard checks at all (written by gateways that
@@ -443,8 +464,10 @@ pub struct GuardTally {
 /// Which checkpoint, by position and content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CheckpointRef {
-    /// Its position in the bundle's checkpoints (the segment it sealed), from 0.
-    pub index: u64,
+    /// Its position in the bundle's checkpoints, from 0; absent for a range
+    /// bundle's base, which is not among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
     /// The log size it commits to.
     pub size: u64,
     /// The tree root it commits to.

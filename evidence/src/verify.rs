@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use crate::bundle::BundleBase;
 use crate::bundle::{Bundle, Manifest, certificate_order};
 use crate::certificate::KeyCertificate;
 use crate::chain::{Envelope, EnvelopeRecord, close_record_matches};
@@ -17,7 +18,9 @@ use crate::fields::{Identifier, ReceiptId};
 use crate::hash::{PrevHash, Sha256Hex};
 use crate::jcs::CanonicalError;
 use crate::keys::{KeyId, PublicKey};
-use crate::merkle::{MerkleTree, merkle_root, verify_consistency, verify_inclusion};
+use crate::merkle::{
+    MerkleAccumulator, MerkleTree, merkle_root, verify_consistency, verify_inclusion,
+};
 use crate::receipt::GuardOutcome;
 use crate::report::{
     BundleSummary, CheckpointRef, ErrorCode, Finding, GuardTally, Location, Phase, PhaseReport,
@@ -145,6 +148,10 @@ struct ChainOutcome {
     outcome_unknown: u64,
     /// ... of them, in streams without a close record.
     outcome_unknown_in_open_streams: u64,
+    /// Streams a range bundle holds from past their first record.
+    streams_continued: u64,
+    /// Receipts whose forward decision precedes a range bundle.
+    decisions_before_range: u64,
 }
 
 /// Derived views of a parsed bundle shared by the phases.
@@ -153,7 +160,10 @@ struct Indexed<'a> {
     /// Positions in `envelopes` per stream, in log order.
     streams: BTreeMap<&'a Identifier, Vec<usize>>,
     /// Leaves are the recorded envelope hashes; phase 2 checks them separately.
+    /// A range bundle's tree continues its base (phase 4 checks the base).
     tree: MerkleTree,
+    /// Log size before the first segment: 0, or a range bundle's base size.
+    first_leaf: u64,
     /// Log size after each segment.
     cumulative: Vec<u64>,
     /// Canonical bytes each record's signature covers, filled by phase 2 so phase 6
@@ -166,6 +176,11 @@ impl<'a> Indexed<'a> {
         let mut envelopes = Vec::new();
         let mut streams: BTreeMap<&Identifier, Vec<usize>> = BTreeMap::new();
         let mut cumulative = Vec::with_capacity(bundle.segments.len());
+        let base = bundle
+            .base
+            .as_ref()
+            .map_or_else(MerkleAccumulator::new, base_accumulator);
+        let first_leaf = base.size();
         for (segment, s) in bundle.segments.iter().enumerate() {
             for (index, envelope) in s.envelopes.iter().enumerate() {
                 streams
@@ -179,9 +194,10 @@ impl<'a> Indexed<'a> {
                     envelope,
                 });
             }
-            cumulative.push(envelopes.len() as u64);
+            cumulative.push(first_leaf + envelopes.len() as u64);
         }
-        let tree = MerkleTree::new(
+        let tree = MerkleTree::after(
+            &base,
             envelopes
                 .iter()
                 .map(|p| envelope_leaf(&p.envelope.hash))
@@ -192,6 +208,7 @@ impl<'a> Indexed<'a> {
             envelopes,
             streams,
             tree,
+            first_leaf,
             cumulative,
             signed,
         }
@@ -205,6 +222,12 @@ impl<'a> Indexed<'a> {
     }
 
     fn summary(&self, bundle: &Bundle, chains: &ChainOutcome) -> BundleSummary {
+        let checkpoint_ref = |index: Option<u64>, c: &SignedCheckpoint| CheckpointRef {
+            index,
+            size: c.checkpoint.size.get(),
+            root: c.checkpoint.root,
+            issued_at: c.checkpoint.issued_at,
+        };
         let receipts = self
             .envelopes
             .iter()
@@ -238,12 +261,16 @@ impl<'a> Indexed<'a> {
             forwarded_outcome_unknown_in_open_streams: chains.outcome_unknown_in_open_streams,
             certificates: bundle.certificates.len() as u64,
             checkpoints: bundle.checkpoints.len() as u64,
-            last_checkpoint: bundle.checkpoints.last().map(|c| CheckpointRef {
-                index: bundle.checkpoints.len() as u64 - 1,
-                size: c.checkpoint.size.get(),
-                root: c.checkpoint.root,
-                issued_at: c.checkpoint.issued_at,
-            }),
+            last_checkpoint: bundle
+                .checkpoints
+                .last()
+                .map(|c| checkpoint_ref(Some(bundle.checkpoints.len() as u64 - 1), c)),
+            base_checkpoint: bundle
+                .base
+                .as_ref()
+                .map(|b| checkpoint_ref(None, &b.checkpoint)),
+            streams_continued: chains.streams_continued,
+            decisions_before_range: chains.decisions_before_range,
             guard_checks,
             receipts_without_checks,
         }
@@ -439,9 +466,27 @@ impl<'o> Run<'o> {
         if bundle.segments.is_empty() {
             self.report(ErrorCode::BundleEmpty, Location::document(), "no segments");
         }
-        let mut first_leaf = 0u64;
+        // A range bundle's first segment follows its base, whose index the base
+        // checkpoint does not name; the seal link and the leaf index tie them.
+        let (first_index, mut first_leaf) = match &bundle.base {
+            None => (0, 0),
+            Some(base) => {
+                if base.checkpoint.checkpoint.origin != *origin {
+                    let detail = format!(
+                        "base checkpoint origin {}",
+                        base.checkpoint.checkpoint.origin
+                    );
+                    self.report(ErrorCode::OriginMismatch, Location::base(), detail);
+                }
+                let first = bundle
+                    .segments
+                    .first()
+                    .map_or(1, |s| s.genesis.segment_index.get());
+                (first.max(1), base.checkpoint.checkpoint.size.get())
+            }
+        };
         for (i, segment) in bundle.segments.iter().enumerate() {
-            let index = i as u64;
+            let index = first_index + i as u64;
             if segment.genesis.segment_index.get() != index
                 || segment.seal.segment_index.get() != index
             {
@@ -554,6 +599,7 @@ impl<'o> Run<'o> {
         let expected = Manifest::summarize(
             &manifest.origin,
             manifest.created_at,
+            bundle.base.as_ref(),
             &bundle.certificates,
             &bundle.segments,
             &bundle.checkpoints,
@@ -585,6 +631,9 @@ impl<'o> Run<'o> {
         }
         if expected.latest_checkpoint_hash != manifest.latest_checkpoint_hash {
             differences.push("latest_checkpoint_hash is not the last checkpoint's hash".to_owned());
+        }
+        if expected.base_checkpoint_hash != manifest.base_checkpoint_hash {
+            differences.push("base_checkpoint_hash is not the base checkpoint's hash".to_owned());
         }
         for detail in differences {
             self.report(ErrorCode::ManifestMismatch, Location::document(), detail);
@@ -660,13 +709,25 @@ impl<'o> Run<'o> {
             ..ChainOutcome::default()
         };
         let mut open = BTreeSet::new();
+        let mut continued = BTreeSet::new();
+        let range = indexed.first_leaf > 0;
         for (stream_id, positions) in &indexed.streams {
             let entries = indexed.stream_entries(positions);
-            if !self.check_stream(stream_id, &entries) {
+            // A range bundle holds the part of a stream after its base; what came
+            // before is under the base checkpoint.
+            let first_seq = match entries.iter().map(|p| p.seq()).min() {
+                Some(seq) if range && seq > 1 => {
+                    continued.insert(*stream_id);
+                    seq
+                }
+                _ => 1,
+            };
+            if !self.check_stream(stream_id, &entries, first_seq) {
                 outcome.open_streams += 1;
                 open.insert(*stream_id);
             }
         }
+        outcome.streams_continued = continued.len() as u64;
         // Every receipt that names a forward decision must find it, for the
         // same request, earlier in the log, and be the only one naming it; a
         // decision no receipt names went upstream with an unknown outcome.
@@ -679,6 +740,10 @@ impl<'o> Run<'o> {
                 continue;
             };
             let problem = match decisions.get(id) {
+                None if continued.contains(&placed.envelope.stream_id) => {
+                    outcome.decisions_before_range += 1;
+                    None
+                }
                 None => Some(format!(
                     "names forward decision {id}, which the bundle does not hold"
                 )),
@@ -729,7 +794,12 @@ impl<'o> Run<'o> {
     }
 
     /// Checks one stream; returns whether it is closed.
-    fn check_stream(&mut self, stream_id: &Identifier, entries: &[&Placed<'_>]) -> bool {
+    fn check_stream(
+        &mut self,
+        stream_id: &Identifier,
+        entries: &[&Placed<'_>],
+        first_seq: u64,
+    ) -> bool {
         // Log order must follow seq.
         let mut highest = 0;
         for placed in entries {
@@ -755,7 +825,7 @@ impl<'o> Run<'o> {
         }
         by_seq.dedup_by_key(|p| p.seq());
 
-        let mut expected = 1u64;
+        let mut expected = first_seq;
         let mut previous: Option<&Placed<'_>> = None;
         for placed in &by_seq {
             if placed.seq() != expected {
@@ -824,6 +894,9 @@ impl<'o> Run<'o> {
 
     fn merkle_phase(&mut self, bundle: &Bundle, indexed: &Indexed<'_>) {
         self.enter(Phase::MerkleRoots);
+        if let Some(base) = &bundle.base {
+            self.check_base(base, bundle, indexed);
+        }
         let leaves = indexed.tree.leaves();
         let mut start = 0usize;
         for (i, segment) in bundle.segments.iter().enumerate() {
@@ -877,6 +950,51 @@ impl<'o> Run<'o> {
             }
         }
         self.check_proofs(bundle, indexed);
+    }
+
+    /// A range bundle's base: its frontier must hash to the base checkpoint's
+    /// root (or every root after it is computed from made-up subtrees), and the
+    /// last checkpoint must extend it.
+    fn check_base(&mut self, base: &BundleBase, bundle: &Bundle, indexed: &Indexed<'_>) {
+        let claimed = &base.checkpoint.checkpoint;
+        let fits = MerkleAccumulator::from_frontier(claimed.size.get(), base.frontier.clone());
+        match fits {
+            None => {
+                let detail = format!(
+                    "{} frontier hashes for size {}, which needs {}",
+                    base.frontier.len(),
+                    claimed.size,
+                    claimed.size.get().count_ones()
+                );
+                self.report(ErrorCode::BaseInvalid, Location::base(), detail);
+                return;
+            }
+            Some(accumulator) if accumulator.root() != claimed.root => {
+                let detail = format!(
+                    "frontier hashes to {}, base checkpoint root is {}",
+                    accumulator.root(),
+                    claimed.root
+                );
+                self.report(ErrorCode::BaseInvalid, Location::base(), detail);
+                return;
+            }
+            Some(_) => {}
+        }
+        debug_assert_eq!(indexed.first_leaf, claimed.size.get());
+        let Some(last) = bundle.checkpoints.last() else {
+            return;
+        };
+        let last = &last.checkpoint;
+        if let Err(e) = verify_consistency(
+            claimed.size.get(),
+            last.size.get(),
+            &claimed.root,
+            &last.root,
+            &base.consistency,
+        ) {
+            let detail = format!("from the base to checkpoint {}: {e}", last.size);
+            self.report(ErrorCode::ConsistencyProofInvalid, Location::base(), detail);
+        }
     }
 
     fn check_proofs(&mut self, bundle: &Bundle, indexed: &Indexed<'_>) {
@@ -934,6 +1052,17 @@ impl<'o> Run<'o> {
         self.enter(Phase::CheckpointChain);
         let mut expected = PrevHash::Genesis;
         let mut previous_time: Option<Timestamp> = None;
+        if let Some(base) = &bundle.base {
+            previous_time = Some(base.checkpoint.checkpoint.issued_at);
+            match base.checkpoint.checkpoint.hash() {
+                Ok(hash) => expected = PrevHash::Hash(hash),
+                Err(e) => self.report(
+                    ErrorCode::CheckpointLinkBroken,
+                    Location::base(),
+                    e.to_string(),
+                ),
+            }
+        }
         for (i, signed) in bundle.checkpoints.iter().enumerate() {
             let checkpoint = &signed.checkpoint;
             if checkpoint.prev_checkpoint_hash != expected {
@@ -975,6 +1104,18 @@ impl<'o> Run<'o> {
                     ErrorCode::KnownCheckpointOriginMismatch,
                     Location::known_checkpoint(i),
                     format!("origin {}", known.origin),
+                );
+                continue;
+            }
+            if known.size.get() < indexed.first_leaf {
+                let detail = format!(
+                    "given checkpoint covers {} envelopes, the bundle starts after {}: export the range after the given checkpoint",
+                    known.size, indexed.first_leaf
+                );
+                self.report(
+                    ErrorCode::KnownCheckpointBeforeBundle,
+                    Location::known_checkpoint(i),
+                    detail,
                 );
                 continue;
             }
@@ -1222,6 +1363,19 @@ impl<'o> Run<'o> {
     }
 
     fn check_recorder_signatures(&mut self, bundle: &Bundle, trust: &TrustRoots) {
+        if let Some(base) = &bundle.base {
+            let signed = &base.checkpoint;
+            let location = Location::base().with_key(signed.key_id);
+            let outcome = recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at)
+                .and_then(|key| {
+                    signed
+                        .verify_signature(&key)
+                        .map_err(|e| (ErrorCode::CheckpointSignatureInvalid, e.to_string()))
+                });
+            if let Err((code, detail)) = outcome {
+                self.report(code, location, detail);
+            }
+        }
         for (i, signed) in bundle.checkpoints.iter().enumerate() {
             let location = Location::checkpoint(i).with_key(signed.key_id);
             let outcome = recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at)
@@ -1263,7 +1417,9 @@ impl<'o> Run<'o> {
 
     fn segment_link_phase(&mut self, bundle: &Bundle) {
         self.enter(Phase::SegmentLinks);
-        let mut previous_seal = PrevHash::Genesis;
+        let mut previous_seal = bundle.base.as_ref().map_or(PrevHash::Genesis, |base| {
+            PrevHash::Hash(base.checkpoint.checkpoint.seal_hash)
+        });
         for (i, segment) in bundle.segments.iter().enumerate() {
             match segment.genesis.hash() {
                 Ok(hash) if hash == segment.seal.genesis_hash => {}
@@ -1297,6 +1453,16 @@ impl<'o> Run<'o> {
             previous_seal = seal_hash.map_or(PrevHash::Genesis, PrevHash::Hash);
         }
     }
+}
+
+/// The accumulator a range bundle's base describes. A frontier of the wrong
+/// length is cut or padded to fit the base's size, so positions stay right and
+/// every root computed from it fails (phase 4 reports the base itself).
+fn base_accumulator(base: &BundleBase) -> MerkleAccumulator {
+    let size = base.checkpoint.checkpoint.size.get();
+    let mut frontier = base.frontier.clone();
+    frontier.resize(size.count_ones() as usize, crate::merkle::empty_root());
+    MerkleAccumulator::from_frontier(size, frontier).unwrap_or_default()
 }
 
 fn link_detail(computed: Result<Sha256Hex, CanonicalError>, recorded: &Sha256Hex) -> String {

@@ -41,6 +41,16 @@ fn verify(closed: bool, link: u64) -> VerificationReport {
 }
 
 fn verify_with(closed: bool, link: u64, same_request: bool) -> VerificationReport {
+    let (bundle, options) = bundle_with(closed, link, same_request, 10);
+    verify_bundle(&bundle.to_json().unwrap(), &options)
+}
+
+fn bundle_with(
+    closed: bool,
+    link: u64,
+    same_request: bool,
+    segment_size: usize,
+) -> (tollgate_evidence::Bundle, VerifyOptions) {
     let spec = common::Spec {
         streams: 1,
         ..common::Spec::default()
@@ -70,7 +80,7 @@ fn verify_with(closed: bool, link: u64, same_request: bool) -> VerificationRepor
                 .unwrap(),
         );
     }
-    let (segments, checkpoints) = record(&log, 10, &keys.recorder);
+    let (segments, checkpoints) = record(&log, segment_size, &keys.recorder);
     let mut builder = BundleBuilder::new(Identifier::new(ORIGIN).unwrap(), at(T0 + 2 * HOUR));
     builder.add_certificate(certificate(&keys, 0, T0 - HOUR, T0 + common::DAY));
     for (segment, checkpoint) in segments.into_iter().zip(checkpoints) {
@@ -81,7 +91,7 @@ fn verify_with(closed: bool, link: u64, same_request: bool) -> VerificationRepor
         trust: Some(trust_roots(&keys)),
         ..VerifyOptions::default()
     };
-    verify_bundle(&bundle.to_json().unwrap(), &options)
+    (bundle, options)
 }
 
 fn codes(report: &VerificationReport) -> Vec<ErrorCode> {
@@ -144,4 +154,26 @@ fn a_receipt_naming_an_absent_decision_or_another_requests_fails() {
         "{}",
         finding.detail
     );
+}
+
+#[test]
+fn in_a_range_a_receipt_may_name_a_decision_from_before_its_base() {
+    // One envelope per segment: decision 1, its receipt, decision 2, close.
+    let (full, options) = bundle_with(true, 1, true, 1);
+    let keys = common::Keys::new(common::Spec::default().seed, 1);
+    let range = common::range_of(&full, 1, &keys.recorder);
+    let report = verify_bundle(&range.to_json().unwrap(), &options);
+    assert_eq!(
+        codes(&report),
+        [ErrorCode::ForwardedOutcomeUnknown],
+        "{report:#?}"
+    );
+    let summary = report.summary.unwrap();
+    assert_eq!(
+        (summary.decisions_before_range, summary.streams_continued),
+        (1, 1)
+    );
+    // The same receipt in a bundle from segment 0 finds its decision.
+    let report = verify_bundle(&full.to_json().unwrap(), &options);
+    assert_eq!(report.summary.unwrap().decisions_before_range, 0);
 }

@@ -380,6 +380,7 @@ impl Fixture {
         self.bundle.manifest = Manifest::summarize(
             &b.manifest.origin,
             b.manifest.created_at,
+            b.base.as_ref(),
             &b.certificates,
             &b.segments,
             &b.checkpoints,
@@ -494,4 +495,29 @@ pub fn assert_detected(report: &VerificationReport, phase: Phase, code: ErrorCod
         target.findings.iter().any(|f| f.code == code),
         "no {code} in {phase:?}: {summary:#?}"
     );
+}
+
+/// The range bundle of `full`'s segments from `from` on, based on the checkpoint
+/// of segment `from - 1`, as a recorder exports it.
+pub fn range_of(full: &Bundle, from: usize, recorder: &SigningKey) -> Bundle {
+    let mut base = tollgate_evidence::MerkleAccumulator::new();
+    for envelope in full.segments[..from].iter().flat_map(|s| &s.envelopes) {
+        base.push(tollgate_evidence::segment::envelope_leaf(&envelope.hash));
+    }
+    let mut builder = BundleBuilder::after(
+        full.manifest.origin.clone(),
+        full.manifest.created_at,
+        full.checkpoints[from - 1].clone(),
+        base.frontier().to_vec(),
+    )
+    .unwrap();
+    for certificate in &full.certificates {
+        builder.add_certificate(certificate.clone());
+    }
+    for (segment, checkpoint) in full.segments[from..].iter().zip(&full.checkpoints[from..]) {
+        builder
+            .add_segment(segment.clone(), checkpoint.clone())
+            .unwrap();
+    }
+    builder.build(recorder).unwrap()
 }
