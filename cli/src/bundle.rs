@@ -4,10 +4,14 @@
 //! `kubectl tollgate verify BUNDLE --trust-anchor DATA_DIR/recorder-trust-anchor.yaml
 //! --trust-anchor CA-ANCHOR`.
 //!
-//! A bundle is always a complete prefix of the log from segment 0, so `--since`
-//! and the start of `--segments A..B` do not drop older segments; the export ends
-//! with the last segment holding receipts before `--until` (or segment B) and seals
-//! the open segment first if the range reaches into it.
+//! Without a range the bundle holds every segment retention kept. `--after
+//! CHECKPOINT` exports the segments after a checkpoint the auditor holds (a
+//! checkpoint file, or a file sink's JSON lines, whose newest line is used), and
+//! `--since`, `--segments A..B` start later too: a bundle that does not start at
+//! segment 0 is a range bundle, based on the checkpoint before its first segment
+//! with a consistency proof from it (docs/evidence.md). The export ends with the
+//! last segment holding receipts before `--until` (or segment B) and seals the
+//! open segment first if the range reaches into it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -45,9 +49,15 @@ pub enum BundleCommand {
 pub struct ExportArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Range start: a duration ago (24h) or RFC 3339.
-    #[arg(long, conflicts_with = "segments")]
+    /// Range start: a duration ago (24h) or RFC 3339. The bundle starts with the
+    /// first segment sealed since then.
+    #[arg(long, conflicts_with_all = ["segments", "after"])]
     pub since: Option<String>,
+    /// Start after this checkpoint, which you hold (a checkpoint's JSON, or a file
+    /// sink's JSON lines: the newest is used). The recorder refuses it if it is
+    /// not its log's.
+    #[arg(long, conflicts_with = "segments")]
+    pub after: Option<PathBuf>,
     /// Range end (exclusive): a duration ago or RFC 3339.
     #[arg(long, conflicts_with = "segments")]
     pub until: Option<String>,
@@ -62,8 +72,19 @@ pub struct ExportArgs {
     pub key_file: Option<PathBuf>,
 }
 
-fn params(args: &ExportArgs) -> HashMap<String, String> {
+fn params(args: &ExportArgs) -> anyhow::Result<HashMap<String, String>> {
     let mut p = HashMap::new();
+    if let Some(path) = &args.after {
+        let held = crate::verify::load_checkpoint(path)?;
+        let hash = held
+            .checkpoint
+            .hash()
+            .context("hashing the held checkpoint")?;
+        p.insert(
+            "after".to_string(),
+            format!("{}:{}", held.checkpoint.size, hash.to_hex()),
+        );
+    }
     for (k, v) in [
         ("since", &args.since),
         ("until", &args.until),
@@ -73,7 +94,7 @@ fn params(args: &ExportArgs) -> HashMap<String, String> {
             p.insert(k.to_string(), v.clone());
         }
     }
-    p
+    Ok(p)
 }
 
 async fn export_local(
@@ -104,7 +125,7 @@ async fn export_local(
         },
     )
     .await?;
-    let range = tollgate_recorder::http::export_range(&params(args), now)?;
+    let range = tollgate_recorder::http::export_range(&params(args)?, now)?;
     let bundle = recorder.export(range, &Caller::Local).await?;
     let bytes = bundle.to_json()?;
     if bytes.len() as u64 > MAX_EXPORT_BYTES {
@@ -113,24 +134,28 @@ async fn export_local(
     Ok(bytes)
 }
 
-fn query_suffix(args: &ExportArgs) -> String {
-    let mut p: Vec<(String, String)> = params(args).into_iter().collect();
+fn query_suffix(args: &ExportArgs) -> anyhow::Result<String> {
+    let mut p: Vec<(String, String)> = params(args)?.into_iter().collect();
     p.sort();
     let query: Vec<String> = p
         .into_iter()
         .map(|(k, v)| format!("{k}={}", encode(&v)))
         .collect();
-    if query.is_empty() {
+    Ok(if query.is_empty() {
         String::new()
     } else {
         format!("?{}", query.join("&"))
-    }
+    })
 }
 
 /// The bundle through the API server's aggregation layer, as the kubeconfig's identity.
 async fn export_through_api_server(args: &ExportArgs) -> anyhow::Result<Vec<u8>> {
     let client = crate::cluster::client().await?;
-    let path = format!("{}/bundles{}", crate::cluster::API_BASE, query_suffix(args));
+    let path = format!(
+        "{}/bundles{}",
+        crate::cluster::API_BASE,
+        query_suffix(args)?
+    );
     let body = crate::cluster::get(&client, &path).await?;
     if body.len() as u64 > MAX_EXPORT_BYTES {
         bail!("the bundle is over {MAX_EXPORT_BYTES} bytes; export a smaller range");
@@ -143,7 +168,7 @@ async fn export_remote(args: &ExportArgs) -> anyhow::Result<Vec<u8>> {
         return export_through_api_server(args).await;
     }
     let (client, base, token) = args.source.remote()?;
-    let url = format!("{base}/v1/bundle{}", query_suffix(args));
+    let url = format!("{base}/v1/bundle{}", query_suffix(args)?);
     let response = client
         .send(
             http::Method::GET,
@@ -195,6 +220,13 @@ pub fn run(args: &BundleArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 m.counts.streams,
                 m.counts.certificates,
             )?;
+            if m.base_checkpoint_hash.is_some() {
+                writeln!(
+                    out,
+                    "a range bundle: it continues the checkpoint of log size {}",
+                    m.ranges.leaf_index.first
+                )?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -47,8 +47,9 @@ pub struct VerifyArgs {
     /// Repeatable. Without one the verdict is at best a warning.
     #[arg(long = "trust-anchor")]
     pub trust_anchor: Vec<PathBuf>,
-    /// A signed checkpoint kept outside the recorder (a checkpoint sink's JSON).
-    /// The bundle must contain and agree with it. Repeatable.
+    /// A signed checkpoint kept outside the recorder: one checkpoint's JSON, or a
+    /// file sink's JSON lines (its last line, the newest, is used). The bundle
+    /// must reach and agree with it. Repeatable.
     #[arg(long = "checkpoint")]
     pub checkpoint: Vec<PathBuf>,
     /// Output format.
@@ -176,10 +177,39 @@ fn read_small_file(path: &Path, limit: u64, what: &str) -> anyhow::Result<Vec<u8
     }
 }
 
-fn load_checkpoint(path: &Path) -> anyhow::Result<SignedCheckpoint> {
-    let bytes = read_small_file(path, MAX_CHECKPOINT_BYTES, "checkpoint file")?;
-    SignedCheckpoint::from_json(&bytes)
-        .with_context(|| format!("{} is not a signed checkpoint", path.display()))
+/// Reads a held checkpoint: a file holding one checkpoint's JSON, or a file
+/// checkpoint sink's JSON lines, of which the last line (the newest checkpoint)
+/// is read. Only the file's last 64 KiB are read, however long it grew.
+pub fn load_checkpoint(path: &Path) -> anyhow::Result<SignedCheckpoint> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let start = len.saturating_sub(MAX_CHECKPOINT_BYTES);
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CHECKPOINT_BYTES)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let last_line = |bytes: &[u8]| -> Vec<u8> {
+        let text = bytes.trim_ascii_end();
+        let from = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        text.get(from..).unwrap_or_default().to_vec()
+    };
+    // A whole small file is one checkpoint (possibly pretty-printed) or lines.
+    if start == 0
+        && let Ok(checkpoint) = SignedCheckpoint::from_json(&bytes)
+    {
+        return Ok(checkpoint);
+    }
+    SignedCheckpoint::from_json(&last_line(&bytes)).with_context(|| {
+        format!(
+            "{} is neither a signed checkpoint nor checkpoint lines ending in one",
+            path.display()
+        )
+    })
 }
 
 /// One Kubernetes object or a List of them.

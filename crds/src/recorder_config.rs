@@ -160,7 +160,9 @@ fn default_max_age_seconds() -> u32 {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
-    /// Delete sealed segments older than this many days. Checkpoints are kept.
+    /// Delete the envelopes of sealed segments older than this many days, once
+    /// every checkpoint sink holds a checkpoint covering them (never without a
+    /// sink). Checkpoints are kept; later exports start after them.
     #[schemars(range(min = 1, max = 36500))]
     pub sealed_segment_days: u32,
 }

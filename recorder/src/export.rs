@@ -2,17 +2,26 @@
 //! assembly of stored segments, checkpoints and certificates into an evidence
 //! bundle with the evidence `BundleBuilder`.
 //!
-//! An evidence bundle is always a complete prefix of the log, from segment 0 (the
-//! verifier recomputes every root from the start). So a time range `[since,
-//! until)` exports segments `0..=S`, where S is the last segment holding a receipt
-//! that started before `until`, and `--segments A..B` exports `0..=B`; `since` and
-//! `A` only narrow what the caller is told about. An export that reaches into the
-//! open segment seals it first, so the newest receipts are included.
+//! An export from segment 0 is a whole-log bundle; one that starts later is a
+//! range bundle, based on the checkpoint of the segment before its first (with
+//! the log's frontier there and a consistency proof to its last checkpoint):
+//!
+//! - everything: the segments retention kept (a range once it pruned any);
+//! - `since`/`until`: from the first segment sealed at or after `since` (a
+//!   receipt is stored after it started, so none started after `since` is in an
+//!   earlier segment) to the last segment holding a receipt that started before
+//!   `until`;
+//! - `segments=A..B`: exactly those;
+//! - `after=SIZE:HASH`: from the segment after the caller's checkpoint (the
+//!   recorder checks it is this log's), to `until` or the end.
+//!
+//! An export that reaches into the open segment seals it first, so the newest
+//! receipts are included.
 
 use serde::{Deserialize, Serialize};
 use tollgate_evidence::{
-    Bundle, BundleBuilder, Envelope, Genesis, Identifier, Seal, Segment, SignedCheckpoint,
-    SignedKeyCertificate, SigningKey, Timestamp,
+    Bundle, BundleBuilder, Envelope, Genesis, Identifier, Seal, Segment, Sha256Hex,
+    SignedCheckpoint, SignedKeyCertificate, SigningKey, Timestamp,
 };
 
 use crate::error::RecorderError;
@@ -31,13 +40,35 @@ pub enum ExportRange {
         /// End of the range (exclusive).
         until_ms: u64,
     },
-    /// Segments `first..=last` (the bundle still starts at segment 0).
+    /// Segments `first..=last`.
     Segments {
-        /// First segment of interest.
+        /// First segment.
         first: u64,
         /// Last segment.
         last: u64,
     },
+    /// The segments after the checkpoint the caller holds.
+    After {
+        /// The held checkpoint's log size.
+        size: u64,
+        /// The hash of the held checkpoint's body.
+        checkpoint_hash: Sha256Hex,
+        /// End of the range (exclusive), if any.
+        until_ms: Option<u64>,
+    },
+}
+
+/// Parses `SIZE:HASH`, a checkpoint's log size and body hash.
+pub fn parse_after(s: &str) -> Result<(u64, Sha256Hex), RecorderError> {
+    let bad = || {
+        RecorderError::BadRequest(format!(
+            "after {s:?}: expected SIZE:HASH, a checkpoint's size and the hex SHA-256 of its body"
+        ))
+    };
+    let (size, hash) = s.split_once(':').ok_or_else(bad)?;
+    let size = size.trim().parse().map_err(|_| bad())?;
+    let hash = Sha256Hex::parse(hash.trim()).map_err(|_| bad())?;
+    Ok((size, hash))
 }
 
 /// Parses `A..B` (inclusive).
@@ -72,20 +103,35 @@ pub fn check_bounds(rows: &[SealedSegmentRow]) -> Result<(), RecorderError> {
     Ok(())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, RecorderError> {
+/// Parses stored JSON; a failure means the store is corrupt.
+pub fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, RecorderError> {
     serde_json::from_str(json).map_err(|e| RecorderError::Internal(format!("stored {what}: {e}")))
 }
 
+/// A range export's base: the checkpoint before its first segment and the log's
+/// frontier there.
+#[derive(Debug, Clone)]
+pub struct ExportBase {
+    /// The checkpoint of the segment before the first exported.
+    pub checkpoint: SignedCheckpoint,
+    /// The log tree's perfect-subtree roots at the checkpoint's size.
+    pub frontier: Vec<Sha256Hex>,
+}
+
 /// Assembles a bundle from stored segments (each with its envelopes' JSON, in log
-/// order) and certificate JSON. Pure.
+/// order) and certificate JSON, after `base` if the first segment is not 0. Pure.
 pub fn assemble(
     origin: Identifier,
     created_at: Timestamp,
+    base: Option<ExportBase>,
     segments: Vec<(SealedSegmentRow, Vec<String>)>,
     certificates: &[String],
     recorder_key: &SigningKey,
 ) -> Result<Bundle, RecorderError> {
-    let mut builder = BundleBuilder::new(origin, created_at);
+    let mut builder = match base {
+        None => BundleBuilder::new(origin, created_at),
+        Some(base) => BundleBuilder::after(origin, created_at, base.checkpoint, base.frontier)?,
+    };
     for json in certificates {
         builder.add_certificate(parse::<SignedKeyCertificate>("certificate", json)?);
     }
@@ -114,5 +160,16 @@ mod tests {
         assert_eq!(parse_segment_range("3..3").unwrap(), (3, 3));
         assert!(parse_segment_range("4..3").is_err());
         assert!(parse_segment_range("4").is_err());
+    }
+
+    #[test]
+    fn a_held_checkpoint_is_named_by_size_and_hash() {
+        let hash = "ab".repeat(32);
+        let (size, parsed) = parse_after(&format!("42:{hash}")).unwrap();
+        assert_eq!((size, parsed.to_hex()), (42, hash.clone()));
+        for bad in ["42", &format!("x:{hash}"), "42:abcd", &format!("-1:{hash}")] {
+            let err = parse_after(bad).unwrap_err().to_string();
+            assert!(err.contains("SIZE:HASH"), "{bad}: {err}");
+        }
     }
 }

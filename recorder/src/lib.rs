@@ -16,6 +16,7 @@
 //!    with the recorder key ([`identity`]) and pushes them to [`sinks`].
 //! 4. [`quota`] grants, renews and returns leases atomically (no over-grant).
 //! 5. [`usage`] aggregates stored receipts; [`export`] builds evidence bundles.
+//! 6. [`retention`] deletes old sealed segments once a checkpoint sink holds them.
 //!
 //! Everything that decides is a pure function with unit tests; storage, HTTP and
 //! clocks sit at the edges. Receipts hold no prompts, completions or keys, and
@@ -34,6 +35,7 @@ pub mod log;
 pub mod metrics;
 pub mod quota;
 pub mod recorder;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod sinks;

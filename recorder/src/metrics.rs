@@ -77,6 +77,11 @@ pub struct Metrics {
     pub sinks: Family<SinkLabels, Counter>,
     /// Lease decisions.
     pub leases: Family<DecisionLabel, Counter>,
+    /// Sealed segments retention deleted.
+    pub segments_pruned: Counter,
+    /// Sealed segments past retention that wait for a sink to hold a checkpoint
+    /// covering them.
+    pub segments_awaiting_sink: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +103,8 @@ impl Metrics {
         let http = Family::<RouteLabels, Counter>::default();
         let sinks = Family::<SinkLabels, Counter>::default();
         let leases = Family::<DecisionLabel, Counter>::default();
+        let segments_pruned = Counter::default();
+        let segments_awaiting_sink = Gauge::default();
         registry.register(
             "envelopes",
             "Envelopes received, by result",
@@ -131,6 +138,16 @@ impl Metrics {
             sinks.clone(),
         );
         registry.register("lease_decisions", "Quota lease decisions", leases.clone());
+        registry.register(
+            "segments_pruned",
+            "Sealed segments whose envelopes retention deleted",
+            segments_pruned.clone(),
+        );
+        registry.register(
+            "segments_awaiting_sink",
+            "Sealed segments past retention kept until a checkpoint sink holds a checkpoint covering them",
+            segments_awaiting_sink.clone(),
+        );
         Self {
             registry,
             envelopes,
@@ -142,6 +159,8 @@ impl Metrics {
             http,
             sinks,
             leases,
+            segments_pruned,
+            segments_awaiting_sink,
         }
     }
 

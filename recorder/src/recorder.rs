@@ -13,18 +13,19 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tollgate_evidence::{
-    Bundle, Envelope, Genesis, Identifier, KeyRole, LogState, PublicKey, SignedCheckpoint,
-    SigningKey, Timestamp, TrustRoots,
+    Bundle, Envelope, Genesis, Identifier, KeyRole, LogState, MerkleAccumulator, PrevHash,
+    PublicKey, Sha256Hex, SignedCheckpoint, SigningKey, Timestamp, TrustRoots,
 };
 
 use crate::auth::{Caller, Policy};
 use crate::clock::Clock;
 use crate::error::RecorderError;
-use crate::export::{ExportRange, assemble, check_bounds};
+use crate::export::{ExportBase, ExportRange, assemble, check_bounds};
 use crate::ingest::{IngestResponse, StoredStream, parse_batch, plan_chain, verify_batch};
 use crate::log::{LogCore, SealPolicy, SealedSegment};
 use crate::metrics::{DecisionLabel, KindLabel, Metrics, ReasonLabel, ResultLabel};
 use crate::quota::{GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, ReturnResponse};
+use crate::retention::{RetentionReport, covered_size};
 use crate::settings::Settings;
 use crate::store::{
     CertificateRow, EnvelopeRow, FaultRow, LogMetaRow, LogTx, LogWrite, SegmentOpenRow,
@@ -113,6 +114,7 @@ impl Recorder {
                     options.settings.sinks.clone(),
                     client,
                     options.metrics.clone(),
+                    store.clone(),
                 )
             })
         });
@@ -282,6 +284,7 @@ impl Recorder {
                     checkpoint_json: json(&s.checkpoint)?,
                     sealed_at_ms: s.seal.sealed_at.unix_millis(),
                     envelope_count: s.seal.envelope_count.get(),
+                    log_state_json: json(&s.state)?,
                 })
             })
             .collect()
@@ -625,67 +628,306 @@ impl Recorder {
     }
 
     /// Builds an evidence bundle for `range` (sealing the open segment if the range
-    /// reaches into it).
+    /// reaches into it): a whole-log bundle when it starts at segment 0, else a
+    /// range bundle based on the checkpoint before its first segment.
     pub async fn export(
         &self,
         range: ExportRange,
         caller: &Caller,
     ) -> Result<Bundle, RecorderError> {
         self.policy.check_read(caller)?;
-        let last = match range {
-            ExportRange::Everything => None,
+        let until_ms = match range {
             ExportRange::Time { since_ms, until_ms } => {
                 if since_ms.is_some_and(|s| s >= until_ms) {
                     return Err(RecorderError::BadRequest(
                         "since must be before until".into(),
                     ));
                 }
-                Some(
-                    self.store
-                        .last_segment_before(until_ms)
-                        .await?
-                        .ok_or_else(|| {
-                            RecorderError::NotFound("no receipts before until".into())
-                        })?,
-                )
+                Some(until_ms)
             }
-            ExportRange::Segments { last, .. } => Some(last),
+            ExportRange::After { until_ms, .. } => until_ms,
+            ExportRange::Everything | ExportRange::Segments { .. } => None,
         };
-        let sealed_through = self
-            .store
-            .sealed_segments(last)
-            .await?
-            .last()
-            .map(|r| r.index);
-        if last.is_none_or(|l| sealed_through.is_none_or(|s| s < l)) {
+        let last = match (range, until_ms) {
+            (ExportRange::Segments { last, .. }, _) => Some(last),
+            (_, Some(until_ms)) => Some(
+                self.store
+                    .last_segment_before(until_ms)
+                    .await?
+                    .ok_or_else(|| RecorderError::NotFound("no receipts before until".into()))?,
+            ),
+            (_, None) => None,
+        };
+        let bounds = self.store.segment_bounds().await?;
+        if last.is_none_or(|l| bounds.last_sealed.is_none_or(|s| s < l)) {
             self.seal_now().await?;
         }
-        let rows = self.store.sealed_segments(last).await?;
-        match (last, rows.last()) {
-            (_, None) => return Err(RecorderError::NotFound("no segment to export".into())),
-            (Some(l), Some(r)) if r.index < l => {
-                return Err(RecorderError::NotFound(format!(
-                    "segment {l} does not exist"
-                )));
+        let bounds = self.store.segment_bounds().await?;
+        let (Some(last_sealed), Some(first_kept)) = (bounds.last_sealed, bounds.first_kept) else {
+            return Err(RecorderError::NotFound("no segment to export".into()));
+        };
+        let last = last.unwrap_or(last_sealed);
+        if last > last_sealed {
+            return Err(RecorderError::NotFound(format!(
+                "segment {last} does not exist"
+            )));
+        }
+        let first = match range {
+            ExportRange::Everything | ExportRange::Time { since_ms: None, .. } => first_kept,
+            ExportRange::Time {
+                since_ms: Some(since_ms),
+                ..
+            } => self
+                .store
+                .first_segment_sealed_since(since_ms)
+                .await?
+                .unwrap_or(last_sealed + 1)
+                .max(first_kept),
+            ExportRange::Segments { first, .. } => first,
+            ExportRange::After {
+                size,
+                checkpoint_hash,
+                ..
+            } => {
+                self.segment_after_checkpoint(size, &checkpoint_hash, last_sealed)
+                    .await?
             }
-            _ => {}
+        };
+        if first < first_kept {
+            return Err(RecorderError::NotFound(format!(
+                "segments before {first_kept} were deleted by retention"
+            )));
+        }
+        if first > last {
+            return Err(RecorderError::NotFound(match range {
+                ExportRange::After { size, .. } => {
+                    format!("the log holds nothing after the checkpoint of size {size} yet")
+                }
+                _ => format!("no sealed segment in the range (segments {first}..{last})"),
+            }));
+        }
+        let rows = self.store.sealed_segments(first, Some(last)).await?;
+        if rows.len() as u64 != last - first + 1 {
+            return Err(corrupt(
+                "segments",
+                format!("{} stored for {first}..={last}", rows.len()),
+            ));
         }
         check_bounds(&rows)?;
-        let upto = rows.last().map_or(0, |r| r.index);
+        let base = match first.checked_sub(1) {
+            Some(previous) => Some(self.export_base(previous).await?),
+            None => None,
+        };
         let mut segments = Vec::with_capacity(rows.len());
         for row in rows {
             let envelopes = self.store.segment_envelopes(row.index).await?;
             segments.push((row, envelopes));
         }
-        let certificates = self.store.certificates_upto(upto).await?;
+        let certificates = self.store.certificates_between(first, last).await?;
         let created_at = ts(self.clock.now_ms())?;
         let origin = self.origin.clone();
         let key = self.key.clone();
         tokio::task::spawn_blocking(move || {
-            assemble(origin, created_at, segments, &certificates, &key)
+            assemble(origin, created_at, base, segments, &certificates, &key)
         })
         .await
         .map_err(|e| RecorderError::Internal(format!("bundle task: {e}")))?
+    }
+
+    /// One retention pass: deletes the envelopes of sealed segments older than the
+    /// retention period that every checkpoint sink holds a checkpoint covering,
+    /// oldest first (see [`crate::retention`]).
+    pub async fn apply_retention(&self) -> Result<RetentionReport, RecorderError> {
+        let mut report = RetentionReport::default();
+        let Some(keep_ms) = self.settings.retention_ms else {
+            return Ok(report);
+        };
+        let now_ms = self.clock.now_ms();
+        let bounds = self.store.segment_bounds().await?;
+        let aged = self
+            .store
+            .last_segment_sealed_before(now_ms.saturating_sub(keep_ms))
+            .await?;
+        let (Some(aged), Some(first_kept)) = (aged, bounds.first_kept) else {
+            self.metrics.segments_awaiting_sink.set(0);
+            return Ok(report);
+        };
+        if aged < first_kept {
+            self.metrics.segments_awaiting_sink.set(0);
+            return Ok(report);
+        }
+        let delivered = self.store.sink_progress().await?;
+        let through = match covered_size(&self.settings.sinks, &delivered) {
+            None => {
+                report.blocked = Some(
+                    "no checkpoint sink is configured: retention deletes only segments a sink \
+                     holds a checkpoint for"
+                        .into(),
+                );
+                None
+            }
+            Some(covered) => self
+                .last_segment_within(covered, aged)
+                .await?
+                .map(|(index, _)| index),
+        };
+        let through = through.filter(|t| *t >= first_kept);
+        report.awaiting_sink = match through {
+            Some(through) => aged - through,
+            None => aged - first_kept + 1,
+        };
+        if through.is_none() && report.blocked.is_none() {
+            report.blocked = Some("no sink holds a checkpoint covering them yet".into());
+        }
+        self.metrics
+            .segments_awaiting_sink
+            .set(i64::try_from(report.awaiting_sink).unwrap_or(i64::MAX));
+        let Some(through) = through else {
+            tracing::warn!(
+                segments = report.awaiting_sink,
+                reason = report.blocked.as_deref().unwrap_or_default(),
+                "sealed segments past retention are kept"
+            );
+            return Ok(report);
+        };
+        // Later range exports start after `through`: make sure its frontier is stored.
+        self.export_base(through).await?;
+        for index in first_kept..=through {
+            self.store.prune_segment(index, now_ms).await?;
+            self.metrics.segments_pruned.inc();
+            report.pruned.push(index);
+        }
+        tracing::info!(
+            first = first_kept,
+            last = through,
+            awaiting_sink = report.awaiting_sink,
+            "retention deleted sealed segments"
+        );
+        Ok(report)
+    }
+
+    /// The first segment after the caller's checkpoint, which must be this log's.
+    async fn segment_after_checkpoint(
+        &self,
+        size: u64,
+        checkpoint_hash: &Sha256Hex,
+        last_sealed: u64,
+    ) -> Result<u64, RecorderError> {
+        let found = self.last_segment_within(size, last_sealed).await?;
+        let (index, checkpoint) = match found {
+            Some((index, checkpoint)) if checkpoint.checkpoint.size.get() == size => {
+                (index, checkpoint)
+            }
+            _ => {
+                return Err(RecorderError::NotFound(format!(
+                    "this log has no checkpoint of size {size}"
+                )));
+            }
+        };
+        let hash = checkpoint
+            .checkpoint
+            .hash()
+            .map_err(|e| corrupt("checkpoint", e))?;
+        if hash != *checkpoint_hash {
+            return Err(RecorderError::Conflict(format!(
+                "the checkpoint of size {size} you hold has hash {checkpoint_hash}, this log's has \
+                 {hash}: it is another log's, or this log was rewritten"
+            )));
+        }
+        Ok(index + 1)
+    }
+
+    /// The last sealed segment at or before `last` whose checkpoint covers at most
+    /// `size` envelopes, with that checkpoint (binary search: sizes grow with the
+    /// index, and pruned segments keep their checkpoints).
+    async fn last_segment_within(
+        &self,
+        size: u64,
+        last: u64,
+    ) -> Result<Option<(u64, SignedCheckpoint)>, RecorderError> {
+        let mut found = None;
+        let (mut low, mut high) = (0u64, last.saturating_add(1));
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let row = self.store.segment(middle).await?.ok_or_else(|| {
+                corrupt("segments", format!("sealed segment {middle} is missing"))
+            })?;
+            let checkpoint: SignedCheckpoint =
+                crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
+            if checkpoint.checkpoint.size.get() <= size {
+                found = Some((middle, checkpoint));
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The checkpoint of sealed segment `index` and the log's frontier after it,
+    /// from the state stored with its seal. Segments sealed before schema version
+    /// 4 have none: it is rebuilt from the nearest stored state and the envelope
+    /// hashes after it, checked against the checkpoint, and stored.
+    async fn export_base(&self, index: u64) -> Result<ExportBase, RecorderError> {
+        let row = self
+            .store
+            .segment(index)
+            .await?
+            .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))?;
+        let checkpoint: SignedCheckpoint =
+            crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
+        if let Some(json) = &row.log_state_json {
+            let state: LogState = crate::export::parse("log state", json)?;
+            return Ok(ExportBase {
+                checkpoint,
+                frontier: state.frontier,
+            });
+        }
+        let (mut accumulator, from) = match self.store.latest_state_upto(index).await? {
+            Some((at, json)) => {
+                let state: LogState = crate::export::parse("log state", &json)?;
+                let accumulator =
+                    MerkleAccumulator::from_frontier(state.size.get(), state.frontier)
+                        .ok_or_else(|| corrupt("log state", format!("segment {at}")))?;
+                (accumulator, at + 1)
+            }
+            None => (MerkleAccumulator::new(), 0),
+        };
+        for hash in self.store.leaf_hashes(from, index).await? {
+            let hash = Sha256Hex::parse(&hash).map_err(|e| corrupt("hash", e))?;
+            accumulator.push(tollgate_evidence::segment::envelope_leaf(&hash));
+        }
+        if accumulator.size() != checkpoint.checkpoint.size.get()
+            || accumulator.root() != checkpoint.checkpoint.root
+        {
+            return Err(corrupt(
+                "log state",
+                format!(
+                    "the envelopes up to segment {index} do not rebuild its checkpoint \
+                     (retention may have deleted them)"
+                ),
+            ));
+        }
+        let seal: tollgate_evidence::Seal = crate::export::parse("seal", &row.sealed.seal_json)?;
+        let state = LogState {
+            origin: self.origin.clone(),
+            next_segment_index: tollgate_evidence::SafeU64::new(index + 1)
+                .map_err(|e| corrupt("segment index", e))?,
+            size: checkpoint.checkpoint.size,
+            frontier: accumulator.frontier().to_vec(),
+            prev_seal_hash: PrevHash::Hash(seal.hash().map_err(|e| corrupt("seal", e))?),
+            prev_checkpoint_hash: PrevHash::Hash(
+                checkpoint
+                    .checkpoint
+                    .hash()
+                    .map_err(|e| corrupt("checkpoint", e))?,
+            ),
+        };
+        self.store.set_log_state(index, &json(&state)?).await?;
+        Ok(ExportBase {
+            checkpoint,
+            frontier: state.frontier,
+        })
     }
 
     fn lease_metric(&self, response: &LeaseResponse) {

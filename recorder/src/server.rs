@@ -26,6 +26,9 @@ use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 
+/// How often the recorder runs a retention pass.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
 /// Which storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageChoice {
@@ -272,10 +275,17 @@ pub async fn start(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(seal_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_retention: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
                 if let Err(e) = recorder.seal_if_due().await {
                     tracing::warn!(error = %e, "sealing failed; will retry");
+                }
+                if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                    last_retention = Some(tokio::time::Instant::now());
+                    if let Err(e) = recorder.apply_retention().await {
+                        tracing::warn!(error = %e, "retention failed; will retry");
+                    }
                 }
             }
         })

@@ -67,6 +67,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Checkpoint sinks.
     pub sinks: Vec<SinkSettings>,
+    /// Delete sealed segments older than this (milliseconds), once every sink
+    /// holds a checkpoint covering them; `None` keeps everything.
+    pub retention_ms: Option<u64>,
     /// Storage backend named by the config.
     pub storage: StorageType,
     /// SQLite path named by the config, if any.
@@ -88,6 +91,7 @@ impl Default for Settings {
             max_batch_receipts: 1_000,
             max_body_bytes: 16 * 1024 * 1024,
             sinks: Vec::new(),
+            retention_ms: None,
             storage: StorageType::Sqlite,
             sqlite_path: None,
         })
@@ -115,6 +119,10 @@ impl Settings {
             max_body_bytes: usize::try_from(spec.ingest.max_body_bytes.max(65_536))
                 .unwrap_or(16 * 1024 * 1024),
             sinks,
+            retention_ms: spec
+                .retention
+                .as_ref()
+                .map(|r| u64::from(r.sealed_segment_days.max(1)) * 86_400_000),
             storage: spec.storage.type_,
             sqlite_path: spec.storage.sqlite.as_ref().map(|s| s.path.clone()),
         })

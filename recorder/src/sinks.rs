@@ -3,7 +3,8 @@
 //! is detectable by anyone holding a later checkpoint (`kubectl tollgate verify
 //! --checkpoint`). Delivery runs on its own task, in order, after the checkpoint's
 //! transaction committed; a failing sink is retried with backoff and counted, and
-//! never blocks ingestion.
+//! never blocks ingestion. What each sink holds is stored (`sink_progress`):
+//! retention deletes only segments every sink holds a checkpoint for.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +17,7 @@ use tollgate_evidence::SignedCheckpoint;
 
 use crate::metrics::{Metrics, SinkLabels};
 use crate::settings::{SinkSettings, SinkTarget};
+use crate::store::Store;
 use tollgate_wire::client::HttpClient;
 
 /// Attempts per checkpoint and HTTP sink.
@@ -73,6 +75,7 @@ pub fn spawn_sinks(
     sinks: Vec<SinkSettings>,
     client: HttpClient,
     metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
 ) -> mpsc::UnboundedSender<SignedCheckpoint> {
     let (tx, mut rx) = mpsc::unbounded_channel::<SignedCheckpoint>();
     tokio::spawn(async move {
@@ -84,8 +87,17 @@ pub fn spawn_sinks(
                     result: if result.is_ok() { "ok" } else { "error" },
                 };
                 metrics.sinks.get_or_create(&label).inc();
-                if let Err(e) = result {
-                    tracing::warn!(sink = %sink.name, size = checkpoint.checkpoint.size.get(), error = %e, "checkpoint sink delivery failed");
+                let size = checkpoint.checkpoint.size.get();
+                match result {
+                    Ok(()) => {
+                        let at_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                        if let Err(e) = store.record_sink_delivery(&sink.name, size, at_ms).await {
+                            tracing::warn!(sink = %sink.name, size, error = %e, "recording a sink delivery failed; retention waits for the next");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(sink = %sink.name, size, error = %e, "checkpoint sink delivery failed");
+                    }
                 }
             }
         }

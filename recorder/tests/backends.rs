@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use tollgate_crds::quota::{CalendarWindow, Enforcement};
 use tollgate_evidence::{EnvelopeRecord, PrevHash, SignatureHex};
+use tollgate_recorder::RecorderError;
 use tollgate_recorder::auth::Caller;
 use tollgate_recorder::export::ExportRange;
 use tollgate_recorder::ingest::{IngestResponse, RejectReason};
 use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRequest};
 use tollgate_recorder::recorder::Recorder;
+use tollgate_recorder::settings::{SinkSettings, SinkTarget};
 use tollgate_recorder::store::Store;
 use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery};
 use tollgate_test_support::fixtures::{Gateway, HOUR_MS, T0_MS, caller_hash, key_from};
@@ -43,6 +45,8 @@ on_both_backends!(
     concurrent_partial_grants_sum_exactly_to_the_cap,
     leases_renew_return_and_expire,
     a_reopened_recorder_resumes_the_open_segment,
+    range_exports_continue_a_held_checkpoint,
+    retention_deletes_only_segments_a_sink_holds,
 );
 
 const LOCAL: Caller = Caller::Local;
@@ -134,6 +138,202 @@ async fn ingest_dedups_resumes_and_exports_a_verifiable_bundle(store: Arc<dyn St
         "{}",
         serde_json::to_string_pretty(&report).unwrap()
     );
+}
+
+/// `after` naming `checkpoint`.
+fn after(checkpoint: &tollgate_evidence::SignedCheckpoint) -> ExportRange {
+    ExportRange::After {
+        size: checkpoint.checkpoint.size.get(),
+        checkpoint_hash: checkpoint.checkpoint.hash().unwrap(),
+        until_ms: None,
+    }
+}
+
+/// Verifies with the auditor's trust roots and the checkpoints they hold.
+fn verify_holding(
+    bundle: &tollgate_evidence::Bundle,
+    held: &[tollgate_evidence::SignedCheckpoint],
+) -> tollgate_evidence::VerificationReport {
+    tollgate_evidence::verify_bundle(
+        &bundle.to_json().unwrap(),
+        &tollgate_evidence::VerifyOptions {
+            trust: Some(common::auditor_trust()),
+            known_checkpoints: held.to_vec(),
+            ..Default::default()
+        },
+    )
+}
+
+async fn range_exports_continue_a_held_checkpoint(store: Arc<dyn Store>) {
+    let (rec, clock) = common::recorder(store, common::settings(4)).await;
+    let g1 = Gateway::new(1).unwrap();
+    // 10 receipts and a close: segments of 4, 4 and 3.
+    ingest(&rec, &g1, &g1.stream(10, true).unwrap()).await;
+    let full = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    assert!(full.base.is_none());
+    assert_eq!(full.segments.len(), 3);
+    let held = full.checkpoints[0].clone();
+
+    // After the checkpoint an auditor kept: segments 1 and 2, based on it.
+    let range = rec.export(after(&held), &LOCAL).await.unwrap();
+    assert_eq!(range.base.as_ref().unwrap().checkpoint, held);
+    assert_eq!(range.segments.len(), 2);
+    assert_eq!(range.segments[0].genesis.segment_index.get(), 1);
+    let report = verify_holding(&range, std::slice::from_ref(&held));
+    assert!(report.passed(), "{report:#?}");
+    let summary = report.summary.unwrap();
+    assert_eq!((summary.streams_continued, summary.open_streams), (1, 0));
+
+    // A checkpoint of another history at the same size is refused, as is a size
+    // no checkpoint has.
+    let mut forged = held.clone();
+    forged.checkpoint.root = tollgate_evidence::sha256(b"another history");
+    let err = rec.export(after(&forged), &LOCAL).await.unwrap_err();
+    assert!(matches!(err, RecorderError::Conflict(_)), "{err}");
+    let mut odd = held.clone();
+    odd.checkpoint.size = tollgate_evidence::SafeU64::from(5u32);
+    let err = rec.export(after(&odd), &LOCAL).await.unwrap_err();
+    assert!(err.to_string().contains("no checkpoint of size 5"), "{err}");
+    // Nothing after the newest checkpoint yet.
+    let newest = full.checkpoints[2].clone();
+    let err = rec.export(after(&newest), &LOCAL).await.unwrap_err();
+    assert!(err.to_string().contains("nothing after"), "{err}");
+
+    // Exactly the segments asked for; the stream is closed in a later one.
+    let middle = rec
+        .export(ExportRange::Segments { first: 1, last: 1 }, &LOCAL)
+        .await
+        .unwrap();
+    assert_eq!(middle.segments.len(), 1);
+    assert!(verify_holding(&middle, &[]).passed_but_open_streams());
+
+    // An hour later another gateway's receipts: a range since then holds only
+    // the segment sealed after it, and last night's checkpoint still anchors
+    // the range that reaches it.
+    clock.advance(HOUR_MS);
+    let since = rec.now_ms();
+    let g2 = Gateway::new(2).unwrap();
+    ingest(&rec, &g2, &g2.stream(2, true).unwrap()).await;
+    let recent = rec
+        .export(
+            ExportRange::Time {
+                since_ms: Some(since),
+                until_ms: u64::MAX >> 11,
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recent.segments.len(), 1);
+    assert_eq!(recent.segments[0].genesis.segment_index.get(), 3);
+    assert!(verify_holding(&recent, std::slice::from_ref(&newest)).passed());
+    let nightly = rec.export(after(&newest), &LOCAL).await.unwrap();
+    assert_eq!(nightly.segments, recent.segments);
+    // A held checkpoint older than the range's base cannot be vouched for.
+    let report = verify_holding(&nightly, std::slice::from_ref(&held));
+    assert!(
+        report
+            .findings()
+            .any(|f| f.code == tollgate_evidence::ErrorCode::KnownCheckpointBeforeBundle),
+        "{report:#?}"
+    );
+}
+
+async fn retention_deletes_only_segments_a_sink_holds(store: Arc<dyn Store>) {
+    const DAY_MS: u64 = 24 * HOUR_MS;
+    let dir = common::temp_dir("retention");
+    let sink_file = dir.join("sink").join("checkpoints.jsonl");
+    let mut settings = common::settings(4);
+    settings.retention_ms = Some(DAY_MS);
+    // A recorder without a sink never deletes anything.
+    let (unsunk, unsunk_clock) = common::recorder(store.clone(), settings.clone()).await;
+    settings.sinks = vec![SinkSettings {
+        name: "audit-file".into(),
+        target: SinkTarget::File(sink_file.clone()),
+    }];
+    let (rec, clock) = common::recorder(store.clone(), settings).await;
+
+    let g1 = Gateway::new(1).unwrap();
+    let g2 = Gateway::new(2).unwrap();
+    let g2_stream = g2.stream(4, false).unwrap();
+    // Segments 0 and 1 (4 each), 2 (3: the close), 3 (g2's first two; g2 stays open).
+    ingest(&rec, &g1, &g1.stream(10, true).unwrap()).await;
+    rec.seal_now().await.unwrap();
+    ingest(&rec, &g2, &g2_stream[..2]).await;
+    rec.seal_now().await.unwrap();
+
+    // Two days on every segment is past retention, but the sink's directory
+    // does not exist, so it holds no checkpoint: nothing is deleted.
+    clock.advance(2 * DAY_MS);
+    unsunk_clock.advance(2 * DAY_MS);
+    let report = unsunk.apply_retention().await.unwrap();
+    assert!(report.pruned.is_empty());
+    assert!(report.blocked.unwrap().contains("no checkpoint sink"));
+    let report = rec.apply_retention().await.unwrap();
+    assert!(report.pruned.is_empty(), "{report:?}");
+    assert_eq!(report.awaiting_sink, 4);
+    assert_eq!(
+        rec.export(ExportRange::Everything, &LOCAL)
+            .await
+            .unwrap()
+            .segments
+            .len(),
+        4
+    );
+
+    // The sink comes back: the next checkpoint (segment 4) reaches it and
+    // covers segments 0 to 3, which are older than a day; 4 is not.
+    std::fs::create_dir_all(sink_file.parent().unwrap()).unwrap();
+    let g3 = Gateway::new(3).unwrap();
+    ingest(&rec, &g3, &g3.stream(1, true).unwrap()).await;
+    let newest = rec.seal_now().await.unwrap().unwrap();
+    let size = newest.checkpoint.size.get();
+    for _ in 0..100 {
+        if store
+            .sink_progress()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(name, held)| name == "audit-file" && *held >= size)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let report = rec.apply_retention().await.unwrap();
+    assert_eq!(report.pruned, [0, 1, 2, 3], "{report:?}");
+    assert_eq!(report.awaiting_sink, 0);
+    assert!(rec.apply_retention().await.unwrap().pruned.is_empty());
+
+    // Deleted segments cannot be exported; everything kept is a range bundle
+    // based on segment 3's checkpoint, and verifies against the checkpoint
+    // the sink holds.
+    let err = rec
+        .export(ExportRange::Segments { first: 0, last: 4 }, &LOCAL)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deleted by retention"), "{err}");
+    let text = std::fs::read_to_string(&sink_file).unwrap();
+    let held =
+        tollgate_evidence::SignedCheckpoint::from_json(text.lines().last().unwrap().as_bytes())
+            .unwrap();
+    assert_eq!(held, newest);
+
+    // g2 is still open: its newest envelope was kept, so it goes on.
+    let r = ingest(&rec, &g2, &g2_stream[2..]).await;
+    assert_eq!((r.accepted, r.next_seq), (2, 5), "{r:?}");
+    let kept = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    assert_eq!(kept.segments[0].genesis.segment_index.get(), 4);
+    assert_eq!(
+        kept.base.as_ref().unwrap().checkpoint.checkpoint.size.get(),
+        13
+    );
+    let report = verify_holding(&kept, std::slice::from_ref(&held));
+    assert!(report.passed_but_open_streams(), "{report:#?}");
+    assert_eq!(report.summary.unwrap().streams_continued, 1);
+    // Only what was kept is counted: g2's head (seq 2), its last two and g3's one.
+    let usage = rec.usage(&all_time(), &LOCAL).await.unwrap();
+    assert_eq!(usage.total.requests, 4);
 }
 
 async fn every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored(store: Arc<dyn Store>) {
@@ -575,5 +775,57 @@ async fn sqlite_and_postgres_give_identical_answers() {
     let postgres = transcript(pg).await;
     for (i, (a, b)) in sqlite.iter().zip(&postgres).enumerate() {
         assert_eq!(a, b, "answer {i} differs between sqlite and postgres");
+    }
+}
+
+/// Segments sealed before schema version 4 have no stored log state: a range
+/// export rebuilds its base from the nearest stored state (or the start) and the
+/// envelope hashes after it, and stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_after_a_segment_sealed_before_version_4_rebuilds_its_base() {
+    let dir = common::temp_dir("pre-v4-state");
+    let path = dir.join("recorder.db");
+    let store: Arc<dyn Store> =
+        Arc::new(tollgate_recorder::store::sqlite::SqliteStore::open(&path).unwrap());
+    let (rec, _clock) = common::recorder(store.clone(), common::settings(3)).await;
+    let g1 = Gateway::new(1).unwrap();
+    ingest(&rec, &g1, &g1.stream(10, true).unwrap()).await;
+    let full = rec.export(ExportRange::Everything, &LOCAL).await.unwrap();
+    assert_eq!(full.segments.len(), 4);
+    let expected = rec
+        .export(ExportRange::Segments { first: 3, last: 3 }, &LOCAL)
+        .await
+        .unwrap();
+    let forget = |sql: &str| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    };
+    // From segment 0's state and segment 1's and 2's hashes, then from nothing.
+    for sql in [
+        "UPDATE segments SET log_state = NULL WHERE segment_index > 0",
+        "UPDATE segments SET log_state = NULL",
+    ] {
+        forget(sql);
+        assert_eq!(
+            store.segment(2).await.unwrap().unwrap().log_state_json,
+            None
+        );
+        let rebuilt = rec
+            .export(ExportRange::Segments { first: 3, last: 3 }, &LOCAL)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.base, expected.base, "{sql}");
+        assert!(verify_holding(&rebuilt, &full.checkpoints[2..3]).passed());
+        assert!(
+            store
+                .segment(2)
+                .await
+                .unwrap()
+                .unwrap()
+                .log_state_json
+                .is_some()
+        );
     }
 }

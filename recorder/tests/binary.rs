@@ -168,6 +168,58 @@ async fn a_shipped_spool_exports_a_bundle_the_cli_verifies() {
     ]);
     assert_eq!(code, 0, "{out}");
 
+    // An auditor who kept the first checkpoint (last night's) exports only what
+    // came after it, anchored to it, and checks it against what they hold.
+    let held = dir.join("held-checkpoint.json");
+    std::fs::write(&held, sink.lines().next().unwrap()).unwrap();
+    let range = dir.join("range.json");
+    let source = [
+        "--recorder",
+        rec.url.as_str(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let mut export_after = vec!["bundle", "export"];
+    export_after.extend(source);
+    export_after.extend([
+        "--after",
+        held.to_str().unwrap(),
+        "-o",
+        range.to_str().unwrap(),
+    ]);
+    let (code, out, err) = kubectl_tollgate(&export_after);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("a range bundle: it continues the checkpoint of log size 7"),
+        "{out}"
+    );
+    let (code, out, _) = kubectl_tollgate(&[
+        "verify",
+        range.to_str().unwrap(),
+        "--trust-anchor",
+        recorder_anchor.to_str().unwrap(),
+        "--trust-anchor",
+        anchor.to_str().unwrap(),
+        "--checkpoint",
+        held.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Range:        continues the checkpoint of log size 7"),
+        "{out}"
+    );
+    // The sink's file names its newest checkpoint, after which nothing is sealed yet.
+    let mut export_newest = vec!["bundle", "export"];
+    export_newest.extend(source);
+    let sink_path = dir.join("checkpoints.jsonl");
+    export_newest.extend(["--after", sink_path.to_str().unwrap()]);
+    let (code, _, err) = kubectl_tollgate(&export_newest);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nothing after the checkpoint of size 19"),
+        "{err}"
+    );
+
     // The same export from the data directory (--local) verifies too.
     rec.stop();
     let local_bundle = dir.join("local-bundle.json");

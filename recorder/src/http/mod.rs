@@ -10,7 +10,7 @@
 //! | POST | `/v1/quota/leases/{lease_id}/renew` | renew |
 //! | POST | `/v1/quota/leases/{lease_id}/return` | return |
 //! | GET | `/v1/usage` | usage (`since`, `until`, `namespace`, `group_by`, `bucket`) |
-//! | GET | `/v1/bundle` | evidence bundle (`since`/`until`, or `segments=A..B`) |
+//! | GET | `/v1/bundle` | evidence bundle (`since`/`until`, `segments=A..B`, or `after=SIZE:HASH` [`until`]) |
 //! | GET | `/v1/trust-anchor` | the recorder's TrustAnchor (YAML) |
 //! | GET | `/live`, `/ready`, `/metrics` | health and Prometheus metrics |
 //!
@@ -326,8 +326,21 @@ pub fn export_range(
     params: &HashMap<String, String>,
     now_ms: u64,
 ) -> Result<ExportRange, RecorderError> {
-    only_known(params, &["since", "until", "segments"])?;
+    only_known(params, &["since", "until", "segments", "after"])?;
     let time = |k: &str| params.get(k).map(|v| parse_time(v, now_ms)).transpose();
+    if let Some(after) = params.get("after") {
+        if params.contains_key("segments") || params.contains_key("since") {
+            return Err(RecorderError::BadRequest(
+                "after starts the range at a checkpoint: give it without segments or since".into(),
+            ));
+        }
+        let (size, checkpoint_hash) = crate::export::parse_after(after)?;
+        return Ok(ExportRange::After {
+            size,
+            checkpoint_hash,
+            until_ms: time("until")?,
+        });
+    }
     match (params.get("segments"), time("since")?, time("until")?) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(RecorderError::BadRequest(
             "give either segments or since/until, not both".into(),
@@ -551,5 +564,31 @@ mod tests {
             export_range(&p, 0).unwrap(),
             ExportRange::Segments { first: 0, last: 3 }
         );
+    }
+
+    #[test]
+    fn an_export_after_a_checkpoint_takes_until_but_not_since_or_segments() {
+        let hash = "cd".repeat(32);
+        let params = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect()
+        };
+        let after = format!("7:{hash}");
+        let range = export_range(&params(&[("after", &after), ("until", "1h")]), 7_200_000);
+        assert_eq!(
+            range.unwrap(),
+            ExportRange::After {
+                size: 7,
+                checkpoint_hash: tollgate_evidence::Sha256Hex::parse(&hash).unwrap(),
+                until_ms: Some(3_600_000),
+            }
+        );
+        for other in [("since", "1h"), ("segments", "0..1")] {
+            let err = export_range(&params(&[("after", &after), other]), 0).unwrap_err();
+            assert!(err.to_string().contains("after starts the range"), "{err}");
+        }
+        assert!(export_range(&params(&[("after", "7")]), 0).is_err());
     }
 }

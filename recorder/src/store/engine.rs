@@ -12,7 +12,8 @@ use super::rows::{self, Row, Statement, Value, params, with_key};
 use super::sql::{Dialect, Stmt};
 use super::{
     CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, QuotaTx,
-    SealedSegmentRow, Store, StoreError, StoreFuture, StoredOpenSegment, StreamRow, UsageCell,
+    SealedSegmentRow, SegmentBounds, SegmentRow, Store, StoreError, StoreFuture, StoredOpenSegment,
+    StreamRow, UsageCell,
 };
 
 /// Which lock a transaction starts with.
@@ -170,12 +171,116 @@ impl<D: Driver> Store for Engine<D> {
         })
     }
 
-    fn sealed_segments(&self, upto: Option<u64>) -> StoreFuture<'_, Vec<SealedSegmentRow>> {
+    fn sealed_segments(
+        &self,
+        first: u64,
+        last: Option<u64>,
+    ) -> StoreFuture<'_, Vec<SealedSegmentRow>> {
         Box::pin(async move {
+            let last = last.unwrap_or(i64::MAX as u64);
             let rows = self
-                .read_rows(Stmt::SealedSegments, params![upto.unwrap_or(u64::MAX)])
+                .read_rows(Stmt::SealedSegments, params![first, last])
                 .await?;
             all(&rows, rows::sealed_segment)
+        })
+    }
+
+    fn segment(&self, index: u64) -> StoreFuture<'_, Option<SegmentRow>> {
+        Box::pin(async move {
+            let rows = self.read_rows(Stmt::Segment, params![index]).await?;
+            first(rows, rows::segment)
+        })
+    }
+
+    fn segment_bounds(&self) -> StoreFuture<'_, SegmentBounds> {
+        Box::pin(async move {
+            let rows = self.read_rows(Stmt::SegmentBounds, vec![]).await?;
+            Ok(first(rows, |r| {
+                Ok(SegmentBounds {
+                    first_kept: r.opt_u64(0)?,
+                    last_sealed: r.opt_u64(1)?,
+                    last_pruned: r.opt_u64(2)?,
+                })
+            })?
+            .unwrap_or_default())
+        })
+    }
+
+    fn first_segment_sealed_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::FirstSegmentSealedSince, params![ms])
+                .await?;
+            Ok(first(rows, |r| r.opt_u64(0))?.flatten())
+        })
+    }
+
+    fn last_segment_sealed_before(&self, ms: u64) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::LastSegmentSealedBefore, params![ms])
+                .await?;
+            Ok(first(rows, |r| r.opt_u64(0))?.flatten())
+        })
+    }
+
+    fn latest_state_upto(&self, index: u64) -> StoreFuture<'_, Option<(u64, String)>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::LatestStateUpto, params![index])
+                .await?;
+            first(rows, |r| Ok((r.u64(0)?, r.text(1)?)))
+        })
+    }
+
+    fn leaf_hashes(&self, first_segment: u64, last_segment: u64) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::LeafHashes, params![first_segment, last_segment])
+                .await?;
+            all(&rows, |r| r.text(0))
+        })
+    }
+
+    fn set_log_state<'a>(&'a self, index: u64, json: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.driver.begin(TxLock::Log).await?;
+            tx.execute(vec![(Stmt::SetLogState, params![index, json])])
+                .await?;
+            tx.commit().await
+        })
+    }
+
+    fn prune_segment(&self, index: u64, now_ms: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.driver.begin(TxLock::Log).await?;
+            tx.execute(vec![
+                (Stmt::PruneEnvelopes, params![index]),
+                (Stmt::MarkPruned, params![index, now_ms]),
+            ])
+            .await?;
+            tx.commit().await
+        })
+    }
+
+    fn record_sink_delivery<'a>(
+        &'a self,
+        sink: &'a str,
+        size: u64,
+        at_ms: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.driver.begin(TxLock::Log).await?;
+            tx.execute(vec![(Stmt::RecordSinkDelivery, params![sink, size, at_ms])])
+                .await?;
+            tx.commit().await
+        })
+    }
+
+    fn sink_progress(&self) -> StoreFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = self.read_rows(Stmt::SinkProgress, vec![]).await?;
+            all(&rows, |r| Ok((r.text(0)?, r.u64(1)?)))
         })
     }
 
@@ -195,10 +300,10 @@ impl<D: Driver> Store for Engine<D> {
         })
     }
 
-    fn certificates_upto(&self, upto: u64) -> StoreFuture<'_, Vec<String>> {
+    fn certificates_between(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move {
             let rows = self
-                .read_rows(Stmt::CertificatesUpto, params![upto])
+                .read_rows(Stmt::CertificatesBetween, params![first, last])
                 .await?;
             all(&rows, |r| r.text(0))
         })

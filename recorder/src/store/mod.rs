@@ -246,6 +246,8 @@ pub struct SegmentSealRow {
     pub sealed_at_ms: u64,
     /// Envelopes in the segment.
     pub envelope_count: u64,
+    /// `LogState` JSON after this seal (a range export's base frontier).
+    pub log_state_json: String,
 }
 
 /// The one row describing the log.
@@ -451,6 +453,31 @@ pub struct SealedSegmentRow {
     pub envelope_count: u64,
 }
 
+/// A sealed segment with what retention and range exports need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRow {
+    /// The segment as exported.
+    pub sealed: SealedSegmentRow,
+    /// `sealed_at`.
+    pub sealed_at_ms: u64,
+    /// `LogState` JSON after its seal; absent for segments sealed before schema
+    /// version 4 (the recorder computes it from the envelope hashes).
+    pub log_state_json: Option<String>,
+    /// Retention deleted its envelopes.
+    pub pruned: bool,
+}
+
+/// Where the sealed segments stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentBounds {
+    /// The first sealed segment retention kept.
+    pub first_kept: Option<u64>,
+    /// The last sealed segment.
+    pub last_sealed: Option<u64>,
+    /// The last segment retention pruned.
+    pub last_pruned: Option<u64>,
+}
+
 /// The storage backend.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// `sqlite` or `postgres`.
@@ -473,14 +500,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         query: &'a CellQuery,
         limit: usize,
     ) -> StoreFuture<'a, (Vec<StreamRow>, u64)>;
-    /// Sealed segments `0..=upto` (all if `None`), in order.
-    fn sealed_segments(&self, upto: Option<u64>) -> StoreFuture<'_, Vec<SealedSegmentRow>>;
+    /// Sealed segments `first..=last` (to the end if `None`) retention kept, in order.
+    fn sealed_segments(
+        &self,
+        first: u64,
+        last: Option<u64>,
+    ) -> StoreFuture<'_, Vec<SealedSegmentRow>>;
+    /// Sealed segment `index`, kept or pruned.
+    fn segment(&self, index: u64) -> StoreFuture<'_, Option<SegmentRow>>;
+    /// First kept, last sealed and last pruned segment.
+    fn segment_bounds(&self) -> StoreFuture<'_, SegmentBounds>;
+    /// The first segment sealed at or after `ms`.
+    fn first_segment_sealed_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
+    /// The last segment sealed before `ms`.
+    fn last_segment_sealed_before(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
+    /// The newest sealed segment at or before `index` with a stored log state.
+    fn latest_state_upto(&self, index: u64) -> StoreFuture<'_, Option<(u64, String)>>;
+    /// Envelope hashes of segments `first..=last`, in log order.
+    fn leaf_hashes(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<String>>;
+    /// Stores segment `index`'s log state.
+    fn set_log_state<'a>(&'a self, index: u64, json: &'a str) -> StoreFuture<'a, ()>;
+    /// Deletes sealed segment `index`'s envelopes (keeping the newest envelope of
+    /// each open stream) and marks it pruned, in one transaction under the log lock.
+    fn prune_segment(&self, index: u64, now_ms: u64) -> StoreFuture<'_, ()>;
+    /// Records that `sink` holds the checkpoint of log size `size`.
+    fn record_sink_delivery<'a>(
+        &'a self,
+        sink: &'a str,
+        size: u64,
+        at_ms: u64,
+    ) -> StoreFuture<'a, ()>;
+    /// The largest checkpoint size each sink holds.
+    fn sink_progress(&self) -> StoreFuture<'_, Vec<(String, u64)>>;
     /// The envelopes of a segment as JSON, in log order.
     fn segment_envelopes(&self, index: u64) -> StoreFuture<'_, Vec<String>>;
     /// The highest segment holding a receipt that started before `until_ms`.
     fn last_segment_before(&self, until_ms: u64) -> StoreFuture<'_, Option<u64>>;
     /// Certificates of every key that signed an envelope in segments `0..=upto`.
-    fn certificates_upto(&self, upto: u64) -> StoreFuture<'_, Vec<String>>;
+    fn certificates_between(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<String>>;
     /// The log row.
     fn meta(&self) -> StoreFuture<'_, Option<LogMetaRow>>;
     /// Whether the database answers.

@@ -7,8 +7,8 @@ use tollgate_wire::quota_math::Amounts;
 
 use super::sql::Stmt;
 use super::{
-    Caps, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogWrite, SealedSegmentRow, StoreError,
-    StreamRow, UsageCell, to_i64, to_u64,
+    Caps, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogWrite, SealedSegmentRow, SegmentRow,
+    StoreError, StreamRow, UsageCell, to_i64, to_u64,
 };
 use crate::ingest::{ChainFault, FaultKind};
 
@@ -224,6 +224,16 @@ pub fn fault(r: &Row) -> Result<FaultRow, StoreError> {
     })
 }
 
+/// A [`SegmentRow`] from [`Stmt::Segment`].
+pub fn segment(r: &Row) -> Result<SegmentRow, StoreError> {
+    Ok(SegmentRow {
+        sealed: sealed_segment(r)?,
+        sealed_at_ms: r.u64(5)?,
+        log_state_json: r.opt_text(6)?,
+        pruned: r.opt_u64(7)?.is_some(),
+    })
+}
+
 pub fn sealed_segment(r: &Row) -> Result<SealedSegmentRow, StoreError> {
     Ok(SealedSegmentRow {
         index: r.u64(0)?,
@@ -325,7 +335,8 @@ pub fn log_write(w: &LogWrite) -> Vec<Statement> {
                 &s.seal_json,
                 &s.checkpoint_json,
                 s.sealed_at_ms,
-                s.envelope_count
+                s.envelope_count,
+                &s.log_state_json
             ],
         ));
     }

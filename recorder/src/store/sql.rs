@@ -100,7 +100,14 @@ CREATE TABLE IF NOT EXISTS segments (
     seal TEXT,
     checkpoint TEXT,
     sealed_at_ms {BIGINT},
-    envelope_count {BIGINT}
+    envelope_count {BIGINT},
+    log_state TEXT,
+    pruned_at_ms {BIGINT}
+);
+CREATE TABLE IF NOT EXISTS sink_progress (
+    sink TEXT PRIMARY KEY,
+    size {BIGINT} NOT NULL,
+    delivered_at_ms {BIGINT} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS envelopes (
     log_index {BIGINT} PRIMARY KEY,
@@ -197,7 +204,7 @@ CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (quota_id, limit_nam
 ";
 
 /// The SQLite schema version this code writes (`PRAGMA user_version`).
-pub const SQLITE_VERSION: i64 = 3;
+pub const SQLITE_VERSION: i64 = 4;
 
 /// SQLite migrations: `(from version, statements)`, applied in order to a
 /// database at that version. Version 0 is a new file (no migration: the
@@ -216,6 +223,13 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         // Version 3 stores receipts' caller_hash for usage by caller.
         "ALTER TABLE envelopes ADD COLUMN caller_hash TEXT;",
     ),
+    (
+        3,
+        // Version 4 keeps each segment's log state (for range exports) and
+        // marks segments retention pruned.
+        "ALTER TABLE segments ADD COLUMN log_state TEXT;
+         ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;",
+    ),
 ];
 
 /// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
@@ -225,6 +239,14 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'caller_hash') THEN
         ALTER TABLE envelopes ADD COLUMN caller_hash TEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'segments' AND column_name = 'log_state') THEN
+        ALTER TABLE segments ADD COLUMN log_state TEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'segments' AND column_name = 'pruned_at_ms') THEN
+        ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;
     END IF;
 END $$;";
 
@@ -268,7 +290,7 @@ statements! {
     InsertSegment = "INSERT INTO segments (segment_index, genesis, created_at_ms) VALUES (?1, ?2, ?3)";
     InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)";
-    SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5 WHERE segment_index = ?1";
+    SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5, log_state = ?6 WHERE segment_index = ?1";
     UpsertStream = "INSERT INTO streams (stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
         ON CONFLICT (stream_id) DO UPDATE SET next_seq = excluded.next_seq, closed = excluded.closed,
@@ -322,11 +344,37 @@ statements! {
     OpenStreams = format!("SELECT {STREAM_COLUMNS} FROM streams
         WHERE closed = {{FALSE}} AND first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
         ORDER BY stream_id {{C}} LIMIT ?4");
+    /// Sealed segments retention kept, `?1..=?2`.
     SealedSegments = "SELECT segment_index, genesis, seal, checkpoint, envelope_count FROM segments
-        WHERE seal IS NOT NULL AND segment_index <= ?1 ORDER BY segment_index";
+        WHERE seal IS NOT NULL AND pruned_at_ms IS NULL AND segment_index >= ?1 AND segment_index <= ?2
+        ORDER BY segment_index";
+    /// One sealed segment, kept or pruned.
+    Segment = "SELECT segment_index, genesis, seal, checkpoint, envelope_count, sealed_at_ms, log_state, pruned_at_ms
+        FROM segments WHERE segment_index = ?1 AND seal IS NOT NULL";
+    /// First kept, last and last pruned sealed segment.
+    SegmentBounds = "SELECT MIN(CASE WHEN pruned_at_ms IS NULL THEN segment_index END), MAX(segment_index),
+            MAX(CASE WHEN pruned_at_ms IS NOT NULL THEN segment_index END)
+        FROM segments WHERE seal IS NOT NULL";
+    FirstSegmentSealedSince = "SELECT MIN(segment_index) FROM segments WHERE seal IS NOT NULL AND sealed_at_ms >= ?1";
+    LastSegmentSealedBefore = "SELECT MAX(segment_index) FROM segments WHERE seal IS NOT NULL AND sealed_at_ms < ?1";
+    LatestStateUpto = "SELECT segment_index, log_state FROM segments
+        WHERE segment_index <= ?1 AND seal IS NOT NULL AND log_state IS NOT NULL ORDER BY segment_index DESC LIMIT 1";
+    /// Envelope hashes of segments `?1..=?2`, in log order.
+    LeafHashes = "SELECT hash FROM envelopes WHERE segment_index >= ?1 AND segment_index <= ?2 ORDER BY log_index";
+    SetLogState = "UPDATE segments SET log_state = ?2 WHERE segment_index = ?1";
+    /// Deletes a segment's envelopes but the newest of each stream still open
+    /// (the recorder chains that stream's next envelope to it).
+    PruneEnvelopes = "DELETE FROM envelopes WHERE segment_index = ?1 AND NOT EXISTS
+        (SELECT 1 FROM streams WHERE streams.stream_id = envelopes.stream_id
+            AND streams.closed = {FALSE} AND streams.next_seq = envelopes.seq + 1)";
+    MarkPruned = "UPDATE segments SET pruned_at_ms = ?2 WHERE segment_index = ?1 AND seal IS NOT NULL AND pruned_at_ms IS NULL";
+    RecordSinkDelivery = "INSERT INTO sink_progress (sink, size, delivered_at_ms) VALUES (?1, ?2, ?3)
+        ON CONFLICT (sink) DO UPDATE SET size = {GREATEST}(sink_progress.size, excluded.size), delivered_at_ms = excluded.delivered_at_ms";
+    SinkProgress = "SELECT sink, size FROM sink_progress ORDER BY sink {C}";
     LastSegmentBefore = "SELECT MAX(segment_index) FROM envelopes WHERE started_at_ms < ?1";
-    CertificatesUpto = "SELECT body FROM certificates WHERE key_id IN
-            (SELECT DISTINCT key_id FROM envelopes WHERE segment_index <= ?1)
+    /// Certificates of the keys that signed envelopes in segments `?1..=?2`.
+    CertificatesBetween = "SELECT body FROM certificates WHERE key_id IN
+            (SELECT DISTINCT key_id FROM envelopes WHERE segment_index >= ?1 AND segment_index <= ?2)
         ORDER BY key_id {C}, not_before_ms, cert_hash {C}";
     Ping = "SELECT 1";
 }

@@ -356,6 +356,10 @@ mod tests {
             'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'allow', NULL, '{}');
         INSERT INTO quota_leases VALUES ('l-1', 'ns/q', 'daily', 'calendar:day', 0, 5, 1, 0, 0, 0, 0, 99, 'gw', 0, NULL, 10, NULL, 0);
         INSERT INTO quota_usage VALUES ('ns/q', 'daily', 'calendar:day', 3, 7, 1, 0);
+        CREATE TABLE segments (segment_index INTEGER PRIMARY KEY, genesis TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL, seal TEXT, checkpoint TEXT, sealed_at_ms INTEGER,
+            envelope_count INTEGER);
+        INSERT INTO segments VALUES (0, '{}', 4000, '{}', '{}', 6000, 1);
         PRAGMA user_version = 1;";
 
     #[tokio::test]
@@ -378,6 +382,12 @@ mod tests {
         assert_eq!(lease.caps.requests, Some(10));
         assert_eq!(tx.usage_sum(0, 10).await.unwrap().tokens, 7);
         tx.commit().await.unwrap();
+        // Segments sealed before version 4 have no stored log state and are kept.
+        let segment = store.segment(0).await.unwrap().unwrap();
+        assert_eq!(
+            (segment.sealed_at_ms, segment.log_state_json, segment.pruned),
+            (6000, None, false)
+        );
         let version: i64 = Connection::open(&path)
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
