@@ -7,9 +7,20 @@
 //! and both certificates verify, over their whole lives, against the trust
 //! roots that anchor gives.
 //!
+//! Meanwhile a real `tollgate-gateway` (6 s key certificates from the control
+//! endpoint) serves a steady trickle of requests and ships its receipts to a
+//! real `tollgate-recorder` that follows the cluster's TrustAnchors (no anchor
+//! file handed to it). The bundle exported afterwards spans renewals and
+//! rotations, and `kubectl tollgate verify` passes it against the cluster's
+//! anchor and the recorder's key.
+//!
 //! Its own test binary: the anchor is cluster-wide and this operator rewrites
 //! it at every rotation step, which suites running beside it would see.
 
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -17,14 +28,86 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 use tollgate_e2e::crds::install_crds;
+use tollgate_e2e::namespace::unique_name;
 use tollgate_e2e::operator::{
-    OperatorArgs, OperatorProcess, label_governed, pod_token, request_certificate,
+    OperatorArgs, OperatorProcess, cli_binary, gateway_binary, label_governed, pod_token,
+    request_certificate,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
 use tollgate_evidence::{
-    KeyId, KeyRole, KeyState, PublicKey, SignedKeyCertificate, SigningKey, Timestamp, TrustRoots,
-    TrustedKey,
+    Bundle, KeyId, KeyRole, KeyState, PublicKey, SignedKeyCertificate, SigningKey, Timestamp,
+    TrustRoots, TrustedKey,
 };
+use tollgate_test_support::process::{Listening, recorder_binary};
+
+/// The recorder, serving on loopback and authenticating callers by
+/// TokenReview, so it follows the cluster's TrustAnchors (KUBECONFIG).
+fn start_recorder(data_dir: &Path) -> Result<Listening> {
+    let mut command = Command::new(recorder_binary()?);
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--auth", "token-review"])
+        .env("RUST_LOG", "warn");
+    Listening::start(command, "recorder", "tollgate-recorder: listening on ")
+        .context("starting tollgate-recorder")
+}
+
+/// The gateway, configured and certified by the control endpoint (6 s key
+/// certificates, the shortest allowed: a renewal every 4 s), shipping to the
+/// recorder.
+fn start_gateway(dir: &Path, control_url: &str, recorder: &str) -> Result<Listening> {
+    let mut command = Command::new(gateway_binary()?);
+    command
+        .args(["run", "--control-url", control_url])
+        .arg("--control-ca-file")
+        .arg(dir.join("ca.crt"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .args(["--recorder-url", &format!("http://{recorder}")])
+        .arg("--recorder-token-file")
+        .arg(dir.join("recorder-token"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--key-certificate-lifetime", "6s"])
+        .env("RUST_LOG", "warn");
+    Listening::start(command, "gateway", "tollgate-gateway: listening api=")
+        .context("starting tollgate-gateway")
+}
+
+/// A request every 100 ms until `stop`; returns how many were served (200).
+async fn trickle(api: String, stop: Arc<AtomicBool>) -> Result<u64> {
+    let mut served = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let body =
+            json!({"model": "dry-m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+        let mut stream = tokio::net::TcpStream::connect(&api).await?;
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+        let mut response = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await?;
+        let status = response.split_whitespace().nth(1).unwrap_or_default();
+        ensure!(status == "200", "refused during a rotation: {response}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(served)
+}
+
+/// Runs `kubectl tollgate ARGS`; returns (exit code, stdout, stderr).
+fn kubectl_tollgate(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(cli_binary()?).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
 
 /// Asks the control endpoint to certify a fresh key.
 async fn certify(op: &OperatorProcess, ca: &str, token: &str) -> Result<SignedKeyCertificate> {
@@ -77,6 +160,21 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
     pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
         .create(&PostParams::default(), &pod)
         .await?;
+    let provider = unique_name("dry");
+    app_ns
+        .accepts(&json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+            "metadata": {"name": provider},
+            "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
+        }))
+        .await?;
+    app_ns
+        .accepts(&json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": "apps"},
+            "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": ["dry-m"]}]},
+        }))
+        .await?;
     label_governed(&client, app_ns.name()).await?;
     let mut args = OperatorArgs::new(op_ns.name());
     args.extra_args = [
@@ -90,6 +188,20 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
     let op = OperatorProcess::start(&args).await?;
     let ca = op.ca_bundle(&client).await?;
     let token = pod_token(&client, &pod, "tollgate.dev/gateway").await?;
+
+    let dir = std::env::temp_dir().join(unique_name("tg-rot"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("ca.crt"), &ca)?;
+    std::fs::write(dir.join("token"), &token)?;
+    std::fs::write(
+        dir.join("recorder-token"),
+        pod_token(&client, &pod, "tollgate.dev/recorder").await?,
+    )?;
+    let recorder_data = dir.join("recorder");
+    let recorder = start_recorder(&recorder_data)?;
+    let gateway = start_gateway(&dir, &op.control_url(), &recorder.address)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(trickle(gateway.address.clone(), stop.clone()));
 
     let first = certify(&op, &ca, &token).await?;
     let first_issuer = first.certificate.issuer_key_id;
@@ -197,6 +309,62 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
     // the anchor before marking the key published).
     let new_anchor = roots.find(&second_issuer).unwrap();
     ensure!(new_anchor.not_before <= second.certificate.not_before);
+
+    // The gateway renews under the new key for a while, then drains (its
+    // close record shipped), and the recorder stops.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::SeqCst);
+    let served = traffic.await??;
+    let status = gateway.terminate()?;
+    ensure!(status.success(), "gateway exited with {status}");
+    let status = recorder.terminate()?;
+    ensure!(status.success(), "recorder exited with {status}");
+
+    // The bundle holds every request served, under certificates of both keys,
+    // and verifies against the cluster's anchor and the recorder's key.
+    let anchor_file = dir.join("receipt-ca-anchor.json");
+    let anchor = anchors.get("tollgate-receipt-ca").await?;
+    std::fs::write(&anchor_file, serde_json::to_vec(&anchor)?)?;
+    let bundle_file = dir.join("bundle.json");
+    let (code, out, err) = kubectl_tollgate(&[
+        "bundle",
+        "export",
+        "--local",
+        recorder_data.to_str().context("path")?,
+        "-o",
+        bundle_file.to_str().context("path")?,
+    ])?;
+    ensure!(code == 0, "bundle export: {out}{err}");
+    let bundle: Bundle = serde_json::from_slice(&std::fs::read(&bundle_file)?)?;
+    ensure!(
+        bundle.manifest.counts.receipts.get() == served,
+        "{} receipts for {served} requests served",
+        bundle.manifest.counts.receipts
+    );
+    let issuers: std::collections::BTreeSet<KeyId> = bundle
+        .certificates
+        .iter()
+        .map(|c| c.certificate.issuer_key_id)
+        .collect();
+    // Renewals every 4 s and rotations every 4 s: the streams span at least one.
+    ensure!(
+        issuers.len() >= 2,
+        "the bundle's certificates come from one receipt CA key: {issuers:?}"
+    );
+    let recorder_anchor = recorder_data.join("recorder-trust-anchor.yaml");
+    let (code, out, err) = kubectl_tollgate(&[
+        "verify",
+        bundle_file.to_str().context("path")?,
+        "--trust-anchor",
+        anchor_file.to_str().context("path")?,
+        "--trust-anchor",
+        recorder_anchor.to_str().context("path")?,
+    ])?;
+    eprintln!("{out}");
+    ensure!(
+        code == 0 && out.contains("Verdict: PASS"),
+        "verify: {out}{err}"
+    );
 
     drop(op);
     app_ns.delete().await?;
