@@ -193,18 +193,25 @@ pub fn load_checkpoint(path: &Path) -> anyhow::Result<SignedCheckpoint> {
     file.take(MAX_CHECKPOINT_BYTES)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    let last_line = |bytes: &[u8]| -> Vec<u8> {
-        let text = bytes.trim_ascii_end();
-        let from = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        text.get(from..).unwrap_or_default().to_vec()
-    };
     // A whole small file is one checkpoint (possibly pretty-printed) or lines.
     if start == 0
         && let Ok(checkpoint) = SignedCheckpoint::from_json(&bytes)
     {
         return Ok(checkpoint);
     }
-    SignedCheckpoint::from_json(&last_line(&bytes)).with_context(|| {
+    // The newest line; if a sink is still writing it (no newline yet), the one
+    // before.
+    let mut lines = bytes
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|line| !line.is_empty())
+        .rev();
+    let newest = lines.next().map(SignedCheckpoint::from_json);
+    let outcome = match newest {
+        Some(Err(_)) if !bytes.ends_with(b"\n") => lines.next().map(SignedCheckpoint::from_json),
+        other => other,
+    };
+    outcome.and_then(Result::ok).with_context(|| {
         format!(
             "{} is neither a signed checkpoint nor checkpoint lines ending in one",
             path.display()
@@ -867,5 +874,46 @@ mod tests {
         let keys = trust_anchor_keys(&retired).unwrap();
         let retired_key = keys.iter().find(|k| k.state == KeyState::Retired).unwrap();
         assert_eq!(retired_key.not_after, Some(at("2025-12-31T23:00:00.000Z")));
+    }
+
+    #[test]
+    fn a_held_checkpoint_is_one_json_or_the_newest_complete_sink_line() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let checkpoint = |size: u32| {
+            tollgate_evidence::SignedCheckpoint::sign(
+                tollgate_evidence::Checkpoint {
+                    schema: tollgate_evidence::checkpoint::CheckpointSchema,
+                    schema_version: tollgate_evidence::fields::SchemaVersion1,
+                    origin: Identifier::new("test-log").unwrap(),
+                    size: tollgate_evidence::SafeU64::from(size),
+                    root: tollgate_evidence::sha256(b"root"),
+                    prev_checkpoint_hash: tollgate_evidence::PrevHash::Genesis,
+                    seal_hash: tollgate_evidence::sha256(b"seal"),
+                    issued_at: at("2025-03-01T00:00:00.000Z"),
+                },
+                &key,
+            )
+            .unwrap()
+        };
+        let line = |size| serde_json::to_string(&checkpoint(size)).unwrap();
+        let scratch = Scratch::new("held");
+        let pretty = serde_json::to_vec_pretty(&checkpoint(3)).unwrap();
+        let one = scratch.write("one.json", &pretty);
+        assert_eq!(load_checkpoint(&one).unwrap().checkpoint.size.get(), 3);
+        let lines = format!("{}\n{}\n{}\n", line(3), line(7), line(12));
+        let sink = scratch.write("sink.jsonl", lines.as_bytes());
+        assert_eq!(load_checkpoint(&sink).unwrap().checkpoint.size.get(), 12);
+        // A line the sink is still writing is passed over for the one before.
+        let partial = format!("{}\n{}\n{}", line(3), line(7), &line(12)[..40]);
+        let sink = scratch.write("partial.jsonl", partial.as_bytes());
+        assert_eq!(load_checkpoint(&sink).unwrap().checkpoint.size.get(), 7);
+        // A long sink file is read from its tail only.
+        let long: String = (0..2_000).map(|i| line(i) + "\n").collect();
+        assert!(long.len() as u64 > MAX_CHECKPOINT_BYTES);
+        let sink = scratch.write("long.jsonl", long.as_bytes());
+        assert_eq!(load_checkpoint(&sink).unwrap().checkpoint.size.get(), 1_999);
+        let junk = scratch.write("junk.jsonl", b"{}\nnot json\n");
+        let err = load_checkpoint(&junk).unwrap_err().to_string();
+        assert!(err.contains("neither a signed checkpoint"), "{err}");
     }
 }

@@ -66,6 +66,37 @@ pub struct BundleBase {
     pub frontier: Vec<Sha256Hex>,
     /// RFC 6962 consistency proof from the base checkpoint to the bundle's last.
     pub consistency: Vec<Sha256Hex>,
+    /// Genesis and seal of consecutive segments ending with the base's (whose
+    /// seal the base checkpoint names), oldest first: they tie each
+    /// continuation's segment to the base. Empty when no stream continues.
+    pub headers: Vec<SegmentHeader>,
+    /// For each stream the bundle holds from past its first record, that
+    /// stream's last envelope before the range, proven in its segment.
+    pub continuations: Vec<Continuation>,
+}
+
+/// A segment's genesis and seal, without its envelopes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentHeader {
+    /// The segment's genesis.
+    pub genesis: crate::segment::Genesis,
+    /// The segment's seal.
+    pub seal: crate::segment::Seal,
+}
+
+/// The envelope a continued stream's first envelope in the range links to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Continuation {
+    /// The stream's last envelope before the range.
+    pub envelope: crate::chain::Envelope,
+    /// The segment holding it (one of the base's headers).
+    pub segment_index: SafeU64,
+    /// Its position in that segment, from 0.
+    pub index: SafeU64,
+    /// RFC 6962 audit path to the segment's seal root, leaf level first.
+    pub path: Vec<Sha256Hex>,
 }
 
 /// The bundle's table of contents.
@@ -345,6 +376,47 @@ pub fn certificate_order(a: &SignedKeyCertificate, b: &SignedKeyCertificate) -> 
         .cmp(&(b.certificate.key_id, b.certificate.not_before))
 }
 
+impl Continuation {
+    /// Proves `envelope`, at `index` in segment `segment_index` whose envelope
+    /// hashes (in log order) are `segment_hashes`.
+    pub fn prove(
+        envelope: crate::chain::Envelope,
+        segment_index: u64,
+        index: u64,
+        segment_hashes: &[Sha256Hex],
+    ) -> Result<Self, BundleError> {
+        let at = usize::try_from(index).unwrap_or(usize::MAX);
+        if segment_hashes.get(at) != Some(&envelope.hash) {
+            return Err(BundleError::Proof(ProofError::IndexOutOfRange {
+                index,
+                size: segment_hashes.len() as u64,
+            }));
+        }
+        let leaves: Vec<Sha256Hex> = segment_hashes.iter().map(envelope_leaf).collect();
+        let size = leaves.len() as u64;
+        let path = MerkleTree::new(leaves).inclusion_proof(index, size)?;
+        Ok(Self {
+            envelope,
+            segment_index: SafeU64::new(segment_index)?,
+            index: SafeU64::new(index)?,
+            path,
+        })
+    }
+}
+
+/// What a range bundle continues, as the recorder hands it to the builder.
+#[derive(Debug, Clone)]
+pub struct RangeBase {
+    /// The checkpoint of the segment before the range.
+    pub checkpoint: SignedCheckpoint,
+    /// The log's frontier at the checkpoint's size.
+    pub frontier: Vec<Sha256Hex>,
+    /// Segment headers ending with the base's, oldest first.
+    pub headers: Vec<SegmentHeader>,
+    /// The continued streams' last envelopes before the range.
+    pub continuations: Vec<Continuation>,
+}
+
 /// Assembles a bundle from sealed segments (with their envelopes), their
 /// checkpoints and the gateway key certificates. Pure: the recorder reads the
 /// inputs from storage and writes the output wherever it likes.
@@ -352,7 +424,7 @@ pub fn certificate_order(a: &SignedKeyCertificate, b: &SignedKeyCertificate) -> 
 pub struct BundleBuilder {
     origin: Identifier,
     created_at: Timestamp,
-    base: Option<(SignedCheckpoint, MerkleAccumulator)>,
+    base: Option<(RangeBase, MerkleAccumulator)>,
     certificates: Vec<SignedKeyCertificate>,
     segments: Vec<Segment>,
     checkpoints: Vec<SignedCheckpoint>,
@@ -377,12 +449,14 @@ impl BundleBuilder {
     pub fn after(
         origin: Identifier,
         created_at: Timestamp,
-        base: SignedCheckpoint,
-        frontier: Vec<Sha256Hex>,
+        base: RangeBase,
     ) -> Result<Self, BundleError> {
-        let accumulator = MerkleAccumulator::from_frontier(base.checkpoint.size.get(), frontier)
-            .filter(|a| a.root() == base.checkpoint.root)
-            .ok_or(BundleError::BaseMismatch)?;
+        let accumulator = MerkleAccumulator::from_frontier(
+            base.checkpoint.checkpoint.size.get(),
+            base.frontier.clone(),
+        )
+        .filter(|a| a.root() == base.checkpoint.checkpoint.root)
+        .ok_or(BundleError::BaseMismatch)?;
         let mut builder = Self::new(origin, created_at);
         builder.base = Some((base, accumulator));
         Ok(builder)
@@ -415,8 +489,8 @@ impl BundleBuilder {
                 // seal link and the leaf index tie the first segment to it.
                 (None, Some((base, _))) => (
                     segment.genesis.segment_index.get().max(1),
-                    base.checkpoint.size.get(),
-                    crate::hash::PrevHash::Hash(base.checkpoint.seal_hash),
+                    base.checkpoint.checkpoint.size.get(),
+                    crate::hash::PrevHash::Hash(base.checkpoint.checkpoint.seal_hash),
                 ),
                 (None, None) => (0, 0, crate::hash::PrevHash::Genesis),
             };
@@ -482,12 +556,18 @@ impl BundleBuilder {
         }
         let base = match self.base {
             None => None,
-            Some((checkpoint, accumulator)) => Some(BundleBase {
-                consistency: tree
-                    .consistency_proof(accumulator.size(), previous_size.unwrap_or_default())?,
-                frontier: accumulator.frontier().to_vec(),
-                checkpoint,
-            }),
+            Some((base, accumulator)) => {
+                let mut continuations = base.continuations;
+                continuations.sort_by(|a, b| a.envelope.stream_id.cmp(&b.envelope.stream_id));
+                Some(BundleBase {
+                    consistency: tree
+                        .consistency_proof(accumulator.size(), previous_size.unwrap_or_default())?,
+                    frontier: base.frontier,
+                    checkpoint: base.checkpoint,
+                    headers: base.headers,
+                    continuations,
+                })
+            }
         };
         let manifest = Manifest::summarize(
             &self.origin,

@@ -41,7 +41,9 @@ pub mod timestamp;
 pub mod trust;
 pub mod verify;
 
-pub use bundle::{Bundle, BundleBuilder, BundleError, Manifest};
+pub use bundle::{
+    Bundle, BundleBuilder, BundleError, Continuation, Manifest, RangeBase, SegmentHeader,
+};
 pub use certificate::{CertificateError, KeyCertificate, PodIdentity, SignedKeyCertificate};
 pub use chain::{
     ChainError, CloseReason, CloseRecord, Envelope, EnvelopeRecord, SignedCloseRecord,

@@ -161,6 +161,7 @@ error_codes! {
     CloseRecordMismatch => "close_record_mismatch", StreamChains, Fail, "A close record's stream, counts or last hash disagree with the chain.";
     ReceiptIdDuplicate => "receipt_id_duplicate", StreamChains, Fail, "Two receipts carry the same id.";
     StreamOpen => "stream_open", StreamChains, Warn, "A stream has no close record: the gateway is still running, crashed, or the tail was cut off.";
+    ContinuationMissing => "continuation_missing", StreamChains, Fail, "A range bundle holds a stream from past its first record without that stream's envelope before the range (or with one that is not it), so nothing shows the range continues it without a gap.";
     DecisionMissing => "decision_missing", StreamChains, Fail, "A receipt names a forward decision the bundle does not hold, one for another request, one logged after it, or one another receipt already names.";
     ForwardedOutcomeUnknown => "forwarded_outcome_unknown", StreamChains, Warn, "A request was forwarded (its forward decision is signed) but no receipt says how it ended: the gateway is still serving it, was killed, or could not sign the receipt.";
     SealCountMismatch => "seal_count_mismatch", MerkleRoots, Fail, "A seal's envelope count differs from the segment's.";
@@ -169,6 +170,7 @@ error_codes! {
     CheckpointRootMismatch => "checkpoint_root_mismatch", MerkleRoots, Fail, "A checkpoint's root is not the Merkle root of the log up to its segment.";
     InclusionProofInvalid => "inclusion_proof_invalid", MerkleRoots, Fail, "An inclusion proof does not verify.";
     ConsistencyProofInvalid => "consistency_proof_invalid", MerkleRoots, Fail, "A consistency proof does not verify.";
+    ContinuationProofInvalid => "continuation_proof_invalid", MerkleRoots, Fail, "A continued stream's envelope before the range is not proven in its segment (no header for it, or the audit path does not reach the seal root).";
     BaseInvalid => "base_invalid", MerkleRoots, Fail, "A range bundle's base frontier does not fit the base checkpoint's size or does not hash to its root.";
     CheckpointLinkBroken => "checkpoint_link_broken", CheckpointChain, Fail, "A checkpoint does not link to the previous one (a fork or a rewrite).";
     CheckpointTimeRegressed => "checkpoint_time_regressed", CheckpointChain, Fail, "A checkpoint is dated before the previous one.";
@@ -196,6 +198,7 @@ error_codes! {
     GenesisHashMismatch => "genesis_hash_mismatch", SegmentLinks, Fail, "A seal does not name its segment's genesis.";
     SegmentLinkBroken => "segment_link_broken", SegmentLinks, Fail, "A genesis does not link to the previous segment's seal.";
     CheckpointSealMismatch => "checkpoint_seal_mismatch", SegmentLinks, Fail, "A checkpoint does not name its segment's seal.";
+    BaseHeadersInvalid => "base_headers_invalid", SegmentLinks, Fail, "A range bundle's segment headers are not consecutive, do not link seal to genesis to seal, or do not end with the base checkpoint's seal.";
 }
 
 impl fmt::Display for ErrorCode {
@@ -298,6 +301,16 @@ impl Location {
     pub fn base() -> Self {
         Self {
             base_checkpoint: true,
+            ..Self::default()
+        }
+    }
+
+    /// A continued stream's envelope before a range bundle's base.
+    pub fn base_continuation(stream_id: &Identifier, seq: u64) -> Self {
+        Self {
+            base_checkpoint: true,
+            stream_id: Some(stream_id.clone()),
+            seq: Some(seq),
             ..Self::default()
         }
     }

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::bundle::BundleBase;
 use crate::bundle::{Bundle, Manifest, certificate_order};
+use crate::bundle::{BundleBase, Continuation};
 use crate::certificate::KeyCertificate;
 use crate::chain::{Envelope, EnvelopeRecord, close_record_matches};
 use crate::checkpoint::SignedCheckpoint;
@@ -91,7 +91,7 @@ pub fn verify_bundle(bytes: &[u8], options: &VerifyOptions) -> VerificationRepor
     let indexed = Indexed::new(&bundle);
     let mut indexed = indexed;
     run.content_hash_phase(&bundle, &mut indexed);
-    let chains = run.stream_chain_phase(&indexed);
+    let chains = run.stream_chain_phase(&bundle, &indexed);
     run.merkle_phase(&bundle, &indexed);
     run.checkpoint_chain_phase(&bundle, &indexed);
     run.signature_phase(&bundle, &indexed);
@@ -421,7 +421,20 @@ impl<'o> Run<'o> {
         };
         let total: usize = bundle.segments.iter().map(|s| s.envelopes.len()).sum();
         let proofs = bundle.proofs.inclusion.len() + bundle.proofs.consistency.len();
+        let (headers, continuations, base_path) = bundle.base.as_ref().map_or((0, 0, 0), |b| {
+            let longest = b
+                .continuations
+                .iter()
+                .map(|c| c.path.len())
+                .chain([b.consistency.len(), b.frontier.len()])
+                .max()
+                .unwrap_or(0);
+            (b.headers.len(), b.continuations.len(), longest)
+        });
         let checks = [
+            over("base segment headers", headers, limits.max_segments),
+            over("base continuations", continuations, limits.max_envelopes),
+            over("base proof length", base_path, limits.max_proof_len),
             over("segments", bundle.segments.len(), limits.max_segments),
             over("envelopes", total, limits.max_envelopes),
             over(
@@ -676,7 +689,51 @@ impl<'o> Run<'o> {
 
     // ---- phase 3 -------------------------------------------------------------
 
-    fn stream_chain_phase(&mut self, indexed: &Indexed<'_>) -> ChainOutcome {
+    /// The link a continued stream's first envelope in the range (at `first_seq`)
+    /// must carry: the hash of the stream's envelope before it, given as a
+    /// continuation. `None` (reported) when the continuation is missing or is
+    /// not that envelope.
+    fn continuation_link(
+        &mut self,
+        stream_id: &Identifier,
+        first_seq: u64,
+        continuation: Option<&&Continuation>,
+    ) -> Option<PrevHash> {
+        let location = Location::base_continuation(stream_id, first_seq - 1);
+        let Some(continuation) = continuation else {
+            let detail = format!(
+                "the range holds it from seq {first_seq}, with no proof of its envelope {} before the range",
+                first_seq - 1
+            );
+            self.report(ErrorCode::ContinuationMissing, location, detail);
+            return None;
+        };
+        let envelope = &continuation.envelope;
+        let problem = if envelope.seq.get() != first_seq - 1 {
+            Some(format!(
+                "continuation is seq {}, the range starts at seq {first_seq}",
+                envelope.seq
+            ))
+        } else {
+            match envelope.compute_hash() {
+                Ok(hash) if hash == envelope.hash => None,
+                Ok(hash) => Some(format!(
+                    "continuation hash {}, content hashes to {hash}",
+                    envelope.hash
+                )),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        match problem {
+            Some(detail) => {
+                self.report(ErrorCode::ContinuationMissing, location, detail);
+                None
+            }
+            None => Some(PrevHash::Hash(envelope.hash)),
+        }
+    }
+
+    fn stream_chain_phase(&mut self, bundle: &Bundle, indexed: &Indexed<'_>) -> ChainOutcome {
         self.enter(Phase::StreamChains);
         let mut ids = HashSet::new();
         let mut decisions: BTreeMap<&ReceiptId, &Placed<'_>> = BTreeMap::new();
@@ -710,21 +767,39 @@ impl<'o> Run<'o> {
         };
         let mut open = BTreeSet::new();
         let mut continued = BTreeSet::new();
-        let range = indexed.first_leaf > 0;
+        let continuations: BTreeMap<&Identifier, &Continuation> = bundle
+            .base
+            .iter()
+            .flat_map(|b| &b.continuations)
+            .map(|c| (&c.envelope.stream_id, c))
+            .collect();
         for (stream_id, positions) in &indexed.streams {
             let entries = indexed.stream_entries(positions);
-            // A range bundle holds the part of a stream after its base; what came
-            // before is under the base checkpoint.
-            let first_seq = match entries.iter().map(|p| p.seq()).min() {
-                Some(seq) if range && seq > 1 => {
+            // A range bundle holds the part of a stream after its base; the
+            // stream's last envelope before it is a continuation, proven in its
+            // segment (phase 4), and the range's first envelope must link to it.
+            let start = match entries.iter().map(|p| p.seq()).min() {
+                Some(seq) if bundle.base.is_some() && seq > 1 => {
                     continued.insert(*stream_id);
-                    seq
+                    let link = self.continuation_link(stream_id, seq, continuations.get(stream_id));
+                    (seq, link)
                 }
-                _ => 1,
+                _ => (1, Some(PrevHash::Genesis)),
             };
-            if !self.check_stream(stream_id, &entries, first_seq) {
+            if !self.check_stream(stream_id, &entries, start) {
                 outcome.open_streams += 1;
                 open.insert(*stream_id);
+            }
+        }
+        for (stream_id, continuation) in &continuations {
+            if !continued.contains(stream_id) {
+                let location =
+                    Location::base_continuation(stream_id, continuation.envelope.seq.get());
+                self.report(
+                    ErrorCode::ContinuationMissing,
+                    location,
+                    "a continuation for a stream the range does not continue",
+                );
             }
         }
         outcome.streams_continued = continued.len() as u64;
@@ -741,8 +816,14 @@ impl<'o> Run<'o> {
             };
             let problem = match decisions.get(id) {
                 None if continued.contains(&placed.envelope.stream_id) => {
-                    outcome.decisions_before_range += 1;
-                    None
+                    if answered.insert(id) {
+                        outcome.decisions_before_range += 1;
+                        None
+                    } else {
+                        Some(format!(
+                            "forward decision {id} is named by a second receipt"
+                        ))
+                    }
                 }
                 None => Some(format!(
                     "names forward decision {id}, which the bundle does not hold"
@@ -794,12 +875,17 @@ impl<'o> Run<'o> {
     }
 
     /// Checks one stream; returns whether it is closed.
+    /// Checks one stream, which must start at `start` (seq and the link of that
+    /// envelope: 1 and `GENESIS`, or where a range continues it; no link to
+    /// check when its continuation is missing, which is reported already);
+    /// returns whether it is closed.
     fn check_stream(
         &mut self,
         stream_id: &Identifier,
         entries: &[&Placed<'_>],
-        first_seq: u64,
+        start: (u64, Option<PrevHash>),
     ) -> bool {
+        let (first_seq, first_link) = start;
         // Log order must follow seq.
         let mut highest = 0;
         for placed in entries {
@@ -835,7 +921,7 @@ impl<'o> Run<'o> {
             }
             let expected_link = match previous {
                 Some(p) => Some(PrevHash::Hash(p.envelope.hash)),
-                None if placed.seq() == 1 => Some(PrevHash::Genesis),
+                None if placed.seq() == first_seq => first_link,
                 None => None,
             };
             if let Some(link) = expected_link
@@ -981,6 +1067,31 @@ impl<'o> Run<'o> {
             Some(_) => {}
         }
         debug_assert_eq!(indexed.first_leaf, claimed.size.get());
+        for continuation in &base.continuations {
+            let envelope = &continuation.envelope;
+            let header = base
+                .headers
+                .iter()
+                .find(|h| h.seal.segment_index == continuation.segment_index);
+            let outcome = match header {
+                None => Err(format!(
+                    "segment {} is not among the base's headers",
+                    continuation.segment_index
+                )),
+                Some(header) => verify_inclusion(
+                    &envelope_leaf(&envelope.hash),
+                    continuation.index.get(),
+                    header.seal.envelope_count.get(),
+                    &continuation.path,
+                    &header.seal.root,
+                )
+                .map_err(|e| e.to_string()),
+            };
+            if let Err(detail) = outcome {
+                let location = Location::base_continuation(&envelope.stream_id, envelope.seq.get());
+                self.report(ErrorCode::ContinuationProofInvalid, location, detail);
+            }
+        }
         let Some(last) = bundle.checkpoints.last() else {
             return;
         };
@@ -1121,7 +1232,8 @@ impl<'o> Run<'o> {
             }
             if known.size.get() > log_size {
                 let detail = format!(
-                    "given checkpoint covers {} envelopes, bundle holds {log_size}",
+                    "given checkpoint covers {} envelopes, bundle holds {log_size}: the log was \
+                     cut, or the bundle was exported before that checkpoint",
                     known.size
                 );
                 self.report(
@@ -1415,8 +1527,21 @@ impl<'o> Run<'o> {
 
     // ---- phase 7 -------------------------------------------------------------
 
+    fn check_base_headers(&mut self, base: &BundleBase, first_segment: u64, origin: &Identifier) {
+        for detail in header_problems(base, first_segment, origin) {
+            self.report(ErrorCode::BaseHeadersInvalid, Location::base(), detail);
+        }
+    }
+
     fn segment_link_phase(&mut self, bundle: &Bundle) {
         self.enter(Phase::SegmentLinks);
+        if let Some(base) = &bundle.base {
+            let first = bundle
+                .segments
+                .first()
+                .map_or(0, |s| s.genesis.segment_index.get());
+            self.check_base_headers(base, first, &bundle.manifest.origin);
+        }
         let mut previous_seal = bundle.base.as_ref().map_or(PrevHash::Genesis, |base| {
             PrevHash::Hash(base.checkpoint.checkpoint.seal_hash)
         });
@@ -1453,6 +1578,43 @@ impl<'o> Run<'o> {
             previous_seal = seal_hash.map_or(PrevHash::Genesis, PrevHash::Hash);
         }
     }
+}
+
+/// Whether consecutive base headers link: each seal names its genesis, each
+/// genesis the previous seal, and the last seal is the base checkpoint's.
+fn header_problems(base: &BundleBase, first_segment: u64, origin: &Identifier) -> Vec<String> {
+    let mut problems = Vec::new();
+    let count = base.headers.len() as u64;
+    let mut previous: Option<Sha256Hex> = None;
+    for (i, header) in base.headers.iter().enumerate() {
+        let index = header.genesis.segment_index.get();
+        let expected = (first_segment + i as u64).checked_sub(count);
+        if Some(index) != expected || header.seal.segment_index != header.genesis.segment_index {
+            problems.push(format!(
+                "header {i} is segment {index}, expected {expected:?}"
+            ));
+        }
+        if header.genesis.origin != *origin {
+            problems.push(format!("header {i} names origin {}", header.genesis.origin));
+        }
+        if header.genesis.hash().ok() != Some(header.seal.genesis_hash) {
+            problems.push(format!(
+                "segment {index}: the seal does not name its genesis"
+            ));
+        }
+        if let Some(seal) = previous
+            && header.genesis.prev_seal_hash != PrevHash::Hash(seal)
+        {
+            problems.push(format!(
+                "segment {index} does not link to the previous seal"
+            ));
+        }
+        previous = header.seal.hash().ok();
+    }
+    if !base.headers.is_empty() && previous != Some(base.checkpoint.checkpoint.seal_hash) {
+        problems.push("the last header's seal is not the base checkpoint's".to_owned());
+    }
+    problems
 }
 
 /// The accumulator a range bundle's base describes. A frontier of the wrong

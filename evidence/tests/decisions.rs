@@ -177,3 +177,44 @@ fn in_a_range_a_receipt_may_name_a_decision_from_before_its_base() {
     let report = verify_bundle(&full.to_json().unwrap(), &options);
     assert_eq!(report.summary.unwrap().decisions_before_range, 0);
 }
+
+#[test]
+fn in_a_range_two_receipts_cannot_name_the_same_decision_from_before_it() {
+    let spec = common::Spec {
+        streams: 1,
+        ..common::Spec::default()
+    };
+    let keys = common::Keys::new(spec.seed, 1);
+    let key = &keys.gateways[0];
+    let mut writer = StreamChainWriter::new(Identifier::new("stream-twice").unwrap());
+    let first = decision(1, common::receipt_time(&spec, 0, 0));
+    let mut log = vec![writer.sign_and_append_decision(first.clone(), key).unwrap()];
+    for round in 0..2 {
+        let mut receipt = receipt_body(&spec, 0, round);
+        receipt.decision_id = Some(first.id.clone());
+        log.push(writer.sign_and_append(receipt, key).unwrap());
+    }
+    let (segments, checkpoints) = record(&log, 1, &keys.recorder);
+    let mut builder = BundleBuilder::new(Identifier::new(ORIGIN).unwrap(), at(T0 + 2 * HOUR));
+    builder.add_certificate(certificate(&keys, 0, T0 - HOUR, T0 + common::DAY));
+    for (segment, checkpoint) in segments.into_iter().zip(checkpoints) {
+        builder.add_segment(segment, checkpoint).unwrap();
+    }
+    let full = builder.build(&keys.recorder).unwrap();
+    let range = common::range_of(&full, 1, &keys.recorder);
+    let options = VerifyOptions {
+        trust: Some(trust_roots(&keys)),
+        ..VerifyOptions::default()
+    };
+    let report = verify_bundle(&range.to_json().unwrap(), &options);
+    let finding = report
+        .findings()
+        .find(|f| f.code == ErrorCode::DecisionMissing)
+        .expect("the second receipt naming it");
+    assert!(
+        finding.detail.contains("second receipt"),
+        "{}",
+        finding.detail
+    );
+    assert_eq!(report.summary.unwrap().decisions_before_range, 1);
+}

@@ -221,3 +221,167 @@ fn a_manifest_that_hides_the_base_is_caught() {
         ErrorCode::ManifestMismatch,
     );
 }
+
+#[test]
+fn every_continued_stream_carries_its_envelope_before_the_range() {
+    let fixture = range(2);
+    let base = fixture.bundle.base.as_ref().unwrap();
+    assert_eq!(base.continuations.len(), 3);
+    // Every stream's last envelope before segment 2 is in segment 1.
+    assert_eq!(base.headers.len(), 1);
+    assert_eq!(base.headers[0].seal.segment_index.get(), 1);
+}
+
+#[test]
+fn a_continued_stream_without_its_continuation_is_caught() {
+    let mut fixture = range(1);
+    fixture.bundle.base.as_mut().unwrap().continuations.pop();
+    assert_detected(
+        &fixture.verify(),
+        Phase::StreamChains,
+        ErrorCode::ContinuationMissing,
+    );
+}
+
+#[test]
+fn a_continuation_that_is_not_the_envelope_just_before_the_range_is_caught() {
+    // The stream's envelope two before the range, with a valid proof: a gap.
+    let full = Fixture::valid();
+    let mut fixture = range(2);
+    let base = fixture.bundle.base.as_mut().unwrap();
+    let wanted = base.continuations[0].clone();
+    let earlier = full.bundle.segments[1]
+        .envelopes
+        .iter()
+        .position(|e| {
+            e.stream_id == wanted.envelope.stream_id && e.seq.get() + 1 == wanted.envelope.seq.get()
+        })
+        .expect("the stream's previous envelope in segment 1");
+    let hashes: Vec<_> = full.bundle.segments[1]
+        .envelopes
+        .iter()
+        .map(|e| e.hash)
+        .collect();
+    base.continuations[0] = tollgate_evidence::Continuation::prove(
+        full.bundle.segments[1].envelopes[earlier].clone(),
+        1,
+        earlier as u64,
+        &hashes,
+    )
+    .unwrap();
+    assert_detected(
+        &fixture.verify(),
+        Phase::StreamChains,
+        ErrorCode::ContinuationMissing,
+    );
+
+    // An envelope edited after the fact no longer hashes to what it claims.
+    let mut fixture = range(2);
+    let continuation = &mut fixture.bundle.base.as_mut().unwrap().continuations[0];
+    continuation.envelope.seq = tollgate_evidence::SafeU64::from(1u32);
+    assert_eq!(fixture.verify().verdict, Verdict::Fail);
+}
+
+#[test]
+fn a_continuation_not_proven_in_its_segment_is_caught() {
+    let mut fixture = range(1);
+    let continuation = &mut fixture.bundle.base.as_mut().unwrap().continuations[0];
+    continuation.path[0] = flipped(&continuation.path[0]);
+    assert_detected(
+        &fixture.verify(),
+        Phase::MerkleRoots,
+        ErrorCode::ContinuationProofInvalid,
+    );
+
+    let mut fixture = range(1);
+    fixture.bundle.base.as_mut().unwrap().headers.clear();
+    assert_detected(
+        &fixture.verify(),
+        Phase::MerkleRoots,
+        ErrorCode::ContinuationProofInvalid,
+    );
+}
+
+#[test]
+fn headers_that_do_not_chain_to_the_base_seal_are_caught() {
+    // A made-up segment root under which a forged continuation would verify.
+    let mut fixture = range(2);
+    let header = &mut fixture.bundle.base.as_mut().unwrap().headers[0];
+    header.seal.root = flipped(&header.seal.root);
+    let report = fixture.verify();
+    assert!(
+        report
+            .findings()
+            .any(|f| f.code == ErrorCode::BaseHeadersInvalid),
+        "{report:#?}"
+    );
+    assert_eq!(report.verdict, Verdict::Fail);
+}
+
+#[test]
+fn a_stream_whose_first_records_never_reached_the_log_cannot_start_a_range_past_them() {
+    use tollgate_evidence::chain::StreamChainWriter;
+    use tollgate_evidence::{BundleBuilder, Identifier, SignedReceipt};
+    let spec = Spec {
+        streams: 2,
+        ..Spec::default()
+    };
+    let keys = common::Keys::new(spec.seed, 2);
+    let mut a = StreamChainWriter::new(Identifier::new("stream-a").unwrap());
+    let mut b = StreamChainWriter::new(Identifier::new("stream-b").unwrap());
+    let mut log = Vec::new();
+    for round in 0..7 {
+        let body = common::receipt_body(&spec, 0, round);
+        log.push(
+            a.append(SignedReceipt::sign(body, &keys.gateways[0]).unwrap())
+                .unwrap(),
+        );
+    }
+    // Stream b's first two envelopes are dropped before they reach the log.
+    for round in 0..4 {
+        let body = common::receipt_body(&spec, 1, round);
+        let envelope = b
+            .append(SignedReceipt::sign(body, &keys.gateways[1]).unwrap())
+            .unwrap();
+        if round >= 2 {
+            log.push(envelope);
+        }
+    }
+    let (segments, checkpoints) = common::record(&log, 7, &keys.recorder);
+    let mut builder = BundleBuilder::new(
+        Identifier::new(common::ORIGIN).unwrap(),
+        common::at(common::T0 + 2 * common::HOUR),
+    );
+    for g in 0..2 {
+        builder.add_certificate(common::certificate(
+            &keys,
+            g,
+            common::T0 - common::HOUR,
+            common::T0 + common::DAY,
+        ));
+    }
+    for (segment, checkpoint) in segments.into_iter().zip(checkpoints) {
+        builder.add_segment(segment, checkpoint).unwrap();
+    }
+    let full = builder.build(&keys.recorder).unwrap();
+    let options = VerifyOptions {
+        trust: Some(common::trust_roots(&keys)),
+        ..VerifyOptions::default()
+    };
+    let codes = |bundle: &tollgate_evidence::Bundle| -> Vec<ErrorCode> {
+        verify_bundle(&bundle.to_json().unwrap(), &options)
+            .findings()
+            .map(|f| f.code)
+            .collect()
+    };
+    assert!(codes(&full).contains(&ErrorCode::SeqGap));
+    // From segment 1 on, stream b starts at seq 3 and nothing before the range
+    // is its seq 2.
+    let range = range_of(&full, 1, &keys.recorder);
+    assert!(range.base.as_ref().unwrap().continuations.is_empty());
+    assert!(
+        codes(&range).contains(&ErrorCode::ContinuationMissing),
+        "{:?}",
+        codes(&range)
+    );
+}

@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 use tollgate_evidence::{
-    Bundle, BundleBuilder, Envelope, Genesis, Identifier, Seal, Segment, Sha256Hex,
+    Bundle, BundleBuilder, Envelope, Genesis, Identifier, RangeBase, Seal, Segment, Sha256Hex,
     SignedCheckpoint, SignedKeyCertificate, SigningKey, Timestamp,
 };
 
@@ -108,29 +108,19 @@ pub fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T
     serde_json::from_str(json).map_err(|e| RecorderError::Internal(format!("stored {what}: {e}")))
 }
 
-/// A range export's base: the checkpoint before its first segment and the log's
-/// frontier there.
-#[derive(Debug, Clone)]
-pub struct ExportBase {
-    /// The checkpoint of the segment before the first exported.
-    pub checkpoint: SignedCheckpoint,
-    /// The log tree's perfect-subtree roots at the checkpoint's size.
-    pub frontier: Vec<Sha256Hex>,
-}
-
 /// Assembles a bundle from stored segments (each with its envelopes' JSON, in log
 /// order) and certificate JSON, after `base` if the first segment is not 0. Pure.
 pub fn assemble(
     origin: Identifier,
     created_at: Timestamp,
-    base: Option<ExportBase>,
+    base: Option<RangeBase>,
     segments: Vec<(SealedSegmentRow, Vec<String>)>,
     certificates: &[String],
     recorder_key: &SigningKey,
 ) -> Result<Bundle, RecorderError> {
     let mut builder = match base {
         None => BundleBuilder::new(origin, created_at),
-        Some(base) => BundleBuilder::after(origin, created_at, base.checkpoint, base.frontier)?,
+        Some(base) => BundleBuilder::after(origin, created_at, base)?,
     };
     for json in certificates {
         builder.add_certificate(parse::<SignedKeyCertificate>("certificate", json)?);

@@ -13,14 +13,19 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tollgate_evidence::{
-    Bundle, Envelope, Genesis, Identifier, KeyRole, LogState, MerkleAccumulator, PrevHash,
-    PublicKey, Sha256Hex, SignedCheckpoint, SigningKey, Timestamp, TrustRoots,
+    Bundle, Continuation, Envelope, Genesis, Identifier, KeyRole, LogState, MerkleAccumulator,
+    PrevHash, PublicKey, RangeBase, SegmentHeader, Sha256Hex, SignedCheckpoint, SigningKey,
+    Timestamp, TrustRoots,
 };
 
 use crate::auth::{Caller, Policy};
 use crate::clock::Clock;
 use crate::error::RecorderError;
-use crate::export::{ExportBase, ExportRange, assemble, check_bounds};
+use crate::export::{ExportRange, assemble, check_bounds};
+use crate::settings::MAX_EXPORT_SEGMENTS;
+
+/// Most segments one retention pass deletes.
+const MAX_PRUNED_PER_PASS: u64 = 64;
 use crate::ingest::{IngestResponse, StoredStream, parse_batch, plan_chain, verify_batch};
 use crate::log::{LogCore, SealPolicy, SealedSegment};
 use crate::metrics::{DecisionLabel, KindLabel, Metrics, ReasonLabel, ResultLabel};
@@ -72,6 +77,9 @@ pub struct Recorder {
     sinks: Option<mpsc::UnboundedSender<SignedCheckpoint>>,
     verify: Semaphore,
     verify_threads: usize,
+    /// Exports read, retention writes: a pass never deletes a segment an export
+    /// of this process is reading.
+    retention: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -136,6 +144,7 @@ impl Recorder {
             sinks,
             verify: Semaphore::new(options.verify_threads.max(1)),
             verify_threads: options.verify_threads.max(1),
+            retention: tokio::sync::RwLock::new(()),
         };
         // Resume the log now, so a broken store fails at start, not at first ingest.
         {
@@ -636,6 +645,29 @@ impl Recorder {
         caller: &Caller,
     ) -> Result<Bundle, RecorderError> {
         self.policy.check_read(caller)?;
+        // This process's retention waits for the export; another replica's may
+        // not, and then the export fails in a way worth retrying.
+        let _retention = self.retention.read().await;
+        let (first, last) = self.segments_of(range).await?;
+        match self.build_bundle(first, last).await {
+            Err(e)
+                if self
+                    .store
+                    .segment_bounds()
+                    .await
+                    .is_ok_and(|b| b.first_kept.is_none_or(|k| k > first)) =>
+            {
+                Err(RecorderError::Unavailable(format!(
+                    "retention deleted segments of this range while it was exported ({e}); retry"
+                )))
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// The segments `range` covers, `first..=last`; seals the open segment first
+    /// if the range reaches into it.
+    async fn segments_of(&self, range: ExportRange) -> Result<(u64, u64), RecorderError> {
         let until_ms = match range {
             ExportRange::Time { since_ms, until_ms } => {
                 if since_ms.is_some_and(|s| s >= until_ms) {
@@ -674,15 +706,16 @@ impl Recorder {
         }
         let first = match range {
             ExportRange::Everything | ExportRange::Time { since_ms: None, .. } => first_kept,
+            // The first segment holding a receipt that started since then, by
+            // the receipts' own times (as `until`), so clocks need not agree.
             ExportRange::Time {
                 since_ms: Some(since_ms),
                 ..
             } => self
                 .store
-                .first_segment_sealed_since(since_ms)
+                .first_segment_started_since(since_ms)
                 .await?
-                .unwrap_or(last_sealed + 1)
-                .max(first_kept),
+                .unwrap_or(last_sealed + 1),
             ExportRange::Segments { first, .. } => first,
             ExportRange::After {
                 size,
@@ -695,17 +728,28 @@ impl Recorder {
         };
         if first < first_kept {
             return Err(RecorderError::NotFound(format!(
-                "segments before {first_kept} were deleted by retention"
+                "the range starts at segment {first}, but retention deleted the segments before \
+                 {first_kept}"
             )));
         }
         if first > last {
             return Err(RecorderError::NotFound(match range {
-                ExportRange::After { size, .. } => {
-                    format!("the log holds nothing after the checkpoint of size {size} yet")
-                }
+                ExportRange::After { size, until_ms, .. } => match until_ms {
+                    None => {
+                        format!("the log holds nothing after the checkpoint of size {size} yet")
+                    }
+                    Some(_) => format!(
+                        "no receipt after the checkpoint of size {size} started before until"
+                    ),
+                },
                 _ => format!("no sealed segment in the range (segments {first}..{last})"),
             }));
         }
+        Ok((first, last))
+    }
+
+    /// The bundle of sealed segments `first..=last`.
+    async fn build_bundle(&self, first: u64, last: u64) -> Result<Bundle, RecorderError> {
         let rows = self.store.sealed_segments(first, Some(last)).await?;
         if rows.len() as u64 != last - first + 1 {
             return Err(corrupt(
@@ -714,9 +758,9 @@ impl Recorder {
             ));
         }
         check_bounds(&rows)?;
-        let base = match first.checked_sub(1) {
-            Some(previous) => Some(self.export_base(previous).await?),
-            None => None,
+        let base = match first {
+            0 => None,
+            first => Some(self.range_base(first, last).await?),
         };
         let mut segments = Vec::with_capacity(rows.len());
         for row in rows {
@@ -742,6 +786,7 @@ impl Recorder {
         let Some(keep_ms) = self.settings.retention_ms else {
             return Ok(report);
         };
+        let _exports_wait = self.retention.write().await;
         let now_ms = self.clock.now_ms();
         let bounds = self.store.segment_bounds().await?;
         let aged = self
@@ -791,7 +836,10 @@ impl Recorder {
             return Ok(report);
         };
         // Later range exports start after `through`: make sure its frontier is stored.
-        self.export_base(through).await?;
+        self.checkpoint_and_frontier(through).await?;
+        // A bounded pass, so a first pass over a long history does not hold
+        // exports back; the next pass goes on.
+        let through = through.min(first_kept + MAX_PRUNED_PER_PASS - 1);
         for index in first_kept..=through {
             self.store.prune_segment(index, now_ms).await?;
             self.metrics.segments_pruned.inc();
@@ -814,13 +862,23 @@ impl Recorder {
         last_sealed: u64,
     ) -> Result<u64, RecorderError> {
         let found = self.last_segment_within(size, last_sealed).await?;
+        // A checkpoint of this log always has its exact size here; anything else
+        // is another log's, or this log lost what the auditor saw.
         let (index, checkpoint) = match found {
             Some((index, checkpoint)) if checkpoint.checkpoint.size.get() == size => {
                 (index, checkpoint)
             }
+            Some((index, checkpoint)) if index == last_sealed => {
+                return Err(RecorderError::Conflict(format!(
+                    "the checkpoint you hold covers {size} envelopes, this log's newest covers {}: \
+                     the log is shorter than what you saw (cut, or restored from a backup)",
+                    checkpoint.checkpoint.size
+                )));
+            }
             _ => {
-                return Err(RecorderError::NotFound(format!(
-                    "this log has no checkpoint of size {size}"
+                return Err(RecorderError::Conflict(format!(
+                    "this log has no checkpoint of size {size}: the checkpoint you hold is \
+                     another log's, or this log was rewritten"
                 )));
             }
         };
@@ -864,11 +922,118 @@ impl Recorder {
         Ok(found)
     }
 
+    /// What a range of segments `first..=last` continues: the checkpoint before
+    /// it, the log's frontier there, and for each stream that began before it the
+    /// stream's envelope just before the range, proven in its segment, with the
+    /// headers that chain that segment to the base.
+    async fn range_base(&self, first: u64, last: u64) -> Result<RangeBase, RecorderError> {
+        let (checkpoint, frontier) = self.checkpoint_and_frontier(first - 1).await?;
+        let mut segments: std::collections::HashMap<u64, (Vec<Sha256Hex>, u64)> =
+            std::collections::HashMap::new();
+        let mut continuations = Vec::new();
+        for (stream_id, seq) in self.store.continued_streams(first, last).await? {
+            let missing = || {
+                corrupt(
+                    "envelopes",
+                    format!(
+                        "stream {stream_id} has no envelope {} before segment {first}, so the range \
+                         cannot show it continues",
+                        seq - 1
+                    ),
+                )
+            };
+            let placed = self
+                .store
+                .envelope_at(&stream_id, seq - 1)
+                .await?
+                .filter(|p| p.segment_index < first)
+                .ok_or_else(missing)?;
+            let envelope: Envelope = crate::export::parse("envelope", &placed.json)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                segments.entry(placed.segment_index)
+            {
+                slot.insert(self.segment_hashes(placed.segment_index).await?);
+            }
+            let (hashes, first_leaf) = segments.get(&placed.segment_index).ok_or_else(missing)?;
+            let index = placed
+                .log_index
+                .checked_sub(*first_leaf)
+                .ok_or_else(missing)?;
+            continuations.push(Continuation::prove(
+                envelope,
+                placed.segment_index,
+                index,
+                hashes,
+            )?);
+        }
+        let oldest = segments.keys().copied().min().unwrap_or(first);
+        if first - oldest > MAX_EXPORT_SEGMENTS {
+            return Err(RecorderError::TooLarge {
+                what: "segment headers before the range (a stream reaches far back)",
+                limit: MAX_EXPORT_SEGMENTS,
+            });
+        }
+        let mut headers = Vec::new();
+        for index in oldest..first {
+            let row =
+                self.store.segment(index).await?.ok_or_else(|| {
+                    corrupt("segments", format!("sealed segment {index} is missing"))
+                })?;
+            headers.push(SegmentHeader {
+                genesis: crate::export::parse("genesis", &row.sealed.genesis_json)?,
+                seal: crate::export::parse("seal", &row.sealed.seal_json)?,
+            });
+        }
+        Ok(RangeBase {
+            checkpoint,
+            frontier,
+            headers,
+            continuations,
+        })
+    }
+
+    /// Segment `index`'s envelope hashes in log order (kept in its row once
+    /// retention pruned it), and its first log position.
+    async fn segment_hashes(&self, index: u64) -> Result<(Vec<Sha256Hex>, u64), RecorderError> {
+        let row = self
+            .store
+            .segment(index)
+            .await?
+            .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))?;
+        let genesis: Genesis = crate::export::parse("genesis", &row.sealed.genesis_json)?;
+        let texts: Vec<String> = match &row.pruned_hashes {
+            Some(joined) => joined
+                .as_bytes()
+                .chunks(64)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect(),
+            None => self.store.leaf_hashes(index, index).await?,
+        };
+        let hashes = texts
+            .iter()
+            .map(|h| Sha256Hex::parse(h).map_err(|e| corrupt("hash", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if hashes.len() as u64 != row.sealed.envelope_count {
+            return Err(corrupt(
+                "segments",
+                format!(
+                    "segment {index} has {} envelope hashes for {} envelopes",
+                    hashes.len(),
+                    row.sealed.envelope_count
+                ),
+            ));
+        }
+        Ok((hashes, genesis.first_leaf_index.get()))
+    }
+
     /// The checkpoint of sealed segment `index` and the log's frontier after it,
     /// from the state stored with its seal. Segments sealed before schema version
     /// 4 have none: it is rebuilt from the nearest stored state and the envelope
     /// hashes after it, checked against the checkpoint, and stored.
-    async fn export_base(&self, index: u64) -> Result<ExportBase, RecorderError> {
+    async fn checkpoint_and_frontier(
+        &self,
+        index: u64,
+    ) -> Result<(SignedCheckpoint, Vec<Sha256Hex>), RecorderError> {
         let row = self
             .store
             .segment(index)
@@ -878,10 +1043,7 @@ impl Recorder {
             crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
         if let Some(json) = &row.log_state_json {
             let state: LogState = crate::export::parse("log state", json)?;
-            return Ok(ExportBase {
-                checkpoint,
-                frontier: state.frontier,
-            });
+            return Ok((checkpoint, state.frontier));
         }
         let (mut accumulator, from) = match self.store.latest_state_upto(index).await? {
             Some((at, json)) => {
@@ -924,10 +1086,7 @@ impl Recorder {
             ),
         };
         self.store.set_log_state(index, &json(&state)?).await?;
-        Ok(ExportBase {
-            checkpoint,
-            frontier: state.frontier,
-        })
+        Ok((checkpoint, state.frontier))
     }
 
     fn lease_metric(&self, response: &LeaseResponse) {

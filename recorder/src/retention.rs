@@ -14,14 +14,16 @@
 use crate::settings::SinkSettings;
 
 /// The largest log size every configured sink holds a checkpoint for; `None`
-/// when no sink is configured. A sink that never took a checkpoint holds 0.
+/// when no sink is configured. A sink that never took a checkpoint holds 0, and
+/// so does one pointed at a new target ([`SinkSettings::progress_key`]).
 pub fn covered_size(sinks: &[SinkSettings], delivered: &[(String, u64)]) -> Option<u64> {
     sinks
         .iter()
         .map(|sink| {
+            let key = sink.progress_key();
             delivered
                 .iter()
-                .find(|(name, _)| *name == sink.name)
+                .find(|(held_by, _)| *held_by == key)
                 .map_or(0, |(_, size)| *size)
         })
         .min()
@@ -51,20 +53,29 @@ mod tests {
         }
     }
 
+    fn held(sink: &SinkSettings, size: u64) -> (String, u64) {
+        (sink.progress_key(), size)
+    }
+
     #[test]
     fn the_least_covered_sink_bounds_retention() {
-        assert_eq!(covered_size(&[], &[("a".into(), 9)]), None);
-        let sinks = [sink("a"), sink("b")];
+        let (a, b) = (sink("a"), sink("b"));
+        assert_eq!(covered_size(&[], &[held(&a, 9)]), None);
+        let sinks = [a.clone(), b.clone()];
         assert_eq!(covered_size(&sinks, &[]), Some(0));
-        assert_eq!(covered_size(&sinks, &[("a".into(), 9)]), Some(0));
-        assert_eq!(
-            covered_size(&sinks, &[("a".into(), 9), ("b".into(), 4)]),
-            Some(4)
-        );
+        assert_eq!(covered_size(&sinks, &[held(&a, 9)]), Some(0));
+        assert_eq!(covered_size(&sinks, &[held(&a, 9), held(&b, 4)]), Some(4));
         // A sink no longer configured does not count.
+        let old = sink("old");
         assert_eq!(
-            covered_size(&sinks[..1], &[("a".into(), 9), ("old".into(), 1)]),
+            covered_size(&sinks[..1], &[held(&a, 9), held(&old, 1)]),
             Some(9)
         );
+        // A sink pointed at a new target holds nothing there yet.
+        let moved = SinkSettings {
+            name: "a".into(),
+            target: SinkTarget::Http("http://127.0.0.1:9/checkpoints".into()),
+        };
+        assert_eq!(covered_size(&[moved], &[held(&a, 9)]), Some(0));
     }
 }

@@ -275,17 +275,24 @@ pub async fn start(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(seal_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_retention: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
                 if let Err(e) = recorder.seal_if_due().await {
                     tracing::warn!(error = %e, "sealing failed; will retry");
                 }
-                if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
-                    last_retention = Some(tokio::time::Instant::now());
-                    if let Err(e) = recorder.apply_retention().await {
-                        tracing::warn!(error = %e, "retention failed; will retry");
-                    }
+            }
+        })
+    };
+    // Retention on its own task, so sealing never waits for it.
+    let retainer = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = recorder.apply_retention().await {
+                    tracing::warn!(error = %e, "retention failed; will retry");
                 }
             }
         })
@@ -304,6 +311,7 @@ pub async fn start(
                     tracing::error!(error = %e, "server failed");
                 }
                 sealer.abort();
+                retainer.abort();
                 if let Some(t) = trust_follower {
                     t.abort();
                 }
@@ -315,6 +323,7 @@ pub async fn start(
                 tracing::error!(error = %e, "server failed");
             }
             sealer.abort();
+            retainer.abort();
             if let Some(t) = trust_follower {
                 t.abort();
             }

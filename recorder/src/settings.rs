@@ -54,6 +54,17 @@ pub struct SinkSettings {
     pub target: SinkTarget,
 }
 
+impl SinkSettings {
+    /// What the store records a sink's progress under: its name and target, so
+    /// a sink pointed somewhere new starts from nothing.
+    pub fn progress_key(&self) -> String {
+        match &self.target {
+            SinkTarget::File(path) => format!("{} file:{}", self.name, path.display()),
+            SinkTarget::Http(url) => format!("{} http:{url}", self.name),
+        }
+    }
+}
+
 /// What the recorder runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {

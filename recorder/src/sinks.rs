@@ -91,7 +91,10 @@ pub fn spawn_sinks(
                 match result {
                     Ok(()) => {
                         let at_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-                        if let Err(e) = store.record_sink_delivery(&sink.name, size, at_ms).await {
+                        if let Err(e) = store
+                            .record_sink_delivery(&sink.progress_key(), size, at_ms)
+                            .await
+                        {
                             tracing::warn!(sink = %sink.name, size, error = %e, "recording a sink delivery failed; retention waits for the next");
                         }
                     }

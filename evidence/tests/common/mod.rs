@@ -497,18 +497,64 @@ pub fn assert_detected(report: &VerificationReport, phase: Phase, code: ErrorCod
     );
 }
 
-/// The range bundle of `full`'s segments from `from` on, based on the checkpoint
-/// of segment `from - 1`, as a recorder exports it.
-pub fn range_of(full: &Bundle, from: usize, recorder: &SigningKey) -> Bundle {
+/// What a recorder hands the builder for the range of `full` from segment
+/// `from`: the checkpoint before it, the frontier there, and each continued
+/// stream's last envelope before it, proven in its segment.
+pub fn range_base(full: &Bundle, from: usize) -> tollgate_evidence::RangeBase {
     let mut base = tollgate_evidence::MerkleAccumulator::new();
     for envelope in full.segments[..from].iter().flat_map(|s| &s.envelopes) {
         base.push(tollgate_evidence::segment::envelope_leaf(&envelope.hash));
     }
+    let in_range: std::collections::BTreeSet<&Identifier> = full.segments[from..]
+        .iter()
+        .flat_map(|s| &s.envelopes)
+        .map(|e| &e.stream_id)
+        .collect();
+    // The last envelope before the range of each stream that goes on in it.
+    let mut last: std::collections::BTreeMap<&Identifier, (usize, usize)> = Default::default();
+    for (j, segment) in full.segments[..from].iter().enumerate() {
+        for (i, envelope) in segment.envelopes.iter().enumerate() {
+            if in_range.contains(&envelope.stream_id) {
+                last.insert(&envelope.stream_id, (j, i));
+            }
+        }
+    }
+    let oldest = last.values().map(|(j, _)| *j).min().unwrap_or(from);
+    let continuations = last
+        .values()
+        .map(|&(j, i)| {
+            let segment = &full.segments[j];
+            let hashes: Vec<Sha256Hex> = segment.envelopes.iter().map(|e| e.hash).collect();
+            tollgate_evidence::Continuation::prove(
+                segment.envelopes[i].clone(),
+                j as u64,
+                i as u64,
+                &hashes,
+            )
+            .unwrap()
+        })
+        .collect();
+    tollgate_evidence::RangeBase {
+        checkpoint: full.checkpoints[from - 1].clone(),
+        frontier: base.frontier().to_vec(),
+        headers: full.segments[oldest..from]
+            .iter()
+            .map(|s| tollgate_evidence::SegmentHeader {
+                genesis: s.genesis.clone(),
+                seal: s.seal.clone(),
+            })
+            .collect(),
+        continuations,
+    }
+}
+
+/// The range bundle of `full`'s segments from `from` on, based on the checkpoint
+/// of segment `from - 1`, as a recorder exports it.
+pub fn range_of(full: &Bundle, from: usize, recorder: &SigningKey) -> Bundle {
     let mut builder = BundleBuilder::after(
         full.manifest.origin.clone(),
         full.manifest.created_at,
-        full.checkpoints[from - 1].clone(),
-        base.frontier().to_vec(),
+        range_base(full, from),
     )
     .unwrap();
     for certificate in &full.certificates {

@@ -11,7 +11,7 @@ use tollgate_wire::quota_math::Amounts;
 use super::rows::{self, Row, Statement, Value, params, with_key};
 use super::sql::{Dialect, Stmt};
 use super::{
-    CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, QuotaTx,
+    CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, PlacedEnvelope, QuotaTx,
     SealedSegmentRow, SegmentBounds, SegmentRow, Store, StoreError, StoreFuture, StoredOpenSegment,
     StreamRow, UsageCell,
 };
@@ -206,10 +206,10 @@ impl<D: Driver> Store for Engine<D> {
         })
     }
 
-    fn first_segment_sealed_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>> {
+    fn first_segment_started_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async move {
             let rows = self
-                .read_rows(Stmt::FirstSegmentSealedSince, params![ms])
+                .read_rows(Stmt::FirstSegmentStartedSince, params![ms])
                 .await?;
             Ok(first(rows, |r| r.opt_u64(0))?.flatten())
         })
@@ -254,12 +254,42 @@ impl<D: Driver> Store for Engine<D> {
     fn prune_segment(&self, index: u64, now_ms: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut tx = self.driver.begin(TxLock::Log).await?;
+            let hashes = tx.query(Stmt::LeafHashes, params![index, index]).await?;
+            let hashes: String = all(&hashes, |r| r.text(0))?.concat();
             tx.execute(vec![
+                (Stmt::MarkPruned, params![index, now_ms, &hashes]),
                 (Stmt::PruneEnvelopes, params![index]),
-                (Stmt::MarkPruned, params![index, now_ms]),
             ])
             .await?;
             tx.commit().await
+        })
+    }
+
+    fn continued_streams(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::ContinuedStreams, params![first, last])
+                .await?;
+            all(&rows, |r| Ok((r.text(0)?, r.u64(1)?)))
+        })
+    }
+
+    fn envelope_at<'a>(
+        &'a self,
+        stream_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<PlacedEnvelope>> {
+        Box::pin(async move {
+            let rows = self
+                .read_rows(Stmt::EnvelopeAt, params![stream_id, seq])
+                .await?;
+            first(rows, |r| {
+                Ok(PlacedEnvelope {
+                    log_index: r.u64(0)?,
+                    segment_index: r.u64(1)?,
+                    json: r.text(2)?,
+                })
+            })
         })
     }
 

@@ -465,6 +465,20 @@ pub struct SegmentRow {
     pub log_state_json: Option<String>,
     /// Retention deleted its envelopes.
     pub pruned: bool,
+    /// The envelope hashes of a pruned segment, in log order, as 64-character
+    /// hex strings one after another (continuations are proven from them).
+    pub pruned_hashes: Option<String>,
+}
+
+/// An envelope's place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedEnvelope {
+    /// Log position.
+    pub log_index: u64,
+    /// Its segment.
+    pub segment_index: u64,
+    /// The envelope JSON.
+    pub json: String,
 }
 
 /// Where the sealed segments stand.
@@ -510,8 +524,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn segment(&self, index: u64) -> StoreFuture<'_, Option<SegmentRow>>;
     /// First kept, last sealed and last pruned segment.
     fn segment_bounds(&self) -> StoreFuture<'_, SegmentBounds>;
-    /// The first segment sealed at or after `ms`.
-    fn first_segment_sealed_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
+    /// The first segment holding a receipt that started at or after `ms`.
+    fn first_segment_started_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
     /// The last segment sealed before `ms`.
     fn last_segment_sealed_before(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
     /// The newest sealed segment at or before `index` with a stored log state.
@@ -520,9 +534,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn leaf_hashes(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<String>>;
     /// Stores segment `index`'s log state.
     fn set_log_state<'a>(&'a self, index: u64, json: &'a str) -> StoreFuture<'a, ()>;
-    /// Deletes sealed segment `index`'s envelopes (keeping the newest envelope of
-    /// each open stream) and marks it pruned, in one transaction under the log lock.
+    /// Deletes sealed segment `index`'s envelopes (keeping each stream's newest
+    /// up to it when the stream goes on) and marks it pruned with its envelope
+    /// hashes, in one transaction under the log lock.
     fn prune_segment(&self, index: u64, now_ms: u64) -> StoreFuture<'_, ()>;
+    /// Streams whose first envelope in segments `first..=last` is not their
+    /// first, with that envelope's seq.
+    fn continued_streams(&self, first: u64, last: u64) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// A stream's envelope at `seq`, with its place.
+    fn envelope_at<'a>(
+        &'a self,
+        stream_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<PlacedEnvelope>>;
     /// Records that `sink` holds the checkpoint of log size `size`.
     fn record_sink_delivery<'a>(
         &'a self,

@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS segments (
     sealed_at_ms {BIGINT},
     envelope_count {BIGINT},
     log_state TEXT,
-    pruned_at_ms {BIGINT}
+    pruned_at_ms {BIGINT},
+    pruned_hashes TEXT
 );
 CREATE TABLE IF NOT EXISTS sink_progress (
     sink TEXT PRIMARY KEY,
@@ -225,10 +226,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         3,
-        // Version 4 keeps each segment's log state (for range exports) and
-        // marks segments retention pruned.
+        // Version 4 keeps each segment's log state (for range exports), and
+        // marks segments retention pruned with their envelope hashes.
         "ALTER TABLE segments ADD COLUMN log_state TEXT;
-         ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;",
+         ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;
+         ALTER TABLE segments ADD COLUMN pruned_hashes TEXT;",
     ),
 ];
 
@@ -247,6 +249,10 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = 'segments' AND column_name = 'pruned_at_ms') THEN
         ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'segments' AND column_name = 'pruned_hashes') THEN
+        ALTER TABLE segments ADD COLUMN pruned_hashes TEXT;
     END IF;
 END $$;";
 
@@ -349,25 +355,35 @@ statements! {
         WHERE seal IS NOT NULL AND pruned_at_ms IS NULL AND segment_index >= ?1 AND segment_index <= ?2
         ORDER BY segment_index";
     /// One sealed segment, kept or pruned.
-    Segment = "SELECT segment_index, genesis, seal, checkpoint, envelope_count, sealed_at_ms, log_state, pruned_at_ms
+    Segment = "SELECT segment_index, genesis, seal, checkpoint, envelope_count, sealed_at_ms, log_state, pruned_at_ms, pruned_hashes
         FROM segments WHERE segment_index = ?1 AND seal IS NOT NULL";
     /// First kept, last and last pruned sealed segment.
     SegmentBounds = "SELECT MIN(CASE WHEN pruned_at_ms IS NULL THEN segment_index END), MAX(segment_index),
             MAX(CASE WHEN pruned_at_ms IS NOT NULL THEN segment_index END)
         FROM segments WHERE seal IS NOT NULL";
-    FirstSegmentSealedSince = "SELECT MIN(segment_index) FROM segments WHERE seal IS NOT NULL AND sealed_at_ms >= ?1";
+    FirstSegmentStartedSince = "SELECT MIN(segment_index) FROM envelopes WHERE started_at_ms >= ?1";
     LastSegmentSealedBefore = "SELECT MAX(segment_index) FROM segments WHERE seal IS NOT NULL AND sealed_at_ms < ?1";
     LatestStateUpto = "SELECT segment_index, log_state FROM segments
         WHERE segment_index <= ?1 AND seal IS NOT NULL AND log_state IS NOT NULL ORDER BY segment_index DESC LIMIT 1";
     /// Envelope hashes of segments `?1..=?2`, in log order.
     LeafHashes = "SELECT hash FROM envelopes WHERE segment_index >= ?1 AND segment_index <= ?2 ORDER BY log_index";
     SetLogState = "UPDATE segments SET log_state = ?2 WHERE segment_index = ?1";
-    /// Deletes a segment's envelopes but the newest of each stream still open
-    /// (the recorder chains that stream's next envelope to it).
-    PruneEnvelopes = "DELETE FROM envelopes WHERE segment_index = ?1 AND NOT EXISTS
-        (SELECT 1 FROM streams WHERE streams.stream_id = envelopes.stream_id
-            AND streams.closed = {FALSE} AND streams.next_seq = envelopes.seq + 1)";
-    MarkPruned = "UPDATE segments SET pruned_at_ms = ?2 WHERE segment_index = ?1 AND seal IS NOT NULL AND pruned_at_ms IS NULL";
+    /// Deletes the envelopes of segments up to `?1`, except each stream's newest
+    /// among them when the stream goes on: it is open (the recorder chains its
+    /// next envelope to it) or has envelopes in later segments (a range export
+    /// proves the stream continues from it).
+    PruneEnvelopes = "DELETE FROM envelopes WHERE segment_index <= ?1 AND (
+        seq < (SELECT MAX(later.seq) FROM envelopes later
+            WHERE later.stream_id = envelopes.stream_id AND later.segment_index <= ?1)
+        OR EXISTS (SELECT 1 FROM streams WHERE streams.stream_id = envelopes.stream_id
+            AND streams.closed <> {FALSE} AND streams.next_seq = envelopes.seq + 1))";
+    MarkPruned = "UPDATE segments SET pruned_at_ms = ?2, pruned_hashes = ?3
+        WHERE segment_index = ?1 AND seal IS NOT NULL AND pruned_at_ms IS NULL";
+    /// Streams whose first envelope in segments `?1..=?2` is not their first.
+    ContinuedStreams = "SELECT stream_id, MIN(seq) FROM envelopes
+        WHERE segment_index >= ?1 AND segment_index <= ?2 GROUP BY stream_id HAVING MIN(seq) > 1
+        ORDER BY stream_id {C}";
+    EnvelopeAt = "SELECT log_index, segment_index, body FROM envelopes WHERE stream_id = ?1 AND seq = ?2";
     RecordSinkDelivery = "INSERT INTO sink_progress (sink, size, delivered_at_ms) VALUES (?1, ?2, ?3)
         ON CONFLICT (sink) DO UPDATE SET size = {GREATEST}(sink_progress.size, excluded.size), delivered_at_ms = excluded.delivered_at_ms";
     SinkProgress = "SELECT sink, size FROM sink_progress ORDER BY sink {C}";
