@@ -767,12 +767,23 @@ impl<'o> Run<'o> {
         };
         let mut open = BTreeSet::new();
         let mut continued = BTreeSet::new();
-        let continuations: BTreeMap<&Identifier, &Continuation> = bundle
-            .base
-            .iter()
-            .flat_map(|b| &b.continuations)
-            .map(|c| (&c.envelope.stream_id, c))
-            .collect();
+        let listed: Vec<&Continuation> =
+            bundle.base.iter().flat_map(|b| &b.continuations).collect();
+        for pair in listed.windows(2) {
+            if let [a, b] = pair
+                && a.envelope.stream_id >= b.envelope.stream_id
+            {
+                let location =
+                    Location::base_continuation(&b.envelope.stream_id, b.envelope.seq.get());
+                self.report(
+                    ErrorCode::ContinuationMissing,
+                    location,
+                    "continuations are not one per stream in stream id order",
+                );
+            }
+        }
+        let continuations: BTreeMap<&Identifier, &Continuation> =
+            listed.iter().map(|c| (&c.envelope.stream_id, *c)).collect();
         for (stream_id, positions) in &indexed.streams {
             let entries = indexed.stream_entries(positions);
             // A range bundle holds the part of a stream after its base; the
@@ -1074,6 +1085,9 @@ impl<'o> Run<'o> {
                 .iter()
                 .find(|h| h.seal.segment_index == continuation.segment_index);
             let outcome = match header {
+                _ if envelope.compute_hash().ok() != Some(envelope.hash) => {
+                    Err("the envelope does not hash to its hash".to_owned())
+                }
                 None => Err(format!(
                     "segment {} is not among the base's headers",
                     continuation.segment_index
@@ -1208,7 +1222,31 @@ impl<'o> Run<'o> {
             };
         }
         let log_size = indexed.tree.size();
+        // At a size the bundle has a checkpoint for (its base included), a held
+        // checkpoint must be that very checkpoint: equal roots are not enough,
+        // as the checkpoint also pins the seals (and a range's headers).
+        let by_size: BTreeMap<u64, &SignedCheckpoint> = bundle
+            .base
+            .iter()
+            .map(|b| &b.checkpoint)
+            .chain(&bundle.checkpoints)
+            .map(|c| (c.checkpoint.size.get(), c))
+            .collect();
         for (i, known) in self.options.known_checkpoints.iter().enumerate() {
+            if let Some(ours) = by_size.get(&known.checkpoint.size.get())
+                && ours.checkpoint.hash().ok() != known.checkpoint.hash().ok()
+            {
+                let detail = format!(
+                    "given checkpoint at size {} is not the bundle's checkpoint of that size",
+                    known.checkpoint.size
+                );
+                self.report(
+                    ErrorCode::KnownCheckpointConflict,
+                    Location::known_checkpoint(i),
+                    detail,
+                );
+                continue;
+            }
             let known = &known.checkpoint;
             if known.origin != bundle.manifest.origin {
                 self.report(

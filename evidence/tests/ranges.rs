@@ -385,3 +385,54 @@ fn a_stream_whose_first_records_never_reached_the_log_cannot_start_a_range_past_
         codes(&range)
     );
 }
+
+#[test]
+fn a_held_checkpoint_of_the_bases_size_must_be_the_base_itself() {
+    // Same size and root, another seal: an insider's rewritten base, under
+    // which made-up headers would chain.
+    let full = Fixture::valid();
+    let fixture = range(2);
+    let mut other = full.bundle.checkpoints[1].clone();
+    other.checkpoint.seal_hash = flipped(&other.checkpoint.seal_hash);
+    other = tollgate_evidence::SignedCheckpoint::sign(other.checkpoint, &fixture.keys.recorder)
+        .unwrap();
+    let options = VerifyOptions {
+        known_checkpoints: vec![other],
+        ..fixture.options()
+    };
+    let report = verify_bundle(&fixture.bytes(), &options);
+    assert!(
+        report
+            .findings()
+            .any(|f| f.code == ErrorCode::KnownCheckpointConflict
+                && f.location.known_checkpoint == Some(0)),
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn continuations_are_one_per_stream_and_each_is_what_it_claims() {
+    let mut fixture = range(1);
+    let base = fixture.bundle.base.as_mut().unwrap();
+    let copy = base.continuations[0].clone();
+    base.continuations.insert(0, copy);
+    assert_detected(
+        &fixture.verify(),
+        Phase::StreamChains,
+        ErrorCode::ContinuationMissing,
+    );
+
+    // Made-up content under a real continuation's hash and path.
+    let mut fixture = range(1);
+    let base = fixture.bundle.base.as_mut().unwrap();
+    let mut forged = base.continuations[0].clone();
+    forged.envelope.prev_hash = tollgate_evidence::PrevHash::Genesis;
+    base.continuations[0] = forged;
+    let report = fixture.verify();
+    assert!(
+        report
+            .findings()
+            .any(|f| f.code == ErrorCode::ContinuationProofInvalid),
+        "{report:#?}"
+    );
+}

@@ -486,20 +486,29 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api_server = axum::serve(api, crate::proxy::router(gateway.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin_server = axum::serve(admin, crate::admin::router(gateway.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    // Bounded servers (tollgate_wire::server): slow, big or many clients get
+    // cut off or 503, never a hang.
+    let api_server = tollgate_wire::server::serve(
+        api,
+        crate::proxy::router(gateway.clone()),
+        tollgate_wire::server::ServerLimits::GATEWAY,
+        stopped(stop_rx.clone()),
+    );
+    let admin_server = tollgate_wire::server::serve(
+        admin,
+        crate::admin::router(gateway.clone()),
+        tollgate_wire::server::ServerLimits::CONTROL,
+        stopped(stop_rx.clone()),
+    );
     let servers = tokio::spawn(async move {
-        tokio::try_join!(async { api_server.await }, async { admin_server.await })
+        tokio::join!(api_server, admin_server);
     });
     let done = tokio::spawn(async move {
         stopped(stop_rx).await;
         tracing::info!("shutting down: draining in-flight requests");
         reload.abort();
         match tokio::time::timeout(Duration::from_secs(30), servers).await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener error while draining"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
             Err(_) => tracing::warn!("drain timed out after 30s"),
         }

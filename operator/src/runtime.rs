@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tollgate_wire::server::ServerLimits;
 
 use crate::cache::ClusterCache;
 use crate::control::{ControlMetrics, ControlState};
@@ -269,12 +270,24 @@ pub async fn run(
         webhook_listener,
         tls.clone(),
         webhook_router,
+        ServerLimits::CONTROL,
         shutdown.clone(),
     ));
+    // Every gateway holds a long-poll here: room for all of them and more.
+    let control_limits = ServerLimits {
+        max_connections: settings
+            .max_waiters
+            .saturating_add(ServerLimits::CONTROL.max_connections),
+        max_in_flight: settings
+            .max_waiters
+            .saturating_add(ServerLimits::CONTROL.max_in_flight),
+        ..ServerLimits::CONTROL
+    };
     tokio::spawn(serve::serve_https(
         control_listener,
         tls,
         control_router,
+        control_limits,
         shutdown.clone(),
     ));
     tokio::spawn(registration::keep_webhooks_registered(

@@ -4,70 +4,31 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use tollgate_wire::server::{PlainAccept, ServerLimits, TlsAccept};
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `router` over TLS on `listener` until `shutdown` fires.
+/// Serves `router` over TLS on `listener` within `limits` until `shutdown`
+/// fires (handshakes and bounds: `tollgate_wire::server`).
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    limits: ServerLimits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let mut conn_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = conn_shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
+    let accept = TlsAccept::new(listener, tls, |_| ());
+    tollgate_wire::server::serve(accept, router, limits, changed(shutdown)).await;
+}
+
+async fn changed(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.changed().await;
 }
 
 /// `/live`, `/ready` (200 once `ready` is set) and `/metrics`.
@@ -109,17 +70,10 @@ pub fn probes_router(ready: Arc<AtomicBool>, registry: Arc<Registry>) -> Router 
         )
 }
 
-/// Serves plain HTTP until `shutdown` fires.
-pub async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
+/// Serves plain HTTP within the control-plane bounds until `shutdown` fires.
+pub async fn serve_http(listener: TcpListener, router: Router, shutdown: watch::Receiver<bool>) {
+    let accept = PlainAccept::new(listener, ());
+    tollgate_wire::server::serve(accept, router, ServerLimits::CONTROL, changed(shutdown)).await;
 }
 
 #[cfg(test)]

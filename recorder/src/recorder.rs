@@ -373,12 +373,44 @@ impl Recorder {
         let next_seq = stream.as_ref().map_or(1, |s| s.next_seq);
         let last = match next_seq {
             0 | 1 => None,
-            n => {
-                let text = tx.envelope_json(sid, n - 1).await?.ok_or_else(|| {
-                    corrupt("stream", format!("{sid} has no envelope at seq {}", n - 1))
-                })?;
-                Some(serde_json::from_str::<Envelope>(&text).map_err(|e| corrupt("envelope", e))?)
-            }
+            n => match tx.envelope_json(sid, n - 1).await? {
+                Some(text) => Some(
+                    serde_json::from_str::<Envelope>(&text).map_err(|e| corrupt("envelope", e))?,
+                ),
+                // Retention deleted a closed stream whole: nothing more can be
+                // appended, and what is resent cannot be compared any more.
+                None if stream.as_ref().is_some_and(|s| s.closed) => {
+                    drop(tx);
+                    let rejected: Vec<_> = verified
+                        .envelopes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(index, (seq, _))| crate::ingest::Rejection {
+                            index,
+                            seq,
+                            reason: crate::ingest::RejectReason::StreamClosed,
+                            message: format!(
+                                "stream {sid} is closed and retention deleted its records"
+                            ),
+                        })
+                        .collect();
+                    self.count_outcome(0, 0, &rejected);
+                    return Ok(IngestResponse {
+                        stream_id: Some(sid.to_string()),
+                        accepted: 0,
+                        duplicates: 0,
+                        rejected,
+                        next_seq,
+                        closed: true,
+                    });
+                }
+                None => {
+                    return Err(corrupt(
+                        "stream",
+                        format!("{sid} has no envelope at seq {}", n - 1),
+                    ));
+                }
+            },
         };
         let ok = || {
             verified
@@ -649,13 +681,12 @@ impl Recorder {
         // not, and then the export fails in a way worth retrying.
         let _retention = self.retention.read().await;
         let (first, last) = self.segments_of(range).await?;
+        let pruned_before = self.store.segment_bounds().await?.last_pruned;
         match self.build_bundle(first, last).await {
             Err(e)
-                if self
-                    .store
-                    .segment_bounds()
-                    .await
-                    .is_ok_and(|b| b.first_kept.is_none_or(|k| k > first)) =>
+                if self.store.segment_bounds().await.is_ok_and(|b| {
+                    b.first_kept.is_none_or(|k| k > first) || b.last_pruned != pruned_before
+                }) =>
             {
                 Err(RecorderError::Unavailable(format!(
                     "retention deleted segments of this range while it was exported ({e}); retry"
@@ -711,11 +742,23 @@ impl Recorder {
             ExportRange::Time {
                 since_ms: Some(since_ms),
                 ..
-            } => self
-                .store
-                .first_segment_started_since(since_ms)
-                .await?
-                .unwrap_or(last_sealed + 1),
+            } => {
+                // Receipts since then may have been in segments retention
+                // deleted (sealed after `since`): say so rather than export part.
+                if let Some(pruned) = bounds.last_pruned {
+                    let row = self.store.segment(pruned).await?;
+                    if row.is_some_and(|r| r.sealed_at_ms >= since_ms) {
+                        return Err(RecorderError::NotFound(format!(
+                            "retention deleted receipts since then (segments up to {pruned}); \
+                             the oldest kept segment is {first_kept}"
+                        )));
+                    }
+                }
+                self.store
+                    .first_segment_started_since(since_ms, first_kept)
+                    .await?
+                    .unwrap_or(last_sealed + 1)
+            }
             ExportRange::Segments { first, .. } => first,
             ExportRange::After {
                 size,
@@ -835,11 +878,12 @@ impl Recorder {
             );
             return Ok(report);
         };
-        // Later range exports start after `through`: make sure its frontier is stored.
-        self.checkpoint_and_frontier(through).await?;
         // A bounded pass, so a first pass over a long history does not hold
         // exports back; the next pass goes on.
         let through = through.min(first_kept + MAX_PRUNED_PER_PASS - 1);
+        // Later range exports start after `through`: make sure its frontier is
+        // stored while its envelopes can still rebuild it.
+        self.checkpoint_and_frontier(through).await?;
         for index in first_kept..=through {
             self.store.prune_segment(index, now_ms).await?;
             self.metrics.segments_pruned.inc();
@@ -1001,13 +1045,20 @@ impl Recorder {
             .await?
             .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))?;
         let genesis: Genesis = crate::export::parse("genesis", &row.sealed.genesis_json)?;
-        let texts: Vec<String> = match &row.pruned_hashes {
-            Some(joined) => joined
+        let texts: Vec<String> = if row.pruned {
+            let joined = self.store.pruned_hashes(index).await?.ok_or_else(|| {
+                corrupt(
+                    "segments",
+                    format!("segment {index} was pruned without its envelope hashes"),
+                )
+            })?;
+            joined
                 .as_bytes()
                 .chunks(64)
                 .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect(),
-            None => self.store.leaf_hashes(index, index).await?,
+                .collect()
+        } else {
+            self.store.leaf_hashes(index, index).await?
         };
         let hashes = texts
             .iter()

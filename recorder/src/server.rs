@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{AUDIENCE, Authenticator, Policy, StaticTokens, TokenReviewer};
 use crate::clock::{Clock, SystemClock};
-use crate::http::tls::Peer;
 use crate::http::{AppState, router};
 use crate::identity::{
     IdentityError, LOCAL_TOKEN_FILE, TRUST_ANCHOR_FILE, default_origin, load_or_create_key,
@@ -297,38 +296,30 @@ pub async fn start(
             }
         })
     };
-    let handle = match &options.tls {
+    // Bounded servers (tollgate_wire::server): slow, big or many clients get
+    // cut off or 503, never a hang.
+    let limits = tollgate_wire::server::ServerLimits::RECORDER;
+    let served = match &options.tls {
         Some((cert, key)) => {
             let config = crate::http::tls::server_config(cert, key, client_ca.as_deref())?;
-            let listener = crate::http::tls::TlsListener::new(tcp, config)
-                .map_err(|e| ServeError::Io(e.to_string()))?;
-            tokio::spawn(async move {
-                let app = app.into_make_service_with_connect_info::<Peer>();
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "server failed");
-                }
-                sealer.abort();
-                retainer.abort();
-                if let Some(t) = trust_follower {
-                    t.abort();
-                }
-            })
+            let accept = crate::http::tls::tls_accept(tcp, config);
+            tokio::spawn(tollgate_wire::server::serve(accept, app, limits, shutdown))
         }
-        None => tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<Peer>();
-            if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "server failed");
-            }
-            sealer.abort();
-            retainer.abort();
-            if let Some(t) = trust_follower {
-                t.abort();
-            }
-        }),
+        None => {
+            let accept = crate::http::tls::plain_accept(tcp);
+            tokio::spawn(tollgate_wire::server::serve(accept, app, limits, shutdown))
+        }
     };
+    let handle = tokio::spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "server failed");
+        }
+        sealer.abort();
+        retainer.abort();
+        if let Some(t) = trust_follower {
+            t.abort();
+        }
+    });
     Ok(Running {
         local_addr,
         recorder,

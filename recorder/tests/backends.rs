@@ -319,12 +319,42 @@ async fn retention_deletes_only_segments_a_sink_holds(store: Arc<dyn Store>) {
         .export(ExportRange::Segments { first: 0, last: 4 }, &LOCAL)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("retention deleted the segments before 4"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("retention deleted the segments before 4"),
+        "{err}"
+    );
     let text = std::fs::read_to_string(&sink_file).unwrap();
     let held =
         tollgate_evidence::SignedCheckpoint::from_json(text.lines().last().unwrap().as_bytes())
             .unwrap();
     assert_eq!(held, newest);
+
+    // g1 closed and was deleted whole: a resend is refused, stream closed.
+    let r = ingest(&rec, &g1, &g1.stream(10, true).unwrap()[9..]).await;
+    assert_eq!(r.accepted, 0, "{r:?}");
+    assert!(
+        r.rejected
+            .iter()
+            .all(|x| x.reason == RejectReason::StreamClosed),
+        "{r:?}"
+    );
+    // Receipts since before the deletion cannot all be exported: said, not cut.
+    let err = rec
+        .export(
+            ExportRange::Time {
+                since_ms: Some(T0_MS),
+                until_ms: u64::MAX >> 11,
+            },
+            &LOCAL,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("retention deleted receipts since then"),
+        "{err}"
+    );
 
     // g2 is still open: its newest envelope was kept, so it goes on.
     let r = ingest(&rec, &g2, &g2_stream[2..]).await;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_recorder::auth::StaticTokens;
 use tollgate_recorder::cluster::{AccessReviewer, FrontProxy};
 use tollgate_recorder::error::RecorderError;
-use tollgate_recorder::http::tls::{Peer, TlsListener, server_config};
+use tollgate_recorder::http::tls::{server_config, tls_accept};
 use tollgate_recorder::http::{AppState, router};
 use tollgate_recorder::settings::Settings;
 
@@ -129,12 +129,12 @@ async fn server(front_proxy_ca: &Ca) -> Server {
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let listener = TlsListener::new(tcp, config).unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-            .await
-            .unwrap()
-    });
+    tokio::spawn(tollgate_wire::server::serve(
+        tls_accept(tcp, config),
+        app,
+        tollgate_wire::server::ServerLimits::CONTROL,
+        std::future::pending(),
+    ));
     Server { addr, server_ca }
 }
 

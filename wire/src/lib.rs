@@ -14,7 +14,8 @@
 //! The gateway depends on this crate and `tollgate-evidence` only; the
 //! `tollgate-crds`, recorder and operator crates depend on it. The `schema`
 //! feature (enabled by `tollgate-crds`) derives JSON schemas for the types that
-//! appear in custom resources. `make deps-check` proves the gateway's tree and
+//! appear in custom resources. [`server`] is the bounded accept loop every
+//! Tollgate server runs. `make deps-check` proves the gateway's tree and
 //! binary hold no kube, k8s-openapi, schemars, rusqlite or tokio-postgres.
 #![forbid(unsafe_code)]
 
@@ -26,3 +27,4 @@ pub mod ingest;
 pub mod lease;
 pub mod problem;
 pub mod quota_math;
+pub mod server;

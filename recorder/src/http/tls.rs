@@ -1,22 +1,13 @@
-//! A TLS listener for `axum::serve`: accepts TCP connections, runs rustls
-//! handshakes on their own tasks (bounded in number and time, so a slow client
-//! cannot stall accepting), and hands finished TLS streams to the server.
+//! TLS for the recorder: its server config (with the front proxy's client CA)
+//! and what each connection shows handlers ([`Peer`]); accepting and bounds are
+//! `tollgate_wire::server`'s.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
-/// Handshakes in flight at once.
-const MAX_HANDSHAKES: usize = 256;
-/// Longest handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use tokio::net::TcpListener;
+use tollgate_wire::server::{PlainAccept, TlsAccept, TlsStream};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,68 +80,16 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepted, handshaken TLS connections.
-#[derive(Debug)]
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+/// The recorder's TLS connections: handshakes off the accept loop (bounded in
+/// number and time, see [`tollgate_wire::server::TlsAccept`]), each connection
+/// described to handlers as a [`Peer`].
+pub fn tls_accept(tcp: TcpListener, config: Arc<ServerConfig>) -> TlsAccept<Peer> {
+    TlsAccept::new(tcp, config, Peer::of)
 }
 
-impl TlsListener {
-    /// Starts accepting on `tcp`.
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let sender = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
-                        Err(_) => tracing::debug!("tls handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(connection) => connection,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+/// Plain connections (loopback only): no client certificate.
+pub fn plain_accept(tcp: TcpListener) -> PlainAccept<Peer> {
+    PlainAccept::new(tcp, Peer::default())
 }
 
 /// What the server knows of a connection's peer, for handlers
@@ -173,10 +112,10 @@ fn common_name(der: &[u8]) -> Option<String> {
         .map(String::from)
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+impl Peer {
+    /// What a finished TLS handshake shows of the client.
+    fn of(stream: &TlsStream) -> Self {
         let leaf = stream
-            .io()
             .get_ref()
             .1
             .peer_certificates()
@@ -185,11 +124,5 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
             client_cn: leaf.and_then(|c| common_name(c.as_ref())),
             client_cert: leaf.is_some(),
         }
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(_: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Self::default()
     }
 }

@@ -206,12 +206,23 @@ impl<D: Driver> Store for Engine<D> {
         })
     }
 
-    fn first_segment_started_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>> {
+    fn first_segment_started_since(
+        &self,
+        ms: u64,
+        first_kept: u64,
+    ) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async move {
             let rows = self
-                .read_rows(Stmt::FirstSegmentStartedSince, params![ms])
+                .read_rows(Stmt::FirstSegmentStartedSince, params![ms, first_kept])
                 .await?;
             Ok(first(rows, |r| r.opt_u64(0))?.flatten())
+        })
+    }
+
+    fn pruned_hashes(&self, index: u64) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let rows = self.read_rows(Stmt::PrunedHashes, params![index]).await?;
+            Ok(first(rows, |r| r.opt_text(0))?.flatten())
         })
     }
 

@@ -465,9 +465,6 @@ pub struct SegmentRow {
     pub log_state_json: Option<String>,
     /// Retention deleted its envelopes.
     pub pruned: bool,
-    /// The envelope hashes of a pruned segment, in log order, as 64-character
-    /// hex strings one after another (continuations are proven from them).
-    pub pruned_hashes: Option<String>,
 }
 
 /// An envelope's place in the log.
@@ -524,8 +521,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn segment(&self, index: u64) -> StoreFuture<'_, Option<SegmentRow>>;
     /// First kept, last sealed and last pruned segment.
     fn segment_bounds(&self) -> StoreFuture<'_, SegmentBounds>;
-    /// The first segment holding a receipt that started at or after `ms`.
-    fn first_segment_started_since(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
+    /// The first segment from `first_kept` on holding a receipt that started at
+    /// or after `ms`.
+    fn first_segment_started_since(&self, ms: u64, first_kept: u64)
+    -> StoreFuture<'_, Option<u64>>;
+    /// A pruned segment's envelope hashes in log order, as 64-character hex
+    /// strings one after another (continuations are proven from them).
+    fn pruned_hashes(&self, index: u64) -> StoreFuture<'_, Option<String>>;
     /// The last segment sealed before `ms`.
     fn last_segment_sealed_before(&self, ms: u64) -> StoreFuture<'_, Option<u64>>;
     /// The newest sealed segment at or before `index` with a stored log state.

@@ -231,7 +231,6 @@ pub fn segment(r: &Row) -> Result<SegmentRow, StoreError> {
         sealed_at_ms: r.u64(5)?,
         log_state_json: r.opt_text(6)?,
         pruned: r.opt_u64(7)?.is_some(),
-        pruned_hashes: r.opt_text(8)?,
     })
 }
 

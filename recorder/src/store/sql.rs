@@ -355,13 +355,15 @@ statements! {
         WHERE seal IS NOT NULL AND pruned_at_ms IS NULL AND segment_index >= ?1 AND segment_index <= ?2
         ORDER BY segment_index";
     /// One sealed segment, kept or pruned.
-    Segment = "SELECT segment_index, genesis, seal, checkpoint, envelope_count, sealed_at_ms, log_state, pruned_at_ms, pruned_hashes
+    Segment = "SELECT segment_index, genesis, seal, checkpoint, envelope_count, sealed_at_ms, log_state, pruned_at_ms
         FROM segments WHERE segment_index = ?1 AND seal IS NOT NULL";
+    PrunedHashes = "SELECT pruned_hashes FROM segments WHERE segment_index = ?1";
     /// First kept, last and last pruned sealed segment.
     SegmentBounds = "SELECT MIN(CASE WHEN pruned_at_ms IS NULL THEN segment_index END), MAX(segment_index),
             MAX(CASE WHEN pruned_at_ms IS NOT NULL THEN segment_index END)
         FROM segments WHERE seal IS NOT NULL";
-    FirstSegmentStartedSince = "SELECT MIN(segment_index) FROM envelopes WHERE started_at_ms >= ?1";
+    /// Among segments from `?2` (the first kept) on.
+    FirstSegmentStartedSince = "SELECT MIN(segment_index) FROM envelopes WHERE started_at_ms >= ?1 AND segment_index >= ?2";
     LastSegmentSealedBefore = "SELECT MAX(segment_index) FROM segments WHERE seal IS NOT NULL AND sealed_at_ms < ?1";
     LatestStateUpto = "SELECT segment_index, log_state FROM segments
         WHERE segment_index <= ?1 AND seal IS NOT NULL AND log_state IS NOT NULL ORDER BY segment_index DESC LIMIT 1";

@@ -1,0 +1,423 @@
+//! Serving HTTP/1.1 with bounds: the one accept loop every Tollgate server
+//! (gateway data and admin ports, recorder, operator) runs, so that no client
+//! can hold a server by being slow, big or many.
+//!
+//! | bound | what happens |
+//! |---|---|
+//! | request head not complete within `header_read_timeout` (also the keep-alive idle time) | connection closed |
+//! | request head over `max_header_bytes` | 431, connection closed |
+//! | more than `max_connections` open | the new one gets 503 with `Retry-After` and is closed |
+//! | more than `max_in_flight` requests being handled | 503 with `Retry-After` |
+//! | no request body bytes for `body_idle_timeout` | the body read fails (the handler answers 4xx) |
+//! | no response head within `response_timeout` (when set) | 503 with `Retry-After` |
+//!
+//! A response body (a stream) is never cut by these: a request holds its
+//! in-flight slot until its response body ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
+
+use crate::problem::{PROBLEM_JSON, Problem};
+
+/// A server's bounds. Every field is a documented setting (docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time to receive a request's head, from the connection's first byte or
+    /// the previous response: so also how long an idle keep-alive connection
+    /// stays open.
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_idle_timeout: Duration,
+    /// Longest wait for a response head; `None` leaves it to the handler (the
+    /// gateway, whose providers have their own timeouts).
+    pub response_timeout: Option<Duration>,
+    /// Largest request head (request line and headers), in bytes; 431 above.
+    pub max_header_bytes: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Requests being handled at once (until their response body ends).
+    pub max_in_flight: usize,
+}
+
+impl ServerLimits {
+    /// The gateway's data port: every app request of the pod passes here.
+    pub const GATEWAY: Self = Self {
+        header_read_timeout: Duration::from_secs(10),
+        body_idle_timeout: Duration::from_secs(30),
+        response_timeout: None,
+        max_header_bytes: 64 * 1024,
+        max_connections: 4_096,
+        max_in_flight: 1_024,
+    };
+
+    /// Control-plane servers (recorder, operator, admin ports).
+    pub const CONTROL: Self = Self {
+        header_read_timeout: Duration::from_secs(10),
+        body_idle_timeout: Duration::from_secs(30),
+        response_timeout: Some(Duration::from_secs(120)),
+        max_header_bytes: 64 * 1024,
+        max_connections: 1_024,
+        max_in_flight: 256,
+    };
+
+    /// The recorder: every gateway in the cluster ships to it and asks it for
+    /// quota leases, over keep-alive connections.
+    pub const RECORDER: Self = Self {
+        max_connections: 16_384,
+        max_in_flight: 1_024,
+        ..Self::CONTROL
+    };
+
+    /// The smallest head limit hyper accepts.
+    pub const MIN_HEADER_BYTES: usize = 8_192;
+}
+
+/// Seconds a refused client is told to wait.
+const RETRY_AFTER_SECONDS: &str = "1";
+/// How long connections may take to finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Where connections come from (TCP, or TLS after its handshake), and what
+/// handlers learn about each (`ConnectInfo<Self::Info>`).
+pub trait Accept: Send + 'static {
+    /// The connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What handlers see of it.
+    type Info: Clone + Send + Sync + 'static;
+    /// The next connection.
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Info)> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Info = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Info) {
+        loop {
+            match tokio::net::TcpListener::accept(self).await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer);
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Serves `router` on connections from `listener` within `limits`, until
+/// `shutdown` completes; then lets open connections finish (30 s at most).
+pub async fn serve<A: Accept>(
+    mut listener: A,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let bounds = Arc::new(Bounds {
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+        body_idle_timeout: limits.body_idle_timeout,
+        response_timeout: limits.response_timeout,
+    });
+    let router = router.layer(axum::middleware::from_fn_with_state(bounds, bound_request));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(ServerLimits::MIN_HEADER_BYTES));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, info) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(io));
+            continue;
+        };
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(info.clone()));
+                    request.map(Body::new)
+                });
+        let connection = http.serve_connection(
+            TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = connection.await;
+        });
+    }
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+}
+
+/// Answers a connection over the limit with 503 and closes it, without reading
+/// its request (the client retries after `Retry-After`).
+async fn refuse<Io: AsyncWrite + Unpin>(mut io: Io) {
+    let body = overload_problem("too many connections").to_json();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: {RETRY_AFTER_SECONDS}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        io.write_all(head.as_bytes()).await?;
+        io.write_all(&body).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+fn overload_problem(detail: &str) -> Problem {
+    Problem {
+        type_: "about:blank".into(),
+        title: "Service Unavailable".into(),
+        status: 503,
+        reason: Some("Overloaded".into()),
+        detail: detail.into(),
+    }
+}
+
+fn overloaded(detail: &str) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        overload_problem(detail).to_json(),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+struct Bounds {
+    in_flight: Arc<Semaphore>,
+    body_idle_timeout: Duration,
+    response_timeout: Option<Duration>,
+}
+
+async fn bound_request(
+    State(bounds): State<Arc<Bounds>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = bounds.in_flight.clone().try_acquire_owned() else {
+        return overloaded("too many requests in flight");
+    };
+    let idle = bounds.body_idle_timeout;
+    let request = request.map(|body| Body::new(IdleTimeoutBody::new(body, idle)));
+    let response = match bounds.response_timeout {
+        None => next.run(request).await,
+        Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => overloaded("no response in time"),
+        },
+    };
+    response.map(|body| {
+        Body::new(HoldingPermit {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+/// A request body that fails when no bytes come for a while.
+struct IdleTimeoutBody {
+    inner: Body,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeoutBody {
+    fn new(inner: Body, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// The error a stalled request body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyIdle(pub Duration);
+
+impl hyper::body::Body for IdleTimeoutBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that holds its request's in-flight slot until it ends.
+struct HoldingPermit {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for HoldingPermit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// TLS connections for [`serve`]: accepts TCP, runs rustls handshakes on their
+/// own tasks (at most 256 at once, 10 s each, so slow clients cannot stall
+/// accepting), and hands finished streams over with what `info` reads of each
+/// (a verified client certificate, say).
+pub struct TlsAccept<I> {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream, I)>,
+}
+
+impl<I> std::fmt::Debug for TlsAccept<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAccept").finish_non_exhaustive()
+    }
+}
+
+/// A server-side TLS stream over TCP.
+pub type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Handshakes in flight at once.
+const MAX_HANDSHAKES: usize = 256;
+/// Longest handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<I: Clone + Send + Sync + 'static> TlsAccept<I> {
+    /// Starts accepting on `tcp` with `config`.
+    pub fn new(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        info: fn(&TlsStream) -> I,
+    ) -> Self {
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (stream, _) = Accept::accept(&mut tcp).await;
+                let acceptor = acceptor.clone();
+                let sender = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let seen = info(&tls);
+                            let _ = sender.send((tls, seen)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Self { ready }
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static> Accept for TlsAccept<I> {
+    type Io = TlsStream;
+    type Info = I;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Info) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Plain TCP connections whose handlers all see the same `info`.
+#[derive(Debug)]
+pub struct PlainAccept<I> {
+    tcp: tokio::net::TcpListener,
+    info: I,
+}
+
+impl<I> PlainAccept<I> {
+    /// Accepts on `tcp`; every connection's info is `info`.
+    pub fn new(tcp: tokio::net::TcpListener, info: I) -> Self {
+        Self { tcp, info }
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static> Accept for PlainAccept<I> {
+    type Io = tokio::net::TcpStream;
+    type Info = I;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Info) {
+        let (stream, _) = Accept::accept(&mut self.tcp).await;
+        (stream, self.info.clone())
+    }
+}
