@@ -200,6 +200,7 @@ spec:
         subprocess.run([str(REL / "kubectl-tollgate"), "compile", "--manifests", str(manifests), "-n", "bench",
                         "-o", str(work / "config.json"), "--credentials-dir", str(work / "creds")], check=True)
         (work / "ca.key").write_text(os.urandom(32).hex())
+        (work / "ca.key").chmod(0o600)  # the gateway refuses key files others can read
         gw_port, gw_admin = free_port(), free_port()
         gateway = start([str(REL / "tollgate-gateway"), "run", "--config", str(work / "config.json"),
                          "--credentials-dir", str(work / "creds"), "--listen", f"127.0.0.1:{gw_port}",

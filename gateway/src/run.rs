@@ -196,8 +196,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<GatewayConfig> {
 }
 
 pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the CA key {}", path.display()))?;
+    let text = tollgate_wire::secret::read_secret_file(path).context("reading the CA key")?;
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed)
         .with_context(|| format!("{}: expected 64 hex characters", path.display()))?;
@@ -213,8 +212,7 @@ pub fn read_caller_key(path: &Path) -> anyhow::Result<CallerKey> {
     if size > MAX_KEY_BYTES {
         bail!("{}: {size} bytes is not a caller key", path.display());
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the caller key {}", path.display()))?;
+    let text = tollgate_wire::secret::read_secret_file(path).context("reading the caller key")?;
     CallerKey::from_hex(&text).with_context(|| format!("{}", path.display()))
 }
 

@@ -155,10 +155,9 @@ impl Authenticator for StaticTokens {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
         let d = digest(token);
         // Compare every entry's full digest, so timing does not depend on which matched.
-        let found = self
-            .tokens
-            .iter()
-            .fold(None, |found, (t, c)| found.or((*t == d).then_some(c)));
+        let found = self.tokens.iter().fold(None, |found, (t, c)| {
+            found.or(tollgate_wire::secret::constant_time_eq(t, &d).then_some(c))
+        });
         let result = found
             .cloned()
             .ok_or_else(|| AuthError::Invalid("unknown bearer token".into()));

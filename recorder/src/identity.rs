@@ -36,6 +36,9 @@ pub enum IdentityError {
     /// No randomness.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// A secret file that is too open, too large or unreadable.
+    #[error(transparent)]
+    Secret(#[from] tollgate_wire::secret::SecretFileError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -72,7 +75,7 @@ pub fn write_private_file(path: &Path, content: &[u8]) -> Result<(), IdentityErr
 
 /// Reads a key file: 64 hex characters (the Ed25519 seed), whitespace trimmed.
 pub fn read_key_file(path: &Path) -> Result<SigningKey, IdentityError> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = tollgate_wire::secret::read_secret_file(path)?;
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| IdentityError::Invalid {
         path: path.to_path_buf(),
@@ -101,7 +104,7 @@ pub fn default_origin(key: &SigningKey) -> Result<Identifier, tollgate_evidence:
 /// The local-mode bearer token at `path`, created (0600, 64 hex characters) if missing.
 pub fn load_or_create_token(path: &Path) -> Result<String, IdentityError> {
     if path.exists() {
-        let token = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let token = tollgate_wire::secret::read_secret_file(path)?;
         let token = token.trim().to_string();
         if token.len() < 32 {
             return Err(IdentityError::Invalid {
@@ -139,6 +142,15 @@ mod tests {
                 let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
                 assert_eq!(mode, 0o600, "{}", p.display());
             }
+        }
+        // A key others can read is refused, with how to fix it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = load_or_create_key(&key_path).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert!(
             default_origin(&key)

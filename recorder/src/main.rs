@@ -88,8 +88,7 @@ fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
             let path = args
                 .postgres_url_file
                 .ok_or_else(|| anyhow::anyhow!("--storage postgres needs --postgres-url-file"))?;
-            let url = std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let url = tollgate_wire::secret::read_secret_file(&path)?;
             StorageChoice::Postgres(url.trim().to_string())
         }
     };

@@ -107,7 +107,7 @@ async fn server(front_proxy_ca: &Ca) -> Server {
     let served = leaf_of(&server_ca, "recorder", true);
     let dir = common::temp_dir("front-proxy-tls");
     std::fs::write(dir.join("tls.crt"), &served.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &served.key_pem).unwrap();
+    tollgate_test_support::process::write_private(&dir.join("tls.key"), &served.key_pem).unwrap();
     let front_proxy = FrontProxy {
         client_ca_pem: front_proxy_ca.pem.clone(),
         allowed_names: vec!["front-proxy-client".into()],

@@ -52,7 +52,7 @@ fn manifests(dir: &Path, requests: u64, fail_mode: &str) -> PathBuf {
 fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
     let ca = tollgate_test_support::fixtures::key_from(CA_SEED);
     let key = dir.join("ca.key");
-    std::fs::write(&key, hex::encode(ca.to_bytes())).unwrap();
+    tollgate_test_support::process::write_private(&key, hex::encode(ca.to_bytes())).unwrap();
     let anchor = dir.join("ca-anchor.yaml");
     std::fs::write(
         &anchor,

@@ -349,7 +349,11 @@ async fn tls_is_served_and_plain_http_needs_loopback() {
     let dir = common::temp_dir("tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.join("tls.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    tollgate_test_support::process::write_private(
+        &dir.join("tls.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
     let mut options = ServeOptions::local(dir.join("data"), "127.0.0.1:0".parse().unwrap());
     options.tls = Some((dir.join("tls.crt"), dir.join("tls.key")));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -203,6 +203,18 @@ pub fn fresh_dir(base: &Path, name: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Writes a file holding a secret (a key, a token) readable by its owner only,
+/// as the binaries require of such files.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    std::fs::write(path, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

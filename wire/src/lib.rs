@@ -27,4 +27,5 @@ pub mod ingest;
 pub mod lease;
 pub mod problem;
 pub mod quota_math;
+pub mod secret;
 pub mod server;

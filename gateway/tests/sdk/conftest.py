@@ -372,6 +372,7 @@ class Gateway:
         for p in (self.manifests_dir, self.spool_dir):
             p.mkdir(parents=True, exist_ok=True)
         self.ca_key.write_text(os.urandom(32).hex() + "\n")
+        self.ca_key.chmod(0o600)  # the gateway refuses key files others can read
 
     # ---- config
     def compile(self, docs: list[dict], output: Path | None = None) -> subprocess.CompletedProcess:

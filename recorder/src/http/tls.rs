@@ -38,7 +38,9 @@ pub fn server_config(
         message,
     };
     let cert_pem = std::fs::read(cert_path).map_err(|e| file_err(cert_path, e.to_string()))?;
-    let key_pem = std::fs::read(key_path).map_err(|e| file_err(key_path, e.to_string()))?;
+    let key_pem = tollgate_wire::secret::read_secret_file(key_path)
+        .map_err(|e| file_err(key_path, e.to_string()))?
+        .into_bytes();
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(cert_path, e.to_string()))?;

@@ -112,7 +112,7 @@ pub fn quickstart_config(dir: &Path) -> PathBuf {
 pub fn local_ca(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
     let ca = key_from(label);
     let key_file = dir.join(format!("{label}.key"));
-    std::fs::write(&key_file, hex::encode(ca.to_bytes())).unwrap();
+    tollgate_test_support::process::write_private(&key_file, hex::encode(ca.to_bytes())).unwrap();
     let anchor_file = dir.join(format!("{label}-anchor.yaml"));
     std::fs::write(
         &anchor_file,
