@@ -327,6 +327,59 @@ fn follows_type_key(body: &[u8], i: usize) -> bool {
     colons == 1 && (body[..end].ends_with(b"\"type\"") || body[..end].ends_with(b"\\\"type\\\""))
 }
 
+/// What a scrubbed credential is replaced with.
+pub const REDACTED: &str = "[redacted]";
+
+/// Prefixes of credentials a provider may echo in an error body, often
+/// partly masked (`sk-proj-****abcd`): what follows each, up to the end of the
+/// token, is replaced.
+const ECHOED_PREFIXES: [&[u8]; 10] = [
+    b"sk-", b"AKIA", b"ASIA", b"AIza", b"ghp_", b"gho_", b"ghs_", b"github_pat_", b"xox", b"Bearer ",
+];
+
+/// Shortest token after a prefix that is scrubbed (shorter is a word, not a key).
+const MIN_ECHOED_TOKEN: usize = 6;
+
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b'.' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// `body` with anything that looks like a credential replaced by
+/// [`REDACTED`]: for provider error bodies relayed to the app, which can quote
+/// the (masked) key that was refused. A prefix counts only at the start of a
+/// token, so `task-force` keeps its `sk-`.
+pub fn scrub_credentials(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let at_token_start = i == 0 || !body[i - 1].is_ascii_alphanumeric();
+        let matched = at_token_start
+            .then(|| ECHOED_PREFIXES.iter().find(|p| body[i..].starts_with(p)))
+            .flatten();
+        if let Some(prefix) = matched {
+            let start = i + prefix.len();
+            let mut end = start
+                + body[start..]
+                    .iter()
+                    .take_while(|b| token_byte(**b))
+                    .count();
+            // A sentence's full stop is not part of the key.
+            while end > start && body[end - 1] == b'.' {
+                end -= 1;
+            }
+            if end - start >= MIN_ECHOED_TOKEN {
+                out.extend_from_slice(prefix);
+                out.extend_from_slice(REDACTED.as_bytes());
+                i = end;
+                continue;
+            }
+        }
+        out.push(body[i]);
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,5 +791,23 @@ mod tests {
             prop_assert_eq!(kind(&text), Some(code));
             prop_assert_eq!(kind(&in_chat_request(&text)), Some(code));
         }
+    }
+
+    #[test]
+    fn echoed_credentials_are_scrubbed_from_error_bodies() {
+        let scrub = |text: &str| String::from_utf8(scrub_credentials(text.as_bytes())).unwrap();
+        assert_eq!(
+            scrub(r#"{"error":{"message":"Incorrect API key provided: sk-proj-****************abcd. Check it."}}"#),
+            r#"{"error":{"message":"Incorrect API key provided: sk-[redacted]. Check it."}}"#
+        );
+        assert_eq!(scrub("x-api-key sk-ant-api03-AbCdEf123456"), "x-api-key sk-[redacted]");
+        assert_eq!(scrub("key AKIAIOSFODNN7EXAMPLE denied"), "key AKIA[redacted] denied");
+        assert_eq!(scrub("Authorization: Bearer eyJhbGciOi.xyz"), "Authorization: Bearer [redacted]");
+        assert_eq!(scrub("AIzaSyA-1234567890abcdef"), "AIza[redacted]");
+        // Words and short tails are left alone.
+        for keep in ["task-force-alpha", "sk-1", "the risk-averse ASIAN market", "Bearer x"] {
+            assert_eq!(scrub(keep), keep);
+        }
+        assert_eq!(scrub(""), "");
     }
 }

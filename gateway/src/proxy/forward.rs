@@ -405,8 +405,19 @@ fn stream_back(
     }
     ticket.tag(&mut response);
     let idle = Duration::from_millis(u64::from(provider.idle_timeout_ms));
+    // A provider's error body can quote the key it refused: it reaches the
+    // app scrubbed, never verbatim.
+    let source = if status.is_success() {
+        Source::Upstream(upstream.into_body())
+    } else {
+        Source::Scrubbed {
+            body: upstream.into_body(),
+            held: Vec::new(),
+            done: false,
+        }
+    };
     let metered = MeteredBody::new(
-        Source::Upstream(upstream.into_body()),
+        source,
         tap_for(
             ticket.endpoint,
             sse,

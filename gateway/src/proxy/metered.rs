@@ -104,7 +104,18 @@ pub(super) fn tap_for(endpoint: Endpoint, sse: bool, strip_injected_usage: bool)
 pub(super) enum Source {
     Upstream(hyper::body::Incoming),
     Frames(VecDeque<Bytes>),
+    /// A provider's error answer: held whole (up to [`MAX_ERROR_BODY`]), then
+    /// passed on once with echoed credentials scrubbed.
+    Scrubbed {
+        body: hyper::body::Incoming,
+        held: Vec<u8>,
+        done: bool,
+    },
 }
+
+/// Most of a provider error body passed on; the rest is dropped (error bodies
+/// are a few hundred bytes).
+pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(super) enum Tap {
     Sse(Box<SseTap>),
@@ -268,6 +279,24 @@ impl http_body::Body for MeteredBody {
                 Source::Upstream(body) => Pin::new(body)
                     .poll_frame(cx)
                     .map(|f| f.map(|r| r.map_err(BoxError::from))),
+                Source::Scrubbed { done: true, .. } => Poll::Ready(None),
+                Source::Scrubbed { body, held, done } => match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            let room = MAX_ERROR_BODY.saturating_sub(held.len());
+                            held.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                        // Nothing to pass on yet: the loop polls again.
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
+                    }
+                    Poll::Ready(None) => {
+                        *done = true;
+                        let scrubbed = crate::guards::scrub_credentials(held);
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(scrubbed)))))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                    Poll::Pending => Poll::Pending,
+                },
             };
             match next {
                 Poll::Ready(Some(Ok(frame))) => {

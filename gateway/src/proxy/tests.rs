@@ -115,6 +115,11 @@ async fn answer(behaviour: Upstream, request: &Value) -> http::Response<String> 
             .header("location", "https://elsewhere.test/")
             .body(String::new())
             .unwrap(),
+        // As providers do, a refused key is quoted, masked.
+        Upstream::Status(401) => builder
+            .status(401)
+            .body(json!({"error": {"message": "Incorrect API key provided: sk-proj-****************wxyz. Check your key.", "type": "invalid_request_error", "code": "invalid_api_key"}}).to_string())
+            .unwrap(),
         Upstream::Status(status) => builder
             .status(status)
             .body(json!({"error": {"message": "busy", "type": "server_error"}}).to_string())
@@ -996,4 +1001,20 @@ async fn with_no_candidates_left_no_provider_is_available() {
     .unwrap_err();
     assert_eq!(refused.refusal.row().reason, "no_provider_available");
     assert_eq!(refused.refusal.status(), 502);
+}
+
+#[tokio::test]
+async fn a_provider_error_reaches_the_app_with_the_quoted_key_scrubbed() {
+    let mut running = Pod::new()
+        .upstream("api.openai.test", Upstream::Status(401))
+        .start();
+    let answer = running.chat(chat(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    assert_eq!(
+        answer.body["error"]["message"],
+        "Incorrect API key provided: sk-[redacted]. Check your key."
+    );
+    assert_eq!(answer.body["error"]["code"], "invalid_api_key");
+    let receipt = running.receipt().await;
+    assert_eq!((receipt.status, receipt.reason), (401, "upstream_4xx"));
 }
