@@ -295,6 +295,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         pod: local_pod(&args.namespace)?,
         pod_labels: parse_labels(&args.pod_labels)?,
         node_id: "local".into(),
+        limits: tollgate_wire::server::ServerLimits::GATEWAY,
         certifier: Certifier::LocalCa {
             key: Box::new(receipt_ca),
             lifetime: args.key_certificate_lifetime,

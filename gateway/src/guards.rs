@@ -334,7 +334,16 @@ pub const REDACTED: &str = "[redacted]";
 /// partly masked (`sk-proj-****abcd`): what follows each, up to the end of the
 /// token, is replaced.
 const ECHOED_PREFIXES: [&[u8]; 10] = [
-    b"sk-", b"AKIA", b"ASIA", b"AIza", b"ghp_", b"gho_", b"ghs_", b"github_pat_", b"xox", b"Bearer ",
+    b"sk-",
+    b"AKIA",
+    b"ASIA",
+    b"AIza",
+    b"ghp_",
+    b"gho_",
+    b"ghs_",
+    b"github_pat_",
+    b"xox",
+    b"Bearer ",
 ];
 
 /// Shortest token after a prefix that is scrubbed (shorter is a word, not a key).
@@ -358,11 +367,7 @@ pub fn scrub_credentials(body: &[u8]) -> Vec<u8> {
             .flatten();
         if let Some(prefix) = matched {
             let start = i + prefix.len();
-            let mut end = start
-                + body[start..]
-                    .iter()
-                    .take_while(|b| token_byte(**b))
-                    .count();
+            let mut end = start + body[start..].iter().take_while(|b| token_byte(**b)).count();
             // A sentence's full stop is not part of the key.
             while end > start && body[end - 1] == b'.' {
                 end -= 1;
@@ -797,15 +802,31 @@ mod tests {
     fn echoed_credentials_are_scrubbed_from_error_bodies() {
         let scrub = |text: &str| String::from_utf8(scrub_credentials(text.as_bytes())).unwrap();
         assert_eq!(
-            scrub(r#"{"error":{"message":"Incorrect API key provided: sk-proj-****************abcd. Check it."}}"#),
+            scrub(
+                r#"{"error":{"message":"Incorrect API key provided: sk-proj-****************abcd. Check it."}}"#
+            ),
             r#"{"error":{"message":"Incorrect API key provided: sk-[redacted]. Check it."}}"#
         );
-        assert_eq!(scrub("x-api-key sk-ant-api03-AbCdEf123456"), "x-api-key sk-[redacted]");
-        assert_eq!(scrub("key AKIAIOSFODNN7EXAMPLE denied"), "key AKIA[redacted] denied");
-        assert_eq!(scrub("Authorization: Bearer eyJhbGciOi.xyz"), "Authorization: Bearer [redacted]");
+        assert_eq!(
+            scrub("x-api-key sk-ant-api03-AbCdEf123456"),
+            "x-api-key sk-[redacted]"
+        );
+        assert_eq!(
+            scrub("key AKIAIOSFODNN7EXAMPLE denied"),
+            "key AKIA[redacted] denied"
+        );
+        assert_eq!(
+            scrub("Authorization: Bearer eyJhbGciOi.xyz"),
+            "Authorization: Bearer [redacted]"
+        );
         assert_eq!(scrub("AIzaSyA-1234567890abcdef"), "AIza[redacted]");
         // Words and short tails are left alone.
-        for keep in ["task-force-alpha", "sk-1", "the risk-averse ASIAN market", "Bearer x"] {
+        for keep in [
+            "task-force-alpha",
+            "sk-1",
+            "the risk-averse ASIAN market",
+            "Bearer x",
+        ] {
             assert_eq!(scrub(keep), keep);
         }
         assert_eq!(scrub(""), "");

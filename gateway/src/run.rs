@@ -19,6 +19,7 @@ use tollgate_wire::config::{GATEWAY_CONFIG_VERSION, GatewayConfig};
 
 use crate::shipper::Shipper;
 use tollgate_wire::client::{FileToken, TokenSource};
+use tollgate_wire::server::ServerLimits;
 
 use crate::control::ControlClient;
 use crate::credentials::{Credentials, MAX_KEY_BYTES};
@@ -123,6 +124,56 @@ pub struct RunArgs {
         value_parser = parse_lifetime
     )]
     pub key_certificate_lifetime: Duration,
+    /// Connections the data port keeps open at once; more get 503 with
+    /// `Retry-After` and are closed.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = ServerLimits::GATEWAY.max_connections)]
+    pub max_connections: usize,
+    /// Requests the data port handles at once (a stream counts until it ends);
+    /// more get 503 with `Retry-After`.
+    #[arg(long, env = "TOLLGATE_MAX_REQUESTS_IN_FLIGHT", default_value_t = ServerLimits::GATEWAY.max_in_flight)]
+    pub max_requests_in_flight: usize,
+    /// Time a client has to send a request's head (also how long an idle
+    /// keep-alive connection stays open): `10s`.
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub header_read_timeout: Duration,
+    /// Longest pause inside a request body before the request fails: `30s`.
+    #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_idle_timeout: Duration,
+}
+
+impl RunArgs {
+    /// The data port's bounds from the flags.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections.max(1),
+            max_in_flight: self.max_requests_in_flight.max(1),
+            header_read_timeout: self.header_read_timeout,
+            body_idle_timeout: self.body_idle_timeout,
+            ..ServerLimits::GATEWAY
+        }
+    }
+}
+
+/// Parses a server timeout: a whole number of seconds or minutes (`10s`, `2m`),
+/// at least a second.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        _ => return Err(format!("{text:?} needs a unit: s or m")),
+    };
+    if seconds == 0 {
+        return Err(format!("{text:?} must be at least 1s"));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// The shortest key certificate lifetime accepted.
@@ -266,6 +317,8 @@ pub struct GatewayOptions {
     pub node_id: String,
     /// Who certifies the ephemeral receipt key.
     pub certifier: Certifier,
+    /// The data port's bounds.
+    pub limits: ServerLimits,
     /// Where receipts are shipped, if anywhere.
     pub recorder: Option<RecorderLink>,
     /// Who enforces quotas.
@@ -489,7 +542,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     let api_server = tollgate_wire::server::serve(
         api,
         crate::proxy::router(gateway.clone()),
-        tollgate_wire::server::ServerLimits::GATEWAY,
+        options.limits,
         stopped(stop_rx.clone()),
     );
     let admin_server = tollgate_wire::server::serve(
@@ -743,6 +796,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pod_labels: sources.pod_labels,
         node_id: args.node_id.clone(),
         certifier: sources.certifier,
+        limits: args.server_limits(),
         quota: if recorder.is_some() {
             QuotaSource::RecorderLeases
         } else {
@@ -829,6 +883,51 @@ async fn watch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_bounds_come_from_flags_with_the_documented_defaults() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let base = [
+            "gw",
+            "--config",
+            "c.json",
+            "--spool-dir",
+            "s",
+            "--ca-key-file",
+            "k",
+        ];
+        let defaults = Cli::try_parse_from(base).unwrap().run.server_limits();
+        assert_eq!(defaults, ServerLimits::GATEWAY);
+        let mut args = base.to_vec();
+        args.extend([
+            "--max-connections",
+            "9",
+            "--max-requests-in-flight",
+            "3",
+            "--header-read-timeout",
+            "2s",
+            "--body-idle-timeout",
+            "1m",
+        ]);
+        let set = Cli::try_parse_from(args).unwrap().run.server_limits();
+        assert_eq!(
+            (
+                set.max_connections,
+                set.max_in_flight,
+                set.header_read_timeout,
+                set.body_idle_timeout
+            ),
+            (9, 3, Duration::from_secs(2), Duration::from_secs(60))
+        );
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("10").is_err());
+        assert!(parse_timeout("1h").is_err());
+    }
 
     #[test]
     fn lifetimes_parse_with_a_unit_and_a_floor() {
