@@ -25,9 +25,9 @@ pub enum SecretFileError {
         /// The file.
         path: PathBuf,
     },
-    /// Users other than the owner may read it.
+    /// Users it is not meant for may read it.
     #[error(
-        "{path} holds a secret but its mode is {mode:04o}, readable beyond its owner: run \
+        "{path} holds a secret but its mode is {mode:04o}, open beyond its owner: run \
          `chmod 600 {path}` (in Kubernetes, mount the Secret with defaultMode: 0400)"
     )]
     TooOpen {
@@ -44,8 +44,11 @@ pub enum SecretFileError {
     },
 }
 
-/// Reads a file holding a secret: at most [`MAX_SECRET_FILE_BYTES`], and only
-/// if neither its group nor others have any permission on it (on Unix).
+/// Reads a file holding a secret: at most [`MAX_SECRET_FILE_BYTES`], and on
+/// Unix only if others have no permission on it and its group none either,
+/// except read when root owns it: a Kubernetes Secret volume with `fsGroup`
+/// is root-owned with its group given read (0400 becomes 0440), the rule
+/// PostgreSQL applies to its key files.
 pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
     let io = |source| SecretFileError::Io {
         path: path.to_path_buf(),
@@ -55,9 +58,9 @@ pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
     let metadata = file.metadata().map_err(io)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let mode = metadata.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        if !private_enough(mode, metadata.uid()) {
             return Err(SecretFileError::TooOpen {
                 path: path.to_path_buf(),
                 mode,
@@ -81,6 +84,15 @@ pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
     String::from_utf8(bytes).map_err(|_| SecretFileError::NotText {
         path: path.to_path_buf(),
     })
+}
+
+/// Whether a secret file with permission bits `mode`, owned by `owner`, is
+/// closed enough: nothing for others; for the group nothing, or read alone
+/// when root owns the file.
+pub fn private_enough(mode: u32, owner: u32) -> bool {
+    let others = mode & 0o007;
+    let group = mode & 0o070;
+    others == 0 && (group == 0 || (owner == 0 && group == 0o040))
 }
 
 /// Whether `a` and `b` are equal, in time that depends on their lengths only:
@@ -114,15 +126,32 @@ mod tests {
     }
 
     #[test]
+    fn who_may_read_a_secret_file() {
+        // Owner only, any owner.
+        for owner in [0, 1000] {
+            assert!(private_enough(0o600, owner));
+            assert!(private_enough(0o400, owner));
+            for open in [0o644, 0o604, 0o660, 0o620, 0o670, 0o606] {
+                assert!(!private_enough(open, owner), "{open:o} owner {owner}");
+            }
+        }
+        // Group read only for root-owned files (a Secret volume with fsGroup).
+        assert!(private_enough(0o440, 0));
+        assert!(private_enough(0o640, 0));
+        assert!(!private_enough(0o440, 1000));
+        assert!(!private_enough(0o640, 1000));
+    }
+
+    #[test]
     #[cfg(unix)]
-    fn only_owner_only_files_are_read() {
+    fn closed_files_are_read_and_open_ones_refused_with_the_fix() {
         let path = scratch("modes");
         std::fs::write(&path, "s3cret\n").unwrap();
         for mode in [0o600, 0o400] {
             set_mode(&path, mode);
             assert_eq!(read_secret_file(&path).unwrap(), "s3cret\n");
         }
-        for mode in [0o644, 0o640, 0o604, 0o660] {
+        for mode in [0o644, 0o604, 0o660] {
             set_mode(&path, mode);
             let err = read_secret_file(&path).unwrap_err().to_string();
             assert!(
