@@ -133,8 +133,9 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_MAX_REQUESTS_IN_FLIGHT", default_value_t = ServerLimits::GATEWAY.max_in_flight)]
     pub max_requests_in_flight: usize,
     /// Time a client has to send a request's head (also how long an idle
-    /// keep-alive connection stays open): `10s`.
-    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    /// keep-alive connection stays open): `120s`, longer than common client
+    /// pools keep idle connections.
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value = "120s", value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
     /// Longest pause inside a request body before the request fails: `30s`.
     #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
@@ -170,8 +171,8 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
         "m" => n.saturating_mul(60),
         _ => return Err(format!("{text:?} needs a unit: s or m")),
     };
-    if seconds == 0 {
-        return Err(format!("{text:?} must be at least 1s"));
+    if seconds == 0 || seconds > ServerLimits::MAX_TIMEOUT.as_secs() {
+        return Err(format!("{text:?} must be between 1s and 60m"));
     }
     Ok(Duration::from_secs(seconds))
 }

@@ -57,8 +57,10 @@ pub struct ServerLimits {
 
 impl ServerLimits {
     /// The gateway's data port: every app request of the pod passes here.
+    /// Only the pod's own app reaches it (loopback), so the idle keep-alive
+    /// time outlasts common client pools (Go keeps idle connections 90 s).
     pub const GATEWAY: Self = Self {
-        header_read_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(120),
         body_idle_timeout: Duration::from_secs(30),
         response_timeout: None,
         max_header_bytes: 64 * 1024,
@@ -78,11 +80,20 @@ impl ServerLimits {
 
     /// The recorder: every gateway in the cluster ships to it and asks it for
     /// quota leases, over keep-alive connections.
+    /// Its handlers bound their own work (a bundle export may take minutes;
+    /// the CLI waits 300 s), so no response timeout.
     pub const RECORDER: Self = Self {
         max_connections: 16_384,
         max_in_flight: 1_024,
+        response_timeout: None,
         ..Self::CONTROL
     };
+
+    /// Largest connection or in-flight count honoured (a semaphore's limit).
+    pub const MAX_PERMITS: usize = 1 << 20;
+
+    /// Longest timeout honoured.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
 
     /// The smallest head limit hyper accepts.
     pub const MIN_HEADER_BYTES: usize = 8_192;
@@ -133,17 +144,20 @@ pub async fn serve<A: Accept>(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let permits = |n: usize| n.clamp(1, ServerLimits::MAX_PERMITS);
+    let timeout = |d: Duration| d.clamp(Duration::from_millis(1), ServerLimits::MAX_TIMEOUT);
     let bounds = Arc::new(Bounds {
-        in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
-        body_idle_timeout: limits.body_idle_timeout,
-        response_timeout: limits.response_timeout,
+        in_flight: Arc::new(Semaphore::new(permits(limits.max_in_flight))),
+        body_idle_timeout: timeout(limits.body_idle_timeout),
+        response_timeout: limits.response_timeout.map(timeout),
     });
     let router = router.layer(axum::middleware::from_fn_with_state(bounds, bound_request));
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = Arc::new(Semaphore::new(permits(limits.max_connections)));
+    let mut open = tokio::task::JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(timeout(limits.header_read_timeout))
         .max_buf_size(limits.max_header_bytes.max(ServerLimits::MIN_HEADER_BYTES));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -167,28 +181,39 @@ pub async fn serve<A: Accept>(
             hyper_util::service::TowerToHyperService::new(service),
         );
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        open.spawn(async move {
             let _permit = permit;
             let _ = connection.await;
         });
+        while open.try_join_next().is_some() {}
     }
+    // New connections are refused from now on; open ones get the drain time,
+    // then are cut (their requests end as client disconnects, receipted).
+    drop(listener);
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    open.abort_all();
+    while open.join_next().await.is_some() {}
 }
 
 /// Answers a connection over the limit with 503 and closes it, without reading
 /// its request (the client retries after `Retry-After`).
-async fn refuse<Io: AsyncWrite + Unpin>(mut io: Io) {
+async fn refuse<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
     let body = overload_problem("too many connections").to_json();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: {RETRY_AFTER_SECONDS}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    let write = async {
+    let answer = async {
         io.write_all(head.as_bytes()).await?;
         io.write_all(&body).await?;
-        io.shutdown().await
+        io.shutdown().await?;
+        // Read what the client sent until it closes: closing with unread data
+        // would reset the connection before the client reads the 503.
+        let mut sink = [0u8; 4096];
+        while tokio::io::AsyncReadExt::read(&mut io, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 fn overload_problem(detail: &str) -> Problem {
@@ -221,11 +246,18 @@ struct Bounds {
     response_timeout: Option<Duration>,
 }
 
+/// Probes and metrics: answered even at the in-flight cap, so that load never
+/// makes a liveness probe restart the server.
+const UNBOUNDED_PATHS: [&str; 4] = ["/live", "/ready", "/startup", "/metrics"];
+
 async fn bound_request(
     State(bounds): State<Arc<Bounds>>,
     request: Request,
     next: Next,
 ) -> Response {
+    if request.method() == http::Method::GET && UNBOUNDED_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
     let Ok(permit) = bounds.in_flight.clone().try_acquire_owned() else {
         return overloaded("too many requests in flight");
     };
@@ -246,11 +278,14 @@ async fn bound_request(
     })
 }
 
-/// A request body that fails when no bytes come for a while.
+/// A request body that fails when its reader waits for bytes too long. The
+/// clock runs only while the reader waits (from its first poll that finds
+/// nothing), so a handler that authenticates before reading loses no time.
 struct IdleTimeoutBody {
     inner: Body,
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl IdleTimeoutBody {
@@ -259,6 +294,7 @@ impl IdleTimeoutBody {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            armed: false,
         }
     }
 }
@@ -279,14 +315,22 @@ impl hyper::body::Body for IdleTimeoutBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                this.armed = false;
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.deadline.as_mut().reset(deadline);
+                }
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -363,7 +407,11 @@ impl<I: Clone + Send + Sync + 'static> TlsAccept<I> {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let (stream, _) = Accept::accept(&mut tcp).await;
+                // The port closes with the server, not at the next connection.
+                let (stream, _) = tokio::select! {
+                    accepted = Accept::accept(&mut tcp) => accepted,
+                    () = tx.closed() => return,
+                };
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
                 tokio::spawn(async move {

@@ -35,6 +35,17 @@ async fn start(limits: ServerLimits) -> Fixture {
     let held = release.clone();
     let router = Router::new()
         .route("/", get(|| async { "ok" }))
+        .route("/live", get(|| async { "live" }))
+        .route(
+            "/late-read",
+            post(|request: axum::extract::Request| async move {
+                // Work before reading (authentication, say) longer than the
+                // body idle timeout.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let body = axum::body::to_bytes(request.into_body(), 1024).await;
+                body.map_or_else(|e| format!("failed: {e}"), |b| b.len().to_string())
+            }),
+        )
         .route(
             "/hold",
             get(move || {
@@ -262,4 +273,77 @@ async fn slow_clients_do_not_hold_up_others() {
         let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
     }
+}
+
+#[tokio::test]
+async fn probes_are_answered_at_the_in_flight_cap() {
+    let f = start(LIMITS).await;
+    let holders: Vec<_> = (0..LIMITS.max_in_flight)
+        .map(|_| {
+            let address = f.address;
+            tokio::spawn(async move {
+                exchange(address, &get_request("/hold"), Duration::from_secs(10)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let answer = exchange(f.address, &get_request("/live"), Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("live"),
+        "{answer}"
+    );
+    f.release.notify_waiters();
+    for holder in holders {
+        holder.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_works_before_reading_the_body_still_gets_it() {
+    let f = start(ServerLimits {
+        response_timeout: None,
+        ..LIMITS
+    })
+    .await;
+    // The body comes only once the handler reads (at 700 ms), later than the
+    // idle timeout after the request arrived: the clock starts when it waits.
+    let mut stream = TcpStream::connect(f.address).await.unwrap();
+    let head =
+        b"POST /late-read HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\n";
+    stream.write_all(head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream.write_all(b"abc").await.unwrap();
+    let answer = read_all(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with('3'),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn serving_ends_when_shutdown_comes_and_the_port_closes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        Router::new().route("/", get(|| async { "ok" })),
+        LIMITS,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let answer = exchange(address, &get_request("/"), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once idle after shutdown")
+        .unwrap();
+    assert!(
+        TcpStream::connect(address).await.is_err(),
+        "the port is closed"
+    );
 }

@@ -286,8 +286,15 @@ impl http_body::Body for MeteredBody {
                             let room = MAX_ERROR_BODY.saturating_sub(held.len());
                             held.extend_from_slice(&data[..data.len().min(room)]);
                         }
-                        // Nothing to pass on yet: the loop polls again.
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
+                        if held.len() >= MAX_ERROR_BODY {
+                            // Enough of an error: pass it on, read no more.
+                            *done = true;
+                            let scrubbed = crate::guards::scrub_credentials(held);
+                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(scrubbed)))))
+                        } else {
+                            // Nothing to pass on yet: the loop polls again.
+                            Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
+                        }
                     }
                     Poll::Ready(None) => {
                         *done = true;
