@@ -563,3 +563,60 @@ mod tests {
         assert_ne!(a, 0);
     }
 }
+
+/// A process the suite started (a gateway, a recorder), killed if the test
+/// ends without stopping it, so a failed run leaves nothing behind.
+#[derive(Debug)]
+pub struct Started {
+    listening: Option<process::Listening>,
+    /// The address it printed it listens on.
+    pub address: String,
+}
+
+impl Started {
+    /// Wraps a started process.
+    pub fn new(listening: process::Listening) -> Self {
+        Self {
+            address: listening.address.clone(),
+            listening: Some(listening),
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let listening = self.listening.take().context("already stopped")?;
+        Ok(listening.terminate()?)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(listening) = self.listening.take() {
+            let _ = listening.kill_9();
+        }
+    }
+}
+
+/// `tollgate-gateway run` against the control endpoint at `control_url`,
+/// reading `dir/ca.crt` and `dir/token` and spooling to `dir/spool`, with 6 s
+/// key certificates (the shortest allowed: a renewal every 4 s) and `extra`
+/// flags.
+pub fn start_gateway(dir: &std::path::Path, control_url: &str, extra: &[&str]) -> Result<Started> {
+    let mut command = Command::new(gateway_binary()?);
+    command
+        .args(["run", "--control-url", control_url])
+        .arg("--control-ca-file")
+        .arg(dir.join("ca.crt"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--key-certificate-lifetime", "6s"])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    let listening =
+        process::Listening::start(command, "gateway", "tollgate-gateway: listening api=")
+            .context("starting tollgate-gateway")?;
+    Ok(Started::new(listening))
+}

@@ -6,8 +6,6 @@
 //! a request, and picks up a policy change through the long-poll without a
 //! restart.
 
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -19,45 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_e2e::crds::install_crds;
 use tollgate_e2e::namespace::unique_name;
 use tollgate_e2e::operator::{
-    OperatorArgs, OperatorProcess, gateway_binary, label_governed, pod_token,
+    OperatorArgs, OperatorProcess, label_governed, pod_token, start_gateway,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
-use tollgate_test_support::process::Listening;
 use tollgate_wire::caller::CallerKey;
-
-struct Gateway {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gateway(dir: &Path, control_url: &str) -> Result<Gateway> {
-    let mut command = Command::new(gateway_binary()?);
-    command
-        .args(["run", "--control-url", control_url])
-        .arg("--control-ca-file")
-        .arg(dir.join("ca.crt"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        // Short, so the suite sees a renewal through the control endpoint.
-        .args(["--key-certificate-lifetime", "6s"])
-        .env("RUST_LOG", "warn");
-    let started = Listening::start(command, "gateway", "tollgate-gateway: listening api=")
-        .context("starting tollgate-gateway")?;
-    Ok(Gateway {
-        child: started.child,
-        api: started.address,
-    })
-}
 
 /// The end-user id every request names.
 const END_USER: &str = "e2e-end-user-7";
@@ -125,14 +88,14 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
         dir.join("token"),
         pod_token(&client, &pod, "tollgate.dev/gateway").await?,
     )?;
-    let gateway = start_gateway(&dir, &op.control_url())?;
+    let gateway = start_gateway(&dir, &op.control_url(), &[])?;
 
     ensure!(
-        chat(&gateway.api, "dry-m").await? == 200,
+        chat(&gateway.address, "dry-m").await? == 200,
         "an allowed model is served"
     );
     ensure!(
-        chat(&gateway.api, "other").await? == 403,
+        chat(&gateway.address, "other").await? == 403,
         "an unknown model is refused"
     );
 
@@ -184,7 +147,7 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     let spool_dir = dir.join("spool");
     eventually(Duration::from_secs(30), || {
         let spool_dir = spool_dir.clone();
-        let api = gateway.api.clone();
+        let api = gateway.address.clone();
         async move {
             let streams = std::fs::read_dir(&spool_dir)?
                 .flatten()
@@ -199,7 +162,7 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
 
     // A policy change reaches the running gateway through the long-poll.
     app_ns.accepts(&policy(&["other-*"])).await?;
-    let api = gateway.api.clone();
+    let api = gateway.address.clone();
     eventually(Duration::from_secs(30), || {
         let api = api.clone();
         async move {
@@ -210,11 +173,7 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     })
     .await?;
 
-    let mut gateway = gateway;
-    Command::new("kill")
-        .args(["-TERM", &gateway.child.id().to_string()])
-        .status()?;
-    ensure!(gateway.child.wait()?.success(), "gateway exit status");
+    ensure!(gateway.terminate()?.success(), "gateway exit status");
     drop(op);
     app_ns.delete().await?;
     op_ns.delete().await

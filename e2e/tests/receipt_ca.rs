@@ -30,8 +30,8 @@ use serde_json::json;
 use tollgate_e2e::crds::install_crds;
 use tollgate_e2e::namespace::unique_name;
 use tollgate_e2e::operator::{
-    OperatorArgs, OperatorProcess, cli_binary, gateway_binary, label_governed, pod_token,
-    request_certificate,
+    OperatorArgs, OperatorProcess, Started, cli_binary, label_governed, pod_token,
+    request_certificate, start_gateway,
 };
 use tollgate_e2e::{TestNamespace, client, eventually};
 use tollgate_evidence::{
@@ -42,7 +42,7 @@ use tollgate_test_support::process::{Listening, recorder_binary};
 
 /// The recorder, serving on loopback and authenticating callers by
 /// TokenReview, so it follows the cluster's TrustAnchors (KUBECONFIG).
-fn start_recorder(data_dir: &Path) -> Result<Listening> {
+fn start_recorder(data_dir: &Path) -> Result<Started> {
     let mut command = Command::new(recorder_binary()?);
     command
         .arg("serve")
@@ -50,31 +50,9 @@ fn start_recorder(data_dir: &Path) -> Result<Listening> {
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0", "--auth", "token-review"])
         .env("RUST_LOG", "warn");
-    Listening::start(command, "recorder", "tollgate-recorder: listening on ")
-        .context("starting tollgate-recorder")
-}
-
-/// The gateway, configured and certified by the control endpoint (6 s key
-/// certificates, the shortest allowed: a renewal every 4 s), shipping to the
-/// recorder.
-fn start_gateway(dir: &Path, control_url: &str, recorder: &str) -> Result<Listening> {
-    let mut command = Command::new(gateway_binary()?);
-    command
-        .args(["run", "--control-url", control_url])
-        .arg("--control-ca-file")
-        .arg(dir.join("ca.crt"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .args(["--recorder-url", &format!("http://{recorder}")])
-        .arg("--recorder-token-file")
-        .arg(dir.join("recorder-token"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--key-certificate-lifetime", "6s"])
-        .env("RUST_LOG", "warn");
-    Listening::start(command, "gateway", "tollgate-gateway: listening api=")
-        .context("starting tollgate-gateway")
+    let listening = Listening::start(command, "recorder", "tollgate-recorder: listening on ")
+        .context("starting tollgate-recorder")?;
+    Ok(Started::new(listening))
 }
 
 /// A request every 100 ms until `stop`; returns how many were served (200).
@@ -199,7 +177,18 @@ async fn e2e_receipt_ca_rotates_with_overlap() -> Result<()> {
     )?;
     let recorder_data = dir.join("recorder");
     let recorder = start_recorder(&recorder_data)?;
-    let gateway = start_gateway(&dir, &op.control_url(), &recorder.address)?;
+    let recorder_url = format!("http://{}", recorder.address);
+    let recorder_token = dir.join("recorder-token");
+    let gateway = start_gateway(
+        &dir,
+        &op.control_url(),
+        &[
+            "--recorder-url",
+            &recorder_url,
+            "--recorder-token-file",
+            recorder_token.to_str().context("path")?,
+        ],
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(trickle(gateway.address.clone(), stop.clone()));
 

@@ -1514,41 +1514,13 @@ impl<'o> Run<'o> {
 
     fn check_recorder_signatures(&mut self, bundle: &Bundle, trust: &TrustRoots) {
         if let Some(base) = &bundle.base {
-            let signed = &base.checkpoint;
-            let location = Location::base().with_key(signed.key_id);
-            let outcome = recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at)
-                .and_then(|key| {
-                    signed
-                        .verify_signature(&key)
-                        .map_err(|e| (ErrorCode::CheckpointSignatureInvalid, e.to_string()))
-                });
-            if let Err((code, detail)) = outcome {
-                self.report(code, location, detail);
-            }
+            self.check_checkpoint_signature(trust, &base.checkpoint, Location::base());
         }
         for (i, signed) in bundle.checkpoints.iter().enumerate() {
-            let location = Location::checkpoint(i).with_key(signed.key_id);
-            let outcome = recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at)
-                .and_then(|key| {
-                    signed
-                        .verify_signature(&key)
-                        .map_err(|e| (ErrorCode::CheckpointSignatureInvalid, e.to_string()))
-                });
-            if let Err((code, detail)) = outcome {
-                self.report(code, location, detail);
-            }
+            self.check_checkpoint_signature(trust, signed, Location::checkpoint(i));
         }
         for (i, signed) in self.options.known_checkpoints.iter().enumerate() {
-            let location = Location::known_checkpoint(i).with_key(signed.key_id);
-            let outcome = recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at)
-                .and_then(|key| {
-                    signed
-                        .verify_signature(&key)
-                        .map_err(|e| (ErrorCode::CheckpointSignatureInvalid, e.to_string()))
-                });
-            if let Err((code, detail)) = outcome {
-                self.report(code, location, detail);
-            }
+            self.check_checkpoint_signature(trust, signed, Location::known_checkpoint(i));
         }
         let manifest = &bundle.manifest;
         let signature = &bundle.manifest_signature;
@@ -1558,6 +1530,26 @@ impl<'o> Run<'o> {
                 .verify_signature(signature, &key)
                 .map_err(|e| (ErrorCode::ManifestSignatureInvalid, e.to_string()))
         });
+        if let Err((code, detail)) = outcome {
+            self.report(code, location, detail);
+        }
+    }
+
+    /// A checkpoint (in the bundle, its base, or given) against the recorder
+    /// key trusted when it was issued.
+    fn check_checkpoint_signature(
+        &mut self,
+        trust: &TrustRoots,
+        signed: &SignedCheckpoint,
+        location: Location,
+    ) {
+        let location = location.with_key(signed.key_id);
+        let outcome =
+            recorder_key(trust, &signed.key_id, signed.checkpoint.issued_at).and_then(|key| {
+                signed
+                    .verify_signature(&key)
+                    .map_err(|e| (ErrorCode::CheckpointSignatureInvalid, e.to_string()))
+            });
         if let Err((code, detail)) = outcome {
             self.report(code, location, detail);
         }

@@ -33,7 +33,7 @@ use crate::quota::{GrantRequest, LeaseResponse, RenewRequest, ReturnRequest, Ret
 use crate::retention::{RetentionReport, covered_size};
 use crate::settings::Settings;
 use crate::store::{
-    CertificateRow, EnvelopeRow, FaultRow, LogMetaRow, LogTx, LogWrite, SegmentOpenRow,
+    CertificateRow, EnvelopeRow, FaultRow, LogMetaRow, LogTx, LogWrite, SegmentOpenRow, SegmentRow,
     SegmentSealRow, Store, StreamRow,
 };
 use crate::usage::{UsageQuery, UsageReport};
@@ -898,6 +898,14 @@ impl Recorder {
         Ok(report)
     }
 
+    /// Sealed segment `index`, which must exist (kept or pruned).
+    async fn sealed_segment(&self, index: u64) -> Result<SegmentRow, RecorderError> {
+        self.store
+            .segment(index)
+            .await?
+            .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))
+    }
+
     /// The first segment after the caller's checkpoint, which must be this log's.
     async fn segment_after_checkpoint(
         &self,
@@ -951,9 +959,7 @@ impl Recorder {
         let (mut low, mut high) = (0u64, last.saturating_add(1));
         while low < high {
             let middle = low + (high - low) / 2;
-            let row = self.store.segment(middle).await?.ok_or_else(|| {
-                corrupt("segments", format!("sealed segment {middle} is missing"))
-            })?;
+            let row = self.sealed_segment(middle).await?;
             let checkpoint: SignedCheckpoint =
                 crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
             if checkpoint.checkpoint.size.get() <= size {
@@ -1019,10 +1025,7 @@ impl Recorder {
         }
         let mut headers = Vec::new();
         for index in oldest..first {
-            let row =
-                self.store.segment(index).await?.ok_or_else(|| {
-                    corrupt("segments", format!("sealed segment {index} is missing"))
-                })?;
+            let row = self.sealed_segment(index).await?;
             headers.push(SegmentHeader {
                 genesis: crate::export::parse("genesis", &row.sealed.genesis_json)?,
                 seal: crate::export::parse("seal", &row.sealed.seal_json)?,
@@ -1039,11 +1042,7 @@ impl Recorder {
     /// Segment `index`'s envelope hashes in log order (kept in its row once
     /// retention pruned it), and its first log position.
     async fn segment_hashes(&self, index: u64) -> Result<(Vec<Sha256Hex>, u64), RecorderError> {
-        let row = self
-            .store
-            .segment(index)
-            .await?
-            .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))?;
+        let row = self.sealed_segment(index).await?;
         let genesis: Genesis = crate::export::parse("genesis", &row.sealed.genesis_json)?;
         let texts: Vec<String> = if row.pruned {
             let joined = self.store.pruned_hashes(index).await?.ok_or_else(|| {
@@ -1085,11 +1084,7 @@ impl Recorder {
         &self,
         index: u64,
     ) -> Result<(SignedCheckpoint, Vec<Sha256Hex>), RecorderError> {
-        let row = self
-            .store
-            .segment(index)
-            .await?
-            .ok_or_else(|| corrupt("segments", format!("sealed segment {index} is missing")))?;
+        let row = self.sealed_segment(index).await?;
         let checkpoint: SignedCheckpoint =
             crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
         if let Some(json) = &row.log_state_json {
