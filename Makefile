@@ -3,11 +3,11 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: test deps lint unit deps-check sdk e2e crds fmt images images-test
+.PHONY: test deps lint unit deps-check fuzz fuzz-smoke sdk e2e crds fmt images images-test
 
 ## test: everything CI runs: dependencies, lints, unit and integration tests,
-## the SDK suite, and e2e.
-test: deps lint unit sdk e2e
+## a fuzzing smoke pass, the SDK suite, and e2e.
+test: deps lint unit fuzz-smoke sdk e2e
 
 ## deps: install what the tests need (apt and pip packages); idempotent.
 deps:
@@ -16,6 +16,7 @@ deps:
 ## lint: formatting and clippy with warnings as errors.
 lint:
 	$(CARGO) fmt --all -- --check
+	cd fuzz && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 ## unit: every crate's unit and integration tests (the e2e crate runs in `e2e`),
@@ -29,6 +30,17 @@ unit: deps-check
 deps-check:
 	$(CARGO) build --workspace --bins --locked
 	scripts/check-gateway-deps.sh target/debug/tollgate-gateway
+
+## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS each (default 60),
+## after its regression inputs; prints executions and coverage (docs/fuzzing.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
+
+## fuzz-smoke: the same, 10 s per target from a fixed seed and only the
+## checked-in seeds (CI).
+fuzz-smoke:
+	scripts/fuzz.sh --seconds 10 --seed 1 --fresh-corpus
 
 ## sdk: the official openai and anthropic Python SDKs against the gateway.
 sdk:

@@ -56,7 +56,13 @@ images_dir=${TOLLGATE_IMAGES_DIR:-$(cd "$here/.." && pwd)/target/images}
 node_templates=$here/node
 
 log() { echo "cluster.sh: $*" >&2; }
-die() { log "error: $*"; exit 1; }
+# die also records the error in $state/up-error (when the state dir exists), so
+# a caller such as run.sh can repeat the cause at the end of a long log.
+die() {
+  log "error: $*"
+  if [ -d "${state:-}" ]; then echo "error: $*" >>"$state/up-error"; fi
+  exit 1
+}
 
 usage() {
   echo "usage: $(basename "$0") up [--with-node]|down|status|env" >&2
@@ -90,18 +96,25 @@ all_running() {
   for c in "${components[@]}"; do running "$c" || return 1; done
 }
 
-# A port is free when nothing accepts a connection on it. Ports come from
-# below the kernel's ephemeral range (32768+) so outgoing connections can't
-# be holding them.
-declare -A taken_ports=()
+# A port is free when no socket on any address uses it (`ss`, listening or
+# connected). Ports come from below the kernel's ephemeral range so outgoing
+# connections can't take them between the check and the bind. Every caller runs
+# in a $(subshell), so the ports handed out are remembered in a file: two
+# components not yet listening never get the same port.
 free_port() {
-  local port tries=0
+  local port tries=0 low span taken=$state/taken-ports
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  span=$((low - 1 - 20000))
+  [ "$span" -ge 1000 ] || die "the kernel's ephemeral port range starts at $low; cluster.sh needs 21000 or more (sysctl net.ipv4.ip_local_port_range)"
+  [ "$span" -le 12000 ] || span=12000
+  mkdir -p "$state"
+  touch "$taken"
   while [ "$tries" -lt 200 ]; do
     tries=$((tries + 1))
-    port=$((20000 + RANDOM % 12000))
-    [ -z "${taken_ports[$port]:-}" ] || continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      taken_ports[$port]=1
+    port=$((20000 + RANDOM % span))
+    ! grep -qx "$port" "$taken" || continue
+    if [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port" >>"$taken"
       echo "$port"
       return 0
     fi
@@ -150,6 +163,7 @@ wait_until() {
     for c in "${components[@]}"; do
       if [ -f "$state/$c.pid" ] && ! running "$c"; then
         tail_logs
+        { echo "last lines of $c.log:"; tail -n 12 "$state/$c.log" 2>/dev/null; } >>"$state/up-error"
         die "$c exited while waiting for $what (log: $state/$c.log)"
       fi
     done

@@ -43,6 +43,37 @@ end() {
   stage_name=
 }
 
+# What went wrong while starting a cluster, repeated after the timings: the
+# log above is long and a CI summary may show only its end.
+failure_notes=()
+
+# cluster.sh keeps its logs and the cause (up-error) in its state dir after a
+# failed `up`; a copy goes under .state/failed-*, which `down` leaves alone.
+keep_up_failure() {
+  local what=$1 dir=$here/.state/failed-$2 cause
+  rm -rf "$dir"
+  cp -r "$here/.state/cluster" "$dir" 2>/dev/null || true
+  cause=$(cat "$dir/up-error" 2>/dev/null || echo "(no cause recorded; see the log above)")
+  failure_notes+=("$what failed (logs: $dir):" "$cause")
+}
+
+# A real node is many processes started in a few seconds; one failed start
+# (the cause is kept and printed at the end) gets a second, clean attempt.
+# Two failures fail the run.
+node_up_with_one_retry() {
+  local attempt
+  for attempt in 1 2; do
+    if "$here/cluster.sh" up --with-node; then
+      [ "$attempt" = 1 ] || failure_notes+=("node-up passed on attempt $attempt")
+      return 0
+    fi
+    keep_up_failure "node-up attempt $attempt" "node-up-$attempt"
+    "$here/cluster.sh" down || return 1
+    [ "$attempt" = 2 ] || log "node-up attempt $attempt failed; tearing down and trying once more"
+  done
+  return 1
+}
+
 teardown() {
   local rc=$?
   trap - EXIT INT TERM
@@ -57,6 +88,10 @@ teardown() {
   fi
   log "timings:"
   printf '  %s\n' "${timings[@]}" >&2
+  if [ "${#failure_notes[@]}" -gt 0 ]; then
+    log "cluster start-up problems:"
+    printf '  %s\n' "${failure_notes[@]}" >&2
+  fi
   if [ "$rc" -eq 0 ]; then log "e2e passed"; else log "e2e FAILED (exit $rc)"; fi
   exit "$rc"
 }
@@ -117,6 +152,7 @@ fi
 
 begin cluster-up
 if ! "$here/cluster.sh" up; then
+  keep_up_failure "cluster-up" cluster-up
   log "the control plane could not be started${CI:+ (CI=$CI)}; e2e cannot run"
   exit 1
 fi
@@ -151,7 +187,7 @@ if [ "$with_node" = 1 ]; then
   host_before=$(mktemp)
   host_after=$(mktemp)
   "$here/host-state.sh" snapshot "$host_before"
-  if ! "$here/cluster.sh" up --with-node; then
+  if ! node_up_with_one_retry; then
     log "the node could not be started${CI:+ (CI=$CI)}; the node suite cannot run"
     exit 1
   fi

@@ -22,6 +22,8 @@ command -v runc >/dev/null || need_apt+=(runc)
 command -v socat >/dev/null || need_apt+=(socat)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
 command -v strip >/dev/null || need_apt+=(binutils)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
+command -v g++ >/dev/null || need_apt+=(g++)
 
 # images/rootfs.sh downloads the images' Debian packages: it needs package lists.
 lists_ok=1

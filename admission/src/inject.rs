@@ -330,7 +330,7 @@ fn build_parts(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "startupProbe": probe("/ready", 1, 120),
+        "startupProbe": probe("/startup", 1, 120),
         "readinessProbe": probe("/ready", 5, 3),
         "livenessProbe": probe("/live", 10, 3),
         "resources": {

@@ -71,7 +71,7 @@ pub const RESERVED_PREFIX: &str = "tollgate-";
 pub const GATEWAY_UID: i64 = 15080;
 /// Gateway API port on loopback.
 pub const GATEWAY_PORT: u16 = 15080;
-/// Gateway admin port: /live, /ready, /metrics.
+/// Gateway admin port: /live, /startup, /ready, /metrics.
 pub const GATEWAY_ADMIN_PORT: u16 = 15081;
 
 /// The receipt spool emptyDir.

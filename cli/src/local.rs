@@ -48,7 +48,7 @@ pub struct LocalArgs {
     /// The gateway's API listener (OPENAI_BASE_URL / ANTHROPIC_BASE_URL).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub listen: SocketAddr,
-    /// The gateway's admin listener: /live, /ready, /metrics.
+    /// The gateway's admin listener: /live, /startup, /ready, /metrics.
     #[arg(long, default_value = "127.0.0.1:15081")]
     pub admin_listen: SocketAddr,
     /// The recorder's listener (loopback only).
@@ -289,7 +289,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
     let gateway = tollgate_gateway::run::start(GatewayOptions {
         loader,
         listen: args.listen,
-        admin_listen: args.admin_listen,
+        admin: tollgate_gateway::admin::AdminServer::bind(args.admin_listen).await?,
         spool_dir: data.join("spool"),
         spool_max_bytes: 64 * 1024 * 1024,
         pod: local_pod(&args.namespace)?,

@@ -543,6 +543,7 @@ mod tests {
         ReceiptBody {
             api: Api::Openai,
             caller_hash: None,
+            correlation_id: None,
             decision_id: None,
             completed_at: at("2025-03-01T00:00:01.000Z"),
             cost_micro_usd: SafeU64::new(10 + n).unwrap(),

@@ -40,6 +40,11 @@ pub struct ReceiptBody {
     pub caller_hash: Option<Sha256Hex>,
     /// When the gateway finished the response (wall clock).
     pub completed_at: Timestamp,
+    /// The client's correlation id (its `x-request-id` header), so a receipt
+    /// can be joined with the app's own logs; absent when the client sent none,
+    /// and in receipts of older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Identifier>,
     /// Cost in micro-USD from the provider's price list.
     pub cost_micro_usd: SafeU64,
     /// The forward decision this attempt was sent under
@@ -604,6 +609,7 @@ pub(crate) mod tests {
                 pod: DnsSubdomain::new("app-7f9c").unwrap(),
             },
             caller_hash: None,
+            correlation_id: None,
             decision_id: None,
             api: Api::Openai,
             provider: Some(DnsSubdomain::new("openai").unwrap()),

@@ -1,9 +1,14 @@
-//! The admin listener: `/live`, `/ready` and `/metrics`, on its own port so
-//! probes never queue behind API traffic. Metric labels are bounded: endpoint,
-//! provider (from config) and decision, never pod, user or model text.
+//! The admin listener: `/live`, `/startup`, `/ready` and `/metrics`, on its own
+//! port so probes never queue behind API traffic. It is bound before anything
+//! else, so a gateway still waiting for its config or its key certificate says
+//! what it waits for (`/startup` 503 with the phase) instead of refusing
+//! connections. Metric labels are bounded: endpoint, provider (from config) and
+//! decision, never pod, user or model text.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +30,12 @@ pub struct RequestLabels {
     decision: &'static str,
 }
 
+/// `bound`: which server bound refused the work.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabel {
+    bound: &'static str,
+}
+
 /// The gateway's metrics, registered once in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -33,6 +44,9 @@ pub struct Metrics {
     spool_used_bytes: Gauge,
     receipts_written: Gauge,
     receipts_set_aside: Gauge,
+    overload_refusals: Family<BoundLabel, Gauge>,
+    /// The data port's refusals at its bounds (`tollgate_wire::server`).
+    pub overload: Arc<tollgate_wire::server::OverloadCounters>,
 }
 
 impl Default for Metrics {
@@ -62,12 +76,20 @@ impl Default for Metrics {
             "Receipts no open key certificate covered, set aside unsigned in the spool's unplaced/ (should stay 0)",
             receipts_set_aside.clone(),
         );
+        let overload_refusals = Family::<BoundLabel, Gauge>::default();
+        registry.register(
+            "overload_refusals",
+            "Work the data port refused at its bounds since start (503 with Retry-After), by bound: connections, requests_in_flight",
+            overload_refusals.clone(),
+        );
         Self {
             registry,
             requests,
             spool_used_bytes,
             receipts_written,
             receipts_set_aside,
+            overload_refusals,
+            overload: Arc::default(),
         }
     }
 }
@@ -95,6 +117,14 @@ impl Metrics {
             .set(i64::try_from(gateway.receipts().written()).unwrap_or(i64::MAX));
         self.receipts_set_aside
             .set(i64::try_from(gateway.receipts().status.set_aside()).unwrap_or(i64::MAX));
+        for (bound, count) in [
+            ("connections", self.overload.connections_refused()),
+            ("requests_in_flight", self.overload.requests_refused()),
+        ] {
+            self.overload_refusals
+                .get_or_create(&BoundLabel { bound })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -103,16 +133,129 @@ impl Metrics {
     }
 }
 
-/// The admin router.
-pub fn router(gateway: Arc<Gateway>) -> axum::Router {
-    axum::Router::new()
-        .route("/live", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(gateway)
+/// What the admin endpoints answer from: the start-up phase until the gateway
+/// has started, then the gateway.
+#[derive(Debug, Default)]
+pub struct AdminState {
+    phase: Mutex<String>,
+    gateway: OnceLock<Arc<Gateway>>,
 }
 
-async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+impl AdminState {
+    fn phase(&self) -> String {
+        self.phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The admin listener, serving from the moment it is bound.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves the probes (bounded like every control port).
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AdminState::default());
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(tollgate_wire::server::serve(
+            listener,
+            router(state.clone()),
+            tollgate_wire::server::ServerLimits::CONTROL,
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        ));
+        let server = Self {
+            addr,
+            state,
+            stop,
+            task: Some(task),
+        };
+        server.starting("starting");
+        Ok(server)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Records what start-up is doing now; `/startup` answers it with 503.
+    pub fn starting(&self, phase: impl Into<String>) {
+        *self
+            .state
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = phase.into();
+    }
+
+    /// The gateway has started: `/startup` answers 200 from now on, and
+    /// `/ready` and `/metrics` answer from `gateway`.
+    pub fn started(&self, gateway: Arc<Gateway>) {
+        let _ = self.state.gateway.set(gateway);
+    }
+
+    /// Stops serving and waits for open probe connections to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    /// A start-up that failed drops the server: the port closes with it.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> axum::Router {
+    axum::Router::new()
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/startup", get(startup))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn unavailable(text: String) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+}
+
+/// 200 once the gateway has its config, its receipt key certificate and its
+/// spool (for good: readiness may come and go later, start-up does not);
+/// 503 with the phase before.
+async fn startup(State(state): State<Arc<AdminState>>) -> Response {
+    match state.gateway.get() {
+        Some(gateway) => (
+            StatusCode::OK,
+            format!("started: policy {}\n", gateway.runtime().config.policy_hash),
+        )
+            .into_response(),
+        None => unavailable(format!("starting: {}\n", state.phase())),
+    }
+}
+
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(gateway) = state.gateway.get() else {
+        return unavailable(format!("not ready: starting: {}\n", state.phase()));
+    };
     let runtime = gateway.runtime();
     let status = &gateway.receipts().status;
     let problem = if runtime.policy.is_none() {
@@ -132,16 +275,15 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
             format!("ready: policy {}\n", runtime.config.policy_hash),
         )
             .into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
+        Some(why) => unavailable(format!("not ready: {why}\n")),
     }
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    let body = gateway.metrics.encode(&gateway);
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(gateway) = state.gateway.get() else {
+        return unavailable(format!("starting: {}\n", state.phase()));
+    };
+    let body = gateway.metrics.encode(gateway);
     (
         [(
             header::CONTENT_TYPE,

@@ -121,9 +121,10 @@ impl ControlClient {
         }
     }
 
-    /// Fetches until the first answer arrives (a new pod waits, not ready,
-    /// while the operator is unreachable), and remembers it.
-    pub async fn first_fetch(&self) -> ConfigDocument {
+    /// Fetches until the first answer arrives (a new pod waits, not started,
+    /// while the operator is unreachable), and remembers it. Each failed
+    /// attempt is logged and passed to `problem` (the `/startup` answer).
+    pub async fn first_fetch(&self, problem: impl Fn(String)) -> ConfigDocument {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.fetch(None).await {
@@ -134,7 +135,9 @@ impl ControlClient {
                 }
                 Ok(Fetched::NotModified) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "waiting for the control endpoint");
+                    let e = format!("{e:#}");
+                    tracing::warn!(error = %e, "waiting for the control endpoint");
+                    problem(e);
                 }
             }
             tokio::time::sleep(delay).await;

@@ -55,6 +55,8 @@ pub struct ReceiptDraft {
     pub checks: Vec<CheckDraft>,
     /// HMAC-SHA256 of the end-user id under the cluster's caller key.
     pub caller_hash: Option<[u8; 32]>,
+    /// The client's `x-request-id`, validated when the request came in.
+    pub correlation_id: Option<Identifier>,
     /// The forward decision this attempt went upstream under.
     pub decision_id: Option<String>,
     pub status: u16,
@@ -237,6 +239,7 @@ impl ReceiptDraft {
             },
             workload: workload.clone(),
             caller_hash: self.caller_hash.map(Sha256Hex::from_bytes),
+            correlation_id: self.correlation_id,
             decision_id: self
                 .decision_id
                 .map(|id| field("decision_id", ReceiptId::new(id)))
@@ -1146,6 +1149,7 @@ mod tests {
             guards: vec![],
             checks: vec![],
             caller_hash: None,
+            correlation_id: None,
             decision_id: None,
             status: 200,
             request_sha256: [1; 32],

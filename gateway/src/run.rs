@@ -21,6 +21,7 @@ use crate::shipper::Shipper;
 use tollgate_wire::client::{FileToken, TokenSource};
 use tollgate_wire::server::ServerLimits;
 
+use crate::admin::AdminServer;
 use crate::control::ControlClient;
 use crate::credentials::{Credentials, MAX_KEY_BYTES};
 use crate::proxy::{Gateway, Identity, Runtime};
@@ -71,7 +72,8 @@ pub struct RunArgs {
     /// API listener. Apps reach it as OPENAI_BASE_URL / ANTHROPIC_BASE_URL.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:15080")]
     pub listen: SocketAddr,
-    /// Admin listener: /live, /ready, /metrics.
+    /// Admin listener: /live, /startup, /ready, /metrics (bound first, so
+    /// /startup says what a starting gateway waits for).
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:15081")]
     pub admin_listen: SocketAddr,
     /// The receipt spool directory (an emptyDir in a pod).
@@ -124,57 +126,17 @@ pub struct RunArgs {
         value_parser = parse_lifetime
     )]
     pub key_certificate_lifetime: Duration,
-    /// Connections the data port keeps open at once; more get 503 with
-    /// `Retry-After` and are closed.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = ServerLimits::GATEWAY.max_connections)]
-    pub max_connections: usize,
-    /// Requests the data port handles at once (a stream counts until it ends);
-    /// more get 503 with `Retry-After`.
-    #[arg(long, env = "TOLLGATE_MAX_REQUESTS_IN_FLIGHT", default_value_t = ServerLimits::GATEWAY.max_in_flight)]
-    pub max_requests_in_flight: usize,
-    /// Time a client has to send a request's head (also how long an idle
-    /// keep-alive connection stays open): `120s`, longer than common client
-    /// pools keep idle connections.
-    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value = "120s", value_parser = parse_timeout)]
-    pub header_read_timeout: Duration,
-    /// Longest pause inside a request body before the request fails: `30s`.
-    #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
-    pub body_idle_timeout: Duration,
+    /// The data port's bounds (`--max-connections`, `--max-requests-in-flight`,
+    /// `--header-read-timeout`, `--body-idle-timeout`).
+    #[command(flatten)]
+    pub limits: tollgate_wire::server::LimitFlags,
 }
 
 impl RunArgs {
     /// The data port's bounds from the flags.
     pub fn server_limits(&self) -> ServerLimits {
-        ServerLimits {
-            max_connections: self.max_connections.max(1),
-            max_in_flight: self.max_requests_in_flight.max(1),
-            header_read_timeout: self.header_read_timeout,
-            body_idle_timeout: self.body_idle_timeout,
-            ..ServerLimits::GATEWAY
-        }
+        self.limits.apply(ServerLimits::GATEWAY)
     }
-}
-
-/// Parses a server timeout: a whole number of seconds or minutes (`10s`, `2m`),
-/// at least a second.
-pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} must start with a whole number"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        _ => return Err(format!("{text:?} needs a unit: s or m")),
-    };
-    if seconds == 0 || seconds > ServerLimits::MAX_TIMEOUT.as_secs() {
-        return Err(format!("{text:?} must be between 1s and 60m"));
-    }
-    Ok(Duration::from_secs(seconds))
 }
 
 /// The shortest key certificate lifetime accepted.
@@ -310,7 +272,8 @@ impl ConfigLoader for FileConfig {
 pub struct GatewayOptions {
     pub loader: Arc<dyn ConfigLoader>,
     pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
+    /// The admin listener, already serving `/startup`.
+    pub admin: AdminServer,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub pod: PodIdentity,
@@ -424,7 +387,7 @@ impl std::fmt::Debug for GatewayOptions {
         // The CA key stays out of Debug output.
         f.debug_struct("GatewayOptions")
             .field("listen", &self.listen)
-            .field("admin_listen", &self.admin_listen)
+            .field("admin", &self.admin.local_addr())
             .field("spool_dir", &self.spool_dir)
             .finish_non_exhaustive()
     }
@@ -455,6 +418,8 @@ impl RunningGateway {
 
 /// Binds the listeners and starts serving.
 pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
+    let admin = options.admin;
+    admin.starting("loading the config");
     let (config, credentials) = options.loader.load()?;
     let runtime = Runtime::build(config, credentials, &options.pod_labels)?;
     // Receipts record the node the key routing formula hashed.
@@ -477,7 +442,9 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         pod_labels: options.pod_labels.clone(),
     };
     let certifier = Arc::new(options.certifier);
+    admin.starting("obtaining the receipt key certificate");
     let first = new_stream_key(&certifier, &options.pod).await?;
+    admin.starting("opening the receipt spool");
     let stream_id = first.stream_id.clone();
     let window = certificate_window(&first);
     let status = Arc::new(SpoolStatus::new(options.spool_max_bytes));
@@ -523,10 +490,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     let api = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;
-    let admin = tokio::net::TcpListener::bind(options.admin_listen)
-        .await
-        .with_context(|| format!("binding {}", options.admin_listen))?;
-    let (api_addr, admin_addr) = (api.local_addr()?, admin.local_addr()?);
+    let (api_addr, admin_addr) = (api.local_addr()?, admin.local_addr());
     let policy_hash = gateway.runtime().config.policy_hash.clone();
 
     let reload = tokio::spawn(watch_config(
@@ -540,26 +504,25 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     };
     // Bounded servers (tollgate_wire::server): slow, big or many clients get
     // cut off or 503, never a hang.
-    let api_server = tollgate_wire::server::serve(
+    let api_server = tollgate_wire::server::serve_counted(
         api,
         crate::proxy::router(gateway.clone()),
         options.limits,
+        gateway.metrics.overload.clone(),
         stopped(stop_rx.clone()),
     );
-    let admin_server = tollgate_wire::server::serve(
-        admin,
-        crate::admin::router(gateway.clone()),
-        tollgate_wire::server::ServerLimits::CONTROL,
-        stopped(stop_rx.clone()),
-    );
-    let servers = tokio::spawn(async move {
-        tokio::join!(api_server, admin_server);
-    });
+    let servers = tokio::spawn(api_server);
+    admin.started(gateway.clone());
     let done = tokio::spawn(async move {
         stopped(stop_rx).await;
         tracing::info!("shutting down: draining in-flight requests");
         reload.abort();
-        match tokio::time::timeout(Duration::from_secs(30), servers).await {
+        // The probes go with the API port, as before admin was bound first.
+        let (drained, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(30), servers),
+            admin.shutdown()
+        );
+        match drained {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "listener task failed"),
             Err(_) => tracing::warn!("drain timed out after 30s"),
@@ -703,7 +666,7 @@ fn client_tls(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig
     }
 }
 
-async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
+async fn sources(args: &RunArgs, admin: &AdminServer) -> anyhow::Result<Sources> {
     if let Some(url) = &args.control_url {
         let token_file = args
             .token_file
@@ -715,7 +678,12 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
             client_tls(args.control_ca_file.as_deref())?,
         )?);
         eprintln!("tollgate-gateway: fetching config from {url}");
-        let bootstrap = client.first_fetch().await;
+        admin.starting(format!("fetching the config from {url}"));
+        let bootstrap = client
+            .first_fetch(|problem| {
+                admin.starting(format!("waiting for the control endpoint {url}: {problem}"));
+            })
+            .await;
         let pod = pod_identity(
             &bootstrap.pod.namespace,
             &bootstrap.pod.service_account,
@@ -768,7 +736,9 @@ async fn sources(args: &RunArgs) -> anyhow::Result<Sources> {
 
 /// Runs the gateway from flags until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let sources = sources(&args).await?;
+    tollgate_wire::server::raise_open_file_limit();
+    let admin = AdminServer::bind(args.admin_listen).await?;
+    let sources = sources(&args, &admin).await?;
     let recorder = match &args.recorder_url {
         Some(url) => {
             let token: Arc<dyn TokenSource> = match &args.recorder_token_file {
@@ -790,7 +760,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = GatewayOptions {
         loader: sources.loader,
         listen: args.listen,
-        admin_listen: args.admin_listen,
+        admin,
         spool_dir: args.spool_dir.clone(),
         spool_max_bytes: args.spool_max_bytes,
         pod: sources.pod,
@@ -925,9 +895,87 @@ mod tests {
             ),
             (9, 3, Duration::from_secs(2), Duration::from_secs(60))
         );
-        assert!(parse_timeout("0s").is_err());
-        assert!(parse_timeout("10").is_err());
-        assert!(parse_timeout("1h").is_err());
+        assert!(Cli::try_parse_from([&base[..], &["--max-connections", "0"]].concat()).is_err());
+        assert!(
+            Cli::try_parse_from([&base[..], &["--header-read-timeout", "0s"]].concat()).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn startup_answers_what_a_starting_gateway_waits_for() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let base = format!("http://{}", admin.local_addr());
+        let client = tollgate_wire::client::HttpClient::new(
+            tollgate_wire::client::public_roots().unwrap(),
+            Duration::from_secs(5),
+        );
+        let get = |path: &'static str| {
+            let (client, url) = (client.clone(), format!("{base}{path}"));
+            async move {
+                let r = client
+                    .send(http::Method::GET, &url, None, None, 4096)
+                    .await
+                    .unwrap();
+                (
+                    r.status.as_u16(),
+                    String::from_utf8(r.body.to_vec()).unwrap(),
+                )
+            }
+        };
+        assert_eq!(get("/live").await, (200, "ok\n".into()));
+        assert_eq!(get("/startup").await, (503, "starting: starting\n".into()));
+
+        // A control endpoint that refuses connections: the gateway keeps
+        // trying, and /startup says so.
+        let token = std::env::temp_dir().join(format!("tollgate-startup-{}", std::process::id()));
+        std::fs::write(&token, "token").unwrap();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let url = format!("https://{closed}");
+        let args = Cli::try_parse_from([
+            "gw",
+            "--control-url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--spool-dir",
+            "s",
+        ])
+        .unwrap()
+        .run;
+        let waited = tokio::time::timeout(Duration::from_millis(800), sources(&args, &admin)).await;
+        assert!(waited.is_err(), "no config can come from {url}");
+        for path in ["/startup", "/ready", "/metrics"] {
+            let (status, text) = get(path).await;
+            assert_eq!(status, 503, "{path}: {text}");
+            assert!(
+                text.contains(&format!("waiting for the control endpoint {url}: ")),
+                "{path}: {text}"
+            );
+            assert!(
+                !text.contains("token"),
+                "it got as far as connecting: {text}"
+            );
+        }
+        assert_eq!(get("/live").await.0, 200, "alive while it waits");
+        let _ = std::fs::remove_file(&token);
+        let addr = admin.local_addr();
+        admin.shutdown().await;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the port closes at shutdown"
+        );
     }
 
     #[test]

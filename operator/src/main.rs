@@ -97,6 +97,12 @@ struct Args {
     /// it signs anything, so recorders and auditors trust it first.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     receipt_ca_publish_lead: Duration,
+    /// The control endpoint's bounds (--max-connections,
+    /// --max-requests-in-flight, --header-read-timeout, --body-idle-timeout);
+    /// the defaults make room for --max-long-polls. Webhooks and metrics keep
+    /// theirs.
+    #[command(flatten)]
+    control_limits: tollgate_wire::server::LimitFlags,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -196,6 +202,7 @@ fn settings(args: Args) -> Result<OperatorSettings> {
         certificates,
         extra_names,
         max_waiters: args.max_long_polls,
+        control_limits: args.control_limits,
         receipt_ca_rotation: tollgate_operator::receipt_ca::RotationPolicy {
             rotate_after_ms: Some(millis(args.receipt_ca_rotation_period)).filter(|ms| *ms > 0),
             publish_lead_ms: millis(args.receipt_ca_publish_lead),
@@ -226,6 +233,7 @@ async fn main() -> Result<()> {
         )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    tollgate_wire::server::raise_open_file_limit();
     let args = Args::parse();
     let kubeconfig = args.kubeconfig.clone();
     let settings = settings(args)?;

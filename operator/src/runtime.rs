@@ -60,6 +60,9 @@ pub struct OperatorSettings {
     /// Extra names for the serving certificate (hosts of URLs and listeners).
     pub extra_names: Vec<String>,
     pub max_waiters: usize,
+    /// Flags that change the control endpoint's bounds (the defaults leave
+    /// room for `max_waiters` long-polls).
+    pub control_limits: tollgate_wire::server::LimitFlags,
     /// When the receipt CA rotates.
     pub receipt_ca_rotation: receipt_ca::RotationPolicy,
 }
@@ -274,7 +277,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     // Every gateway holds a long-poll here: room for all of them and more.
-    let control_limits = ServerLimits {
+    let control_limits = settings.control_limits.apply(ServerLimits {
         max_connections: settings
             .max_waiters
             .saturating_add(ServerLimits::CONTROL.max_connections),
@@ -282,7 +285,7 @@ pub async fn run(
             .max_waiters
             .saturating_add(ServerLimits::CONTROL.max_in_flight),
         ..ServerLimits::CONTROL
-    };
+    });
     tokio::spawn(serve::serve_https(
         control_listener,
         tls,

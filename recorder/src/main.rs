@@ -79,6 +79,10 @@ struct ServeArgs {
     /// system:serviceaccount:NS:NAME, or group:NAME. Repeatable.
     #[arg(long = "reader")]
     reader: Vec<String>,
+    /// The server's bounds: --max-connections, --max-requests-in-flight,
+    /// --header-read-timeout, --body-idle-timeout.
+    #[command(flatten)]
+    limits: tollgate_wire::server::LimitFlags,
 }
 
 fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
@@ -111,6 +115,9 @@ fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
         tls: args.tls_cert.zip(args.tls_key),
         key_file: args.key_file,
         readers: args.reader,
+        limits: args
+            .limits
+            .apply(tollgate_wire::server::ServerLimits::RECORDER),
     })
 }
 
@@ -130,6 +137,7 @@ async fn wait_for_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tollgate_wire::server::raise_open_file_limit();
     let running = start(options(args)?, wait_for_signal()).await?;
     eprintln!(
         "tollgate-recorder: listening on {} origin={} backend={}",

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub sinks: Family<SinkLabels, Counter>,
     /// Lease decisions.
     pub leases: Family<DecisionLabel, Counter>,
+    /// Work the server refused at its bounds (`tollgate_wire::server`), read
+    /// into `overload_refusals` at each scrape.
+    pub overload: std::sync::Arc<tollgate_wire::server::OverloadCounters>,
+    overload_refusals: Family<KindLabel, Gauge>,
     /// Sealed segments retention deleted.
     pub segments_pruned: Counter,
     /// Sealed segments past retention that wait for a sink to hold a checkpoint
@@ -148,7 +152,15 @@ impl Metrics {
             "Sealed segments past retention kept until a checkpoint sink holds a checkpoint covering them",
             segments_awaiting_sink.clone(),
         );
+        let overload_refusals = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "overload_refusals",
+            "Work the server refused at its bounds since start (503 with Retry-After), by kind: connections, requests_in_flight",
+            overload_refusals.clone(),
+        );
         Self {
+            overload: std::sync::Arc::default(),
+            overload_refusals,
             registry,
             envelopes,
             rejections,
@@ -166,6 +178,14 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
+        for (kind, count) in [
+            ("connections", self.overload.connections_refused()),
+            ("requests_in_flight", self.overload.requests_refused()),
+        ] {
+            self.overload_refusals
+                .get_or_create(&KindLabel { kind })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tollgate_wire::server::ServerLimits;
 
 use crate::auth::{AUDIENCE, Authenticator, Policy, StaticTokens, TokenReviewer};
 use crate::clock::{Clock, SystemClock};
@@ -70,6 +71,8 @@ pub struct ServeOptions {
     pub key_file: Option<PathBuf>,
     /// Readers of usage and exports (see [`Policy`]).
     pub readers: Vec<String>,
+    /// The server's bounds (default [`ServerLimits::RECORDER`]).
+    pub limits: ServerLimits,
 }
 
 impl ServeOptions {
@@ -88,6 +91,7 @@ impl ServeOptions {
             tls: None,
             key_file: None,
             readers: Vec::new(),
+            limits: ServerLimits::RECORDER,
         }
     }
 }
@@ -185,6 +189,7 @@ pub async fn start(
     let store = open_store(&options.storage).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
+    let overload = metrics.overload.clone();
     let max_body_bytes = settings.max_body_bytes;
     let seal_every = Duration::from_millis((settings.seal_max_age_ms / 4).clamp(100, 1_000));
     let recorder = Arc::new(
@@ -298,16 +303,20 @@ pub async fn start(
     };
     // Bounded servers (tollgate_wire::server): slow, big or many clients get
     // cut off or 503, never a hang.
-    let limits = tollgate_wire::server::ServerLimits::RECORDER;
+    let limits = options.limits;
     let served = match &options.tls {
         Some((cert, key)) => {
             let config = crate::http::tls::server_config(cert, key, client_ca.as_deref())?;
             let accept = crate::http::tls::tls_accept(tcp, config);
-            tokio::spawn(tollgate_wire::server::serve(accept, app, limits, shutdown))
+            tokio::spawn(tollgate_wire::server::serve_counted(
+                accept, app, limits, overload, shutdown,
+            ))
         }
         None => {
             let accept = crate::http::tls::plain_accept(tcp);
-            tokio::spawn(tollgate_wire::server::serve(accept, app, limits, shutdown))
+            tokio::spawn(tollgate_wire::server::serve_counted(
+                accept, app, limits, overload, shutdown,
+            ))
         }
     };
     let handle = tokio::spawn(async move {

@@ -611,3 +611,76 @@ async fn a_real_gateway_spool_ships_and_verifies() {
     assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
     rec.stop();
 }
+
+/// The bound flags reach the real server: with `--max-connections 2` a third
+/// connection is answered 503 with `Retry-After` and closed, and with
+/// `--header-read-timeout 1s` idle connections are cut, which frees the slots.
+#[test]
+fn bound_flags_set_the_recorders_limits() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = common::temp_dir("bounds");
+    let recorder = RecorderProcess::start(
+        &dir.join("data"),
+        &["--max-connections", "2", "--header-read-timeout", "1s"],
+    );
+    let address = recorder.url.trim_start_matches("http://").to_string();
+    let answer = |stream: &mut TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&address).unwrap();
+    let refused = answer(&mut third);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+
+    // The idle pair is cut after the head timeout; then a request is served,
+    // and the metrics count the refusal.
+    for mut stream in idle {
+        let started = std::time::Instant::now();
+        assert_eq!(answer(&mut stream), "", "an idle connection gets no answer");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cut by the 1 s head timeout"
+        );
+    }
+    let mut fourth = TcpStream::connect(&address).unwrap();
+    fourth
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: r\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let served = answer(&mut fourth);
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(
+        served.contains("tollgate_recorder_overload_refusals{kind=\"connections\"} 1\n"),
+        "{served}"
+    );
+    recorder.stop();
+
+    let (code, _, stderr) = {
+        let out = std::process::Command::new(common::process::recorder_bin())
+            .args(["serve", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--max-connections", "0"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("must be a whole number from 1"), "{stderr}");
+}

@@ -143,6 +143,7 @@ impl Gateway {
             },
             workload: self.workload.clone(),
             caller_hash: (!i.is_multiple_of(3)).then(|| caller_hash(i % 2)),
+            correlation_id: None,
             decision_id: None,
             api: Api::Openai,
             provider: Some(DnsSubdomain::new(provider)?),

@@ -10,6 +10,9 @@
 //! | more than `max_in_flight` requests being handled | 503 with `Retry-After` |
 //! | no request body bytes for `body_idle_timeout` | the body read fails (the handler answers 4xx) |
 //! | no response head within `response_timeout` (when set) | 503 with `Retry-After` |
+//! | `max_requests_per_connection` answered on one connection (when set) | that response says `connection: close`; the client reconnects (spreading keep-alive clients over replicas) |
+//!
+//! Each refusal is counted in the server's [`OverloadCounters`] (its metrics).
 //!
 //! A response body (a stream) is never cut by these: a request holds its
 //! in-flight slot until its response body ends.
@@ -17,6 +20,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,6 +57,11 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Requests being handled at once (until their response body ends).
     pub max_in_flight: usize,
+    /// Requests answered on one connection before it is closed (`None`: no
+    /// limit). Keep-alive clients then reconnect, and land on whichever
+    /// replica the Service picks: without it, every gateway stays on the
+    /// replica it first reached (after a rolling restart, the last one up).
+    pub max_requests_per_connection: Option<u64>,
 }
 
 impl ServerLimits {
@@ -66,6 +75,8 @@ impl ServerLimits {
         max_header_bytes: 64 * 1024,
         max_connections: 4_096,
         max_in_flight: 1_024,
+        // One pod's own app on loopback: nothing to spread.
+        max_requests_per_connection: None,
     };
 
     /// Control-plane servers (recorder, operator, admin ports).
@@ -76,6 +87,7 @@ impl ServerLimits {
         max_header_bytes: 64 * 1024,
         max_connections: 1_024,
         max_in_flight: 256,
+        max_requests_per_connection: Some(1_000),
     };
 
     /// The recorder: every gateway in the cluster ships to it and asks it for
@@ -97,6 +109,97 @@ impl ServerLimits {
 
     /// The smallest head limit hyper accepts.
     pub const MIN_HEADER_BYTES: usize = 8_192;
+}
+
+/// The flags every Tollgate server binary takes to change its bounds; unset
+/// ones keep that server's default (docs/operations.md, "Server bounds").
+#[cfg(feature = "flags")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct LimitFlags {
+    /// Connections open at once; more get 503 with `Retry-After` and are
+    /// closed. Default: the server's own (gateway 4096, recorder 16384,
+    /// operator control endpoint --max-long-polls + 1024).
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", value_parser = parse_count)]
+    pub max_connections: Option<usize>,
+    /// Requests handled at once (a stream counts until it ends); more get 503
+    /// with `Retry-After`. Default: the server's own (1024; operator control
+    /// endpoint --max-long-polls + 256).
+    #[arg(long, env = "TOLLGATE_MAX_REQUESTS_IN_FLIGHT", value_parser = parse_count)]
+    pub max_requests_in_flight: Option<usize>,
+    /// Time a client has to send a request's head, which is also how long an
+    /// idle keep-alive connection stays open: `10s`, `2m`. Default: the
+    /// server's own (gateway 120s, outlasting client pools; others 10s).
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", value_parser = parse_timeout)]
+    pub header_read_timeout: Option<Duration>,
+    /// Longest pause inside a request body before the request fails.
+    /// Default: 30s.
+    #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT", value_parser = parse_timeout)]
+    pub body_idle_timeout: Option<Duration>,
+}
+
+#[cfg(feature = "flags")]
+impl LimitFlags {
+    /// `base` with the flags that were given.
+    pub fn apply(&self, base: ServerLimits) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections.unwrap_or(base.max_connections),
+            max_in_flight: self.max_requests_in_flight.unwrap_or(base.max_in_flight),
+            header_read_timeout: self.header_read_timeout.unwrap_or(base.header_read_timeout),
+            body_idle_timeout: self.body_idle_timeout.unwrap_or(base.body_idle_timeout),
+            ..base
+        }
+    }
+}
+
+/// Parses a connection or request count: 1 to [`ServerLimits::MAX_PERMITS`].
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=ServerLimits::MAX_PERMITS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} must be a whole number from 1 to {}",
+            ServerLimits::MAX_PERMITS
+        )),
+    }
+}
+
+/// Parses a server timeout: a whole number of seconds or minutes (`10s`, `2m`),
+/// from 1 s to [`ServerLimits::MAX_TIMEOUT`].
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        _ => return Err(format!("{text:?} needs a unit: s or m")),
+    };
+    if seconds == 0 || seconds > ServerLimits::MAX_TIMEOUT.as_secs() {
+        return Err(format!("{text:?} must be between 1s and 60m"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's
+/// runtime does for every Go server: a shell's default soft limit (often
+/// 1 024) would otherwise cut `max_connections` short, and a server out of
+/// descriptors stops accepting instead of answering 503. Returns the limit in
+/// force (`None`: unlimited or unknown).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            return getrlimit(Resource::Nofile).current;
+        }
+    }
+    limit.current
 }
 
 /// Seconds a refused client is told to wait.
@@ -136,12 +239,52 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
+/// How often a server refused work at its bounds, since it started.
+#[derive(Debug, Default)]
+pub struct OverloadCounters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    response_timeouts: AtomicU64,
+}
+
+impl OverloadCounters {
+    /// Connections answered 503 and closed at `max_connections`.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 503 at `max_in_flight`.
+    pub fn requests_refused(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 503 at `response_timeout`.
+    pub fn response_timeouts(&self) -> u64 {
+        self.response_timeouts.load(Ordering::Relaxed)
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves `router` on connections from `listener` within `limits`, until
 /// `shutdown` completes; then lets open connections finish (30 s at most).
 pub async fn serve<A: Accept>(
+    listener: A,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    serve_counted(listener, router, limits, Arc::default(), shutdown).await;
+}
+
+/// [`serve`], counting refusals in `counters`.
+pub async fn serve_counted<A: Accept>(
     mut listener: A,
     router: Router,
     limits: ServerLimits,
+    counters: Arc<OverloadCounters>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let permits = |n: usize| n.clamp(1, ServerLimits::MAX_PERMITS);
@@ -150,6 +293,7 @@ pub async fn serve<A: Accept>(
         in_flight: Arc::new(Semaphore::new(permits(limits.max_in_flight))),
         body_idle_timeout: timeout(limits.body_idle_timeout),
         response_timeout: limits.response_timeout.map(timeout),
+        counters: counters.clone(),
     });
     let router = router.layer(axum::middleware::from_fn_with_state(bounds, bound_request));
     let connections = Arc::new(Semaphore::new(permits(limits.max_connections)));
@@ -166,16 +310,29 @@ pub async fn serve<A: Accept>(
             () = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            OverloadCounters::count(&counters.connections);
             tokio::spawn(refuse(io));
             continue;
         };
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(info.clone()));
-                    request.map(Body::new)
-                });
+        // The service is cloned per request: the count is shared.
+        let answered = Arc::new(AtomicU64::new(0));
+        let per_connection = limits.max_requests_per_connection;
+        let service = router
+            .clone()
+            .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(info.clone()));
+                request.map(Body::new)
+            })
+            .map_response(move |mut response: Response| {
+                let n = answered.fetch_add(1, Ordering::Relaxed) + 1;
+                if per_connection.is_some_and(|max| n >= max) {
+                    // hyper closes the connection after this response.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            });
         let connection = http.serve_connection(
             TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(service),
@@ -244,6 +401,7 @@ struct Bounds {
     in_flight: Arc<Semaphore>,
     body_idle_timeout: Duration,
     response_timeout: Option<Duration>,
+    counters: Arc<OverloadCounters>,
 }
 
 /// Probes and metrics: answered even at the in-flight cap, so that load never
@@ -259,6 +417,7 @@ async fn bound_request(
         return next.run(request).await;
     }
     let Ok(permit) = bounds.in_flight.clone().try_acquire_owned() else {
+        OverloadCounters::count(&bounds.counters.requests);
         return overloaded("too many requests in flight");
     };
     let idle = bounds.body_idle_timeout;
@@ -267,7 +426,10 @@ async fn bound_request(
         None => next.run(request).await,
         Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
             Ok(response) => response,
-            Err(_) => overloaded("no response in time"),
+            Err(_) => {
+                OverloadCounters::count(&bounds.counters.response_timeouts);
+                overloaded("no response in time")
+            }
         },
     };
     response.map(|body| {
@@ -467,5 +629,47 @@ impl<I: Clone + Send + Sync + 'static> Accept for PlainAccept<I> {
     async fn accept(&mut self) -> (Self::Io, Self::Info) {
         let (stream, _) = Accept::accept(&mut self.tcp).await;
         (stream, self.info.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_timeouts_parse_within_their_bounds() {
+        assert_eq!(parse_count("1"), Ok(1));
+        assert_eq!(parse_count(" 4096 "), Ok(4096));
+        for bad in ["0", "-1", "1.5", "", "x", "1048577"] {
+            assert!(parse_count(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("60m"), Ok(ServerLimits::MAX_TIMEOUT));
+        for bad in ["0s", "10", "1h", "61m", "s", "-1s", "99999999999999999999m"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[cfg(feature = "flags")]
+    #[test]
+    fn flags_override_only_what_they_name() {
+        assert_eq!(
+            LimitFlags::default().apply(ServerLimits::RECORDER),
+            ServerLimits::RECORDER
+        );
+        let flags = LimitFlags {
+            max_connections: Some(7),
+            header_read_timeout: Some(Duration::from_secs(3)),
+            ..LimitFlags::default()
+        };
+        assert_eq!(
+            flags.apply(ServerLimits::RECORDER),
+            ServerLimits {
+                max_connections: 7,
+                header_read_timeout: Duration::from_secs(3),
+                ..ServerLimits::RECORDER
+            }
+        );
     }
 }

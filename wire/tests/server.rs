@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tollgate_wire::server::{ServerLimits, serve};
+use tollgate_wire::server::{OverloadCounters, ServerLimits, serve, serve_counted};
 
 const LIMITS: ServerLimits = ServerLimits {
     header_read_timeout: Duration::from_millis(400),
@@ -23,11 +23,13 @@ const LIMITS: ServerLimits = ServerLimits {
     max_header_bytes: 8_192,
     max_connections: 8,
     max_in_flight: 2,
+    max_requests_per_connection: Some(3),
 };
 
 struct Fixture {
     address: SocketAddr,
     release: Arc<Notify>,
+    counters: Arc<OverloadCounters>,
 }
 
 async fn start(limits: ServerLimits) -> Fixture {
@@ -79,8 +81,19 @@ async fn start(limits: ServerLimits) -> Fixture {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, router, limits, std::future::pending()));
-    Fixture { address, release }
+    let counters = Arc::new(OverloadCounters::default());
+    tokio::spawn(serve_counted(
+        listener,
+        router,
+        limits,
+        counters.clone(),
+        std::future::pending(),
+    ));
+    Fixture {
+        address,
+        release,
+        counters,
+    }
 }
 
 /// Ten chunks, 150 ms apart.
@@ -177,6 +190,8 @@ async fn connections_over_the_limit_get_503_with_retry_after() {
     let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert_eq!(f.counters.connections_refused(), 1);
+    assert_eq!(f.counters.requests_refused(), 0);
     // Idle connections are cut by the head timeout, and service resumes.
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -200,6 +215,8 @@ async fn requests_over_the_in_flight_limit_get_503_and_slots_come_back() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
     assert!(answer.contains("too many requests in flight"), "{answer}");
+    assert_eq!(f.counters.requests_refused(), 1);
+    assert_eq!(f.counters.connections_refused(), 0);
     f.release.notify_waiters();
     for holder in holders {
         assert!(holder.await.unwrap().ends_with("released"));
@@ -239,6 +256,46 @@ async fn a_handler_past_the_response_timeout_gets_503() {
     let answer = exchange(f.address, &get_request("/slow"), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("no response in time"), "{answer}");
+    assert_eq!(f.counters.response_timeouts(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_closes_after_its_request_limit() {
+    let f = start(LIMITS).await;
+    // Three keep-alive requests, pipelined: the third answer says
+    // `connection: close` and the server closes (well before the 400 ms
+    // keep-alive timeout would).
+    let request = get_request("/");
+    let request = String::from_utf8(request)
+        .unwrap()
+        .replace("Connection: close\r\n", "");
+    let started = Instant::now();
+    let answer = exchange(
+        f.address,
+        request.repeat(3).as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "closed by the limit"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+    assert_eq!(answer.matches("connection: close").count(), 1, "{answer}");
+    assert!(answer.trim_end().ends_with("ok"), "{answer}");
+    // Without a limit, the same connection answers all four.
+    let f = start(ServerLimits {
+        max_requests_per_connection: None,
+        ..LIMITS
+    })
+    .await;
+    let answer = exchange(
+        f.address,
+        request.repeat(4).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 4, "{answer}");
 }
 
 #[tokio::test]

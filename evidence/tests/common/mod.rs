@@ -148,6 +148,9 @@ pub fn receipt_body(spec: &Spec, g: usize, round: usize) -> ReceiptBody {
         caller_hash: round
             .is_multiple_of(2)
             .then(|| sha256(format!("caller-{g}").as_bytes())),
+        correlation_id: round
+            .is_multiple_of(3)
+            .then(|| Identifier::new(format!("corr-{g}-{round}")).unwrap()),
         decision_id: None,
         api: if g.is_multiple_of(2) {
             Api::Openai

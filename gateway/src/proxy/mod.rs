@@ -36,7 +36,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_evidence::{Decision, GuardOutcome, Lane};
+use tollgate_evidence::{Decision, GuardOutcome, Identifier, Lane};
 use tollgate_wire::config::{CompiledPolicy, FailMode, GatewayConfig, PolicyMode, ProviderApi};
 
 use crate::admin::Metrics;
@@ -182,6 +182,8 @@ struct Ticket {
     guards: Vec<&'static str>,
     checks: Vec<CheckDraft>,
     caller_hash: Option<[u8; 32]>,
+    /// The client's `x-request-id` (see [`correlation_id`]).
+    correlation_id: Option<Identifier>,
     /// The attempt whose forward decision is (being) written and whose
     /// receipt is not yet handed over: if the request is dropped (its
     /// client went away) the ticket's `Drop` receipts it.
@@ -208,6 +210,7 @@ impl Ticket {
             guards: Vec::new(),
             checks: Vec::new(),
             caller_hash: None,
+            correlation_id: None,
             pending: std::sync::Mutex::new(None),
         }
     }
@@ -257,6 +260,7 @@ impl Ticket {
             guards: self.guards.clone(),
             checks: self.checks.clone(),
             caller_hash: self.caller_hash,
+            correlation_id: self.correlation_id.clone(),
             decision_id: None,
             status,
             request_sha256: self.request_sha256,
@@ -287,6 +291,20 @@ impl Ticket {
             Decision::Deny
         };
         let mut draft = self.draft(decision, refusal.row().reason, status);
+        if status >= 500 {
+            // Failures on the gateway's or the provider's side are logged with
+            // the ids that find their receipt; a client's own mistakes (4xx) are
+            // in receipts and metrics only. Ids and codes only, never content.
+            tracing::warn!(
+                receipt_id = %self.receipt_id,
+                request_id = %self.request_id,
+                correlation_id = self.correlation_id.as_ref().map(Identifier::as_str),
+                provider = provider.as_deref(),
+                reason = refusal.row().reason,
+                status,
+                "request failed"
+            );
+        }
         draft.provider = provider;
         draft.lane = lane;
         if let Some(contact) = contact {
@@ -421,6 +439,10 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     }
     let (parts, body) = request.into_parts();
     let mut ticket = Ticket::new(gateway, runtime, endpoint, started);
+    match correlation_id(&parts.headers) {
+        Ok(id) => ticket.correlation_id = id,
+        Err(refusal) => return ticket.refuse(refusal.into()),
+    }
     if endpoint == Endpoint::Models {
         return ticket.answer_models(&parts.headers);
     }
@@ -428,6 +450,28 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         Ok(response) => response,
         Err(refused) => ticket.refuse(refused),
     }
+}
+
+/// The header a client names its request with, for its own logs.
+pub const CORRELATION_HEADER: &str = "x-request-id";
+
+/// The client's correlation id: its `x-request-id` header, which the receipt
+/// keeps so receipts can be joined with the app's logs. Absent is fine; one
+/// that is not an identifier (1 to 128 of `A-Za-z0-9._:/@+=-`), or sent
+/// twice, is refused rather than dropped, so a receipt never silently loses
+/// the id the app will look it up by.
+fn correlation_id(headers: &HeaderMap) -> Result<Option<Identifier>, Refusal> {
+    let mut values = headers.get_all(CORRELATION_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Refusal::InvalidRequestId);
+    }
+    let text = value.to_str().map_err(|_| Refusal::InvalidRequestId)?;
+    Identifier::new(text)
+        .map(Some)
+        .map_err(|_| Refusal::InvalidRequestId)
 }
 
 /// Phases 2 to 7 for a model call under the pod's policy.

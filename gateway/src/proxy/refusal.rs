@@ -30,6 +30,8 @@ pub enum Refusal {
         limit: usize,
     },
     BodyUnreadable,
+    /// The `x-request-id` header is not an identifier (or is repeated).
+    InvalidRequestId,
     MalformedJson,
     SecretInRequest {
         guard: &'static str,
@@ -95,6 +97,7 @@ impl Refusal {
             Self::NoPolicy => (K::PermissionDenied, "no_policy"),
             Self::RequestTooLarge { .. } => (K::RequestTooLarge, "request_too_large"),
             Self::BodyUnreadable => (K::InvalidRequest, "request_body_unreadable"),
+            Self::InvalidRequestId => (K::InvalidRequest, "invalid_request_id"),
             Self::MalformedJson => (K::InvalidRequest, "malformed_json"),
             Self::SecretInRequest { .. } => (K::PermissionDenied, "secret_in_request"),
             Self::ModelMissing => (K::InvalidRequest, "model_missing"),
@@ -139,6 +142,7 @@ impl Refusal {
                 format!("the request body exceeds the policy limit of {limit} bytes")
             }
             Self::BodyUnreadable => "the request body could not be read".into(),
+            Self::InvalidRequestId => "the x-request-id header must appear once, with 1 to 128 characters from A-Z a-z 0-9 . _ : / @ + = - (no spaces)".into(),
             Self::MalformedJson => "the request body must be a JSON object".into(),
             Self::SecretInRequest { guard } => format!(
                 "the request carries a secret ({guard}); Tollgate refuses to send it to a provider"
@@ -277,6 +281,7 @@ mod tests {
             Refusal::NoPolicy,
             Refusal::RequestTooLarge { limit: 10 },
             Refusal::BodyUnreadable,
+            Refusal::InvalidRequestId,
             Refusal::MalformedJson,
             Refusal::SecretInRequest {
                 guard: "secret.openai_key",

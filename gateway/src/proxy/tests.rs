@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use serde_json::{Value, json};
@@ -747,6 +747,54 @@ async fn the_end_user_is_hashed_under_the_caller_key_and_the_header_stays_here()
         StatusCode::OK
     );
     assert_eq!(running.receipt().await.caller_hash, None);
+}
+
+#[tokio::test]
+async fn the_apps_request_id_is_kept_as_the_correlation_id_or_refused() {
+    let mut running = Pod::new().start();
+    let with_id = |ids: &[&str]| {
+        let mut request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(chat(json!({})).to_string()))
+            .unwrap();
+        for id in ids {
+            request
+                .headers_mut()
+                .append("x-request-id", HeaderValue::from_str(id).unwrap());
+        }
+        request
+    };
+    assert_eq!(
+        running.send(with_id(&["app-42:retry/1"])).await.status,
+        StatusCode::OK
+    );
+    let draft = running.receipt().await;
+    assert_eq!(
+        draft.correlation_id.as_ref().map(|id| id.as_str()),
+        Some("app-42:retry/1")
+    );
+    {
+        let seen = running.seen.lock().unwrap();
+        let (_, headers, _) = &seen.requests[0];
+        assert!(
+            !headers.contains_key("x-request-id"),
+            "forwarded only when the policy's headerAllowlist names it"
+        );
+    }
+    assert_eq!(running.send(with_id(&[])).await.status, StatusCode::OK);
+    assert_eq!(running.receipt().await.correlation_id, None);
+
+    // Text, an over-long id, or two ids: refused (receipted), never dropped.
+    for ids in [
+        &["please summarise this"][..],
+        &[&"x".repeat(129)],
+        &["a", "b"],
+    ] {
+        let answer = running.send(with_id(ids)).await;
+        let refused = assert_refused(&mut running, &answer, 400, "invalid_request_id").await;
+        assert_eq!(refused.correlation_id, None, "{ids:?}");
+    }
+    assert_eq!(running.seen.lock().unwrap().requests.len(), 2);
 }
 
 /// An authority that always gives the same answer.

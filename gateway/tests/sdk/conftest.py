@@ -303,6 +303,9 @@ def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
             m("fail-429", OPENAI_PRICING),
             m("redirect-me", OPENAI_PRICING),
             m("close-delimited", OPENAI_PRICING),
+            m("stall-mid-stream", OPENAI_PRICING),
+            m("reset-mid-stream", OPENAI_PRICING),
+            m("huge-headers", OPENAI_PRICING),
             m("gpt-4o-blocked", OPENAI_PRICING),
         ], "mock-ca", "openai-keys"),
         provider("anthropic-mock", "anthropic", mocks.primary.base_url, [
@@ -333,7 +336,8 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
         trust_anchor("other-ca", pki.other_ca_pem),
         doc("EgressPolicy", "default", {
             "allow": [
-                {"providerRef": "openai-mock", "models": ["gpt-4o-mini", "text-embedding-*", "slow-stream", "fail-429", "redirect-me", "close-delimited"]},
+                {"providerRef": "openai-mock", "models": ["gpt-4o-mini", "text-embedding-*", "slow-stream", "fail-429", "redirect-me", "close-delimited",
+                                                          "stall-mid-stream", "reset-mid-stream", "huge-headers"]},
                 {"providerRef": "anthropic-mock", "models": ["claude-haiku-4-5", "claude-cached", "slow-stream"]},
                 {"providerRef": "openai-pinned", "models": ["*"]},
                 {"providerRef": "openai-badpin", "models": ["*"]},

@@ -22,6 +22,10 @@ Behaviours, keyed by the requested model name:
   the connection;
 - ``claude-cached``: an Anthropic answer whose usage carries prompt-cache reads
   and writes;
+- faults, on OpenAI chat streams: ``stall-mid-stream`` sends two deltas, then
+  nothing for 60 s; ``reset-mid-stream`` sends two deltas, then resets the TCP
+  connection (RST, no TLS close); ``huge-headers`` answers with 10 MB of
+  response headers;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -48,6 +52,10 @@ import sys
 import threading
 import time
 from typing import Any
+
+# Chat models that make the mock misbehave, and how big "huge" headers are.
+FAULTS = ("stall-mid-stream", "reset-mid-stream", "huge-headers")
+HUGE_HEADER_BYTES = 10 * 1024 * 1024
 
 # Fixed usage numbers the tests assert on (via receipts).
 USAGE = {
@@ -317,6 +325,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         created = int(time.time())
         headers = {"x-request-id": f"req_mock_{n}", "openai-processing-ms": "12"}
         fingerprint = f"fp_{st.tag}"
+        if model in FAULTS:
+            self._fault(model, cid, served, created, headers)
+            return
         if not obj.get("stream"):
             text = st.completion_text()
             self._send_json(200, {
@@ -350,6 +361,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._write_event("[DONE]")
         self._end_sse()
         st.log({"event": "stream_complete", "corr": corr, "path": "/v1/chat/completions", "model": model, "deltas": len(pieces)})
+
+    def _fault(self, model: str, cid: str, served: str, created: int, headers: dict[str, str]) -> None:
+        """A provider misbehaving mid-answer (see the module docstring)."""
+        if model == "huge-headers":
+            self.send_response(200)
+            pad = "x" * 8000
+            for i in range(HUGE_HEADER_BYTES // 8000):
+                self.send_header(f"x-pad-{i}", pad)
+            self.send_header("content-length", "2")
+            try:
+                self.end_headers()
+                self.wfile.write(b"{}")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError) as e:
+                raise PeerGone(str(e)) from e
+            return
+        self._start_sse(headers)
+        for piece in ("partial ", "answer "):
+            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served,
+                     "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]}
+            self._write_event(json.dumps(chunk))
+        if model == "stall-mid-stream":
+            time.sleep(60)
+            raise PeerGone("stalled on purpose")
+        # reset-mid-stream: SO_LINGER 0 makes close() send RST at once. The
+        # pause first lets the gateway read the deltas (an RST discards what
+        # the peer's kernel has not handed over yet).
+        time.sleep(0.5)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+        raise PeerGone("reset on purpose")
 
     def _embeddings(self, model: str, obj: dict) -> None:
         inputs = obj.get("input")

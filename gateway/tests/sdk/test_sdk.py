@@ -18,9 +18,11 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -130,12 +132,53 @@ def upstream_key(record: dict) -> str | None:
 def test_gateway_starts_ready_and_live(gw: Gateway) -> None:
     status, body, _ = gw.admin_get("/live")
     assert status == 200, body
+    status, body, _ = gw.admin_get("/startup")
+    assert status == 200 and body == f"started: policy {gw.policy_hash}\n", body
     status, body, _ = gw.admin_get("/ready")
     assert status == 200, body
     assert gw.policy_hash in body, f"/ready should name the policy in force: {body!r}"
     assert len(gw.policy_hash) == 64 and int(gw.policy_hash, 16) >= 0
     lines = gw.spool_lines()
     assert lines and "certificate" in lines[0], f"the spool must open with the key certificate: {lines[:1]}"
+    status, body, _ = gw.admin_get("/metrics")
+    assert status == 200 and 'tollgate_gateway_overload_refusals{bound="connections"} 0' in body, body
+
+
+def test_a_thousand_idle_and_two_hundred_slow_clients_hold_up_nobody(gw: Gateway) -> None:
+    """Fault: 1,000 idle connections and 200 that send a request head a few
+    bytes at a time (slowloris) stay open on the data port while the app's
+    ordinary calls are answered; the gateway refuses nothing (4,096
+    connections allowed; heads get 120 s)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    # The gateway raises its own soft limit to the hard one at start.
+    limits = Path(f"/proc/{gw.proc.pid}/limits").read_text()
+    (gw_soft,) = [line.split()[3] for line in limits.splitlines() if line.startswith("Max open files")]
+    assert gw_soft == "unlimited" or int(gw_soft) >= 1300, f"the gateway may open only {gw_soft} files"
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            held.append(socket.create_connection(("127.0.0.1", gw.api_port), timeout=5))
+        slow = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", gw.api_port), timeout=5)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+            slow.append(s)
+        held.extend(slow)
+        for round_ in range(5):
+            for s in slow:
+                s.sendall(b"a")  # a byte per client per round: never a whole head
+            r = gw.openai().chat.completions.create(model=OPENAI_MODEL, messages=msgs())
+            assert r.choices[0].message.content == COMPLETION_TEXT, round_
+        _, body, _ = gw.admin_get("/metrics")
+        for bound in ("connections", "requests_in_flight"):
+            assert f'tollgate_gateway_overload_refusals{{bound="{bound}"}} 0' in body, body
+    finally:
+        for s in held:
+            s.close()
 
 
 # =========================================================================== 1. OpenAI
@@ -243,6 +286,39 @@ def test_openai_stream_close_delimited_upstream(gw: Gateway, mocks: Mocks) -> No
     r = gw.receipt(raw.headers.get(RID))
     assert r["verdict"]["reason"] == "allowed" and r["usage"] == CHAT_USAGE
     mocks.primary.wait_for(corr, "stream_complete")
+
+
+@pytest.mark.parametrize(
+    "model, reason",
+    [("stall-mid-stream", "upstream_idle_timeout"), ("reset-mid-stream", "upstream_stream_broken")],
+)
+def test_a_stream_the_provider_breaks_fails_for_the_app_and_is_receipted(gw: Gateway, model: str, reason: str) -> None:
+    """Fault: the provider stalls (past the provider's idleMillis, 10 s here) or
+    resets the connection after two deltas. The app gets those two deltas and
+    then a broken stream, never a clean end; the receipt says what happened."""
+    raw = gw.openai().chat.completions.with_raw_response.create(model=model, messages=msgs(), stream=True)
+    got = []
+    with pytest.raises((httpx.HTTPError, openai.APIError)):
+        for chunk in raw.parse():
+            got.extend(c.delta.content for c in chunk.choices)
+    assert got == ["partial ", "answer "]
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["decision"] == "error" and r["verdict"]["reason"] == reason, r["verdict"]
+    assert r["response_status"] == 200, "the head had gone out before the fault"
+    assert r["response_length"] > 0 and r["usage"] is None
+    if model == "stall-mid-stream":
+        assert r["latency"]["total_ms"] >= 10_000, r["latency"]
+
+
+def test_ten_megabytes_of_response_headers_fail_closed_with_a_receipt(gw: Gateway) -> None:
+    """Fault: the provider answers with 10 MB of headers. The gateway reads a
+    bounded head, refuses the answer (502) and receipts it."""
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.openai().chat.completions.create(model="huge-headers", messages=msgs())
+    assert exc.value.status_code == 502, exc.value
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert r["verdict"]["decision"] == "error" and r["verdict"]["reason"].startswith("upstream_"), r["verdict"]
+    assert r["upstream"] is not None and r["upstream"]["host"] == "localhost"
 
 
 def test_openai_model_alias_is_rewritten(gw: Gateway, mocks: Mocks) -> None:
@@ -506,6 +582,28 @@ def test_413_request_over_max_bytes_anthropic(gw: Gateway) -> None:
     assert exc.value.status_code == 413
     assert_anthropic_error(exc.value.response, 413, "request_too_large")
     assert_refused(gw.receipt(exc.value.response.headers.get(RID)), 413, "deny")
+
+
+def test_the_apps_x_request_id_is_the_receipts_correlation_id(gw: Gateway, mocks: Mocks) -> None:
+    # Not built from new_corr(): the end-user marker must never reach a receipt.
+    app_id = f"app-{time.monotonic_ns()}"
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model=OPENAI_MODEL, messages=msgs(), extra_headers={"X-Request-Id": app_id}
+    )
+    assert gw.receipt(raw.headers.get(RID))["correlation_id"] == app_id
+    msg = gw.anthropic().messages.with_raw_response.create(
+        model=CLAUDE_MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "trace:42/b"}
+    )
+    assert gw.receipt(msg.headers.get(RID))["correlation_id"] == "trace:42/b"
+    # Not an identifier: refused with a clear error (and receipted), never dropped.
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.openai().chat.completions.create(model=OPENAI_MODEL, messages=msgs(), extra_headers={"X-Request-Id": "two words"})
+    assert "x-request-id" in exc.value.message
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert r["verdict"]["reason"] == "invalid_request_id" and "correlation_id" not in r, r
+    # Without the header the field is absent, as in older receipts.
+    plain = gw.openai().chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
+    assert "correlation_id" not in gw.receipt(plain.headers.get(RID))
 
 
 def test_400_malformed_json_openai(gw: Gateway) -> None:
