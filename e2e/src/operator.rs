@@ -52,6 +52,9 @@ pub struct OperatorArgs {
     pub identity: Option<String>,
     /// More flags, e.g. `["--cert-validity", "10s"]`.
     pub extra_args: Vec<String>,
+    /// The control endpoint's port; default a free one. A restarted
+    /// operator takes its predecessor's, so gateways find it again.
+    pub control_port: Option<u16>,
 }
 
 impl OperatorArgs {
@@ -61,6 +64,7 @@ impl OperatorArgs {
             register_webhooks: false,
             identity: None,
             extra_args: Vec::new(),
+            control_port: None,
         }
     }
 }
@@ -133,7 +137,10 @@ impl OperatorProcess {
             .clone()
             .unwrap_or_else(|| unique_name("operator"));
         let webhook_port = free_port()?;
-        let control_port = free_port()?;
+        let control_port = match args.control_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let metrics_port = free_port()?;
         let log_dir = repo_root().join("e2e/.state/operator");
         std::fs::create_dir_all(&log_dir)
@@ -599,8 +606,8 @@ impl Drop for Started {
 
 /// `tollgate-gateway run` against the control endpoint at `control_url`,
 /// reading `dir/ca.crt` and `dir/token` and spooling to `dir/spool`, with 6 s
-/// key certificates (the shortest allowed: a renewal every 4 s) and `extra`
-/// flags.
+/// key certificates (the shortest allowed: a renewal every 4 s) unless
+/// `extra` names another `--key-certificate-lifetime`, and `extra` flags.
 pub fn start_gateway(dir: &std::path::Path, control_url: &str, extra: &[&str]) -> Result<Started> {
     let mut command = Command::new(gateway_binary()?);
     command
@@ -611,10 +618,11 @@ pub fn start_gateway(dir: &std::path::Path, control_url: &str, extra: &[&str]) -
         .arg(dir.join("token"))
         .arg("--spool-dir")
         .arg(dir.join("spool"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--key-certificate-lifetime", "6s"])
-        .args(extra)
-        .env("RUST_LOG", "warn");
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    if !extra.contains(&"--key-certificate-lifetime") {
+        command.args(["--key-certificate-lifetime", "6s"]);
+    }
+    command.args(extra).env("RUST_LOG", "warn");
     let listening =
         process::Listening::start(command, "gateway", "tollgate-gateway: listening api=")
             .context("starting tollgate-gateway")?;

@@ -178,3 +178,111 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     app_ns.delete().await?;
     op_ns.delete().await
 }
+
+/// How long the operator stays away in the outage test: minutes, as the
+/// fault it stands for (an operator rollout stuck, its node lost).
+const OUTAGE: Duration = Duration::from_secs(120);
+
+/// Fault: the operator is unreachable for minutes. A running gateway keeps
+/// the config and the key it has and serves every request meanwhile (its key
+/// certificate outlasts the outage, as the 24 h default does any real one);
+/// once an operator answers on the control endpoint again, the gateway's
+/// long-poll finds it and a policy change reaches it.
+#[tokio::test]
+async fn e2e_gateway_keeps_serving_while_the_operator_is_away() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let op_ns = TestNamespace::create(&client, "gwo-op").await?;
+    let app_ns = TestNamespace::create(&client, "gwo-app").await?;
+    let provider = unique_name("dry");
+    app_ns
+        .accepts(&json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+            "metadata": {"name": provider},
+            "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
+        }))
+        .await?;
+    let policy = |models: &[&str]| {
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": "apps"},
+            "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": models}]},
+        })
+    };
+    app_ns.accepts(&policy(&["dry-m"])).await?;
+    let mut pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app-0", "labels": {"app": "chat"},
+                     "annotations": {"tollgate.dev/injected": "v1"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))?;
+    pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
+        .create(&PostParams::default(), &pod)
+        .await?;
+    label_governed(&client, app_ns.name()).await?;
+    let args = OperatorArgs {
+        identity: Some(unique_name("outage")),
+        ..OperatorArgs::new(op_ns.name())
+    };
+    let mut op = OperatorProcess::start(&args).await?;
+
+    let dir = std::env::temp_dir().join(unique_name("tg-gwo"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("ca.crt"), op.ca_bundle(&client).await?)?;
+    std::fs::write(
+        dir.join("token"),
+        pod_token(&client, &pod, "tollgate.dev/gateway").await?,
+    )?;
+    let gateway = start_gateway(
+        &dir,
+        &op.control_url(),
+        &["--key-certificate-lifetime", "30m"],
+    )?;
+    ensure!(chat(&gateway.address, "dry-m").await? == 200, "served");
+
+    // The operator goes away: every request meanwhile is still served.
+    let control_port: u16 = op
+        .control_url()
+        .rsplit(':')
+        .next()
+        .context("control port")?
+        .parse()?;
+    op.kill()?;
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    while started.elapsed() < OUTAGE {
+        let status = chat(&gateway.address, "dry-m").await?;
+        ensure!(
+            status == 200,
+            "request {served} refused with {status} {:?} into the outage",
+            started.elapsed()
+        );
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(served >= 100, "only {served} requests during the outage");
+
+    // An operator is back on the same endpoint; a policy change made
+    // meanwhile reaches the gateway through its long-poll.
+    app_ns.accepts(&policy(&["other-*"])).await?;
+    let op = OperatorProcess::start(&OperatorArgs {
+        control_port: Some(control_port),
+        ..args
+    })
+    .await?;
+    let api = gateway.address.clone();
+    eventually(Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let status = chat(&api, "dry-m").await?;
+            ensure!(status == 403, "still {status}");
+            Ok(())
+        }
+    })
+    .await?;
+
+    ensure!(gateway.terminate()?.success(), "gateway exit status");
+    drop(op);
+    app_ns.delete().await?;
+    op_ns.delete().await
+}

@@ -44,6 +44,7 @@ pub struct Metrics {
     spool_used_bytes: Gauge,
     receipts_written: Gauge,
     receipts_set_aside: Gauge,
+    receipts_dropped: Gauge,
     overload_refusals: Family<BoundLabel, Gauge>,
     /// The data port's refusals at its bounds (`tollgate_wire::server`).
     pub overload: Arc<tollgate_wire::server::OverloadCounters>,
@@ -76,6 +77,12 @@ impl Default for Metrics {
             "Receipts no open key certificate covered, set aside unsigned in the spool's unplaced/ (should stay 0)",
             receipts_set_aside.clone(),
         );
+        let receipts_dropped = Gauge::default();
+        registry.register(
+            "receipts_dropped",
+            "Receipts dropped because the spool's filesystem refused writes while 16 MiB of them waited in memory (failMode: open only; should stay 0)",
+            receipts_dropped.clone(),
+        );
         let overload_refusals = Family::<BoundLabel, Gauge>::default();
         registry.register(
             "overload_refusals",
@@ -88,6 +95,7 @@ impl Default for Metrics {
             spool_used_bytes,
             receipts_written,
             receipts_set_aside,
+            receipts_dropped,
             overload_refusals,
             overload: Arc::default(),
         }
@@ -117,6 +125,8 @@ impl Metrics {
             .set(i64::try_from(gateway.receipts().written()).unwrap_or(i64::MAX));
         self.receipts_set_aside
             .set(i64::try_from(gateway.receipts().status.set_aside()).unwrap_or(i64::MAX));
+        self.receipts_dropped
+            .set(i64::try_from(gateway.receipts().status.dropped()).unwrap_or(i64::MAX));
         for (bound, count) in [
             ("connections", self.overload.connections_refused()),
             ("requests_in_flight", self.overload.requests_refused()),
@@ -262,6 +272,10 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
         Some("no EgressPolicy governs this pod")
     } else if status.writer_failed() {
         Some("the receipt writer failed")
+    } else if status.unwritable() {
+        Some(
+            "the receipt spool's filesystem refuses writes (full?); receipts are kept in memory and written once it takes them",
+        )
     } else if status.certificate_expired() {
         Some("the receipt key certificate expired and could not be renewed")
     } else if !status.accepting() {

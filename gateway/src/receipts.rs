@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -311,6 +311,9 @@ pub struct SpoolStatus {
     /// Bytes kept free for receipts of requests already admitted.
     headroom_bytes: u64,
     failed: AtomicBool,
+    /// The spool's filesystem refused a write (full): what could not be
+    /// written is kept in memory and retried; requests are refused meanwhile.
+    unwritable: AtomicBool,
     /// Requests are admitted until this time (unix ms): shortly before the
     /// current key certificate's `not_after`, so that a request admitted under
     /// it can still finish and be receipted inside its window. A renewal
@@ -318,6 +321,9 @@ pub struct SpoolStatus {
     certificate_not_after_ms: AtomicU64,
     /// Receipts set aside because no open stream could hold them.
     set_aside: AtomicU64,
+    /// Receipts dropped because the filesystem refused writes for longer
+    /// than [`MAX_UNWRITTEN_BYTES`] of them could wait (`failMode: open`).
+    dropped: AtomicU64,
 }
 
 impl SpoolStatus {
@@ -327,14 +333,17 @@ impl SpoolStatus {
             max_bytes,
             headroom_bytes: (max_bytes / 16).clamp(64 * 1024, 4 * 1024 * 1024),
             failed: AtomicBool::new(false),
+            unwritable: AtomicBool::new(false),
             certificate_not_after_ms: AtomicU64::new(0),
             set_aside: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
     /// Whether new requests may be admitted: the spool has room for their
     /// receipts, the writer has not failed, and the key certificate is valid.
     pub fn accepting(&self) -> bool {
         !self.failed.load(Ordering::Relaxed)
+            && !self.unwritable.load(Ordering::Relaxed)
             && self.used_bytes.load(Ordering::Relaxed) + self.headroom_bytes <= self.max_bytes
             && unix_millis() < self.certificate_not_after_ms.load(Ordering::Relaxed)
     }
@@ -349,6 +358,11 @@ impl SpoolStatus {
     pub fn set_aside(&self) -> u64 {
         self.set_aside.load(Ordering::Relaxed)
     }
+    /// Receipts dropped while the filesystem refused writes (see
+    /// [`MAX_UNWRITTEN_BYTES`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
     }
@@ -357,6 +371,10 @@ impl SpoolStatus {
     }
     pub fn writer_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+    /// Whether the spool's filesystem refuses writes (see [`SpoolStatus`]).
+    pub fn unwritable(&self) -> bool {
+        self.unwritable.load(Ordering::Relaxed)
     }
 }
 
@@ -368,8 +386,13 @@ pub enum SpoolError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("spool is full ({used} of {max} bytes)")]
-    Full { used: u64, max: u64 },
+    /// A write the filesystem refused (it is full): the file was cut back to
+    /// its last whole line and the lines are kept to be written again.
+    #[error("spool {path} cannot be written ({source}); kept in memory and retried")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Chain(#[from] tollgate_evidence::ChainError),
     #[error(transparent)]
@@ -387,10 +410,12 @@ impl SpoolError {
     /// moved past what was written (a write refused after the record was
     /// chained). Errors raised before chaining leave it intact.
     fn breaks_the_stream(&self) -> bool {
-        matches!(
-            self,
-            Self::Io { .. } | Self::Full { .. } | Self::Encode(_) | Self::Broken
-        )
+        matches!(self, Self::Io { .. } | Self::Encode(_) | Self::Broken)
+    }
+
+    /// Whether writing may succeed later, with nothing lost meanwhile.
+    pub fn recoverable(&self) -> bool {
+        matches!(self, Self::Unwritable { .. })
     }
 }
 
@@ -403,6 +428,7 @@ enum SpoolLine<'a> {
 
 /// A receipt stream's key: its id, the ephemeral signing key, and the
 /// certificate for it.
+#[derive(Clone)]
 pub struct StreamKey {
     pub stream_id: Identifier,
     pub key: SigningKey,
@@ -423,6 +449,13 @@ impl std::fmt::Debug for StreamKey {
 /// and its receipt's, generously.
 const DECISION_ROOM_BYTES: u64 = 8 * 1024;
 
+/// Most bytes of lines a stream keeps in memory while the filesystem refuses
+/// writes. Under `failMode: closed` no new request is admitted meanwhile, so
+/// only receipts of requests already running wait (well under this); under
+/// `failMode: open` requests go on, and receipts past this are dropped
+/// (counted and logged, never chained) rather than growing without bound.
+pub const MAX_UNWRITTEN_BYTES: usize = 16 * 1024 * 1024;
+
 /// Where receipts no open stream can hold are set aside, in the spool.
 pub const UNPLACED_DIR: &str = "unplaced";
 
@@ -430,7 +463,12 @@ pub const UNPLACED_DIR: &str = "unplaced";
 #[derive(Debug)]
 struct StreamFile {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// Opened for appending: every write lands at the end.
+    file: File,
+    /// Whole lines appended since they were last handed to the kernel.
+    unwritten: Vec<u8>,
+    /// The file's length up to its last whole line.
+    written_len: u64,
     /// The same file, for the syncer thread to fsync without holding the writer.
     sync_handle: Arc<File>,
     chain: StreamChainWriter,
@@ -455,8 +493,12 @@ pub struct SpoolWriter {
     /// to: the receipt goes to the same stream (or is set aside), so a
     /// decision and its receipt never straddle two streams.
     decided: HashMap<String, Identifier>,
-    /// A write failed part-way: nothing more is appended (a half-written
-    /// line would corrupt every line after it).
+    /// Streams closed (their close record appended) whose lines are not all
+    /// written yet; they are written and fsynced with the next flush.
+    closing: Vec<StreamFile>,
+    /// Something the chain cannot recover from happened (a spool file could
+    /// not be cut back to its last whole line, a record could not be
+    /// encoded after it was chained): nothing more is appended.
     broken: bool,
 }
 
@@ -486,7 +528,7 @@ impl SpoolWriter {
             .map(|m| m.len())
             .sum();
         status.used_bytes.store(existing, Ordering::Relaxed);
-        let current = open_stream(dir, first, &status)?;
+        let current = open_stream(dir, &first, &status)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             current,
@@ -494,6 +536,7 @@ impl SpoolWriter {
             workload,
             status,
             decided: HashMap::new(),
+            closing: Vec::new(),
             broken: false,
         })
     }
@@ -552,6 +595,14 @@ impl SpoolWriter {
                 return Ok(None);
             }
         };
+        if stream.unwritten.len() > MAX_UNWRITTEN_BYTES {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                receipt_id = %body.id.as_str(),
+                "the spool's filesystem has refused writes for too long; receipt dropped (failMode: open)"
+            );
+            return Ok(None);
+        }
         let envelope = stream.chain.sign_and_append(body, &stream.key)?;
         write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
         Ok(Some(envelope))
@@ -597,9 +648,22 @@ impl SpoolWriter {
         if used + DECISION_ROOM_BYTES > self.status.max_bytes {
             return Ok(false);
         }
+        // A decision the filesystem will not take is taken back whole (line
+        // and chain): its request is refused, and no decision is left that
+        // the log would show as forwarded.
+        let chain_before = stream.chain.clone();
+        let unwritten_before = stream.unwritten.len();
         let envelope = stream.chain.sign_and_append_decision(body, &stream.key)?;
         write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
-        stream.file.flush().map_err(io_error(&stream.path))?;
+        if let Err(e) = stream.hand_over() {
+            if e.recoverable() {
+                let line = (stream.unwritten.len() - unwritten_before) as u64;
+                stream.unwritten.truncate(unwritten_before);
+                stream.chain = chain_before;
+                self.status.used_bytes.fetch_sub(line, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
         self.decided.insert(id, stream.chain.stream_id().clone());
         Ok(true)
     }
@@ -619,77 +683,127 @@ impl SpoolWriter {
     }
 
     /// Hands what was appended to the kernel (no fsync), and returns the
-    /// files to fsync for it.
+    /// files to fsync for it. When the filesystem refuses (full), every file
+    /// is left ending in a whole line, nothing appended is lost, and the next
+    /// flush tries again.
     pub fn flush(&mut self) -> Result<Vec<(PathBuf, Arc<File>)>, SpoolError> {
-        let mut handles = Vec::with_capacity(2);
-        for stream in self.previous.iter_mut().chain([&mut self.current]) {
-            stream.file.flush().map_err(io_error(&stream.path))?;
-            handles.push((stream.path.clone(), stream.sync_handle.clone()));
+        let mut handles = Vec::with_capacity(2 + self.closing.len());
+        let mut first_error = None;
+        let streams = self
+            .closing
+            .iter_mut()
+            .chain(self.previous.iter_mut())
+            .chain([&mut self.current]);
+        for stream in streams {
+            match stream.hand_over() {
+                Ok(()) => handles.push((stream.path.clone(), stream.sync_handle.clone())),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(handles)
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                // Closed streams are written whole: fsynced with the rest,
+                // then forgotten.
+                self.closing.clear();
+                Ok(handles)
+            }
+        }
     }
 
     /// Flushes and fsyncs what was appended.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        if let Some(previous) = &mut self.previous {
-            sync(previous)?;
-        }
-        sync(&mut self.current)
+        sync_files(self.flush()?)
     }
 
     /// Renewal: `next` becomes the current stream; the current one stays open
     /// as the previous until [`Self::close_previous`]. A previous stream still
     /// open is closed first.
-    pub fn renew(&mut self, next: StreamKey, now: Timestamp) -> Result<(), SpoolError> {
+    pub fn renew(&mut self, next: &StreamKey, now: Timestamp) -> Result<(), SpoolError> {
         let opened = open_stream(&self.dir, next, &self.status)?;
-        let closed = self.install(opened, now)?;
-        sync_files(closed)
+        self.install(opened, now)?;
+        self.sync()
     }
 
     /// [`Self::renew`] with the stream already opened (and its certificate
-    /// line synced) outside any lock: closes the previous stream without
-    /// syncing it, and returns the file to fsync, so whoever holds the
-    /// shared writer only appends.
-    fn install(&mut self, opened: StreamFile, now: Timestamp) -> Result<SyncList, SpoolError> {
-        let closed = self.close_previous_unsynced(now)?;
+    /// line synced) outside any lock: the previous stream is closed and
+    /// written with the next flush, so whoever holds the shared writer only
+    /// appends.
+    fn install(&mut self, opened: StreamFile, now: Timestamp) -> Result<(), SpoolError> {
+        self.close_previous_unsynced(now)?;
         self.previous = Some(std::mem::replace(&mut self.current, opened));
-        Ok(closed)
+        Ok(())
     }
 
     /// Ends the previous stream, if one is open, with its signed close record
     /// (`key_expiry`).
     pub fn close_previous(&mut self, now: Timestamp) -> Result<(), SpoolError> {
-        sync_files(self.close_previous_unsynced(now)?)
+        self.close_previous_unsynced(now)?;
+        self.sync()
     }
 
-    fn close_previous_unsynced(&mut self, now: Timestamp) -> Result<SyncList, SpoolError> {
+    fn close_previous_unsynced(&mut self, now: Timestamp) -> Result<(), SpoolError> {
         let Some(mut previous) = self.previous.take() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         append_close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
-        previous.file.flush().map_err(io_error(&previous.path))?;
-        Ok(vec![(previous.path.clone(), previous.sync_handle.clone())])
+        self.closing.push(previous);
+        Ok(())
     }
 
     /// Ends every open stream with a signed close record and syncs.
     pub fn close(&mut self, reason: CloseReason, now: Timestamp) -> Result<(), SpoolError> {
         if let Some(mut previous) = self.previous.take() {
-            close(&mut previous, &self.status, reason, now)?;
+            append_close(&mut previous, &self.status, reason, now)?;
+            self.closing.push(previous);
         }
-        close(&mut self.current, &self.status, reason, now)
+        append_close(&mut self.current, &self.status, reason, now)?;
+        self.sync()
     }
 }
 
 impl StreamFile {
+    /// Hands the lines appended since the last call to the kernel. A write
+    /// the filesystem refuses (full) is cut back to the last whole line, and
+    /// the lines stay here to be handed over again: the file never holds a
+    /// partial line, and nothing chained is lost. `Io` only when the file
+    /// cannot even be cut back.
+    fn hand_over(&mut self) -> Result<(), SpoolError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.unwritten) {
+            Ok(()) => {
+                self.written_len += self.unwritten.len() as u64;
+                self.unwritten.clear();
+                Ok(())
+            }
+            Err(source) => {
+                self.file
+                    .set_len(self.written_len)
+                    .map_err(io_error(&self.path))?;
+                Err(SpoolError::Unwritable {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
     /// Whether this stream's certificate covers `(started, completed)`.
     fn covers(&self, (started, completed): (u64, u64)) -> bool {
         self.not_before_ms <= started && completed <= self.not_after_ms
     }
 }
 
+/// Creates `next`'s stream file and writes its certificate line, synced. A
+/// filesystem that refuses (full) leaves no file behind: the renewal can be
+/// tried again with the same key.
 fn open_stream(
     dir: &Path,
-    next: StreamKey,
+    next: &StreamKey,
     status: &SpoolStatus,
 ) -> Result<StreamFile, SpoolError> {
     let path = dir.join(format!("{}.jsonl", next.stream_id));
@@ -697,14 +811,32 @@ fn open_stream(
         .create_new(true)
         .append(true)
         .open(&path)
-        .map_err(io_error(&path))?;
+        .map_err(|source| SpoolError::Unwritable {
+            path: path.clone(),
+            source,
+        })?;
+    let opened = start_stream(file, path.clone(), next, status);
+    if opened.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    opened
+}
+
+fn start_stream(
+    file: File,
+    path: PathBuf,
+    next: &StreamKey,
+    status: &SpoolStatus,
+) -> Result<StreamFile, SpoolError> {
     let certificate = &next.certificate.certificate;
     let sync_handle = Arc::new(file.try_clone().map_err(io_error(&path))?);
     let mut stream = StreamFile {
-        file: BufWriter::new(file),
+        file,
+        unwritten: Vec::new(),
+        written_len: 0,
         sync_handle,
-        chain: StreamChainWriter::new(next.stream_id),
-        key: next.key,
+        chain: StreamChainWriter::new(next.stream_id.clone()),
+        key: next.key.clone(),
         not_before_ms: certificate.not_before.unix_millis(),
         not_after_ms: certificate.not_after.unix_millis(),
         path,
@@ -714,7 +846,8 @@ fn open_stream(
         status,
         &SpoolLine::Certificate(&next.certificate),
     )?;
-    sync(&mut stream)?;
+    stream.hand_over()?;
+    stream.file.sync_data().map_err(io_error(&stream.path))?;
     status.certificate_not_after_ms.store(
         admit_until(stream.not_before_ms, stream.not_after_ms),
         Ordering::Relaxed,
@@ -727,31 +860,17 @@ fn write_line(
     status: &SpoolStatus,
     line: &SpoolLine<'_>,
 ) -> Result<(), SpoolError> {
-    let mut bytes = serde_json::to_vec(line)?;
-    bytes.push(b'\n');
-    let used = status.used_bytes.load(Ordering::Relaxed);
-    let len = bytes.len() as u64;
-    if used + len > status.max_bytes {
-        return Err(SpoolError::Full {
-            used,
-            max: status.max_bytes,
-        });
-    }
-    stream
-        .file
-        .write_all(&bytes)
-        .map_err(io_error(&stream.path))?;
+    // Appended in memory only; [`StreamFile::hand_over`] writes it. No size
+    // check here: the spool limit stops admission (with headroom for the
+    // receipts of requests already admitted), never a record of one.
+    let start = stream.unwritten.len();
+    serde_json::to_writer(&mut stream.unwritten, line).inspect_err(|_| {
+        stream.unwritten.truncate(start);
+    })?;
+    stream.unwritten.push(b'\n');
+    let len = (stream.unwritten.len() - start) as u64;
     status.used_bytes.fetch_add(len, Ordering::Relaxed);
     Ok(())
-}
-
-fn sync(stream: &mut StreamFile) -> Result<(), SpoolError> {
-    stream.file.flush().map_err(io_error(&stream.path))?;
-    stream
-        .file
-        .get_ref()
-        .sync_data()
-        .map_err(io_error(&stream.path))
 }
 
 /// Until when requests are admitted under a certificate valid over
@@ -770,16 +889,6 @@ fn sync_files(files: SyncList) -> Result<(), SpoolError> {
         file.sync_data().map_err(io_error(&path))?;
     }
     Ok(())
-}
-
-fn close(
-    stream: &mut StreamFile,
-    status: &SpoolStatus,
-    reason: CloseReason,
-    now: Timestamp,
-) -> Result<(), SpoolError> {
-    append_close(stream, status, reason, now)?;
-    sync(stream)
 }
 
 /// Appends the signed close record (not flushed).
@@ -862,6 +971,13 @@ impl ReceiptSink {
                 };
                 match writer.append_decision(draft) {
                     Ok(written) => written,
+                    Err(e) if e.recoverable() => {
+                        // The writer task retries and lifts this.
+                        if !self.status.unwritable.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
+                        }
+                        false
+                    }
                     Err(e) => {
                         self.status.failed.store(true, Ordering::Relaxed);
                         tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
@@ -968,10 +1084,14 @@ pub fn spawn_spool_writer(
             tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
             e
         };
+        // A renewal whose stream file the filesystem refused: tried again
+        // with the same key once writes go through.
+        let mut renewal: Option<StreamKey> = None;
         // The shared writer is held to append only: creating a stream file
         // and fsyncing run outside it, so a forward decision never waits for
         // a disk flush.
         let run = |writer: &std::sync::Mutex<SpoolWriter>,
+                   renewal: &mut Option<StreamKey>,
                    command: SpoolCommand|
          -> Result<u64, SpoolError> {
             match command {
@@ -979,27 +1099,76 @@ pub fn spawn_spool_writer(
                     lock(writer).append(draft).map(|e| u64::from(e.is_some()))
                 }
                 SpoolCommand::Renew(next) => {
-                    let stream = next.stream_id.clone();
-                    let opened = open_stream(&dir, *next, &status)?;
-                    let closed = lock(writer).install(opened, now_timestamp())?;
-                    sync_files(closed)?;
-                    tracing::info!(stream_id = %stream, "key certificate renewed; receipts go to a new stream");
+                    *renewal = Some(*next);
                     Ok(0)
                 }
                 SpoolCommand::ClosePrevious => {
-                    let closed = lock(writer).close_previous_unsynced(now_timestamp())?;
-                    sync_files(closed).map(|()| 0)
+                    lock(writer).close_previous_unsynced(now_timestamp())?;
+                    Ok(0)
                 }
             }
         };
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = run(&writer, first).map_err(fail)?;
-            while let Ok(next) = rx.try_recv() {
-                batch += run(&writer, next).map_err(fail)?;
+        // Receipts appended but not yet handed to the kernel.
+        let mut unflushed = 0;
+        loop {
+            // While the filesystem refuses writes, retry every second, taking
+            // what comes meanwhile (receipts of requests already admitted).
+            let first = if status.unwritable() {
+                match rx.try_recv() {
+                    Ok(command) => Some(command),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(UNWRITABLE_RETRY);
+                        None
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(command) => Some(command),
+                    None => break,
+                }
+            };
+            if let Some(first) = first {
+                unflushed += run(&writer, &mut renewal, first).map_err(fail)?;
+                while let Ok(next) = rx.try_recv() {
+                    unflushed += run(&writer, &mut renewal, next).map_err(fail)?;
+                }
             }
-            let files = lock(&writer).flush().map_err(fail)?;
-            syncer.sync(files).map_err(fail)?;
-            written.fetch_add(batch, Ordering::Relaxed);
+            if let Some(next) = renewal.as_ref() {
+                match open_stream(&dir, next, &status) {
+                    Ok(opened) => {
+                        lock(&writer)
+                            .install(opened, now_timestamp())
+                            .map_err(fail)?;
+                        tracing::info!(stream_id = %next.stream_id, "key certificate renewed; receipts go to a new stream");
+                        renewal = None;
+                    }
+                    Err(e) if e.recoverable() => {
+                        if !status.unwritable.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
+                        }
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            match lock(&writer).flush() {
+                Ok(files) => {
+                    syncer.sync(files).map_err(fail)?;
+                    written.fetch_add(unflushed, Ordering::Relaxed);
+                    unflushed = 0;
+                    if renewal.is_none() && status.unwritable.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "receipt spool writable again; everything kept meanwhile is written; accepting requests"
+                        );
+                    }
+                }
+                Err(e) if e.recoverable() => {
+                    if !status.unwritable.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
+                    }
+                }
+                Err(e) => return Err(fail(e)),
+            }
         }
         drop(syncer);
         lock(&writer)
@@ -1008,6 +1177,9 @@ pub fn spawn_spool_writer(
     });
     (sink, handle)
 }
+
+/// How often a spool the filesystem refuses is tried again.
+pub const UNWRITABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest a written receipt waits for its fsync (power-loss
 /// durability; a killed gateway loses nothing the kernel has).
@@ -1191,7 +1363,7 @@ mod tests {
 
         writer
             .renew(
-                stream_key(11, T0 + 40_000, T0 + 100_000),
+                &stream_key(11, T0 + 40_000, T0 + 100_000),
                 Timestamp::from_unix_millis(T0 + 40_000).unwrap(),
             )
             .unwrap();
@@ -1320,13 +1492,13 @@ mod tests {
         let first = writer.path().to_path_buf();
         writer
             .renew(
-                stream_key(21, T0 + 20_000, T0 + 50_000),
+                &stream_key(21, T0 + 20_000, T0 + 50_000),
                 Timestamp::from_unix_millis(T0 + 20_000).unwrap(),
             )
             .unwrap();
         writer
             .renew(
-                stream_key(22, T0 + 29_000, T0 + 70_000),
+                &stream_key(22, T0 + 29_000, T0 + 70_000),
                 Timestamp::from_unix_millis(T0 + 29_000).unwrap(),
             )
             .unwrap();

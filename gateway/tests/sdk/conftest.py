@@ -396,9 +396,11 @@ class Gateway:
         return policy_hash
 
     # ---- process
-    def start(self, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True) -> "Gateway":
+    def start(self, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True,
+              wrap: list[str] | None = None) -> "Gateway":
+        """Starts the gateway; `wrap` goes before its command line (a wrapper that ends in `exec "$@"`)."""
         self.initial_policy = self.write_config(docs)
-        cmd = [str(self.bins["gateway"]), "run", "--config", str(self.config_path), "--credentials-dir", str(self.creds_dir),
+        cmd = [*(wrap or []), str(self.bins["gateway"]), "run", "--config", str(self.config_path), "--credentials-dir", str(self.creds_dir),
                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--spool-dir", str(self.spool_dir),
                "--namespace", NAMESPACE, "--service-account", "app", "--pod-name", f"app-{self.name}", "--pod-uid", POD_UID,
                "--pod-label", "app=sdk-tests", "--ca-key-file", str(self.ca_key), *(extra_args or [])]

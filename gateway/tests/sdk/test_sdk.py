@@ -181,6 +181,85 @@ def test_a_thousand_idle_and_two_hundred_slow_clients_hold_up_nobody(gw: Gateway
             s.close()
 
 
+def test_a_full_spool_filesystem_fails_closed_loses_nothing_and_recovers(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    """Fault: the spool's filesystem fills up. The gateway runs with its spool
+    on a 512 KiB tmpfs in a mount namespace of its own (nothing on the host
+    changes), which the test fills from outside through /proc/PID/root.
+    Requests then fail closed (503, saying why) while every line already
+    spooled stays whole; receipts of requests already answered wait in memory.
+    When space returns the gateway takes requests again, and every receipt id
+    any response carried is in the spool, in one unbroken chain."""
+    import errno
+    import os
+
+    fgw = gateways.create("full-spool")
+    fgw.spool_dir.mkdir(parents=True, exist_ok=True)
+    mount = 'mount -t tmpfs -o size=512k tollgate-test-spool "$0" && exec "$@"'
+    docs = [
+        *base_providers(pki, mocks),
+        doc("EgressPolicy", "default", {"allow": [{"providerRef": "openai-mock", "models": [OPENAI_MODEL]}]}),
+    ]
+    fgw.start(docs, wrap=["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(fgw.spool_dir)])
+    inside = Path(f"/proc/{fgw.proc.pid}/root")
+    fgw.spool_path = inside / fgw.spool_path.relative_to("/")
+    spool_dir = inside / fgw.spool_dir.relative_to("/")
+    assert fgw.spool_path.exists(), "the spool is on the gateway's own tmpfs"
+    assert not (fgw.spool_dir / fgw.spool_path.name).exists(), "and not on the host's filesystem"
+    client = fgw.openai()
+    answered: list[str] = []
+
+    def call() -> None:
+        raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
+        answered.append(raw.headers.get(RID))
+
+    for _ in range(3):
+        call()
+    # Fill the filesystem to the last byte.
+    fd = os.open(spool_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 64, 8, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    finally:
+        os.close(fd)
+    # The spool file's last page may still take a line or two; then requests
+    # are refused, with a reason, and receipted once the spool takes writes.
+    refused = None
+    for _ in range(50):
+        try:
+            call()
+        except openai.APIStatusError as e:
+            refused = e
+            break
+    assert refused is not None, "requests are still served with a full spool"
+    assert refused.status_code == 503 and "receipt spool" in refused.message, refused
+    if refused.response.headers.get(RID):
+        answered.append(refused.response.headers[RID])
+    status, body, _ = fgw.admin_get("/ready")
+    assert status == 503 and "spool" in body, body
+    text = fgw.spool_path.read_text()
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines()), "a partial line in the spool"
+
+    # Space returns: the gateway writes what it kept and takes requests again.
+    (spool_dir / "filler").unlink()
+    wait_until(lambda: fgw.admin_get("/ready")[0] == 200, 15, what="the gateway ready again")
+    call()
+    lines = wait_until(
+        lambda: (ls := fgw.spool_lines()) and {r["id"] for r in fgw.receipts()} >= set(answered) and ls,
+        10,
+        what="every answered request's receipt in the spool",
+    )
+    seqs = [line["envelope"]["seq"] for line in lines if "envelope" in line]
+    assert seqs == list(range(1, len(seqs) + 1)), f"the chain has a gap or a repeat: {seqs}"
+    text = fgw.spool_path.read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == len(lines), "a partial line in the spool"
+    assert fgw.stop() == 0
+
+
 # =========================================================================== 1. OpenAI
 
 
