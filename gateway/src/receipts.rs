@@ -496,10 +496,40 @@ pub struct SpoolWriter {
     /// Streams closed (their close record appended) whose lines are not all
     /// written yet; they are written and fsynced with the next flush.
     closing: Vec<StreamFile>,
+    /// Receipts to set aside (see [`Self::append`]), written by the next flush.
+    unplaced: Vec<(PathBuf, Vec<u8>)>,
     /// Something the chain cannot recover from happened (a spool file could
     /// not be cut back to its last whole line, a record could not be
     /// encoded after it was chained): nothing more is appended.
     broken: bool,
+}
+
+/// Whether the filesystem refused a write for want of space (full, over a
+/// quota, a file size limit): that passes when space returns. Any other
+/// error (EIO, a read-only filesystem) is the writer's failure.
+fn out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge
+    )
+}
+
+/// `Unwritable` when the filesystem is out of space, `Io` otherwise.
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| {
+        if out_of_space(&source) {
+            SpoolError::Unwritable {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            SpoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -537,6 +567,7 @@ impl SpoolWriter {
             status,
             decided: HashMap::new(),
             closing: Vec::new(),
+            unplaced: Vec::new(),
             broken: false,
         })
     }
@@ -668,18 +699,47 @@ impl SpoolWriter {
         Ok(true)
     }
 
+    /// Queues `body` to be set aside (written by the next flush).
     fn set_aside(&mut self, body: &ReceiptBody) -> Result<(), SpoolError> {
-        let dir = self.dir.join(UNPLACED_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let path = dir.join(format!("{}.json", body.id.as_str()));
-        std::fs::write(&path, serde_json::to_vec(body)?).map_err(io_error(&path))?;
-        self.status.set_aside.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            receipt_id = %body.id.as_str(),
-            path = %path.display(),
-            "a receipt falls outside every open key certificate's window; set aside unsigned"
-        );
+        let path = self
+            .dir
+            .join(UNPLACED_DIR)
+            .join(format!("{}.json", body.id.as_str()));
+        self.unplaced.push((path, serde_json::to_vec(body)?));
         Ok(())
+    }
+
+    /// Writes the receipts waiting to be set aside; a filesystem out of
+    /// space keeps them (and leaves no partial file).
+    fn write_unplaced(&mut self) -> Result<(), SpoolError> {
+        while let Some((path, bytes)) = self.unplaced.first() {
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(path, bytes));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(path);
+                return Err(write_error(path)(e));
+            }
+            self.status.set_aside.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                path = %path.display(),
+                "a receipt falls outside every open key certificate's window; set aside unsigned"
+            );
+            self.unplaced.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Every stream file, to fsync what the kernel took even when another
+    /// write was refused.
+    pub fn sync_handles(&self) -> Vec<(PathBuf, Arc<File>)> {
+        self.closing
+            .iter()
+            .chain(self.previous.iter())
+            .chain([&self.current])
+            .map(|s| (s.path.clone(), s.sync_handle.clone()))
+            .collect()
     }
 
     /// Hands what was appended to the kernel (no fsync), and returns the
@@ -687,8 +747,17 @@ impl SpoolWriter {
     /// is left ending in a whole line, nothing appended is lost, and the next
     /// flush tries again.
     pub fn flush(&mut self) -> Result<Vec<(PathBuf, Arc<File>)>, SpoolError> {
+        if self.broken {
+            return Err(SpoolError::Broken);
+        }
         let mut handles = Vec::with_capacity(2 + self.closing.len());
-        let mut first_error = None;
+        // A failure the writer cannot recover from wins over "out of space".
+        let mut error: Option<SpoolError> = None;
+        let mut note = |e: SpoolError| {
+            if error.as_ref().is_none_or(SpoolError::recoverable) {
+                error = Some(e);
+            }
+        };
         let streams = self
             .closing
             .iter_mut()
@@ -697,13 +766,17 @@ impl SpoolWriter {
         for stream in streams {
             match stream.hand_over() {
                 Ok(()) => handles.push((stream.path.clone(), stream.sync_handle.clone())),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => note(e),
             }
         }
-        match first_error {
-            Some(e) => Err(e),
+        if let Err(e) = self.write_unplaced() {
+            note(e);
+        }
+        match error {
+            Some(e) => {
+                self.broken |= e.breaks_the_stream();
+                Err(e)
+            }
             None => {
                 // Closed streams are written whole: fsynced with the rest,
                 // then forgotten.
@@ -784,10 +857,7 @@ impl StreamFile {
                 self.file
                     .set_len(self.written_len)
                     .map_err(io_error(&self.path))?;
-                Err(SpoolError::Unwritable {
-                    path: self.path.clone(),
-                    source,
-                })
+                Err(write_error(&self.path)(source))
             }
         }
     }
@@ -811,10 +881,7 @@ fn open_stream(
         .create_new(true)
         .append(true)
         .open(&path)
-        .map_err(|source| SpoolError::Unwritable {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(write_error(&path))?;
     let opened = start_stream(file, path.clone(), next, status);
     if opened.is_err() {
         let _ = std::fs::remove_file(&path);
@@ -846,8 +913,15 @@ fn start_stream(
         status,
         &SpoolLine::Certificate(&next.certificate),
     )?;
-    stream.hand_over()?;
-    stream.file.sync_data().map_err(io_error(&stream.path))?;
+    let line = stream.unwritten.len() as u64;
+    let written = stream
+        .hand_over()
+        .and_then(|()| stream.file.sync_data().map_err(write_error(&stream.path)));
+    if let Err(e) = written {
+        // The file goes (open_stream removes it): so do its bytes.
+        status.used_bytes.fetch_sub(line, Ordering::Relaxed);
+        return Err(e);
+    }
     status.certificate_not_after_ms.store(
         admit_until(stream.not_before_ms, stream.not_after_ms),
         Ordering::Relaxed,
@@ -961,7 +1035,9 @@ impl ReceiptSink {
     pub fn decide(&self, draft: DecisionDraft) -> bool {
         match &self.decisions {
             Decisions::Spool(writer) => {
-                if self.status.failed.load(Ordering::Relaxed) {
+                if self.status.failed.load(Ordering::Relaxed)
+                    || self.status.unwritable.load(Ordering::Relaxed)
+                {
                     return false;
                 }
                 let Ok(mut writer) = writer.lock() else {
@@ -1084,40 +1160,48 @@ pub fn spawn_spool_writer(
             tracing::error!(error = %e, "receipt spool write failed; refusing new requests");
             e
         };
-        // A renewal whose stream file the filesystem refused: tried again
-        // with the same key once writes go through.
-        let mut renewal: Option<StreamKey> = None;
+        let refused = |e: &SpoolError| {
+            if !status.unwritable.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
+            }
+        };
+        let mut state = WriterState::default();
         // The shared writer is held to append only: creating a stream file
         // and fsyncing run outside it, so a forward decision never waits for
         // a disk flush.
-        let run = |writer: &std::sync::Mutex<SpoolWriter>,
-                   renewal: &mut Option<StreamKey>,
-                   command: SpoolCommand|
-         -> Result<u64, SpoolError> {
+        let run = |state: &mut WriterState, command: SpoolCommand| -> Result<u64, SpoolError> {
             match command {
                 SpoolCommand::Write(draft) => {
-                    lock(writer).append(draft).map(|e| u64::from(e.is_some()))
+                    lock(&writer).append(draft).map(|e| u64::from(e.is_some()))
                 }
                 SpoolCommand::Renew(next) => {
-                    *renewal = Some(*next);
+                    // A renewal still waiting is replaced by the newer key.
+                    state.renewal = Some(*next);
+                    state.install_renewal(&dir, &status, &writer)?;
                     Ok(0)
                 }
                 SpoolCommand::ClosePrevious => {
-                    lock(writer).close_previous_unsynced(now_timestamp())?;
+                    if state.renewal.is_some() {
+                        // Closes what the waiting renewal will replace.
+                        state.close_after_renewal = true;
+                    } else {
+                        lock(&writer).close_previous_unsynced(now_timestamp())?;
+                    }
                     Ok(0)
                 }
             }
         };
         // Receipts appended but not yet handed to the kernel.
         let mut unflushed = 0;
+        let mut last_attempt = std::time::Instant::now();
         loop {
-            // While the filesystem refuses writes, retry every second, taking
-            // what comes meanwhile (receipts of requests already admitted).
+            // While the filesystem refuses writes, take what comes (receipts
+            // of requests already admitted) and try again once a second.
             let first = if status.unwritable() {
                 match rx.try_recv() {
                     Ok(command) => Some(command),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        std::thread::sleep(UNWRITABLE_RETRY);
+                        std::thread::sleep(UNWRITABLE_RETRY / 10);
                         None
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -1129,57 +1213,116 @@ pub fn spawn_spool_writer(
                 }
             };
             if let Some(first) = first {
-                unflushed += run(&writer, &mut renewal, first).map_err(fail)?;
+                unflushed += run(&mut state, first)
+                    .or_else(|e| state.keep(e, &refused))
+                    .map_err(fail)?;
                 while let Ok(next) = rx.try_recv() {
-                    unflushed += run(&writer, &mut renewal, next).map_err(fail)?;
+                    unflushed += run(&mut state, next)
+                        .or_else(|e| state.keep(e, &refused))
+                        .map_err(fail)?;
                 }
             }
-            if let Some(next) = renewal.as_ref() {
-                match open_stream(&dir, next, &status) {
-                    Ok(opened) => {
-                        lock(&writer)
-                            .install(opened, now_timestamp())
-                            .map_err(fail)?;
-                        tracing::info!(stream_id = %next.stream_id, "key certificate renewed; receipts go to a new stream");
-                        renewal = None;
-                    }
-                    Err(e) if e.recoverable() => {
-                        if !status.unwritable.swap(true, Ordering::Relaxed) {
-                            tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
-                        }
-                    }
-                    Err(e) => return Err(fail(e)),
+            if status.unwritable() {
+                if last_attempt.elapsed() < UNWRITABLE_RETRY {
+                    continue;
+                }
+                last_attempt = std::time::Instant::now();
+                if let Err(e) = state.install_renewal(&dir, &status, &writer) {
+                    state.keep(e, &refused).map_err(fail)?;
                 }
             }
-            match lock(&writer).flush() {
+            let flushed = lock(&writer).flush();
+            match flushed {
                 Ok(files) => {
                     syncer.sync(files).map_err(fail)?;
                     written.fetch_add(unflushed, Ordering::Relaxed);
                     unflushed = 0;
-                    if renewal.is_none() && status.unwritable.swap(false, Ordering::Relaxed) {
+                    if state.renewal.is_none() && status.unwritable.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             "receipt spool writable again; everything kept meanwhile is written; accepting requests"
                         );
                     }
                 }
                 Err(e) if e.recoverable() => {
-                    if !status.unwritable.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %e, "receipt spool cannot be written; refusing new requests until it can");
-                    }
+                    refused(&e);
+                    // What the kernel did take is fsynced all the same.
+                    syncer.sync(lock(&writer).sync_handles()).map_err(fail)?;
                 }
                 Err(e) => return Err(fail(e)),
             }
         }
         drop(syncer);
-        lock(&writer)
-            .close(CloseReason::Shutdown, now_timestamp())
-            .map_err(fail)
+        // Stopping while the filesystem refuses: a few more tries, then what
+        // is still in memory is lost, and said so.
+        let deadline = std::time::Instant::now() + SHUTDOWN_RETRY;
+        loop {
+            match lock(&writer).close(CloseReason::Shutdown, now_timestamp()) {
+                Err(e) if e.recoverable() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(UNWRITABLE_RETRY / 2);
+                }
+                Err(e) if e.recoverable() => {
+                    tracing::error!(error = %e, receipts = unflushed, "stopping with the spool unwritable: receipts kept in memory are lost");
+                    return Err(fail(e));
+                }
+                other => return other.map_err(fail),
+            }
+        }
     });
     (sink, handle)
 }
 
 /// How often a spool the filesystem refuses is tried again.
 pub const UNWRITABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a stopping gateway keeps trying a spool the filesystem refuses.
+pub const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the writer task carries between batches.
+#[derive(Default)]
+struct WriterState {
+    /// A renewal whose stream file the filesystem refused, tried again with
+    /// the same key once writes go through.
+    renewal: Option<StreamKey>,
+    /// A `ClosePrevious` that came while the renewal waited: applied to the
+    /// stream the renewal replaces, once it does.
+    close_after_renewal: bool,
+}
+
+impl WriterState {
+    /// Opens the waiting renewal's stream file (outside the writer's lock)
+    /// and makes it current.
+    fn install_renewal(
+        &mut self,
+        dir: &Path,
+        status: &SpoolStatus,
+        writer: &std::sync::Mutex<SpoolWriter>,
+    ) -> Result<(), SpoolError> {
+        let Some(next) = self.renewal.as_ref() else {
+            return Ok(());
+        };
+        let opened = open_stream(dir, next, status)?;
+        let mut writer = lock(writer);
+        writer.install(opened, now_timestamp())?;
+        if std::mem::take(&mut self.close_after_renewal) {
+            writer.close_previous_unsynced(now_timestamp())?;
+        }
+        drop(writer);
+        tracing::info!(stream_id = %next.stream_id, "key certificate renewed; receipts go to a new stream");
+        self.renewal = None;
+        Ok(())
+    }
+
+    /// A command that failed for want of space is kept (nothing was lost):
+    /// reported through `refused`, and the task goes on.
+    fn keep(&self, e: SpoolError, refused: &impl Fn(&SpoolError)) -> Result<u64, SpoolError> {
+        if e.recoverable() {
+            refused(&e);
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    }
+}
 
 /// The longest a written receipt waits for its fsync (power-loss
 /// durability; a killed gateway loses nothing the kernel has).
@@ -1391,6 +1534,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        writer.sync().unwrap();
         assert_eq!(status.set_aside(), 1);
         assert_eq!(
             std::fs::read_dir(dir.join(UNPLACED_DIR)).unwrap().count(),

@@ -16,6 +16,7 @@ import http.client
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -257,7 +258,24 @@ def test_a_full_spool_filesystem_fails_closed_loses_nothing_and_recovers(gateway
     assert seqs == list(range(1, len(seqs) + 1)), f"the chain has a gap or a repeat: {seqs}"
     text = fgw.spool_path.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == len(lines), "a partial line in the spool"
-    assert fgw.stop() == 0
+
+    # A process of the test holds the gateway's mount namespace, so its spool
+    # (close record included) can be read after it stops; the files are then
+    # copied to the host for the suite's last checks.
+    holder = subprocess.Popen(["nsenter", f"--mount=/proc/{fgw.proc.pid}/ns/mnt", "sleep", "600"])
+    try:
+        held = Path(f"/proc/{holder.pid}/root") / fgw.spool_dir.relative_to("/")
+        wait_until(lambda: (held / fgw.spool_path.name).exists(), 5, what="the namespace held")
+        assert fgw.stop() == 0
+        for f in held.iterdir():
+            if f.is_file() and f.name != "filler":
+                (fgw.spool_dir / f.name).write_bytes(f.read_bytes())
+    finally:
+        holder.kill()
+        holder.wait()
+    fgw.spool_path = fgw.spool_dir / fgw.spool_path.name
+    last = fgw.spool_lines()[-1]["envelope"]["record"]
+    assert last["close"]["close"]["reason"] == "shutdown", last
 
 
 # =========================================================================== 1. OpenAI
