@@ -86,7 +86,7 @@ impl Default for Metrics {
         let overload_refusals = Family::<BoundLabel, Gauge>::default();
         registry.register(
             "overload_refusals",
-            "Work the data port refused at its bounds since start (503 with Retry-After), by bound: connections, requests_in_flight",
+            "Work the data port refused at its bounds since start (503 with Retry-After), by bound: connections, requests_in_flight, write_stalls (connections closed because the client stopped reading)",
             overload_refusals.clone(),
         );
         Self {
@@ -130,6 +130,7 @@ impl Metrics {
         for (bound, count) in [
             ("connections", self.overload.connections_refused()),
             ("requests_in_flight", self.overload.requests_refused()),
+            ("write_stalls", self.overload.write_stalls()),
         ] {
             self.overload_refusals
                 .get_or_create(&BoundLabel { bound })

@@ -155,7 +155,7 @@ impl Metrics {
         let overload_refusals = Family::<KindLabel, Gauge>::default();
         registry.register(
             "overload_refusals",
-            "Work the server refused at its bounds since start (503 with Retry-After), by kind: connections, requests_in_flight",
+            "Work the server refused at its bounds since start (503 with Retry-After), by kind: connections, requests_in_flight, write_stalls (connections closed because the client stopped reading)",
             overload_refusals.clone(),
         );
         Self {
@@ -181,6 +181,7 @@ impl Metrics {
         for (kind, count) in [
             ("connections", self.overload.connections_refused()),
             ("requests_in_flight", self.overload.requests_refused()),
+            ("write_stalls", self.overload.write_stalls()),
         ] {
             self.overload_refusals
                 .get_or_create(&KindLabel { kind })

@@ -10,6 +10,7 @@
 //! | more than `max_in_flight` requests being handled | 503 with `Retry-After` |
 //! | no request body bytes for `body_idle_timeout` | the body read fails (the handler answers 4xx) |
 //! | no response head within `response_timeout` (when set) | 503 with `Retry-After` |
+//! | a client that stops reading: a write pending for `write_stall_timeout` | connection closed (its request ends as a client disconnect) |
 //! | `max_requests_per_connection` answered on one connection (when set) | that response says `connection: close`; the client reconnects (spreading keep-alive clients over replicas) |
 //!
 //! Each refusal is counted in the server's [`OverloadCounters`] (its metrics).
@@ -57,6 +58,10 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Requests being handled at once (until their response body ends).
     pub max_in_flight: usize,
+    /// Longest a write to the client may wait (the client stopped reading,
+    /// its window is full): then the connection is closed, which frees its
+    /// slots. A stream the client keeps reading is never cut by this.
+    pub write_stall_timeout: Duration,
     /// Requests answered on one connection before it is closed (`None`: no
     /// limit). Keep-alive clients then reconnect, and land on whichever
     /// replica the Service picks: without it, every gateway stays on the
@@ -75,6 +80,7 @@ impl ServerLimits {
         max_header_bytes: 64 * 1024,
         max_connections: 4_096,
         max_in_flight: 1_024,
+        write_stall_timeout: Duration::from_secs(60),
         // One pod's own app on loopback: nothing to spread.
         max_requests_per_connection: None,
     };
@@ -87,6 +93,7 @@ impl ServerLimits {
         max_header_bytes: 64 * 1024,
         max_connections: 1_024,
         max_in_flight: 256,
+        write_stall_timeout: Duration::from_secs(60),
         max_requests_per_connection: Some(1_000),
     };
 
@@ -245,6 +252,7 @@ pub struct OverloadCounters {
     connections: AtomicU64,
     requests: AtomicU64,
     response_timeouts: AtomicU64,
+    write_stalls: AtomicU64,
 }
 
 impl OverloadCounters {
@@ -261,6 +269,11 @@ impl OverloadCounters {
     /// Requests answered 503 at `response_timeout`.
     pub fn response_timeouts(&self) -> u64 {
         self.response_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because the client stopped reading.
+    pub fn write_stalls(&self) -> u64 {
+        self.write_stalls.load(Ordering::Relaxed)
     }
 
     fn count(counter: &AtomicU64) {
@@ -333,6 +346,7 @@ pub async fn serve_counted<A: Accept>(
                 }
                 response
             });
+        let io = StallGuard::new(io, timeout(limits.write_stall_timeout), counters.clone());
         let connection = http.serve_connection(
             TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(service),
@@ -502,6 +516,102 @@ impl hyper::body::Body for IdleTimeoutBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection whose writes fail once one has waited `timeout` for the
+/// client to read: hyper then drops the connection.
+struct StallGuard<Io> {
+    io: Io,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    counters: Arc<OverloadCounters>,
+}
+
+impl<Io> StallGuard<Io> {
+    fn new(io: Io, timeout: Duration, counters: Arc<OverloadCounters>) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+            counters,
+        }
+    }
+
+    /// A pending write: still pending until the timeout, then the error.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                OverloadCounters::count(&self.counters.write_stalls);
+                Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                ))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for StallGuard<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 

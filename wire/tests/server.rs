@@ -23,6 +23,7 @@ const LIMITS: ServerLimits = ServerLimits {
     max_header_bytes: 8_192,
     max_connections: 8,
     max_in_flight: 2,
+    write_stall_timeout: Duration::from_millis(500),
     max_requests_per_connection: Some(3),
 };
 
@@ -73,6 +74,17 @@ async fn start(limits: ServerLimits) -> Fixture {
                     sent: 0,
                     next: Box::pin(tokio::time::sleep(Duration::from_millis(150))),
                 })
+            }),
+        )
+        .route(
+            "/big",
+            get(|| async {
+                // 256 MiB in 64 KiB chunks, made as they are read: far more
+                // than the socket buffers hold.
+                let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+                Body::from_stream(futures::stream::iter(
+                    (0..4096).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                ))
             }),
         )
         .route(
@@ -257,6 +269,44 @@ async fn a_handler_past_the_response_timeout_gets_503() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("no response in time"), "{answer}");
     assert_eq!(f.counters.response_timeouts(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_its_slot() {
+    let f = start(ServerLimits {
+        max_in_flight: 1,
+        response_timeout: None,
+        ..LIMITS
+    })
+    .await;
+    // Asks for a huge body and never reads it: the server's writes stall.
+    let mut stalled = TcpStream::connect(f.address).await.unwrap();
+    stalled.write_all(&get_request("/big")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "the one slot is held: {answer}"
+    );
+    // After the stall timeout the connection is dropped and the slot is free.
+    let started = Instant::now();
+    loop {
+        let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still held: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.counters.write_stalls(), 1);
+    // A stream the client reads, slowly but steadily, is not cut.
+    let answer = exchange(f.address, &get_request("/stream"), Duration::from_secs(5)).await;
+    assert!(answer.contains("chunk 9"), "{answer}");
+    assert_eq!(f.counters.write_stalls(), 1);
+    drop(stalled);
 }
 
 #[tokio::test]
