@@ -505,14 +505,12 @@ pub struct SpoolWriter {
 }
 
 /// Whether the filesystem refused a write for want of space (full, over a
-/// quota, a file size limit): that passes when space returns. Any other
-/// error (EIO, a read-only filesystem) is the writer's failure.
+/// quota): that passes when space returns. Any other error (EIO, a
+/// read-only filesystem, a file past the filesystem's size limit) is the
+/// writer's failure.
 fn out_of_space(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::StorageFull | K::QuotaExceeded | K::FileTooLarge
-    )
+    matches!(e.kind(), K::StorageFull | K::QuotaExceeded)
 }
 
 /// `Unwritable` when the filesystem is out of space, `Io` otherwise.
@@ -699,8 +697,18 @@ impl SpoolWriter {
         Ok(true)
     }
 
-    /// Queues `body` to be set aside (written by the next flush).
+    /// Queues `body` to be set aside (written by the next flush), within
+    /// the same bound as a stream's unwritten lines.
     fn set_aside(&mut self, body: &ReceiptBody) -> Result<(), SpoolError> {
+        let waiting: usize = self.unplaced.iter().map(|(_, bytes)| bytes.len()).sum();
+        if waiting > MAX_UNWRITTEN_BYTES {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                receipt_id = %body.id.as_str(),
+                "the spool's filesystem has refused writes for too long; receipt dropped (failMode: open)"
+            );
+            return Ok(());
+        }
         let path = self
             .dir
             .join(UNPLACED_DIR)
@@ -826,13 +834,17 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Ends every open stream with a signed close record and syncs.
+    /// Ends every open stream with a signed close record and syncs. Called
+    /// again after the filesystem refused the sync, it only syncs: the close
+    /// records are chained once.
     pub fn close(&mut self, reason: CloseReason, now: Timestamp) -> Result<(), SpoolError> {
         if let Some(mut previous) = self.previous.take() {
             append_close(&mut previous, &self.status, reason, now)?;
             self.closing.push(previous);
         }
-        append_close(&mut self.current, &self.status, reason, now)?;
+        if !self.current.chain.is_closed() {
+            append_close(&mut self.current, &self.status, reason, now)?;
+        }
         self.sync()
     }
 }
@@ -1231,13 +1243,20 @@ pub fn spawn_spool_writer(
                     state.keep(e, &refused).map_err(fail)?;
                 }
             }
-            let flushed = lock(&writer).flush();
+            let mut guard = lock(&writer);
+            let flushed = guard.flush();
+            // Cleared under the lock a forward decision takes, so a decision
+            // refused meanwhile is not forgotten.
+            let recovered = flushed.is_ok()
+                && state.renewal.is_none()
+                && status.unwritable.swap(false, Ordering::Relaxed);
+            drop(guard);
             match flushed {
                 Ok(files) => {
                     syncer.sync(files).map_err(fail)?;
                     written.fetch_add(unflushed, Ordering::Relaxed);
                     unflushed = 0;
-                    if state.renewal.is_none() && status.unwritable.swap(false, Ordering::Relaxed) {
+                    if recovered {
                         tracing::info!(
                             "receipt spool writable again; everything kept meanwhile is written; accepting requests"
                         );

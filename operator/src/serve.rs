@@ -23,7 +23,13 @@ pub async fn serve_https(
     limits: ServerLimits,
     shutdown: watch::Receiver<bool>,
 ) {
-    let accept = TlsAccept::new(listener, tls, |_| ());
+    let accept = TlsAccept::new(
+        listener,
+        tls,
+        |_| (),
+        limits.write_stall_timeout,
+        std::sync::Arc::default(),
+    );
     tollgate_wire::server::serve(accept, router, limits, changed(shutdown)).await;
 }
 

@@ -307,7 +307,7 @@ pub async fn start(
     let served = match &options.tls {
         Some((cert, key)) => {
             let config = crate::http::tls::server_config(cert, key, client_ca.as_deref())?;
-            let accept = crate::http::tls::tls_accept(tcp, config);
+            let accept = crate::http::tls::tls_accept(tcp, config, &limits, overload.clone());
             tokio::spawn(tollgate_wire::server::serve_counted(
                 accept, app, limits, overload, shutdown,
             ))

@@ -130,7 +130,12 @@ async fn server(front_proxy_ca: &Ca) -> Server {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(tollgate_wire::server::serve(
-        tls_accept(tcp, config),
+        tls_accept(
+            tcp,
+            config,
+            &tollgate_wire::server::ServerLimits::CONTROL,
+            Arc::default(),
+        ),
         app,
         tollgate_wire::server::ServerLimits::CONTROL,
         std::future::pending(),

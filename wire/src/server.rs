@@ -520,8 +520,11 @@ impl hyper::body::Body for IdleTimeoutBody {
 }
 
 /// A connection whose writes fail once one has waited `timeout` for the
-/// client to read: hyper then drops the connection.
-struct StallGuard<Io> {
+/// client to read: hyper then drops the connection. [`serve`] puts one around
+/// every connection; [`TlsAccept`] one under TLS too, around the socket, so
+/// rustls's own buffering and its close_notify are bounded as well.
+#[derive(Debug)]
+pub struct StallGuard<Io> {
     io: Io,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -529,7 +532,8 @@ struct StallGuard<Io> {
 }
 
 impl<Io> StallGuard<Io> {
-    fn new(io: Io, timeout: Duration, counters: Arc<OverloadCounters>) -> Self {
+    /// Guards `io`, counting stalls in `counters`.
+    pub fn new(io: Io, timeout: Duration, counters: Arc<OverloadCounters>) -> Self {
         Self {
             io,
             timeout,
@@ -655,8 +659,9 @@ impl<I> std::fmt::Debug for TlsAccept<I> {
     }
 }
 
-/// A server-side TLS stream over TCP.
-pub type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+/// A server-side TLS stream over TCP (whose writes are bounded, see
+/// [`StallGuard`]).
+pub type TlsStream = tokio_rustls::server::TlsStream<StallGuard<tokio::net::TcpStream>>;
 
 /// Handshakes in flight at once.
 const MAX_HANDSHAKES: usize = 256;
@@ -664,11 +669,15 @@ const MAX_HANDSHAKES: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<I: Clone + Send + Sync + 'static> TlsAccept<I> {
-    /// Starts accepting on `tcp` with `config`.
+    /// Starts accepting on `tcp` with `config`; a socket write waits
+    /// `write_stall_timeout` at most, and stalls are counted in `counters`
+    /// (the server's own, given to [`serve_counted`] too).
     pub fn new(
         tcp: tokio::net::TcpListener,
         config: Arc<rustls::ServerConfig>,
         info: fn(&TlsStream) -> I,
+        write_stall_timeout: Duration,
+        counters: Arc<OverloadCounters>,
     ) -> Self {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -686,6 +695,7 @@ impl<I: Clone + Send + Sync + 'static> TlsAccept<I> {
                 };
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
+                let stream = StallGuard::new(stream, write_stall_timeout, counters.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -213,33 +213,38 @@ def test_a_full_spool_filesystem_fails_closed_loses_nothing_and_recovers(gateway
         raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs())
         answered.append(raw.headers.get(RID))
 
+    def fill() -> None:
+        """Fills the filesystem to the last byte."""
+        fd = os.open(spool_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for size in (65536, 4096, 512, 64, 8, 1):
+                while True:
+                    try:
+                        os.write(fd, b"\0" * size)
+                    except OSError as e:
+                        assert e.errno == errno.ENOSPC, e
+                        break
+        finally:
+            os.close(fd)
+
+    def until_refused() -> None:
+        """The spool file's last page may still take a line or two; then
+        requests are refused, with a reason, and receipted once the spool
+        takes writes."""
+        for _ in range(50):
+            try:
+                call()
+            except openai.APIStatusError as e:
+                assert e.status_code == 503 and "receipt spool" in e.message, e
+                if e.response.headers.get(RID):
+                    answered.append(e.response.headers[RID])
+                return
+        raise AssertionError("requests are still served with a full spool")
+
     for _ in range(3):
         call()
-    # Fill the filesystem to the last byte.
-    fd = os.open(spool_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 512, 64, 8, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-    finally:
-        os.close(fd)
-    # The spool file's last page may still take a line or two; then requests
-    # are refused, with a reason, and receipted once the spool takes writes.
-    refused = None
-    for _ in range(50):
-        try:
-            call()
-        except openai.APIStatusError as e:
-            refused = e
-            break
-    assert refused is not None, "requests are still served with a full spool"
-    assert refused.status_code == 503 and "receipt spool" in refused.message, refused
-    if refused.response.headers.get(RID):
-        answered.append(refused.response.headers[RID])
+    fill()
+    until_refused()
     status, body, _ = fgw.admin_get("/ready")
     assert status == 503 and "spool" in body, body
     text = fgw.spool_path.read_text()
@@ -259,13 +264,21 @@ def test_a_full_spool_filesystem_fails_closed_loses_nothing_and_recovers(gateway
     text = fgw.spool_path.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == len(lines), "a partial line in the spool"
 
-    # A process of the test holds the gateway's mount namespace, so its spool
-    # (close record included) can be read after it stops; the files are then
-    # copied to the host for the suite's last checks.
+    # Full again, then told to stop: a stopping gateway keeps trying for 5 s,
+    # so space that returns meanwhile still gets everything written, close
+    # record last. A process of the test holds the gateway's mount namespace,
+    # so its spool can be read after it exits; the files are then copied to
+    # the host for the suite's last checks.
+    fill()
+    until_refused()
     holder = subprocess.Popen(["nsenter", f"--mount=/proc/{fgw.proc.pid}/ns/mnt", "sleep", "600"])
     try:
         held = Path(f"/proc/{holder.pid}/root") / fgw.spool_dir.relative_to("/")
         wait_until(lambda: (held / fgw.spool_path.name).exists(), 5, what="the namespace held")
+        fgw.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert fgw.proc.poll() is None, "it waits for space before giving up"
+        (held / "filler").unlink()
         assert fgw.stop() == 0
         for f in held.iterdir():
             if f.is_file() and f.name != "filler":
@@ -276,6 +289,9 @@ def test_a_full_spool_filesystem_fails_closed_loses_nothing_and_recovers(gateway
     fgw.spool_path = fgw.spool_dir / fgw.spool_path.name
     last = fgw.spool_lines()[-1]["envelope"]["record"]
     assert last["close"]["close"]["reason"] == "shutdown", last
+    assert {r["id"] for r in fgw.receipts()} >= set(answered), "a receipt kept in memory was lost at shutdown"
+    seqs = [line["envelope"]["seq"] for line in fgw.spool_lines() if "envelope" in line]
+    assert seqs == list(range(1, len(seqs) + 1)), f"the chain has a gap or a repeat: {seqs}"
 
 
 # =========================================================================== 1. OpenAI

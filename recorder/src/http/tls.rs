@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tollgate_wire::server::{PlainAccept, TlsAccept, TlsStream};
+use tollgate_wire::server::{OverloadCounters, PlainAccept, ServerLimits, TlsAccept, TlsStream};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +85,13 @@ pub fn server_config(
 /// The recorder's TLS connections: handshakes off the accept loop (bounded in
 /// number and time, see [`tollgate_wire::server::TlsAccept`]), each connection
 /// described to handlers as a [`Peer`].
-pub fn tls_accept(tcp: TcpListener, config: Arc<ServerConfig>) -> TlsAccept<Peer> {
-    TlsAccept::new(tcp, config, Peer::of)
+pub fn tls_accept(
+    tcp: TcpListener,
+    config: Arc<ServerConfig>,
+    limits: &ServerLimits,
+    counters: Arc<OverloadCounters>,
+) -> TlsAccept<Peer> {
+    TlsAccept::new(tcp, config, Peer::of, limits.write_stall_timeout, counters)
 }
 
 /// Plain connections (loopback only): no client certificate.
