@@ -46,48 +46,90 @@ async fn chat(api: &str, model: &str) -> Result<u16> {
     Ok(status)
 }
 
-#[tokio::test]
-async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes() -> Result<()> {
-    let client = client().await?;
-    install_crds(&client).await?;
-    let op_ns = TestNamespace::create(&client, "gwc-op").await?;
-    let app_ns = TestNamespace::create(&client, "gwc-app").await?;
-    let provider = unique_name("dry");
-    app_ns
-        .accepts(&json!({
-            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
-            "metadata": {"name": provider},
-            "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
-        }))
-        .await?;
-    let policy = |models: &[&str]| {
-        json!({
-            "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
-            "metadata": {"name": "apps"},
-            "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": models}]},
-        })
-    };
-    app_ns.accepts(&policy(&["dry-m"])).await?;
-    // An injected pod (created before labelling, so no parallel suite's webhook sees it).
-    let mut pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "app-0", "labels": {"app": "chat"},
-                     "annotations": {"tollgate.dev/injected": "v1"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }))?;
-    pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
-        .create(&PostParams::default(), &pod)
-        .await?;
-    label_governed(&client, app_ns.name()).await?;
-    let op = OperatorProcess::start(&OperatorArgs::new(op_ns.name())).await?;
+/// The EgressPolicy `apps`, allowing `models` of `provider`.
+fn policy(provider: &str, models: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
+        "metadata": {"name": "apps"},
+        "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": models}]},
+    })
+}
 
-    let dir = std::env::temp_dir().join(unique_name("tg-gwc"));
+/// An operator namespace, and an app namespace that is governed, with a
+/// dry-run provider, a policy allowing its model `dry-m`, and an injected pod.
+struct Governed {
+    client: kube::Client,
+    op_ns: TestNamespace,
+    app_ns: TestNamespace,
+    provider: String,
+    pod: Pod,
+}
+
+impl Governed {
+    async fn set_up(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        install_crds(&client).await?;
+        let op_ns = TestNamespace::create(&client, &format!("{prefix}-op")).await?;
+        let app_ns = TestNamespace::create(&client, &format!("{prefix}-app")).await?;
+        let provider = unique_name("dry");
+        app_ns
+            .accepts(&json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                "metadata": {"name": provider},
+                "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
+            }))
+            .await?;
+        app_ns.accepts(&policy(&provider, &["dry-m"])).await?;
+        // An injected pod (created before labelling, so no parallel suite's webhook sees it).
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app-0", "labels": {"app": "chat"},
+                         "annotations": {"tollgate.dev/injected": "v1"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        }))?;
+        let pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
+            .create(&PostParams::default(), &pod)
+            .await?;
+        label_governed(&client, app_ns.name()).await?;
+        Ok(Self {
+            client,
+            op_ns,
+            app_ns,
+            provider,
+            pod,
+        })
+    }
+}
+
+/// A fresh directory holding what `start_gateway` reads: the operator's CA
+/// and `pod`'s projected gateway token.
+async fn gateway_dir(
+    client: &kube::Client,
+    op: &OperatorProcess,
+    pod: &Pod,
+    prefix: &str,
+) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("ca.crt"), op.ca_bundle(&client).await?)?;
+    std::fs::write(dir.join("ca.crt"), op.ca_bundle(client).await?)?;
     std::fs::write(
         dir.join("token"),
-        pod_token(&client, &pod, "tollgate.dev/gateway").await?,
+        pod_token(client, pod, "tollgate.dev/gateway").await?,
     )?;
+    Ok(dir)
+}
+
+#[tokio::test]
+async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes() -> Result<()> {
+    let Governed {
+        client,
+        op_ns,
+        app_ns,
+        provider,
+        pod,
+    } = Governed::set_up("gwc").await?;
+    let op = OperatorProcess::start(&OperatorArgs::new(op_ns.name())).await?;
+    let dir = gateway_dir(&client, &op, &pod, "tg-gwc").await?;
     let gateway = start_gateway(&dir, &op.control_url(), &[])?;
 
     ensure!(
@@ -161,7 +203,7 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     .await?;
 
     // A policy change reaches the running gateway through the long-poll.
-    app_ns.accepts(&policy(&["other-*"])).await?;
+    app_ns.accepts(&policy(&provider, &["other-*"])).await?;
     let api = gateway.address.clone();
     eventually(Duration::from_secs(30), || {
         let api = api.clone();
@@ -190,49 +232,19 @@ const OUTAGE: Duration = Duration::from_secs(120);
 /// long-poll finds it and a policy change reaches it.
 #[tokio::test]
 async fn e2e_gateway_keeps_serving_while_the_operator_is_away() -> Result<()> {
-    let client = client().await?;
-    install_crds(&client).await?;
-    let op_ns = TestNamespace::create(&client, "gwo-op").await?;
-    let app_ns = TestNamespace::create(&client, "gwo-app").await?;
-    let provider = unique_name("dry");
-    app_ns
-        .accepts(&json!({
-            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
-            "metadata": {"name": provider},
-            "spec": {"api": "dryRun", "models": [{"name": "dry-m", "pricing": {"inputPerMillionMicroUSD": 1}}]},
-        }))
-        .await?;
-    let policy = |models: &[&str]| {
-        json!({
-            "apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressPolicy",
-            "metadata": {"name": "apps"},
-            "spec": {"mode": "enforce", "allow": [{"providerRef": provider, "models": models}]},
-        })
-    };
-    app_ns.accepts(&policy(&["dry-m"])).await?;
-    let mut pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "app-0", "labels": {"app": "chat"},
-                     "annotations": {"tollgate.dev/injected": "v1"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }))?;
-    pod = Api::<Pod>::namespaced(client.clone(), app_ns.name())
-        .create(&PostParams::default(), &pod)
-        .await?;
-    label_governed(&client, app_ns.name()).await?;
+    let Governed {
+        client,
+        op_ns,
+        app_ns,
+        provider,
+        pod,
+    } = Governed::set_up("gwo").await?;
     let args = OperatorArgs {
         identity: Some(unique_name("outage")),
         ..OperatorArgs::new(op_ns.name())
     };
     let mut op = OperatorProcess::start(&args).await?;
-
-    let dir = std::env::temp_dir().join(unique_name("tg-gwo"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("ca.crt"), op.ca_bundle(&client).await?)?;
-    std::fs::write(
-        dir.join("token"),
-        pod_token(&client, &pod, "tollgate.dev/gateway").await?,
-    )?;
+    let dir = gateway_dir(&client, &op, &pod, "tg-gwo").await?;
     let gateway = start_gateway(
         &dir,
         &op.control_url(),
@@ -264,7 +276,7 @@ async fn e2e_gateway_keeps_serving_while_the_operator_is_away() -> Result<()> {
 
     // An operator is back on the same endpoint; a policy change made
     // meanwhile reaches the gateway through its long-poll.
-    app_ns.accepts(&policy(&["other-*"])).await?;
+    app_ns.accepts(&policy(&provider, &["other-*"])).await?;
     let op = OperatorProcess::start(&OperatorArgs {
         control_port: Some(control_port),
         ..args

@@ -127,11 +127,7 @@ impl Metrics {
             .set(i64::try_from(gateway.receipts().status.set_aside()).unwrap_or(i64::MAX));
         self.receipts_dropped
             .set(i64::try_from(gateway.receipts().status.dropped()).unwrap_or(i64::MAX));
-        for (bound, count) in [
-            ("connections", self.overload.connections_refused()),
-            ("requests_in_flight", self.overload.requests_refused()),
-            ("write_stalls", self.overload.write_stalls()),
-        ] {
+        for (bound, count) in self.overload.by_kind() {
             self.overload_refusals
                 .get_or_create(&BoundLabel { bound })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));

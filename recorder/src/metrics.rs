@@ -178,11 +178,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
-        for (kind, count) in [
-            ("connections", self.overload.connections_refused()),
-            ("requests_in_flight", self.overload.requests_refused()),
-            ("write_stalls", self.overload.write_stalls()),
-        ] {
+        for (kind, count) in self.overload.by_kind() {
             self.overload_refusals
                 .get_or_create(&KindLabel { kind })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));

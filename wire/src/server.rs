@@ -276,6 +276,15 @@ impl OverloadCounters {
         self.write_stalls.load(Ordering::Relaxed)
     }
 
+    /// The refusals a server's metrics show, by their label value.
+    pub fn by_kind(&self) -> [(&'static str, u64); 3] {
+        [
+            ("connections", self.connections_refused()),
+            ("requests_in_flight", self.requests_refused()),
+            ("write_stalls", self.write_stalls()),
+        ]
+    }
+
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

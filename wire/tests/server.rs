@@ -152,6 +152,21 @@ async fn read_all(stream: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Requests `/hold` until every in-flight slot is taken; each task ends with
+/// its answer once `release` is notified.
+async fn hold_every_slot(f: &Fixture) -> Vec<tokio::task::JoinHandle<String>> {
+    let holders = (0..LIMITS.max_in_flight)
+        .map(|_| {
+            let address = f.address;
+            tokio::spawn(async move {
+                exchange(address, &get_request("/hold"), Duration::from_secs(10)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holders
+}
+
 fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes()
 }
@@ -214,15 +229,7 @@ async fn connections_over_the_limit_get_503_with_retry_after() {
 #[tokio::test]
 async fn requests_over_the_in_flight_limit_get_503_and_slots_come_back() {
     let f = start(LIMITS).await;
-    let holders: Vec<_> = (0..LIMITS.max_in_flight)
-        .map(|_| {
-            let address = f.address;
-            tokio::spawn(async move {
-                exchange(address, &get_request("/hold"), Duration::from_secs(10)).await
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let holders = hold_every_slot(&f).await;
     let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
@@ -385,15 +392,7 @@ async fn slow_clients_do_not_hold_up_others() {
 #[tokio::test]
 async fn probes_are_answered_at_the_in_flight_cap() {
     let f = start(LIMITS).await;
-    let holders: Vec<_> = (0..LIMITS.max_in_flight)
-        .map(|_| {
-            let address = f.address;
-            tokio::spawn(async move {
-                exchange(address, &get_request("/hold"), Duration::from_secs(10)).await
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let holders = hold_every_slot(&f).await;
     let answer = exchange(f.address, &get_request("/"), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     let answer = exchange(f.address, &get_request("/live"), Duration::from_secs(5)).await;
