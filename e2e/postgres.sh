@@ -5,14 +5,20 @@
 #   e2e/postgres.sh down    stop the server and remove its data
 #   e2e/postgres.sh status  exit 0 if it runs, 1 otherwise
 #   e2e/postgres.sh env     print `export TOLLGATE_TEST_POSTGRES_URL=...` for eval
+#   e2e/postgres.sh crash-restart
+#                           stop it the way a crash would (`pg_ctl -m immediate`:
+#                           no checkpoint, clients cut) and start it again on
+#                           the same port; for fault tests
 #
-# Data lives in e2e/.state/postgres (git-ignored). The server listens on
-# 127.0.0.1 only, on a free port, with its unix socket inside the state dir,
-# and fsync off: the data is disposable.
+# Data lives in e2e/.state/postgres (git-ignored), or in $TOLLGATE_PG_STATE
+# (a fault test's own server). The server listens on 127.0.0.1 only, on a free
+# port, with its unix socket inside the state dir, and fsync off: the data is
+# disposable, and no test crashes the kernel under it. Commits stay
+# synchronous, so what PostgreSQL acknowledged survives a crash of the server.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-state=$here/.state/postgres
+state=${TOLLGATE_PG_STATE:-$here/.state/postgres}
 data=$state/data
 sock=$state/sock
 db=tollgate
@@ -23,7 +29,7 @@ log() { echo "postgres.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-  echo "usage: $(basename "$0") up|down|status|env" >&2
+  echo "usage: $(basename "$0") up|down|status|env|crash-restart" >&2
   exit 2
 }
 
@@ -130,7 +136,6 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$sock'
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 EOF
 
@@ -157,6 +162,14 @@ cmd_down() {
   rm -rf "$state"
 }
 
+cmd_crash_restart() {
+  is_running || die "PostgreSQL is not running; start it with: $here/postgres.sh up"
+  as_pg "$pg_bin/pg_ctl" stop -D "$data" -m immediate -w -t 30 >/dev/null \
+    || die "pg_ctl stop -m immediate failed (log: $state/postgres.log)"
+  as_pg "$pg_bin/pg_ctl" start -D "$data" -l "$state/postgres.log" -w -t "$start_timeout" >/dev/null \
+    || { tail -n 40 "$state/postgres.log" >&2; die "PostgreSQL did not come back within ${start_timeout}s (log: $state/postgres.log)"; }
+}
+
 cmd_status() {
   if is_running; then
     echo "postgres: running on 127.0.0.1:$(<"$state/port")"
@@ -178,5 +191,6 @@ case "$1" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  crash-restart) cmd_crash_restart ;;
   *) usage ;;
 esac

@@ -45,6 +45,7 @@ pub struct Metrics {
     receipts_written: Gauge,
     receipts_set_aside: Gauge,
     receipts_dropped: Gauge,
+    receipts_queued: Gauge,
     overload_refusals: Family<BoundLabel, Gauge>,
     /// The data port's refusals at its bounds (`tollgate_wire::server`).
     pub overload: Arc<tollgate_wire::server::OverloadCounters>,
@@ -83,6 +84,15 @@ impl Default for Metrics {
             "Receipts dropped because the spool's filesystem refused writes while 16 MiB of them waited in memory (failMode: open only; should stay 0)",
             receipts_dropped.clone(),
         );
+        let receipts_queued = Gauge::default();
+        registry.register(
+            "receipts_queued",
+            format!(
+                "Records waiting for the spool writer; at {} new requests are refused until it catches up",
+                crate::receipts::MAX_QUEUED_RECORDS
+            ),
+            receipts_queued.clone(),
+        );
         let overload_refusals = Family::<BoundLabel, Gauge>::default();
         registry.register(
             "overload_refusals",
@@ -96,6 +106,7 @@ impl Default for Metrics {
             receipts_written,
             receipts_set_aside,
             receipts_dropped,
+            receipts_queued,
             overload_refusals,
             overload: Arc::default(),
         }
@@ -127,6 +138,8 @@ impl Metrics {
             .set(i64::try_from(gateway.receipts().status.set_aside()).unwrap_or(i64::MAX));
         self.receipts_dropped
             .set(i64::try_from(gateway.receipts().status.dropped()).unwrap_or(i64::MAX));
+        self.receipts_queued
+            .set(i64::try_from(gateway.receipts().status.queued()).unwrap_or(i64::MAX));
         for (bound, count) in self.overload.by_kind() {
             self.overload_refusals
                 .get_or_create(&BoundLabel { bound })
@@ -275,6 +288,8 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
         )
     } else if status.certificate_expired() {
         Some("the receipt key certificate expired and could not be renewed")
+    } else if status.queued() >= crate::receipts::MAX_QUEUED_RECORDS {
+        Some("the receipt writer is behind: too many records wait for it")
     } else if !status.accepting() {
         Some("the receipt spool is full")
     } else {

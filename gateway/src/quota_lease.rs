@@ -8,11 +8,14 @@
 //! The pure part, [`LeaseBook`], decides; [`LeasedQuotaAuthority`] does the
 //! HTTP. When the recorder cannot be reached, each quota's `failMode` decides:
 //! `closed` refuses the request (503), `open` lets it through unleased; its
-//! receipt still counts in usage.
+//! receipt still counts in usage. After a failed call the gateway holds off
+//! for [`UNREACHABLE_HOLD_OFF`] ([`Reachability`]): requests meanwhile get
+//! their failMode at once instead of each waiting for a connection attempt, and
+//! an outage is logged when it starts and when it ends, not once per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -35,6 +38,58 @@ pub const LEASE_TTL_SECONDS: u64 = 60;
 /// Renew leases this long before they expire, and report consumption at
 /// least this often.
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// After a lease call fails, requests that need the recorder get their
+/// quota's failMode without calling it for this long.
+pub const UNREACHABLE_HOLD_OFF: Duration = Duration::from_secs(1);
+
+/// Whether the recorder is worth calling: a failed call holds calls off for
+/// [`UNREACHABLE_HOLD_OFF`]; the first success ends the outage.
+#[derive(Debug, Default)]
+pub struct Reachability {
+    /// When the current outage began (its first failed call).
+    down_since: Option<Instant>,
+    /// No call before this.
+    hold_off_until: Option<Instant>,
+}
+
+/// What a call's outcome changed, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReachabilityChange {
+    /// Nothing new: still reachable, or still away.
+    Unchanged,
+    /// The first failure of an outage.
+    WentAway,
+    /// The first success after an outage that lasted this long.
+    CameBack(Duration),
+}
+
+impl Reachability {
+    /// Whether to call the recorder at `now`.
+    pub fn may_call(&self, now: Instant) -> bool {
+        self.hold_off_until.is_none_or(|until| now >= until)
+    }
+
+    /// A call failed at `now`.
+    pub fn failed(&mut self, now: Instant) -> ReachabilityChange {
+        self.hold_off_until = Some(now + UNREACHABLE_HOLD_OFF);
+        if self.down_since.is_some() {
+            ReachabilityChange::Unchanged
+        } else {
+            self.down_since = Some(now);
+            ReachabilityChange::WentAway
+        }
+    }
+
+    /// A call succeeded at `now`.
+    pub fn succeeded(&mut self, now: Instant) -> ReachabilityChange {
+        self.hold_off_until = None;
+        match self.down_since.take() {
+            Some(since) => ReachabilityChange::CameBack(now.saturating_duration_since(since)),
+            None => ReachabilityChange::Unchanged,
+        }
+    }
+}
 
 /// One lease as the gateway keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -264,6 +319,7 @@ pub struct LeasedQuotaAuthority {
     book: Mutex<LeaseBook>,
     /// One refill at a time: requests that wait together share its grant.
     refill: tokio::sync::Mutex<()>,
+    reachability: Mutex<Reachability>,
 }
 
 /// Why a lease call failed.
@@ -285,6 +341,7 @@ impl LeasedQuotaAuthority {
             http: HttpClient::new(tls, Duration::from_secs(5)),
             book: Mutex::new(LeaseBook::default()),
             refill: tokio::sync::Mutex::new(()),
+            reachability: Mutex::new(Reachability::default()),
         }
     }
 
@@ -318,7 +375,39 @@ impl LeasedQuotaAuthority {
         Ok(response.body)
     }
 
+    /// Grants or renews, unless an outage holds calls off; logs where an
+    /// outage starts and ends.
     async fn call(&self, refill: &Refill) -> Result<LeaseResponse, CallError> {
+        if !self.reachability().may_call(Instant::now()) {
+            return Err(CallError::Unreachable(
+                "holding off after a failed call".into(),
+            ));
+        }
+        let result = self.call_now(refill).await;
+        let change = match &result {
+            Ok(_) => self.reachability().succeeded(Instant::now()),
+            Err(_) => self.reachability().failed(Instant::now()),
+        };
+        match (change, &result) {
+            (ReachabilityChange::WentAway, Err(CallError::Unreachable(why))) => {
+                tracing::warn!(reason = %why, "quota authority unreachable; each quota's failMode applies until it is back");
+            }
+            (ReachabilityChange::CameBack(after), _) => {
+                tracing::info!(
+                    after_ms = after.as_millis() as u64,
+                    "quota authority reachable again"
+                );
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn reachability(&self) -> std::sync::MutexGuard<'_, Reachability> {
+        self.reachability.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn call_now(&self, refill: &Refill) -> Result<LeaseResponse, CallError> {
         let body = match refill {
             Refill::Grant(body) => self.post("/v1/quota/leases", body).await?,
             Refill::Renew { lease_id, body } => {
@@ -372,7 +461,7 @@ impl LeasedQuotaAuthority {
                     }
                 }
                 Err(CallError::Unreachable(why)) => {
-                    tracing::warn!(quota = %quota.id, limit = %limit.name, reason = %why, "quota authority unreachable");
+                    tracing::debug!(quota = %quota.id, limit = %limit.name, reason = %why, "quota authority unreachable");
                     match quota.fail_mode {
                         FailMode::Closed => {
                             return QuotaDecision::Unavailable {
@@ -428,7 +517,7 @@ impl LeasedQuotaAuthority {
                 match self.call(&refill).await {
                     Ok(answer) => self.book().apply(&key, sent, &answer, now),
                     Err(CallError::Unreachable(why)) => {
-                        tracing::warn!(reason = %why, "renewing a quota lease failed; retrying");
+                        tracing::debug!(reason = %why, "renewing a quota lease failed; retrying");
                     }
                 }
             }
@@ -478,6 +567,28 @@ impl QuotaAuthority for LeasedQuotaAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_holds_calls_off_and_an_outage_is_reported_once_each_way() {
+        let t0 = Instant::now();
+        let mut r = Reachability::default();
+        assert!(r.may_call(t0));
+        assert_eq!(r.succeeded(t0), ReachabilityChange::Unchanged);
+        assert_eq!(r.failed(t0), ReachabilityChange::WentAway);
+        assert!(!r.may_call(t0 + UNREACHABLE_HOLD_OFF / 2));
+        assert!(r.may_call(t0 + UNREACHABLE_HOLD_OFF));
+        let later = t0 + UNREACHABLE_HOLD_OFF * 3;
+        assert_eq!(r.failed(later), ReachabilityChange::Unchanged);
+        assert!(!r.may_call(later), "each failure holds off again");
+        let back = later + UNREACHABLE_HOLD_OFF;
+        assert_eq!(
+            r.succeeded(back),
+            ReachabilityChange::CameBack(back - t0),
+            "the outage counts from its first failure"
+        );
+        assert!(r.may_call(back));
+        assert_eq!(r.failed(back), ReachabilityChange::WentAway);
+    }
     use tollgate_wire::config::CalendarWindow;
     use tollgate_wire::config::LimitWindow;
 

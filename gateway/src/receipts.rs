@@ -324,7 +324,24 @@ pub struct SpoolStatus {
     /// Receipts dropped because the filesystem refused writes for longer
     /// than [`MAX_UNWRITTEN_BYTES`] of them could wait (`failMode: open`).
     dropped: AtomicU64,
+    /// Commands (mostly receipts) handed to the writer and not yet taken up
+    /// by it: past [`MAX_QUEUED_RECORDS`] no new request is admitted.
+    queued: AtomicU64,
 }
+
+/// The writer's queue bound: with this many records waiting for it (a disk
+/// that stalls, a writer starved of CPU) new requests are refused, as with a
+/// full spool, so memory stays bounded (about 2 KiB a record). Requests
+/// already admitted still queue their receipts: at most
+/// `--max-requests-in-flight` more arrive, and none is dropped.
+pub const MAX_QUEUED_RECORDS: u64 = 4096;
+
+/// Under `failMode: open` requests go on while the writer is behind; past
+/// this many waiting records their receipts are dropped and counted (as with
+/// [`MAX_UNWRITTEN_BYTES`]) rather than growing memory without end. Under
+/// `failMode: closed` admission stops at [`MAX_QUEUED_RECORDS`], so only
+/// requests already in flight add to it and this is not reached.
+pub const MAX_QUEUED_RECORDS_FAIL_OPEN: u64 = 4 * MAX_QUEUED_RECORDS;
 
 impl SpoolStatus {
     pub fn new(max_bytes: u64) -> Self {
@@ -336,14 +353,17 @@ impl SpoolStatus {
             unwritable: AtomicBool::new(false),
             certificate_not_after_ms: AtomicU64::new(0),
             set_aside: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     }
     /// Whether new requests may be admitted: the spool has room for their
-    /// receipts, the writer has not failed, and the key certificate is valid.
+    /// receipts, the writer has not failed and keeps up, and the key
+    /// certificate is valid.
     pub fn accepting(&self) -> bool {
         !self.failed.load(Ordering::Relaxed)
             && !self.unwritable.load(Ordering::Relaxed)
+            && self.queued.load(Ordering::Relaxed) < MAX_QUEUED_RECORDS
             && self.used_bytes.load(Ordering::Relaxed) + self.headroom_bytes <= self.max_bytes
             && unix_millis() < self.certificate_not_after_ms.load(Ordering::Relaxed)
     }
@@ -362,6 +382,13 @@ impl SpoolStatus {
     /// [`MAX_UNWRITTEN_BYTES`]).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+    /// Records waiting for the writer (see [`MAX_QUEUED_RECORDS`]).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+    fn taken_up(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
     }
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Relaxed)
@@ -1037,6 +1064,14 @@ impl ReceiptSink {
     /// Queues a draft. Fails only when the writer task is gone, which the
     /// status already reports as failed so no new request is admitted.
     pub fn submit(&self, draft: ReceiptDraft) {
+        if self.status.queued() >= MAX_QUEUED_RECORDS_FAIL_OPEN {
+            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                receipt_id = %draft.id,
+                "the receipt writer is too far behind; receipt dropped (failMode: open)"
+            );
+            return;
+        }
         self.send(SpoolCommand::Write(draft));
     }
 
@@ -1092,7 +1127,9 @@ impl ReceiptSink {
     }
 
     fn send(&self, command: SpoolCommand) {
+        self.status.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(command).is_err() {
+            self.status.taken_up();
             self.status.failed.store(true, Ordering::Relaxed);
             tracing::error!("receipt writer is gone; refusing new requests");
         }
@@ -1115,14 +1152,16 @@ pub(crate) fn test_sink(
 ) -> (ReceiptSink, mpsc::UnboundedReceiver<ReceiptDraft>) {
     let (tx, mut commands) = mpsc::unbounded_channel();
     let (drafts_tx, drafts) = mpsc::unbounded_channel();
+    let status = Arc::new(SpoolStatus::new(max_bytes));
+    let taken_up = status.clone();
     tokio::spawn(async move {
         while let Some(command) = commands.recv().await {
+            taken_up.taken_up();
             if let SpoolCommand::Write(draft) = command {
                 let _ = drafts_tx.send(draft);
             }
         }
     });
-    let status = Arc::new(SpoolStatus::new(max_bytes));
     status
         .certificate_not_after_ms
         .store(u64::MAX, Ordering::Relaxed);
@@ -1182,6 +1221,7 @@ pub fn spawn_spool_writer(
         // and fsyncing run outside it, so a forward decision never waits for
         // a disk flush.
         let run = |state: &mut WriterState, command: SpoolCommand| -> Result<u64, SpoolError> {
+            status.taken_up();
             match command {
                 SpoolCommand::Write(draft) => {
                     lock(&writer).append(draft).map(|e| u64::from(e.is_some()))
@@ -1427,6 +1467,7 @@ pub fn unix_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tollgate_evidence::{KeyCertificate, KeyId, PodIdentity, PublicKey};
 
     const T0: u64 = 1_750_000_000_000;
@@ -1678,6 +1719,79 @@ mod tests {
             )
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_falls_behind_stops_admission_and_loses_nothing() {
+        let dir = temp_dir("behind");
+        let status = Arc::new(SpoolStatus::new(1 << 30));
+        let writer = SpoolWriter::create(
+            &dir,
+            stream_key(30, T0, T0 + 60_000),
+            workload(),
+            status.clone(),
+        )
+        .unwrap();
+        let path = writer.path().to_path_buf();
+        status
+            .certificate_not_after_ms
+            .store(u64::MAX, Ordering::Relaxed);
+        let (sink, task) = spawn_spool_writer(writer);
+        let Decisions::Spool(shared) = &sink.decisions else {
+            panic!("a spool sink")
+        };
+        // A writer stalled (here: on the lock a disk write would hold).
+        let stalled = shared.lock().unwrap();
+        let total = MAX_QUEUED_RECORDS + 1;
+        for i in 0..total {
+            assert!(status.accepting(), "admitted while {i} wait");
+            sink.submit(draft(T0 + 1_000 + i, T0 + 2_000 + i));
+        }
+        // The writer took the first and waits on the lock with it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while status.queued() != MAX_QUEUED_RECORDS {
+            assert!(std::time::Instant::now() < deadline, "{}", status.queued());
+            // The writer is a blocking thread: no await needed (nor allowed
+            // while the lock is held).
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            !status.accepting(),
+            "a writer this far behind stops admission"
+        );
+        drop(stalled);
+        while sink.written() != total {
+            assert!(std::time::Instant::now() < deadline, "{}", sink.written());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(status.queued(), 0);
+        assert!(status.accepting(), "admission resumes once it caught up");
+        drop(sink);
+        task.await.unwrap().unwrap();
+        let receipts = lines(&path)
+            .iter()
+            .filter(|l| !l["envelope"]["record"]["receipt"].is_null())
+            .count() as u64;
+        assert_eq!(receipts, total, "every receipt queued is written");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn under_fail_open_a_writer_behind_costs_bounded_memory() {
+        // The test sink's reader never runs before this test awaits: every
+        // record stays queued, as with a stalled writer.
+        let (sink, _drafts) = test_sink(1 << 30, Arc::default(), false);
+        for i in 0..MAX_QUEUED_RECORDS_FAIL_OPEN {
+            sink.submit(draft(T0 + i, T0 + i + 1));
+        }
+        assert!(!sink.status.accepting());
+        assert_eq!(sink.status.dropped(), 0);
+        sink.submit(draft(T0, T0 + 1));
+        assert_eq!(
+            (sink.status.queued(), sink.status.dropped()),
+            (MAX_QUEUED_RECORDS_FAIL_OPEN, 1),
+            "past the bound a receipt is dropped, and counted"
+        );
     }
 
     #[test]

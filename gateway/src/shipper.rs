@@ -94,6 +94,9 @@ pub struct ShipReport {
     pub deleted: Vec<PathBuf>,
     /// Streams that cannot make progress, and why (retried next pass).
     pub stuck: Vec<(String, String)>,
+    /// The recorder could not be reached partway through the pass (after
+    /// some envelopes were sent), and why; retried next pass.
+    pub interrupted: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +193,7 @@ impl Shipper {
         let mut delay = INITIAL_BACKOFF;
         loop {
             let wait = match self.ship_once().await {
-                Ok(report) if report.stuck.is_empty() => {
+                Ok(report) if report.stuck.is_empty() && report.interrupted.is_none() => {
                     delay = INITIAL_BACKOFF;
                     if report.sent > 0 {
                         Duration::ZERO
@@ -201,6 +204,9 @@ impl Shipper {
                 Ok(report) => {
                     for (stream, why) in &report.stuck {
                         tracing::error!(stream_id = %stream, reason = %why, "receipt stream cannot be shipped; retrying");
+                    }
+                    if let Some(why) = &report.interrupted {
+                        tracing::warn!(error = %why, sent = report.sent, "shipping receipts was interrupted; retrying");
                     }
                     backoff(&mut delay)
                 }
@@ -218,7 +224,7 @@ impl Shipper {
             let mut delay = INITIAL_BACKOFF;
             loop {
                 match self.ship_once().await {
-                    Ok(r) if r.stuck.is_empty() && r.sent == 0 => return,
+                    Ok(r) if r.stuck.is_empty() && r.interrupted.is_none() && r.sent == 0 => return,
                     Ok(_) | Err(_) => tokio::time::sleep(backoff(&mut delay)).await,
                 }
             }
@@ -247,7 +253,7 @@ impl Shipper {
         match first_error {
             Some(e) if report.sent == 0 => Err(e),
             Some(e) => {
-                report.stuck.push(("(transport)".into(), e.to_string()));
+                report.interrupted = Some(e.to_string());
                 Ok(report)
             }
             None => Ok(report),

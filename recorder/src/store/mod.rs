@@ -34,9 +34,10 @@ pub enum StoreError {
     /// SQLite.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL.
+    /// PostgreSQL answered with an error (a connection problem is
+    /// [`StoreError::Unavailable`] instead).
     #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// Stored data does not read back as what was written.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
@@ -46,6 +47,30 @@ pub enum StoreError {
     /// Too much work is already queued for the database: retry shortly.
     #[error("storage busy: {0}")]
     Busy(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A lost or refused connection, or a server shutting down or starting
+    /// up, is [`StoreError::Unavailable`] (503, retry later); anything else
+    /// the server said stays an error.
+    fn from(e: tokio_postgres::Error) -> Self {
+        let server_going_or_coming = e.code().is_some_and(|code| {
+            let code = code.code();
+            // Class 08: connection exception; 57P01-57P03: admin shutdown,
+            // crash shutdown, cannot connect now.
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        });
+        let transport = e.as_db_error().is_none()
+            && std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || transport || server_going_or_coming {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!("{e}: {s}"))
+                .unwrap_or_else(|| e.to_string());
+            Self::Unavailable(format!("postgres: {cause}"))
+        } else {
+            Self::Postgres(e)
+        }
+    }
 }
 
 /// Storage-side facts of a receipt, for usage queries and exports.

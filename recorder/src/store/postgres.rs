@@ -290,3 +290,26 @@ impl Driver for PostgresDriver {
         Box::pin(async move { self.conn().await?.query(stmt, params).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_is_unavailable_not_an_error() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://tollgate:secret@127.0.0.1:{port}/tollgate");
+        match PostgresStore::connect(&url, 2).await {
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.contains("refused"), "{why}");
+                assert!(!why.contains("secret"), "no password in errors: {why}");
+            }
+            other => panic!("expected Unavailable, got {:?}", other.err()),
+        }
+    }
+}

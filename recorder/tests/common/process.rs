@@ -40,12 +40,18 @@ impl RecorderProcess {
     /// Starts `tollgate-recorder serve` on 127.0.0.1:0 with `extra` flags and waits
     /// for its listening line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`RecorderProcess::start`] on the address `listen` (to restart a
+    /// recorder where its clients already point).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut command = Command::new(recorder_bin());
         command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
@@ -74,6 +80,14 @@ impl RecorderProcess {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         self.child.wait().unwrap();
+    }
+}
+
+impl Drop for RecorderProcess {
+    /// A test that fails midway leaves no recorder behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -151,4 +165,98 @@ pub fn start_demo_gateway(
         .args(extra);
     Listening::start(command, "gateway", "tollgate-gateway: listening api=")
         .expect("gateway did not start")
+}
+
+/// Compiles the quickstart provider and policy plus one EgressQuota `name`
+/// of `requests` a day with `fail_mode`, for namespace `demo`.
+pub fn quota_config(dir: &Path, name: &str, requests: u64, fail_mode: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let m = dir.join(format!("manifests-{name}-{fail_mode}"));
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["provider.yaml", "policy.yaml"] {
+        std::fs::copy(root.join("examples/quickstart").join(f), m.join(f)).unwrap();
+    }
+    std::fs::write(
+        m.join("quota.yaml"),
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: EgressQuota\nmetadata:\n  name: {name}\nspec:\n  limits:\n  - name: daily-requests\n    window: day\n    requests: {requests}\n  enforcement: enforce\n  failMode: {fail_mode}\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join(format!("config-{name}-{fail_mode}.json"));
+    let (code, _, err) = kubectl_tollgate(&[
+        "compile",
+        "--manifests",
+        m.to_str().unwrap(),
+        "-n",
+        "demo",
+        "-o",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    config
+}
+
+/// A gateway process (pod `demo/NAME`) that ships to a recorder and takes
+/// its quota leases there.
+pub struct GatewayProcess {
+    pub child: Child,
+    /// Its API address.
+    pub api: String,
+    /// Its spool directory.
+    pub spool: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts `tollgate-gateway run` on `config`, spooling under `dir`.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        ca_key: &Path,
+        recorder_url: &str,
+        token: &Path,
+    ) -> Self {
+        let spool = dir.join(format!("spool-{name}"));
+        let mut command = Command::new(tollgate_test_support::process::gateway_binary().unwrap());
+        command
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--spool-dir", spool.to_str().unwrap()])
+            .args(["--namespace", "demo", "--service-account", "app"])
+            .args([
+                "--pod-name",
+                name,
+                "--pod-uid",
+                "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
+            ])
+            .args(["--ca-key-file", ca_key.to_str().unwrap()])
+            .args(["--recorder-url", recorder_url])
+            .args(["--recorder-token-file", token.to_str().unwrap()])
+            .env("RUST_LOG", "warn");
+        let started = Listening::start(command, name, "tollgate-gateway: listening api=")
+            .expect("gateway did not start");
+        Self {
+            child: started.child,
+            api: started.address,
+            spool,
+        }
+    }
+
+    /// SIGTERM; the gateway must exit cleanly.
+    pub fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for GatewayProcess {
+    /// A test that fails midway leaves no gateway behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
