@@ -88,7 +88,7 @@ impl Default for Metrics {
         registry.register(
             "receipts_queued",
             format!(
-                "Records waiting for the spool writer; at {} new requests are refused until it catches up",
+                "Records waiting for the spool writer; at {} new requests are refused until it catches up (failMode: closed)",
                 crate::receipts::MAX_QUEUED_RECORDS
             ),
             receipts_queued.clone(),

@@ -43,6 +43,10 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// quota's failMode without calling it for this long.
 pub const UNREACHABLE_HOLD_OFF: Duration = Duration::from_secs(1);
 
+/// A request that needs a lease waits this long at most for another
+/// request's lease call to the recorder; then its quota's failMode applies.
+pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(1);
+
 /// Whether the recorder is worth calling: a failed call holds calls off for
 /// [`UNREACHABLE_HOLD_OFF`]; the first success ends the outage.
 #[derive(Debug, Default)]
@@ -220,6 +224,19 @@ impl LeaseBook {
         }
     }
 
+    /// Drops a lease the recorder no longer knows: the next refill asks for a
+    /// fresh grant. Requests in flight keep their reservation; their usage is
+    /// reported on the new lease. Consumption never reported on the old one
+    /// is not counted (as for any lease that expired unreported).
+    pub fn forget(&mut self, key: &LimitKey) {
+        if let Some(lease) = self.leases.get_mut(key) {
+            *lease = Lease {
+                reserved: lease.reserved,
+                ..Lease::default()
+            };
+        }
+    }
+
     /// Applies the recorder's answer to a grant or renew sent with `sent`
     /// consumption. A granted `amount` is the whole unused rest of the lease,
     /// in-flight reservations included.
@@ -325,8 +342,28 @@ pub struct LeasedQuotaAuthority {
 /// Why a lease call failed.
 #[derive(Debug)]
 enum CallError {
-    /// The recorder could not be reached or answered with an error status.
+    /// The recorder could not be reached, or answered 5xx: an outage.
     Unreachable(String),
+    /// The recorder answered 4xx: it is there and refused this call (a lease
+    /// it no longer knows, a quota this pod may not lease).
+    Refused(StatusCode),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) => f.write_str(why),
+            Self::Refused(status) => write!(f, "recorder answered {status}"),
+        }
+    }
+}
+
+impl CallError {
+    /// The recorder no longer knows the lease (purged a day after it
+    /// expired, or returned): a fresh grant is due.
+    fn lease_gone(&self) -> bool {
+        matches!(self, Self::Refused(s) if *s == StatusCode::NOT_FOUND || *s == StatusCode::CONFLICT)
+    }
 }
 
 impl LeasedQuotaAuthority {
@@ -366,6 +403,9 @@ impl LeasedQuotaAuthority {
             )
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if response.status.is_client_error() {
+            return Err(CallError::Refused(response.status));
+        }
         if response.status != StatusCode::OK {
             return Err(CallError::Unreachable(format!(
                 "recorder answered {}",
@@ -385,8 +425,9 @@ impl LeasedQuotaAuthority {
         }
         let result = self.call_now(refill).await;
         let change = match &result {
-            Ok(_) => self.reachability().succeeded(Instant::now()),
-            Err(_) => self.reachability().failed(Instant::now()),
+            // A refusal is an answer: the recorder is there.
+            Ok(_) | Err(CallError::Refused(_)) => self.reachability().succeeded(Instant::now()),
+            Err(CallError::Unreachable(_)) => self.reachability().failed(Instant::now()),
         };
         match (change, &result) {
             (ReachabilityChange::WentAway, Err(CallError::Unreachable(why))) => {
@@ -425,7 +466,12 @@ impl LeasedQuotaAuthority {
         estimate: Amounts,
         now: u64,
     ) -> QuotaDecision {
-        let _one_refill = self.refill.lock().await;
+        // Wait for a refill in flight at most this long: a recorder that
+        // answers slowly or not at all (packets dropped) then costs the
+        // requests behind it a second, not the lease call's whole timeout.
+        let my_turn = tokio::time::timeout(MAX_REFILL_WAIT, self.refill.lock())
+            .await
+            .ok();
         // Someone else's refill may have covered us while we waited.
         let short = match self.book().try_reserve(limits, estimate, now) {
             Ok(entries) => {
@@ -439,8 +485,24 @@ impl LeasedQuotaAuthority {
             let (quota, limit) = limits[i];
             let key = key_of(&quota.id, limit);
             let refill = self.book().refill_request(quota, limit, estimate);
-            let sent = self.book().consumed(&key);
-            match self.call(&refill).await {
+            let mut sent = self.book().consumed(&key);
+            let mut answer = if my_turn.is_some() {
+                self.call(&refill).await
+            } else {
+                Err(CallError::Unreachable(
+                    "another lease call is still waiting for the recorder".into(),
+                ))
+            };
+            if let (Refill::Renew { .. }, Err(e)) = (&refill, &answer)
+                && e.lease_gone()
+            {
+                // Ask afresh for a lease the recorder no longer knows.
+                self.book().forget(&key);
+                let refill = self.book().refill_request(quota, limit, estimate);
+                sent = self.book().consumed(&key);
+                answer = self.call(&refill).await;
+            }
+            match answer {
                 Ok(answer) => {
                     self.book().apply(&key, sent, &answer, now);
                     shadow_denied |= answer.shadow_denied;
@@ -460,8 +522,15 @@ impl LeasedQuotaAuthority {
                         }
                     }
                 }
-                Err(CallError::Unreachable(why)) => {
-                    tracing::debug!(quota = %quota.id, limit = %limit.name, reason = %why, "quota authority unreachable");
+                Err(e) => {
+                    match &e {
+                        CallError::Unreachable(_) => {
+                            tracing::debug!(quota = %quota.id, limit = %limit.name, reason = %e, "quota authority unreachable");
+                        }
+                        CallError::Refused(_) => {
+                            tracing::warn!(quota = %quota.id, limit = %limit.name, reason = %e, "the quota authority refused a lease call; the quota's failMode applies");
+                        }
+                    }
                     match quota.fail_mode {
                         FailMode::Closed => {
                             return QuotaDecision::Unavailable {
@@ -516,8 +585,10 @@ impl LeasedQuotaAuthority {
                 let refill = Refill::Renew { lease_id, body };
                 match self.call(&refill).await {
                     Ok(answer) => self.book().apply(&key, sent, &answer, now),
-                    Err(CallError::Unreachable(why)) => {
-                        tracing::debug!(reason = %why, "renewing a quota lease failed; retrying");
+                    // The next request asks for a fresh lease.
+                    Err(e) if e.lease_gone() => self.book().forget(&key),
+                    Err(e) => {
+                        tracing::debug!(reason = %e, "renewing a quota lease failed; retrying");
                     }
                 }
             }
@@ -553,7 +624,7 @@ impl QuotaAuthority for LeasedQuotaAuthority {
         Box::pin(async move {
             let returns = self.book().returns();
             for (lease_id, body) in returns {
-                if let Err(CallError::Unreachable(why)) = self
+                if let Err(why) = self
                     .post(&format!("/v1/quota/leases/{lease_id}/return"), &body)
                     .await
                 {
@@ -713,6 +784,41 @@ mod tests {
         let returns = book.returns();
         assert_eq!(returns.len(), 1);
         assert_eq!(returns[0].1.consumed.tokens, 70);
+    }
+
+    #[test]
+    fn a_lease_the_recorder_forgot_is_asked_for_afresh_keeping_what_is_in_flight() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let limits = [(&q, &q.limits[0])];
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        book.apply(&key, Amounts::default(), &answer(true, 300), 10);
+        let in_flight = book.try_reserve(&limits, amounts(100), 11).unwrap();
+        let done = book.try_reserve(&limits, amounts(100), 11).unwrap();
+        book.settle(done, amounts(100));
+        assert!(matches!(
+            book.refill_request(&q, &q.limits[0], amounts(100)),
+            Refill::Renew { .. }
+        ));
+        // Days later the recorder answers 404 for it.
+        book.forget(&key);
+        let Refill::Grant(req) = book.refill_request(&q, &q.limits[0], amounts(100)) else {
+            panic!("a forgotten lease is asked for afresh");
+        };
+        assert_eq!(
+            req.min_amount.unwrap().tokens,
+            100 + 100,
+            "room for what is in flight"
+        );
+        assert!(
+            book.try_reserve(&limits, amounts(1), 12).is_err(),
+            "no rest left"
+        );
+        book.apply(&key, Amounts::default(), &answer(true, 500), 12);
+        book.settle(in_flight, amounts(80));
+        let lease = book.lease(&key).unwrap();
+        assert_eq!(lease.consumed.tokens, 80, "reported on the new lease");
+        assert_eq!(lease.rest.tokens, 500 - 80);
     }
 
     #[test]

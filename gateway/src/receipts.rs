@@ -338,9 +338,10 @@ pub const MAX_QUEUED_RECORDS: u64 = 4096;
 
 /// Under `failMode: open` requests go on while the writer is behind; past
 /// this many waiting records their receipts are dropped and counted (as with
-/// [`MAX_UNWRITTEN_BYTES`]) rather than growing memory without end. Under
-/// `failMode: closed` admission stops at [`MAX_QUEUED_RECORDS`], so only
-/// requests already in flight add to it and this is not reached.
+/// [`MAX_UNWRITTEN_BYTES`]) rather than growing memory without end. Receipts
+/// of requests admitted under `failMode: closed` are never dropped: admission
+/// stops at [`MAX_QUEUED_RECORDS`], so only requests already in flight add
+/// to the queue.
 pub const MAX_QUEUED_RECORDS_FAIL_OPEN: u64 = 4 * MAX_QUEUED_RECORDS;
 
 impl SpoolStatus {
@@ -520,6 +521,8 @@ pub struct SpoolWriter {
     /// to: the receipt goes to the same stream (or is set aside), so a
     /// decision and its receipt never straddle two streams.
     decided: HashMap<String, Identifier>,
+    /// The stream the last renewal closed.
+    closed_before: Option<Identifier>,
     /// Streams closed (their close record appended) whose lines are not all
     /// written yet; they are written and fsynced with the next flush.
     closing: Vec<StreamFile>,
@@ -591,6 +594,7 @@ impl SpoolWriter {
             workload,
             status,
             decided: HashMap::new(),
+            closed_before: None,
             closing: Vec::new(),
             unplaced: Vec::new(),
             broken: false,
@@ -857,6 +861,14 @@ impl SpoolWriter {
             return Ok(());
         };
         append_close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
+        // Decisions whose receipt never came (dropped under failMode open)
+        // are forgotten one renewal after their stream closed: no request
+        // runs that long, and a receipt that comes while the stream is just
+        // closed must still find its decision (to be set aside with it).
+        let closed = previous.chain.stream_id().clone();
+        if let Some(long_closed) = self.closed_before.replace(closed) {
+            self.decided.retain(|_, stream| *stream != long_closed);
+        }
         self.closing.push(previous);
         Ok(())
     }
@@ -1064,6 +1076,13 @@ impl ReceiptSink {
     /// Queues a draft. Fails only when the writer task is gone, which the
     /// status already reports as failed so no new request is admitted.
     pub fn submit(&self, draft: ReceiptDraft) {
+        self.send(SpoolCommand::Write(draft));
+    }
+
+    /// [`ReceiptSink::submit`] for a request admitted under `failMode: open`:
+    /// past [`MAX_QUEUED_RECORDS_FAIL_OPEN`] waiting records the receipt is
+    /// dropped and counted instead.
+    pub fn submit_fail_open(&self, draft: ReceiptDraft) {
         if self.status.queued() >= MAX_QUEUED_RECORDS_FAIL_OPEN {
             self.status.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -1688,6 +1707,37 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_whose_receipt_never_came_is_forgotten_one_renewal_after_its_stream_closed() {
+        let dir = temp_dir("forget-decisions");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let mut writer =
+            SpoolWriter::create(&dir, stream_key(40, T0, T0 + 30_000), workload(), status).unwrap();
+        assert!(
+            writer
+                .append_decision(decision(T0 + 1_000, T0 + 1_001))
+                .unwrap()
+        );
+        assert_eq!(writer.decided.len(), 1);
+        let at = |ms| Timestamp::from_unix_millis(T0 + ms).unwrap();
+        writer
+            .renew(&stream_key(41, T0 + 20_000, T0 + 50_000), at(20_000))
+            .unwrap();
+        writer.close_previous_unsynced(at(29_000)).unwrap();
+        assert_eq!(
+            writer.decided.len(),
+            1,
+            "its stream just closed: a late receipt still finds it"
+        );
+        writer
+            .renew(&stream_key(42, T0 + 40_000, T0 + 70_000), at(40_000))
+            .unwrap();
+        writer.close_previous_unsynced(at(49_000)).unwrap();
+        assert!(writer.decided.is_empty(), "forgotten a renewal later");
+        writer.close(CloseReason::Shutdown, at(49_500)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_second_renewal_closes_the_stream_the_first_one_left_open() {
         let dir = temp_dir("renew-twice");
         let status = Arc::new(SpoolStatus::new(1 << 20));
@@ -1743,12 +1793,17 @@ mod tests {
         // A writer stalled (here: on the lock a disk write would hold).
         let stalled = shared.lock().unwrap();
         let total = MAX_QUEUED_RECORDS + 1;
-        for i in 0..total {
-            assert!(status.accepting(), "admitted while {i} wait");
+        sink.submit(draft(T0 + 1_000, T0 + 2_000));
+        // The writer takes the first and waits on the lock with it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while status.queued() != 0 {
+            assert!(std::time::Instant::now() < deadline, "{}", status.queued());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 1..total {
+            assert!(status.accepting(), "admitted while {} wait", i - 1);
             sink.submit(draft(T0 + 1_000 + i, T0 + 2_000 + i));
         }
-        // The writer took the first and waits on the lock with it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while status.queued() != MAX_QUEUED_RECORDS {
             assert!(std::time::Instant::now() < deadline, "{}", status.queued());
             // The writer is a blocking thread: no await needed (nor allowed
@@ -1782,15 +1837,21 @@ mod tests {
         // record stays queued, as with a stalled writer.
         let (sink, _drafts) = test_sink(1 << 30, Arc::default(), false);
         for i in 0..MAX_QUEUED_RECORDS_FAIL_OPEN {
-            sink.submit(draft(T0 + i, T0 + i + 1));
+            sink.submit_fail_open(draft(T0 + i, T0 + i + 1));
         }
         assert!(!sink.status.accepting());
         assert_eq!(sink.status.dropped(), 0);
-        sink.submit(draft(T0, T0 + 1));
+        sink.submit_fail_open(draft(T0, T0 + 1));
         assert_eq!(
             (sink.status.queued(), sink.status.dropped()),
             (MAX_QUEUED_RECORDS_FAIL_OPEN, 1),
-            "past the bound a receipt is dropped, and counted"
+            "past the bound a fail-open receipt is dropped, and counted"
+        );
+        sink.submit(draft(T0, T0 + 1));
+        assert_eq!(
+            (sink.status.queued(), sink.status.dropped()),
+            (MAX_QUEUED_RECORDS_FAIL_OPEN + 1, 1),
+            "a receipt of a request admitted under failMode closed is never dropped"
         );
     }
 

@@ -187,12 +187,20 @@ impl Shipper {
     }
 
     /// Ships until `shutdown` completes, then makes a last bounded attempt (10 s)
-    /// to drain what is left (e.g. the close record written on shutdown).
+    /// to drain what is left (e.g. the close record written on shutdown). A
+    /// pass still waiting for the recorder when `shutdown` comes is abandoned
+    /// (the recorder's `next_seq` tells the next shipper where to resume), so
+    /// a recorder that does not answer cannot hold a stopping pod past its
+    /// grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut delay = INITIAL_BACKOFF;
         loop {
-            let wait = match self.ship_once().await {
+            let pass = tokio::select! {
+                pass = self.ship_once() => pass,
+                () = &mut shutdown => break,
+            };
+            let wait = match pass {
                 Ok(report) if report.stuck.is_empty() && report.interrupted.is_none() => {
                     delay = INITIAL_BACKOFF;
                     if report.sent > 0 {

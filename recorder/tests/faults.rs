@@ -10,7 +10,7 @@
 //! What must hold: every request is answered (never a hang or a dropped
 //! connection); every receipt id a response carried ends up in the recorder,
 //! in a bundle the CLI verifies; the closed quota never grants past its cap and
-//! refuses with 503 only while the authority is away, the open one never
+//! refuses only with its cap's 429 or the authority's 503, the open one never
 //! refuses; the spools drain once the recorder is back.
 
 mod common;
@@ -101,11 +101,20 @@ fn constant_load(api: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Result<Ou
     })
 }
 
-/// A free port on loopback, for a recorder that must come back where its
-/// gateways point.
+/// A free port on loopback for a recorder that must come back where its
+/// gateways point: below the kernel's ephemeral range, so no outgoing
+/// connection takes it while the recorder is down.
 fn free_loopback_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let first = 20_000 + (std::process::id() % 5_000) as u16;
+    (first..ephemeral_start)
+        .chain(20_000..first)
+        .map(|port| format!("127.0.0.1:{port}"))
+        .find(|address| std::net::TcpListener::bind(address).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 fn client() -> HttpClient {
@@ -433,8 +442,13 @@ impl OwnPostgres {
 }
 
 impl Drop for OwnPostgres {
+    /// Stops the server, without a second panic if the test already failed.
     fn drop(&mut self) {
-        self.script("down");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/postgres.sh");
+        let _ = std::process::Command::new(script)
+            .arg("down")
+            .env("TOLLGATE_PG_STATE", &self.state)
+            .status();
     }
 }
 

@@ -126,3 +126,68 @@ async fn an_unreachable_authority_follows_each_quotas_fail_mode() {
     );
     open.stop();
 }
+
+/// An authority that accepts connections and never answers (a recorder whose
+/// packets are dropped): the one request whose lease call waits for it waits
+/// out the call's timeout (5 s); the requests behind it get their failMode
+/// after a second instead of queueing behind it. Stopping does not wait for
+/// the shipper's call to it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_authority_costs_waiting_requests_a_second_not_the_call_timeout() {
+    let dir = common::temp_dir("gateway-leases-silent");
+    let (ca_key, _) = local_ca(&dir, CA_SEED);
+    let token = dir.join("token");
+    std::fs::write(&token, "unused").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let closed = GatewayProcess::start(
+        &dir,
+        "gw-silent",
+        &manifests(&dir, 100, "closed"),
+        &ca_key,
+        &url,
+        &token,
+    );
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let gateway = &closed;
+            async move {
+                let answer = chat(gateway).await;
+                (answer, started.elapsed())
+            }
+        })
+        .collect();
+    let answers = futures::future::join_all(calls).await;
+    for ((status, _, message), _) in &answers {
+        assert_eq!(*status, 503, "{message}");
+        assert!(
+            message.contains("quota authority cannot be reached"),
+            "{message}"
+        );
+    }
+    let quick = answers
+        .iter()
+        .filter(|(_, took)| *took < Duration::from_secs(4))
+        .count();
+    assert!(
+        quick >= 4,
+        "the requests behind the waiting lease call must not wait for its 5 s timeout: {:?}",
+        answers.iter().map(|(_, took)| took).collect::<Vec<_>>()
+    );
+    // Its shipper waits on the same silent recorder: stopping abandons that
+    // call, so the pod stops inside Kubernetes' default 30 s grace period.
+    let stopping = std::time::Instant::now();
+    closed.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(25),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+}

@@ -78,6 +78,8 @@ pub(super) struct Finish {
     pricing: ModelPricing,
     settle: Settle,
     gateway: Arc<Gateway>,
+    /// The request was admitted under `failMode: open`.
+    fails_open: bool,
 }
 
 pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Settle) -> Finish {
@@ -87,6 +89,7 @@ pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Sett
         pricing,
         settle,
         gateway: ticket.gateway.clone(),
+        fails_open: ticket.runtime.fails_open(),
     }
 }
 
@@ -242,7 +245,7 @@ impl MeteredBody {
                 draft.reason = "upstream_idle_timeout";
             }
         }
-        finish.gateway.record(draft);
+        finish.gateway.record(draft, finish.fails_open);
     }
 }
 

@@ -72,6 +72,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Whether this pod's policy says `failMode: open`: requests go on while
+    /// receipts cannot be written.
+    pub fn fails_open(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| p.fail_mode == FailMode::Open)
+    }
+
     /// Builds the runtime for `config`: picks this pod's policy and makes one
     /// pooled, pinned client per live provider.
     pub fn build(
@@ -139,10 +147,15 @@ impl Gateway {
         *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
     }
 
-    /// Counts a finished request and hands its receipt to the spool writer.
-    fn record(&self, draft: ReceiptDraft) {
+    /// Counts a finished request and hands its receipt to the spool writer
+    /// (see [`ReceiptSink::submit_fail_open`] for `fails_open`).
+    fn record(&self, draft: ReceiptDraft, fails_open: bool) {
         self.metrics.count(&draft);
-        self.receipts.submit(draft);
+        if fails_open {
+            self.receipts.submit_fail_open(draft);
+        } else {
+            self.receipts.submit(draft);
+        }
     }
 
     pub fn receipts(&self) -> &ReceiptSink {
@@ -370,7 +383,7 @@ impl Ticket {
             *pending = None;
         }
         drop(pending);
-        self.gateway.record(draft);
+        self.gateway.record(draft, self.runtime.fails_open());
     }
 
     fn tag(&self, response: &mut Response) {
@@ -418,7 +431,7 @@ impl Drop for Ticket {
         draft.decision_id = Some(decision_id);
         draft.upstream = connection.and_then(|c| forward::with_fingerprint(&c, upstream));
         draft.response_sha256 = Sha256::digest(b"").into();
-        self.gateway.record(draft);
+        self.gateway.record(draft, self.runtime.fails_open());
     }
 }
 
@@ -430,11 +443,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         return Refusal::PathNotServed.response(style_for_path(request.uri().path()));
     };
     let runtime = gateway.runtime();
-    let fails_open = runtime
-        .policy
-        .as_ref()
-        .is_some_and(|p| p.fail_mode == FailMode::Open);
-    if !gateway.receipts.status.accepting() && !fails_open {
+    if !gateway.receipts.status.accepting() && !runtime.fails_open() {
         return Refusal::SpoolUnavailable.response(endpoint.style());
     }
     let (parts, body) = request.into_parts();
