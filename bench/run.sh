@@ -3,7 +3,7 @@
 # the same run: direct to the mock upstream, and nginx as one plain proxy hop.
 # Writes bench/results/latest.json and docs/benchmarks.md. Never part of CI.
 #
-#   bench/run.sh            # full run (about 5 minutes on 2 cores)
+#   bench/run.sh            # full run (about 15 minutes on 2 cores)
 #   BENCH_QUICK=1 bench/run.sh   # shorter load phases
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,12 @@ command -v oha >/dev/null || { echo "bench: installing oha (constant-rate load g
 python3 -c 'import litellm' 2>/dev/null || { echo "bench: installing litellm[proxy] (peer comparison)" >&2; pip install -q 'litellm[proxy]' || echo "bench: litellm unavailable; its rows will be empty" >&2; }
 
 cd "$root"
-cargo build --release -q -p tollgate-gateway -p tollgate-cli -p tollgate-bench
+command -v perf >/dev/null || { echo "bench: installing linux-perf (native profile)" >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null || echo "bench: perf unavailable; no native profile" >&2; }
+command -v valgrind >/dev/null || { echo "bench: installing valgrind (instruction counts)" >&2; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
+cargo build --release -q -p tollgate-cli -p tollgate-bench
 cargo build --release -q -p tollgate-operator --example admission_bench
 cargo build --release -q -p tollgate-gateway --example decision_bench
+# The gateway as it ships: built on its own (no features another package of the
+# workspace would unify into it), and last, so target/release holds this build.
+cargo build --release -q -p tollgate-gateway
 exec python3 "$root/bench/run.py" "$@"

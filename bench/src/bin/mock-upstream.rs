@@ -1,6 +1,10 @@
 //! An OpenAI-style upstream for benchmarks: answers chat completions after a
 //! fixed delay (zero by default), or streams `--sse-events` deltas
 //! `--sse-interval-ms` apart when the request asks for `"stream": true`.
+//!
+//! The request's model can ask for other shapes, so one upstream serves every
+//! benchmark: `bench-json-N` answers a JSON completion of about N bytes, and
+//! `bench-sse-E-I` streams E deltas I milliseconds apart.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,11 +64,16 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
+    let shape = Shape::of(model(&body));
     if !streaming {
         if args.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
         }
-        let mut response = Response::new(Full::new(Bytes::from_static(JSON.as_bytes())).boxed());
+        let json = match shape {
+            Shape::Json(bytes) => Bytes::from(json_of_size(bytes)),
+            _ => Bytes::from_static(JSON.as_bytes()),
+        };
+        let mut response = Response::new(Full::new(json).boxed());
         response.headers_mut().insert(
             "content-type",
             "application/json"
@@ -73,16 +82,25 @@ async fn answer(
         );
         return Ok(response);
     }
+    let (events, interval_ms) = match shape {
+        Shape::Sse {
+            events,
+            interval_ms,
+        } => (events, interval_ms),
+        _ => (args.sse_events, args.sse_interval_ms),
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
-        for i in 0..args.sse_events {
+        for i in 0..events {
             let event = format!(
                 "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i}\"}}}}]}}\n\n"
             );
             if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(args.sse_interval_ms)).await;
+            if interval_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            }
         }
         let usage = "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":64,\"total_tokens\":76}}\n\ndata: [DONE]\n\n";
         let _ = tx
@@ -96,6 +114,60 @@ async fn answer(
         http::HeaderValue::from_static("text/event-stream"),
     );
     Ok(response)
+}
+
+/// What a request's model asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The default answers.
+    Default,
+    /// A JSON completion of about this many bytes.
+    Json(usize),
+    /// A stream of `events` deltas `interval_ms` apart.
+    Sse { events: u32, interval_ms: u64 },
+}
+
+impl Shape {
+    fn of(model: &str) -> Self {
+        if let Some(bytes) = model
+            .strip_prefix("bench-json-")
+            .and_then(|n| n.parse().ok())
+        {
+            return Self::Json(bytes);
+        }
+        if let Some((events, interval)) = model
+            .strip_prefix("bench-sse-")
+            .and_then(|r| r.split_once('-'))
+            && let (Ok(events), Ok(interval_ms)) = (events.parse(), interval.parse())
+        {
+            return Self::Sse {
+                events,
+                interval_ms,
+            };
+        }
+        Self::Default
+    }
+}
+
+/// The request's `"model"` value (the first one in the body), or "".
+fn model(body: &[u8]) -> &str {
+    const KEY: &[u8] = b"\"model\":\"";
+    let Some(start) = body.windows(KEY.len()).position(|w| w == KEY) else {
+        return "";
+    };
+    let rest = &body[start + KEY.len()..];
+    let end = rest.iter().position(|b| *b == b'"').unwrap_or(0);
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+/// A chat completion whose content pads it to about `bytes`.
+fn json_of_size(bytes: usize) -> String {
+    let filler = "x".repeat(bytes.saturating_sub(JSON.len()));
+    JSON.replacen(
+        "\"content\":\"ok\"",
+        &format!("\"content\":\"ok{filler}\""),
+        1,
+    )
 }
 
 fn tls_acceptor(

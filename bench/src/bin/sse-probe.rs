@@ -1,6 +1,6 @@
 //! Streams `--requests` chat completions through `--url` and reports, in
 //! microseconds, the time to the first body byte and the gaps between SSE
-//! events, as JSON on stdout.
+//! events, and the time to the last byte, as JSON on stdout.
 
 use std::io::Write;
 use std::time::Instant;
@@ -21,28 +21,35 @@ struct Args {
     requests: u32,
     #[arg(long, default_value_t = 5)]
     concurrency: u32,
+    /// The model asked for (the mock upstream's `bench-sse-E-I` picks the
+    /// stream's shape).
+    #[arg(long, default_value = "gpt-4o-mini")]
+    model: String,
 }
-
-const BODY: &str =
-    r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"bench"}]}"#;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let per_worker = args.requests.div_ceil(args.concurrency);
+    let body = Bytes::from(
+        serde_json::json!({"model": args.model, "stream": true, "messages": [{"role": "user", "content": "bench"}]})
+            .to_string(),
+    );
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let client = client.clone();
         let url = args.url.clone();
+        let request_body = body.clone();
         tasks.push(tokio::spawn(async move {
             let mut ttfb = Vec::new();
             let mut gaps = Vec::new();
+            let mut totals = Vec::new();
             for _ in 0..per_worker {
                 let request = http::Request::post(&url)
                     .header("content-type", "application/json")
                     .header("authorization", "Bearer bench")
-                    .body(Full::new(Bytes::from_static(BODY.as_bytes())))?;
+                    .body(Full::new(request_body.clone()))?;
                 let start = Instant::now();
                 let mut body = client.request(request).await?.into_body();
                 let mut last: Option<Instant> = None;
@@ -61,24 +68,28 @@ async fn main() -> anyhow::Result<()> {
                     }
                     last = Some(now);
                 }
+                totals.push(start.elapsed().as_micros() as u64);
             }
-            anyhow::Ok((ttfb, gaps))
+            anyhow::Ok((ttfb, gaps, totals))
         }));
     }
-    let (mut ttfb, mut gaps) = (Vec::new(), Vec::new());
+    let (mut ttfb, mut gaps, mut totals) = (Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
-        let (t, g) = task.await??;
+        let (t, g, total) = task.await??;
         ttfb.extend(t);
         gaps.extend(g);
+        totals.extend(total);
     }
     ttfb.sort_unstable();
     gaps.sort_unstable();
+    totals.sort_unstable();
     let report = serde_json::json!({
         "requests": ttfb.len(),
         "ttfb_p50_us": percentile(&ttfb, 50.0),
         "ttfb_p99_us": percentile(&ttfb, 99.0),
         "gap_p50_us": percentile(&gaps, 50.0),
         "gap_p99_us": percentile(&gaps, 99.0),
+        "total_p50_us": percentile(&totals, 50.0),
     });
     writeln!(std::io::stdout().lock(), "{report}")?;
     Ok(())
