@@ -128,7 +128,7 @@ def with_cpu(pids, measure):
     result = measure()
     spent = cpu_of(pids) - before
     count = result.get("requests") or 1
-    result["cpu_us_per_request"] = round(spent / count * 1e6, 1)
+    result["cpu_us_per_request"] = round(spent / count * 1e6, 1) if pids else None
     return result
 
 
@@ -137,9 +137,10 @@ def request_body(size, model="gpt-4o-mini"):
     (the gateway's secret scan reads every byte)."""
     base = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": ""}]}
     words = "The quarterly report covers revenue, churn and the roadmap for the next release. "
-    room = max(size - len(json.dumps(base)), 8)
+    compact = lambda v: json.dumps(v, separators=(",", ":"))  # as SDKs send it; the mock reads `"model":"`
+    room = max(size - len(compact(base)), 8)
     base["messages"][0]["content"] = (words * (room // len(words) + 1))[:room]
-    return json.dumps(base)
+    return compact(base)
 
 
 # Request and response sizes measured at SIZE_RATE: (name, request bytes, model).
@@ -189,6 +190,7 @@ def callgrind_run(cmd, port, url, requests, out, logs, env=None):
     count (every thread)."""
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
                          stdout=logs, stderr=subprocess.STDOUT, env=env)
+    PROCS.append(p)  # stopped with the rest if anything here fails
     try:
         wait_port(port, timeout=300)
         time.sleep(1)
@@ -254,6 +256,7 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_max_body_size 8m;
+  client_body_buffer_size 1m;  # bodies stay in memory, as in the gateway
   upstream up {{ server 127.0.0.1:{tls_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
@@ -412,10 +415,13 @@ litellm_settings: {{drop_params: true, telemetry: false}}
                 d = oha(targets["direct"], rate, max(3, DURATION // 2))
                 t = oha(targets[name], rate, max(3, DURATION // 2))
                 extra = added(t, d, "p99_us")
-                print(f"bench: max-rate probe {name} {rate} rps: added p99 {extra} us, rps {t['rps']}", file=sys.stderr)
-                if extra is None or extra > 5000 or t["rps"] < rate * 0.9:
+                all_ok = set(t["status_codes"]) <= {"200"}
+                print(f"bench: max-rate probe {name} {rate} rps: added p99 {extra} us, rps {t['rps']}, statuses {t['status_codes']}", file=sys.stderr)
+                if extra is None or extra > 5000 or t["rps"] < rate * 0.9 or not all_ok:
                     break
                 best = rate
+            else:
+                results[f"{name}_max_rate_is_probe_top"] = True  # it held to the top: a lower bound
             results[f"{name}_max_rate_added_p99_le_5ms"] = best
 
         sse = {name: sse_probe(url) for name, url in targets.items() if name != "litellm"}
@@ -487,6 +493,7 @@ litellm_settings: {{drop_params: true, telemetry: false}}
             "rss_after_mb": results["gateway_rss_after_mb"],
             "cpu_s_per_1k_requests": r["gateway@1000"].get("cpu_s_per_1k"),
             "max_rate_added_p99_le_5ms": results["gateway_max_rate_added_p99_le_5ms"],
+            "max_rate_is_probe_top": results.get("gateway_max_rate_is_probe_top", False),
             "sse_added_ttfb_p50_us": results["sse"]["gateway"]["ttfb_p50_us"] - results["sse"]["direct"]["ttfb_p50_us"],
             "sse_added_gap_p50_us": results["sse"]["gateway"]["gap_p50_us"] - results["sse"]["direct"]["gap_p50_us"],
             "sse_added_gap_p99_us": results["sse"]["gateway"]["gap_p99_us"] - results["sse"]["direct"]["gap_p99_us"],
@@ -498,6 +505,7 @@ litellm_settings: {{drop_params: true, telemetry: false}}
             "sse_added_ttfb_p50_us": results["sse"]["nginx"]["ttfb_p50_us"] - results["sse"]["direct"]["ttfb_p50_us"],
             "sse_added_gap_p99_us": results["sse"]["nginx"]["gap_p99_us"] - results["sse"]["direct"]["gap_p99_us"],
             "max_rate_added_p99_le_5ms": results.get("nginx_max_rate_added_p99_le_5ms"),
+            "max_rate_is_probe_top": results.get("nginx_max_rate_is_probe_top", False),
         },
         "litellm": {
             "added_p50_us": added(r["litellm@1000"], r["direct@1000"], "p50_us") if "litellm@1000" in r else None,
@@ -607,6 +615,12 @@ def cpu1k(latest, name):
 
 def cpu64k(latest, name):
     return ((latest.get("sizes") or {}).get("request 64 KB") or {}).get(name, {}).get("cpu_us_per_request")
+
+
+def rate_fmt(target):
+    """The highest sustained rate; "≥" when it held to the probe's top."""
+    rate = target.get("max_rate_added_p99_le_5ms")
+    return ("≥ " if target.get("max_rate_is_probe_top") else "") + fmt(rate, " rps")
 
 
 def within(a, b, factor):
@@ -733,7 +747,7 @@ gateway runs with receipts (signed, chained, fsynced to the spool) and quota enf
 | RSS at the end of the 1k rps phase | {fmt(g['rss_1k_mb'], ' MB')} |
 | RSS 2 s after load | {fmt(g['rss_after_mb'], ' MB')} |
 | CPU seconds per 1k requests | {fmt(g['cpu_s_per_1k_requests'])} |
-| Highest rate with added p99 ≤ 5 ms (nginx: {fmt(n.get('max_rate_added_p99_le_5ms'), ' rps')}) | {fmt(g['max_rate_added_p99_le_5ms'], ' rps')} |
+| Highest rate with added p99 ≤ 5 ms (nginx: {rate_fmt(n)}) | {rate_fmt(g)} |
 | RSS after the body-size phases (64 KB and 512 KB requests, 256 KB answers) | {fmt(latest.get('gateway_rss_after_sizes_mb'), ' MB')} |
 | Streaming: added time to first byte, p50 (nginx: {fmt(n['sse_added_ttfb_p50_us'], ' µs')}) | {fmt(g['sse_added_ttfb_p50_us'], ' µs')} |
 | Streaming: added gap between events, p50 / p99 | {fmt(g['sse_added_gap_p50_us'])} / {fmt(g['sse_added_gap_p99_us'])} µs |
@@ -757,11 +771,12 @@ Streaming uses 64 deltas 20 ms apart per response, 20 responses, 5 at a time.
 | added p50 ≤ nginx's + 50 µs at 1k rps (issue 18) | {fmt(g["added_p50_us"], ' µs')} vs {fmt(n["added_p50_us"], ' µs')} | {met(g["added_p50_us"] is not None and n["added_p50_us"] is not None and g["added_p50_us"] <= n["added_p50_us"] + 50)} |
 | streaming added TTFB ≤ nginx's + 50 µs (issue 18) | {fmt(g['sse_added_ttfb_p50_us'], ' µs')} vs {fmt(n['sse_added_ttfb_p50_us'], ' µs')} | {met(g['sse_added_ttfb_p50_us'] is not None and n['sse_added_ttfb_p50_us'] is not None and g['sse_added_ttfb_p50_us'] <= n['sse_added_ttfb_p50_us'] + 50)} |
 | per-delta added gap p99 ≤ nginx's + 100 µs (issue 18) | {fmt(g['sse_added_gap_p99_us'], ' µs')} vs {fmt(n.get('sse_added_gap_p99_us'), ' µs')} | {met(g['sse_added_gap_p99_us'] is not None and n.get('sse_added_gap_p99_us') is not None and g['sse_added_gap_p99_us'] <= n['sse_added_gap_p99_us'] + 100)} |
-| highest rate with added p99 ≤ 5 ms ≥ 0.5× nginx's (issue 18) | {fmt(g['max_rate_added_p99_le_5ms'], ' rps')} vs {fmt(n.get('max_rate_added_p99_le_5ms'), ' rps')} | {met(g['max_rate_added_p99_le_5ms'] is not None and n.get('max_rate_added_p99_le_5ms') is not None and g['max_rate_added_p99_le_5ms'] >= 0.5 * n['max_rate_added_p99_le_5ms'])} |
+| highest rate with added p99 ≤ 5 ms ≥ 0.5× nginx's (issue 18) | {rate_fmt(g)} vs {rate_fmt(n)} | {met(g['max_rate_added_p99_le_5ms'] is not None and n.get('max_rate_added_p99_le_5ms') is not None and g['max_rate_added_p99_le_5ms'] >= 0.5 * n['max_rate_added_p99_le_5ms'])} |
 | RSS ≤ 15 MB idle, ≤ 30 MB after the body-size phases (issue 18) | {fmt(g['rss_idle_mb'], ' MB')} / {fmt(latest.get('gateway_rss_after_sizes_mb'), ' MB')} | {met(g['rss_idle_mb'] is not None and g['rss_idle_mb'] <= 15 and (latest.get('gateway_rss_after_sizes_mb') or 1e9) <= 30)} |
 | admission review p99 ≤ 5 ms at 100 concurrent | {fmt((latest.get("admission") or {}).get("all", {}).get("p99_ms"), ' ms')} | {met((latest.get("admission") or {}).get("all", {}).get("p99_ms", 1e9) <= 5)} |
 
-What the profile says (issue 18). Two Ed25519 signatures per request are the
+What the profile said when this section was written (2026-12-06, issue 18; the
+tables above are this run's). Two Ed25519 signatures per request are the
 largest single cost: the forward decision, signed on the request's own thread
 before the request may leave, and the receipt, signed on the spool writer's
 thread. Together with their canonical JSON encoding and hashing they are about

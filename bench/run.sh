@@ -15,8 +15,12 @@ command -v oha >/dev/null || { echo "bench: installing oha (constant-rate load g
 python3 -c 'import litellm' 2>/dev/null || { echo "bench: installing litellm[proxy] (peer comparison)" >&2; pip install -q 'litellm[proxy]' || echo "bench: litellm unavailable; its rows will be empty" >&2; }
 
 cd "$root"
-command -v perf >/dev/null || { echo "bench: installing linux-perf (native profile)" >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null || echo "bench: perf unavailable; no native profile" >&2; }
-command -v valgrind >/dev/null || { echo "bench: installing valgrind (instruction counts)" >&2; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
+for tool in perf:linux-perf valgrind:valgrind; do
+  command -v "${tool%%:*}" >/dev/null && continue
+  echo "bench: installing ${tool#*:}" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tool#*:}" >/dev/null; } \
+    || echo "bench: ${tool#*:} unavailable; its section will say so" >&2
+done
 cargo build --release -q -p tollgate-cli -p tollgate-bench
 cargo build --release -q -p tollgate-operator --example admission_bench
 cargo build --release -q -p tollgate-gateway --example decision_bench

@@ -43,6 +43,9 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// quota's failMode without calling it for this long.
 pub const UNREACHABLE_HOLD_OFF: Duration = Duration::from_secs(1);
 
+/// Stopping, the gateway returns its leases within this time at most.
+pub const RETURN_LEASES_WITHIN: Duration = Duration::from_secs(5);
+
 /// A request that needs a lease waits this long at most for another
 /// request's lease call to the recorder; then its quota's failMode applies.
 pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(1);
@@ -311,10 +314,6 @@ impl LeaseBook {
     pub fn lease(&self, key: &LimitKey) -> Option<&Lease> {
         self.leases.get(key)
     }
-
-    fn consumed(&self, key: &LimitKey) -> Amounts {
-        self.leases.get(key).map(|l| l.consumed).unwrap_or_default()
-    }
 }
 
 /// A grant or a renew.
@@ -327,6 +326,18 @@ pub enum Refill {
     },
 }
 
+impl Refill {
+    /// The consumption this call reports to the recorder: a renew's
+    /// total, none for a grant (what was consumed without a lease is
+    /// reported on the new lease's first renew).
+    pub fn reported(&self) -> Amounts {
+        match self {
+            Self::Grant(_) => Amounts::default(),
+            Self::Renew { body, .. } => body.consumed.into(),
+        }
+    }
+}
+
 /// Leases quota from the recorder.
 #[derive(Debug)]
 pub struct LeasedQuotaAuthority {
@@ -334,9 +345,14 @@ pub struct LeasedQuotaAuthority {
     token: Arc<dyn TokenSource>,
     http: HttpClient,
     book: Mutex<LeaseBook>,
-    /// One refill at a time: requests that wait together share its grant.
+    /// One refill at a time, and renewals only between them: requests that
+    /// wait together share its grant, and answers apply to the lease they
+    /// were asked for.
     refill: tokio::sync::Mutex<()>,
     reachability: Mutex<Reachability>,
+    /// Limits the recorder refused (a 4xx other than a lease it forgot), and
+    /// until when requests get their failMode for them without asking again.
+    refused: Mutex<HashMap<LimitKey, (Instant, StatusCode)>>,
 }
 
 /// Why a lease call failed.
@@ -379,6 +395,7 @@ impl LeasedQuotaAuthority {
             book: Mutex::new(LeaseBook::default()),
             refill: tokio::sync::Mutex::new(()),
             reachability: Mutex::new(Reachability::default()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -448,6 +465,65 @@ impl LeasedQuotaAuthority {
         self.reachability.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn refused(&self) -> std::sync::MutexGuard<'_, HashMap<LimitKey, (Instant, StatusCode)>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A refill for `key`, unless another request's call took too long or
+    /// the recorder refused this limit a moment ago; on a lease the recorder
+    /// forgot, a fresh grant. Returns the answer and the consumption it
+    /// reported (none for a grant).
+    async fn refill_for(
+        &self,
+        quota: &CompiledQuota,
+        limit: &CompiledLimit,
+        key: &LimitKey,
+        estimate: Amounts,
+        my_turn: bool,
+    ) -> (Result<LeaseResponse, CallError>, Amounts) {
+        if !my_turn {
+            let waiting = "another lease call is still waiting for the recorder";
+            return (
+                Err(CallError::Unreachable(waiting.into())),
+                Amounts::default(),
+            );
+        }
+        let held_off = {
+            let now = Instant::now();
+            let mut refused = self.refused();
+            refused.retain(|_, (until, _)| *until > now);
+            refused.get(key).map(|(_, status)| *status)
+        };
+        if let Some(status) = held_off {
+            return (Err(CallError::Refused(status)), Amounts::default());
+        }
+        let mut refill = self.book().refill_request(quota, limit, estimate);
+        let mut answer = self.call(&refill).await;
+        if let (Refill::Renew { .. }, Err(e)) = (&refill, &answer)
+            && e.lease_gone()
+        {
+            // Ask afresh for a lease the recorder no longer knows.
+            self.book().forget(key);
+            refill = self.book().refill_request(quota, limit, estimate);
+            answer = self.call(&refill).await;
+        }
+        if let Err(e @ CallError::Refused(status)) = &answer
+            && !e.lease_gone()
+        {
+            let newly = self
+                .refused()
+                .insert(
+                    key.clone(),
+                    (Instant::now() + UNREACHABLE_HOLD_OFF, *status),
+                )
+                .is_none();
+            if newly {
+                tracing::warn!(quota = %quota.id, limit = %limit.name, reason = %e, "the quota authority refused a lease call; the quota's failMode applies");
+            }
+        }
+        (answer, refill.reported())
+    }
+
     async fn call_now(&self, refill: &Refill) -> Result<LeaseResponse, CallError> {
         let body = match refill {
             Refill::Grant(body) => self.post("/v1/quota/leases", body).await?,
@@ -484,24 +560,9 @@ impl LeasedQuotaAuthority {
         for i in short {
             let (quota, limit) = limits[i];
             let key = key_of(&quota.id, limit);
-            let refill = self.book().refill_request(quota, limit, estimate);
-            let mut sent = self.book().consumed(&key);
-            let mut answer = if my_turn.is_some() {
-                self.call(&refill).await
-            } else {
-                Err(CallError::Unreachable(
-                    "another lease call is still waiting for the recorder".into(),
-                ))
-            };
-            if let (Refill::Renew { .. }, Err(e)) = (&refill, &answer)
-                && e.lease_gone()
-            {
-                // Ask afresh for a lease the recorder no longer knows.
-                self.book().forget(&key);
-                let refill = self.book().refill_request(quota, limit, estimate);
-                sent = self.book().consumed(&key);
-                answer = self.call(&refill).await;
-            }
+            let (answer, sent) = self
+                .refill_for(quota, limit, &key, estimate, my_turn.is_some())
+                .await;
             match answer {
                 Ok(answer) => {
                     self.book().apply(&key, sent, &answer, now);
@@ -523,14 +584,7 @@ impl LeasedQuotaAuthority {
                     }
                 }
                 Err(e) => {
-                    match &e {
-                        CallError::Unreachable(_) => {
-                            tracing::debug!(quota = %quota.id, limit = %limit.name, reason = %e, "quota authority unreachable");
-                        }
-                        CallError::Refused(_) => {
-                            tracing::warn!(quota = %quota.id, limit = %limit.name, reason = %e, "the quota authority refused a lease call; the quota's failMode applies");
-                        }
-                    }
+                    tracing::debug!(quota = %quota.id, limit = %limit.name, reason = %e, "no lease; the quota's failMode applies");
                     match quota.fail_mode {
                         FailMode::Closed => {
                             return QuotaDecision::Unavailable {
@@ -578,6 +632,9 @@ impl LeasedQuotaAuthority {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
             tick.tick().await;
+            // Between refills, never beside one: a renew and a request's
+            // refill of the same lease must not cross.
+            let _turn = self.refill.lock().await;
             let now = crate::receipts::unix_millis() / 1000;
             let due = self.book().due_for_renewal(now);
             for (key, lease_id, body) in due {
@@ -623,13 +680,25 @@ impl QuotaAuthority for LeasedQuotaAuthority {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let returns = self.book().returns();
-            for (lease_id, body) in returns {
-                if let Err(why) = self
-                    .post(&format!("/v1/quota/leases/{lease_id}/return"), &body)
-                    .await
-                {
-                    tracing::warn!(reason = %why, "returning a quota lease failed; it expires on its own");
+            let give_back = async {
+                for (lease_id, body) in returns {
+                    if let Err(why) = self
+                        .post(&format!("/v1/quota/leases/{lease_id}/return"), &body)
+                        .await
+                    {
+                        tracing::warn!(reason = %why, "returning a quota lease failed; it expires on its own");
+                    }
                 }
+            };
+            // A stopping pod does not wait long on a recorder that does not
+            // answer: leases expire on their own.
+            if tokio::time::timeout(RETURN_LEASES_WITHIN, give_back)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "returning quota leases took too long; the rest expire on their own"
+                );
             }
         })
     }
@@ -819,6 +888,32 @@ mod tests {
         let lease = book.lease(&key).unwrap();
         assert_eq!(lease.consumed.tokens, 80, "reported on the new lease");
         assert_eq!(lease.rest.tokens, 500 - 80);
+    }
+
+    #[test]
+    fn usage_without_a_lease_is_reported_on_the_first_renew_not_marked_reported_by_a_grant() {
+        let q = quota(Enforcement::Enforce, 1000);
+        let key = key_of(&q.id, &q.limits[0]);
+        let mut book = LeaseBook::default();
+        // Served unleased (failMode open while the recorder was away).
+        let unleased = book.reserve_unleased(key.clone(), amounts(100));
+        book.settle(vec![unleased], amounts(80));
+        let grant = book.refill_request(&q, &q.limits[0], amounts(100));
+        assert!(matches!(grant, Refill::Grant(_)));
+        assert_eq!(
+            grant.reported(),
+            Amounts::default(),
+            "a grant reports nothing"
+        );
+        book.apply(&key, grant.reported(), &answer(true, 500), 10);
+        assert_eq!(book.lease(&key).unwrap().rest.tokens, 500 - 80);
+        let Refill::Renew { body, .. } = book.refill_request(&q, &q.limits[0], amounts(100)) else {
+            panic!("expected a renew");
+        };
+        assert_eq!(
+            body.consumed.tokens, 80,
+            "the unleased usage reaches the recorder"
+        );
     }
 
     #[test]

@@ -336,6 +336,10 @@ pub struct SpoolStatus {
 /// `--max-requests-in-flight` more arrive, and none is dropped.
 pub const MAX_QUEUED_RECORDS: u64 = 4096;
 
+/// A forward decision whose receipt never came is forgotten this long after
+/// its stream closed.
+const FORGET_DECISIONS_AFTER_MS: u64 = 3_600_000;
+
 /// Under `failMode: open` requests go on while the writer is behind; past
 /// this many waiting records their receipts are dropped and counted (as with
 /// [`MAX_UNWRITTEN_BYTES`]) rather than growing memory without end. Receipts
@@ -521,8 +525,9 @@ pub struct SpoolWriter {
     /// to: the receipt goes to the same stream (or is set aside), so a
     /// decision and its receipt never straddle two streams.
     decided: HashMap<String, Identifier>,
-    /// The stream the last renewal closed.
-    closed_before: Option<Identifier>,
+    /// Streams closed by renewals, and when (unix ms), until their
+    /// decisions are forgotten.
+    closed_streams: Vec<(Identifier, u64)>,
     /// Streams closed (their close record appended) whose lines are not all
     /// written yet; they are written and fsynced with the next flush.
     closing: Vec<StreamFile>,
@@ -594,7 +599,7 @@ impl SpoolWriter {
             workload,
             status,
             decided: HashMap::new(),
-            closed_before: None,
+            closed_streams: Vec::new(),
             closing: Vec::new(),
             unplaced: Vec::new(),
             broken: false,
@@ -862,12 +867,18 @@ impl SpoolWriter {
         };
         append_close(&mut previous, &self.status, CloseReason::KeyExpiry, now)?;
         // Decisions whose receipt never came (dropped under failMode open)
-        // are forgotten one renewal after their stream closed: no request
-        // runs that long, and a receipt that comes while the stream is just
-        // closed must still find its decision (to be set aside with it).
-        let closed = previous.chain.stream_id().clone();
-        if let Some(long_closed) = self.closed_before.replace(closed) {
-            self.decided.retain(|_, stream| *stream != long_closed);
+        // are forgotten an hour after their stream closed: no request runs
+        // that long, and a receipt that comes while the stream is just closed
+        // must still find its decision (to be set aside with it).
+        let now_ms = now.unix_millis();
+        self.closed_streams
+            .push((previous.chain.stream_id().clone(), now_ms));
+        let (long_closed, recent): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed_streams)
+            .into_iter()
+            .partition(|(_, at)| now_ms.saturating_sub(*at) >= FORGET_DECISIONS_AFTER_MS);
+        self.closed_streams = recent;
+        for (stream_id, _) in long_closed {
+            self.decided.retain(|_, stream| *stream != stream_id);
         }
         self.closing.push(previous);
         Ok(())
@@ -1707,11 +1718,12 @@ mod tests {
     }
 
     #[test]
-    fn a_decision_whose_receipt_never_came_is_forgotten_one_renewal_after_its_stream_closed() {
+    fn a_decision_whose_receipt_never_came_is_forgotten_an_hour_after_its_stream_closed() {
+        const H: u64 = 3_600_000;
         let dir = temp_dir("forget-decisions");
         let status = Arc::new(SpoolStatus::new(1 << 20));
         let mut writer =
-            SpoolWriter::create(&dir, stream_key(40, T0, T0 + 30_000), workload(), status).unwrap();
+            SpoolWriter::create(&dir, stream_key(40, T0, T0 + 3 * H), workload(), status).unwrap();
         assert!(
             writer
                 .append_decision(decision(T0 + 1_000, T0 + 1_001))
@@ -1720,20 +1732,28 @@ mod tests {
         assert_eq!(writer.decided.len(), 1);
         let at = |ms| Timestamp::from_unix_millis(T0 + ms).unwrap();
         writer
-            .renew(&stream_key(41, T0 + 20_000, T0 + 50_000), at(20_000))
+            .renew(&stream_key(41, T0 + H, T0 + 5 * H), at(H))
             .unwrap();
-        writer.close_previous_unsynced(at(29_000)).unwrap();
+        writer.close_previous_unsynced(at(H + 1_000)).unwrap();
         assert_eq!(
             writer.decided.len(),
             1,
             "its stream just closed: a late receipt still finds it"
         );
         writer
-            .renew(&stream_key(42, T0 + 40_000, T0 + 70_000), at(40_000))
+            .renew(&stream_key(42, T0 + 2 * H, T0 + 6 * H), at(2 * H))
             .unwrap();
-        writer.close_previous_unsynced(at(49_000)).unwrap();
-        assert!(writer.decided.is_empty(), "forgotten a renewal later");
-        writer.close(CloseReason::Shutdown, at(49_500)).unwrap();
+        writer.close_previous_unsynced(at(2 * H + 500)).unwrap();
+        assert_eq!(writer.decided.len(), 1, "not yet an hour");
+        writer
+            .renew(&stream_key(43, T0 + 3 * H, T0 + 7 * H), at(3 * H))
+            .unwrap();
+        writer.close_previous_unsynced(at(3 * H)).unwrap();
+        assert!(
+            writer.decided.is_empty(),
+            "forgotten an hour after its stream closed"
+        );
+        writer.close(CloseReason::Shutdown, at(3 * H + 1)).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
