@@ -355,6 +355,30 @@ async fn check_nothing_acknowledged_was_lost(
     stored.len()
 }
 
+/// Stops the load and checks both promises: each quota's failMode, and no
+/// acknowledged receipt lost. Returns the two gateways' outcomes and how many
+/// receipts the recorder holds.
+async fn stop_and_check(
+    dir: &Path,
+    mut fleet: Fleet,
+    recorder: &RecorderProcess,
+    data: &Path,
+    ca_anchor: &Path,
+) -> (Vec<Outcome>, Vec<Outcome>, usize) {
+    let (closed, open) = fleet.stop_load();
+    check_fail_modes(&closed, &open);
+    let receipts = check_nothing_acknowledged_was_lost(
+        dir,
+        fleet,
+        &[&closed, &open],
+        recorder,
+        data,
+        ca_anchor,
+    )
+    .await;
+    (closed, open, receipts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorder_killed_every_few_seconds_under_load_loses_nothing() {
     const LOAD: Duration = Duration::from_secs(60);
@@ -365,7 +389,7 @@ async fn recorder_killed_every_few_seconds_under_load_loses_nothing() {
     let flags = ["--trust-anchor", ca_anchor.to_str().unwrap()];
     let mut recorder = RecorderProcess::start_on(&data, &address, &flags);
     let url = recorder.url.clone();
-    let mut fleet = Fleet::start(&dir, &ca_key, &url, &data.join("local-token"));
+    let fleet = Fleet::start(&dir, &ca_key, &url, &data.join("local-token"));
 
     let started = Instant::now();
     let mut kills = 0;
@@ -377,17 +401,7 @@ async fn recorder_killed_every_few_seconds_under_load_loses_nothing() {
         recorder = RecorderProcess::start_on(&data, &address, &flags);
         assert_eq!(recorder.url, url);
     }
-    let (closed, open) = fleet.stop_load();
-    check_fail_modes(&closed, &open);
-    let receipts = check_nothing_acknowledged_was_lost(
-        &dir,
-        fleet,
-        &[&closed, &open],
-        &recorder,
-        &data,
-        &ca_anchor,
-    )
-    .await;
+    let (closed, open, receipts) = stop_and_check(&dir, fleet, &recorder, &data, &ca_anchor).await;
     eprintln!(
         "recorder killed {kills} times in {:.0?}: closed gateway {:?}, open gateway {:?}; {receipts} receipts stored, none lost",
         started.elapsed(),
@@ -476,7 +490,7 @@ async fn postgres_crashing_under_ingest_loses_nothing_acknowledged() {
             url_file.to_str().unwrap(),
         ],
     );
-    let mut fleet = Fleet::start(&dir, &ca_key, &recorder.url, &data.join("local-token"));
+    let fleet = Fleet::start(&dir, &ca_key, &recorder.url, &data.join("local-token"));
 
     let started = Instant::now();
     let mut crashes = 0;
@@ -485,17 +499,7 @@ async fn postgres_crashing_under_ingest_loses_nothing_acknowledged() {
         pg.crash_restart();
         crashes += 1;
     }
-    let (closed, open) = fleet.stop_load();
-    check_fail_modes(&closed, &open);
-    let receipts = check_nothing_acknowledged_was_lost(
-        &dir,
-        fleet,
-        &[&closed, &open],
-        &recorder,
-        &data,
-        &ca_anchor,
-    )
-    .await;
+    let (closed, open, receipts) = stop_and_check(&dir, fleet, &recorder, &data, &ca_anchor).await;
     eprintln!(
         "PostgreSQL crashed and restarted {crashes} times in {:.0?}: closed gateway {:?}, open gateway {:?}; {receipts} receipts stored, none lost",
         started.elapsed(),

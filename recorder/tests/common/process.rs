@@ -141,14 +141,14 @@ pub fn local_ca(dir: &Path, label: &str) -> (PathBuf, PathBuf) {
     (key_file, anchor_file)
 }
 
-/// Starts `tollgate-gateway run` as pod `demo/app-0` on `config`, spooling
-/// to `spool`, certified by the local CA `ca_key_file`, with `extra` flags.
-pub fn start_demo_gateway(
+/// `tollgate-gateway run` as pod `demo/POD_NAME` on `config`, on loopback
+/// ports of its choosing, spooling to `spool`, certified by `ca_key_file`.
+fn demo_gateway_command(
     config: &Path,
     spool: &Path,
     ca_key_file: &Path,
-    extra: &[&str],
-) -> Listening {
+    pod_name: &str,
+) -> Command {
     let mut command = Command::new(tollgate_test_support::process::gateway_binary().unwrap());
     command
         .args(["run", "--config", config.to_str().unwrap()])
@@ -157,12 +157,24 @@ pub fn start_demo_gateway(
         .args(["--namespace", "demo", "--service-account", "app"])
         .args([
             "--pod-name",
-            "app-0",
+            pod_name,
             "--pod-uid",
             "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
         ])
-        .args(["--ca-key-file", ca_key_file.to_str().unwrap()])
-        .args(extra);
+        .args(["--ca-key-file", ca_key_file.to_str().unwrap()]);
+    command
+}
+
+/// Starts `tollgate-gateway run` as pod `demo/app-0` on `config`, spooling
+/// to `spool`, certified by the local CA `ca_key_file`, with `extra` flags.
+pub fn start_demo_gateway(
+    config: &Path,
+    spool: &Path,
+    ca_key_file: &Path,
+    extra: &[&str],
+) -> Listening {
+    let mut command = demo_gateway_command(config, spool, ca_key_file, "app-0");
+    command.args(extra);
     Listening::start(command, "gateway", "tollgate-gateway: listening api=")
         .expect("gateway did not start")
 }
@@ -218,19 +230,8 @@ impl GatewayProcess {
         token: &Path,
     ) -> Self {
         let spool = dir.join(format!("spool-{name}"));
-        let mut command = Command::new(tollgate_test_support::process::gateway_binary().unwrap());
+        let mut command = demo_gateway_command(config, &spool, ca_key, name);
         command
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--spool-dir", spool.to_str().unwrap()])
-            .args(["--namespace", "demo", "--service-account", "app"])
-            .args([
-                "--pod-name",
-                name,
-                "--pod-uid",
-                "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab",
-            ])
-            .args(["--ca-key-file", ca_key.to_str().unwrap()])
             .args(["--recorder-url", recorder_url])
             .args(["--recorder-token-file", token.to_str().unwrap()])
             .env("RUST_LOG", "warn");
