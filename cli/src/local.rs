@@ -307,6 +307,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
             token: Arc::new(FileToken::new(data.join(LOCAL_TOKEN_FILE))),
             tls: tollgate_wire::client::public_roots().map_err(|e| anyhow::anyhow!("{e}"))?,
         }),
+        metric_conventions: tollgate_gateway::genai_metrics::Conventions::from_env(),
     })
     .await
     .context("starting the gateway")?;

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tollgate_evidence::Timestamp;
 use tollgate_recorder::store::sqlite::SqliteStore;
-use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery, UsageReport};
+use tollgate_recorder::usage::{Bucket, Freshness, GroupKey, UsageQuery, UsageReport};
 use tollgate_wire::client::{HttpClient, public_roots, roots_from_pem_file};
 
 /// Where the data comes from (shared with `bundle export`).
@@ -167,7 +168,7 @@ async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
             bucket: args.bucket.as_deref().map(Bucket::parse).transpose()?,
         };
         let store = SqliteStore::open(&db)?;
-        return Ok(tollgate_recorder::usage::report(&store, &query).await?);
+        return Ok(tollgate_recorder::usage::report(&store, &query, now).await?);
     }
     if args.source.recorder.is_none() {
         return fetch_through_api_server(args, ns.as_deref()).await;
@@ -344,7 +345,63 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
             report.warnings_omitted
         )?;
     }
+    for line in freshness_lines(&report.freshness) {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
+}
+
+/// An open stream quiet this long is worth a word (its gateway is idle, or
+/// cannot reach the recorder).
+const QUIET_NOTE_AFTER_MS: u64 = 5 * 60 * 1000;
+
+/// What the table's numbers are as of, for people.
+fn freshness_lines(freshness: &Freshness) -> Vec<String> {
+    let ms = |t: &str| {
+        Timestamp::parse_canonical(t)
+            .ok()
+            .map(Timestamp::unix_millis)
+    };
+    let answered = ms(&freshness.answered_at);
+    let ago = |t: &str| {
+        let (Some(now), Some(then)) = (answered, ms(t)) else {
+            return String::new();
+        };
+        match now.saturating_sub(then) {
+            0..1000 => " (under a second before this answer)".to_string(),
+            ms => format!(" ({} before this answer)", human_duration(ms)),
+        }
+    };
+    let mut lines = vec![match &freshness.newest_record_at {
+        Some(newest) => format!(
+            "as of {}: newest record {newest}{}; gateways ship receipts moments after each request",
+            freshness.answered_at,
+            ago(newest)
+        ),
+        None => format!("as of {}: no records in this range", freshness.answered_at),
+    }];
+    if let Some(quiet) = &freshness.quietest_open_stream_since {
+        let quiet_ms = answered.zip(ms(quiet)).map(|(a, q)| a.saturating_sub(q));
+        if quiet_ms.is_some_and(|q| q >= QUIET_NOTE_AFTER_MS) {
+            lines.push(format!(
+                "note: of {} open stream(s), one has shipped nothing newer than {quiet}{}: its gateway is idle, or cannot reach the recorder (receipts wait in its spool)",
+                freshness.open_streams,
+                ago(quiet)
+            ));
+        }
+    }
+    lines
+}
+
+/// `3 s`, `4 min`, `2 h`, `3 d`.
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
 }
 
 /// Runs `usage`.
@@ -395,6 +452,12 @@ mod tests {
             },
             warnings: vec![],
             warnings_omitted: 0,
+            freshness: Freshness {
+                answered_at: "2026-12-06T12:00:00.000Z".into(),
+                newest_record_at: Some("2026-12-06T11:59:57.500Z".into()),
+                open_streams: 3,
+                quietest_open_stream_since: Some("2026-12-06T11:50:00.000Z".into()),
+            },
         };
         let mut out = Vec::new();
         write_table(&mut out, &report).unwrap();
@@ -403,6 +466,30 @@ mod tests {
         assert!(text.contains("team-a     gpt-4o  2"), "{text}");
         assert!(text.contains("TOTAL"), "{text}");
         assert!(text.contains("1.500000"), "{text}");
+        assert!(
+            text.contains("as of 2026-12-06T12:00:00.000Z: newest record 2026-12-06T11:59:57.500Z (2 s before this answer)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("note: of 3 open stream(s), one has shipped nothing newer than 2026-12-06T11:50:00.000Z (10 min before this answer)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_recent_quiet_stream_and_an_empty_range_say_so_plainly() {
+        let fresh = Freshness {
+            answered_at: "2026-12-06T12:00:00.000Z".into(),
+            newest_record_at: None,
+            open_streams: 1,
+            quietest_open_stream_since: Some("2026-12-06T11:58:00.000Z".into()),
+        };
+        assert_eq!(
+            freshness_lines(&fresh),
+            vec!["as of 2026-12-06T12:00:00.000Z: no records in this range".to_string()]
+        );
+        assert_eq!(human_duration(7_199_999), "119 min");
+        assert_eq!(human_duration(259_200_000), "3 d");
     }
 
     #[test]

@@ -219,6 +219,40 @@ fn chart_lints_strictly_with_every_values_file() -> Result<()> {
 }
 
 #[test]
+fn chart_ships_the_grafana_dashboard_only_when_asked() -> Result<()> {
+    let docs = render(DEFAULT_NS, &[], &[])?;
+    ensure!(
+        find(&docs, "ConfigMap", "tollgate-grafana-dashboards").is_err(),
+        "the dashboard ConfigMap is rendered by default"
+    );
+    let docs = render(
+        DEFAULT_NS,
+        &[],
+        &[
+            "grafanaDashboards.enabled=true",
+            "grafanaDashboards.namespace=monitoring",
+        ],
+    )?;
+    let map = find(&docs, "ConfigMap", "tollgate-grafana-dashboards")?;
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(
+        map["data"]["tollgate-genai.json"]
+            .as_str()
+            .context("no tollgate-genai.json in the ConfigMap")?,
+    )
+    .context("the shipped dashboard is not JSON")?;
+    let source: Value = serde_json::from_str(&std::fs::read_to_string(
+        chart_dir().join("dashboards/tollgate-genai.json"),
+    )?)?;
+    assert_eq!(
+        shipped, source,
+        "the ConfigMap must carry the dashboard file unchanged"
+    );
+    Ok(())
+}
+
+#[test]
 fn chart_renders_the_control_plane_with_default_values() -> Result<()> {
     let docs = render(DEFAULT_NS, &[], &[])?;
     // The aggregated usage API trusts the CA of the recorder's generated

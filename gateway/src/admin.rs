@@ -3,7 +3,8 @@
 //! else, so a gateway still waiting for its config or its key certificate says
 //! what it waits for (`/startup` 503 with the phase) instead of refusing
 //! connections. Metric labels are bounded: endpoint, provider (from config) and
-//! decision, never pod, user or model text.
+//! decision, never pod, user or request text; the GenAI metrics
+//! ([`crate::genai_metrics`]) add model names the config lists.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tollgate_evidence::Decision;
 
+use crate::genai_metrics::{Conventions, GenAiMetrics};
 use crate::proxy::Gateway;
 use crate::receipts::ReceiptDraft;
 
@@ -49,11 +51,23 @@ pub struct Metrics {
     overload_refusals: Family<BoundLabel, Gauge>,
     /// The data port's refusals at its bounds (`tollgate_wire::server`).
     pub overload: Arc<tollgate_wire::server::OverloadCounters>,
+    /// The OpenTelemetry GenAI client metrics.
+    pub genai: GenAiMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("tollgate_gateway");
+        Self::new(Conventions::V1_41)
+    }
+}
+
+impl Metrics {
+    /// Tollgate's own metrics (prefixed `tollgate_gateway_`), and the GenAI
+    /// client metrics as `conventions` name them.
+    pub fn new(conventions: Conventions) -> Self {
+        let mut root = Registry::default();
+        let genai = GenAiMetrics::register(&mut root, conventions);
+        let registry = root.sub_registry_with_prefix("tollgate_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let spool_used_bytes = Gauge::default();
         let receipts_written = Gauge::default();
@@ -100,7 +114,8 @@ impl Default for Metrics {
             overload_refusals.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            genai,
             requests,
             spool_used_bytes,
             receipts_written,
@@ -111,9 +126,7 @@ impl Default for Metrics {
             overload: Arc::default(),
         }
     }
-}
 
-impl Metrics {
     /// Counts a finished request.
     pub fn count(&self, draft: &ReceiptDraft) {
         let decision = match draft.decision {

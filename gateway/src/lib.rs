@@ -13,6 +13,7 @@ pub mod control;
 pub mod credentials;
 pub mod dry_run;
 pub mod egress_rules;
+pub mod genai_metrics;
 pub mod guards;
 pub mod init_network;
 pub mod proxy;

@@ -1080,6 +1080,8 @@ pub struct ReceiptSink {
     tx: mpsc::UnboundedSender<SpoolCommand>,
     pub status: Arc<SpoolStatus>,
     written: Arc<AtomicU64>,
+    /// Notified each time the writer hands new records to the kernel.
+    records_written: Arc<tokio::sync::Notify>,
     decisions: Decisions,
 }
 
@@ -1169,6 +1171,12 @@ impl ReceiptSink {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+
+    /// Notified (one permit kept) each time new records reach the spool
+    /// files: the shipper waits on it instead of only polling.
+    pub fn records_written(&self) -> Arc<tokio::sync::Notify> {
+        self.records_written.clone()
+    }
 }
 
 /// A sink whose drafts the test reads from the receiver, with no spool.
@@ -1199,6 +1207,7 @@ pub(crate) fn test_sink(
         tx,
         status,
         written: Arc::new(AtomicU64::new(0)),
+        records_written: Arc::default(),
         decisions: Decisions::Kept {
             kept: decisions,
             refuse: refuse_decisions,
@@ -1228,10 +1237,12 @@ pub fn spawn_spool_writer(
     let written = Arc::new(AtomicU64::new(0));
     let dir = writer.dir.clone();
     let writer = Arc::new(std::sync::Mutex::new(writer));
+    let records_written = Arc::new(tokio::sync::Notify::new());
     let sink = ReceiptSink {
         tx,
         status: status.clone(),
         written: written.clone(),
+        records_written: records_written.clone(),
         decisions: Decisions::Spool(writer.clone()),
     };
     let syncer = Syncer::start(status.clone());
@@ -1325,6 +1336,9 @@ pub fn spawn_spool_writer(
                 Ok(files) => {
                     syncer.sync(files).map_err(fail)?;
                     written.fetch_add(unflushed, Ordering::Relaxed);
+                    if unflushed > 0 {
+                        records_written.notify_one();
+                    }
                     unflushed = 0;
                     if recovered {
                         tracing::info!(

@@ -21,9 +21,10 @@ use crate::shipper::Shipper;
 use tollgate_wire::client::{FileToken, TokenSource};
 use tollgate_wire::server::ServerLimits;
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, Metrics};
 use crate::control::ControlClient;
 use crate::credentials::{Credentials, MAX_KEY_BYTES};
+use crate::genai_metrics::Conventions;
 use crate::proxy::{Gateway, Identity, Runtime};
 use crate::quota::{LocalQuotaAuthority, QuotaAuthority};
 use crate::quota_lease::LeasedQuotaAuthority;
@@ -287,6 +288,8 @@ pub struct GatewayOptions {
     pub recorder: Option<RecorderLink>,
     /// Who enforces quotas.
     pub quota: QuotaSource,
+    /// Which GenAI metric conventions `/metrics` follows.
+    pub metric_conventions: Conventions,
 }
 
 /// Who enforces quotas.
@@ -464,7 +467,8 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             link.url.clone(),
             link.token.clone(),
             link.tls.clone(),
-        );
+        )
+        .with_wake(sink.records_written());
         tokio::spawn(shipper.run(async move {
             let _ = shipper_stop_rx.await;
         }))
@@ -485,7 +489,13 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
                 bail!("quota leases need a recorder (--recorder-url)")
             }
         };
-    let gateway = Arc::new(Gateway::new(runtime, quota.clone(), sink, identity));
+    let gateway = Arc::new(Gateway::new(
+        runtime,
+        quota.clone(),
+        sink,
+        identity,
+        Metrics::new(options.metric_conventions),
+    ));
 
     let api = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -774,6 +784,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             QuotaSource::InProcess
         },
         recorder,
+        metric_conventions: Conventions::from_env(),
     };
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));
     let running = start(options).await?;

@@ -54,6 +54,8 @@ pub const DEFAULT_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a woken shipper waits for more records before it ships.
+pub const WAKE_LINGER: Duration = Duration::from_millis(50);
 
 /// Why shipping failed this time (it is retried).
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,8 @@ pub struct Shipper {
     batch_envelopes: usize,
     batch_bytes: usize,
     poll: Duration,
+    /// Wakes an idle shipper when new records reach the spool.
+    wake: Option<Arc<tokio::sync::Notify>>,
     files: Mutex<HashMap<PathBuf, FileState>>,
 }
 
@@ -170,6 +174,7 @@ impl Shipper {
             batch_envelopes: DEFAULT_BATCH_ENVELOPES,
             batch_bytes: DEFAULT_BATCH_BYTES,
             poll: Duration::from_secs(1),
+            wake: None,
             files: Mutex::new(HashMap::new()),
         }
     }
@@ -183,6 +188,16 @@ impl Shipper {
     /// How often the spool is scanned when idle.
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Ships within [`WAKE_LINGER`] of `wake` being notified (the spool
+    /// writer's [`crate::receipts::ReceiptSink::records_written`]) instead of
+    /// at the next poll, while the recorder answers. Under steady load the
+    /// shipper is never idle, so this changes nothing there; at a trickle it
+    /// is what lets `usage` show a request a moment after it was answered.
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
         self
     }
 
@@ -200,12 +215,14 @@ impl Shipper {
                 pass = self.ship_once() => pass,
                 () = &mut shutdown => break,
             };
+            let mut idle = false;
             let wait = match pass {
                 Ok(report) if report.stuck.is_empty() && report.interrupted.is_none() => {
                     delay = INITIAL_BACKOFF;
                     if report.sent > 0 {
                         Duration::ZERO
                     } else {
+                        idle = true;
                         self.poll
                     }
                 }
@@ -223,9 +240,22 @@ impl Shipper {
                     backoff(&mut delay)
                 }
             };
+            // Only an idle shipper wakes early: one backing off from a
+            // failing recorder keeps its backoff.
+            let woken = async {
+                match &self.wake {
+                    Some(wake) if idle => {
+                        wake.notified().await;
+                        // Let the records of a burst arrive: one batch.
+                        tokio::time::sleep(WAKE_LINGER).await;
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(wait) => {}
+                () = woken => {}
             }
         }
         let drain = async {

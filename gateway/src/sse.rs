@@ -94,6 +94,8 @@ pub struct SseTap {
     held: Vec<u8>,
     /// Scratch list of event ends in the chunk being scanned, kept for reuse.
     event_ends: Vec<EventEnd>,
+    /// Events with data dispatched so far, `[DONE]` excepted.
+    chunks: u64,
 }
 
 /// The fields of the event being assembled.
@@ -141,6 +143,7 @@ impl SseTap {
             event_raw_len: 0,
             held: Vec::new(),
             event_ends: Vec::new(),
+            chunks: 0,
         }
     }
 
@@ -202,6 +205,12 @@ impl SseTap {
 
     pub fn facts(&self) -> &ResponseFacts {
         &self.facts
+    }
+
+    /// How many chunks (events with data, the closing `[DONE]` excepted) the
+    /// stream has delivered so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
     }
 
     /// Runs the line and event state machine over `chunk`, recording where
@@ -329,6 +338,9 @@ impl SseTap {
     /// The event is complete: learn from it and decide whether to strip it.
     fn dispatch(&mut self) -> bool {
         let mut event = std::mem::take(&mut self.event);
+        if event.has_data && event.data != b"[DONE]" {
+            self.chunks += 1;
+        }
         let mut stripped = if event.has_data && !event.data_oversized {
             self.learn_from_event(&event.name, &event.data)
         } else {
@@ -1160,6 +1172,28 @@ mod tests {
         let (_, facts) = run(ApiStyle::OpenAi, false, stream.as_bytes(), &[]);
         assert_eq!(facts.served_model.as_deref(), Some("m1"));
         assert_eq!(facts.provider_request_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn chunks_are_events_with_data_counted_as_they_complete() {
+        let mut tap = SseTap::new(ApiStyle::OpenAi, false);
+        // A comment and an empty event are no chunks; an event split across
+        // reads counts once, when it completes.
+        tap.push(Bytes::from_static(b": keep-alive\n\n\n"));
+        assert_eq!(tap.chunks(), 0);
+        tap.push(Bytes::from_static(
+            b"data: {\"choices\":[]}\n\ndata: {\"cho",
+        ));
+        assert_eq!(tap.chunks(), 1);
+        tap.push(Bytes::from_static(
+            b"ices\":[]}\r\n\r\nevent: ping\ndata: {}\n\n",
+        ));
+        assert_eq!(tap.chunks(), 3);
+        // The closing `[DONE]` is no chunk; an unterminated last event is.
+        tap.push(Bytes::from_static(b"data: [DONE]\n\ndata: {\"x\":1}"));
+        assert_eq!(tap.chunks(), 3);
+        tap.finish();
+        assert_eq!(tap.chunks(), 4);
     }
 
     #[test]

@@ -660,12 +660,12 @@ impl Recorder {
                 ))
             })?;
             self.policy.check_read_namespace(caller, ns)?;
-            return crate::usage::report(self.store.as_ref(), query).await;
+            return crate::usage::report(self.store.as_ref(), query, self.clock.now_ms()).await;
         }
         if !own_namespace {
             self.policy.check_read(caller)?;
         }
-        crate::usage::report(self.store.as_ref(), query).await
+        crate::usage::report(self.store.as_ref(), query, self.clock.now_ms()).await
     }
 
     /// Builds an evidence bundle for `range` (sealing the open segment if the range

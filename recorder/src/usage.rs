@@ -196,6 +196,28 @@ pub struct UsageReport {
     pub warnings: Vec<Warning>,
     /// Warnings not listed (over the listing bound).
     pub warnings_omitted: u64,
+    /// How fresh the data behind the answer is.
+    pub freshness: Freshness,
+}
+
+/// How fresh the data behind a usage answer is. Gateways ship receipts a
+/// moment after each request (at most a second when idle, at once under
+/// load), so the newest receipts of a running gateway may not be counted yet;
+/// a gateway that cannot reach the recorder keeps them in its spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// When the recorder answered (RFC 3339).
+    pub answered_at: String,
+    /// The newest record stored in the range (RFC 3339): a request's start
+    /// (receipts, forward decisions) or a stream's close.
+    pub newest_record_at: Option<String>,
+    /// Streams in the range with no close record (running gateways, or
+    /// gateways that stopped without shipping their close).
+    pub open_streams: u64,
+    /// Of those, the one that has shipped nothing for longest: its newest
+    /// stored record. An idle gateway ships nothing; so does one that cannot
+    /// reach the recorder.
+    pub quietest_open_stream_since: Option<String>,
 }
 
 type RowKey = (Vec<String>, Option<u64>);
@@ -290,8 +312,13 @@ pub fn warnings(faults: &[FaultRow], open: &[StreamRow]) -> Vec<Warning> {
     out
 }
 
-/// Answers a usage query from storage (no authorization: callers check it).
-pub async fn report(store: &dyn Store, query: &UsageQuery) -> Result<UsageReport, RecorderError> {
+/// Answers a usage query from storage at `now_ms` (no authorization:
+/// callers check it).
+pub async fn report(
+    store: &dyn Store,
+    query: &UsageQuery,
+    now_ms: u64,
+) -> Result<UsageReport, RecorderError> {
     if query.since_ms >= query.until_ms {
         return Err(RecorderError::BadRequest(
             "since must be before until".into(),
@@ -312,9 +339,9 @@ pub async fn report(store: &dyn Store, query: &UsageQuery) -> Result<UsageReport
         });
     }
     let faults = store.faults(&cells_query, MAX_FAULTS_READ).await?;
-    let (open, open_count) = store.open_streams(&cells_query, MAX_USAGE_WARNINGS).await?;
+    let (open, streams) = store.open_streams(&cells_query, MAX_USAGE_WARNINGS).await?;
     let mut listed = warnings(&faults, &open);
-    let all = faults.len() as u64 + open_count;
+    let all = faults.len() as u64 + streams.open;
     listed.truncate(MAX_USAGE_WARNINGS);
     let omitted = all.saturating_sub(listed.len() as u64);
     let rfc = |ms: u64| {
@@ -332,6 +359,12 @@ pub async fn report(store: &dyn Store, query: &UsageQuery) -> Result<UsageReport
         total,
         warnings: listed,
         warnings_omitted: omitted,
+        freshness: Freshness {
+            answered_at: rfc(now_ms)?,
+            newest_record_at: streams.newest_record_ms.map(rfc).transpose()?,
+            open_streams: streams.open,
+            quietest_open_stream_since: streams.quietest_open_record_ms.map(rfc).transpose()?,
+        },
     })
 }
 
@@ -430,6 +463,12 @@ mod tests {
             total: Totals::default(),
             warnings: vec![],
             warnings_omitted: 0,
+            freshness: Freshness {
+                answered_at: "c".into(),
+                newest_record_at: None,
+                open_streams: 0,
+                quietest_open_stream_since: None,
+            },
         };
         let v = serde_json::to_value(&report).unwrap();
         for k in [

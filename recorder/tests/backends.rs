@@ -114,6 +114,24 @@ async fn ingest_dedups_resumes_and_exports_a_verifiable_bundle(store: Arc<dyn St
         (0..6).map(|i| 1000 + i).sum::<u64>() + (0..3).map(|i| 1000 + i).sum::<u64>()
     );
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // Both streams closed: the newest record (a receipt or a close) is the
+    // freshness, and no stream is open.
+    let newest = s1
+        .iter()
+        .chain(&s2)
+        .map(|e| match &e.record {
+            tollgate_evidence::EnvelopeRecord::Receipt(r) => r.body.started_at,
+            tollgate_evidence::EnvelopeRecord::Decision(d) => d.decision.started_at,
+            tollgate_evidence::EnvelopeRecord::Close(c) => c.close.closed_at,
+        })
+        .max()
+        .unwrap();
+    assert_eq!(
+        report.freshness.newest_record_at.as_deref(),
+        Some(newest.to_canonical_string().as_str())
+    );
+    assert_eq!(report.freshness.open_streams, 0);
+    assert_eq!(report.freshness.quietest_open_stream_since, None);
 
     let mut q = all_time();
     q.group_by = vec![GroupKey::Namespace, GroupKey::Model];
@@ -445,6 +463,8 @@ async fn every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored(store:
     assert!(codes.contains(&"seq_gap"), "{codes:?}");
     assert!(codes.contains(&"broken_chain"), "{codes:?}");
     assert!(codes.contains(&"stream_open"), "{codes:?}");
+    assert_eq!(report.freshness.open_streams, 1);
+    assert!(report.freshness.quietest_open_stream_since.is_some());
 
     // The good continuation is still accepted.
     let r = ingest(&rec, &gw, &good[1..]).await;

@@ -117,3 +117,60 @@ async fn an_unreachable_recorder_is_an_error_and_the_spool_is_kept() {
     assert_eq!(report.accepted, 3);
     assert!(!file.exists());
 }
+
+#[tokio::test]
+async fn a_woken_shipper_ships_at_once_not_at_the_next_poll() {
+    let (rec, url) = serve().await;
+    let gw = Gateway::new(1).unwrap();
+    let stream = gw.stream(8, false).unwrap();
+    let spool = common::temp_dir("woken");
+    let file = spool.join(format!("{}.jsonl", gw.stream_id));
+    let first = gw.spool_text(&stream[..3]).unwrap();
+    let all = gw.spool_text(&stream).unwrap();
+    assert!(all.starts_with(&first));
+    std::fs::write(&file, &first).unwrap();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    // Polling alone would not look again for a minute.
+    let ship = shipper(&spool, &url)
+        .with_poll_interval(std::time::Duration::from_secs(60))
+        .with_wake(wake.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(ship.run(async move {
+        let _ = stopped.await;
+    }));
+    let next_seq = || async {
+        rec.stream_status(gw.stream_id.as_str(), &Caller::Local)
+            .await
+            .map(|s| s.next_seq)
+            .unwrap_or(1)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while next_seq().await < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first pass shipped nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Give the shipper time to go idle, then write more and wake it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    use std::io::Write as _;
+    let mut append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    append.write_all(&all.as_bytes()[first.len()..]).unwrap();
+    drop(append);
+    wake.notify_one();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while next_seq().await < 9 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "woken, the shipper did not ship (next_seq {})",
+            next_seq().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -426,7 +426,8 @@ fn stream_back(
         draft,
         ticket_finish(ticket, candidate.model.pricing.clone(), settle),
         Some(idle),
-    );
+    )
+    .with_chunk_clock(ticket.chunk_clock(&provider.name, sse && status.is_success()));
     *response.body_mut() = Body::new(metered);
     // The meter writes the receipt now, however the response ends.
     ticket.answered();

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use tollgate_evidence::Decision;
 use tollgate_wire::config::ModelPricing;
 
-use super::{Gateway, Ticket};
+use super::{Gateway, Runtime, Ticket};
 use crate::api::{ApiStyle, Endpoint};
+use crate::genai_metrics::ChunkClock;
 use crate::quota::{Amounts, QuotaAuthority, Reservation, price};
 use crate::receipts::{ReceiptDraft, unix_millis};
 use crate::sse::{ResponseFacts, SseTap, facts_from_json};
@@ -78,8 +79,8 @@ pub(super) struct Finish {
     pricing: ModelPricing,
     settle: Settle,
     gateway: Arc<Gateway>,
-    /// The request was admitted under `failMode: open`.
-    fails_open: bool,
+    /// The runtime the request was admitted under.
+    runtime: Arc<Runtime>,
 }
 
 pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Settle) -> Finish {
@@ -89,7 +90,7 @@ pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Sett
         pricing,
         settle,
         gateway: ticket.gateway.clone(),
-        fails_open: ticket.runtime.fails_open(),
+        runtime: ticket.runtime.clone(),
     }
 }
 
@@ -146,6 +147,8 @@ pub(super) struct MeteredBody {
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     draft: Option<ReceiptDraft>,
     finish: Option<Finish>,
+    /// Times a streamed answer's chunks (SSE answers only).
+    chunk_clock: Option<ChunkClock>,
 }
 
 impl MeteredBody {
@@ -165,12 +168,26 @@ impl MeteredBody {
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             draft: Some(draft),
             finish: Some(finish),
+            chunk_clock: None,
         }
+    }
+
+    /// Times the chunks of this (streamed) answer with `clock`.
+    pub(super) fn with_chunk_clock(mut self, clock: Option<ChunkClock>) -> Self {
+        self.chunk_clock = clock;
+        self
     }
 
     fn observe(&mut self, chunk: Bytes) -> Bytes {
         let out = match &mut self.tap {
-            Tap::Sse(tap) => tap.push(chunk),
+            Tap::Sse(tap) => {
+                let before = tap.chunks();
+                let out = tap.push(chunk);
+                if let Some(clock) = self.chunk_clock.as_mut() {
+                    clock.chunks_read(tap.chunks() - before, Instant::now());
+                }
+                out
+            }
             Tap::Json(buf) => {
                 if buf.len() + chunk.len() <= MAX_JSON_TAP_BYTES {
                     buf.extend_from_slice(&chunk);
@@ -245,7 +262,9 @@ impl MeteredBody {
                 draft.reason = "upstream_idle_timeout";
             }
         }
-        finish.gateway.record(draft, finish.fails_open);
+        finish
+            .gateway
+            .record(draft, &finish.runtime, finish.started.elapsed());
     }
 }
 

@@ -26,7 +26,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -42,6 +42,7 @@ use tollgate_wire::config::{CompiledPolicy, FailMode, GatewayConfig, PolicyMode,
 use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
 use crate::credentials::Credentials;
+use crate::genai_metrics::{MetricCatalog, OperationLabels, Outcome};
 use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits, price};
 use crate::receipts::{CheckDraft, DecisionDraft, ReceiptDraft, ReceiptSink, unix_millis};
 use crate::upstream::{ProviderClient, TrustError, provider_client};
@@ -69,6 +70,8 @@ pub struct Runtime {
     pub credentials: Credentials,
     clients: HashMap<String, ProviderClient>,
     policy_hash: [u8; 32],
+    /// Which config values may become metric labels.
+    metric_catalog: MetricCatalog,
 }
 
 impl Runtime {
@@ -98,7 +101,9 @@ impl Runtime {
         }
         let mut policy_hash = [0u8; 32];
         hex::decode_to_slice(&config.policy_hash, &mut policy_hash).unwrap_or_default();
+        let metric_catalog = MetricCatalog::new(&config);
         Ok(Self {
+            metric_catalog,
             config,
             policy,
             credentials,
@@ -124,13 +129,14 @@ impl Gateway {
         quota: Arc<dyn QuotaAuthority>,
         receipts: ReceiptSink,
         identity: Identity,
+        metrics: Metrics,
     ) -> Self {
         Self {
             runtime: RwLock::new(Arc::new(runtime)),
             quota,
             receipts,
             identity,
-            metrics: Metrics::default(),
+            metrics,
         }
     }
 
@@ -147,11 +153,15 @@ impl Gateway {
         *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
     }
 
-    /// Counts a finished request and hands its receipt to the spool writer
-    /// (see [`ReceiptSink::submit_fail_open`] for `fails_open`).
-    fn record(&self, draft: ReceiptDraft, fails_open: bool) {
+    /// Counts a finished request (which took `elapsed` from its arrival) and
+    /// hands its receipt to the spool writer (see
+    /// [`ReceiptSink::submit_fail_open`] for a policy that fails open).
+    fn record(&self, draft: ReceiptDraft, runtime: &Runtime, elapsed: Duration) {
         self.metrics.count(&draft);
-        if fails_open {
+        if let Some(outcome) = Outcome::of(&draft, &runtime.metric_catalog, elapsed) {
+            self.metrics.genai.record(&outcome);
+        }
+        if runtime.fails_open() {
             self.receipts.submit_fail_open(draft);
         } else {
             self.receipts.submit(draft);
@@ -383,7 +393,32 @@ impl Ticket {
             *pending = None;
         }
         drop(pending);
-        self.gateway.record(draft, self.runtime.fails_open());
+        self.gateway
+            .record(draft, &self.runtime, self.started.elapsed());
+    }
+
+    /// A clock for the chunks of a streamed answer from `provider`; `None`
+    /// when the answer is not streamed or the endpoint is no inference.
+    fn chunk_clock(
+        &self,
+        provider: &str,
+        streamed: bool,
+    ) -> Option<crate::genai_metrics::ChunkClock> {
+        if !streamed {
+            return None;
+        }
+        let labels = OperationLabels::new(
+            &self.runtime.metric_catalog,
+            self.endpoint,
+            Some(provider),
+            self.model_requested.as_deref(),
+        )?;
+        Some(
+            self.gateway
+                .metrics
+                .genai
+                .chunk_clock(&labels, self.started),
+        )
     }
 
     fn tag(&self, response: &mut Response) {
@@ -431,7 +466,8 @@ impl Drop for Ticket {
         draft.decision_id = Some(decision_id);
         draft.upstream = connection.and_then(|c| forward::with_fingerprint(&c, upstream));
         draft.response_sha256 = Sha256::digest(b"").into();
-        self.gateway.record(draft, self.runtime.fails_open());
+        self.gateway
+            .record(draft, &self.runtime, self.started.elapsed());
     }
 }
 
@@ -753,7 +789,8 @@ fn answer_dry_run(
         draft,
         ticket_finish(ticket, first.model.pricing.clone(), settle),
         None,
-    );
+    )
+    .with_chunk_clock(ticket.chunk_clock(&first.provider.name, sse));
     let mut response = Response::new(Body::new(metered));
     *response.status_mut() =
         http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);

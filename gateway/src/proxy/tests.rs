@@ -266,7 +266,13 @@ impl Pod {
             node_id: "node-1".into(),
             pod_labels: BTreeMap::new(),
         };
-        let gateway = Arc::new(Gateway::new(runtime, self.quota, sink, identity));
+        let gateway = Arc::new(Gateway::new(
+            runtime,
+            self.quota,
+            sink,
+            identity,
+            crate::admin::Metrics::default(),
+        ));
         Running {
             gateway,
             drafts,

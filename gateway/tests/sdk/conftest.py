@@ -397,14 +397,15 @@ class Gateway:
 
     # ---- process
     def start(self, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True,
-              wrap: list[str] | None = None) -> "Gateway":
-        """Starts the gateway; `wrap` goes before its command line (a wrapper that ends in `exec "$@"`)."""
+              wrap: list[str] | None = None, env: dict[str, str] | None = None) -> "Gateway":
+        """Starts the gateway; `wrap` goes before its command line (a wrapper that ends in `exec "$@"`);
+        `env` is added to the environment it inherits."""
         self.initial_policy = self.write_config(docs)
         cmd = [*(wrap or []), str(self.bins["gateway"]), "run", "--config", str(self.config_path), "--credentials-dir", str(self.creds_dir),
                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--spool-dir", str(self.spool_dir),
                "--namespace", NAMESPACE, "--service-account", "app", "--pod-name", f"app-{self.name}", "--pod-uid", POD_UID,
                "--pod-label", "app=sdk-tests", "--ca-key-file", str(self.ca_key), *(extra_args or [])]
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         # Debug logs of the gateway and its libraries are part of what the
         # privacy sweep reads; RUST_LOG overrides (e.g. trace).
         env.setdefault("RUST_LOG", "debug")
@@ -539,8 +540,9 @@ class GatewayFactory:
         self.started.append(gw)
         return gw
 
-    def start(self, name: str, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True) -> Gateway:
-        return self.create(name).start(docs, extra_args, wait_ready)
+    def start(self, name: str, docs: list[dict], extra_args: list[str] | None = None, wait_ready: bool = True,
+              env: dict[str, str] | None = None) -> Gateway:
+        return self.create(name).start(docs, extra_args, wait_ready, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,12 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
         return json.loads(proc.stdout)["total"]["requests"]
 
     wait_until(lambda: allowed_requests() >= 5, 15, what="5 requests in usage")
+    # The answer says how fresh it is: local mode's one stream is open while it runs.
+    proc = cli("usage", "--local", str(local.data), "-o", "json")
+    freshness = json.loads(proc.stdout)["freshness"]
+    assert freshness["open_streams"] == 1 and freshness["newest_record_at"] and freshness["quietest_open_stream_since"], freshness
+    proc = cli("usage", "--local", str(local.data))
+    assert re.search(r"^as of \S+: newest record \S+ \(", proc.stdout, re.M), proc.stdout
 
     # Usage by caller: the end user's two calls under HMAC-SHA256(caller key, id).
     caller_key = bytes.fromhex((local.data / "caller.key").read_text().strip())

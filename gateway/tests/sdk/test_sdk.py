@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,7 @@ from conftest import (
     Pki,
     base_providers,
     doc,
+    main_manifests,
     new_corr,
     run,
     wait_until,
@@ -941,8 +943,136 @@ def test_metrics_count_requests(gw: Gateway) -> None:
     assert allowed_chat, f"no allowed chat_completions counter in /metrics:\n{text[:2000]}"
     assert sum(float(line.rsplit(" ", 1)[1]) for line in allowed_chat) >= 5
     assert any('decision="deny"' in line for line in lines), lines
-    for secret in (PROMPT_MARKER, CORR_PREFIX, "gpt-4o-mini"):
-        assert secret not in text, f"/metrics carries request text or model names: {secret}"
+    for secret in (PROMPT_MARKER, CORR_PREFIX):
+        assert secret not in text, f"/metrics carries request text: {secret}"
+
+
+# GenAI metric labels the gateway may emit: all bounded (see gateway/src/genai_metrics.rs).
+GENAI_LABELS = {"gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "server_address", "server_port",
+                "error_type", "gen_ai_token_type", "gen_ai_token_modality", "le"}
+LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) for every sample line of a Prometheus/OpenMetrics text."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        out.append((name, dict(LABEL_RE.findall(labels)), float(value)))
+    return out
+
+
+def metric_value(samples: list, name: str, **labels: str) -> float | None:
+    """The one sample named `name` whose labels are exactly `labels` (None: no such sample)."""
+    found = [v for n, ls, v in samples if n == name and ls == labels]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
+def genai_traffic(g: Gateway) -> dict[str, dict]:
+    """A chat call, a streamed chat, a streamed Anthropic message, an unlisted model and a dry-run call; their receipts."""
+    client = g.openai()
+    rids = {}
+    raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs(), user=new_corr())
+    raw.parse()
+    rids["chat"] = raw.headers.get(RID)
+    raw = client.chat.completions.with_raw_response.create(model=OPENAI_MODEL, messages=msgs(), stream=True, user=new_corr())
+    chunks = list(raw.parse())
+    assert chunks, "no chunks streamed"
+    rids["chat_stream"] = raw.headers.get(RID)
+    with g.anthropic().messages.stream(model=CLAUDE_MODEL, max_tokens=64, messages=msgs()) as stream:
+        rids["messages_stream"] = stream.response.headers.get(RID)
+        "".join(stream.text_stream)
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model=f"unlisted-{CORR_PREFIX}-model", messages=msgs())
+    rids["unlisted"] = exc.value.response.headers.get(RID)
+    raw = client.chat.completions.with_raw_response.create(model="dry-model", messages=msgs())
+    raw.parse()
+    rids["dry"] = raw.headers.get(RID)
+    return {what: g.receipt(rid) for what, rid in rids.items()}
+
+
+def test_genai_metrics_follow_the_v1_41_conventions(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    g = gateways.start("genai", main_manifests(pki, mocks))
+    receipts = genai_traffic(g)
+    status, text, _ = g.admin_get("/metrics")
+    assert status == 200
+    samples = metric_samples(text)
+    host = mocks.primary.base_url.split("://", 1)[1].split("/", 1)[0]
+    address, port = host.rsplit(":", 1)
+    openai_labels = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai", "gen_ai_request_model": OPENAI_MODEL,
+                     "server_address": address, "server_port": port}
+    chats = [receipts["chat"], receipts["chat_stream"]]
+    for token_type, field in (("input", "input_tokens"), ("output", "output_tokens")):
+        labels = {**openai_labels, "gen_ai_token_type": token_type}
+        assert metric_value(samples, "gen_ai_client_token_usage_sum", **labels) == sum(r["usage"][field] for r in chats), (labels, text)
+        assert metric_value(samples, "gen_ai_client_token_usage_count", **labels) == 2
+    assert metric_value(samples, "gen_ai_client_operation_duration_seconds_count", **openai_labels) == 2
+    # Only the streamed call is timed by chunks.
+    assert metric_value(samples, "gen_ai_client_operation_time_to_first_chunk_seconds_count", **openai_labels) == 1
+    assert metric_value(samples, "gen_ai_client_operation_time_per_output_chunk_seconds_count", **openai_labels) >= 1
+    claude = {**openai_labels, "gen_ai_provider_name": "anthropic", "gen_ai_request_model": CLAUDE_MODEL}
+    assert metric_value(samples, "gen_ai_client_operation_time_to_first_chunk_seconds_count", **claude) == 1
+    assert metric_value(samples, "gen_ai_client_token_usage_sum", **claude, gen_ai_token_type="input") == receipts["messages_stream"]["usage"]["input_tokens"]
+    # A model the config does not list is `_OTHER`, with the receipt's reason as the error.
+    refused = receipts["unlisted"]["verdict"]["reason"]
+    unlisted = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai", "gen_ai_request_model": "_OTHER", "error_type": refused}
+    assert metric_value(samples, "gen_ai_client_operation_duration_seconds_count", **unlisted) == 1, text
+    # The dry-run lane is no provider of the conventions, and has no server.
+    dry = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "tollgate.dry_run", "gen_ai_request_model": "dry-model"}
+    assert metric_value(samples, "gen_ai_client_operation_duration_seconds_count", **dry) == 1, text
+    for name, labels, _ in samples:
+        if name.startswith("gen_ai_"):
+            assert set(labels) <= GENAI_LABELS, (name, labels)
+    for secret in (PROMPT_MARKER, CORR_PREFIX, COMPLETION_MARKER):
+        assert secret not in text, f"/metrics carries request or response text: {secret}"
+    assert "gen_ai_client_inference" not in text
+
+
+def test_genai_metrics_latest_conventions_on_opt_in(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
+    g = gateways.start("genai-latest", main_manifests(pki, mocks), env={"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental"})
+    receipts = genai_traffic(g)
+    status, text, _ = g.admin_get("/metrics")
+    assert status == 200
+    samples = metric_samples(text)
+    counted = [r for r in receipts.values() if r.get("usage")]
+    for counter, field in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"), ("cache_read_input_tokens", "cached_tokens")):
+        total = sum(v for n, _, v in samples if n == f"gen_ai_client_inference_usage_{counter}_total")
+        assert total == sum(r["usage"][field] for r in counted), (counter, text)
+    # Every operation is counted, failed ones included (with 0 tokens).
+    unlisted = [ls for n, ls, _ in samples if n == "gen_ai_client_inference_usage_input_tokens_total" and ls.get("gen_ai_request_model") == "_OTHER"]
+    assert unlisted and all(ls["gen_ai_token_modality"] == "unknown" for ls in unlisted), text
+    assert sum(v for n, _, v in samples if n == "gen_ai_client_inference_time_to_first_chunk_seconds_count") == 2
+    assert any(n == "gen_ai_client_inference_duration_seconds_count" for n, _, _ in samples)
+    assert not any(n.startswith(("gen_ai_client_operation_", "gen_ai_client_token_usage")) for n, _, _ in samples), text
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_serves(gateways: GatewayFactory) -> None:
+    """The chart's dashboard for these metrics names no series /metrics lacks (a rename would break it silently)."""
+    dashboard_path = Path(__file__).resolve().parents[3] / "charts" / "tollgate" / "dashboards" / "tollgate-genai.json"
+    dashboard = json.loads(dashboard_path.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 6, exprs
+    served: set[str] = set()
+    served_labels: set[str] = set()
+    for name in ("genai", "main"):
+        g = next((x for x in gateways.started if x.name == name), None)
+        if g is not None:
+            for n, labels, _ in metric_samples(g.admin_get("/metrics")[1]):
+                served.add(n)
+                served_labels |= set(labels)
+    assert "gen_ai_client_token_usage_sum" in served, "run after test_genai_metrics_follow_the_v1_41_conventions"
+    queried = {m for e in exprs for m in re.findall(r"\b((?:gen_ai|tollgate_gateway)_[a-z0-9_]+)\{", e)}
+    assert queried, exprs
+    missing = sorted(queried - served)
+    assert not missing, f"the dashboard queries series the gateway does not serve: {missing}"
+    # Grouping labels: the gateway's own, or the target labels the scrape adds.
+    grouped = {label.strip() for e in exprs for by in re.findall(r"by \(([^)]*)\)", e) for label in by.split(",")}
+    unknown = sorted(grouped - served_labels - {"namespace", "pod"})
+    assert not unknown, f"the dashboard groups by labels the gateway does not set: {unknown}"
 
 
 # =========================================================================== compile

@@ -13,7 +13,7 @@ use super::sql::{Dialect, Stmt};
 use super::{
     CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, PlacedEnvelope, QuotaTx,
     SealedSegmentRow, SegmentBounds, SegmentRow, Store, StoreError, StoreFuture, StoredOpenSegment,
-    StreamRow, UsageCell,
+    StreamRow, StreamSummary, UsageCell,
 };
 
 /// Which lock a transaction starts with.
@@ -152,22 +152,29 @@ impl<D: Driver> Store for Engine<D> {
         &'a self,
         q: &'a CellQuery,
         limit: usize,
-    ) -> StoreFuture<'a, (Vec<StreamRow>, u64)> {
+    ) -> StoreFuture<'a, (Vec<StreamRow>, StreamSummary)> {
         Box::pin(async move {
-            let counted = self
+            let summary = self
                 .read_rows(
-                    Stmt::OpenStreamsCount,
+                    Stmt::StreamSummary,
                     params![q.since_ms, q.until_ms, q.namespace.as_ref()],
                 )
                 .await?;
-            let count = first(counted, |r| r.u64(0))?.unwrap_or(0);
+            let summary = first(summary, |r| {
+                Ok(StreamSummary {
+                    open: r.u64(0)?,
+                    newest_record_ms: r.opt_u64(1)?,
+                    quietest_open_record_ms: r.opt_u64(2)?,
+                })
+            })?
+            .unwrap_or_default();
             let rows = self
                 .read_rows(
                     Stmt::OpenStreams,
                     params![q.since_ms, q.until_ms, q.namespace.as_ref(), limit as u64],
                 )
                 .await?;
-            Ok((all(&rows, rows::stream)?, count))
+            Ok((all(&rows, rows::stream)?, summary))
         })
     }
 

@@ -219,6 +219,18 @@ pub struct StreamRow {
     pub last_record_ms: u64,
 }
 
+/// The streams active in a usage query's range, summed up: how fresh the
+/// data behind the answer is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// Streams with no close record.
+    pub open: u64,
+    /// The newest record time stored (unix ms), over all streams.
+    pub newest_record_ms: Option<u64>,
+    /// Of the open streams, the one quiet longest: its newest record time.
+    pub quietest_open_record_ms: Option<u64>,
+}
+
 /// A stored key certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateRow {
@@ -530,12 +542,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn usage_cells<'a>(&'a self, query: &'a CellQuery) -> StoreFuture<'a, Vec<UsageCell>>;
     /// Faults whose record time is in the query's range (its namespace only, if set).
     fn faults<'a>(&'a self, query: &'a CellQuery, limit: usize) -> StoreFuture<'a, Vec<FaultRow>>;
-    /// Open streams active in the query's time range, and how many there are.
+    /// Open streams active in the query's time range (at most `limit`), and
+    /// a summary of all streams active in it.
     fn open_streams<'a>(
         &'a self,
         query: &'a CellQuery,
         limit: usize,
-    ) -> StoreFuture<'a, (Vec<StreamRow>, u64)>;
+    ) -> StoreFuture<'a, (Vec<StreamRow>, StreamSummary)>;
     /// Sealed segments `first..=last` (to the end if `None`) retention kept, in order.
     fn sealed_segments(
         &self,

@@ -345,8 +345,13 @@ statements! {
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
         WHERE at_ms >= ?1 AND at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
         ORDER BY at_ms, stream_id {C}, kind {C}, seq LIMIT ?4";
-    OpenStreamsCount = "SELECT CAST(COUNT(*) AS BIGINT) FROM streams
-        WHERE closed = {FALSE} AND first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)";
+    /// Over the streams active in the range: how many are open, the newest
+    /// record stored, and the newest record of the open stream quiet longest.
+    StreamSummary = "SELECT CAST(COALESCE(SUM(CASE WHEN closed = {FALSE} THEN 1 ELSE 0 END), 0) AS BIGINT),
+            CAST(MAX(last_record_ms) AS BIGINT),
+            CAST(MIN(CASE WHEN closed = {FALSE} THEN last_record_ms END) AS BIGINT)
+        FROM streams
+        WHERE first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)";
     OpenStreams = format!("SELECT {STREAM_COLUMNS} FROM streams
         WHERE closed = {{FALSE}} AND first_record_ms < ?2 AND last_record_ms >= ?1 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
         ORDER BY stream_id {{C}} LIMIT ?4");
