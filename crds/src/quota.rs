@@ -60,6 +60,11 @@ pub struct EgressQuotaSpec {
     /// and settles later.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// A limit whose use reaches this percentage of a cap sets the
+    /// `NearLimit` condition, with a Warning Event. Default 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub warning_percent: Option<u8>,
 }
 
 /// A budget shared by the namespaces a selector picks.
@@ -114,6 +119,11 @@ pub struct ClusterEgressQuotaSpec {
     /// local lease is spent.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// A limit whose use reaches this percentage of a cap sets the
+    /// `NearLimit` condition, with a Warning Event. Default 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub warning_percent: Option<u8>,
 }
 
 /// Whose calls a quota counts.
@@ -221,7 +231,18 @@ pub struct LimitStatus {
     /// When the current window ends (RFC 3339), for calendar windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_at: Option<String>,
+    /// The largest share of a cap used so far, in whole percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_percent: Option<u32>,
+    /// When a cap runs out at the average rate of use since the window
+    /// started (RFC 3339); absent when it would not before `resetAt`, and
+    /// for rolling windows, whose old use drops out as new use comes in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhausts_at: Option<String>,
 }
+
+/// The warning level when a quota names none, in percent of a cap.
+pub const DEFAULT_WARNING_PERCENT: u8 = 80;
 
 /// Amounts of the three quantities a limit can cap.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]

@@ -660,6 +660,35 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
             limit["used"]["requests"].as_u64() >= Some(QUOTA_REQUESTS),
             "used: {limit}"
         );
+        ensure!(
+            limit["usedPercent"].as_u64() >= Some(100),
+            "usedPercent: {limit}"
+        );
+        // The budget alert: the condition, and a Warning Event for it.
+        let near = q["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "NearLimit"))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            near["status"] == "True" && near["reason"] == "Exhausted",
+            "NearLimit: {near}"
+        );
+        let events: Value = serde_json::from_str(
+            &k.run(&["get", "events.events.k8s.io", "-n", APP_NS, "-o", "json"])
+                .await?,
+        )?;
+        ensure!(
+            events["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|e| {
+                    e["reason"] == "Exhausted"
+                        && e["type"] == "Warning"
+                        && e["regarding"]["kind"] == "EgressQuota"
+                        && e["regarding"]["name"] == "requests"
+                })),
+            "no Warning Event Exhausted for the quota: {events}"
+        );
         Ok(limit.clone())
     })
     .await?;

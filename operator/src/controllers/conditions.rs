@@ -36,6 +36,9 @@ pub struct Desired {
     /// Whether `Ready` requires this condition to be `True`. Informational
     /// conditions (such as `UsageKnown`) are reported but do not gate it.
     pub gates_ready: bool,
+    /// Whether `True` is bad news (an alert such as `NearLimit`): turning
+    /// `True` is then a Warning Event.
+    pub alerts_when_true: bool,
 }
 
 impl Desired {
@@ -47,6 +50,7 @@ impl Desired {
             reason: reason.into(),
             message: message.into(),
             gates_ready: true,
+            alerts_when_true: false,
         }
     }
 
@@ -63,6 +67,25 @@ impl Desired {
             reason: reason.into(),
             message: message.into(),
             gates_ready: false,
+            alerts_when_true: false,
+        }
+    }
+
+    /// An alert: informational, and `True` while something needs attention.
+    pub fn alert(
+        type_: &'static str,
+        active: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            alerts_when_true: true,
+            ..Self::info(
+                type_,
+                if active { Status::True } else { Status::False },
+                reason,
+                message,
+            )
         }
     }
 }
@@ -144,7 +167,8 @@ pub fn changes(previous: &[Condition], desired: &[Desired]) -> Vec<Change> {
             status: d.status.as_str().to_string(),
             reason: d.reason.clone(),
             message: d.message.clone(),
-            warning: d.gates_ready && d.status != Status::True,
+            warning: (d.gates_ready && d.status != Status::True)
+                || (d.alerts_when_true && d.status == Status::True),
         })
         .collect()
 }
@@ -267,6 +291,43 @@ mod tests {
         );
         assert!(changed[1].warning);
         assert!(changes(&previous, &desired[..1]).is_empty());
+    }
+
+    #[test]
+    fn an_alert_turning_true_is_a_warning_and_turning_false_is_not() {
+        let previous = vec![condition("NearLimit", "False", "BelowWarningLevel", 1)];
+        let raised = [Desired::alert(
+            "NearLimit",
+            true,
+            "AboveWarningLevel",
+            "85%",
+        )];
+        let changed = changes(&previous, &raised);
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0].warning);
+        let previous = vec![condition("NearLimit", "True", "AboveWarningLevel", 1)];
+        let cleared = [Desired::alert(
+            "NearLimit",
+            false,
+            "BelowWarningLevel",
+            "10%",
+        )];
+        let changed = changes(&previous, &cleared);
+        assert_eq!(changed.len(), 1);
+        assert!(!changed[0].warning);
+        // Still near the limit with a new percentage: no new Event.
+        assert!(
+            changes(
+                &previous,
+                &[Desired::alert(
+                    "NearLimit",
+                    true,
+                    "AboveWarningLevel",
+                    "90%"
+                )]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

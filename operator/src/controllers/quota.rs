@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use tollgate_crds::compile::parse_rolling;
-use tollgate_crds::quota::{LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects};
+use tollgate_crds::quota::{
+    DEFAULT_WARNING_PERCENT, LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects,
+};
 use tollgate_crds::{ClusterEgressQuota, EgressQuota};
 use tollgate_wire::config::Selector;
 
@@ -19,12 +21,15 @@ use super::world::{World, quota_key};
 pub const VALID: &str = "Valid";
 pub const PROVIDERS_RESOLVED: &str = "ProvidersResolved";
 pub const USAGE_KNOWN: &str = "UsageKnown";
+/// `True` while a limit has used its quota's warning level of a cap.
+pub const NEAR_LIMIT: &str = "NearLimit";
 /// The condition types this controller writes.
 pub const CONDITION_TYPES: &[&str] = &[
     tollgate_crds::conditions::READY,
     VALID,
     PROVIDERS_RESOLVED,
     USAGE_KNOWN,
+    NEAR_LIMIT,
 ];
 
 /// What this controller writes into a quota's status.
@@ -58,9 +63,12 @@ pub fn egress_quota_status(quota: &EgressQuota, world: &World) -> QuotaOutcome {
     let key = quota_key("EgressQuota", Some(&ns), &quota.name_any());
     common(
         &key,
-        &quota.spec.subjects,
-        None,
-        &quota.spec.limits,
+        QuotaSpecParts {
+            subjects: &quota.spec.subjects,
+            namespace_selector: None,
+            limits: &quota.spec.limits,
+            warning_percent: quota.spec.warning_percent,
+        },
         quota.status.as_ref(),
         world,
         "the quota is valid and its providers exist".into(),
@@ -72,24 +80,39 @@ pub fn cluster_quota_status(quota: &ClusterEgressQuota, world: &World) -> QuotaO
     let selected = selected_namespaces(quota, world).len();
     common(
         &key,
-        &quota.spec.subjects,
-        Some(&quota.spec.namespace_selector),
-        &quota.spec.limits,
+        QuotaSpecParts {
+            subjects: &quota.spec.subjects,
+            namespace_selector: Some(&quota.spec.namespace_selector),
+            limits: &quota.spec.limits,
+            warning_percent: quota.spec.warning_percent,
+        },
         quota.status.as_ref(),
         world,
         format!("the quota is valid and its providers exist; it selects {selected} namespace(s)"),
     )
 }
 
+/// What the two quota kinds' specs share.
+struct QuotaSpecParts<'a> {
+    subjects: &'a QuotaSubjects,
+    namespace_selector: Option<&'a LabelSelector>,
+    limits: &'a [QuotaLimit],
+    warning_percent: Option<u8>,
+}
+
 fn common(
     key: &str,
-    subjects: &QuotaSubjects,
-    namespace_selector: Option<&LabelSelector>,
-    limits: &[QuotaLimit],
+    spec: QuotaSpecParts<'_>,
     current: Option<&QuotaStatus>,
     world: &World,
     ready_message: String,
 ) -> QuotaOutcome {
+    let QuotaSpecParts {
+        subjects,
+        namespace_selector,
+        limits,
+        warning_percent,
+    } = spec;
     let mut problems = Vec::new();
     if let Some(Err(e)) = namespace_selector.map(selector) {
         problems.push(format!("namespaceSelector: {e}"));
@@ -180,10 +203,77 @@ fn common(
         .iter()
         .filter_map(|l| by_name.get(l.name.as_str()).map(|v| (*v).clone()))
         .collect();
+    let near_limit = near_limit(
+        &limit_statuses,
+        warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+    );
     QuotaOutcome {
-        conditions: with_ready(vec![valid, providers, usage_known], &ready_message),
+        conditions: with_ready(
+            vec![valid, providers, usage_known, near_limit],
+            &ready_message,
+        ),
         summary: summary(limits, &limit_statuses),
         limits: limit_statuses,
+    }
+}
+
+/// `NearLimit`: `True` while the most used limit has used `warning_percent`
+/// of a cap (reason `AboveWarningLevel`) or all of it (`Exhausted`).
+pub fn near_limit(statuses: &[LimitStatus], warning_percent: u8) -> Desired {
+    let Some((status, percent)) = statuses
+        .iter()
+        .filter_map(|s| Some((s, s.used_percent?)))
+        .max_by_key(|(_, percent)| *percent)
+    else {
+        return Desired {
+            status: Status::Unknown,
+            ..Desired::alert(
+                NEAR_LIMIT,
+                false,
+                "UsageUnknown",
+                "no usage has been read for this quota yet",
+            )
+        };
+    };
+    let name = &status.name;
+    let resets = status
+        .reset_at
+        .as_deref()
+        .map(|r| format!(" until the window resets at {r}"))
+        .unwrap_or_default();
+    if percent >= 100 {
+        return Desired::alert(
+            NEAR_LIMIT,
+            true,
+            "Exhausted",
+            format!(
+                "limit {name:?} has used {percent}% of a cap: the requests it counts are refused{resets} (recorded as over budget under enforcement: shadow)"
+            ),
+        );
+    }
+    let forecast = status
+        .exhausts_at
+        .as_deref()
+        .map(|at| format!("; at the rate so far it runs out at {at}"))
+        .unwrap_or_default();
+    if percent >= u32::from(warning_percent) {
+        Desired::alert(
+            NEAR_LIMIT,
+            true,
+            "AboveWarningLevel",
+            format!(
+                "limit {name:?} has used {percent}% of a cap (warning at {warning_percent}%){forecast}"
+            ),
+        )
+    } else {
+        Desired::alert(
+            NEAR_LIMIT,
+            false,
+            "BelowWarningLevel",
+            format!(
+                "the most used limit, {name:?}, has used {percent}% of a cap (warning at {warning_percent}%){forecast}"
+            ),
+        )
     }
 }
 
@@ -257,7 +347,101 @@ spec:
             },
             remaining: QuotaAmounts::default(),
             reset_at: None,
+            used_percent: None,
+            exhausts_at: None,
         }
+    }
+
+    fn at(name: &str, percent: u32, exhausts_at: Option<&str>) -> LimitStatus {
+        LimitStatus {
+            used_percent: Some(percent),
+            exhausts_at: exhausts_at.map(str::to_string),
+            reset_at: Some("2026-12-31T00:00:00Z".into()),
+            ..used(name, u64::from(percent))
+        }
+    }
+
+    #[test]
+    fn near_limit_follows_the_most_used_limit() {
+        let below = near_limit(&[at("a", 10, None), at("b", 79, None)], 80);
+        assert_eq!(
+            (below.status, below.reason.as_str()),
+            (Status::False, "BelowWarningLevel")
+        );
+        assert!(
+            below.message.contains("\"b\", has used 79%"),
+            "{}",
+            below.message
+        );
+        let above = near_limit(
+            &[at("a", 10, None), at("b", 80, Some("2026-12-20T10:00:00Z"))],
+            80,
+        );
+        assert_eq!(
+            (above.status, above.reason.as_str()),
+            (Status::True, "AboveWarningLevel")
+        );
+        assert!(
+            above.message.contains("runs out at 2026-12-20T10:00:00Z"),
+            "{}",
+            above.message
+        );
+        assert!(above.alerts_when_true && !above.gates_ready);
+        let out = near_limit(&[at("a", 130, None)], 80);
+        assert_eq!(
+            (out.status, out.reason.as_str()),
+            (Status::True, "Exhausted")
+        );
+        assert!(
+            out.message
+                .contains("until the window resets at 2026-12-31T00:00:00Z"),
+            "{}",
+            out.message
+        );
+        let unknown = near_limit(&[], 80);
+        assert_eq!(
+            (unknown.status, unknown.reason.as_str()),
+            (Status::Unknown, "UsageUnknown")
+        );
+    }
+
+    #[test]
+    fn the_quota_names_its_own_warning_level_and_an_alert_keeps_it_ready() {
+        let mut q = quota();
+        q.spec.warning_percent = Some(50);
+        let mut world = good_world();
+        world.usage.insert(
+            "EgressQuota/team-a/batch-jobs".into(),
+            UsageObservation {
+                limits: Some(vec![at("monthly-cost", 60, None)]),
+                error: None,
+            },
+        );
+        let out = egress_quota_status(&q, &world);
+        let near = out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == NEAR_LIMIT)
+            .unwrap();
+        assert_eq!(
+            (near.status, near.reason.as_str()),
+            (Status::True, "AboveWarningLevel")
+        );
+        let ready = out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == tollgate_crds::conditions::READY)
+            .unwrap();
+        assert_eq!(ready.status, Status::True, "{:?}", out.conditions);
+        // At the default level (80 %), 60 % is no warning.
+        q.spec.warning_percent = None;
+        let out = egress_quota_status(&q, &world);
+        let near = out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == NEAR_LIMIT)
+            .unwrap();
+        assert_eq!(near.status, Status::False);
     }
 
     #[test]

@@ -111,10 +111,52 @@ pub fn used_by_limit(limit: &QuotaLimit, scope: &QuotaScope, rows: &[UsageRow]) 
     used
 }
 
-/// `used` and `remaining` for the quantities `limit` caps, and `resetAt`.
-pub fn limit_status(limit: &QuotaLimit, used: Amounts, reset_at: Option<u64>) -> LimitStatus {
+/// A limit's current window, in unix seconds: when it started, and when it
+/// resets (calendar windows only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowNow {
+    pub start: u64,
+    pub reset_at: Option<u64>,
+    pub now: u64,
+}
+
+/// Use so far this short a time into a window says too little about its rate
+/// to forecast from.
+pub const MIN_FORECAST_ELAPSED_SECS: u64 = 60;
+
+/// `used` and `remaining` for the quantities `limit` caps, `resetAt`, the
+/// largest share of a cap used, and when a cap runs out at the rate so far.
+pub fn limit_status(limit: &QuotaLimit, used: Amounts, window: WindowNow) -> LimitStatus {
     let pick = |cap: Option<u64>, value: u64| cap.map(|_| value);
     let left = |cap: Option<u64>, value: u64| cap.map(|c| c.saturating_sub(value));
+    let capped = [
+        (limit.tokens, used.tokens),
+        (limit.requests, used.requests),
+        (limit.cost_micro_usd, used.cost_micro_usd),
+    ];
+    let used_percent = capped
+        .iter()
+        .filter_map(|(cap, used)| {
+            let cap = (*cap)?;
+            let percent = u128::from(*used) * 100 / u128::from(cap.max(1));
+            Some(u32::try_from(percent).unwrap_or(u32::MAX))
+        })
+        .max();
+    // A limit with one cap reached is out already: no forecast.
+    let out_already = capped
+        .iter()
+        .any(|(cap, used)| cap.is_some_and(|c| *used >= c));
+    let exhausts_at = window
+        .reset_at
+        .filter(|_| !out_already)
+        .and_then(|reset_at| {
+            capped
+                .iter()
+                .filter_map(|(cap, used)| {
+                    exhaustion(cap.as_ref().copied()?, *used, window, reset_at)
+                })
+                .min()
+        });
     LimitStatus {
         name: limit.name.clone(),
         used: QuotaAmounts {
@@ -127,11 +169,31 @@ pub fn limit_status(limit: &QuotaLimit, used: Amounts, reset_at: Option<u64>) ->
             requests: left(limit.requests, used.requests),
             cost_micro_usd: left(limit.cost_micro_usd, used.cost_micro_usd),
         },
-        reset_at: reset_at
-            .and_then(|s| i64::try_from(s).ok())
-            .and_then(|s| Timestamp::from_second(s).ok())
-            .map(|t| t.to_string()),
+        reset_at: window.reset_at.and_then(rfc3339),
+        used_percent,
+        exhausts_at: exhausts_at.and_then(rfc3339),
     }
+}
+
+/// When `used` of `cap` reaches the cap at the average rate since the window
+/// started, if that is before the window resets. `None` when nothing is used,
+/// the cap is already reached, or the window is too young to tell.
+fn exhaustion(cap: u64, used: u64, window: WindowNow, reset_at: u64) -> Option<u64> {
+    let elapsed = window.now.checked_sub(window.start)?;
+    if used == 0 || used >= cap || elapsed < MIN_FORECAST_ELAPSED_SECS {
+        return None;
+    }
+    // (cap - used) / (used / elapsed), in integers: the seconds left.
+    let left = u128::from(cap - used) * u128::from(elapsed) / u128::from(used);
+    let at = u128::from(window.now) + left;
+    (at < u128::from(reset_at)).then(|| u64::try_from(at).ok())?
+}
+
+fn rfc3339(secs: u64) -> Option<String> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
 }
 
 /// The most constrained limit in words, for `kubectl get`:
@@ -407,7 +469,11 @@ pub async fn refresh(
                 Some(Ok(rows)) => statuses.push(limit_status(
                     limit,
                     used_by_limit(limit, &q.scope, rows),
-                    reset_at,
+                    WindowNow {
+                        start: since,
+                        reset_at,
+                        now,
+                    },
                 )),
                 Some(Err(e)) => {
                     error = Some(e.clone());
@@ -504,12 +570,62 @@ mod tests {
             requests: 9,
             cost_micro_usd: 100,
         };
-        let status = limit_status(&limit("daily"), used, Some(86_400));
+        let status = limit_status(
+            &limit("daily"),
+            used,
+            WindowNow {
+                start: 0,
+                reset_at: Some(86_400),
+                now: 3_600,
+            },
+        );
         assert_eq!(status.used.tokens, Some(1_200));
         assert_eq!(status.remaining.tokens, Some(0));
         assert_eq!(status.used.requests, None, "requests are not capped");
         assert_eq!(status.remaining.cost_micro_usd, Some(400));
         assert_eq!(status.reset_at.as_deref(), Some("1970-01-02T00:00:00Z"));
+        assert_eq!(status.used_percent, Some(120), "tokens are past their cap");
+        assert_eq!(status.exhausts_at, None, "already exhausted: no forecast");
+    }
+
+    #[test]
+    fn the_forecast_is_when_a_cap_runs_out_at_the_rate_so_far() {
+        let window = |now| WindowNow {
+            start: 0,
+            reset_at: Some(86_400),
+            now,
+        };
+        // 6 h into a day, 250 of 1 000 tokens and 100 of 500 µUSD: tokens run
+        // out after 18 more hours (at 24 h: not before the reset), cost after
+        // 24 more. Neither before the reset.
+        let slow = Amounts {
+            tokens: 250,
+            requests: 3,
+            cost_micro_usd: 100,
+        };
+        let status = limit_status(&limit("d"), slow, window(21_600));
+        assert_eq!(status.used_percent, Some(25));
+        assert_eq!(status.exhausts_at, None);
+        // 400 tokens by 6 h: 600 more take 9 h, at 15:00, before the reset.
+        let fast = Amounts {
+            tokens: 400,
+            ..slow
+        };
+        let status = limit_status(&limit("d"), fast, window(21_600));
+        assert_eq!(status.used_percent, Some(40));
+        assert_eq!(status.exhausts_at.as_deref(), Some("1970-01-01T15:00:00Z"));
+        // Too early in the window to say; and rolling windows never forecast.
+        assert_eq!(
+            limit_status(&limit("d"), fast, window(30)).exhausts_at,
+            None
+        );
+        let rolling = WindowNow {
+            start: 0,
+            reset_at: None,
+            now: 21_600,
+        };
+        assert_eq!(limit_status(&limit("d"), fast, rolling).exhausts_at, None);
+        assert_eq!(limit_status(&limit("d"), fast, rolling).reset_at, None);
     }
 
     #[test]
@@ -536,7 +652,11 @@ mod tests {
                 requests: 0,
                 cost_micro_usd: 250,
             },
-            None,
+            WindowNow {
+                start: 0,
+                reset_at: None,
+                now: 0,
+            },
         );
         assert_eq!(
             summary(&limits, &[status]).as_deref(),
@@ -662,7 +782,15 @@ mod tests {
             scope: scope(&["a"], &[]),
             limits: vec![limit("daily")],
         }];
-        let kept = vec![limit_status(&limit("daily"), Amounts::default(), None)];
+        let kept = vec![limit_status(
+            &limit("daily"),
+            Amounts::default(),
+            WindowNow {
+                start: 0,
+                reset_at: None,
+                now: 0,
+            },
+        )];
         let previous = BTreeMap::from([(
             "ClusterEgressQuota/c".to_string(),
             UsageObservation {
@@ -685,7 +813,15 @@ mod tests {
             scope: scope(&["a"], &[]),
             limits: vec![limit("daily")],
         }];
-        let kept = vec![limit_status(&limit("daily"), Amounts::default(), None)];
+        let kept = vec![limit_status(
+            &limit("daily"),
+            Amounts::default(),
+            WindowNow {
+                start: 0,
+                reset_at: None,
+                now: 0,
+            },
+        )];
         let previous = BTreeMap::from([(
             "EgressQuota/a/q".to_string(),
             UsageObservation {
