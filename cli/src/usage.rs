@@ -345,7 +345,7 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
             report.warnings_omitted
         )?;
     }
-    for line in freshness_lines(&report.freshness) {
+    for line in report.freshness.iter().flat_map(freshness_lines) {
         writeln!(out, "{line}")?;
     }
     Ok(())
@@ -452,12 +452,12 @@ mod tests {
             },
             warnings: vec![],
             warnings_omitted: 0,
-            freshness: Freshness {
+            freshness: Some(Freshness {
                 answered_at: "2026-12-06T12:00:00.000Z".into(),
                 newest_record_at: Some("2026-12-06T11:59:57.500Z".into()),
                 open_streams: 3,
                 quietest_open_stream_since: Some("2026-12-06T11:50:00.000Z".into()),
-            },
+            }),
         };
         let mut out = Vec::new();
         write_table(&mut out, &report).unwrap();

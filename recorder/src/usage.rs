@@ -196,8 +196,10 @@ pub struct UsageReport {
     pub warnings: Vec<Warning>,
     /// Warnings not listed (over the listing bound).
     pub warnings_omitted: u64,
-    /// How fresh the data behind the answer is.
-    pub freshness: Freshness,
+    /// How fresh the data behind the answer is (recorders before this field
+    /// send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
 }
 
 /// How fresh the data behind a usage answer is. Gateways ship receipts a
@@ -359,12 +361,12 @@ pub async fn report(
         total,
         warnings: listed,
         warnings_omitted: omitted,
-        freshness: Freshness {
+        freshness: Some(Freshness {
             answered_at: rfc(now_ms)?,
             newest_record_at: streams.newest_record_ms.map(rfc).transpose()?,
             open_streams: streams.open,
             quietest_open_stream_since: streams.quietest_open_record_ms.map(rfc).transpose()?,
-        },
+        }),
     })
 }
 
@@ -463,12 +465,7 @@ mod tests {
             total: Totals::default(),
             warnings: vec![],
             warnings_omitted: 0,
-            freshness: Freshness {
-                answered_at: "c".into(),
-                newest_record_at: None,
-                open_streams: 0,
-                quietest_open_stream_since: None,
-            },
+            freshness: None,
         };
         let v = serde_json::to_value(&report).unwrap();
         for k in [
@@ -480,5 +477,10 @@ mod tests {
             assert!(v["total"].get(k).is_some(), "{k}");
         }
         assert_eq!(v["group_by"][0], "serviceAccount");
+        // An answer from a recorder that predates `freshness` still reads.
+        let mut old = v.clone();
+        old.as_object_mut().map(|o| o.remove("freshness"));
+        let read: UsageReport = serde_json::from_value(old).unwrap();
+        assert_eq!(read.freshness, None);
     }
 }

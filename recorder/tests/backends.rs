@@ -127,11 +127,23 @@ async fn ingest_dedups_resumes_and_exports_a_verifiable_bundle(store: Arc<dyn St
         .max()
         .unwrap();
     assert_eq!(
-        report.freshness.newest_record_at.as_deref(),
+        report
+            .freshness
+            .as_ref()
+            .unwrap()
+            .newest_record_at
+            .as_deref(),
         Some(newest.to_canonical_string().as_str())
     );
-    assert_eq!(report.freshness.open_streams, 0);
-    assert_eq!(report.freshness.quietest_open_stream_since, None);
+    assert_eq!(report.freshness.as_ref().unwrap().open_streams, 0);
+    assert_eq!(
+        report
+            .freshness
+            .as_ref()
+            .unwrap()
+            .quietest_open_stream_since,
+        None
+    );
 
     let mut q = all_time();
     q.group_by = vec![GroupKey::Namespace, GroupKey::Model];
@@ -463,8 +475,15 @@ async fn every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored(store:
     assert!(codes.contains(&"seq_gap"), "{codes:?}");
     assert!(codes.contains(&"broken_chain"), "{codes:?}");
     assert!(codes.contains(&"stream_open"), "{codes:?}");
-    assert_eq!(report.freshness.open_streams, 1);
-    assert!(report.freshness.quietest_open_stream_since.is_some());
+    assert_eq!(report.freshness.as_ref().unwrap().open_streams, 1);
+    assert!(
+        report
+            .freshness
+            .as_ref()
+            .unwrap()
+            .quietest_open_stream_since
+            .is_some()
+    );
 
     // The good continuation is still accepted.
     let r = ingest(&rec, &gw, &good[1..]).await;
