@@ -104,9 +104,10 @@ pub struct UsageArgs {
     /// End (exclusive): a duration ago or RFC 3339; default now.
     #[arg(long)]
     pub until: Option<String>,
-    /// Group by: namespace, serviceAccount, provider, model, caller
+    /// Group by: namespace, serviceAccount, provider, model, caller, reason
     /// (comma-separated). `caller` is the receipts' `caller_hash`: the keyed
-    /// hash of the end-user id the app sent, never the id.
+    /// hash of the end-user id the app sent, never the id. `reason` is the
+    /// verdict's reason code: `allowed`, or why a request was refused or failed.
     #[arg(long, default_value = "")]
     pub by: String,
     /// Also group by time: hour or day.
@@ -249,6 +250,7 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
                 GroupKey::Provider => "PROVIDER",
                 GroupKey::Model => "MODEL",
                 GroupKey::Caller => "CALLER",
+                GroupKey::Reason => "REASON",
             }
             .to_string()
         })
@@ -269,6 +271,7 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
                     GroupKey::Provider => &row.provider,
                     GroupKey::Model => &row.model,
                     GroupKey::Caller => &row.caller,
+                    GroupKey::Reason => &row.reason,
                 };
                 match v.as_deref() {
                     Some("") | None => "-".to_string(),
@@ -436,6 +439,7 @@ mod tests {
                 provider: None,
                 model: Some("gpt-4o".into()),
                 caller: None,
+                reason: None,
                 bucket_start: None,
                 totals: Totals {
                     requests: 2,

@@ -32,11 +32,14 @@ pub enum GroupKey {
     Model,
     /// The end user: the receipt's `caller_hash` ("" when none was named).
     Caller,
+    /// The verdict's reason code: `allowed`, or why the request was refused
+    /// or failed (`model_not_allowed`, `quota_exceeded`, `upstream_429`, …).
+    Reason,
 }
 
 impl GroupKey {
     /// Parses `namespace`, `serviceAccount` (or `service_account`, `sa`),
-    /// `provider`, `model` or `caller`.
+    /// `provider`, `model`, `caller` or `reason`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "namespace" | "ns" => Self::Namespace,
@@ -44,6 +47,7 @@ impl GroupKey {
             "provider" => Self::Provider,
             "model" => Self::Model,
             "caller" => Self::Caller,
+            "reason" => Self::Reason,
             _ => return None,
         })
     }
@@ -54,7 +58,7 @@ impl GroupKey {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let key = Self::parse(part).ok_or_else(|| {
                 RecorderError::BadRequest(format!(
-                    "cannot group by {part:?}: use namespace, serviceAccount, provider, model, caller"
+                    "cannot group by {part:?}: use namespace, serviceAccount, provider, model, caller, reason"
                 ))
             })?;
             if !out.contains(&key) {
@@ -151,6 +155,9 @@ pub struct UsageRow {
     /// end user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// The verdict's reason code, when grouped by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Bucket start (RFC 3339), when bucketed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_start: Option<String>,
@@ -241,6 +248,7 @@ pub fn aggregate(
                 GroupKey::Provider => cell.provider.clone(),
                 GroupKey::Model => cell.model.clone(),
                 GroupKey::Caller => cell.caller.clone(),
+                GroupKey::Reason => cell.reason.clone(),
             })
             .collect();
         let bucket_start = bucket.map(|b| b.start_ms(cell.hour));
@@ -259,6 +267,7 @@ pub fn aggregate(
                 provider: None,
                 model: None,
                 caller: None,
+                reason: None,
                 bucket_start: bucket_start.and_then(|ms| {
                     Timestamp::from_unix_millis(ms)
                         .ok()
@@ -273,6 +282,7 @@ pub fn aggregate(
                     GroupKey::Provider => &mut row.provider,
                     GroupKey::Model => &mut row.model,
                     GroupKey::Caller => &mut row.caller,
+                    GroupKey::Reason => &mut row.reason,
                 };
                 *slot = Some(value);
             }
@@ -331,6 +341,7 @@ pub async fn report(
         until_ms: query.until_ms,
         namespace: query.namespace.clone(),
         by_caller: query.group_by.contains(&GroupKey::Caller),
+        by_reason: query.group_by.contains(&GroupKey::Reason),
     };
     let cells = store.usage_cells(&cells_query).await?;
     let (rows, total) = aggregate(&cells, &query.group_by, query.bucket);
@@ -386,6 +397,7 @@ mod tests {
             output_tokens: requests * 2,
             cost_micro_usd: requests * 100,
             caller: String::new(),
+            reason: "allowed".into(),
         }
     }
 
@@ -407,6 +419,27 @@ mod tests {
             GroupKey::parse_list("caller").unwrap(),
             vec![GroupKey::Caller]
         );
+    }
+
+    #[test]
+    fn groups_by_reason_for_refusals() {
+        let mut refused = cell("a", "m1", 10, 2);
+        refused.reason = "quota_exceeded".into();
+        let (rows, total) = aggregate(
+            &[cell("a", "m1", 10, 3), refused],
+            &GroupKey::parse_list("reason").unwrap(),
+            None,
+        );
+        let by_reason: Vec<(Option<&str>, u64)> = rows
+            .iter()
+            .map(|r| (r.reason.as_deref(), r.totals.requests))
+            .collect();
+        assert_eq!(
+            by_reason,
+            [(Some("allowed"), 3), (Some("quota_exceeded"), 2)]
+        );
+        assert_eq!(total.requests, 5);
+        assert!(GroupKey::parse_list("reasons").is_err());
     }
 
     #[test]

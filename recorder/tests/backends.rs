@@ -905,3 +905,55 @@ async fn a_range_after_a_segment_sealed_before_version_4_rebuilds_its_base() {
         );
     }
 }
+
+/// A PostgreSQL database from before receipts' reasons had a column is
+/// upgraded at connect: the column is added and filled from each body.
+#[tokio::test]
+async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
+    let Some(url) = common::postgres_schema("upgrade-reason").await else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE envelopes (log_index BIGINT PRIMARY KEY, segment_index BIGINT NOT NULL,
+                stream_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, key_id TEXT NOT NULL,
+                receipt_id TEXT UNIQUE, namespace TEXT, service_account TEXT, pod TEXT, provider TEXT,
+                model TEXT, started_at_ms BIGINT, completed_at_ms BIGINT, input_tokens BIGINT,
+                output_tokens BIGINT, cached_tokens BIGINT, cost_micro_usd BIGINT, decision TEXT,
+                provider_request_id TEXT, body TEXT NOT NULL, caller_hash TEXT, UNIQUE (stream_id, seq));
+             INSERT INTO envelopes VALUES (0, 0, 's', 1, 'h', 'k', 'r-1', 'ns', 'sa', 'p', 'openai',
+                'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'deny', NULL,
+                '{\"record\":{\"receipt\":{\"body\":{\"verdict\":{\"decision\":\"deny\",\"reason\":\"quota_exceeded\"}}}}}', NULL);",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    let store = tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
+        .await
+        .unwrap();
+    let cells = store
+        .usage_cells(&tollgate_recorder::store::CellQuery {
+            since_ms: 0,
+            until_ms: 10_000,
+            namespace: None,
+            by_caller: false,
+            by_reason: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    assert_eq!(
+        (cells[0].requests, cells[0].reason.as_str()),
+        (1, "quota_exceeded")
+    );
+    // Connecting again finds the column and changes nothing.
+    drop(store);
+    tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
+        .await
+        .unwrap();
+}

@@ -128,7 +128,8 @@ impl<D: Driver> Store for Engine<D> {
                         q.since_ms,
                         q.until_ms,
                         q.namespace.as_ref(),
-                        u64::from(q.by_caller)
+                        u64::from(q.by_caller),
+                        u64::from(q.by_reason)
                     ],
                 )
                 .await?;

@@ -106,6 +106,8 @@ pub struct ReceiptFacts {
     pub provider_request_id: Option<String>,
     /// The keyed hash of the end user (hex), if the receipt has one.
     pub caller_hash: Option<String>,
+    /// The verdict's reason code (`allowed`, `model_not_allowed`, …).
+    pub reason: String,
 }
 
 /// One stored envelope.
@@ -176,6 +178,7 @@ impl EnvelopeRow {
                         .and_then(|u| u.provider_request_id.as_ref())
                         .map(|id| id.as_str().to_string()),
                     caller_hash: b.caller_hash.as_ref().map(ToString::to_string),
+                    reason: b.verdict.reason.as_str().to_string(),
                 })
             }
         };
@@ -446,6 +449,8 @@ pub struct CellQuery {
     pub namespace: Option<String>,
     /// Also group by `caller_hash` (else every cell's caller is "").
     pub by_caller: bool,
+    /// Also group by the verdict's reason (else every cell's reason is "").
+    pub by_reason: bool,
 }
 
 /// Receipts grouped by workload, provider, model and hour (and caller when asked): the finest grain usage
@@ -473,6 +478,8 @@ pub struct UsageCell {
     /// `caller_hash` (hex), "" when the receipt has none or the query did not
     /// group by caller.
     pub caller: String,
+    /// The verdict's reason, "" when the query did not group by reason.
+    pub reason: String,
 }
 
 /// A sealed segment's stored metadata.

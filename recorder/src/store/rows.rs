@@ -206,6 +206,7 @@ pub fn usage_cell(r: &Row) -> Result<UsageCell, StoreError> {
         output_tokens: r.opt_u64(7)?.unwrap_or(0),
         cost_micro_usd: r.opt_u64(8)?.unwrap_or(0),
         caller: r.text(9)?,
+        reason: r.text(10)?,
     })
 }
 
@@ -324,6 +325,7 @@ pub fn log_write(w: &LogWrite) -> Vec<Statement> {
                 r.and_then(|r| r.provider_request_id.as_ref()),
                 &e.json,
                 r.and_then(|r| r.caller_hash.as_ref()),
+                r.map(|r| r.reason.as_str()),
             ],
         ));
     }

@@ -133,6 +133,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     provider_request_id TEXT,
     body TEXT NOT NULL,
     caller_hash TEXT,
+    reason TEXT,
     UNIQUE (stream_id, seq)
 );
 CREATE INDEX IF NOT EXISTS envelopes_started ON envelopes (started_at_ms);
@@ -205,7 +206,7 @@ CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (quota_id, limit_nam
 ";
 
 /// The SQLite schema version this code writes (`PRAGMA user_version`).
-pub const SQLITE_VERSION: i64 = 4;
+pub const SQLITE_VERSION: i64 = 5;
 
 /// SQLite migrations: `(from version, statements)`, applied in order to a
 /// database at that version. Version 0 is a new file (no migration: the
@@ -232,6 +233,14 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE segments ADD COLUMN pruned_at_ms BIGINT;
          ALTER TABLE segments ADD COLUMN pruned_hashes TEXT;",
     ),
+    (
+        4,
+        // Version 5 keeps each receipt's verdict reason, for usage by reason
+        // (refusals); older receipts get theirs from their stored body.
+        "ALTER TABLE envelopes ADD COLUMN reason TEXT;
+         UPDATE envelopes SET reason = json_extract(body, '$.record.receipt.body.verdict.reason')
+             WHERE receipt_id IS NOT NULL;",
+    ),
 ];
 
 /// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
@@ -253,6 +262,12 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = 'segments' AND column_name = 'pruned_hashes') THEN
         ALTER TABLE segments ADD COLUMN pruned_hashes TEXT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'reason') THEN
+        ALTER TABLE envelopes ADD COLUMN reason TEXT;
+        UPDATE envelopes SET reason = CAST(body AS jsonb) #>> '{record,receipt,body,verdict,reason}'
+            WHERE receipt_id IS NOT NULL;
     END IF;
 END $$;";
 
@@ -294,8 +309,8 @@ statements! {
     ReceiptIdsKnown = "SELECT receipt_id FROM envelopes WHERE receipt_id = ANY(?1)";
     InsertCertificate = "INSERT INTO certificates (cert_hash, key_id, not_before_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
     InsertSegment = "INSERT INTO segments (segment_index, genesis, created_at_ms) VALUES (?1, ?2, ?3)";
-    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)";
+    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash, reason)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
     SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5, log_state = ?6 WHERE segment_index = ?1";
     UpsertStream = "INSERT INTO streams (stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -337,10 +352,11 @@ statements! {
     // Queries and exports.
     UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
             CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
-            CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END
+            CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END,
+            CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, '') ELSE '' END
         FROM envelopes
         WHERE receipt_id IS NOT NULL AND decision <> 'failed_over' AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
-        GROUP BY 1, 2, 3, 4, 5, 10
+        GROUP BY 1, 2, 3, 4, 5, 10, 11
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
         WHERE at_ms >= ?1 AND at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)

@@ -353,7 +353,8 @@ mod tests {
             output_tokens INTEGER, cached_tokens INTEGER, cost_micro_usd INTEGER, decision TEXT,
             provider_request_id TEXT, body TEXT NOT NULL, UNIQUE (stream_id, seq));
         INSERT INTO envelopes VALUES (0, 0, 's', 1, 'h', 'k', 'r-1', 'ns', 'sa', 'p', 'openai',
-            'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'allow', NULL, '{}');
+            'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'deny', NULL,
+            '{\"record\":{\"receipt\":{\"body\":{\"verdict\":{\"decision\":\"deny\",\"reason\":\"model_not_allowed\"}}}}}');
         INSERT INTO quota_leases VALUES ('l-1', 'ns/q', 'daily', 'calendar:day', 0, 5, 1, 0, 0, 0, 0, 99, 'gw', 0, NULL, 10, NULL, 0);
         INSERT INTO quota_usage VALUES ('ns/q', 'daily', 'calendar:day', 3, 7, 1, 0);
         CREATE TABLE segments (segment_index INTEGER PRIMARY KEY, genesis TEXT NOT NULL,
@@ -400,11 +401,14 @@ mod tests {
                 until_ms: 10_000,
                 namespace: None,
                 by_caller: true,
+                by_reason: true,
             })
             .await
             .unwrap();
         assert_eq!(cells.len(), 1);
         assert_eq!((cells[0].requests, cells[0].caller.as_str()), (1, ""));
+        // Receipts stored before reasons had a column get theirs from their body.
+        assert_eq!(cells[0].reason, "model_not_allowed");
         drop(store);
         // Opening again is a no-op.
         SqliteStore::open(&path).unwrap();

@@ -80,6 +80,13 @@ pub fn postgres_url() -> Option<String> {
 
 /// A PostgreSQL store in a fresh schema of the harness database.
 pub async fn postgres(name: &str) -> Option<Arc<dyn Store>> {
+    let scoped = postgres_schema(name).await?;
+    Some(Arc::new(PostgresStore::connect(&scoped, 8).await.unwrap()))
+}
+
+/// A fresh, empty schema of its own for `name` (what earlier runs left is
+/// dropped): the URL that works in it, or `None` without PostgreSQL.
+pub async fn postgres_schema(name: &str) -> Option<String> {
     let url = postgres_url()?;
     static N: AtomicU64 = AtomicU64::new(0);
     // PostgreSQL cuts identifiers at 63 bytes: keep the name short so the
@@ -118,8 +125,7 @@ pub async fn postgres(name: &str) -> Option<Arc<dyn Store>> {
     drop(client);
     let _ = driver.await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    Some(Arc::new(PostgresStore::connect(&scoped, 8).await.unwrap()))
+    Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// Settings for tests: small segments.
