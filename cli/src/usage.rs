@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tollgate_evidence::Timestamp;
 use tollgate_recorder::store::sqlite::SqliteStore;
-use tollgate_recorder::usage::{Bucket, Freshness, GroupKey, UsageQuery, UsageReport};
+use tollgate_recorder::usage::{Bucket, Freshness, GroupKey, Page, UsageQuery, UsageReport};
 use tollgate_wire::client::{HttpClient, public_roots, roots_from_pem_file};
 
 /// Where the data comes from (shared with `bundle export`).
@@ -153,7 +153,30 @@ fn namespace(args: &UsageArgs) -> Option<String> {
     }
 }
 
+/// Most pages read for one answer (each up to 10 000 rows).
+const MAX_PAGES: usize = 100;
+
+/// The whole answer: the first page, then every page its cursors lead to.
 async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
+    let mut report = fetch_page(args, None).await?;
+    let mut pages = 1;
+    while let Some(cursor) = report.next_cursor.take() {
+        if pages == MAX_PAGES {
+            bail!(
+                "the answer has more than {} rows: narrow the range or the grouping",
+                report.rows.len()
+            );
+        }
+        let next = fetch_page(args, Some(&cursor)).await?;
+        report.rows.extend(next.rows);
+        report.next_cursor = next.next_cursor;
+        pages += 1;
+    }
+    Ok(report)
+}
+
+/// One page: the first, or the one `cursor` starts.
+async fn fetch_page(args: &UsageArgs, cursor: Option<&str>) -> anyhow::Result<UsageReport> {
     let ns = namespace(args);
     if let Some(db) = args.source.local_db()? {
         let now = now_ms();
@@ -167,15 +190,22 @@ async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
             namespace: ns,
             group_by: GroupKey::parse_list(&args.by)?,
             bucket: args.bucket.as_deref().map(Bucket::parse).transpose()?,
+            page: Page {
+                after: cursor
+                    .map(tollgate_recorder::usage::Cursor::decode)
+                    .transpose()?
+                    .map(|c| c.after),
+                ..Page::default()
+            },
         };
         let store = SqliteStore::open(&db)?;
         return Ok(tollgate_recorder::usage::report(&store, &query, now).await?);
     }
     if args.source.recorder.is_none() {
-        return fetch_through_api_server(args, ns.as_deref()).await;
+        return fetch_through_api_server(args, ns.as_deref(), cursor).await;
     }
     let (client, base, token) = args.source.remote()?;
-    let mut url = format!("{base}/v1/usage?{}", query_string(args));
+    let mut url = format!("{base}/v1/usage?{}", query_string(args, cursor));
     if let Some(n) = &ns {
         url.push_str(&format!("&namespace={}", encode(n)));
     }
@@ -200,7 +230,7 @@ async fn fetch(args: &UsageArgs) -> anyhow::Result<UsageReport> {
 
 /// The query string shared by both remote paths (no namespace: the API server
 /// path carries it).
-fn query_string(args: &UsageArgs) -> String {
+fn query_string(args: &UsageArgs, cursor: Option<&str>) -> String {
     let mut q = format!("since={}", encode(&args.since));
     if let Some(u) = &args.until {
         q.push_str(&format!("&until={}", encode(u)));
@@ -211,6 +241,9 @@ fn query_string(args: &UsageArgs) -> String {
     if let Some(b) = &args.bucket {
         q.push_str(&format!("&bucket={}", encode(b)));
     }
+    if let Some(c) = cursor {
+        q.push_str(&format!("&cursor={}", encode(c)));
+    }
     q
 }
 
@@ -218,6 +251,7 @@ fn query_string(args: &UsageArgs) -> String {
 async fn fetch_through_api_server(
     args: &UsageArgs,
     namespace: Option<&str>,
+    cursor: Option<&str>,
 ) -> anyhow::Result<UsageReport> {
     let client = crate::cluster::client().await?;
     let path = match namespace {
@@ -225,9 +259,13 @@ async fn fetch_through_api_server(
             "{}/namespaces/{}/usage?{}",
             crate::cluster::API_BASE,
             encode(ns),
-            query_string(args)
+            query_string(args, cursor)
         ),
-        None => format!("{}/usage?{}", crate::cluster::API_BASE, query_string(args)),
+        None => format!(
+            "{}/usage?{}",
+            crate::cluster::API_BASE,
+            query_string(args, cursor)
+        ),
     };
     let body = crate::cluster::get(&client, &path).await?;
     serde_json::from_str(&body).context("reading the recorder's usage report")
@@ -454,6 +492,7 @@ mod tests {
                 output_tokens: 4,
                 cost_micro_usd: 1_500_000,
             },
+            next_cursor: None,
             warnings: vec![],
             warnings_omitted: 0,
             freshness: Some(Freshness {

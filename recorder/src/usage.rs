@@ -15,6 +15,9 @@ use crate::settings::{MAX_USAGE_ROWS, MAX_USAGE_WARNINGS};
 use crate::store::{CellQuery, FaultRow, Store, StreamRow, UsageCell};
 
 const HOUR_MS: u64 = 3_600_000;
+/// Longest range one usage query covers: a year and a month, so a yearly
+/// report with its edges fits.
+pub const MAX_USAGE_RANGE_MS: u64 = 400 * 24 * HOUR_MS;
 /// Most faults read for a usage answer's warnings.
 const MAX_FAULTS_READ: usize = 10_000;
 
@@ -112,6 +115,8 @@ pub struct UsageQuery {
     pub group_by: Vec<GroupKey>,
     /// And by this bucket.
     pub bucket: Option<Bucket>,
+    /// Which page of the rows.
+    pub page: Page,
 }
 
 /// Counts and sums.
@@ -199,6 +204,10 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
     /// Over all rows.
     pub total: Totals,
+    /// Where the next page starts: send the same parameters with
+    /// `cursor` set to this. Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
     /// Faults and open streams in the range.
     pub warnings: Vec<Warning>,
     /// Warnings not listed (over the listing bound).
@@ -229,14 +238,17 @@ pub struct Freshness {
     pub quietest_open_stream_since: Option<String>,
 }
 
-type RowKey = (Vec<String>, Option<u64>);
+/// A row's sort key: its group values in `group_by` order, then its bucket
+/// start. Rows are answered in this order, and a cursor names the last one
+/// given.
+pub type RowKey = (Vec<String>, Option<u64>);
 
-/// Groups cells; rows sorted by group values then bucket. Pure.
-pub fn aggregate(
+/// Groups cells, keyed and so sorted by [`RowKey`]; and the grand total. Pure.
+pub fn group(
     cells: &[UsageCell],
     group_by: &[GroupKey],
     bucket: Option<Bucket>,
-) -> (Vec<UsageRow>, Totals) {
+) -> (BTreeMap<RowKey, Totals>, Totals) {
     let mut groups: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut total = Totals::default();
     for cell in cells {
@@ -258,38 +270,158 @@ pub fn aggregate(
             .add_cell(cell);
         total.add_cell(cell);
     }
+    (groups, total)
+}
+
+/// The row for one group.
+fn row(group_by: &[GroupKey], (values, bucket_start): RowKey, totals: Totals) -> UsageRow {
+    let mut row = UsageRow {
+        namespace: None,
+        service_account: None,
+        provider: None,
+        model: None,
+        caller: None,
+        reason: None,
+        bucket_start: bucket_start.and_then(|ms| {
+            Timestamp::from_unix_millis(ms)
+                .ok()
+                .map(Timestamp::to_canonical_string)
+        }),
+        totals,
+    };
+    for (key, value) in group_by.iter().zip(values) {
+        let slot = match key {
+            GroupKey::Namespace => &mut row.namespace,
+            GroupKey::ServiceAccount => &mut row.service_account,
+            GroupKey::Provider => &mut row.provider,
+            GroupKey::Model => &mut row.model,
+            GroupKey::Caller => &mut row.caller,
+            GroupKey::Reason => &mut row.reason,
+        };
+        *slot = Some(value);
+    }
+    row
+}
+
+/// Groups cells; rows sorted by group values then bucket. Pure.
+pub fn aggregate(
+    cells: &[UsageCell],
+    group_by: &[GroupKey],
+    bucket: Option<Bucket>,
+) -> (Vec<UsageRow>, Totals) {
+    let (groups, total) = group(cells, group_by, bucket);
     let rows = groups
         .into_iter()
-        .map(|((values, bucket_start), totals)| {
-            let mut row = UsageRow {
-                namespace: None,
-                service_account: None,
-                provider: None,
-                model: None,
-                caller: None,
-                reason: None,
-                bucket_start: bucket_start.and_then(|ms| {
-                    Timestamp::from_unix_millis(ms)
-                        .ok()
-                        .map(Timestamp::to_canonical_string)
-                }),
-                totals,
-            };
-            for (key, value) in group_by.iter().zip(values) {
-                let slot = match key {
-                    GroupKey::Namespace => &mut row.namespace,
-                    GroupKey::ServiceAccount => &mut row.service_account,
-                    GroupKey::Provider => &mut row.provider,
-                    GroupKey::Model => &mut row.model,
-                    GroupKey::Caller => &mut row.caller,
-                    GroupKey::Reason => &mut row.reason,
-                };
-                *slot = Some(value);
-            }
-            row
-        })
+        .map(|(key, totals)| row(group_by, key, totals))
         .collect();
     (rows, total)
+}
+
+/// One page of grouped rows: those after `page.after`, at most `page.size`,
+/// and the key of the last one if more follow. Pure.
+pub fn page_of(
+    groups: BTreeMap<RowKey, Totals>,
+    group_by: &[GroupKey],
+    page: &Page,
+) -> (Vec<UsageRow>, Option<RowKey>) {
+    let mut after = groups
+        .into_iter()
+        .filter(|(key, _)| page.after.as_ref().is_none_or(|a| key > a))
+        .peekable();
+    let mut rows = Vec::new();
+    let mut last = None;
+    while rows.len() < page.size {
+        let Some((key, totals)) = after.next() else {
+            break;
+        };
+        last = Some(key.clone());
+        rows.push(row(group_by, key, totals));
+    }
+    let more = after.peek().is_some();
+    (rows, last.filter(|_| more))
+}
+
+/// Which page of a usage answer to give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Rows per page, `1..=`[`MAX_USAGE_ROWS`].
+    pub size: usize,
+    /// Start after this row (from a cursor).
+    pub after: Option<RowKey>,
+    /// The query's fingerprint ([`query_fingerprint`]), carried in cursors.
+    pub query_id: String,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            size: MAX_USAGE_ROWS,
+            after: None,
+            query_id: String::new(),
+        }
+    }
+}
+
+/// Longest cursor accepted, in characters.
+const MAX_CURSOR_CHARS: usize = 16 * 1024;
+
+/// Where the next page of a usage answer starts: the query it belongs to,
+/// that query's range as resolved for its first page (so relative times such
+/// as `since=24h` do not move between pages), and the last row given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    /// [`query_fingerprint`] of the query's parameters.
+    pub query: String,
+    /// The range, resolved.
+    pub since_ms: u64,
+    /// The range's end, resolved.
+    pub until_ms: u64,
+    /// The last row of the page before.
+    pub after: RowKey,
+}
+
+impl Cursor {
+    /// URL-safe base64 of its JSON: opaque to clients.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads a cursor a page answer gave out.
+    pub fn decode(text: &str) -> Result<Self, RecorderError> {
+        use base64::Engine as _;
+        let bad = || RecorderError::BadRequest("cursor: not one this recorder gave out".into());
+        if text.len() > MAX_CURSOR_CHARS {
+            return Err(bad());
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| bad())?;
+        serde_json::from_slice(&json).map_err(|_| bad())
+    }
+}
+
+/// A fingerprint of a usage query's parameters as the client sent them
+/// (`since`, `until`, `namespace`, `group_by`, `bucket`, `page_size`; not the
+/// cursor), so a cursor is only taken with the query it came from. Pure.
+pub fn query_fingerprint(params: &[(&str, Option<&str>)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (name, value) in params {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        match value {
+            Some(v) => {
+                hasher.update([1]);
+                hasher.update((v.len() as u64).to_be_bytes());
+                hasher.update(v.as_bytes());
+            }
+            None => hasher.update([0]),
+        }
+    }
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// Warnings for faults and open streams, faults first.
@@ -336,6 +468,13 @@ pub async fn report(
             "since must be before until".into(),
         ));
     }
+    if query.until_ms - query.since_ms > MAX_USAGE_RANGE_MS {
+        return Err(RecorderError::BadRequest(format!(
+            "a range of {} days: ask for at most {} days at a time",
+            (query.until_ms - query.since_ms) / (24 * HOUR_MS),
+            MAX_USAGE_RANGE_MS / (24 * HOUR_MS)
+        )));
+    }
     let cells_query = CellQuery {
         since_ms: query.since_ms,
         until_ms: query.until_ms,
@@ -344,13 +483,17 @@ pub async fn report(
         by_reason: query.group_by.contains(&GroupKey::Reason),
     };
     let cells = store.usage_cells(&cells_query).await?;
-    let (rows, total) = aggregate(&cells, &query.group_by, query.bucket);
-    if rows.len() > MAX_USAGE_ROWS {
-        return Err(RecorderError::TooLarge {
-            what: "rows in a usage answer (narrow the range or grouping)",
-            limit: MAX_USAGE_ROWS as u64,
-        });
-    }
+    let (groups, total) = group(&cells, &query.group_by, query.bucket);
+    let (rows, last) = page_of(groups, &query.group_by, &query.page);
+    let next_cursor = last.map(|after| {
+        Cursor {
+            query: query.page.query_id.clone(),
+            since_ms: query.since_ms,
+            until_ms: query.until_ms,
+            after,
+        }
+        .encode()
+    });
     let faults = store.faults(&cells_query, MAX_FAULTS_READ).await?;
     let (open, streams) = store.open_streams(&cells_query, MAX_USAGE_WARNINGS).await?;
     let mut listed = warnings(&faults, &open);
@@ -370,6 +513,7 @@ pub async fn report(
         bucket: query.bucket,
         rows,
         total,
+        next_cursor,
         warnings: listed,
         warnings_omitted: omitted,
         freshness: Some(Freshness {
@@ -443,6 +587,58 @@ mod tests {
     }
 
     #[test]
+    fn walking_the_pages_gives_every_row_once_in_order() {
+        let cells: Vec<UsageCell> = (0..7)
+            .flat_map(|h| [cell("a", "m1", h, 1), cell("b", "m2", h * 2, 2)])
+            .collect();
+        let keys = [GroupKey::Namespace, GroupKey::Model];
+        let (whole, _) = aggregate(&cells, &keys, Some(Bucket::Hour));
+        assert_eq!(whole.len(), 14);
+        for size in 1..=15 {
+            let mut page = Page {
+                size,
+                ..Page::default()
+            };
+            let mut walked = Vec::new();
+            loop {
+                let (groups, _) = group(&cells, &keys, Some(Bucket::Hour));
+                let (rows, last) = page_of(groups, &keys, &page);
+                assert!(rows.len() <= size);
+                walked.extend(rows);
+                match last {
+                    Some(after) => page.after = Some(after),
+                    None => break,
+                }
+            }
+            assert_eq!(walked, whole, "page size {size}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let cursor = Cursor {
+            query: query_fingerprint(&[("since", Some("24h")), ("until", None)]),
+            since_ms: 1,
+            until_ms: 2,
+            after: (vec!["ns".into(), "é/?&=".into()], Some(3_600_000)),
+        };
+        let text = cursor.encode();
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(Cursor::decode(&text).unwrap(), cursor);
+        for bad in ["", "!!", "e30", &"A".repeat(20_000)] {
+            assert!(Cursor::decode(bad).is_err(), "{bad:?}");
+        }
+        // The fingerprint tells a missing parameter from an empty one.
+        assert_ne!(
+            query_fingerprint(&[("until", None)]),
+            query_fingerprint(&[("until", Some(""))])
+        );
+    }
+
+    #[test]
     fn groups_and_totals() {
         let cells = [
             cell("a", "m1", 10, 1),
@@ -496,6 +692,7 @@ mod tests {
             bucket: None,
             rows: vec![],
             total: Totals::default(),
+            next_cursor: None,
             warnings: vec![],
             warnings_omitted: 0,
             freshness: None,

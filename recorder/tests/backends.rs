@@ -17,7 +17,7 @@ use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRe
 use tollgate_recorder::recorder::Recorder;
 use tollgate_recorder::settings::{SinkSettings, SinkTarget};
 use tollgate_recorder::store::Store;
-use tollgate_recorder::usage::{Bucket, GroupKey, UsageQuery};
+use tollgate_recorder::usage::{Bucket, GroupKey, Page, UsageQuery};
 use tollgate_test_support::fixtures::{Gateway, HOUR_MS, T0_MS, caller_hash, key_from};
 use tollgate_wire::config::{CompiledLimit, LimitWindow};
 
@@ -68,6 +68,7 @@ fn all_time() -> UsageQuery {
         namespace: None,
         group_by: vec![],
         bucket: None,
+        page: Page::default(),
     }
 }
 

@@ -392,3 +392,93 @@ async fn tls_is_served_and_plain_http_needs_loopback() {
     .await;
     assert!(refused.is_err(), "plain HTTP off loopback must be refused");
 }
+
+/// Usage answers are paged by cursor: walking the pages gives exactly the
+/// unpaged answer, and bad paging input is a 400 that says what is wrong.
+#[tokio::test]
+async fn usage_pages_by_cursor_and_refuses_bad_paging() {
+    let api = api(common::settings(100)).await;
+    let gw = Gateway::new(1).unwrap();
+    let batch = gw.batch_json(&gw.stream(12, false).unwrap()).unwrap();
+    let r = api
+        .send(Method::POST, "/v1/receipts", Some("gw-1"), Some(batch))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let json = |r: &Response| -> serde_json::Value { serde_json::from_slice(&r.body).unwrap() };
+    let query = "/v1/usage?since=2025-02-28T00:00:00Z&group_by=model,caller";
+    let whole = json(
+        &api.send(Method::GET, query, Some("local-token"), None)
+            .await,
+    );
+    let all_rows = whole["rows"].as_array().unwrap().clone();
+    assert_eq!(all_rows.len(), 4, "per model, its caller and none: {whole}");
+    assert!(whole.get("next_cursor").is_none());
+
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => format!("{query}&page_size=3"),
+            Some(c) => format!("{query}&page_size=3&cursor={c}"),
+        };
+        let r = api
+            .send(Method::GET, &path, Some("local-token"), None)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let page = json(&r);
+        assert_eq!(
+            page["total"], whole["total"],
+            "every page carries the whole total"
+        );
+        paged.extend(page["rows"].as_array().unwrap().iter().cloned());
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, paged), (2, all_rows));
+
+    let first = json(
+        &api.send(
+            Method::GET,
+            &format!("{query}&page_size=3"),
+            Some("local-token"),
+            None,
+        )
+        .await,
+    );
+    let cursor = first["next_cursor"].as_str().unwrap();
+    for (path, says) in [
+        (format!("{query}&page_size=0"), "page_size"),
+        (format!("{query}&page_size=10001"), "page_size"),
+        (format!("{query}&page_size=3&cursor=not-a-cursor"), "cursor"),
+        // The cursor of another query (other grouping, other page size).
+        (
+            format!(
+                "/v1/usage?since=2025-02-28T00:00:00Z&group_by=model&page_size=3&cursor={cursor}"
+            ),
+            "another query",
+        ),
+        (format!("{query}&cursor={cursor}"), "another query"),
+        ("/v1/usage?group_by=pod".to_string(), "cannot group by"),
+        (
+            "/v1/usage?since=2020-01-01T00:00:00Z".to_string(),
+            "at most 400 days",
+        ),
+        ("/v1/usage?bucket=week".to_string(), "bucket"),
+    ] {
+        let r = api
+            .send(Method::GET, &path, Some("local-token"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        let detail = problem(&r).detail;
+        assert!(detail.contains(says), "{path}: {detail}");
+    }
+}

@@ -61,7 +61,13 @@ pub struct UsageRow {
 #[derive(Debug, Deserialize)]
 struct UsageReport {
     rows: Vec<UsageRow>,
+    /// Where the next page starts (recorders page answers over 10 000 rows).
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
+
+/// Most pages read for one window's usage.
+const MAX_USAGE_PAGES: usize = 100;
 
 /// Whose usage a quota counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,18 +386,37 @@ impl RecorderSource {
             .ok()
             .and_then(|s| Timestamp::from_second(s).ok())
             .ok_or_else(|| "window start out of range".to_string())?;
-        let mut url = format!(
+        let mut first = format!(
             "{}/v1/usage?since={since}&group_by=namespace,serviceAccount,provider,model",
             self.base_url
         );
         if let Some(ns) = namespace {
-            url.push_str("&namespace=");
-            url.push_str(ns);
+            first.push_str("&namespace=");
+            first.push_str(ns);
         }
+        let mut rows = Vec::new();
+        let mut url = first.clone();
+        for _ in 0..MAX_USAGE_PAGES {
+            let page = self.page(&url).await?;
+            rows.extend(page.rows);
+            match page.next_cursor {
+                None => return Ok(rows),
+                Some(cursor) => url = format!("{first}&cursor={cursor}"),
+            }
+        }
+        Err(format!(
+            "recorder {}: more than {} usage rows in one window",
+            self.base_url,
+            rows.len()
+        ))
+    }
+
+    /// One page of a usage answer.
+    async fn page(&mut self, url: &str) -> Result<UsageReport, String> {
         let token = self.token().await?;
         let response = self
             .client
-            .send(http::Method::GET, &url, Some(&token), None, MAX_USAGE_BODY)
+            .send(http::Method::GET, url, Some(&token), None, MAX_USAGE_BODY)
             .await
             .map_err(|e| format!("recorder {}: {e}", self.base_url))?;
         if !response.status.is_success() {
@@ -408,9 +433,8 @@ impl RecorderSource {
                 self.base_url, response.status
             ));
         }
-        let report: UsageReport = serde_json::from_slice(&response.body)
-            .map_err(|e| format!("recorder {}: unreadable usage answer: {e}", self.base_url))?;
-        Ok(report.rows)
+        serde_json::from_slice(&response.body)
+            .map_err(|e| format!("recorder {}: unreadable usage answer: {e}", self.base_url))
     }
 }
 
@@ -698,12 +722,25 @@ mod tests {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or_default()
                                 .to_string();
-                            seen.lock()
-                                .unwrap()
-                                .push((uri.query().unwrap_or_default().to_string(), auth));
+                            let query = uri.query().unwrap_or_default().to_string();
+                            seen.lock().unwrap().push((query.clone(), auth));
+                            // One row per page, as a recorder pages big answers.
+                            let page: usize = query
+                                .split("&cursor=p")
+                                .nth(1)
+                                .and_then(|p| p.parse().ok())
+                                .unwrap_or(0);
+                            let all = rows.as_array().cloned().unwrap_or_default();
+                            let mut answer = serde_json::json!({
+                                "rows": all.get(page).into_iter().collect::<Vec<_>>(),
+                                "detail": "nope",
+                            });
+                            if page + 1 < all.len() {
+                                answer["next_cursor"] = format!("p{}", page + 1).into();
+                            }
                             (
                                 axum::http::StatusCode::from_u16(status).unwrap(),
-                                axum::Json(serde_json::json!({"rows": rows, "detail": "nope"})),
+                                axum::Json(answer),
                             )
                         }
                     },
@@ -726,13 +763,14 @@ mod tests {
     #[tokio::test]
     async fn a_refresh_queries_the_recorder_once_per_window_and_folds_the_rows() {
         let (url, seen) = fake_recorder(
+            // The row that counts comes on the second page.
             serde_json::json!([
-                {"namespace": "a", "service_account": "batch", "provider": "openai",
-                 "model": "gpt-4o-mini", "requests": 2, "input_tokens": 30,
-                 "output_tokens": 12, "cost_micro_usd": 40},
                 {"namespace": "a", "service_account": "web", "provider": "openai",
                  "model": "gpt-4o-mini", "requests": 1, "input_tokens": 1000,
                  "output_tokens": 0, "cost_micro_usd": 9},
+                {"namespace": "a", "service_account": "batch", "provider": "openai",
+                 "model": "gpt-4o-mini", "requests": 2, "input_tokens": 30,
+                 "output_tokens": 12, "cost_micro_usd": 40},
             ]),
             200,
         )
@@ -761,12 +799,15 @@ mod tests {
         let seen = seen.lock().unwrap().clone();
         assert_eq!(
             seen.len(),
-            1,
-            "two limits with one window share a query: {seen:?}"
+            2,
+            "two limits with one window share a query, read in two pages: {seen:?}"
         );
+        let first = "since=2025-11-21T00:00:00Z&group_by=namespace,serviceAccount,provider,model&namespace=a";
+        assert_eq!(seen[0].0, first);
         assert_eq!(
-            seen[0].0,
-            "since=2025-11-21T00:00:00Z&group_by=namespace,serviceAccount,provider,model&namespace=a"
+            seen[1].0,
+            format!("{first}&cursor=p1"),
+            "the same query, paged"
         );
         assert_eq!(seen[0].1, "Bearer secret-token");
     }

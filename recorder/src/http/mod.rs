@@ -49,8 +49,8 @@ use crate::export::{ExportRange, parse_segment_range};
 use crate::metrics::RouteLabels;
 use crate::quota::{GrantRequest, RenewRequest, ReturnRequest};
 use crate::recorder::Recorder;
-use crate::settings::{MAX_EXPORT_BYTES, MAX_LEASE_BODY_BYTES};
-use crate::usage::{Bucket, GroupKey, UsageQuery};
+use crate::settings::{MAX_EXPORT_BYTES, MAX_LEASE_BODY_BYTES, MAX_USAGE_ROWS};
+use crate::usage::{Bucket, Cursor, GroupKey, Page, UsageQuery, query_fingerprint};
 
 /// Default usage range: the last 24 hours.
 const DEFAULT_USAGE_RANGE_MS: u64 = 24 * 3_600_000;
@@ -274,25 +274,70 @@ fn only_known(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Re
     }
 }
 
-/// Builds a usage query from URL parameters.
+/// Builds a usage query from URL parameters. With `cursor`, the range is the
+/// one the first page resolved, and the other parameters must be the first
+/// page's (a cursor from another query is refused).
 pub fn usage_query(
     params: &HashMap<String, String>,
     now_ms: u64,
 ) -> Result<UsageQuery, RecorderError> {
+    const QUERY_PARAMS: [&str; 6] = [
+        "since",
+        "until",
+        "namespace",
+        "group_by",
+        "bucket",
+        "page_size",
+    ];
     only_known(
         params,
-        &["since", "until", "namespace", "group_by", "bucket"],
+        &[
+            "since",
+            "until",
+            "namespace",
+            "group_by",
+            "bucket",
+            "page_size",
+            "cursor",
+        ],
     )?;
-    let until_ms = params
+    let mut until_ms = params
         .get("until")
         .map(|u| parse_time(u, now_ms))
         .transpose()?
         .unwrap_or(now_ms);
-    let since_ms = params
+    let mut since_ms = params
         .get("since")
         .map(|s| parse_time(s, now_ms))
         .transpose()?
         .unwrap_or(until_ms.saturating_sub(DEFAULT_USAGE_RANGE_MS));
+    let size = match params.get("page_size") {
+        None => MAX_USAGE_ROWS,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=MAX_USAGE_ROWS) => n,
+            _ => {
+                return Err(RecorderError::BadRequest(format!(
+                    "page_size {v:?}: use 1 to {MAX_USAGE_ROWS}"
+                )));
+            }
+        },
+    };
+    let query_id =
+        query_fingerprint(&QUERY_PARAMS.map(|name| (name, params.get(name).map(String::as_str))));
+    let after = match params.get("cursor") {
+        None => None,
+        Some(text) => {
+            let cursor = Cursor::decode(text)?;
+            if cursor.query != query_id {
+                return Err(RecorderError::BadRequest(
+                    "cursor: it belongs to another query; send the first page's parameters with it"
+                        .into(),
+                ));
+            }
+            (since_ms, until_ms) = (cursor.since_ms, cursor.until_ms);
+            Some(cursor.after)
+        }
+    };
     Ok(UsageQuery {
         since_ms,
         until_ms,
@@ -303,6 +348,11 @@ pub fn usage_query(
             .transpose()?
             .unwrap_or_default(),
         bucket: params.get("bucket").map(|b| Bucket::parse(b)).transpose()?,
+        page: Page {
+            size,
+            after,
+            query_id,
+        },
     })
 }
 
