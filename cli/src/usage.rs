@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tollgate_evidence::Timestamp;
 use tollgate_recorder::store::sqlite::SqliteStore;
-use tollgate_recorder::usage::{Bucket, Freshness, GroupKey, Page, UsageQuery, UsageReport};
+use tollgate_recorder::usage::{
+    Bucket, Cursor, Freshness, GroupKey, Page, UsageQuery, UsageReport,
+};
 use tollgate_wire::client::{HttpClient, public_roots, roots_from_pem_file};
 
 /// Where the data comes from (shared with `bundle export`).
@@ -184,20 +186,20 @@ async fn fetch_page(args: &UsageArgs, cursor: Option<&str>) -> anyhow::Result<Us
             Some(u) => tollgate_recorder::http::parse_time(u, now)?,
             None => now,
         };
-        let query = UsageQuery {
+        let mut query = UsageQuery {
             since_ms: tollgate_recorder::http::parse_time(&args.since, now)?,
             until_ms,
             namespace: ns,
             group_by: GroupKey::parse_list(&args.by)?,
             bucket: args.bucket.as_deref().map(Bucket::parse).transpose()?,
-            page: Page {
-                after: cursor
-                    .map(tollgate_recorder::usage::Cursor::decode)
-                    .transpose()?
-                    .map(|c| c.after),
-                ..Page::default()
-            },
+            page: Page::default(),
         };
+        // Later pages keep the range the first one resolved.
+        if let Some(cursor) = cursor.map(Cursor::decode).transpose()? {
+            (query.since_ms, query.until_ms) = (cursor.since_ms, cursor.until_ms);
+            query.page.after = Some(cursor.after);
+            query.page.snapshot = Some(cursor.snapshot);
+        }
         let store = SqliteStore::open(&db)?;
         return Ok(tollgate_recorder::usage::report(&store, &query, now).await?);
     }

@@ -47,6 +47,9 @@ pub const LATEST_EXPERIMENTAL: &str = "gen_ai_latest_experimental";
 /// The label value for a model the config does not list.
 pub const OTHER: &str = "_OTHER";
 
+/// The reason prefix of an attempt given up for the next provider.
+const FAILED_OVER: &str = "failed_over";
+
 /// Bucket boundaries the conventions give for token counts.
 const TOKEN_BUCKETS: [f64; 14] = [
     1.0,
@@ -319,9 +322,15 @@ struct BillableTokens {
 
 impl Outcome {
     /// What the metrics record for a finished request: `None` for endpoints
-    /// that are no inference. `duration` is the time from the request's
-    /// arrival to its last byte out (the draft keeps whole milliseconds).
+    /// that are no inference, and for an attempt given up for the next
+    /// provider (the call's own receipt follows it, and is what counts: one
+    /// call, one operation, as usage counts it). `duration` is the time from
+    /// the request's arrival to its last byte out (the draft keeps whole
+    /// milliseconds).
     pub fn of(draft: &ReceiptDraft, catalog: &MetricCatalog, duration: Duration) -> Option<Self> {
+        if draft.reason.starts_with(FAILED_OVER) {
+            return None;
+        }
         let labels = OperationLabels::new(
             catalog,
             draft.endpoint,
@@ -767,6 +776,85 @@ mod tests {
         assert_eq!(sample(&text, &failed), Some(1.0), "{text}");
         assert!(!text.contains("gen_ai_client_operation_"), "{text}");
         assert!(!text.contains("gen_ai_client_token_usage"), "{text}");
+    }
+
+    fn draft(endpoint: Endpoint, decision: Decision, reason: &'static str) -> ReceiptDraft {
+        ReceiptDraft {
+            id: "0190c5a0-0000-7000-8000-000000000001".into(),
+            request_id: "req".into(),
+            started_at_ms: 0,
+            completed_at_ms: 0,
+            total_ms: 0,
+            first_byte_ms: None,
+            endpoint,
+            provider: Some("openai-prod".into()),
+            model_requested: Some("mini".into()),
+            model_served: Some("gpt-4o-mini-2024-07-18".into()),
+            decision,
+            reason,
+            guards: vec![],
+            checks: vec![],
+            caller_hash: None,
+            correlation_id: None,
+            decision_id: None,
+            status: 200,
+            request_sha256: [0; 32],
+            response_sha256: [0; 32],
+            response_length: 0,
+            usage: Some((120, 30, 20)),
+            cost_micro_usd: 0,
+            upstream: None,
+            quota: None,
+            lane: tollgate_evidence::Lane::Live,
+            policy_hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn outcomes_come_from_receipt_drafts() {
+        let catalog = MetricCatalog::new(&config());
+        let of = |d: &ReceiptDraft| Outcome::of(d, &catalog, Duration::from_millis(7));
+        let ok = of(&draft(
+            Endpoint::ChatCompletions,
+            Decision::Allow,
+            "allowed",
+        ))
+        .unwrap_or_else(|| panic!("a chat call is an operation"));
+        assert_eq!(ok.error_type, None);
+        assert_eq!(
+            ok.labels.model.as_deref(),
+            Some("mini"),
+            "the model as requested"
+        );
+        assert_eq!(
+            ok.usage,
+            Some(BillableTokens {
+                input: 120,
+                output: Some(30),
+                cache_read: 20
+            })
+        );
+        let gone = of(&draft(
+            Endpoint::Messages,
+            Decision::Allow,
+            "client_disconnected",
+        ))
+        .unwrap_or_else(|| panic!("a cut call is an operation"));
+        assert_eq!(gone.error_type, Some("client_disconnected"));
+        let embedded = of(&draft(Endpoint::Embeddings, Decision::Allow, "allowed"))
+            .unwrap_or_else(|| panic!("embeddings are an operation"));
+        assert_eq!(embedded.usage.and_then(|u| u.output), None);
+        // An attempt given up for the next provider is not a call of its own.
+        let given_up = draft(
+            Endpoint::ChatCompletions,
+            Decision::Error,
+            "failed_over.upstream_429",
+        );
+        assert_eq!(of(&given_up), None);
+        assert_eq!(
+            of(&draft(Endpoint::CountTokens, Decision::Allow, "allowed")),
+            None
+        );
     }
 
     #[test]

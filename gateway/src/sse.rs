@@ -94,7 +94,7 @@ pub struct SseTap {
     held: Vec<u8>,
     /// Scratch list of event ends in the chunk being scanned, kept for reuse.
     event_ends: Vec<EventEnd>,
-    /// Events with data dispatched so far, `[DONE]` excepted.
+    /// Chunks dispatched so far (see [`Self::chunks`]).
     chunks: u64,
 }
 
@@ -207,8 +207,9 @@ impl SseTap {
         &self.facts
     }
 
-    /// How many chunks (events with data, the closing `[DONE]` excepted) the
-    /// stream has delivered so far.
+    /// How many chunks the stream has delivered so far: events with data
+    /// that reach the client, the closing `[DONE]`, Anthropic's `ping` and
+    /// the stripped injected usage event excepted.
     pub fn chunks(&self) -> u64 {
         self.chunks
     }
@@ -338,9 +339,9 @@ impl SseTap {
     /// The event is complete: learn from it and decide whether to strip it.
     fn dispatch(&mut self) -> bool {
         let mut event = std::mem::take(&mut self.event);
-        if event.has_data && event.data != b"[DONE]" {
-            self.chunks += 1;
-        }
+        // A chunk is an event with content the client gets: not the closing
+        // `[DONE]`, not Anthropic's keep-alive `ping`.
+        let chunk = event.has_data && event.data != b"[DONE]" && event.name != b"ping";
         let mut stripped = if event.has_data && !event.data_oversized {
             self.learn_from_event(&event.name, &event.data)
         } else {
@@ -349,6 +350,9 @@ impl SseTap {
         if self.event_raw_len > MAX_EVENT_BYTES {
             self.stripping = false;
             stripped = false;
+        }
+        if chunk && !stripped {
+            self.chunks += 1;
         }
         self.event_raw_len = 0;
         event.name.clear();
@@ -1188,12 +1192,18 @@ mod tests {
         tap.push(Bytes::from_static(
             b"ices\":[]}\r\n\r\nevent: ping\ndata: {}\n\n",
         ));
-        assert_eq!(tap.chunks(), 3);
+        assert_eq!(tap.chunks(), 2, "a ping is no chunk");
         // The closing `[DONE]` is no chunk; an unterminated last event is.
         tap.push(Bytes::from_static(b"data: [DONE]\n\ndata: {\"x\":1}"));
-        assert_eq!(tap.chunks(), 3);
+        assert_eq!(tap.chunks(), 2);
         tap.finish();
-        assert_eq!(tap.chunks(), 4);
+        assert_eq!(tap.chunks(), 3);
+        // The usage event the gateway asked for and strips is no chunk either.
+        let mut stripping = SseTap::new(ApiStyle::OpenAi, true);
+        stripping.push(Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n",
+        ));
+        assert_eq!(stripping.chunks(), 1);
     }
 
     #[test]

@@ -15,9 +15,9 @@ use crate::settings::{MAX_USAGE_ROWS, MAX_USAGE_WARNINGS};
 use crate::store::{CellQuery, FaultRow, Store, StreamRow, UsageCell};
 
 const HOUR_MS: u64 = 3_600_000;
-/// Longest range one usage query covers: a year and a month, so a yearly
-/// report with its edges fits.
-pub const MAX_USAGE_RANGE_MS: u64 = 400 * 24 * HOUR_MS;
+/// Longest range one usage query covers
+/// ([`tollgate_wire::quota_math::MAX_USAGE_RANGE_SECS`]).
+pub const MAX_USAGE_RANGE_MS: u64 = tollgate_wire::quota_math::MAX_USAGE_RANGE_SECS * 1000;
 /// Most faults read for a usage answer's warnings.
 const MAX_FAULTS_READ: usize = 10_000;
 
@@ -226,8 +226,9 @@ pub struct UsageReport {
 pub struct Freshness {
     /// When the recorder answered (RFC 3339).
     pub answered_at: String,
-    /// The newest record stored in the range (RFC 3339): a request's start
-    /// (receipts, forward decisions) or a stream's close.
+    /// The newest record of the streams active in the range (RFC 3339): a
+    /// request's start (receipts, forward decisions) or a stream's close; for
+    /// a range that ended in the past, it may be after `until`.
     pub newest_record_at: Option<String>,
     /// Streams in the range with no close record (running gateways, or
     /// gateways that stopped without shipping their close).
@@ -350,6 +351,9 @@ pub struct Page {
     pub after: Option<RowKey>,
     /// The query's fingerprint ([`query_fingerprint`]), carried in cursors.
     pub query_id: String,
+    /// Count only what the log held when the first page was answered (its
+    /// size then), so receipts arriving between pages do not shift them.
+    pub snapshot: Option<u64>,
 }
 
 impl Default for Page {
@@ -358,6 +362,7 @@ impl Default for Page {
             size: MAX_USAGE_ROWS,
             after: None,
             query_id: String::new(),
+            snapshot: None,
         }
     }
 }
@@ -379,6 +384,8 @@ pub struct Cursor {
     pub until_ms: u64,
     /// The last row of the page before.
     pub after: RowKey,
+    /// The log's size when the first page was answered.
+    pub snapshot: u64,
 }
 
 impl Cursor {
@@ -481,6 +488,17 @@ pub async fn report(
         namespace: query.namespace.clone(),
         by_caller: query.group_by.contains(&GroupKey::Caller),
         by_reason: query.group_by.contains(&GroupKey::Reason),
+        before_log_index: None,
+    };
+    // Every page of one answer counts the same envelopes: the log as the
+    // first page found it.
+    let snapshot = match query.page.snapshot {
+        Some(size) => size,
+        None => store.meta().await?.map_or(0, |m| m.size),
+    };
+    let cells_query = CellQuery {
+        before_log_index: Some(snapshot),
+        ..cells_query
     };
     let cells = store.usage_cells(&cells_query).await?;
     let (groups, total) = group(&cells, &query.group_by, query.bucket);
@@ -491,6 +509,7 @@ pub async fn report(
             since_ms: query.since_ms,
             until_ms: query.until_ms,
             after,
+            snapshot,
         }
         .encode()
     });
@@ -621,6 +640,7 @@ mod tests {
             since_ms: 1,
             until_ms: 2,
             after: (vec!["ns".into(), "é/?&=".into()], Some(3_600_000)),
+            snapshot: 42,
         };
         let text = cursor.encode();
         assert!(

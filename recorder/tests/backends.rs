@@ -944,6 +944,7 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
             namespace: None,
             by_caller: false,
             by_reason: true,
+            before_log_index: None,
         })
         .await
         .unwrap();
@@ -952,6 +953,41 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
         (cells[0].requests, cells[0].reason.as_str()),
         (1, "quota_exceeded")
     );
+    // A receipt an older recorder writes during a rolling upgrade (no reason
+    // column in its INSERT) is read from its body.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id,
+                namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms,
+                input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, body)
+             VALUES (1, 0, 's', 2, 'h2', 'k', 'r-2', 'ns', 'sa', 'p', 'openai', 'gpt-4o', 6000, 6001,
+                1, 1, 0, 1, 'allow',
+                '{\"record\":{\"receipt\":{\"body\":{\"verdict\":{\"decision\":\"allow\",\"reason\":\"allowed\"}}}}}');",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    let mut reasons: Vec<String> = store
+        .usage_cells(&tollgate_recorder::store::CellQuery {
+            since_ms: 0,
+            until_ms: 10_000,
+            namespace: None,
+            by_caller: false,
+            by_reason: true,
+            before_log_index: None,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["allowed", "quota_exceeded"]);
     // Connecting again finds the column and changes nothing.
     drop(store);
     tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)

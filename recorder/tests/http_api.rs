@@ -399,11 +399,18 @@ async fn tls_is_served_and_plain_http_needs_loopback() {
 async fn usage_pages_by_cursor_and_refuses_bad_paging() {
     let api = api(common::settings(100)).await;
     let gw = Gateway::new(1).unwrap();
-    let batch = gw.batch_json(&gw.stream(12, false).unwrap()).unwrap();
-    let r = api
-        .send(Method::POST, "/v1/receipts", Some("gw-1"), Some(batch))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    let stream = gw.stream(24, false).unwrap();
+    let ingest = |envelopes: &[tollgate_evidence::Envelope]| {
+        let batch = gw.batch_json(envelopes).unwrap();
+        let api = &api;
+        async move {
+            let r = api
+                .send(Method::POST, "/v1/receipts", Some("gw-1"), Some(batch))
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    };
+    ingest(&stream[..12]).await;
     let json = |r: &Response| -> serde_json::Value { serde_json::from_slice(&r.body).unwrap() };
     let query = "/v1/usage?since=2025-02-28T00:00:00Z&group_by=model,caller";
     let whole = json(
@@ -438,12 +445,21 @@ async fn usage_pages_by_cursor_and_refuses_bad_paging() {
         );
         paged.extend(page["rows"].as_array().unwrap().iter().cloned());
         pages += 1;
+        if pages == 1 {
+            // Receipts that arrive between pages do not shift them.
+            ingest(&stream[12..]).await;
+        }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
         }
     }
     assert_eq!((pages, paged), (2, all_rows));
+    let now = json(
+        &api.send(Method::GET, query, Some("local-token"), None)
+            .await,
+    );
+    assert_eq!(now["total"]["requests"], 24, "a new query sees them");
 
     let first = json(
         &api.send(

@@ -48,6 +48,11 @@ pub fn price(
     u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
+/// The longest range one recorder usage query covers (400 days: a year and
+/// a month, so a yearly report with its edges fits). The operator reads at
+/// most this much of a longer rolling window.
+pub const MAX_USAGE_RANGE_SECS: u64 = 400 * 86_400;
+
 /// `[start, end)` of the UTC calendar window holding `now` (unix seconds).
 pub fn calendar_window_bounds(window: CalendarWindow, now: u64) -> (u64, u64) {
     let span = |len: u64| {

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use tollgate_evidence::Decision;
 use tollgate_wire::config::ModelPricing;
 
-use super::{Gateway, Runtime, Ticket};
+use super::{Gateway, Ticket};
 use crate::api::{ApiStyle, Endpoint};
-use crate::genai_metrics::ChunkClock;
+use crate::genai_metrics::{ChunkClock, MetricCatalog};
 use crate::quota::{Amounts, QuotaAuthority, Reservation, price};
 use crate::receipts::{ReceiptDraft, unix_millis};
 use crate::sse::{ResponseFacts, SseTap, facts_from_json};
@@ -79,8 +79,12 @@ pub(super) struct Finish {
     pricing: ModelPricing,
     settle: Settle,
     gateway: Arc<Gateway>,
-    /// The runtime the request was admitted under.
-    runtime: Arc<Runtime>,
+    /// The request was admitted under `failMode: open`.
+    fails_open: bool,
+    /// The label bounds of the runtime the request was admitted under (not
+    /// the runtime itself: a long stream must not keep an old config's keys
+    /// and connection pools alive).
+    catalog: Arc<MetricCatalog>,
 }
 
 pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Settle) -> Finish {
@@ -90,7 +94,8 @@ pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Sett
         pricing,
         settle,
         gateway: ticket.gateway.clone(),
-        runtime: ticket.runtime.clone(),
+        fails_open: ticket.runtime.fails_open(),
+        catalog: ticket.runtime.metric_catalog.clone(),
     }
 }
 
@@ -262,9 +267,12 @@ impl MeteredBody {
                 draft.reason = "upstream_idle_timeout";
             }
         }
-        finish
-            .gateway
-            .record(draft, &finish.runtime, finish.started.elapsed());
+        finish.gateway.record(
+            draft,
+            finish.fails_open,
+            &finish.catalog,
+            finish.started.elapsed(),
+        );
     }
 }
 

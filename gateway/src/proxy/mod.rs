@@ -71,7 +71,7 @@ pub struct Runtime {
     clients: HashMap<String, ProviderClient>,
     policy_hash: [u8; 32],
     /// Which config values may become metric labels.
-    metric_catalog: MetricCatalog,
+    metric_catalog: Arc<MetricCatalog>,
 }
 
 impl Runtime {
@@ -101,7 +101,7 @@ impl Runtime {
         }
         let mut policy_hash = [0u8; 32];
         hex::decode_to_slice(&config.policy_hash, &mut policy_hash).unwrap_or_default();
-        let metric_catalog = MetricCatalog::new(&config);
+        let metric_catalog = Arc::new(MetricCatalog::new(&config));
         Ok(Self {
             metric_catalog,
             config,
@@ -153,15 +153,21 @@ impl Gateway {
         *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
     }
 
-    /// Counts a finished request (which took `elapsed` from its arrival) and
-    /// hands its receipt to the spool writer (see
-    /// [`ReceiptSink::submit_fail_open`] for a policy that fails open).
-    fn record(&self, draft: ReceiptDraft, runtime: &Runtime, elapsed: Duration) {
+    /// Counts a finished request (which took `elapsed` from its arrival;
+    /// `catalog` bounds its labels) and hands its receipt to the spool writer
+    /// (see [`ReceiptSink::submit_fail_open`] for a policy that fails open).
+    fn record(
+        &self,
+        draft: ReceiptDraft,
+        fails_open: bool,
+        catalog: &MetricCatalog,
+        elapsed: Duration,
+    ) {
         self.metrics.count(&draft);
-        if let Some(outcome) = Outcome::of(&draft, &runtime.metric_catalog, elapsed) {
+        if let Some(outcome) = Outcome::of(&draft, catalog, elapsed) {
             self.metrics.genai.record(&outcome);
         }
-        if runtime.fails_open() {
+        if fails_open {
             self.receipts.submit_fail_open(draft);
         } else {
             self.receipts.submit(draft);
@@ -393,8 +399,12 @@ impl Ticket {
             *pending = None;
         }
         drop(pending);
-        self.gateway
-            .record(draft, &self.runtime, self.started.elapsed());
+        self.gateway.record(
+            draft,
+            self.runtime.fails_open(),
+            &self.runtime.metric_catalog,
+            self.started.elapsed(),
+        );
     }
 
     /// A clock for the chunks of a streamed answer from `provider`; `None`
@@ -466,8 +476,12 @@ impl Drop for Ticket {
         draft.decision_id = Some(decision_id);
         draft.upstream = connection.and_then(|c| forward::with_fingerprint(&c, upstream));
         draft.response_sha256 = Sha256::digest(b"").into();
-        self.gateway
-            .record(draft, &self.runtime, self.started.elapsed());
+        self.gateway.record(
+            draft,
+            self.runtime.fails_open(),
+            &self.runtime.metric_catalog,
+            self.started.elapsed(),
+        );
     }
 }
 

@@ -950,6 +950,8 @@ def test_metrics_count_requests(gw: Gateway) -> None:
 # GenAI metric labels the gateway may emit: all bounded (see gateway/src/genai_metrics.rs).
 GENAI_LABELS = {"gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "server_address", "server_port",
                 "error_type", "gen_ai_token_type", "gen_ai_token_modality", "le"}
+# A model no config lists: it must never become a label (it is kept in receipts as requested).
+UNLISTED_MODEL = "unlisted-model-q7x2"
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -987,7 +989,7 @@ def genai_traffic(g: Gateway) -> dict[str, dict]:
         rids["messages_stream"] = stream.response.headers.get(RID)
         "".join(stream.text_stream)
     with pytest.raises(openai.APIStatusError) as exc:
-        client.chat.completions.create(model=f"unlisted-{CORR_PREFIX}-model", messages=msgs())
+        client.chat.completions.create(model=UNLISTED_MODEL, messages=msgs())
     rids["unlisted"] = exc.value.response.headers.get(RID)
     raw = client.chat.completions.with_raw_response.create(model="dry-model", messages=msgs())
     raw.parse()
@@ -1027,7 +1029,7 @@ def test_genai_metrics_follow_the_v1_41_conventions(gateways: GatewayFactory, pk
     for name, labels, _ in samples:
         if name.startswith("gen_ai_"):
             assert set(labels) <= GENAI_LABELS, (name, labels)
-    for secret in (PROMPT_MARKER, CORR_PREFIX, COMPLETION_MARKER):
+    for secret in (PROMPT_MARKER, CORR_PREFIX, COMPLETION_MARKER, UNLISTED_MODEL):
         assert secret not in text, f"/metrics carries request or response text: {secret}"
     assert "gen_ai_client_inference" not in text
 
@@ -1050,21 +1052,20 @@ def test_genai_metrics_latest_conventions_on_opt_in(gateways: GatewayFactory, pk
     assert not any(n.startswith(("gen_ai_client_operation_", "gen_ai_client_token_usage")) for n, _, _ in samples), text
 
 
-def test_the_grafana_dashboard_queries_only_metrics_the_gateway_serves(gateways: GatewayFactory) -> None:
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_serves(gateways: GatewayFactory, pki: Pki, mocks: Mocks) -> None:
     """The chart's dashboard for these metrics names no series /metrics lacks (a rename would break it silently)."""
     dashboard_path = Path(__file__).resolve().parents[3] / "charts" / "tollgate" / "dashboards" / "tollgate-genai.json"
     dashboard = json.loads(dashboard_path.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
     assert len(exprs) >= 6, exprs
+    g = gateways.start("grafana", main_manifests(pki, mocks))
+    genai_traffic(g)
     served: set[str] = set()
     served_labels: set[str] = set()
-    for name in ("genai", "main"):
-        g = next((x for x in gateways.started if x.name == name), None)
-        if g is not None:
-            for n, labels, _ in metric_samples(g.admin_get("/metrics")[1]):
-                served.add(n)
-                served_labels |= set(labels)
-    assert "gen_ai_client_token_usage_sum" in served, "run after test_genai_metrics_follow_the_v1_41_conventions"
+    for n, labels, _ in metric_samples(g.admin_get("/metrics")[1]):
+        served.add(n)
+        served_labels |= set(labels)
+    assert "gen_ai_client_token_usage_sum" in served
     queried = {m for e in exprs for m in re.findall(r"\b((?:gen_ai|tollgate_gateway)_[a-z0-9_]+)\{", e)}
     assert queried, exprs
     missing = sorted(queried - served)

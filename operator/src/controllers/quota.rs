@@ -203,9 +203,16 @@ fn common(
         .iter()
         .filter_map(|l| by_name.get(l.name.as_str()).map(|v| (*v).clone()))
         .collect();
+    let was_near = current.is_some_and(|c| {
+        c.conditions
+            .iter()
+            .any(|k| k.type_ == NEAR_LIMIT && k.status == Status::True.as_str())
+    });
     let near_limit = near_limit(
+        limits,
         &limit_statuses,
         warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+        was_near,
     );
     QuotaOutcome {
         conditions: with_ready(
@@ -217,14 +224,34 @@ fn common(
     }
 }
 
-/// `NearLimit`: `True` while the most used limit has used `warning_percent`
-/// of a cap (reason `AboveWarningLevel`) or all of it (`Exhausted`).
-pub fn near_limit(statuses: &[LimitStatus], warning_percent: u8) -> Desired {
-    let Some((status, percent)) = statuses
-        .iter()
-        .filter_map(|s| Some((s, s.used_percent?)))
-        .max_by_key(|(_, percent)| *percent)
-    else {
+/// Once `NearLimit` is `True`, it clears only this many points below the
+/// warning level, so use hovering at the level does not flap it.
+pub const NEAR_LIMIT_HYSTERESIS: u8 = 5;
+
+/// Whether `NearLimit` watches a limit: budgets of a day or longer. Shorter
+/// windows are rate limits, which fill and empty every few minutes by design.
+fn watched(limit: &QuotaLimit) -> bool {
+    use tollgate_crds::quota::CalendarWindow;
+    match (&limit.window, &limit.rolling) {
+        (Some(w), _) => matches!(w, CalendarWindow::Day | CalendarWindow::Month),
+        (None, Some(r)) => parse_rolling(r).is_some_and(|secs| secs >= 86_400),
+        (None, None) => false,
+    }
+}
+
+/// `NearLimit`: `True` while a budget (a limit of a day or longer) has used
+/// `warning_percent` of a cap (reason `AboveWarningLevel`), or all of a
+/// calendar window's cap (`Exhausted`: nothing more until the reset; a
+/// rolling window frees room as old use drops out, so it stays
+/// `AboveWarningLevel`). `was_near`: the condition is `True` now, so it
+/// clears only [`NEAR_LIMIT_HYSTERESIS`] points below the level.
+pub fn near_limit(
+    limits: &[QuotaLimit],
+    statuses: &[LimitStatus],
+    warning_percent: u8,
+    was_near: bool,
+) -> Desired {
+    if statuses.is_empty() {
         return Desired {
             status: Status::Unknown,
             ..Desired::alert(
@@ -234,20 +261,33 @@ pub fn near_limit(statuses: &[LimitStatus], warning_percent: u8) -> Desired {
                 "no usage has been read for this quota yet",
             )
         };
+    }
+    let budgets = statuses.iter().filter(|s| {
+        limits
+            .iter()
+            .find(|l| l.name == s.name)
+            .is_some_and(watched)
+    });
+    let Some((status, percent)) = budgets
+        .filter_map(|s| Some((s, s.used_percent?)))
+        .max_by_key(|(_, percent)| *percent)
+    else {
+        return Desired::alert(
+            NEAR_LIMIT,
+            false,
+            "NoBudgetWindow",
+            "NearLimit watches limits of a day or longer (window day or month, rolling 24h or more); this quota has none",
+        );
     };
     let name = &status.name;
-    let resets = status
-        .reset_at
-        .as_deref()
-        .map(|r| format!(" until the window resets at {r}"))
-        .unwrap_or_default();
-    if percent >= 100 {
+    if percent >= 100 && status.reset_at.is_some() {
+        let resets = status.reset_at.as_deref().unwrap_or_default();
         return Desired::alert(
             NEAR_LIMIT,
             true,
             "Exhausted",
             format!(
-                "limit {name:?} has used {percent}% of a cap: the requests it counts are refused{resets} (recorded as over budget under enforcement: shadow)"
+                "limit {name:?} has used {percent}% of a cap: the requests it counts are refused until the window resets at {resets} (recorded as over budget under enforcement: shadow)"
             ),
         );
     }
@@ -256,7 +296,12 @@ pub fn near_limit(statuses: &[LimitStatus], warning_percent: u8) -> Desired {
         .as_deref()
         .map(|at| format!("; at the rate so far it runs out at {at}"))
         .unwrap_or_default();
-    if percent >= u32::from(warning_percent) {
+    let level = if was_near {
+        warning_percent.saturating_sub(NEAR_LIMIT_HYSTERESIS)
+    } else {
+        warning_percent
+    };
+    if percent >= u32::from(level) {
         Desired::alert(
             NEAR_LIMIT,
             true,
@@ -271,7 +316,7 @@ pub fn near_limit(statuses: &[LimitStatus], warning_percent: u8) -> Desired {
             false,
             "BelowWarningLevel",
             format!(
-                "the most used limit, {name:?}, has used {percent}% of a cap (warning at {warning_percent}%){forecast}"
+                "the most used budget, {name:?}, has used {percent}% of a cap (warning at {warning_percent}%){forecast}"
             ),
         )
     }
@@ -361,9 +406,20 @@ spec:
         }
     }
 
+    fn limits_named(windows: &[(&str, &str)]) -> Vec<QuotaLimit> {
+        windows
+            .iter()
+            .map(|(name, window)| {
+                serde_saphyr::from_str(&format!("{{name: {name}, {window}, requests: 10}}"))
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
-    fn near_limit_follows_the_most_used_limit() {
-        let below = near_limit(&[at("a", 10, None), at("b", 79, None)], 80);
+    fn near_limit_follows_the_most_used_budget() {
+        let limits = limits_named(&[("a", "window: day"), ("b", "window: month")]);
+        let below = near_limit(&limits, &[at("a", 10, None), at("b", 79, None)], 80, false);
         assert_eq!(
             (below.status, below.reason.as_str()),
             (Status::False, "BelowWarningLevel")
@@ -374,8 +430,10 @@ spec:
             below.message
         );
         let above = near_limit(
+            &limits,
             &[at("a", 10, None), at("b", 80, Some("2026-12-20T10:00:00Z"))],
             80,
+            false,
         );
         assert_eq!(
             (above.status, above.reason.as_str()),
@@ -387,7 +445,7 @@ spec:
             above.message
         );
         assert!(above.alerts_when_true && !above.gates_ready);
-        let out = near_limit(&[at("a", 130, None)], 80);
+        let out = near_limit(&limits, &[at("a", 130, None)], 80, false);
         assert_eq!(
             (out.status, out.reason.as_str()),
             (Status::True, "Exhausted")
@@ -398,10 +456,41 @@ spec:
             "{}",
             out.message
         );
-        let unknown = near_limit(&[], 80);
+        let unknown = near_limit(&limits, &[], 80, false);
         assert_eq!(
             (unknown.status, unknown.reason.as_str()),
             (Status::Unknown, "UsageUnknown")
+        );
+    }
+
+    #[test]
+    fn near_limit_does_not_flap() {
+        let limits = limits_named(&[("d", "window: day")]);
+        // Once near, it holds down to 5 points under the level.
+        let holding = near_limit(&limits, &[at("d", 76, None)], 80, true);
+        assert_eq!(holding.status, Status::True);
+        let cleared = near_limit(&limits, &[at("d", 74, None)], 80, true);
+        assert_eq!(cleared.status, Status::False);
+        assert_eq!(
+            near_limit(&limits, &[at("d", 76, None)], 80, false).status,
+            Status::False
+        );
+        // A rolling budget at its cap frees room as use drops out: never Exhausted.
+        let rolling = limits_named(&[("r", "rolling: 24h")]);
+        let full = LimitStatus {
+            reset_at: None,
+            ..at("r", 100, None)
+        };
+        assert_eq!(
+            near_limit(&rolling, &[full], 80, true).reason,
+            "AboveWarningLevel"
+        );
+        // Minute and hour windows are rate limits, not budgets.
+        let rates = limits_named(&[("m", "window: minute"), ("h", "rolling: 90m")]);
+        let rate = near_limit(&rates, &[at("m", 100, None), at("h", 95, None)], 80, false);
+        assert_eq!(
+            (rate.status, rate.reason.as_str()),
+            (Status::False, "NoBudgetWindow")
         );
     }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tollgate_crds::compile::parse_rolling;
 use tollgate_crds::quota::{LimitStatus, QuotaAmounts, QuotaLimit};
 use tollgate_wire::config::glob_matches;
-use tollgate_wire::quota_math::{Amounts, calendar_window_bounds};
+use tollgate_wire::quota_math::{Amounts, MAX_USAGE_RANGE_SECS, calendar_window_bounds};
 
 /// Most bytes read from one usage answer.
 const MAX_USAGE_BODY: usize = 16 * 1024 * 1024;
@@ -86,7 +86,11 @@ pub fn window_of(limit: &QuotaLimit, now: u64) -> Option<(u64, Option<u64>)> {
             let (start, end) = calendar_window_bounds(*w, now);
             Some((start, Some(end)))
         }
-        (None, Some(r)) => parse_rolling(r).map(|secs| (now.saturating_sub(secs), None)),
+        // The recorder answers at most MAX_USAGE_RANGE_SECS per query: a
+        // longer rolling window shows that much of its use.
+        (None, Some(r)) => {
+            parse_rolling(r).map(|secs| (now.saturating_sub(secs.min(MAX_USAGE_RANGE_SECS)), None))
+        }
         _ => None,
     }
 }
@@ -664,6 +668,12 @@ mod tests {
         assert_eq!(window_of(&rolling, now), Some((now - 5_400, None)));
         rolling.rolling = Some("bogus".into());
         assert_eq!(window_of(&rolling, now), None);
+        // Longer than a recorder answers for: read as much as it does.
+        rolling.rolling = Some("9999h".into());
+        assert_eq!(
+            window_of(&rolling, now),
+            Some((now - MAX_USAGE_RANGE_SECS, None))
+        );
     }
 
     #[test]

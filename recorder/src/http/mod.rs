@@ -335,9 +335,10 @@ pub fn usage_query(
                 ));
             }
             (since_ms, until_ms) = (cursor.since_ms, cursor.until_ms);
-            Some(cursor.after)
+            Some((cursor.after, cursor.snapshot))
         }
     };
+    let (after, snapshot) = after.unzip();
     Ok(UsageQuery {
         since_ms,
         until_ms,
@@ -352,6 +353,7 @@ pub fn usage_query(
             size,
             after,
             query_id,
+            snapshot,
         },
     })
 }

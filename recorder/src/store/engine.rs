@@ -129,7 +129,8 @@ impl<D: Driver> Store for Engine<D> {
                         q.until_ms,
                         q.namespace.as_ref(),
                         u64::from(q.by_caller),
-                        u64::from(q.by_reason)
+                        u64::from(q.by_reason),
+                        q.before_log_index
                     ],
                 )
                 .await?;

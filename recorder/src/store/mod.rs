@@ -451,6 +451,9 @@ pub struct CellQuery {
     pub by_caller: bool,
     /// Also group by the verdict's reason (else every cell's reason is "").
     pub by_reason: bool,
+    /// Only envelopes logged before this log index (a snapshot of the log),
+    /// if set.
+    pub before_log_index: Option<u64>,
 }
 
 /// Receipts grouped by workload, provider, model and hour (and caller when asked): the finest grain usage

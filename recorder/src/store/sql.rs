@@ -11,6 +11,7 @@
 //! | `{GREATEST}` | `MAX` (the scalar, two arguments) | `GREATEST` |
 //! | `{C}` | nothing (the default collation is bytewise) | `COLLATE "C"` |
 //! | `{FOR_UPDATE}` | nothing (`BEGIN IMMEDIATE` holds the write lock) | `FOR UPDATE` |
+//! | `{BODY_REASON}` | the receipt's verdict reason read from `body` (`json_extract`) | the same (`jsonb #>>`) |
 //!
 //! Placeholders become `$1`, `$2`… for PostgreSQL. Transactions and locks
 //! (`BEGIN IMMEDIATE`; advisory locks) are the drivers'.
@@ -27,8 +28,12 @@ pub enum Dialect {
 impl Dialect {
     /// `text` in this dialect.
     pub fn render(self, text: &str) -> String {
-        let tokens: [(&str, &str); 6] = match self {
+        let tokens: [(&str, &str); 7] = match self {
             Self::Sqlite => [
+                (
+                    "{BODY_REASON}",
+                    "json_extract(body, '$.record.receipt.body.verdict.reason')",
+                ),
                 ("{BIGINT}", "INTEGER"),
                 ("{BOOL}", "INTEGER"),
                 ("{FALSE}", "0"),
@@ -37,6 +42,10 @@ impl Dialect {
                 (" {FOR_UPDATE}", ""),
             ],
             Self::Postgres => [
+                (
+                    "{BODY_REASON}",
+                    "(CAST(body AS jsonb) -> 'record' -> 'receipt' -> 'body' -> 'verdict' ->> 'reason')",
+                ),
                 ("{BIGINT}", "BIGINT"),
                 ("{BOOL}", "BOOLEAN"),
                 ("{FALSE}", "false"),
@@ -266,8 +275,7 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'reason') THEN
         ALTER TABLE envelopes ADD COLUMN reason TEXT;
-        UPDATE envelopes SET reason = CAST(body AS jsonb) #>> '{record,receipt,body,verdict,reason}'
-            WHERE receipt_id IS NOT NULL;
+        UPDATE envelopes SET reason = {BODY_REASON} WHERE receipt_id IS NOT NULL;
     END IF;
 END $$;";
 
@@ -350,12 +358,15 @@ statements! {
     LeaseKey = "SELECT quota_id, limit_name, window_key FROM quota_leases WHERE lease_id = ?1";
 
     // Queries and exports.
+    /// A receipt an older recorder stored during a rolling upgrade has no
+    /// `reason` yet: it is read from the body (only for those rows).
     UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
             CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
             CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END,
-            CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, '') ELSE '' END
+            CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, {BODY_REASON}, '') ELSE '' END
         FROM envelopes
         WHERE receipt_id IS NOT NULL AND decision <> 'failed_over' AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+          AND (CAST(?6 AS BIGINT) IS NULL OR log_index < ?6)
         GROUP BY 1, 2, 3, 4, 5, 10, 11
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults

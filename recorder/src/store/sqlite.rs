@@ -402,6 +402,7 @@ mod tests {
                 namespace: None,
                 by_caller: true,
                 by_reason: true,
+                before_log_index: None,
             })
             .await
             .unwrap();
