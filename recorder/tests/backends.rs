@@ -954,7 +954,7 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
         (1, "quota_exceeded")
     );
     // A receipt an older recorder writes during a rolling upgrade (no reason
-    // column in its INSERT) is read from its body.
+    // in its INSERT) gets its reason at the next start of a newer one.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -972,6 +972,10 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
         .unwrap();
     drop(client);
     let _ = driver.await;
+    drop(store);
+    let store = tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
+        .await
+        .unwrap();
     let mut reasons: Vec<String> = store
         .usage_cells(&tollgate_recorder::store::CellQuery {
             since_ms: 0,

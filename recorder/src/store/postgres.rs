@@ -17,7 +17,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::engine::{Driver, DriverTx, Engine, TxLock};
 use super::rows::{Row, Statement, Value};
-use super::sql::{Dialect, POSTGRES_UPGRADES, SCHEMA, Stmt};
+use super::sql::{Dialect, LATE_INDEXES, POSTGRES_UPGRADES, SCHEMA, Stmt};
 use super::{StoreError, StoreFuture};
 
 /// PostgreSQL storage.
@@ -146,7 +146,7 @@ impl PostgresStore {
         let c = conn.client()?;
         c.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
             .await?;
-        let schema = format!("{SCHEMA}\n{POSTGRES_UPGRADES}");
+        let schema = format!("{SCHEMA}\n{POSTGRES_UPGRADES}\n{LATE_INDEXES}");
         let created = c.batch_execute(&Dialect::Postgres.render(&schema)).await;
         c.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
             .await?;

@@ -252,6 +252,17 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// Indexes over columns an older database gains only by its migrations or
+/// upgrades: created after them, at every start (`IF NOT EXISTS`).
+pub const LATE_INDEXES: &str = "
+-- Every column a usage query reads, so it never reads the receipts' bodies
+-- (kilobytes each): an index-only scan of the range. Only receipts have a
+-- start time, so the index holds receipts only.
+CREATE INDEX IF NOT EXISTS envelopes_usage ON envelopes (started_at_ms, namespace,
+    service_account, provider, model, decision, reason, caller_hash, input_tokens,
+    output_tokens, cost_micro_usd, log_index) WHERE started_at_ms IS NOT NULL;
+";
+
 /// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
 /// database up to date (each statement is idempotent).
 /// Each checks the catalog first, so a current database takes no table lock.
@@ -275,9 +286,14 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'reason') THEN
         ALTER TABLE envelopes ADD COLUMN reason TEXT;
-        UPDATE envelopes SET reason = {BODY_REASON} WHERE receipt_id IS NOT NULL;
     END IF;
-END $$;";
+END $$;
+-- Receipts stored without their reason (before the column, or by an older
+-- recorder still running during a rolling upgrade) get it from their body.
+-- The partial index holds only those, so with none left this costs nothing.
+CREATE INDEX IF NOT EXISTS envelopes_reason_missing ON envelopes (log_index)
+    WHERE reason IS NULL AND receipt_id IS NOT NULL;
+UPDATE envelopes SET reason = {BODY_REASON} WHERE reason IS NULL AND receipt_id IS NOT NULL;";
 
 const STREAM_COLUMNS: &str = "stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms";
 
@@ -358,14 +374,14 @@ statements! {
     LeaseKey = "SELECT quota_id, limit_name, window_key FROM quota_leases WHERE lease_id = ?1";
 
     // Queries and exports.
-    /// A receipt an older recorder stored during a rolling upgrade has no
-    /// `reason` yet: it is read from the body (only for those rows).
+    /// Reads only columns of the `envelopes_usage` index (receipts are the
+    /// envelopes with a start time).
     UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
             CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
             CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END,
-            CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, {BODY_REASON}, '') ELSE '' END
+            CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, '') ELSE '' END
         FROM envelopes
-        WHERE receipt_id IS NOT NULL AND decision <> 'failed_over' AND started_at_ms >= ?1 AND started_at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
+        WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND decision <> 'failed_over' AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
           AND (CAST(?6 AS BIGINT) IS NULL OR log_index < ?6)
         GROUP BY 1, 2, 3, 4, 5, 10, 11
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";

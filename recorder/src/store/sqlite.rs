@@ -17,7 +17,7 @@ use tokio::sync::{OwnedMutexGuard, Semaphore};
 
 use super::engine::{Driver, DriverTx, Engine, TxLock};
 use super::rows::{Row, Statement, Value};
-use super::sql::{Dialect, SCHEMA, SQLITE_MIGRATIONS, SQLITE_VERSION, Stmt};
+use super::sql::{Dialect, LATE_INDEXES, SCHEMA, SQLITE_MIGRATIONS, SQLITE_VERSION, Stmt};
 use super::{StoreError, StoreFuture};
 
 /// SQLite storage in one file.
@@ -130,6 +130,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     conn.execute_batch(&Dialect::Sqlite.render(SCHEMA))?;
+    conn.execute_batch(&Dialect::Sqlite.render(LATE_INDEXES))?;
     conn.pragma_update(None, "user_version", SQLITE_VERSION)?;
     Ok(())
 }
