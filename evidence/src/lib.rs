@@ -61,9 +61,9 @@ pub use merkle::{
     MerkleAccumulator, MerkleTree, ProofError, merkle_root, verify_consistency, verify_inclusion,
 };
 pub use receipt::{
-    Api, Decision, GuardCheck, GuardChecks, GuardCodes, GuardOutcome, HttpMethod, HttpStatus,
-    KeyRoute, Lane, Latency, QuotaCharge, ReceiptBody, ReceiptError, ReceiptRule, RequestVerdict,
-    Route, SignedReceipt, Upstream, Usage, Workload, key_index,
+    Api, Decision, FAILED_OVER_REASON_PREFIX, GuardCheck, GuardChecks, GuardCodes, GuardOutcome,
+    HttpMethod, HttpStatus, KeyRoute, Lane, Latency, QuotaCharge, ReceiptBody, ReceiptError,
+    ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage, Workload, key_index,
 };
 pub use report::{
     BundleSummary, CheckpointRef, ErrorCode, Finding, GuardTally, Location, Phase, Verdict,

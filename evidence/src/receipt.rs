@@ -191,6 +191,11 @@ pub enum Lane {
     DryRun,
 }
 
+/// The reason prefix of a receipt for an attempt given up for the next
+/// provider (`failed_over.upstream_429`, …; the request's own receipt follows
+/// it): not a request of its own in usage or metrics.
+pub const FAILED_OVER_REASON_PREFIX: &str = "failed_over";
+
 /// The verdict with a bounded reason code and guard evidence as codes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -47,9 +47,6 @@ pub const LATEST_EXPERIMENTAL: &str = "gen_ai_latest_experimental";
 /// The label value for a model the config does not list.
 pub const OTHER: &str = "_OTHER";
 
-/// The reason prefix of an attempt given up for the next provider.
-const FAILED_OVER: &str = "failed_over";
-
 /// Bucket boundaries the conventions give for token counts.
 const TOKEN_BUCKETS: [f64; 14] = [
     1.0,
@@ -328,7 +325,10 @@ impl Outcome {
     /// the request's arrival to its last byte out (the draft keeps whole
     /// milliseconds).
     pub fn of(draft: &ReceiptDraft, catalog: &MetricCatalog, duration: Duration) -> Option<Self> {
-        if draft.reason.starts_with(FAILED_OVER) {
+        if draft
+            .reason
+            .starts_with(tollgate_evidence::FAILED_OVER_REASON_PREFIX)
+        {
             return None;
         }
         let labels = OperationLabels::new(

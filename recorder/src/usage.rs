@@ -482,14 +482,6 @@ pub async fn report(
             MAX_USAGE_RANGE_MS / (24 * HOUR_MS)
         )));
     }
-    let cells_query = CellQuery {
-        since_ms: query.since_ms,
-        until_ms: query.until_ms,
-        namespace: query.namespace.clone(),
-        by_caller: query.group_by.contains(&GroupKey::Caller),
-        by_reason: query.group_by.contains(&GroupKey::Reason),
-        before_log_index: None,
-    };
     // Every page of one answer counts the same envelopes: the log as the
     // first page found it.
     let snapshot = match query.page.snapshot {
@@ -497,8 +489,12 @@ pub async fn report(
         None => store.meta().await?.map_or(0, |m| m.size),
     };
     let cells_query = CellQuery {
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        namespace: query.namespace.clone(),
+        by_caller: query.group_by.contains(&GroupKey::Caller),
+        by_reason: query.group_by.contains(&GroupKey::Reason),
         before_log_index: Some(snapshot),
-        ..cells_query
     };
     let cells = store.usage_cells(&cells_query).await?;
     let (groups, total) = group(&cells, &query.group_by, query.bucket);

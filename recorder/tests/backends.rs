@@ -914,13 +914,9 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
     let Some(url) = common::postgres_schema("upgrade-reason").await else {
         return;
     };
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    client
-        .batch_execute(
-            "CREATE TABLE envelopes (log_index BIGINT PRIMARY KEY, segment_index BIGINT NOT NULL,
+    raw_sql(
+        &url,
+        "CREATE TABLE envelopes (log_index BIGINT PRIMARY KEY, segment_index BIGINT NOT NULL,
                 stream_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, key_id TEXT NOT NULL,
                 receipt_id TEXT UNIQUE, namespace TEXT, service_account TEXT, pod TEXT, provider TEXT,
                 model TEXT, started_at_ms BIGINT, completed_at_ms BIGINT, input_tokens BIGINT,
@@ -929,25 +925,12 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
              INSERT INTO envelopes VALUES (0, 0, 's', 1, 'h', 'k', 'r-1', 'ns', 'sa', 'p', 'openai',
                 'gpt-4o', 5000, 5001, 3, 4, 0, 9, 'deny', NULL,
                 '{\"record\":{\"receipt\":{\"body\":{\"verdict\":{\"decision\":\"deny\",\"reason\":\"quota_exceeded\"}}}}}', NULL);",
-        )
-        .await
-        .unwrap();
-    drop(client);
-    let _ = driver.await;
+    )
+    .await;
     let store = tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
         .await
         .unwrap();
-    let cells = store
-        .usage_cells(&tollgate_recorder::store::CellQuery {
-            since_ms: 0,
-            until_ms: 10_000,
-            namespace: None,
-            by_caller: false,
-            by_reason: true,
-            before_log_index: None,
-        })
-        .await
-        .unwrap();
+    let cells = cells_by_reason(&store).await;
     assert_eq!(cells.len(), 1, "{cells:?}");
     assert_eq!(
         (cells[0].requests, cells[0].reason.as_str()),
@@ -955,38 +938,22 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
     );
     // A receipt an older recorder writes during a rolling upgrade (no reason
     // in its INSERT) gets its reason at the next start of a newer one.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    client
-        .batch_execute(
-            "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id,
+    raw_sql(
+        &url,
+        "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id,
                 namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms,
                 input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, body)
              VALUES (1, 0, 's', 2, 'h2', 'k', 'r-2', 'ns', 'sa', 'p', 'openai', 'gpt-4o', 6000, 6001,
                 1, 1, 0, 1, 'allow',
                 '{\"record\":{\"receipt\":{\"body\":{\"verdict\":{\"decision\":\"allow\",\"reason\":\"allowed\"}}}}}');",
-        )
-        .await
-        .unwrap();
-    drop(client);
-    let _ = driver.await;
+    )
+    .await;
     drop(store);
     let store = tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
         .await
         .unwrap();
-    let mut reasons: Vec<String> = store
-        .usage_cells(&tollgate_recorder::store::CellQuery {
-            since_ms: 0,
-            until_ms: 10_000,
-            namespace: None,
-            by_caller: false,
-            by_reason: true,
-            before_log_index: None,
-        })
+    let mut reasons: Vec<String> = cells_by_reason(&store)
         .await
-        .unwrap()
         .into_iter()
         .map(|c| c.reason)
         .collect();
@@ -997,4 +964,30 @@ async fn postgres_upgrade_fills_reasons_from_stored_bodies() {
     tollgate_recorder::store::postgres::PostgresStore::connect(&url, 2)
         .await
         .unwrap();
+}
+
+/// Runs `sql` on the database at `url` as a plain client would.
+async fn raw_sql(url: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+}
+
+/// Every receipt's usage cell by reason, over the fixture's first ten seconds.
+async fn cells_by_reason(store: &dyn Store) -> Vec<tollgate_recorder::store::UsageCell> {
+    store
+        .usage_cells(&tollgate_recorder::store::CellQuery {
+            since_ms: 0,
+            until_ms: 10_000,
+            namespace: None,
+            by_caller: false,
+            by_reason: true,
+            before_log_index: None,
+        })
+        .await
+        .unwrap()
 }

@@ -530,6 +530,13 @@ mod tests {
     use super::*;
     use tollgate_crds::quota::CalendarWindow;
 
+    /// A window whose times do not matter to the test.
+    const UNTIMED: WindowNow = WindowNow {
+        start: 0,
+        reset_at: None,
+        now: 0,
+    };
+
     fn limit(name: &str) -> QuotaLimit {
         QuotaLimit {
             name: name.into(),
@@ -686,11 +693,7 @@ mod tests {
                 requests: 0,
                 cost_micro_usd: 250,
             },
-            WindowNow {
-                start: 0,
-                reset_at: None,
-                now: 0,
-            },
+            UNTIMED,
         );
         assert_eq!(
             summary(&limits, &[status]).as_deref(),
@@ -833,15 +836,7 @@ mod tests {
             scope: scope(&["a"], &[]),
             limits: vec![limit("daily")],
         }];
-        let kept = vec![limit_status(
-            &limit("daily"),
-            Amounts::default(),
-            WindowNow {
-                start: 0,
-                reset_at: None,
-                now: 0,
-            },
-        )];
+        let kept = vec![limit_status(&limit("daily"), Amounts::default(), UNTIMED)];
         let previous = BTreeMap::from([(
             "ClusterEgressQuota/c".to_string(),
             UsageObservation {
@@ -864,15 +859,7 @@ mod tests {
             scope: scope(&["a"], &[]),
             limits: vec![limit("daily")],
         }];
-        let kept = vec![limit_status(
-            &limit("daily"),
-            Amounts::default(),
-            WindowNow {
-                start: 0,
-                reset_at: None,
-                now: 0,
-            },
-        )];
+        let kept = vec![limit_status(&limit("daily"), Amounts::default(), UNTIMED)];
         let previous = BTreeMap::from([(
             "EgressQuota/a/q".to_string(),
             UsageObservation {

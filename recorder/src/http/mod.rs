@@ -289,18 +289,8 @@ pub fn usage_query(
         "bucket",
         "page_size",
     ];
-    only_known(
-        params,
-        &[
-            "since",
-            "until",
-            "namespace",
-            "group_by",
-            "bucket",
-            "page_size",
-            "cursor",
-        ],
-    )?;
+    let known: Vec<&str> = QUERY_PARAMS.into_iter().chain(["cursor"]).collect();
+    only_known(params, &known)?;
     let mut until_ms = params
         .get("until")
         .map(|u| parse_time(u, now_ms))

@@ -197,7 +197,7 @@ impl EnvelopeRow {
 
 /// The reason prefix of a receipt for an attempt given up for the next
 /// provider (the request's own receipt follows it).
-pub const FAILED_OVER: &str = "failed_over";
+pub const FAILED_OVER: &str = tollgate_evidence::FAILED_OVER_REASON_PREFIX;
 
 /// A stream's stored position.
 #[derive(Debug, Clone, PartialEq, Eq)]
