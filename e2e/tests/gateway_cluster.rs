@@ -142,17 +142,33 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     );
 
     // The spool's key certificate names this pod, issued by the control endpoint.
-    let spool = std::fs::read_dir(dir.join("spool"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .context("no spool file")?;
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&spool)?
-            .lines()
-            .next()
-            .unwrap_or_default(),
-    )?;
+    // The receipt is written off the request path and the key may already
+    // have been renewed into a second stream file: wait for the file that
+    // holds it, each file read whole once per look.
+    let spool_dir = dir.join("spool");
+    let (spool_text, first, receipt) = eventually(Duration::from_secs(10), || {
+        let spool_dir = spool_dir.clone();
+        async move {
+            for entry in std::fs::read_dir(&spool_dir)?.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|x| x != "jsonl") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path)?;
+                let Some(line) = text.lines().nth(1) else {
+                    continue;
+                };
+                let Ok(receipt) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let first: serde_json::Value =
+                    serde_json::from_str(text.lines().next().unwrap_or_default())?;
+                return Ok((text, first, receipt));
+            }
+            anyhow::bail!("no receipt")
+        }
+    })
+    .await?;
     let cert = &first["certificate"]["certificate"];
     ensure!(cert["pod_name"] == "app-0", "{first}");
     ensure!(cert["namespace"] == app_ns.name(), "{first}");
@@ -171,9 +187,6 @@ async fn e2e_gateway_runs_from_the_control_endpoint_and_follows_policy_changes()
     let key = CallerKey::from_hex(std::str::from_utf8(
         &key.get("hmac-sha256.key").context("caller key")?.0,
     )?)?;
-    let spool_text = std::fs::read_to_string(&spool)?;
-    let receipt: serde_json::Value =
-        serde_json::from_str(spool_text.lines().nth(1).context("no receipt")?)?;
     let expected = tollgate_evidence::Sha256Hex::from_bytes(key.hash(END_USER.as_bytes())).to_hex();
     ensure!(
         receipt["envelope"]["record"]["receipt"]["body"]["caller_hash"] == expected.as_str(),
