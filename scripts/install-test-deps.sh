@@ -24,6 +24,10 @@ command -v conntrack >/dev/null || need_apt+=(conntrack)
 command -v strip >/dev/null || need_apt+=(binutils)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
 command -v g++ >/dev/null || need_apt+=(g++)
+# The dashboard test (gateway/tests/sdk/test_dashboard.py): headless Chromium,
+# and a font for its screenshots.
+command -v chromium >/dev/null || need_apt+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 
 # images/rootfs.sh downloads the images' Debian packages: it needs package lists.
 lists_ok=1
@@ -52,9 +56,9 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "install-test-deps: $tool is missing (install Rust with rustup, components rustfmt and clippy)" >&2; exit 1; }
 done
 # The gateway's SDK suite (scripts/sdk-tests.sh): the official openai and
-# anthropic Python SDKs under pytest, for the python3 on PATH.
-if ! python3 -c 'import openai, anthropic, pytest' 2>/dev/null; then
-  echo "install-test-deps: pip install openai anthropic pytest" >&2
-  python3 -m pip install --quiet openai anthropic pytest
-fi
+# anthropic Python SDKs under pytest, and a DevTools client for the dashboard
+# test, at the versions gateway/tests/sdk/requirements.txt pins, for the
+# python3 on PATH (a no-op when they are installed).
+python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../gateway/tests/sdk/requirements.txt" 2>&1 \
+  | grep -v "Running pip as the 'root' user" >&2 || true
 echo "install-test-deps: ok" >&2

@@ -13,11 +13,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
+use tollgate_crds::quota::DEFAULT_WARNING_PERCENT;
+use tollgate_crds::quota_status::QuotaScope;
 use tollgate_evidence::{
     DnsLabel, DnsSubdomain, KeyRole, PodIdentity, PodUid, PublicKey, SigningKey,
 };
 use tollgate_gateway::credentials::Credentials;
 use tollgate_gateway::run::{Certifier, ConfigLoader, GatewayOptions, QuotaSource, RecorderLink};
+use tollgate_recorder::dashboard::{QuotaCatalog, QuotaDefinition};
 use tollgate_recorder::identity::{LOCAL_TOKEN_FILE, load_or_create_key, load_or_create_token};
 use tollgate_recorder::server::ServeOptions;
 use tollgate_wire::caller::CallerKey;
@@ -103,6 +106,54 @@ impl ConfigLoader for ManifestLoader {
         let mut hasher = Sha256::new();
         fingerprint_dir(&self.dir, &mut hasher);
         hasher.finalize().to_vec()
+    }
+}
+
+/// The quotas of the manifests, for the dashboard's burn-downs: every
+/// EgressQuota, and the ClusterEgressQuotas that apply to the local namespace.
+/// Read again on every call, so edits show at once.
+#[derive(Debug)]
+struct ManifestQuotas {
+    dir: PathBuf,
+    namespace: String,
+}
+
+impl QuotaCatalog for ManifestQuotas {
+    fn quotas(&self) -> Result<Vec<QuotaDefinition>, String> {
+        let objects =
+            ManifestObjects::read(&self.dir, &self.namespace).map_err(|e| format!("{e:#}"))?;
+        let compiled = objects.compile(&self.namespace, &BTreeMap::new());
+        let applies = |id: &str| compiled.config.quotas.iter().any(|q| q.id == id);
+        let scope = |service_accounts: &[String]| QuotaScope {
+            namespaces: [self.namespace.clone()].into(),
+            service_accounts: service_accounts.to_vec(),
+        };
+        let mut out = Vec::new();
+        for q in &objects.quotas {
+            out.push(QuotaDefinition {
+                kind: "EgressQuota",
+                namespace: q.metadata.namespace.clone(),
+                name: q.metadata.name.clone().unwrap_or_default(),
+                scope: scope(&q.spec.subjects.service_accounts),
+                limits: q.spec.limits.clone(),
+                warning_percent: q.spec.warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+            });
+        }
+        for q in &objects.cluster_quotas {
+            let name = q.metadata.name.clone().unwrap_or_default();
+            if !applies(&format!("cluster/{name}")) {
+                continue;
+            }
+            out.push(QuotaDefinition {
+                kind: "ClusterEgressQuota",
+                namespace: None,
+                name,
+                scope: scope(&q.spec.subjects.service_accounts),
+                limits: q.spec.limits.clone(),
+                warning_percent: q.spec.warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -279,6 +330,10 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
     let (stop_recorder, recorder_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut recorder_options = ServeOptions::local(data.clone(), args.recorder_listen);
     recorder_options.trust_anchors = vec![anchor_path.clone()];
+    recorder_options.quota_catalog = Some(Arc::new(ManifestQuotas {
+        dir: args.manifests.clone(),
+        namespace: args.namespace.clone(),
+    }));
     let recorder = tollgate_recorder::server::start(recorder_options, async move {
         let _ = recorder_stopped.await;
     })
@@ -334,6 +389,13 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         "tollgate local: trust anchor {}",
         anchor_path.display()
     )?;
+    let token = tollgate_recorder::identity::load_or_create_token(&data.join(LOCAL_TOKEN_FILE))
+        .context("reading the recorder's local token")?;
+    writeln!(
+        out,
+        "tollgate local: dashboard {}",
+        dashboard_url(&recorder_url, &token)
+    )?;
     writeln!(out, "export OPENAI_BASE_URL=http://{api}/v1")?;
     writeln!(out, "export ANTHROPIC_BASE_URL=http://{api}")?;
     writeln!(
@@ -352,6 +414,13 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         "tollgate local: stopped; receipt stream {stream} closed"
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard's address with the recorder's local token in the fragment,
+/// which browsers never send to a server; the page moves it out of the address
+/// bar into the tab's session storage.
+pub fn dashboard_url(recorder_url: &str, token: &str) -> String {
+    format!("{recorder_url}/dashboard/#token={token}")
 }
 
 async fn wait_for_signal() {

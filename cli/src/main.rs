@@ -8,6 +8,7 @@ mod bundle;
 mod cluster;
 mod compile;
 mod crds;
+mod dashboard;
 mod doctor;
 mod inject;
 mod keys;
@@ -39,6 +40,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Tokens, requests and cost by namespace, serviceAccount, provider, model and time.
     Usage(usage::UsageArgs),
+    /// Open the usage dashboard of the cluster in kubeconfig: a local proxy on
+    /// loopback that reaches the recorder through the API server as you.
+    Dashboard(dashboard::DashboardArgs),
     /// Export evidence bundles from a recorder.
     Bundle(bundle::BundleArgs),
     /// Print the cluster's trust anchors (receipt CA and recorder keys) as the
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => compile::run(&args, &mut stdout),
         Command::Verify(args) => verify::run(&args, &mut stdout),
         Command::Usage(args) => usage::run(&args, &mut stdout),
+        Command::Dashboard(args) => dashboard::run(&args, &mut stdout),
         Command::Bundle(args) => bundle::run(&args, &mut stdout),
         Command::Keys(args) => keys::run(&args, &mut stdout),
         Command::Reconcile(args) => reconcile::run(&args, &mut stdout),

@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod policy;
 pub mod provider;
 pub mod quota;
+pub mod quota_status;
 pub mod recorder_config;
 pub mod reference;
 pub mod trust;

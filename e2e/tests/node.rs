@@ -20,7 +20,9 @@
 //!    spooled and drained, counts match exactly), a hostNetwork pod rejected.
 //! 5. Audit with nothing but the kubeconfig, after the faults so that it covers
 //!    their receipts: usage (a namespace admin sees only their namespace), keys,
-//!    bundle export, verify PASS while the apps run.
+//!    bundle export, verify PASS while the apps run; `kubectl tollgate dashboard`
+//!    as the namespace admin (usage, quota burn-down, checkpoint; other
+//!    namespaces, missing secrets and foreign hosts refused).
 //!
 //! Only `e2e/run.sh` (its node stage) runs this file; without a node it fails.
 
@@ -91,6 +93,80 @@ fn tollgate(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("running kubectl-tollgate")
+}
+
+/// `kubectl tollgate dashboard` running as a child, and its URL's parts.
+struct DashboardProxy {
+    child: Child,
+    base: String,
+    secret: String,
+}
+
+impl Drop for DashboardProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DashboardProxy {
+    fn start(kubeconfig: &Path, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(cli_binary()?)
+            .arg("dashboard")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting kubectl tollgate dashboard")?;
+        let stdout = child.stdout.take().context("dashboard stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        // tollgate dashboard: http://127.0.0.1:PORT/dashboard/#token=SECRET&namespace=NS
+        let url = first
+            .trim()
+            .strip_prefix("tollgate dashboard: ")
+            .with_context(|| format!("dashboard printed {first:?}"))?;
+        let (page, fragment) = url.split_once("/dashboard/#token=").context("no token")?;
+        let secret = fragment.split('&').next().unwrap_or_default().to_string();
+        Ok(Self {
+            child,
+            base: page.to_string(),
+            secret,
+        })
+    }
+
+    fn curl(&self, path: &str, headers: &[String]) -> Result<(u16, String)> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-w", "\n%{http_code}"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.base)).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+        Ok((code.trim().parse()?, body.to_string()))
+    }
+
+    fn get(&self, path: &str, with_secret: bool) -> Result<(u16, String)> {
+        let auth = format!("Authorization: Bearer {}", self.secret);
+        self.curl(
+            path,
+            if with_secret {
+                std::slice::from_ref(&auth)
+            } else {
+                &[]
+            },
+        )
+    }
+
+    fn get_with_host(&self, path: &str, host: &str) -> Result<(u16, String)> {
+        self.curl(path, &[format!("Host: {host}")])
+    }
 }
 
 fn kubeconfig() -> PathBuf {
@@ -905,6 +981,64 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         !exported.contains(&marker) && !exported.contains(&key),
         "content or key in the bundle"
     );
+
+    // ---- 5b. the dashboard, as the namespace admin ---------------------------
+    let dashboard = DashboardProxy::start(&alice_config, &["-n", APP_NS])?;
+    let (status, body) = dashboard.get(
+        "/dashboard/api/usage?since=2h&group_by=namespace&namespace=node-app",
+        true,
+    )?;
+    ensure!(status == 200, "dashboard usage: {status} {body}");
+    let report: Value = serde_json::from_str(&body)?;
+    ensure!(
+        namespace_requests(&report, APP_NS) == sent_app,
+        "the dashboard shows {} requests for {APP_NS}, sent {sent_app}: {report}",
+        namespace_requests(&report, APP_NS)
+    );
+    let (status, body) = dashboard.get("/dashboard/api/quotas?namespace=node-app", true)?;
+    ensure!(status == 200, "dashboard quotas: {status} {body}");
+    let quotas: Value = serde_json::from_str(&body)?;
+    let burn_down = &quotas["quotas"][0];
+    ensure!(
+        burn_down["name"] == "requests"
+            && burn_down["limits"][0]["status"]["usedPercent"].as_u64() >= Some(100)
+            && burn_down["limits"][0]["spec"]["requests"] == QUOTA_REQUESTS,
+        "dashboard quota burn-down: {quotas}"
+    );
+    let (status, body) = dashboard.get("/dashboard/api/checkpoint", true)?;
+    let checkpoint: Value = serde_json::from_str(&body)?;
+    ensure!(
+        status == 200
+            && checkpoint["checkpoint"]["signature_verified"] == true
+            && checkpoint["checkpoint"]["size"].as_u64() >= Some(sent_app),
+        "dashboard checkpoint: {status} {checkpoint}"
+    );
+    let (status, page) = dashboard.get("/dashboard/", false)?;
+    ensure!(
+        status == 200 && page.contains("uPlot.iife.min.js"),
+        "dashboard page: {status}"
+    );
+    for (path, with_secret, want) in [
+        ("/dashboard/api/usage?namespace=node-faults", true, 403),
+        ("/dashboard/api/usage", false, 401),
+        ("/dashboard/api/quotas", false, 401),
+    ] {
+        let (status, body) = dashboard.get(path, with_secret)?;
+        ensure!(status == want, "{path}: {status} {body}, want {want}");
+    }
+    let (status, _) = dashboard.get_with_host("/dashboard/", "rebound.example:80")?;
+    ensure!(status == 403, "a foreign Host got {status}");
+    // An auditor's dashboard shows every namespace.
+    let everything = DashboardProxy::start(&kubeconfig, &["-A"])?;
+    let (status, body) =
+        everything.get("/dashboard/api/usage?since=2h&group_by=namespace", true)?;
+    let report: Value = serde_json::from_str(&body)?;
+    ensure!(
+        status == 200 && namespace_requests(&report, FAULT_NS) == sent_fault,
+        "dashboard -A: {status} {report}"
+    );
+    eprintln!("node: dashboard as alice and as the admin: usage, quota and checkpoint match");
+    drop((dashboard, everything));
 
     // ---- measurements for the record -----------------------------------------
     for (name, d) in &timings {

@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod clock;
 pub mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod export;
 pub mod http;

@@ -118,6 +118,7 @@ fn options(args: ServeArgs) -> anyhow::Result<ServeOptions> {
         limits: args
             .limits
             .apply(tollgate_wire::server::ServerLimits::RECORDER),
+        quota_catalog: None,
     })
 }
 

@@ -20,6 +20,7 @@ use tollgate_evidence::{
 
 use crate::auth::{Caller, Policy};
 use crate::clock::Clock;
+use crate::dashboard::{CheckpointAnswer, CheckpointView, SinkProgress};
 use crate::error::RecorderError;
 use crate::export::{ExportRange, assemble, check_bounds};
 use crate::settings::MAX_EXPORT_SEGMENTS;
@@ -618,6 +619,39 @@ impl Recorder {
     /// Seals the open segment now, if it holds anything.
     pub async fn seal_now(&self) -> Result<Option<SignedCheckpoint>, RecorderError> {
         self.seal_with(false).await
+    }
+
+    /// The newest signed checkpoint, its signature checked with this
+    /// recorder's key, and how far each checkpoint sink has got. Any
+    /// authenticated caller may read it: it holds sizes and hashes only.
+    pub async fn latest_checkpoint(&self) -> Result<CheckpointAnswer, RecorderError> {
+        let Some(index) = self.store.segment_bounds().await?.last_sealed else {
+            return Ok(CheckpointAnswer { checkpoint: None });
+        };
+        let row = self.sealed_segment(index).await?;
+        let signed: SignedCheckpoint =
+            crate::export::parse("checkpoint", &row.sealed.checkpoint_json)?;
+        let signature_verified = signed.verify_signature(&self.public_key()).is_ok();
+        let sinks = self
+            .store
+            .sink_progress()
+            .await?
+            .into_iter()
+            .map(|(name, size)| SinkProgress { name, size })
+            .collect();
+        let c = &signed.checkpoint;
+        Ok(CheckpointAnswer {
+            checkpoint: Some(CheckpointView {
+                origin: c.origin.to_string(),
+                segment: index,
+                size: c.size.get(),
+                root: c.root.to_string(),
+                issued_at: c.issued_at.to_canonical_string(),
+                key_id: signed.key_id.to_string(),
+                signature_verified,
+                sinks,
+            }),
+        })
     }
 
     /// A stream's position.

@@ -14,6 +14,7 @@ use tollgate_wire::server::ServerLimits;
 
 use crate::auth::{AUDIENCE, Authenticator, Policy, StaticTokens, TokenReviewer};
 use crate::clock::{Clock, SystemClock};
+use crate::dashboard::QuotaCatalog;
 use crate::http::{AppState, router};
 use crate::identity::{
     IdentityError, LOCAL_TOKEN_FILE, TRUST_ANCHOR_FILE, default_origin, load_or_create_key,
@@ -73,6 +74,9 @@ pub struct ServeOptions {
     pub readers: Vec<String>,
     /// The server's bounds (default [`ServerLimits::RECORDER`]).
     pub limits: ServerLimits,
+    /// The quotas the dashboard shows burn-downs of (local mode gives its
+    /// manifests'; none in a cluster, where the operator writes quota status).
+    pub quota_catalog: Option<Arc<dyn QuotaCatalog>>,
 }
 
 impl ServeOptions {
@@ -92,6 +96,7 @@ impl ServeOptions {
             key_file: None,
             readers: Vec::new(),
             limits: ServerLimits::RECORDER,
+            quota_catalog: None,
         }
     }
 }
@@ -266,6 +271,7 @@ pub async fn start(
         max_body_bytes,
         front_proxy,
         access,
+        quotas: options.quota_catalog.clone(),
     });
     let tcp = tokio::net::TcpListener::bind(options.listen)
         .await

@@ -126,6 +126,7 @@ async fn server(front_proxy_ca: &Ca) -> Server {
         max_body_bytes: 1 << 20,
         front_proxy: Some(Arc::new(front_proxy)),
         access: Some(Arc::new(Rbac)),
+        quotas: None,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -216,10 +217,14 @@ async fn front_proxy_headers_count_only_with_the_front_proxy_certificate() {
         get(&s, proxy(), "auditor", &format!("{BASE}/bundles")).await,
         Some(404)
     );
-    // Discovery and the public recorder key need no user.
+    // Discovery, the public recorder key and the newest checkpoint need no user.
     assert_eq!(get(&s, None, "", BASE).await, Some(200));
     assert_eq!(
         get(&s, None, "", &format!("{BASE}/recorderkeys")).await,
+        Some(200)
+    );
+    assert_eq!(
+        get(&s, None, "", &format!("{BASE}/checkpoints")).await,
         Some(200)
     );
 

@@ -70,6 +70,7 @@ async fn api(settings: Settings) -> Api {
         max_body_bytes: settings.max_body_bytes,
         front_proxy: None,
         access: None,
+        quotas: None,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -497,4 +498,98 @@ async fn usage_pages_by_cursor_and_refuses_bad_paging() {
         let detail = problem(&r).detail;
         assert!(detail.contains(says), "{path}: {detail}");
     }
+}
+
+#[tokio::test]
+async fn the_dashboard_page_is_public_and_its_data_is_not() {
+    let api = api(common::settings(100)).await;
+    // The page and its files: no token, served with a strict CSP.
+    let head = reqwest_like_get(&api.url, "/dashboard/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/html"), "{head}");
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(lower.contains("x-frame-options: deny"), "{head}");
+    let redirect = reqwest_like_get(&api.url, "/dashboard").await;
+    assert!(
+        redirect.starts_with("HTTP/1.1 308") && redirect.contains("location: /dashboard/"),
+        "{redirect}"
+    );
+    let chart = api
+        .send(Method::GET, "/dashboard/uPlot.iife.min.js", None, None)
+        .await;
+    assert_eq!(chart.status, StatusCode::OK);
+    assert!(chart.body.len() > 10_000);
+    for missing in ["/dashboard/nope.js", "/dashboard/vendor/uplot/LICENSE"] {
+        let r = api.send(Method::GET, missing, None, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
+    }
+
+    // Its data: the caller's token, as for the usage API.
+    for path in [
+        "/dashboard/api/usage",
+        "/dashboard/api/quotas",
+        "/dashboard/api/checkpoint",
+        "/v1/quotas",
+        "/v1/checkpoint",
+    ] {
+        let r = api.send(Method::GET, path, None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let usage = api
+        .send(
+            Method::GET,
+            "/dashboard/api/usage?since=24h&group_by=reason",
+            Some("local-token"),
+            None,
+        )
+        .await;
+    assert_eq!(usage.status, StatusCode::OK);
+    let report: serde_json::Value = serde_json::from_slice(&usage.body).unwrap();
+    assert_eq!(report["total"]["requests"], 0, "a fresh recorder: {report}");
+
+    // This recorder knows no quotas; it says so instead of failing.
+    let quotas = api
+        .send(
+            Method::GET,
+            "/dashboard/api/quotas",
+            Some("local-token"),
+            None,
+        )
+        .await;
+    assert_eq!(quotas.status, StatusCode::OK);
+    let answer: serde_json::Value = serde_json::from_slice(&quotas.body).unwrap();
+    assert_eq!(answer["quotas"], serde_json::json!([]));
+    assert_eq!(
+        answer["unavailable"],
+        tollgate_recorder::dashboard::NO_CATALOG
+    );
+    let bad = api
+        .send(
+            Method::GET,
+            "/v1/quotas?windw=day",
+            Some("local-token"),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        problem(&bad).detail.contains("windw"),
+        "{:?}",
+        problem(&bad)
+    );
+
+    let checkpoint = api
+        .send(Method::GET, "/v1/checkpoint", Some("gw-other"), None)
+        .await;
+    assert_eq!(
+        checkpoint.status,
+        StatusCode::OK,
+        "any authenticated caller"
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&checkpoint.body).unwrap();
+    assert_eq!(answer, serde_json::json!({"checkpoint": null}));
 }

@@ -24,6 +24,7 @@ async fn serve() -> (Arc<Recorder>, String) {
         max_body_bytes: 16 << 20,
         front_proxy: None,
         access: None,
+        quotas: None,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", tcp.local_addr().unwrap());

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
+try:
+    import httpx
+except ImportError:  # openai 3 and anthropic 2 are built on the httpx2 fork
+    import httpx2 as httpx
 import openai
 import pytest
 

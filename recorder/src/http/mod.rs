@@ -12,6 +12,9 @@
 //! | GET | `/v1/usage` | usage (`since`, `until`, `namespace`, `group_by`, `bucket`) |
 //! | GET | `/v1/bundle` | evidence bundle (`since`/`until`, `segments=A..B`, or `after=SIZE:HASH` [`until`]) |
 //! | GET | `/v1/trust-anchor` | the recorder's TrustAnchor (YAML) |
+//! | GET | `/v1/quotas` | each quota's burn-down (`namespace`), when the recorder knows the quotas (local mode) |
+//! | GET | `/v1/checkpoint` | the newest checkpoint, its signature checked |
+//! | GET | `/dashboard/` | the usage dashboard (public files; the page reads `/dashboard/api/{usage,quotas,checkpoint}`, the three calls above, with the caller's token) |
 //! | GET | `/live`, `/ready`, `/metrics` | health and Prometheus metrics |
 //!
 //! Through the API server's aggregation layer (`APIService v1alpha1.usage.tollgate.dev`),
@@ -24,6 +27,7 @@
 //! | GET | `/namespaces/{namespace}/usage` | one namespace's usage (`list usage` there) |
 //! | GET | `/bundles` | evidence bundle (`list bundles` cluster-wide) |
 //! | GET | `/recorderkeys` | the recorder's TrustAnchor (YAML; public: the recorder asks for no user, the chart's RBAC lets every authenticated user through) |
+//! | GET | `/checkpoints` | the newest checkpoint (JSON; public as `recorderkeys` is) |
 
 pub mod problem;
 pub mod tls;
@@ -35,7 +39,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, Limited};
@@ -44,6 +48,7 @@ use tollgate_evidence::Timestamp;
 use self::tls::Peer;
 use crate::auth::{Authenticator, Caller};
 use crate::cluster::{AccessReviewer, FrontProxy};
+use crate::dashboard::{QuotaCatalog, SECURITY_HEADERS};
 use crate::error::RecorderError;
 use crate::export::{ExportRange, parse_segment_range};
 use crate::metrics::RouteLabels;
@@ -68,6 +73,8 @@ pub struct AppState {
     pub front_proxy: Option<Arc<FrontProxy>>,
     /// Decides what a user the front proxy vouches for may read.
     pub access: Option<Arc<dyn AccessReviewer>>,
+    /// The quotas the dashboard shows burn-downs of (local mode).
+    pub quotas: Option<Arc<dyn QuotaCatalog>>,
 }
 
 /// The aggregated API's base path.
@@ -84,6 +91,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage", get(usage))
         .route("/v1/bundle", get(bundle))
         .route("/v1/trust-anchor", get(trust_anchor))
+        .route("/v1/quotas", get(quotas))
+        .route("/v1/checkpoint", get(checkpoint))
+        .route(
+            "/dashboard",
+            get(|| async { Redirect::permanent("/dashboard/") }),
+        )
+        .route("/dashboard/", get(|| async { dashboard_file("") }))
+        .route(
+            "/dashboard/{file}",
+            get(|Path(file): Path<String>| async move { dashboard_file(&file) }),
+        )
+        .route("/dashboard/api/usage", get(usage))
+        .route("/dashboard/api/quotas", get(quotas))
+        .route("/dashboard/api/checkpoint", get(checkpoint))
         .route("/apis/usage.tollgate.dev/v1alpha1", get(api_resources))
         .route("/apis/usage.tollgate.dev/v1alpha1/usage", get(api_usage))
         .route(
@@ -94,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/apis/usage.tollgate.dev/v1alpha1/recorderkeys",
             get(trust_anchor),
+        )
+        .route(
+            "/apis/usage.tollgate.dev/v1alpha1/checkpoints",
+            get(api_checkpoint),
         )
         .route("/live", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -106,7 +131,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-const ROUTES: [&str; 16] = [
+const ROUTES: [&str; 25] = [
     "/v1/receipts",
     "/v1/streams/{stream_id}",
     "/v1/quota/leases",
@@ -120,6 +145,15 @@ const ROUTES: [&str; 16] = [
     "/apis/usage.tollgate.dev/v1alpha1/namespaces/{namespace}/usage",
     "/apis/usage.tollgate.dev/v1alpha1/bundles",
     "/apis/usage.tollgate.dev/v1alpha1/recorderkeys",
+    "/apis/usage.tollgate.dev/v1alpha1/checkpoints",
+    "/v1/quotas",
+    "/v1/checkpoint",
+    "/dashboard",
+    "/dashboard/",
+    "/dashboard/{file}",
+    "/dashboard/api/usage",
+    "/dashboard/api/quotas",
+    "/dashboard/api/checkpoint",
     "/live",
     "/ready",
     "/metrics",
@@ -359,6 +393,63 @@ async fn usage(
     Ok(Json(state.recorder.usage(&query, &caller).await?).into_response())
 }
 
+/// `GET /v1/quotas`: each quota's burn-down, for the quotas of `namespace`
+/// (else every namespace) whose usage the caller may read.
+async fn quotas(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    only_known(&params, &["namespace"])?;
+    let namespace = params
+        .get("namespace")
+        .map(String::as_str)
+        .filter(|n| !n.is_empty());
+    let answer = crate::dashboard::quota_burn_down(
+        &state.recorder,
+        state.quotas.as_deref(),
+        namespace,
+        &caller,
+    )
+    .await?;
+    Ok(Json(answer).into_response())
+}
+
+/// `GET /v1/checkpoint`: the newest checkpoint, for any authenticated caller.
+async fn checkpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    caller(&state, &headers).await?;
+    // The dashboard sends its namespace with every call; a checkpoint spans them all.
+    only_known(&params, &["namespace"])?;
+    Ok(Json(state.recorder.latest_checkpoint().await?).into_response())
+}
+
+/// The newest checkpoint through the API server: public, as `recorderkeys` is.
+async fn api_checkpoint(State(state): State<AppState>) -> Result<Response, RecorderError> {
+    Ok(Json(state.recorder.latest_checkpoint().await?).into_response())
+}
+
+/// A file of the dashboard page, with its security headers.
+pub fn dashboard_file(name: &str) -> Response {
+    let Some(file) = crate::dashboard::asset(name) else {
+        return RecorderError::NotFound("no such dashboard file".into()).into_response();
+    };
+    let mut response = (StatusCode::OK, file.bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(file.content_type),
+    );
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
 fn recorder_now(state: &AppState) -> u64 {
     state.recorder.now_ms()
 }
@@ -495,6 +586,7 @@ async fn api_resources() -> Response {
             {"name": "usage", "singularName": "usage", "namespaced": true, "kind": "Usage", "verbs": ["list"]},
             {"name": "bundles", "singularName": "bundle", "namespaced": false, "kind": "Bundle", "verbs": ["list"]},
             {"name": "recorderkeys", "singularName": "recorderkey", "namespaced": false, "kind": "RecorderKey", "verbs": ["list"]},
+            {"name": "checkpoints", "singularName": "checkpoint", "namespaced": false, "kind": "Checkpoint", "verbs": ["list"]},
         ],
     }))
     .into_response()
