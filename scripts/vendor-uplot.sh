@@ -20,12 +20,15 @@ dest=recorder/dashboard/vendor/uplot
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "uplot@$VERSION" >/dev/null && tar xzf "uplot-$VERSION.tgz")
-cp "$work/package/dist/uPlot.iife.min.js" "$work/package/dist/uPlot.min.css" "$dest/"
+dist=$work/package/dist
+if [ "${UPDATE:-0}" = 1 ]; then
+  (cd "$dist" && sha256sum uPlot.iife.min.js uPlot.min.css)
+else
+  # Checked before anything is copied: a mismatch leaves the tree as it was.
+  (cd "$dist" && sha256sum --quiet -c <(printf '%s' "$PINNED" | sed '/^$/d'))
+fi
+mkdir -p "$dest"
+cp "$dist/uPlot.iife.min.js" "$dist/uPlot.min.css" "$dest/"
 cp "$work/package/LICENSE" "$dest/LICENSE"
 echo "uPlot $VERSION (npm package uplot), files from its dist/ folder, unchanged." > "$dest/VERSION"
-if [ "${UPDATE:-0}" = 1 ]; then
-  (cd "$dest" && sha256sum uPlot.iife.min.js uPlot.min.css)
-  exit 0
-fi
-(cd "$dest" && sha256sum --quiet -c <(printf '%s' "$PINNED" | sed '/^$/d'))
-echo "vendor-uplot: uPlot $VERSION in $dest matches its pinned hashes" >&2
+echo "vendor-uplot: uPlot $VERSION copied to $dest" >&2

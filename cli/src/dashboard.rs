@@ -134,10 +134,11 @@ pub fn usage_path(scope: &Scope, query: &[(String, String)]) -> Result<String, R
     Ok(format!("{base}?{}", kept.join("&")))
 }
 
-/// Whether a request's `Host` names the proxy itself: a page on another name
-/// that resolves to loopback (DNS rebinding) gets nothing. Pure.
-pub fn host_is_ours(host: Option<&str>, port: u16) -> bool {
-    host.is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"))
+/// Whether a request's `Host` names the proxy itself (its address, or
+/// `localhost` and its port): a page on another name that resolves to
+/// loopback (DNS rebinding) gets nothing. Pure.
+pub fn host_is_ours(host: Option<&str>, addr: SocketAddr) -> bool {
+    host.is_some_and(|h| h == addr.to_string() || h == format!("localhost:{}", addr.port()))
 }
 
 /// Whether the `Authorization` header carries the session secret. Compared in
@@ -188,14 +189,14 @@ struct Proxy {
     client: kube::Client,
     scope: Scope,
     secret: String,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
             .field("scope", &self.scope)
-            .field("port", &self.port)
+            .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
@@ -223,7 +224,7 @@ async fn serve(args: &DashboardArgs, out: &mut dyn Write) -> anyhow::Result<Exit
         client,
         scope: scope.clone(),
         secret: secret.clone(),
-        port: addr.port(),
+        addr,
     });
     let mut url = format!("http://{addr}/dashboard/#token={secret}");
     if let Scope::Namespace(ns) = &scope {
@@ -231,11 +232,13 @@ async fn serve(args: &DashboardArgs, out: &mut dyn Write) -> anyhow::Result<Exit
         url.push_str(&encode(ns));
     }
     writeln!(out, "tollgate dashboard: {url}")?;
-    writeln!(
+    out.flush()?;
+    // Whoever reads the URL may close stdout after it: keep serving.
+    let _ = writeln!(
         out,
         "tollgate dashboard: open it in a browser on this machine; Ctrl-C stops"
-    )?;
-    out.flush()?;
+    )
+    .and_then(|()| out.flush());
     axum::serve(listener, router(proxy))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -281,7 +284,7 @@ async fn guard(State(proxy): State<Arc<Proxy>>, request: Request, next: Next) ->
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !host_is_ours(host, proxy.port) {
+    if !host_is_ours(host, proxy.addr) {
         return Refusal::new(StatusCode::FORBIDDEN, "unexpected Host header").into_response();
     }
     if request.uri().path().starts_with("/dashboard/api/") {
@@ -457,11 +460,15 @@ mod tests {
 
     #[test]
     fn only_the_proxys_own_host_and_secret_are_let_in() {
-        assert!(host_is_ours(Some("127.0.0.1:8123"), 8123));
-        assert!(host_is_ours(Some("localhost:8123"), 8123));
-        assert!(!host_is_ours(Some("evil.example:8123"), 8123));
-        assert!(!host_is_ours(Some("127.0.0.1:8124"), 8123));
-        assert!(!host_is_ours(None, 8123));
+        let v4: SocketAddr = "127.0.0.1:8123".parse().unwrap();
+        assert!(host_is_ours(Some("127.0.0.1:8123"), v4));
+        assert!(host_is_ours(Some("localhost:8123"), v4));
+        assert!(!host_is_ours(Some("evil.example:8123"), v4));
+        assert!(!host_is_ours(Some("127.0.0.1:8124"), v4));
+        assert!(!host_is_ours(None, v4));
+        let v6: SocketAddr = "[::1]:8123".parse().unwrap();
+        assert!(host_is_ours(Some("[::1]:8123"), v6));
+        assert!(!host_is_ours(Some("127.0.0.1:8123"), v6));
 
         assert!(session_matches(Some("Bearer s3cret"), "s3cret"));
         assert!(!session_matches(Some("Bearer s3creT"), "s3cret"));

@@ -109,9 +109,9 @@ impl ConfigLoader for ManifestLoader {
     }
 }
 
-/// The quotas of the manifests, for the dashboard's burn-downs: every
-/// EgressQuota, and the ClusterEgressQuotas that apply to the local namespace.
-/// Read again on every call, so edits show at once.
+/// The quotas of the manifests that apply to the local namespace (as the
+/// gateway's compiled config has them), for the dashboard's burn-downs. Read
+/// again on every call, so edits show at once.
 #[derive(Debug)]
 struct ManifestQuotas {
     dir: PathBuf,
@@ -130,6 +130,14 @@ impl QuotaCatalog for ManifestQuotas {
         };
         let mut out = Vec::new();
         for q in &objects.quotas {
+            let id = format!(
+                "{}/{}",
+                q.metadata.namespace.as_deref().unwrap_or_default(),
+                q.metadata.name.as_deref().unwrap_or_default()
+            );
+            if !applies(&id) {
+                continue;
+            }
             out.push(QuotaDefinition {
                 kind: "EgressQuota",
                 namespace: q.metadata.namespace.clone(),

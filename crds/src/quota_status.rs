@@ -56,14 +56,19 @@ pub fn window_of(limit: &QuotaLimit, now: u64) -> Option<(u64, Option<u64>)> {
             let (start, end) = calendar_window_bounds(*w, now);
             Some((start, Some(end)))
         }
-        // The recorder answers at most MAX_USAGE_RANGE_SECS per query: a
-        // longer rolling window shows that much of its use.
+        // The recorder answers at most MAX_USAGE_RANGE_SECS per query, up
+        // to its own now: a longer rolling window shows that much of its use,
+        // less an hour, so a recorder whose clock is ahead still answers.
         (None, Some(r)) => {
-            parse_rolling(r).map(|secs| (now.saturating_sub(secs.min(MAX_USAGE_RANGE_SECS)), None))
+            parse_rolling(r).map(|secs| (now.saturating_sub(secs.min(MAX_ROLLING_READ_SECS)), None))
         }
         _ => None,
     }
 }
+
+/// The longest stretch of a rolling window whose use is read: the recorder's
+/// range bound less an hour of clock difference.
+pub const MAX_ROLLING_READ_SECS: u64 = MAX_USAGE_RANGE_SECS - 3_600;
 
 /// What `rows` (from a query starting at the limit's window) add up to for
 /// `limit` within `scope`.
@@ -364,7 +369,7 @@ mod tests {
         rolling.rolling = Some("9999h".into());
         assert_eq!(
             window_of(&rolling, now),
-            Some((now - MAX_USAGE_RANGE_SECS, None))
+            Some((now - MAX_USAGE_RANGE_SECS + 3_600, None))
         );
     }
 

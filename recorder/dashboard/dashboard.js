@@ -16,13 +16,16 @@
 
   function readSession() {
     const fragment = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    // A fragment with a token is a whole new session: its namespace, or none.
     const token = fragment.get("token");
     if (token) {
       sessionStorage.setItem("tollgate-token", token);
-    }
-    const ns = fragment.get("namespace");
-    if (ns !== null) {
-      sessionStorage.setItem("tollgate-namespace", ns);
+      const ns = fragment.get("namespace");
+      if (ns) {
+        sessionStorage.setItem("tollgate-namespace", ns);
+      } else {
+        sessionStorage.removeItem("tollgate-namespace");
+      }
     }
     if (window.location.hash) {
       history.replaceState(null, "", window.location.pathname + window.location.search);
@@ -187,6 +190,8 @@
       width: Math.max(320, target.clientWidth || 900),
       height: 260,
       scales: { x: { time: true } },
+      // Buckets are UTC hours and days; so are the axis and the legend.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       axes: [{}, { label: valueLabel, size: 90, values: axisValues(valueLabel === "USD", data) }],
       series: [{}].concat(data.names.map((name, i) => ({
         label: name,
@@ -224,7 +229,9 @@
       target.textContent = "no checkpoint yet: the first segment is sealed after the first receipts";
       return;
     }
-    const verified = c.signature_verified ? "signature verified" : "SIGNATURE DID NOT VERIFY";
+    const verified = c.signature_verified === null
+      ? "signed by an earlier recorder key; verify exports against its trust anchor"
+      : c.signature_verified ? "signature verified" : "SIGNATURE DID NOT VERIFY";
     let text = "last checkpoint: log size " + count(c.size) + ", root " + c.root.slice(0, 16) + "…, signed " +
       when(c.issued_at) + " by " + c.key_id.slice(0, 23) + "… (" + verified + ")";
     if (c.sinks.length) {
@@ -244,6 +251,10 @@
 
   function showQuotas(answer) {
     document.getElementById("quotas-note").textContent = answer.unavailable || "";
+    if (!answer.quotas) {
+      fillTable("quotas", [], 8, "–");
+      return;
+    }
     const rows = [];
     for (const q of answer.quotas) {
       const name = (q.namespace ? q.namespace + "/" : "cluster/") + q.name;
@@ -277,7 +288,7 @@
           barCell,
           numCell(fmt(best.left)),
           when(s.resetAt),
-          s.exhaustsAt ? when(s.exhaustsAt) : percent >= 100 ? "exhausted" : "not before reset",
+          s.exhaustsAt ? when(s.exhaustsAt) : percent >= 100 ? "exhausted" : s.resetAt ? "not before reset" : "–",
         ]);
       }
     }
@@ -339,17 +350,25 @@
       ? "namespace " + session.namespace
       : "every namespace you may read";
     try {
-      const [overTime, consumers, reasons, quotas, checkpoint] = await Promise.all([
+      // Quotas and the checkpoint are panels of their own: when one of them
+      // fails, that panel says why and the usage panels still show.
+      const panel = (promise, what) => promise.catch((e) => ({ failed: what + ": " + e.message }));
+      const [overTime, consumers, reasons, quotaAnswer, checkpointAnswer] = await Promise.all([
         usage({ since: range, group_by: by, bucket }),
         usage({ since: range, group_by: "namespace,serviceAccount" }),
         usage({ since: range, group_by: "reason" }),
-        getJson("quotas", {}),
-        getJson("checkpoint", {}),
+        panel(getJson("quotas", {}), "quotas could not be read"),
+        panel(getJson("checkpoint", {}), "the checkpoint could not be read"),
       ]);
+      const quotas = quotaAnswer.failed ? { quotas: null, unavailable: quotaAnswer.failed } : quotaAnswer;
       const refused = showRefusals(reasons);
       showTotals(overTime, refused);
       showFreshness(overTime);
-      showCheckpoint(checkpoint);
+      if (checkpointAnswer.failed) {
+        document.getElementById("checkpoint").textContent = checkpointAnswer.failed;
+      } else {
+        showCheckpoint(checkpointAnswer);
+      }
       for (const c of state.charts) {
         if (c) c.chart.destroy();
       }

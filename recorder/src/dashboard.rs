@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tollgate_crds::quota::{LimitStatus, QuotaLimit};
@@ -164,7 +165,7 @@ pub const NO_CATALOG: &str = "this recorder does not know the quota objects; \
 /// namespaces: they are shown to callers who may read every namespace only.
 pub async fn quota_burn_down(
     recorder: &Recorder,
-    catalog: Option<&dyn QuotaCatalog>,
+    catalog: Option<Arc<dyn QuotaCatalog>>,
     namespace: Option<&str>,
     caller: &Caller,
 ) -> Result<QuotasAnswer, RecorderError> {
@@ -174,8 +175,13 @@ pub async fn quota_burn_down(
             unavailable: Some(NO_CATALOG.into()),
         });
     };
-    let quotas = catalog
-        .quotas()
+    if let Some(ns) = namespace {
+        recorder.check_usage_read(caller, Some(ns))?;
+    }
+    // A catalog may read files: off the async threads.
+    let quotas = tokio::task::spawn_blocking(move || catalog.quotas())
+        .await
+        .map_err(|e| RecorderError::Internal(format!("reading the quotas: {e}")))?
         .map_err(|why| RecorderError::Unavailable(format!("reading the quotas: {why}")))?;
     let now_ms = recorder.now_ms();
     let now = now_ms / 1000;
@@ -186,21 +192,20 @@ pub async fn quota_burn_down(
         if namespace.is_some() && query_namespace.as_deref() != namespace {
             continue;
         }
+        // Checked per quota, before anything of it is shown.
+        match recorder.check_usage_read(caller, query_namespace.as_deref()) {
+            Ok(()) => {}
+            Err(RecorderError::Forbidden(_)) => continue,
+            Err(e) => return Err(e),
+        }
         let mut limits = Vec::new();
-        let mut readable = true;
         for limit in &quota.limits {
             let Some((start, reset_at)) = quota_status::window_of(limit, now) else {
                 continue;
             };
             let key = (query_namespace.clone(), start);
             if !answers.contains_key(&key) {
-                let rows = match window_rows(recorder, &key, now_ms, caller).await {
-                    Err(RecorderError::Forbidden(_)) if namespace.is_none() => {
-                        readable = false;
-                        break;
-                    }
-                    other => other?,
-                };
+                let rows = window_rows(recorder, &key, now_ms, caller).await?;
                 answers.insert(key.clone(), rows);
             }
             let used = quota_status::used_by_limit(limit, &quota.scope, &answers[&key]);
@@ -216,9 +221,6 @@ pub async fn quota_burn_down(
                     },
                 ),
             });
-        }
-        if !readable {
-            continue;
         }
         out.push(QuotaView {
             kind: quota.kind,
@@ -305,8 +307,9 @@ pub struct CheckpointView {
     pub issued_at: String,
     /// The recorder key that signed it.
     pub key_id: String,
-    /// Whether its signature verified with the recorder's key just now.
-    pub signature_verified: bool,
+    /// Whether its signature verified with the recorder's key just now;
+    /// `None` when another key signed it (before a key rotation).
+    pub signature_verified: Option<bool>,
     /// The checkpoint sinks, with the largest log size each holds.
     pub sinks: Vec<SinkProgress>,
 }

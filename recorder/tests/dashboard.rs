@@ -70,8 +70,8 @@ async fn recorder_with_receipts() -> std::sync::Arc<Recorder> {
     rec
 }
 
-fn catalog() -> Quotas {
-    Quotas(vec![
+fn catalog() -> std::sync::Arc<dyn QuotaCatalog> {
+    std::sync::Arc::new(Quotas(vec![
         quota(
             "EgressQuota",
             Some("team-1"),
@@ -90,7 +90,7 @@ fn catalog() -> Quotas {
             &["team-1", "team-2"],
             rolling(Some(1_000), None, &["gpt-4o-mini"]),
         ),
-    ])
+    ]))
 }
 
 fn names(answer: &QuotasAnswer) -> Vec<String> {
@@ -104,7 +104,7 @@ fn names(answer: &QuotasAnswer) -> Vec<String> {
 #[tokio::test]
 async fn each_quota_burns_down_by_its_window_and_subjects() {
     let rec = recorder_with_receipts().await;
-    let answer = quota_burn_down(&rec, Some(&catalog()), None, &Caller::Local)
+    let answer = quota_burn_down(&rec, Some(catalog()), None, &Caller::Local)
         .await
         .unwrap();
     // By kind, namespace and name.
@@ -133,7 +133,7 @@ async fn each_quota_burns_down_by_its_window_and_subjects() {
     assert_eq!(status(team1).exhausts_at, None);
     assert_eq!(answer.unavailable, None);
 
-    let one = quota_burn_down(&rec, Some(&catalog()), Some("team-2"), &Caller::Local)
+    let one = quota_burn_down(&rec, Some(catalog()), Some("team-2"), &Caller::Local)
         .await
         .unwrap();
     assert_eq!(names(&one), ["team-2/budget"]);
@@ -146,7 +146,7 @@ async fn a_caller_sees_only_the_quotas_whose_usage_it_may_read() {
         name: "alice".into(),
         namespaces: Some(["team-1".to_string()].into()),
     };
-    let answer = quota_burn_down(&rec, Some(&catalog()), None, &alice)
+    let answer = quota_burn_down(&rec, Some(catalog()), None, &alice)
         .await
         .unwrap();
     assert_eq!(
@@ -154,7 +154,20 @@ async fn a_caller_sees_only_the_quotas_whose_usage_it_may_read() {
         ["team-1/budget"],
         "no team-2, no cluster quota"
     );
-    let refused = quota_burn_down(&rec, Some(&catalog()), Some("team-2"), &alice).await;
+    // Even a quota with no usage to read (no window) is checked first.
+    let mut windowless = rolling(Some(1), None, &[]);
+    windowless.rolling = None;
+    let hidden: std::sync::Arc<dyn QuotaCatalog> = std::sync::Arc::new(Quotas(vec![quota(
+        "EgressQuota",
+        Some("team-2"),
+        &["team-2"],
+        windowless,
+    )]));
+    let answer = quota_burn_down(&rec, Some(hidden), None, &alice)
+        .await
+        .unwrap();
+    assert!(answer.quotas.is_empty(), "{answer:?}");
+    let refused = quota_burn_down(&rec, Some(catalog()), Some("team-2"), &alice).await;
     assert!(
         matches!(refused, Err(RecorderError::Forbidden(_))),
         "{refused:?}"
@@ -165,7 +178,7 @@ async fn a_caller_sees_only_the_quotas_whose_usage_it_may_read() {
         name: "sa-1".into(),
         pod: None,
     };
-    let own = quota_burn_down(&rec, Some(&catalog()), Some("team-1"), &gateway)
+    let own = quota_burn_down(&rec, Some(catalog()), Some("team-1"), &gateway)
         .await
         .unwrap();
     assert_eq!(own.quotas[0].limits[0].status.used.tokens, Some(452));
@@ -184,7 +197,7 @@ async fn the_newest_checkpoint_is_shown_with_its_signature_checked() {
     rec.seal_now().await.unwrap().expect("a segment to seal");
     let view = rec.latest_checkpoint().await.unwrap().checkpoint.unwrap();
     assert_eq!((view.segment, view.size), (0, 7));
-    assert!(view.signature_verified);
+    assert_eq!(view.signature_verified, Some(true));
     assert_eq!(view.origin, rec.origin().to_string());
     assert_eq!(view.key_id, rec.public_key().key_id().to_string());
     assert!(view.sinks.is_empty());

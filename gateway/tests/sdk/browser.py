@@ -36,6 +36,9 @@ class Browser:
         if path is None:
             raise BrowserError("chromium is not installed (scripts/install-test-deps.sh installs it)")
         self.profile = tempfile.mkdtemp(prefix="tollgate-chromium-")
+        # Chromium logs a lot: to a file, read only when it fails to start.
+        self.log_path = os.path.join(self.profile, "chromium.log")
+        self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [
                 path,
@@ -56,7 +59,7 @@ class Browser:
                 "about:blank",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )
         port = self._debugging_port()
         page = self._page_target(port)
@@ -72,7 +75,8 @@ class Browser:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise BrowserError("chromium exited: " + self.process.stderr.read().decode(errors="replace")[-2000:])
+                with open(self.log_path, "rb") as f:
+                    raise BrowserError("chromium exited: " + f.read().decode(errors="replace")[-2000:])
             try:
                 with open(port_file) as f:
                     first = f.readline().strip()
@@ -150,4 +154,5 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.log.close()
         shutil.rmtree(self.profile, ignore_errors=True)

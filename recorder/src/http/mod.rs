@@ -408,7 +408,7 @@ async fn quotas(
         .filter(|n| !n.is_empty());
     let answer = crate::dashboard::quota_burn_down(
         &state.recorder,
-        state.quotas.as_deref(),
+        state.quotas.clone(),
         namespace,
         &caller,
     )
