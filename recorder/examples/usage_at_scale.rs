@@ -198,7 +198,10 @@ async fn main() -> anyhow::Result<()> {
             bail!("the newest checkpoint did not verify");
         }
     }
-    eprintln!("| newest checkpoint, verified | 1 | {} |", ms(median(&mut times)));
+    eprintln!(
+        "| newest checkpoint, verified | 1 | {} |",
+        ms(median(&mut times))
+    );
     Ok(())
 }
 
