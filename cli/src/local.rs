@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
-use tollgate_crds::quota::DEFAULT_WARNING_PERCENT;
+use tollgate_crds::quota::{DEFAULT_WARNING_PERCENT, QuotaLimit, QuotaSubjects};
 use tollgate_crds::quota_status::QuotaScope;
 use tollgate_evidence::{
     DnsLabel, DnsSubdomain, KeyRole, PodIdentity, PodUid, PublicKey, SigningKey,
@@ -123,45 +123,48 @@ impl QuotaCatalog for ManifestQuotas {
         let objects =
             ManifestObjects::read(&self.dir, &self.namespace).map_err(|e| format!("{e:#}"))?;
         let compiled = objects.compile(&self.namespace, &BTreeMap::new());
-        let applies = |id: &str| compiled.config.quotas.iter().any(|q| q.id == id);
-        let scope = |service_accounts: &[String]| QuotaScope {
-            namespaces: [self.namespace.clone()].into(),
-            service_accounts: service_accounts.to_vec(),
-        };
-        let mut out = Vec::new();
-        for q in &objects.quotas {
-            let id = format!(
-                "{}/{}",
-                q.metadata.namespace.as_deref().unwrap_or_default(),
-                q.metadata.name.as_deref().unwrap_or_default()
-            );
-            if !applies(&id) {
-                continue;
-            }
-            out.push(QuotaDefinition {
-                kind: "EgressQuota",
-                namespace: q.metadata.namespace.clone(),
-                name: q.metadata.name.clone().unwrap_or_default(),
-                scope: scope(&q.spec.subjects.service_accounts),
-                limits: q.spec.limits.clone(),
-                warning_percent: q.spec.warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
-            });
-        }
-        for q in &objects.cluster_quotas {
-            let name = q.metadata.name.clone().unwrap_or_default();
-            if !applies(&format!("cluster/{name}")) {
-                continue;
-            }
-            out.push(QuotaDefinition {
-                kind: "ClusterEgressQuota",
-                namespace: None,
-                name,
-                scope: scope(&q.spec.subjects.service_accounts),
-                limits: q.spec.limits.clone(),
-                warning_percent: q.spec.warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
-            });
-        }
-        Ok(out)
+        let definition =
+            |kind,
+             namespace: Option<String>,
+             name: Option<String>,
+             spec: (&QuotaSubjects, &Vec<QuotaLimit>, Option<u8>)| {
+                let name = name.unwrap_or_default();
+                let id = format!("{}/{name}", namespace.as_deref().unwrap_or("cluster"));
+                let (subjects, limits, warning_percent) = spec;
+                compiled
+                    .config
+                    .quotas
+                    .iter()
+                    .any(|q| q.id == id)
+                    .then(|| QuotaDefinition {
+                        kind,
+                        namespace,
+                        name,
+                        scope: QuotaScope {
+                            namespaces: [self.namespace.clone()].into(),
+                            service_accounts: subjects.service_accounts.clone(),
+                        },
+                        limits: limits.clone(),
+                        warning_percent: warning_percent.unwrap_or(DEFAULT_WARNING_PERCENT),
+                    })
+            };
+        let namespaced = objects.quotas.iter().filter_map(|q| {
+            definition(
+                "EgressQuota",
+                q.metadata.namespace.clone(),
+                q.metadata.name.clone(),
+                (&q.spec.subjects, &q.spec.limits, q.spec.warning_percent),
+            )
+        });
+        let cluster = objects.cluster_quotas.iter().filter_map(|q| {
+            definition(
+                "ClusterEgressQuota",
+                None,
+                q.metadata.name.clone(),
+                (&q.spec.subjects, &q.spec.limits, q.spec.warning_percent),
+            )
+        });
+        Ok(namespaced.chain(cluster).collect())
     }
 }
 

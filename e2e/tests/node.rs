@@ -83,14 +83,20 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// `kubectl tollgate ARGS` with the e2e kubeconfig and nothing else.
-fn tollgate(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(cli_binary().expect("kubectl-tollgate is built"))
-        .args(args)
-        .env_clear()
+/// `kubectl-tollgate` with nothing but PATH, a HOME and `kubeconfig`.
+fn tollgate_command(kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(cli_binary().expect("kubectl-tollgate is built"));
+    cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
         .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn tollgate(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    tollgate_command(kubeconfig)
+        .args(args)
         .output()
         .expect("running kubectl-tollgate")
 }
@@ -113,14 +119,9 @@ impl Drop for DashboardProxy {
 
 impl DashboardProxy {
     fn start(kubeconfig: &Path, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(cli_binary()?)
+        let mut child = tollgate_command(kubeconfig)
             .arg("dashboard")
             .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::temp_dir())
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
