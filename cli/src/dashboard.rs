@@ -480,6 +480,7 @@ mod tests {
     #[test]
     fn a_quota_shows_the_limits_the_operator_has_counted() {
         let limit = |name: &str| QuotaLimit {
+            time_zone: None,
             name: name.into(),
             window: Some(tollgate_crds::quota::CalendarWindow::Day),
             rolling: None,

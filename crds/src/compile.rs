@@ -15,6 +15,7 @@ use tollgate_wire::config::{
     CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
     LimitWindow, Requirement, Route, Selector, SelectorOperator, policy_hash,
 };
+use tollgate_wire::time_zone::TimeZoneName;
 
 /// The objects compilation reads. Namespaced lists may hold every namespace;
 /// compilation picks what applies.
@@ -286,30 +287,13 @@ fn compile_quota(
     };
     let mut compiled = Vec::new();
     for limit in limits {
-        let window = match (&limit.window, &limit.rolling) {
-            (Some(w), None) => LimitWindow::Calendar(*w),
-            (None, Some(r)) => match parse_rolling(r) {
-                Some(seconds) => LimitWindow::RollingSeconds(seconds),
-                None => {
-                    problems.push(Problem {
-                        object: object.to_string(),
-                        reason: "InvalidLimit",
-                        message: format!(
-                            "limit {:?}: rolling {r:?} is not a duration such as 90m",
-                            limit.name
-                        ),
-                    });
-                    return None;
-                }
-            },
-            _ => {
+        let (window, time_zone) = match limit_window(limit) {
+            Ok(window) => window,
+            Err(message) => {
                 problems.push(Problem {
                     object: object.to_string(),
                     reason: "InvalidLimit",
-                    message: format!(
-                        "limit {:?} needs exactly one of window or rolling",
-                        limit.name
-                    ),
+                    message,
                 });
                 return None;
             }
@@ -317,6 +301,7 @@ fn compile_quota(
         compiled.push(CompiledLimit {
             name: limit.name.clone(),
             window,
+            time_zone,
             tokens: limit.tokens,
             requests: limit.requests,
             cost_micro_usd: limit.cost_micro_usd,
@@ -332,6 +317,37 @@ fn compile_quota(
         enforcement,
         fail_mode,
     })
+}
+
+/// A limit's window and time zone, or why it has none (exactly one of
+/// `window` and `rolling`, a rolling duration that parses, a zone the
+/// bundled database holds, on a calendar window only). The compiler and the
+/// operator's `Valid` condition share this one check.
+pub fn limit_window(limit: &QuotaLimit) -> Result<(LimitWindow, Option<TimeZoneName>), String> {
+    let name = &limit.name;
+    let window = match (&limit.window, &limit.rolling) {
+        (Some(w), None) => LimitWindow::Calendar(*w),
+        (None, Some(r)) => LimitWindow::RollingSeconds(parse_rolling(r).ok_or_else(|| {
+            format!("limit {name:?}: rolling {r:?} is not a duration such as 90m")
+        })?),
+        _ => {
+            return Err(format!(
+                "limit {name:?} needs exactly one of window or rolling"
+            ));
+        }
+    };
+    let zone = match (&limit.time_zone, window) {
+        (None, _) => None,
+        (Some(zone), LimitWindow::Calendar(_)) => {
+            Some(TimeZoneName::parse(zone).map_err(|e| format!("limit {name:?}: timeZone {e}"))?)
+        }
+        (Some(_), LimitWindow::RollingSeconds(_)) => {
+            return Err(format!(
+                "limit {name:?}: timeZone applies to a calendar window, not to a rolling one"
+            ));
+        }
+    };
+    Ok((window, zone))
 }
 
 /// Parses `1h30m`, `90m`, `45s` into seconds. Zero and overflow are refused.

@@ -146,6 +146,8 @@ pub struct QuotaSubjects {
         .message("a limit needs exactly one of window (a UTC calendar window: minute, hour, day or month) or rolling (a duration such as 90m)"),
     validation = Rule::new("has(self.tokens) || has(self.requests) || has(self.costMicroUSD)")
         .message("a limit must cap at least one of tokens, requests or costMicroUSD"),
+    validation = Rule::new("!has(self.timeZone) || has(self.window)")
+        .message("timeZone applies to a calendar window (window), not to a rolling one"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaLimit {
@@ -156,9 +158,22 @@ pub struct QuotaLimit {
     )]
     pub name: String,
 
-    /// A UTC calendar window: `minute`, `hour`, `day` or `month`.
+    /// A calendar window: `minute`, `hour`, `day` or `month`, in UTC unless
+    /// `timeZone` names another zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<CalendarWindow>,
+
+    /// The IANA time zone the calendar window counts in, such as
+    /// `Europe/Berlin` or `America/New_York`: a `day` then runs from local
+    /// midnight to local midnight (23 or 25 hours across a daylight-saving
+    /// change) and a `month` from the first at local midnight. Absent means
+    /// UTC. Names resolve against the database built into Tollgate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+    )]
+    pub time_zone: Option<String>,
 
     /// A rolling window, as hours, minutes and seconds: `90m`, `24h`, `1h30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tollgate_wire::config::glob_matches;
 use tollgate_wire::quota_math::{Amounts, MAX_USAGE_RANGE_SECS, calendar_window_bounds};
+use tollgate_wire::time_zone::TimeZoneName;
 
 use crate::compile::parse_rolling;
 use crate::quota::{LimitStatus, QuotaAmounts, QuotaLimit};
@@ -50,10 +51,15 @@ pub struct QuotaScope {
 
 /// The window a limit counts now: `(since, reset_at)` in unix seconds.
 /// Calendar windows reset at their end; rolling windows have no reset time.
+/// `None` for a limit that does not compile (such as an unknown time zone).
 pub fn window_of(limit: &QuotaLimit, now: u64) -> Option<(u64, Option<u64>)> {
     match (&limit.window, &limit.rolling) {
         (Some(w), None) => {
-            let (start, end) = calendar_window_bounds(*w, now);
+            let zone = match &limit.time_zone {
+                Some(name) => Some(TimeZoneName::parse(name).ok()?),
+                None => None,
+            };
+            let (start, end) = calendar_window_bounds(*w, zone.as_ref(), now);
             Some((start, Some(end)))
         }
         // The recorder answers at most MAX_USAGE_RANGE_SECS per query, up
@@ -190,7 +196,13 @@ pub fn summary(limits: &[QuotaLimit], statuses: &[LimitStatus]) -> Option<String
             continue;
         };
         let window = match (&limit.window, &limit.rolling) {
-            (Some(w), _) => format!("{w:?}").to_lowercase(),
+            (Some(w), _) => {
+                let unit = format!("{w:?}").to_lowercase();
+                match &limit.time_zone {
+                    Some(zone) => format!("{unit} {zone}"),
+                    None => unit,
+                }
+            }
             (None, Some(r)) => r.clone(),
             (None, None) => String::new(),
         };
@@ -229,6 +241,7 @@ mod tests {
     };
     fn limit(name: &str) -> QuotaLimit {
         QuotaLimit {
+            time_zone: None,
             name: name.into(),
             window: Some(CalendarWindow::Day),
             rolling: None,
@@ -258,6 +271,25 @@ mod tests {
             namespaces: namespaces.iter().map(|s| (*s).to_string()).collect(),
             service_accounts: sas.iter().map(|s| (*s).to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_zoned_window_is_read_from_local_midnight_and_resets_at_the_next() {
+        const NOW: u64 = 1_763_700_000; // 2025-11-21T04:40:00Z, 13:40 in Tokyo
+        let mut tokyo = limit("daily");
+        tokyo.time_zone = Some("Asia/Tokyo".into());
+        let midnight_tokyo = NOW - 13 * 3_600 - 40 * 60;
+        assert_eq!(
+            window_of(&tokyo, NOW),
+            Some((midnight_tokyo, Some(midnight_tokyo + 86_400)))
+        );
+        let utc_midnight = NOW - 4 * 3_600 - 40 * 60;
+        assert_eq!(
+            window_of(&limit("daily"), NOW),
+            Some((utc_midnight, Some(utc_midnight + 86_400)))
+        );
+        tokyo.time_zone = Some("Asia/Atlantis".into());
+        assert_eq!(window_of(&tokyo, NOW), None, "never read as UTC instead");
     }
 
     #[test]
@@ -390,5 +422,12 @@ mod tests {
             Some("costMicroUSD 250/500 (day)")
         );
         assert_eq!(summary(&limits, &[]), None);
+        let mut zoned = limits;
+        zoned[0].time_zone = Some("Europe/Berlin".into());
+        let status = limit_status(&zoned[0], Amounts::default(), UNTIMED);
+        assert_eq!(
+            summary(&zoned, &[status]).as_deref(),
+            Some("tokens 0/1000 (day Europe/Berlin)")
+        );
     }
 }

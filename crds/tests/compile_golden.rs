@@ -103,6 +103,47 @@ fn kinds_compile_to_golden_config_with_trust_and_cluster_quota() {
 }
 
 #[test]
+fn a_limit_with_an_unknown_or_misplaced_time_zone_is_reported_and_left_out() {
+    let mut objects = Objects::load("examples/kinds", "chat");
+    let limit = &mut objects.quotas[0].spec.limits[0];
+    limit.time_zone = Some("Mars/Olympus_Mons".into());
+    let compiled = compile_namespace_config("chat", &governed_labels(), objects.view());
+    let problem = &compiled.problems[0];
+    assert_eq!(
+        (problem.reason, problem.object.as_str()),
+        ("InvalidLimit", "EgressQuota/chat/batch-jobs")
+    );
+    assert!(
+        problem
+            .message
+            .contains("\"Mars/Olympus_Mons\" is not a time zone"),
+        "{}",
+        problem.message
+    );
+    assert!(
+        !compiled
+            .config
+            .quotas
+            .iter()
+            .any(|q| q.id == "chat/batch-jobs"),
+        "never counted in UTC instead"
+    );
+
+    let limit = &mut objects.quotas[0].spec.limits[0];
+    limit.time_zone = Some("Asia/Tokyo".into());
+    limit.window = None;
+    limit.rolling = Some("24h".into());
+    let compiled = compile_namespace_config("chat", &governed_labels(), objects.view());
+    assert!(
+        compiled.problems[0]
+            .message
+            .contains("timeZone applies to a calendar window"),
+        "{:?}",
+        compiled.problems
+    );
+}
+
+#[test]
 fn cluster_quota_applies_only_to_selected_namespaces() {
     let objects = Objects::load("examples/kinds", "chat");
     let compiled = compile_namespace_config("chat", &BTreeMap::new(), objects.view());

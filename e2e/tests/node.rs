@@ -539,7 +539,10 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         &k,
         &[json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressQuota",
                  "metadata": {"name": "requests", "namespace": APP_NS},
-                 "spec": {"limits": [{"name": "daily", "window": "day", "requests": QUOTA_REQUESTS}],
+                 // A day in India (UTC+05:30): the sidecar, the recorder and the
+                 // operator all resolve the zone from their own bundled database.
+                 "spec": {"limits": [{"name": "daily", "window": "day", "timeZone": "Asia/Kolkata",
+                                      "requests": QUOTA_REQUESTS}],
                           "enforcement": "enforce", "failMode": "closed"}})],
     )
     .await?;
@@ -744,6 +747,13 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         ensure!(
             limit["usedPercent"].as_u64() >= Some(100),
             "usedPercent: {limit}"
+        );
+        // Kolkata's midnight is 18:30 UTC.
+        ensure!(
+            limit["resetAt"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("T18:30:00Z")),
+            "resetAt is not midnight in Asia/Kolkata: {limit}"
         );
         // The budget alert: the condition, and a Warning Event for it.
         let near = q["status"]["conditions"]

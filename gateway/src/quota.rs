@@ -1,4 +1,4 @@
-//! Quota: which limits a request counts against, UTC window math, and the
+//! Quota: which limits a request counts against, window math, and the
 //! in-process authority that reserves an estimate before a request goes
 //! upstream and settles actual usage afterwards.
 //!
@@ -8,11 +8,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use tollgate_wire::config::{CalendarWindow, Enforcement};
-use tollgate_wire::config::{
-    CompiledLimit, CompiledQuota, GatewayConfig, LimitWindow, glob_matches,
-};
-pub use tollgate_wire::quota_math::{Amounts, calendar_window_bounds, price};
+use tollgate_wire::config::Enforcement;
+use tollgate_wire::config::{CompiledLimit, CompiledQuota, GatewayConfig, glob_matches};
+pub use tollgate_wire::quota_math::{Amounts, QuotaWindow, calendar_window_bounds, price};
 
 /// Who is calling: matched against quota subjects.
 #[derive(Debug, Clone, Default)]
@@ -121,13 +119,7 @@ pub trait QuotaAuthority: Send + Sync + std::fmt::Debug {
 pub struct LimitKey {
     quota_id: String,
     limit: String,
-    window: WindowKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum WindowKind {
-    Calendar(CalendarWindow),
-    Rolling(u64),
+    window: QuotaWindow,
 }
 
 #[derive(Debug, Default)]
@@ -142,16 +134,16 @@ struct LimitState {
 }
 
 impl LimitState {
-    fn roll_forward(&mut self, window: WindowKind, now: u64) {
-        match window {
-            WindowKind::Calendar(w) => {
-                let (start, _) = calendar_window_bounds(w, now);
+    fn roll_forward(&mut self, window: &QuotaWindow, now: u64) {
+        match *window {
+            QuotaWindow::Calendar(w, ref zone) => {
+                let (start, _) = calendar_window_bounds(w, zone.as_ref(), now);
                 if start != self.window_start {
                     self.window_start = start;
                     self.used = Amounts::default();
                 }
             }
-            WindowKind::Rolling(len) => {
+            QuotaWindow::Rolling(len) => {
                 let horizon = now.saturating_sub(len);
                 while self
                     .buckets
@@ -164,20 +156,20 @@ impl LimitState {
         }
     }
 
-    fn used(&self, window: WindowKind) -> Amounts {
+    fn used(&self, window: &QuotaWindow) -> Amounts {
         match window {
-            WindowKind::Calendar(_) => self.used,
-            WindowKind::Rolling(_) => self
+            QuotaWindow::Calendar(..) => self.used,
+            QuotaWindow::Rolling(_) => self
                 .buckets
                 .iter()
                 .fold(Amounts::default(), |acc, (_, a)| Amounts::sum(acc, *a)),
         }
     }
 
-    fn record(&mut self, window: WindowKind, amount: Amounts, now: u64) {
-        match window {
-            WindowKind::Calendar(_) => self.used.add(amount),
-            WindowKind::Rolling(len) => {
+    fn record(&mut self, window: &QuotaWindow, amount: Amounts, now: u64) {
+        match *window {
+            QuotaWindow::Calendar(..) => self.used.add(amount),
+            QuotaWindow::Rolling(len) => {
                 let width = (len / ROLLING_BUCKETS).max(1);
                 let start = now - now % width;
                 match self.buckets.back_mut() {
@@ -188,10 +180,12 @@ impl LimitState {
         }
     }
 
-    fn retry_after(&self, window: WindowKind, now: u64) -> u64 {
-        match window {
-            WindowKind::Calendar(w) => calendar_window_bounds(w, now).1 - now,
-            WindowKind::Rolling(len) => self
+    fn retry_after(&self, window: &QuotaWindow, now: u64) -> u64 {
+        match *window {
+            QuotaWindow::Calendar(w, ref zone) => {
+                calendar_window_bounds(w, zone.as_ref(), now).1 - now
+            }
+            QuotaWindow::Rolling(len) => self
                 .buckets
                 .front()
                 .map_or(1, |(start, _)| (start + len).saturating_sub(now)),
@@ -225,21 +219,17 @@ impl LocalQuotaAuthority {
         let key = key_of(quota_id, limit);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let entry = state.entry(key.clone()).or_default();
-        entry.roll_forward(key.window, now);
-        entry.used(key.window)
+        entry.roll_forward(&key.window, now);
+        entry.used(&key.window)
     }
 }
 
 /// The counter of `limit` of quota `quota_id`.
 pub fn key_of(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
-    let window = match limit.window {
-        LimitWindow::Calendar(w) => WindowKind::Calendar(w),
-        LimitWindow::RollingSeconds(s) => WindowKind::Rolling(s),
-    };
     LimitKey {
         quota_id: quota_id.to_string(),
         limit: limit.name.clone(),
-        window,
+        window: QuotaWindow::of(limit),
     }
 }
 
@@ -258,8 +248,8 @@ impl QuotaAuthority for LocalQuotaAuthority {
         for (key, estimate) in reservation.entries {
             let entry = state.entry(key.clone()).or_default();
             entry.reserved.sub(estimate);
-            entry.roll_forward(key.window, now);
-            entry.record(key.window, actual, now);
+            entry.roll_forward(&key.window, now);
+            entry.record(&key.window, actual, now);
         }
     }
 }
@@ -277,9 +267,9 @@ impl LocalQuotaAuthority {
         for (quota, limit) in limits {
             let key = key_of(&quota.id, limit);
             let entry = state.entry(key.clone()).or_default();
-            entry.roll_forward(key.window, now);
+            entry.roll_forward(&key.window, now);
             let total = Amounts::sum(
-                Amounts::sum(entry.used(key.window), entry.reserved),
+                Amounts::sum(entry.used(&key.window), entry.reserved),
                 estimate,
             );
             if exceeds(limit, total) {
@@ -288,7 +278,7 @@ impl LocalQuotaAuthority {
                         return QuotaDecision::Deny {
                             quota_id: quota.id.clone(),
                             limit: limit.name.clone(),
-                            retry_after_secs: entry.retry_after(key.window, now),
+                            retry_after_secs: entry.retry_after(&key.window, now),
                         };
                     }
                     Enforcement::Shadow => shadow_denied = true,
@@ -311,7 +301,8 @@ impl LocalQuotaAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_wire::config::FailMode;
+    use tollgate_wire::config::{CalendarWindow, FailMode, LimitWindow};
+    use tollgate_wire::time_zone::TimeZoneName;
 
     fn quota(id: &str, enforcement: Enforcement, limit: CompiledLimit) -> CompiledQuota {
         CompiledQuota {
@@ -328,6 +319,7 @@ mod tests {
         CompiledLimit {
             name: "l".into(),
             window,
+            time_zone: None,
             tokens,
             requests,
             cost_micro_usd: None,
@@ -435,6 +427,40 @@ mod tests {
             ),
             QuotaDecision::Allow(_)
         ));
+    }
+
+    #[test]
+    fn a_zoned_day_resets_at_local_midnight() {
+        let mut day = limit(LimitWindow::Calendar(CalendarWindow::Day), None, Some(1));
+        day.time_zone = Some(TimeZoneName::parse("America/New_York").unwrap());
+        let q = quota("ns/ny", Enforcement::Enforce, day);
+        let limits = vec![(&q, &q.limits[0])];
+        let auth = LocalQuotaAuthority::new();
+        let one = Amounts {
+            requests: 1,
+            ..Default::default()
+        };
+        // T0 is 23:40 on 20 November in New York (UTC-5): 20 minutes to
+        // local midnight, 19 h 20 min before UTC's.
+        let QuotaDecision::Allow(r) = auth.reserve_now(&limits, one, T0) else {
+            panic!()
+        };
+        auth.settle(r, one, T0);
+        assert_eq!(
+            auth.reserve_now(&limits, one, T0 + 60),
+            QuotaDecision::Deny {
+                quota_id: "ns/ny".into(),
+                limit: "l".into(),
+                retry_after_secs: 20 * 60 - 60
+            }
+        );
+        assert!(
+            matches!(
+                auth.reserve_now(&limits, one, T0 + 20 * 60),
+                QuotaDecision::Allow(_)
+            ),
+            "New York's new day resets the count"
+        );
     }
 
     #[test]

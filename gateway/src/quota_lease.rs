@@ -740,6 +740,7 @@ mod tests {
             limits: vec![CompiledLimit {
                 name: "daily".into(),
                 window: LimitWindow::Calendar(CalendarWindow::Day),
+                time_zone: None,
                 tokens: Some(tokens),
                 requests: None,
                 cost_micro_usd: None,

@@ -282,7 +282,7 @@
         barCell.append(bar, el("span", " " + percent + "%"));
         rows.push([
           name,
-          l.spec.name + " (" + (l.spec.window || l.spec.rolling) + ")",
+          l.spec.name + " (" + (l.spec.window ? l.spec.window + (l.spec.timeZone ? " " + l.spec.timeZone : "") : l.spec.rolling) + ")",
           numCell(fmt(best.used)),
           numCell(fmt(best.cap)),
           barCell,

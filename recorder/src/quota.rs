@@ -1,7 +1,8 @@
 //! The cluster quota authority: leases on one quota limit, granted atomically.
 //!
 //! Same semantics as the gateway's in-process authority (`gateway/src/quota.rs`):
-//! a limit caps tokens, requests and/or cost in a UTC calendar window or a rolling
+//! a limit caps tokens, requests and/or cost in a calendar window (UTC or a named
+//! time zone) or a rolling
 //! window kept as 120 buckets. A gateway asks for a lease of an amount on
 //! `(quota id, limit)` for the current window; the recorder grants it only if
 //! settled usage plus the unconsumed rest of every live lease plus the new amount
@@ -20,9 +21,8 @@
 //! run them inside a storage transaction holding the limit's lock.
 
 use tollgate_evidence::Timestamp;
-use tollgate_wire::config::{CalendarWindow, Enforcement};
-use tollgate_wire::config::{CompiledLimit, LimitWindow};
-use tollgate_wire::quota_math::{Amounts, calendar_window_bounds};
+use tollgate_wire::config::{CompiledLimit, Enforcement, LimitWindow};
+use tollgate_wire::quota_math::{Amounts, QuotaWindow, calendar_window_bounds};
 
 use crate::error::RecorderError;
 use crate::settings::{DEFAULT_LEASE_TTL_SECONDS, MAX_LEASE_TTL_SECONDS};
@@ -56,36 +56,15 @@ pub fn limit_key(quota_id: &str, limit: &CompiledLimit) -> LimitKey {
     LimitKey {
         quota_id: quota_id.to_string(),
         limit: limit.name.clone(),
-        window: window_name(limit.window),
+        window: QuotaWindow::of(limit).key(),
     }
-}
-
-fn window_name(window: LimitWindow) -> String {
-    match window {
-        LimitWindow::Calendar(CalendarWindow::Minute) => "calendar:minute".into(),
-        LimitWindow::Calendar(CalendarWindow::Hour) => "calendar:hour".into(),
-        LimitWindow::Calendar(CalendarWindow::Day) => "calendar:day".into(),
-        LimitWindow::Calendar(CalendarWindow::Month) => "calendar:month".into(),
-        LimitWindow::RollingSeconds(s) => format!("rolling:{s}"),
-    }
-}
-
-/// Parses a stored window name back.
-pub fn parse_window(name: &str) -> Option<LimitWindow> {
-    Some(match name {
-        "calendar:minute" => LimitWindow::Calendar(CalendarWindow::Minute),
-        "calendar:hour" => LimitWindow::Calendar(CalendarWindow::Hour),
-        "calendar:day" => LimitWindow::Calendar(CalendarWindow::Day),
-        "calendar:month" => LimitWindow::Calendar(CalendarWindow::Month),
-        other => LimitWindow::RollingSeconds(other.strip_prefix("rolling:")?.parse().ok()?),
-    })
 }
 
 /// The current window of `window` at `now_s`.
-pub fn window_view(window: LimitWindow, now_s: u64) -> WindowView {
-    match window {
-        LimitWindow::Calendar(w) => {
-            let (start, _) = calendar_window_bounds(w, now_s);
+pub fn window_view(window: &QuotaWindow, now_s: u64) -> WindowView {
+    match *window {
+        QuotaWindow::Calendar(w, ref zone) => {
+            let (start, _) = calendar_window_bounds(w, zone.as_ref(), now_s);
             WindowView {
                 window_start: start,
                 from_bucket: start,
@@ -93,7 +72,7 @@ pub fn window_view(window: LimitWindow, now_s: u64) -> WindowView {
                 bucket_now: start,
             }
         }
-        LimitWindow::RollingSeconds(len) => {
+        QuotaWindow::Rolling(len) => {
             let width = (len / ROLLING_BUCKETS).max(1);
             WindowView {
                 window_start: 0,
@@ -107,10 +86,12 @@ pub fn window_view(window: LimitWindow, now_s: u64) -> WindowView {
 
 /// Seconds until a denied request may succeed: the calendar window's end, or when
 /// the oldest usage bucket leaves a rolling window.
-pub fn retry_after(window: LimitWindow, now_s: u64, oldest_bucket: Option<u64>) -> u64 {
-    match window {
-        LimitWindow::Calendar(w) => calendar_window_bounds(w, now_s).1.saturating_sub(now_s),
-        LimitWindow::RollingSeconds(len) => {
+pub fn retry_after(window: &QuotaWindow, now_s: u64, oldest_bucket: Option<u64>) -> u64 {
+    match *window {
+        QuotaWindow::Calendar(w, ref zone) => calendar_window_bounds(w, zone.as_ref(), now_s)
+            .1
+            .saturating_sub(now_s),
+        QuotaWindow::Rolling(len) => {
             oldest_bucket.map_or(1, |start| (start + len).saturating_sub(now_s))
         }
     }
@@ -262,22 +243,22 @@ async fn standing(
 
 async fn denial_wait(
     tx: &mut dyn QuotaTx,
-    window: LimitWindow,
+    window: &QuotaWindow,
     view: WindowView,
     now_s: u64,
 ) -> Result<u64, RecorderError> {
     let oldest = match window {
-        LimitWindow::RollingSeconds(_) => tx.oldest_bucket(view.from_bucket).await?,
-        LimitWindow::Calendar(_) => None,
+        QuotaWindow::Rolling(_) => tx.oldest_bucket(view.from_bucket).await?,
+        QuotaWindow::Calendar(..) => None,
     };
     Ok(retry_after(window, now_s, oldest))
 }
 
-fn purge_before(window: LimitWindow, view: WindowView) -> u64 {
+fn purge_before(window: &QuotaWindow, view: WindowView) -> u64 {
     match window {
-        LimitWindow::RollingSeconds(_) => view.from_bucket,
+        QuotaWindow::Rolling(_) => view.from_bucket,
         // Calendar usage is one row per window; keep history.
-        LimitWindow::Calendar(_) => 0,
+        QuotaWindow::Calendar(..) => 0,
     }
 }
 
@@ -293,13 +274,13 @@ pub async fn grant(
     let min = check_amounts(request.amount, request.min_amount)?;
     let ttl = ttl(request.ttl_seconds)?;
     let now_s = now_ms / 1_000;
-    let window = request.limit.window;
-    let view = window_view(window, now_s);
+    let window = QuotaWindow::of(&request.limit);
+    let view = window_view(&window, now_s);
     let key = limit_key(&request.quota_id, &request.limit);
     let mut tx = store.begin_quota(&key).await?;
     tx.purge(
         now_s.saturating_sub(LEASE_GRACE_SECONDS),
-        purge_before(window, view),
+        purge_before(&window, view),
     )
     .await?;
     let s = standing(tx.as_mut(), view, now_s, None).await?;
@@ -351,7 +332,7 @@ pub async fn grant(
         }
         Decision::Deny => {
             response.retry_after_seconds =
-                Some(denial_wait(tx.as_mut(), window, view, now_s).await?);
+                Some(denial_wait(tx.as_mut(), &window, view, now_s).await?);
         }
     }
     tx.commit().await?;
@@ -375,12 +356,12 @@ fn consumption_delta(previous: Amounts, now: AmountsWire) -> Result<Amounts, Rec
 async fn open_lease(
     store: &dyn Store,
     lease_id: &str,
-) -> Result<(Box<dyn QuotaTx>, LeaseRow, LimitWindow), RecorderError> {
+) -> Result<(Box<dyn QuotaTx>, LeaseRow, QuotaWindow), RecorderError> {
     let key = store
         .lease_key(lease_id)
         .await?
         .ok_or_else(|| RecorderError::NotFound(format!("lease {lease_id} not found")))?;
-    let window = parse_window(&key.window)
+    let window = QuotaWindow::from_key(&key.window)
         .ok_or_else(|| RecorderError::Internal(format!("stored window {:?}", key.window)))?;
     let mut tx = store.begin_quota(&key).await?;
     let lease = tx
@@ -393,7 +374,7 @@ async fn open_lease(
 async fn settle(
     tx: &mut dyn QuotaTx,
     lease: &mut LeaseRow,
-    window: LimitWindow,
+    window: &QuotaWindow,
     consumed: AmountsWire,
     now_s: u64,
 ) -> Result<Amounts, RecorderError> {
@@ -401,8 +382,8 @@ async fn settle(
     if delta != Amounts::default() {
         let bucket = match window {
             // Calendar: charge the window the lease was granted in.
-            LimitWindow::Calendar(_) => lease.window_start,
-            LimitWindow::RollingSeconds(_) => window_view(window, now_s).bucket_now,
+            QuotaWindow::Calendar(..) => lease.window_start,
+            QuotaWindow::Rolling(_) => window_view(window, now_s).bucket_now,
         };
         tx.add_usage(bucket, delta).await?;
     }
@@ -434,8 +415,8 @@ pub async fn renew(
             "lease {lease_id} was returned"
         )));
     }
-    settle(tx.as_mut(), &mut lease, window, request.consumed, now_s).await?;
-    let view = window_view(window, now_s);
+    settle(tx.as_mut(), &mut lease, &window, request.consumed, now_s).await?;
+    let view = window_view(&window, now_s);
     lease.window_start = view.window_start;
     let s = standing(tx.as_mut(), view, now_s, Some(lease_id)).await?;
     // Renewals keep the caps and enforcement the lease was granted under; a
@@ -479,7 +460,7 @@ pub async fn renew(
         Decision::Deny => {
             lease.granted = lease.consumed;
             response.retry_after_seconds =
-                Some(denial_wait(tx.as_mut(), window, view, now_s).await?);
+                Some(denial_wait(tx.as_mut(), &window, view, now_s).await?);
         }
     }
     response.expires_at = rfc3339(lease.expires_at);
@@ -512,7 +493,7 @@ pub async fn give_back(
         }
         Amounts::default()
     } else {
-        let delta = settle(tx.as_mut(), &mut lease, window, request.consumed, now_s).await?;
+        let delta = settle(tx.as_mut(), &mut lease, &window, request.consumed, now_s).await?;
         lease.returned = true;
         lease.granted = lease.consumed;
         tx.put_lease(&lease).await?;
@@ -529,9 +510,12 @@ pub async fn give_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_wire::config::CalendarWindow;
+    use tollgate_wire::time_zone::TimeZoneName;
 
     fn limit(window: LimitWindow, tokens: Option<u64>, requests: Option<u64>) -> CompiledLimit {
         CompiledLimit {
+            time_zone: None,
             name: "l".into(),
             window,
             tokens,
@@ -607,21 +591,23 @@ mod tests {
     #[test]
     fn windows_match_the_gateway() {
         const T: u64 = 1_763_700_000; // 2025-11-21T04:40:00Z
-        let v = window_view(LimitWindow::Calendar(CalendarWindow::Minute), T + 5);
+        let minute = QuotaWindow::Calendar(CalendarWindow::Minute, None);
+        let v = window_view(&minute, T + 5);
         assert_eq!((v.window_start, v.bucket_now), (T, T));
-        assert_eq!(
-            retry_after(LimitWindow::Calendar(CalendarWindow::Minute), T + 10, None),
-            50
-        );
-        let r = window_view(LimitWindow::RollingSeconds(600), T + 7);
+        assert_eq!(retry_after(&minute, T + 10, None), 50);
+        let rolling = QuotaWindow::Rolling(600);
+        let r = window_view(&rolling, T + 7);
         assert_eq!(r.from_bucket, T + 7 - 600);
         assert_eq!(r.bucket_now, T + 5, "600 s / 120 buckets = 5 s wide");
-        assert_eq!(
-            retry_after(LimitWindow::RollingSeconds(600), T + 100, Some(T)),
-            500
-        );
-        for w in ["calendar:month", "rolling:42"] {
-            assert_eq!(window_name(parse_window(w).unwrap()), w);
-        }
+        assert_eq!(retry_after(&rolling, T + 100, Some(T)), 500);
+        // India's hours start at half past the UTC hour: at 04:40 UTC the
+        // window began at 04:30 and resets at 05:30.
+        let kolkata = TimeZoneName::parse("Asia/Kolkata").unwrap();
+        let hour = QuotaWindow::Calendar(CalendarWindow::Hour, Some(kolkata));
+        assert_eq!(window_view(&hour, T).window_start, T - 600);
+        assert_eq!(retry_after(&hour, T, None), 3_000);
+        let mut zoned = limit(LimitWindow::Calendar(CalendarWindow::Day), None, Some(1));
+        zoned.time_zone = Some(TimeZoneName::parse("Europe/Berlin").unwrap());
+        assert_eq!(limit_key("q", &zoned).window, "calendar:day@Europe/Berlin");
     }
 }

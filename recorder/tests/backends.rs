@@ -493,6 +493,7 @@ async fn every_bad_batch_is_refused_with_its_reason_and_nothing_is_stored(store:
 
 fn limit(window: LimitWindow, tokens: Option<u64>, requests: Option<u64>) -> CompiledLimit {
     CompiledLimit {
+        time_zone: None,
         name: "daily".into(),
         window,
         tokens,

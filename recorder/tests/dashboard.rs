@@ -27,6 +27,7 @@ impl QuotaCatalog for Quotas {
 /// A limit over the last 48 hours (the test clock is a day after the receipts).
 fn rolling(tokens: Option<u64>, requests: Option<u64>, models: &[&str]) -> QuotaLimit {
     QuotaLimit {
+        time_zone: None,
         name: "two-days".into(),
         window: None,
         rolling: Some("48h".into()),

@@ -77,8 +77,9 @@ pub enum Enforcement {
     Shadow,
 }
 
-/// A UTC calendar window. Windows start at the top of the minute or hour, at
-/// 00:00 UTC, or on the first of the month.
+/// A calendar window. Windows start at the top of the minute or hour, at
+/// midnight, or on the first of the month: in UTC, or in the limit's time
+/// zone.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
@@ -217,6 +218,11 @@ pub struct CompiledQuota {
 pub struct CompiledLimit {
     pub name: String,
     pub window: LimitWindow,
+    /// The IANA zone a calendar window counts in; absent means UTC. A name
+    /// the bundled database lacks fails parsing, so config carrying it is
+    /// refused whole rather than counted in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<crate::time_zone::TimeZoneName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,7 +237,7 @@ pub struct CompiledLimit {
     pub providers: Vec<String>,
 }
 
-/// A quota window: a UTC calendar window, or a rolling one in seconds.
+/// A quota window: a calendar window, or a rolling one in seconds.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum LimitWindow {

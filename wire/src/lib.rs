@@ -29,3 +29,4 @@ pub mod problem;
 pub mod quota_math;
 pub mod secret;
 pub mod server;
+pub mod time_zone;

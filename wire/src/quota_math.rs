@@ -1,7 +1,11 @@
 //! Quota arithmetic shared by the gateway's in-process authority and the
-//! recorder's: UTC calendar windows, integer pricing and amounts. Pure.
+//! recorder's: calendar windows (UTC or a named time zone), integer pricing
+//! and amounts. Pure.
 
-use crate::config::{CalendarWindow, ModelPricing};
+use jiff::{Timestamp, Zoned};
+
+use crate::config::{CalendarWindow, CompiledLimit, LimitWindow, ModelPricing};
+use crate::time_zone::TimeZoneName;
 
 /// Amounts of the three quantities a limit can cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,8 +57,74 @@ pub fn price(
 /// most this much of a longer rolling window.
 pub const MAX_USAGE_RANGE_SECS: u64 = 400 * 86_400;
 
-/// `[start, end)` of the UTC calendar window holding `now` (unix seconds).
-pub fn calendar_window_bounds(window: CalendarWindow, now: u64) -> (u64, u64) {
+/// A limit's window, ready for arithmetic: a calendar window in UTC or in a
+/// named zone, or a rolling window of so many seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum QuotaWindow {
+    Calendar(CalendarWindow, Option<TimeZoneName>),
+    Rolling(u64),
+}
+
+impl QuotaWindow {
+    /// The window `limit` counts in.
+    pub fn of(limit: &CompiledLimit) -> Self {
+        match limit.window {
+            LimitWindow::Calendar(w) => Self::Calendar(w, limit.time_zone.clone()),
+            LimitWindow::RollingSeconds(s) => Self::Rolling(s),
+        }
+    }
+
+    /// A stable name for storage keys: `calendar:day`,
+    /// `calendar:day@Europe/Berlin`, `rolling:600`.
+    pub fn key(&self) -> String {
+        let unit = |w: &CalendarWindow| match w {
+            CalendarWindow::Minute => "minute",
+            CalendarWindow::Hour => "hour",
+            CalendarWindow::Day => "day",
+            CalendarWindow::Month => "month",
+        };
+        match self {
+            Self::Calendar(w, None) => format!("calendar:{}", unit(w)),
+            Self::Calendar(w, Some(zone)) => format!("calendar:{}@{zone}", unit(w)),
+            Self::Rolling(s) => format!("rolling:{s}"),
+        }
+    }
+
+    /// Parses [`QuotaWindow::key`] back.
+    pub fn from_key(key: &str) -> Option<Self> {
+        if let Some(seconds) = key.strip_prefix("rolling:") {
+            return seconds.parse().ok().map(Self::Rolling);
+        }
+        let calendar = key.strip_prefix("calendar:")?;
+        let (unit, zone) = match calendar.split_once('@') {
+            Some((unit, zone)) => (unit, Some(TimeZoneName::parse(zone).ok()?)),
+            None => (calendar, None),
+        };
+        let window = match unit {
+            "minute" => CalendarWindow::Minute,
+            "hour" => CalendarWindow::Hour,
+            "day" => CalendarWindow::Day,
+            "month" => CalendarWindow::Month,
+            _ => return None,
+        };
+        Some(Self::Calendar(window, zone))
+    }
+}
+
+/// `[start, end)` of the calendar window holding `now` (unix seconds), in
+/// `zone` or, without one, in UTC. In a zone a day runs from local midnight
+/// to the next (23 or 25 hours across a daylight-saving change) and an hour
+/// starts at the local top of the hour (half past in UTC+05:30).
+pub fn calendar_window_bounds(
+    window: CalendarWindow,
+    zone: Option<&TimeZoneName>,
+    now: u64,
+) -> (u64, u64) {
+    zone.and_then(|zone| zoned_window_bounds(window, zone, now))
+        .unwrap_or_else(|| utc_window_bounds(window, now))
+}
+
+fn utc_window_bounds(window: CalendarWindow, now: u64) -> (u64, u64) {
     let span = |len: u64| {
         let start = now - now % len;
         (start, start + len)
@@ -72,6 +142,64 @@ pub fn calendar_window_bounds(window: CalendarWindow, now: u64) -> (u64, u64) {
             )
         }
     }
+}
+
+/// `None` only past the year 9999, where jiff's range ends (the caller then
+/// counts in UTC; no clock reads that).
+fn zoned_window_bounds(
+    window: CalendarWindow,
+    zone: &TimeZoneName,
+    now: u64,
+) -> Option<(u64, u64)> {
+    let at = Timestamp::from_second(i64::try_from(now).ok()?)
+        .ok()?
+        .to_zoned(zone.zone().clone());
+    let top_of = |z: &Zoned, minute: bool| {
+        let mut with = z.with().second(0).subsec_nanosecond(0);
+        if !minute {
+            with = with.minute(0);
+        }
+        with.build().ok()
+    };
+    let (start, end) = match window {
+        CalendarWindow::Minute => {
+            let start = top_of(&at, true)?;
+            let end = start
+                .timestamp()
+                .checked_add(jiff::SignedDuration::from_secs(60))
+                .ok()?;
+            (start.timestamp(), end)
+        }
+        CalendarWindow::Hour => {
+            let start = top_of(&at, false)?;
+            let end = start
+                .timestamp()
+                .checked_add(jiff::SignedDuration::from_hours(1))
+                .ok()?;
+            (start.timestamp(), end)
+        }
+        CalendarWindow::Day => {
+            let start = at.start_of_day().ok()?;
+            let end = start.tomorrow().ok()?.start_of_day().ok()?;
+            (start.timestamp(), end.timestamp())
+        }
+        CalendarWindow::Month => {
+            let start = at.first_of_month().ok()?.start_of_day().ok()?;
+            let end = start
+                .last_of_month()
+                .ok()?
+                .tomorrow()
+                .ok()?
+                .start_of_day()
+                .ok()?;
+            (start.timestamp(), end.timestamp())
+        }
+    };
+    let seconds = |t: Timestamp| u64::try_from(t.as_second()).ok();
+    let (start, end) = (seconds(start)?, seconds(end)?);
+    // A local hour skipped by a daylight-saving change can put the top of
+    // the hour after `now`; the window then starts at `now`.
+    Some((start.min(now), end.max(now + 1)))
 }
 
 // Howard Hinnant's civil-date algorithms, for days since 1970-01-01 (no
@@ -105,27 +233,143 @@ mod tests {
 
     const T0: u64 = 1_763_700_000; // 2025-11-21T04:40:00Z
 
+    fn utc(window: CalendarWindow, now: u64) -> (u64, u64) {
+        calendar_window_bounds(window, None, now)
+    }
+
+    fn zoned(window: CalendarWindow, zone: &str, now: u64) -> (u64, u64) {
+        calendar_window_bounds(window, Some(&TimeZoneName::parse(zone).unwrap()), now)
+    }
+
+    /// Unix seconds of a UTC date and time.
+    fn at(y: u64, mo: u64, d: u64, h: u64, mi: u64) -> u64 {
+        days_from_civil(y, mo, d) * 86_400 + h * 3_600 + mi * 60
+    }
+
     #[test]
     fn calendar_windows_are_utc_boundaries() {
-        assert_eq!(
-            calendar_window_bounds(CalendarWindow::Minute, T0 + 5),
-            (T0, T0 + 60)
-        );
-        let (start, end) = calendar_window_bounds(CalendarWindow::Day, T0);
+        assert_eq!(utc(CalendarWindow::Minute, T0 + 5), (T0, T0 + 60));
+        let (start, end) = utc(CalendarWindow::Day, T0);
         assert_eq!(start % 86_400, 0);
         assert_eq!(end - start, 86_400);
         // 2024-02-10 lies in February of a leap year: 29 days.
         let feb = days_from_civil(2024, 2, 10) * 86_400 + 123;
-        let (s, e) = calendar_window_bounds(CalendarWindow::Month, feb);
+        let (s, e) = utc(CalendarWindow::Month, feb);
         assert_eq!(s, days_from_civil(2024, 2, 1) * 86_400);
         assert_eq!((e - s) / 86_400, 29);
         // December rolls into January of the next year.
         let dec = days_from_civil(2025, 12, 31) * 86_400;
         assert_eq!(
-            calendar_window_bounds(CalendarWindow::Month, dec).1,
+            utc(CalendarWindow::Month, dec).1,
             days_from_civil(2026, 1, 1) * 86_400
         );
         assert_eq!(civil_from_days(0), (1970, 1, 1));
+    }
+
+    #[test]
+    fn zoned_days_and_months_start_at_local_midnight() {
+        // 2026-03-10 03:00 UTC is 04:00 in Berlin (UTC+1): the Berlin day
+        // began at 23:00 UTC the evening before.
+        assert_eq!(
+            zoned(CalendarWindow::Day, "Europe/Berlin", at(2026, 3, 10, 3, 0)),
+            (at(2026, 3, 9, 23, 0), at(2026, 3, 10, 23, 0))
+        );
+        // At 23:30 UTC on 31 January it is already February in Tokyo (UTC+9).
+        assert_eq!(
+            zoned(CalendarWindow::Month, "Asia/Tokyo", at(2026, 1, 31, 23, 30)),
+            (at(2026, 1, 31, 15, 0), at(2026, 2, 28, 15, 0))
+        );
+        // New York's month of March 2026 holds the change to daylight time:
+        // it starts at UTC-5 and ends at UTC-4.
+        assert_eq!(
+            zoned(
+                CalendarWindow::Month,
+                "America/New_York",
+                at(2026, 3, 15, 12, 0)
+            ),
+            (at(2026, 3, 1, 5, 0), at(2026, 4, 1, 4, 0))
+        );
+        // "UTC" as a zone agrees with no zone.
+        assert_eq!(
+            zoned(CalendarWindow::Month, "UTC", T0),
+            utc(CalendarWindow::Month, T0)
+        );
+    }
+
+    #[test]
+    fn zoned_days_across_daylight_saving_changes_last_23_or_25_hours() {
+        // Berlin springs forward on 2026-03-29 and falls back on 2026-10-25.
+        let (s, e) = zoned(CalendarWindow::Day, "Europe/Berlin", at(2026, 3, 29, 12, 0));
+        assert_eq!((s, e - s), (at(2026, 3, 28, 23, 0), 23 * 3_600));
+        let (s, e) = zoned(
+            CalendarWindow::Day,
+            "Europe/Berlin",
+            at(2026, 10, 25, 12, 0),
+        );
+        assert_eq!((s, e - s), (at(2026, 10, 24, 22, 0), 25 * 3_600));
+    }
+
+    #[test]
+    fn zoned_hours_follow_the_local_top_of_the_hour() {
+        // India is UTC+05:30: its hours start at half past in UTC.
+        assert_eq!(
+            zoned(CalendarWindow::Hour, "Asia/Kolkata", at(2026, 6, 1, 10, 10)),
+            (at(2026, 6, 1, 9, 30), at(2026, 6, 1, 10, 30))
+        );
+        assert_eq!(
+            zoned(
+                CalendarWindow::Minute,
+                "Asia/Kolkata",
+                at(2026, 6, 1, 10, 10) + 7
+            ),
+            (at(2026, 6, 1, 10, 10), at(2026, 6, 1, 10, 11))
+        );
+    }
+
+    #[test]
+    fn window_keys_round_trip() {
+        for key in [
+            "calendar:minute",
+            "calendar:day",
+            "calendar:month@Europe/Berlin",
+            "calendar:hour@Asia/Kolkata",
+            "rolling:600",
+        ] {
+            assert_eq!(QuotaWindow::from_key(key).unwrap().key(), key);
+        }
+        for bad in [
+            "calendar:week",
+            "calendar:day@Mars/Base",
+            "rolling:x",
+            "day",
+        ] {
+            assert_eq!(QuotaWindow::from_key(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every instant lies in its window, the next window starts where
+        /// this one ends, and a zone's day lasts 23 to 25 hours.
+        #[test]
+        fn zoned_windows_hold_now_and_tile_time(
+            now in 0u64..4_102_444_800,
+            zone in proptest::sample::select(vec![
+                "Europe/Berlin", "America/New_York", "Asia/Kolkata",
+                "Australia/Lord_Howe", "Pacific/Chatham", "America/St_Johns", "UTC",
+            ]),
+            window in proptest::sample::select(vec![
+                CalendarWindow::Minute, CalendarWindow::Hour,
+                CalendarWindow::Day, CalendarWindow::Month,
+            ]),
+        ) {
+            let (start, end) = zoned(window, zone, now);
+            proptest::prop_assert!(start <= now && now < end);
+            let (next_start, _) = zoned(window, zone, end);
+            proptest::prop_assert_eq!(next_start, end);
+            if window == CalendarWindow::Day {
+                proptest::prop_assert!((82_800..=90_000).contains(&(end - start)));
+            }
+        }
     }
 
     #[test]

@@ -610,6 +610,7 @@ fn minute_quota(requests: u64, enforcement: Enforcement) -> CompiledQuota {
         limits: vec![CompiledLimit {
             name: "minute".into(),
             window: LimitWindow::Calendar(tollgate_wire::config::CalendarWindow::Minute),
+            time_zone: None,
             tokens: None,
             requests: Some(requests),
             cost_micro_usd: None,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use tollgate_crds::compile::parse_rolling;
+use tollgate_crds::compile::{limit_window, parse_rolling};
 use tollgate_crds::quota::{
     DEFAULT_WARNING_PERCENT, LimitStatus, QuotaLimit, QuotaStatus, QuotaSubjects,
 };
@@ -120,20 +120,7 @@ fn common(
     if let Some(Err(e)) = subjects.pod_selector.as_ref().map(selector) {
         problems.push(format!("subjects.podSelector: {e}"));
     }
-    for limit in limits {
-        match (&limit.window, &limit.rolling) {
-            (Some(_), None) => {}
-            (None, Some(r)) if parse_rolling(r).is_some() => {}
-            (None, Some(r)) => problems.push(format!(
-                "limit {:?}: rolling {r:?} is not a duration such as 90m",
-                limit.name
-            )),
-            _ => problems.push(format!(
-                "limit {:?} needs exactly one of window or rolling",
-                limit.name
-            )),
-        }
-    }
+    problems.extend(limits.iter().filter_map(|l| limit_window(l).err()));
     let valid = if problems.is_empty() {
         Desired::gate(VALID, true, "Valid", format!("{} limit(s)", limits.len()))
     } else {
@@ -621,6 +608,32 @@ spec:
         bad.spec.limits[0].rolling = Some("1x".into());
         let out = cluster_quota_status(&bad, &world);
         assert_eq!(out.conditions[0].reason, "InvalidQuota");
+
+        let mut zoned = q.clone();
+        zoned.spec.limits[0].time_zone = Some("Europe/Lisbon".into());
+        let out = cluster_quota_status(&zoned, &world);
+        assert!(
+            out.conditions[0]
+                .message
+                .contains("timeZone applies to a calendar window"),
+            "a rolling window has no zone: {}",
+            out.conditions[0].message
+        );
+        zoned.spec.limits[0].rolling = None;
+        zoned.spec.limits[0].window = Some(tollgate_crds::quota::CalendarWindow::Day);
+        zoned.spec.limits[0].time_zone = Some("Europe/Atlantis".into());
+        let out = cluster_quota_status(&zoned, &world);
+        assert_eq!(out.conditions[0].reason, "InvalidQuota");
+        assert!(
+            out.conditions[0]
+                .message
+                .contains("timeZone \"Europe/Atlantis\" is not a time zone"),
+            "{}",
+            out.conditions[0].message
+        );
+        zoned.spec.limits[0].time_zone = Some("Europe/Lisbon".into());
+        let out = cluster_quota_status(&zoned, &world);
+        assert_eq!(out.conditions[0].status, Status::True);
 
         let refresh = quotas_to_refresh(&World {
             cluster_quotas: vec![q],

@@ -342,6 +342,7 @@ mod tests {
 
     fn limit(name: &str) -> QuotaLimit {
         QuotaLimit {
+            time_zone: None,
             name: name.into(),
             window: Some(CalendarWindow::Day),
             rolling: None,
