@@ -14,6 +14,7 @@ mod inject;
 mod keys;
 mod lint;
 mod local;
+mod prices;
 mod reconcile;
 mod usage;
 mod verify;
@@ -50,6 +51,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Compare receipts in a bundle with a provider's usage export.
     Reconcile(reconcile::ReconcileArgs),
+    /// Each model's price table and the SHA-256 receipts record for it.
+    Prices(prices::PricesArgs),
     /// Inject the gateway into pods and workload templates offline, as the webhook would.
     Inject(inject::InjectArgs),
     /// Check pods and workload templates against the admission rules.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bundle(args) => bundle::run(&args, &mut stdout),
         Command::Keys(args) => keys::run(&args, &mut stdout),
         Command::Reconcile(args) => reconcile::run(&args, &mut stdout),
+        Command::Prices(args) => prices::run(&args, &mut stdout),
         Command::Inject(args) => inject::run(&args, &mut stdout),
         Command::Lint(args) => lint::run(&args, &mut stdout),
     };

@@ -151,6 +151,57 @@ pub struct ReceiptUse {
     pub completed_ms: u64,
     /// Input and output tokens, if known.
     pub usage: Option<(u64, u64)>,
+    /// The cost the gateway charged, micro-USD.
+    pub cost_micro_usd: u64,
+    /// Which prices made it, if the receipt says.
+    pub pricing: Option<PricingUse>,
+}
+
+/// A receipt's `pricing`: its price table's hash, the service tier the
+/// provider reported, and whether long-context prices applied.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PricingUse {
+    pub table_sha256: String,
+    pub service_tier: Option<String>,
+    pub long_context: bool,
+}
+
+/// What the reconciled receipts cost, by model and by the prices that made
+/// the cost: `kubectl tollgate prices` prints each table's hash, so every
+/// cost traces to one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CostByPrice {
+    pub model: String,
+    /// SHA-256 of the price table; absent for receipts of gateways that did
+    /// not record it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    pub long_context: bool,
+    pub receipts: usize,
+    pub cost_micro_usd: u64,
+}
+
+/// Receipts' cost grouped by model and prices, in a stable order.
+pub fn costs_by_price(receipts: &[ReceiptUse]) -> Vec<CostByPrice> {
+    let mut groups: BTreeMap<(&str, Option<&PricingUse>), (usize, u64)> = BTreeMap::new();
+    for r in receipts {
+        let group = groups.entry((&r.model, r.pricing.as_ref())).or_default();
+        group.0 += 1;
+        group.1 = group.1.saturating_add(r.cost_micro_usd);
+    }
+    groups
+        .into_iter()
+        .map(|((model, pricing), (receipts, cost))| CostByPrice {
+            model: model.to_string(),
+            table_sha256: pricing.map(|p| p.table_sha256.clone()),
+            service_tier: pricing.and_then(|p| p.service_tier.clone()),
+            long_context: pricing.is_some_and(|p| p.long_context),
+            receipts,
+            cost_micro_usd: cost,
+        })
+        .collect()
 }
 
 /// One request in an export.
@@ -351,6 +402,8 @@ pub struct Report {
     pub unmatched_receipts: Vec<UnmatchedReceipt>,
     /// Export records without receipt.
     pub unmatched_export: Vec<UnmatchedExport>,
+    /// The receipts' cost by model and the prices that made it.
+    pub costs: Vec<CostByPrice>,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -388,6 +441,12 @@ pub fn receipts_of(bundle: &Bundle, include_dry_run: bool) -> Vec<ReceiptUse> {
             usage: b
                 .usage
                 .map(|u| (u.input_tokens.get(), u.output_tokens.get())),
+            cost_micro_usd: b.cost_micro_usd.get(),
+            pricing: b.pricing.as_ref().map(|p| PricingUse {
+                table_sha256: p.table_sha256.to_string(),
+                service_tier: p.service_tier.as_ref().map(|t| t.as_str().to_string()),
+                long_context: p.long_context,
+            }),
         })
         .collect()
 }
@@ -783,6 +842,7 @@ pub fn reconcile(
         mismatched,
         unmatched_receipts,
         unmatched_export,
+        costs: costs_by_price(receipts),
     }
 }
 
@@ -911,7 +971,56 @@ mod tests {
             started_ms: T + n * 1_000,
             completed_ms: T + n * 1_000 + 500,
             usage: Some((input, output)),
+            cost_micro_usd: input + output,
+            pricing: None,
         }
+    }
+
+    #[test]
+    fn costs_are_grouped_by_the_price_table_and_tier_that_made_them() {
+        let priced = |n, tier: Option<&str>, long| {
+            let mut r = receipt(n, None, "gpt-5", 10, 5);
+            r.pricing = Some(PricingUse {
+                table_sha256: "ab".repeat(32),
+                service_tier: tier.map(str::to_string),
+                long_context: long,
+            });
+            r
+        };
+        let receipts = vec![
+            priced(1, Some("flex"), false),
+            priced(2, Some("flex"), false),
+            priced(3, None, true),
+            receipt(4, None, "gpt-5", 1, 1),
+        ];
+        let costs = costs_by_price(&receipts);
+        let rows: Vec<_> = costs
+            .iter()
+            .map(|c| {
+                (
+                    c.service_tier.as_deref(),
+                    c.long_context,
+                    c.receipts,
+                    c.cost_micro_usd,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (None, false, 1, 2),
+                (None, true, 1, 15),
+                (Some("flex"), false, 2, 30)
+            ]
+        );
+        assert_eq!(
+            costs[0].table_sha256, None,
+            "an older receipt names no table"
+        );
+        assert_eq!(
+            costs[2].table_sha256.as_deref(),
+            Some("ab".repeat(32).as_str())
+        );
     }
 
     fn strict() -> Tolerances {

@@ -557,6 +557,7 @@ mod tests {
             model_requested: None,
             model_served: None,
             policy_hash: sha256(b"policy"),
+            pricing: None,
             provider: Some(DnsSubdomain::new("dry-run").unwrap()),
             quota: None,
             request_id: Identifier::new(format!("req-{n}")).unwrap(),

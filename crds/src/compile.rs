@@ -13,7 +13,7 @@ use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnc
 use tollgate_wire::config::{
     CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
     CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
-    LimitWindow, Requirement, Route, Selector, SelectorOperator, policy_hash,
+    LimitWindow, PriceTable, Requirement, Route, Selector, SelectorOperator, policy_hash,
 };
 use tollgate_wire::time_zone::TimeZoneName;
 
@@ -235,6 +235,23 @@ fn compile_provider(
                 .collect()
         }
     };
+    for model in &spec.models {
+        let tiers = &model.pricing.service_tiers;
+        if let Some(twice) = tiers
+            .iter()
+            .enumerate()
+            .find(|(i, t)| tiers[..*i].iter().any(|u| u.name == t.name))
+        {
+            return Err(Problem {
+                object,
+                reason: "InvalidPricing",
+                message: format!(
+                    "model {:?} prices service tier {:?} twice",
+                    model.name, twice.1.name
+                ),
+            });
+        }
+    }
     Ok(CompiledProvider {
         name: provider.name_any(),
         api: spec.api,
@@ -250,7 +267,7 @@ fn compile_provider(
             .map(|m| CompiledModel {
                 name: m.name.clone(),
                 aliases: m.aliases.clone(),
-                pricing: m.pricing.clone(),
+                pricing: PriceTable::new(m.pricing.clone()),
             })
             .collect(),
         upstream_trust,

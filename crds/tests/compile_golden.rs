@@ -144,6 +144,26 @@ fn a_limit_with_an_unknown_or_misplaced_time_zone_is_reported_and_left_out() {
 }
 
 #[test]
+fn a_model_pricing_a_service_tier_twice_makes_the_provider_unusable() {
+    let mut objects = Objects::load("examples/quickstart", "demo");
+    let tier = tollgate_wire::pricing::ServiceTierPricing {
+        name: "flex".into(),
+        ..Default::default()
+    };
+    objects.providers[0].spec.models[0].pricing.service_tiers = vec![tier.clone(), tier];
+    let compiled = compile_namespace_config("demo", &governed_labels(), objects.view());
+    assert_eq!(compiled.problems[0].reason, "InvalidPricing");
+    assert!(
+        compiled.problems[0]
+            .message
+            .contains("service tier \"flex\" twice"),
+        "{}",
+        compiled.problems[0].message
+    );
+    assert!(compiled.config.providers.is_empty());
+}
+
+#[test]
 fn cluster_quota_applies_only_to_selected_namespaces() {
     let objects = Objects::load("examples/kinds", "chat");
     let compiled = compile_namespace_config("chat", &BTreeMap::new(), objects.view());

@@ -537,13 +537,15 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     }
     apply(
         &k,
-        &[json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressQuota",
+        &[
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "EgressQuota",
                  "metadata": {"name": "requests", "namespace": APP_NS},
                  // A day in India (UTC+05:30): the sidecar, the recorder and the
                  // operator all resolve the zone from their own bundled database.
                  "spec": {"limits": [{"name": "daily", "window": "day", "timeZone": "Asia/Kolkata",
                                       "requests": QUOTA_REQUESTS}],
-                          "enforcement": "enforce", "failMode": "closed"}})],
+                          "enforcement": "enforce", "failMode": "closed"}}),
+        ],
     )
     .await?;
     let pod_ready = run_app(&k, APP_NS).await?;

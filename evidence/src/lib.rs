@@ -54,16 +54,17 @@ pub use fields::{
     Code, DnsLabel, DnsSubdomain, FieldError, HostName, Identifier, ModelName, PodUid, ReceiptId,
     SafeU64,
 };
-pub use hash::{GENESIS, PrevHash, Sha256Hex, sha256};
+pub use hash::{GENESIS, PrevHash, Sha256Hex, sha256, sha256_canonical};
 pub use jcs::{CanonicalError, to_canonical_bytes};
 pub use keys::{KeyId, PublicKey, SignatureError, SignatureHex, SigningKey};
 pub use merkle::{
     MerkleAccumulator, MerkleTree, ProofError, merkle_root, verify_consistency, verify_inclusion,
 };
 pub use receipt::{
-    Api, Decision, FAILED_OVER_REASON_PREFIX, GuardCheck, GuardChecks, GuardCodes, GuardOutcome,
-    HttpMethod, HttpStatus, KeyRoute, Lane, Latency, QuotaCharge, ReceiptBody, ReceiptError,
-    ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage, Workload, key_index,
+    Api, AppliedPricing, Decision, FAILED_OVER_REASON_PREFIX, GuardCheck, GuardChecks, GuardCodes,
+    GuardOutcome, HttpMethod, HttpStatus, KeyRoute, Lane, Latency, QuotaCharge, ReceiptBody,
+    ReceiptError, ReceiptRule, RequestVerdict, Route, SignedReceipt, Upstream, Usage, Workload,
+    key_index,
 };
 pub use report::{
     BundleSummary, CheckpointRef, ErrorCode, Finding, GuardTally, Location, Phase, Verdict,

@@ -66,6 +66,10 @@ pub struct ReceiptBody {
     pub model_served: Option<ModelName>,
     /// Hash of the compiled policy in force.
     pub policy_hash: Sha256Hex,
+    /// Which prices made `cost_micro_usd`; absent in receipts of older
+    /// gateways and when no usage was priced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<AppliedPricing>,
     /// The `LLMProvider` the request was routed to; absent when the gateway
     /// refused the request before choosing one (bad JSON, a disallowed model).
     pub provider: Option<DnsSubdomain>,
@@ -346,12 +350,53 @@ impl<'de> Deserialize<'de> for HttpStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
+    /// Prompt tokens written to a 1-hour prompt cache (part of
+    /// `input_tokens`); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_tokens: Option<SafeU64>,
+    /// Prompt tokens written to a 5-minute prompt cache (part of
+    /// `input_tokens`); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m_tokens: Option<SafeU64>,
     /// Prompt tokens served from the provider's cache.
     pub cached_tokens: SafeU64,
-    /// Prompt tokens, including cached ones.
+    /// Prompt tokens, including cached ones and cache writes.
     pub input_tokens: SafeU64,
-    /// Completion tokens.
+    /// Completion tokens, including reasoning tokens.
     pub output_tokens: SafeU64,
+    /// Completion tokens spent on reasoning (part of `output_tokens`);
+    /// absent when the provider reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<SafeU64>,
+}
+
+impl Usage {
+    /// Counts without the optional breakdowns.
+    pub fn new(input_tokens: SafeU64, output_tokens: SafeU64, cached_tokens: SafeU64) -> Self {
+        Self {
+            cache_write_1h_tokens: None,
+            cache_write_5m_tokens: None,
+            cached_tokens,
+            input_tokens,
+            output_tokens,
+            reasoning_tokens: None,
+        }
+    }
+}
+
+/// Which prices made a receipt's cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedPricing {
+    /// Whether the table's long-context prices applied.
+    pub long_context: bool,
+    /// The service tier the provider reported, if any (the table's prices
+    /// for it applied if the table lists it, its base prices if not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<Code>,
+    /// SHA-256 of the canonical JSON (RFC 8785) of the model's price table,
+    /// the `pricing` of its `LLMProvider` model entry.
+    pub table_sha256: Sha256Hex,
 }
 
 /// The upstream call.
@@ -438,9 +483,12 @@ pub enum ReceiptRule {
     /// A live-lane request went upstream without a TLS certificate hash.
     #[error("a live request that went upstream needs upstream.tls_cert_sha256")]
     LiveWithoutTlsHash,
-    /// Cached tokens exceed input tokens.
-    #[error("usage.cached_tokens exceeds usage.input_tokens")]
+    /// Cache reads and writes together exceed input tokens.
+    #[error("usage.cached_tokens and the cache writes exceed usage.input_tokens")]
     CachedAboveInput,
+    /// Reasoning tokens exceed output tokens.
+    #[error("usage.reasoning_tokens exceeds usage.output_tokens")]
+    ReasoningAboveOutput,
     /// A guard check says `denied` but the request was allowed.
     #[error("verdict.checks has a denied guard but verdict.decision is allow")]
     DeniedCheckOnAllow,
@@ -476,10 +524,17 @@ impl ReceiptBody {
         {
             return Err(ReceiptRule::FirstByteAfterTotal);
         }
-        if let Some(usage) = &self.usage
-            && usage.cached_tokens > usage.input_tokens
-        {
-            return Err(ReceiptRule::CachedAboveInput);
+        if let Some(usage) = &self.usage {
+            let part = |n: Option<SafeU64>| u128::from(n.map_or(0, SafeU64::get));
+            let cache = u128::from(usage.cached_tokens.get())
+                + part(usage.cache_write_5m_tokens)
+                + part(usage.cache_write_1h_tokens);
+            if cache > u128::from(usage.input_tokens.get()) {
+                return Err(ReceiptRule::CachedAboveInput);
+            }
+            if part(usage.reasoning_tokens) > u128::from(usage.output_tokens.get()) {
+                return Err(ReceiptRule::ReasoningAboveOutput);
+            }
         }
         if self.verdict.decision == Decision::Allow
             && self.verdict.checks.as_ref().is_some_and(|checks| {
@@ -632,11 +687,11 @@ pub(crate) mod tests {
             request_sha256: crate::hash::sha256(b"request"),
             response_sha256: crate::hash::sha256(b"response"),
             response_length: SafeU64::new(8).unwrap(),
-            usage: Some(Usage {
-                input_tokens: SafeU64::new(10).unwrap(),
-                output_tokens: SafeU64::new(20).unwrap(),
-                cached_tokens: SafeU64::ZERO,
-            }),
+            usage: Some(Usage::new(
+                SafeU64::new(10).unwrap(),
+                SafeU64::new(20).unwrap(),
+                SafeU64::ZERO,
+            )),
             cost_micro_usd: SafeU64::new(125).unwrap(),
             upstream: Some(Upstream {
                 host: HostName::new("api.openai.com").unwrap(),
@@ -647,6 +702,7 @@ pub(crate) mod tests {
                 key_route: None,
             }),
             policy_hash: crate::hash::sha256(b"policy"),
+            pricing: None,
             quota: None,
             lane: Lane::Live,
         }
@@ -796,6 +852,16 @@ pub(crate) mod tests {
         });
         body.verdict.guards =
             GuardCodes::new(vec![Code::new("b").unwrap(), Code::new("a").unwrap()]).unwrap();
+        body.pricing = Some(AppliedPricing {
+            long_context: true,
+            service_tier: Some(Code::new("priority").unwrap()),
+            table_sha256: crate::hash::sha256(b"prices"),
+        });
+        if let Some(usage) = body.usage.as_mut() {
+            usage.cache_write_1h_tokens = Some(SafeU64::new(1).unwrap());
+            usage.cache_write_5m_tokens = Some(SafeU64::new(2).unwrap());
+            usage.reasoning_tokens = Some(SafeU64::new(3).unwrap());
+        }
         let receipt = SignedReceipt::sign(body, &key).unwrap();
         assert_eq!(
             serde_json::to_vec(&receipt).unwrap(),
@@ -815,7 +881,26 @@ pub(crate) mod tests {
             ReceiptError::Rule(ReceiptRule::LiveWithoutTlsHash)
         );
         body.lane = Lane::DryRun;
-        assert!(SignedReceipt::sign(body, &key).is_ok());
+        assert!(SignedReceipt::sign(body.clone(), &key).is_ok());
+
+        // Cache reads and writes are parts of the input; reasoning of the output.
+        let usage = body.usage.as_mut().unwrap();
+        usage.cache_write_5m_tokens = Some(SafeU64::new(6).unwrap());
+        usage.cache_write_1h_tokens = Some(SafeU64::new(4).unwrap());
+        assert!(SignedReceipt::sign(body.clone(), &key).is_ok(), "10 of 10");
+        let usage = body.usage.as_mut().unwrap();
+        usage.cache_write_1h_tokens = Some(SafeU64::new(5).unwrap());
+        assert_eq!(
+            SignedReceipt::sign(body.clone(), &key).unwrap_err(),
+            ReceiptError::Rule(ReceiptRule::CachedAboveInput)
+        );
+        let usage = body.usage.as_mut().unwrap();
+        usage.cache_write_1h_tokens = None;
+        usage.reasoning_tokens = Some(SafeU64::new(21).unwrap());
+        assert_eq!(
+            SignedReceipt::sign(body, &key).unwrap_err(),
+            ReceiptError::Rule(ReceiptRule::ReasoningAboveOutput)
+        );
 
         let good = SignedReceipt::sign(sample_body(), &key).unwrap();
         let mut json: serde_json::Value = serde_json::to_value(&good).unwrap();

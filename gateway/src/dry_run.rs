@@ -946,7 +946,8 @@ mod tests {
             Some(TokenUsage {
                 input: 10,
                 output: ANSWER_TOKENS,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
         assert_eq!(from_stream.usage, from_json.usage);
@@ -1240,7 +1241,8 @@ mod tests {
             Some(TokenUsage {
                 input: 6,
                 output: ANSWER_TOKENS,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
         assert_eq!(from_stream.usage, from_json.usage);
@@ -1315,7 +1317,8 @@ mod tests {
             Some(TokenUsage {
                 input: 6,
                 output: ANSWER_TOKENS,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
         assert_eq!(from_stream.usage, from_json.usage);
@@ -1341,7 +1344,8 @@ mod tests {
             Some(TokenUsage {
                 input: 6,
                 output: 0,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
 

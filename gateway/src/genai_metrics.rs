@@ -338,13 +338,11 @@ impl Outcome {
             draft.model_requested.as_deref(),
         )?;
         let failed = draft.decision != Decision::Allow || draft.reason != "allowed";
-        let usage = draft
-            .usage
-            .map(|(input, output, cache_read)| BillableTokens {
-                input,
-                output: (draft.endpoint != Endpoint::Embeddings).then_some(output),
-                cache_read,
-            });
+        let usage = draft.usage.map(|u| BillableTokens {
+            input: u.input,
+            output: (draft.endpoint != Endpoint::Embeddings).then_some(u.output),
+            cache_read: u.cached,
+        });
         Some(Self {
             labels,
             error_type: failed.then_some(draft.reason),
@@ -569,13 +567,13 @@ impl ChunkClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_wire::config::{CompiledModel, CompiledProvider, ModelPricing};
+    use tollgate_wire::config::{CompiledModel, CompiledProvider, PriceTable};
 
     fn config() -> GatewayConfig {
         let model = |name: &str, aliases: &[&str]| CompiledModel {
             name: name.into(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            pricing: ModelPricing::default(),
+            pricing: PriceTable::default(),
         };
         let provider = |name: &str, api: ProviderApi, url: Option<&str>, models| CompiledProvider {
             name: name.into(),
@@ -780,6 +778,7 @@ mod tests {
 
     fn draft(endpoint: Endpoint, decision: Decision, reason: &'static str) -> ReceiptDraft {
         ReceiptDraft {
+            pricing: None,
             id: "0190c5a0-0000-7000-8000-000000000001".into(),
             request_id: "req".into(),
             started_at_ms: 0,
@@ -801,7 +800,12 @@ mod tests {
             request_sha256: [0; 32],
             response_sha256: [0; 32],
             response_length: 0,
-            usage: Some((120, 30, 20)),
+            usage: Some(crate::receipts::UsageDraft {
+                input: 120,
+                output: 30,
+                cached: 20,
+                ..crate::receipts::UsageDraft::default()
+            }),
             cost_micro_usd: 0,
             upstream: None,
             quota: None,

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use tollgate_wire::config::Enforcement;
 use tollgate_wire::config::{CompiledLimit, CompiledQuota, GatewayConfig, glob_matches};
-pub use tollgate_wire::quota_math::{Amounts, QuotaWindow, calendar_window_bounds, price};
+pub use tollgate_wire::quota_math::{Amounts, QuotaWindow, calendar_window_bounds};
 
 /// Who is calling: matched against quota subjects.
 #[derive(Debug, Clone, Default)]

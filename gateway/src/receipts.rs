@@ -26,13 +26,64 @@ use tokio::sync::mpsc;
 use tollgate_evidence::chain::CloseReason;
 use tollgate_evidence::decision::DecisionBody;
 use tollgate_evidence::{
-    Api, Code, Decision, DnsSubdomain, Envelope, GuardCheck, GuardChecks, GuardCodes, GuardOutcome,
-    HostName, HttpMethod, HttpStatus, Identifier, KeyRoute, Lane, Latency, ModelName, QuotaCharge,
-    ReceiptBody, ReceiptId, RequestVerdict, Route, SafeU64, Sha256Hex, SignedKeyCertificate,
-    SigningKey, StreamChainWriter, Timestamp, Upstream, Usage, Workload,
+    Api, AppliedPricing, Code, Decision, DnsSubdomain, Envelope, GuardCheck, GuardChecks,
+    GuardCodes, GuardOutcome, HostName, HttpMethod, HttpStatus, Identifier, KeyRoute, Lane,
+    Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId, RequestVerdict, Route, SafeU64,
+    Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter, Timestamp, Upstream, Usage,
+    Workload,
 };
 
 use crate::api::{ApiStyle, Endpoint};
+
+/// Token counts of one response. Cache reads and writes are parts of
+/// `input`, reasoning of `output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsageDraft {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub reasoning: u64,
+}
+
+/// Which prices of which table made a cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricingDraft {
+    pub table_sha256: Sha256Hex,
+    /// The tier the provider reported, as it reported it.
+    pub service_tier: Option<String>,
+    pub long_context: bool,
+}
+
+impl UsageDraft {
+    /// The receipt's usage: reads and writes are clamped into the input in
+    /// that order and reasoning into the output (as they are priced), and
+    /// zero breakdowns are left out.
+    fn to_usage(self) -> Result<Usage, DraftError> {
+        let safe = |n: u64| safe("usage", n);
+        let nonzero = |n: u64| -> Result<Option<SafeU64>, DraftError> {
+            if n == 0 { Ok(None) } else { safe(n).map(Some) }
+        };
+        let mut left = self.input;
+        let mut take = |n: u64| {
+            let taken = n.min(left);
+            left -= taken;
+            taken
+        };
+        let cached = take(self.cached);
+        let write_5m = take(self.cache_write_5m);
+        let write_1h = take(self.cache_write_1h);
+        Ok(Usage {
+            cache_write_1h_tokens: nonzero(write_1h)?,
+            cache_write_5m_tokens: nonzero(write_5m)?,
+            cached_tokens: safe(cached)?,
+            input_tokens: safe(self.input)?,
+            output_tokens: safe(self.output)?,
+            reasoning_tokens: nonzero(self.reasoning.min(self.output))?,
+        })
+    }
+}
 
 /// What the gateway knows about one finished request. Plain data; validated
 /// into a [`ReceiptBody`] by the spool writer.
@@ -63,8 +114,10 @@ pub struct ReceiptDraft {
     pub request_sha256: [u8; 32],
     pub response_sha256: [u8; 32],
     pub response_length: u64,
-    pub usage: Option<(u64, u64, u64)>,
+    pub usage: Option<UsageDraft>,
     pub cost_micro_usd: u64,
+    /// Which prices made `cost_micro_usd`.
+    pub pricing: Option<PricingDraft>,
     pub upstream: Option<UpstreamFacts>,
     pub quota: Option<(u64, u64, u64)>,
     pub lane: Lane,
@@ -270,16 +323,14 @@ impl ReceiptDraft {
             request_sha256: Sha256Hex::from_bytes(self.request_sha256),
             response_sha256: Sha256Hex::from_bytes(self.response_sha256),
             response_length: safe("response_length", self.response_length)?,
-            usage: self
-                .usage
-                .map(|(input, output, cached)| -> Result<Usage, DraftError> {
-                    Ok(Usage {
-                        input_tokens: safe("usage", input)?,
-                        output_tokens: safe("usage", output)?,
-                        cached_tokens: safe("usage", cached.min(input))?,
-                    })
-                })
-                .transpose()?,
+            usage: self.usage.map(UsageDraft::to_usage).transpose()?,
+            // A tier name the receipt format cannot hold is left out, never
+            // the receipt.
+            pricing: self.pricing.map(|p| AppliedPricing {
+                long_context: p.long_context,
+                service_tier: p.service_tier.and_then(|t| Code::new(t).ok()),
+                table_sha256: p.table_sha256,
+            }),
             cost_micro_usd: safe("cost_micro_usd", self.cost_micro_usd)?,
             upstream,
             policy_hash: Sha256Hex::from_bytes(self.policy_hash),
@@ -1550,6 +1601,7 @@ mod tests {
 
     fn draft(started: u64, completed: u64) -> ReceiptDraft {
         ReceiptDraft {
+            pricing: None,
             id: format!(
                 "0190c5a0-0000-7000-8000-{:012}",
                 started % 1_000_000_000_000

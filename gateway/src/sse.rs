@@ -38,11 +38,16 @@ const MAX_EVENT_NAME: usize = 64;
 /// Token counts from a provider response, as the provider reports them.
 /// For OpenAI `input` includes `cached_input`; for Anthropic `input` is
 /// `input_tokens` plus cache writes, which excludes cache reads (`cached_input`).
+/// Cache writes (Anthropic only; OpenAI reports none) are part of `input`,
+/// reasoning (OpenAI `reasoning_tokens`) part of `output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenUsage {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub reasoning: u64,
 }
 
 /// What the gateway learns from a response without keeping its text.
@@ -51,6 +56,9 @@ pub struct ResponseFacts {
     pub usage: Option<TokenUsage>,
     pub served_model: Option<String>,
     pub provider_request_id: Option<String>,
+    /// The service tier the provider says served the request (OpenAI's
+    /// top-level `service_tier`, Anthropic's `usage.service_tier`).
+    pub service_tier: Option<String>,
 }
 
 /// Facts from a complete JSON (non-streaming) response body of `endpoint`.
@@ -68,6 +76,7 @@ pub fn facts_from_json(endpoint: Endpoint, body: &[u8]) -> ResponseFacts {
     };
     ResponseFacts {
         usage,
+        service_tier: object.service_tier(),
         served_model: object.model.0.map(|m| m.0),
         provider_request_id: object.id.0.map(|id| id.0),
     }
@@ -415,6 +424,9 @@ impl SseTap {
         if let Some(usage) = root.usage.0.as_ref().and_then(WireUsage::token_usage) {
             self.facts.usage = Some(usage);
         }
+        if let Some(tier) = root.service_tier() {
+            self.facts.service_tier = Some(tier);
+        }
         self.stripping && event.choices.0 == Some(ArrayLen(0)) && event.usage.0.is_some()
     }
 }
@@ -516,6 +528,19 @@ struct WireObject {
     message: Lenient<Box<WireObject>>,
     /// Anthropic `count_tokens`.
     input_tokens: Lenient<u64>,
+    /// OpenAI chat and Responses.
+    service_tier: Lenient<FactText>,
+}
+
+impl WireObject {
+    fn service_tier(&self) -> Option<String> {
+        let tier = match (&self.service_tier.0, &self.usage.0) {
+            (Some(tier), _) => tier,
+            (None, Some(usage)) => usage.service_tier.0.as_ref()?,
+            (None, None) => return None,
+        };
+        Some(tier.0.clone())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -532,12 +557,28 @@ struct WireUsage {
     cache_read_input_tokens: Lenient<u64>,
     /// Anthropic: input tokens written to the prompt cache, outside `input_tokens`.
     cache_creation_input_tokens: Lenient<u64>,
+    /// Anthropic: those writes by cache lifetime.
+    cache_creation: Lenient<WireCacheCreation>,
+    /// OpenAI chat: `reasoning_tokens`.
+    completion_tokens_details: Lenient<WireTokenDetails>,
+    /// OpenAI Responses: `reasoning_tokens`.
+    output_tokens_details: Lenient<WireTokenDetails>,
+    /// Anthropic.
+    service_tier: Lenient<FactText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct WireTokenDetails {
     cached_tokens: Lenient<u64>,
+    reasoning_tokens: Lenient<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WireCacheCreation {
+    ephemeral_5m_input_tokens: Lenient<u64>,
+    ephemeral_1h_input_tokens: Lenient<u64>,
 }
 
 impl WireUsage {
@@ -545,24 +586,43 @@ impl WireUsage {
         let cached = |details: &Lenient<WireTokenDetails>| {
             details.0.as_ref().and_then(|d| d.cached_tokens.0)
         };
+        let reasoning = |details: &Lenient<WireTokenDetails>| {
+            details
+                .0
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens.0)
+                .unwrap_or(0)
+        };
         if self.prompt_tokens.0.is_some() || self.completion_tokens.0.is_some() {
             return Some(TokenUsage {
                 input: self.prompt_tokens.0.unwrap_or(0),
                 output: self.completion_tokens.0.unwrap_or(0),
                 cached_input: cached(&self.prompt_tokens_details).unwrap_or(0),
+                reasoning: reasoning(&self.completion_tokens_details),
+                ..TokenUsage::default()
             });
         }
         if self.input_tokens.0.is_some() || self.output_tokens.0.is_some() {
+            let written = self.cache_creation_input_tokens.0.unwrap_or(0);
+            // Writes by lifetime when the provider breaks them down; else
+            // all to the 5-minute cache, Anthropic's default.
+            let (write_1h, write_5m) = match &self.cache_creation.0 {
+                Some(c) => {
+                    let hour = c.ephemeral_1h_input_tokens.0.unwrap_or(0).min(written);
+                    let five = c.ephemeral_5m_input_tokens.0.unwrap_or(written - hour);
+                    (hour, five.min(written - hour))
+                }
+                None => (0, written),
+            };
             return Some(TokenUsage {
-                input: self
-                    .input_tokens
-                    .0
-                    .unwrap_or(0)
-                    .saturating_add(self.cache_creation_input_tokens.0.unwrap_or(0)),
+                input: self.input_tokens.0.unwrap_or(0).saturating_add(written),
                 output: self.output_tokens.0.unwrap_or(0),
                 cached_input: cached(&self.input_tokens_details)
                     .or(self.cache_read_input_tokens.0)
                     .unwrap_or(0),
+                cache_write_5m: write_5m,
+                cache_write_1h: write_1h,
+                reasoning: reasoning(&self.output_tokens_details),
             });
         }
         None
@@ -645,6 +705,7 @@ macro_rules! from_lenient_object {
 from_lenient_object! {
     WireUsage => std::convert::identity,
     WireTokenDetails => std::convert::identity,
+    WireCacheCreation => std::convert::identity,
     Box<WireObject> => Box::<WireObject>::new,
 }
 
@@ -734,10 +795,12 @@ mod tests {
 
     fn chat_facts() -> ResponseFacts {
         ResponseFacts {
+            service_tier: None,
             usage: Some(TokenUsage {
                 input: 19,
                 output: 10,
                 cached_input: 4,
+                ..TokenUsage::default()
             }),
             served_model: Some("gpt-4o-mini-2024-07-18".into()),
             provider_request_id: Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG".into()),
@@ -801,10 +864,12 @@ mod tests {
 
     fn responses_facts() -> ResponseFacts {
         ResponseFacts {
+            service_tier: None,
             usage: Some(TokenUsage {
                 input: 37,
                 output: 11,
                 cached_input: 0,
+                ..TokenUsage::default()
             }),
             served_model: Some("gpt-4.1-2025-04-14".into()),
             provider_request_id: Some(
@@ -854,10 +919,12 @@ mod tests {
 
     fn anthropic_facts() -> ResponseFacts {
         ResponseFacts {
+            service_tier: None,
             usage: Some(TokenUsage {
                 input: 25,
                 output: 15,
                 cached_input: 10,
+                ..TokenUsage::default()
             }),
             served_model: Some("claude-sonnet-4-5-20250929".into()),
             provider_request_id: Some("msg_01XFDUDYJgAACzvnptvVoYEL".into()),
@@ -1069,7 +1136,8 @@ mod tests {
             Some(TokenUsage {
                 input: 1,
                 output: 2,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
         // Nor is a usage-only chunk when stripping was not asked for.
@@ -1135,10 +1203,12 @@ mod tests {
         assert_eq!(
             facts,
             ResponseFacts {
+                service_tier: None,
                 usage: Some(TokenUsage {
                     input: 7,
                     output: 0,
-                    cached_input: 0
+                    cached_input: 0,
+                    ..TokenUsage::default()
                 }),
                 served_model: None,
                 provider_request_id: None,
@@ -1226,10 +1296,60 @@ mod tests {
             Some(TokenUsage {
                 input: 3,
                 output: 1,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
         assert_eq!(facts.provider_request_id.as_deref(), Some("msg_1"));
+    }
+
+    #[test]
+    fn cache_writes_reasoning_and_the_service_tier_are_read() {
+        // Anthropic: writes by lifetime inside cache_creation, tier in usage.
+        let claude = br#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[],"usage":{"input_tokens":40,"cache_creation_input_tokens":300,"cache_read_input_tokens":1000,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200},"output_tokens":7,"service_tier":"priority"}}"#;
+        let facts = facts_from_json(Endpoint::Messages, claude);
+        assert_eq!(
+            facts.usage,
+            Some(TokenUsage {
+                input: 340,
+                output: 7,
+                cached_input: 1_000,
+                cache_write_5m: 100,
+                cache_write_1h: 200,
+                reasoning: 0,
+            })
+        );
+        assert_eq!(facts.service_tier.as_deref(), Some("priority"));
+        // Without the breakdown every write is a 5-minute one.
+        let older =
+            br#"{"usage":{"input_tokens":4,"cache_creation_input_tokens":30,"output_tokens":1}}"#;
+        let usage = facts_from_json(Endpoint::Messages, older).usage.unwrap();
+        assert_eq!((usage.cache_write_5m, usage.cache_write_1h), (30, 0));
+        // OpenAI chat: reasoning inside completion_tokens_details, tier on top.
+        let chat = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-5","service_tier":"flex","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":900,"prompt_tokens_details":{"cached_tokens":10},"completion_tokens_details":{"reasoning_tokens":640}}}"#;
+        let facts = facts_from_json(Endpoint::ChatCompletions, chat);
+        assert_eq!(facts.usage.unwrap().reasoning, 640);
+        assert_eq!(facts.service_tier.as_deref(), Some("flex"));
+        // Responses: output_tokens_details.
+        let responses = br#"{"id":"resp_1","object":"response","model":"o4-mini","service_tier":"default","usage":{"input_tokens":5,"input_tokens_details":{"cached_tokens":0},"output_tokens":80,"output_tokens_details":{"reasoning_tokens":64}}}"#;
+        let facts = facts_from_json(Endpoint::Responses, responses);
+        assert_eq!(facts.usage.unwrap().reasoning, 64);
+        assert_eq!(facts.service_tier.as_deref(), Some("default"));
+        // A tier that is no short printable text is no fact.
+        let odd =
+            br#"{"service_tier":{"name":"x"},"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        assert_eq!(
+            facts_from_json(Endpoint::ChatCompletions, odd).service_tier,
+            None
+        );
+    }
+
+    #[test]
+    fn a_streamed_service_tier_is_read_from_the_usage_chunk() {
+        let stream = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-5\",\"service_tier\":\"priority\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"completion_tokens_details\":{\"reasoning_tokens\":2}}}\n\ndata: [DONE]\n\n";
+        let (_, facts) = run(ApiStyle::OpenAi, false, stream.as_bytes(), &[]);
+        assert_eq!(facts.service_tier.as_deref(), Some("priority"));
+        assert_eq!(facts.usage.map(|u| u.reasoning), Some(2));
     }
 
     #[test]
@@ -1241,7 +1361,8 @@ mod tests {
             Some(TokenUsage {
                 input: 5,
                 output: 9,
-                cached_input: 0
+                cached_input: 0,
+                ..TokenUsage::default()
             })
         );
     }
@@ -1297,10 +1418,12 @@ mod tests {
                 Endpoint::ChatCompletions,
                 r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"secret text"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3}}}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 19,
                         output: 10,
                         cached_input: 3,
+                        ..TokenUsage::default()
                     }),
                     served_model: Some("gpt-4o-2024-08-06".into()),
                     provider_request_id: Some("chatcmpl-1".into()),
@@ -1310,10 +1433,12 @@ mod tests {
                 Endpoint::Completions,
                 r#"{"id":"cmpl-1","object":"text_completion","model":"gpt-3.5-turbo-instruct","choices":[{"text":"x","index":0}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 5,
                         output: 7,
                         cached_input: 0,
+                        ..TokenUsage::default()
                     }),
                     served_model: Some("gpt-3.5-turbo-instruct".into()),
                     provider_request_id: Some("cmpl-1".into()),
@@ -1323,10 +1448,12 @@ mod tests {
                 Endpoint::Embeddings,
                 r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 8,
                         output: 0,
                         cached_input: 0,
+                        ..TokenUsage::default()
                     }),
                     served_model: Some("text-embedding-3-small".into()),
                     provider_request_id: None,
@@ -1336,10 +1463,12 @@ mod tests {
                 Endpoint::Responses,
                 r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1","output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":6},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 36,
                         output: 87,
                         cached_input: 6,
+                        ..TokenUsage::default()
                     }),
                     served_model: Some("gpt-4.1".into()),
                     provider_request_id: Some("resp_1".into()),
@@ -1349,10 +1478,12 @@ mod tests {
                 Endpoint::Messages,
                 r#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2095,"output_tokens":503,"cache_creation_input_tokens":0,"cache_read_input_tokens":1800}}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 2095,
                         output: 503,
                         cached_input: 1800,
+                        ..TokenUsage::default()
                     }),
                     served_model: Some("claude-sonnet-4-5".into()),
                     provider_request_id: Some("msg_013Zva2CMHLNnXjNJJKqJ2EF".into()),
@@ -1362,10 +1493,12 @@ mod tests {
                 Endpoint::CountTokens,
                 r#"{"input_tokens":2095}"#,
                 ResponseFacts {
+                    service_tier: None,
                     usage: Some(TokenUsage {
                         input: 2095,
                         output: 0,
                         cached_input: 0,
+                        ..TokenUsage::default()
                     }),
                     served_model: None,
                     provider_request_id: None,

@@ -161,11 +161,11 @@ impl Gateway {
             request_sha256: sha256(format!("request-{}-{i}", self.n).as_bytes()),
             response_sha256: sha256(format!("response-{}-{i}", self.n).as_bytes()),
             response_length: SafeU64::new(1_000 + i)?,
-            usage: Some(Usage {
-                input_tokens: SafeU64::new(100 + i)?,
-                output_tokens: SafeU64::new(10 + i)?,
-                cached_tokens: SafeU64::ZERO,
-            }),
+            usage: Some(Usage::new(
+                SafeU64::new(100 + i)?,
+                SafeU64::new(10 + i)?,
+                SafeU64::ZERO,
+            )),
             cost_micro_usd: SafeU64::new(1_000 + i)?,
             upstream: Some(Upstream {
                 host: HostName::new("api.openai.com")?,
@@ -176,6 +176,7 @@ impl Gateway {
                 key_route: None,
             }),
             policy_hash: sha256(b"policy"),
+            pricing: None,
             quota: None,
             lane: Lane::DryRun,
         })

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::pricing::{ModelPricing, PriceTable};
+
 /// The format version of [`GatewayConfig`]. Bumped on incompatible change; a
 /// gateway refuses a config with a version it does not know.
 pub const GATEWAY_CONFIG_VERSION: u32 = 1;
@@ -49,22 +51,6 @@ pub enum ProviderApi {
     Anthropic,
     // Offline, deterministic, no network.
     DryRun,
-}
-
-/// Prices in micro-USD (1e-6 USD) per million tokens.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase")]
-pub struct ModelPricing {
-    /// Price of one million input tokens, in micro-USD.
-    #[serde(rename = "inputPerMillionMicroUSD", default)]
-    pub input_per_million_micro_usd: u64,
-    /// Price of one million output tokens, in micro-USD.
-    #[serde(rename = "outputPerMillionMicroUSD", default)]
-    pub output_per_million_micro_usd: u64,
-    /// Price of one million cached input tokens, in micro-USD.
-    #[serde(rename = "cachedInputPerMillionMicroUSD", default)]
-    pub cached_input_per_million_micro_usd: u64,
 }
 
 /// Whether a quota denies or only records.
@@ -183,7 +169,8 @@ pub struct CredentialsSource {
 pub struct CompiledModel {
     pub name: String,
     pub aliases: Vec<String>,
-    pub pricing: ModelPricing,
+    /// The model's price table and its hash, which receipts record.
+    pub pricing: PriceTable,
 }
 
 /// TLS trust for one upstream host.

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod ingest;
 pub mod lease;
+pub mod pricing;
 pub mod problem;
 pub mod quota_math;
 pub mod secret;

@@ -1,10 +1,10 @@
 //! Quota arithmetic shared by the gateway's in-process authority and the
-//! recorder's: calendar windows (UTC or a named time zone), integer pricing
-//! and amounts. Pure.
+//! recorder's: calendar windows (UTC or a named time zone) and amounts.
+//! Pure. Prices are in [`crate::pricing`].
 
 use jiff::{Timestamp, Zoned};
 
-use crate::config::{CalendarWindow, CompiledLimit, LimitWindow, ModelPricing};
+use crate::config::{CalendarWindow, CompiledLimit, LimitWindow};
 use crate::time_zone::TimeZoneName;
 
 /// Amounts of the three quantities a limit can cap.
@@ -34,22 +34,6 @@ impl Amounts {
         s.add(b);
         s
     }
-}
-
-/// Cost in micro-USD of a usage at per-million prices, rounded up so that a
-/// request is never free by rounding.
-pub fn price(
-    input_tokens: u64,
-    output_tokens: u64,
-    cached_tokens: u64,
-    pricing: &ModelPricing,
-) -> u64 {
-    let uncached = input_tokens.saturating_sub(cached_tokens);
-    let total = u128::from(uncached) * u128::from(pricing.input_per_million_micro_usd)
-        + u128::from(cached_tokens.min(input_tokens))
-            * u128::from(pricing.cached_input_per_million_micro_usd)
-        + u128::from(output_tokens) * u128::from(pricing.output_per_million_micro_usd);
-    u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// The longest range one recorder usage query covers (400 days: a year and
@@ -370,21 +354,5 @@ mod tests {
                 proptest::prop_assert!((82_800..=90_000).contains(&(end - start)));
             }
         }
-    }
-
-    #[test]
-    fn prices_round_up_and_discount_cached_tokens() {
-        let p = ModelPricing {
-            input_per_million_micro_usd: 150_000,
-            output_per_million_micro_usd: 600_000,
-            cached_input_per_million_micro_usd: 75_000,
-        };
-        assert_eq!(price(1_000_000, 0, 0, &p), 150_000);
-        assert_eq!(price(1, 0, 0, &p), 1, "never free by rounding");
-        assert_eq!(
-            price(1_000_000, 1_000_000, 500_000, &p),
-            75_000 + 37_500 + 600_000
-        );
-        assert_eq!(price(0, 0, 0, &p), 0);
     }
 }

@@ -205,9 +205,17 @@ pub fn receipt_body(spec: &Spec, g: usize, round: usize) -> ReceiptBody {
         response_sha256: sha256(format!("response-{g}-{round}").as_bytes()),
         response_length: SafeU64::new(1_000 + n).unwrap(),
         usage: (!denied).then(|| Usage {
+            cache_write_1h_tokens: (n % 4 == 1).then(|| SafeU64::new(n % 7).unwrap()),
+            cache_write_5m_tokens: (n % 3 == 1).then(|| SafeU64::new(n % 11).unwrap()),
             input_tokens: SafeU64::new(100 + n).unwrap(),
             output_tokens: SafeU64::new(50 + n).unwrap(),
             cached_tokens: SafeU64::new(n % 10).unwrap(),
+            reasoning_tokens: n.is_multiple_of(2).then(|| SafeU64::new(n % 50).unwrap()),
+        }),
+        pricing: (!denied).then(|| tollgate_evidence::AppliedPricing {
+            long_context: n.is_multiple_of(5),
+            service_tier: (n % 2 == 1).then(|| Code::new("flex").unwrap()),
+            table_sha256: sha256(b"price-table"),
         }),
         cost_micro_usd: SafeU64::new(if denied { 0 } else { 1_500 + n }).unwrap(),
         upstream: (!denied).then(|| Upstream {

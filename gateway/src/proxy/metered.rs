@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http_body::Frame;
 use sha2::{Digest, Sha256};
 use tollgate_evidence::Decision;
-use tollgate_wire::config::ModelPricing;
+use tollgate_wire::config::PriceTable;
+use tollgate_wire::pricing::BilledTokens;
 
 use super::{Gateway, Ticket};
 use crate::api::{ApiStyle, Endpoint};
 use crate::genai_metrics::{ChunkClock, MetricCatalog};
-use crate::quota::{Amounts, QuotaAuthority, Reservation, price};
-use crate::receipts::{ReceiptDraft, unix_millis};
+use crate::quota::{Amounts, QuotaAuthority, Reservation};
+use crate::receipts::{PricingDraft, ReceiptDraft, UsageDraft, unix_millis};
 use crate::sse::{ResponseFacts, SseTap, facts_from_json};
 
 /// Largest JSON response kept on the side to read usage from; bigger bodies
@@ -76,7 +77,7 @@ impl Drop for Settle {
 pub(super) struct Finish {
     started: Instant,
     started_at_ms: u64,
-    pricing: ModelPricing,
+    pricing: PriceTable,
     settle: Settle,
     gateway: Arc<Gateway>,
     /// The request was admitted under `failMode: open`.
@@ -87,7 +88,7 @@ pub(super) struct Finish {
     catalog: Arc<MetricCatalog>,
 }
 
-pub(super) fn ticket_finish(ticket: &Ticket, pricing: ModelPricing, settle: Settle) -> Finish {
+pub(super) fn ticket_finish(ticket: &Ticket, pricing: PriceTable, settle: Settle) -> Finish {
     Finish {
         started: ticket.started,
         started_at_ms: ticket.started_at_ms,
@@ -237,8 +238,30 @@ impl MeteredBody {
             } else {
                 u.input
             };
-            draft.usage = Some((input, u.output, u.cached_input));
-            let cost = price(input, u.output, u.cached_input, &finish.pricing);
+            draft.usage = Some(UsageDraft {
+                input,
+                output: u.output,
+                cached: u.cached_input,
+                cache_write_5m: u.cache_write_5m,
+                cache_write_1h: u.cache_write_1h,
+                reasoning: u.reasoning,
+            });
+            let choice = finish
+                .pricing
+                .pricing()
+                .choose(facts.service_tier.as_deref(), input);
+            let cost = choice.prices.cost(&BilledTokens {
+                input,
+                output: u.output,
+                cache_read: u.cached_input,
+                cache_write_5m: u.cache_write_5m,
+                cache_write_1h: u.cache_write_1h,
+            });
+            draft.pricing = Some(PricingDraft {
+                table_sha256: *finish.pricing.sha256(),
+                service_tier: facts.service_tier.clone(),
+                long_context: choice.long_context,
+            });
             draft.cost_micro_usd = cost;
             Amounts {
                 tokens: input.saturating_add(u.output),

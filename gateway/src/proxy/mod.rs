@@ -43,7 +43,7 @@ use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
 use crate::credentials::Credentials;
 use crate::genai_metrics::{MetricCatalog, OperationLabels, Outcome};
-use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits, price};
+use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits};
 use crate::receipts::{CheckDraft, DecisionDraft, ReceiptDraft, ReceiptSink, unix_millis};
 use crate::upstream::{ProviderClient, TrustError, provider_client};
 use crate::{caller, dry_run, guards};
@@ -51,6 +51,7 @@ use forward::Outgoing;
 use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use refusal::{Contact, Refusal, Refused};
 use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, max_tokens_field, requested_max_tokens};
+use tollgate_wire::pricing::BilledTokens;
 
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -297,6 +298,7 @@ impl Ticket {
             response_length: 0,
             usage: None,
             cost_micro_usd: 0,
+            pricing: None,
             upstream: None,
             quota: None,
             lane: Lane::Live,
@@ -735,7 +737,17 @@ async fn reserve_quota(
         Amounts {
             tokens: input + output,
             requests: 1,
-            cost_micro_usd: price(input, output, 0, &first.model.pricing),
+            cost_micro_usd: first
+                .model
+                .pricing
+                .pricing()
+                .choose(None, input)
+                .prices
+                .cost(&BilledTokens {
+                    input,
+                    output,
+                    ..BilledTokens::default()
+                }),
         }
     };
     let caller = Caller {

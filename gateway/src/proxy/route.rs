@@ -127,13 +127,13 @@ pub(super) fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_wire::config::{ModelPricing, Route};
+    use tollgate_wire::config::{PriceTable, Route};
 
     fn model(name: &str, aliases: &[&str]) -> CompiledModel {
         CompiledModel {
             name: name.into(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            pricing: ModelPricing::default(),
+            pricing: PriceTable::default(),
         }
     }
 

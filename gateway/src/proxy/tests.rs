@@ -19,7 +19,7 @@ use tollgate_evidence::{Decision, GuardOutcome, Lane};
 use tollgate_wire::caller::CallerKey;
 use tollgate_wire::config::{
     CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
-    CredentialsSource, Enforcement, FailMode, GatewayConfig, LimitWindow, ModelPricing, PolicyMode,
+    CredentialsSource, Enforcement, FailMode, GatewayConfig, LimitWindow, PolicyMode, PriceTable,
     ProviderApi, Route, Selector,
 };
 
@@ -156,7 +156,7 @@ fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
         models: vec![CompiledModel {
             name: "gpt-4o-mini".into(),
             aliases: vec![],
-            pricing: ModelPricing::default(),
+            pricing: PriceTable::default(),
         }],
         upstream_trust: vec![],
         connect_timeout_ms: 1_000,
@@ -388,7 +388,10 @@ async fn an_allowed_request_reaches_the_provider_with_its_key_and_not_the_apps()
     let draft = running.receipt().await;
     assert_eq!((draft.decision, draft.reason), (Decision::Allow, "allowed"));
     assert_eq!(draft.provider.as_deref(), Some("openai"));
-    assert_eq!(draft.usage, Some((5, 2, 0)));
+    assert_eq!(
+        draft.usage.map(|u| (u.input, u.output, u.cached)),
+        Some((5, 2, 0))
+    );
     let upstream = draft.upstream.expect("upstream facts");
     assert_eq!(upstream.tls_cert_sha256, Some(FINGERPRINT));
     assert_eq!((upstream.key_index, upstream.key_count), (0, 1));

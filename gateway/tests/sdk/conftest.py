@@ -58,6 +58,15 @@ for _var in ("NO_PROXY", "no_proxy"):
 OPENAI_PRICING = {"inputPerMillionMicroUSD": 150000, "outputPerMillionMicroUSD": 600000, "cachedInputPerMillionMicroUSD": 75000}
 EMBEDDING_PRICING = {"inputPerMillionMicroUSD": 20000}
 ANTHROPIC_PRICING = {"inputPerMillionMicroUSD": 800000, "outputPerMillionMicroUSD": 4000000, "cachedInputPerMillionMicroUSD": 80000}
+# A table with a long-context size and a service tier (every price set written
+# out in full, so this dict is the table as the gateway serialises it).
+TIERED_PRICING = {
+    "inputPerMillionMicroUSD": 1250000, "outputPerMillionMicroUSD": 10000000, "cachedInputPerMillionMicroUSD": 125000,
+    "longContext": {"aboveInputTokens": 1000,
+                    "inputPerMillionMicroUSD": 2500000, "outputPerMillionMicroUSD": 15000000, "cachedInputPerMillionMicroUSD": 250000},
+    "serviceTiers": [{"name": "flex",
+                      "inputPerMillionMicroUSD": 625000, "outputPerMillionMicroUSD": 5000000, "cachedInputPerMillionMicroUSD": 62500}],
+}
 
 
 def new_corr() -> str:
@@ -307,6 +316,7 @@ def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
             m("reset-mid-stream", OPENAI_PRICING),
             m("huge-headers", OPENAI_PRICING),
             m("gpt-4o-blocked", OPENAI_PRICING),
+            m("gpt-tiered", TIERED_PRICING),
         ], "mock-ca", "openai-keys"),
         provider("anthropic-mock", "anthropic", mocks.primary.base_url, [
             m("claude-haiku-4-5", ANTHROPIC_PRICING),
@@ -337,7 +347,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
         doc("EgressPolicy", "default", {
             "allow": [
                 {"providerRef": "openai-mock", "models": ["gpt-4o-mini", "text-embedding-*", "slow-stream", "fail-429", "redirect-me", "close-delimited",
-                                                          "stall-mid-stream", "reset-mid-stream", "huge-headers"]},
+                                                          "stall-mid-stream", "reset-mid-stream", "huge-headers", "gpt-tiered"]},
                 {"providerRef": "anthropic-mock", "models": ["claude-haiku-4-5", "claude-cached", "slow-stream"]},
                 {"providerRef": "openai-pinned", "models": ["*"]},
                 {"providerRef": "openai-badpin", "models": ["*"]},

@@ -64,11 +64,14 @@ USAGE = {
     "embeddings": {"prompt_tokens": 9},
     # Anthropic: input_tokens excludes cache reads and writes.
     "messages": {"input_tokens": 250, "output_tokens": 40},
-    "messages_cached": {"input_tokens": 50, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100, "output_tokens": 20},
+    # Cache writes: 40 to the 5-minute cache, 60 to the 1-hour one.
+    "messages_cached": {"input_tokens": 50, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100,
+                        "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60}, "output_tokens": 20},
     "count_tokens": {"input_tokens": 42},
     # OpenAI Responses: input_tokens includes the cached ones.
     "responses": {"input_tokens": 700, "cached_tokens": 200, "output_tokens": 50},
 }
+REASONING_TOKENS = 120
 EMBEDDING_DIMS = 8
 SLOW_DELTAS = 60
 SLOW_INTERVAL = 0.05
@@ -307,14 +310,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"mock does not implement {path}", "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
 
     # ------------------------------------------------------------ OpenAI
-    def _chat_usage(self) -> dict:
+    def _chat_usage(self, model: str = "") -> dict:
         u = USAGE["chat"]
+        # gpt-tiered reasons: REASONING_TOKENS of its completion tokens.
+        reasoning = REASONING_TOKENS if model == "gpt-tiered" else 0
         return {
             "prompt_tokens": u["prompt_tokens"],
             "completion_tokens": u["completion_tokens"],
             "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
             "prompt_tokens_details": {"cached_tokens": u["cached_tokens"], "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
 
     def _chat(self, model: str, obj: dict, corr: Any) -> None:
@@ -334,8 +339,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "id": cid, "object": "chat.completion", "created": created, "model": served,
                 "system_fingerprint": fingerprint,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []}, "logprobs": None, "finish_reason": "stop"}],
-                "usage": self._chat_usage(),
-                "service_tier": "default",
+                "usage": self._chat_usage(model),
+                # The tier asked for, as OpenAI reports the one that served.
+                "service_tier": obj.get("service_tier") or "default",
             }, headers)
             return
         include_usage = bool((obj.get("stream_options") or {}).get("include_usage"))
@@ -459,7 +465,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if model == "claude-cached":
             u = USAGE["messages_cached"]
             return {"input_tokens": u["input_tokens"], "cache_creation_input_tokens": u["cache_creation_input_tokens"],
-                    "cache_read_input_tokens": u["cache_read_input_tokens"], "output_tokens": u["output_tokens"]}
+                    "cache_read_input_tokens": u["cache_read_input_tokens"], "cache_creation": u["cache_creation"],
+                    "output_tokens": u["output_tokens"], "service_tier": "standard"}
         u = USAGE["messages"]
         return {"input_tokens": u["input_tokens"], "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": u["output_tokens"]}
 

@@ -34,11 +34,13 @@ import pytest
 from conftest import (
     ANTHROPIC_CLIENT_KEY,
     ANTHROPIC_KEYS,
+    ANTHROPIC_PRICING,
     COMPLETION_MARKER,
     CORR_PREFIX,
     OPENAI_CLIENT_KEY,
     OPENAI_KEYS,
     PROMPT_MARKER,
+    TIERED_PRICING,
     Gateway,
     GatewayFactory,
     Mocks,
@@ -583,9 +585,43 @@ def test_anthropic_cache_tokens_count_as_input(gw: Gateway, mocks: Mocks, stream
         u = raw.parse().usage
     assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens, u.output_tokens) == (50, 1000, 100, 20)
     r = gw.receipt(rid)
-    assert r["usage"] == {"input_tokens": 1150, "cached_tokens": 1000, "output_tokens": 20}, (
-        f"receipt usage {r['usage']} from Anthropic usage input=50 cache_read=1000 cache_creation=100 output=20")
-    assert r["cost_micro_usd"] == 280, "150 uncached * 0.8 + 1000 cached * 0.08 + 20 out * 4"
+    assert r["usage"] == {"input_tokens": 1150, "cached_tokens": 1000, "cache_write_5m_tokens": 40,
+                          "cache_write_1h_tokens": 60, "output_tokens": 20}, (
+        f"receipt usage {r['usage']} from Anthropic usage input=50 cache_read=1000 cache_creation=40+60 output=20")
+    # Cache writes at Anthropic's rates when the table names none: 1.25x input
+    # for 5 minutes, 2x for an hour.
+    assert r["cost_micro_usd"] == 40 + 80 + 40 + 96 + 80, (
+        "50 uncached * 0.8 + 1000 read * 0.08 + 40 5m-writes * 1.0 + 60 1h-writes * 1.6 + 20 out * 4")
+    assert r["pricing"] == {"long_context": False, "service_tier": "standard", "table_sha256": table_sha256(ANTHROPIC_PRICING)}
+
+
+def table_sha256(pricing: dict) -> str:
+    """SHA-256 of a price table's canonical JSON (RFC 8785; for integers and
+    ASCII strings that is sorted keys and no spaces)."""
+    return hashlib.sha256(json.dumps(pricing, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_service_tiers_long_context_and_reasoning_are_priced_and_recorded(gw: Gateway) -> None:
+    """The tier the provider reports picks its prices; past the long-context
+    size the whole request is priced at those; reasoning tokens are counted
+    inside the output. The receipt names the table by its hash."""
+    client = gw.openai()
+    flex = client.chat.completions.with_raw_response.create(model="gpt-tiered", messages=msgs(), service_tier="flex")
+    assert flex.parse().service_tier == "flex"
+    assert flex.parse().usage.completion_tokens_details.reasoning_tokens == 120
+    r = gw.receipt(flex.headers.get(RID))
+    assert r["usage"] == {"input_tokens": 1200, "cached_tokens": 200, "output_tokens": 300, "reasoning_tokens": 120}, r["usage"]
+    table = table_sha256(TIERED_PRICING)
+    assert r["pricing"] == {"long_context": False, "service_tier": "flex", "table_sha256": table}, r["pricing"]
+    # flex: 1000 uncached * 0.625 + 200 read * 0.0625 + 300 out * 5, rounded up.
+    assert r["cost_micro_usd"] == 2138
+
+    default = client.chat.completions.with_raw_response.create(model="gpt-tiered", messages=msgs())
+    r = gw.receipt(default.headers.get(RID))
+    # "default" is not a tier of the table: base prices, and 1200 input tokens
+    # pass the 1000-token long-context size.
+    assert r["pricing"] == {"long_context": True, "service_tier": "default", "table_sha256": table}, r["pricing"]
+    assert r["cost_micro_usd"] == 1000 * 2.5 + 200 * 0.25 + 300 * 15
 
 
 def test_anthropic_count_tokens(gw: Gateway, mocks: Mocks) -> None:
