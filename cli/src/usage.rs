@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use tollgate_evidence::Timestamp;
 use tollgate_recorder::store::sqlite::SqliteStore;
 use tollgate_recorder::usage::{
-    Bucket, Cursor, Freshness, GroupKey, Page, UsageQuery, UsageReport,
+    Bucket, Cursor, Freshness, GroupKey, Page, Totals, UsageQuery, UsageReport,
 };
 use tollgate_wire::client::{HttpClient, public_roots, roots_from_pem_file};
 
@@ -298,7 +298,29 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
     if report.bucket.is_some() {
         header.push("BUCKET".into());
     }
-    header.extend(["REQUESTS", "INPUT_TOKENS", "OUTPUT_TOKENS", "COST_USD"].map(String::from));
+    // The token breakdowns get a column only when some row has them.
+    type Part = fn(&Totals) -> u64;
+    let parts: Vec<(&str, Part)> = [
+        ("CACHE_READ_TOKENS", (|t: &Totals| t.cached_tokens) as Part),
+        ("CACHE_WRITE_TOKENS", |t: &Totals| t.cache_write_tokens),
+        ("REASONING_TOKENS", |t: &Totals| t.reasoning_tokens),
+    ]
+    .into_iter()
+    .filter(|(_, part)| part(&report.total) > 0)
+    .collect();
+    header.extend(["REQUESTS", "INPUT_TOKENS", "OUTPUT_TOKENS"].map(String::from));
+    header.extend(parts.iter().map(|(name, _)| name.to_string()));
+    header.push("COST_USD".into());
+    let amounts = |t: &Totals| -> Vec<String> {
+        let mut cells = vec![
+            t.requests.to_string(),
+            t.input_tokens.to_string(),
+            t.output_tokens.to_string(),
+        ];
+        cells.extend(parts.iter().map(|(_, part)| part(t).to_string()));
+        cells.push(dollars(t.cost_micro_usd));
+        cells
+    };
     let mut rows: Vec<Vec<String>> = Vec::new();
     for row in &report.rows {
         let mut cells: Vec<String> = report
@@ -322,26 +344,15 @@ pub fn write_table(out: &mut dyn Write, report: &UsageReport) -> anyhow::Result<
         if report.bucket.is_some() {
             cells.push(row.bucket_start.clone().unwrap_or_default());
         }
-        let t = &row.totals;
-        cells.extend([
-            t.requests.to_string(),
-            t.input_tokens.to_string(),
-            t.output_tokens.to_string(),
-            dollars(t.cost_micro_usd),
-        ]);
+        cells.extend(amounts(&row.totals));
         rows.push(cells);
     }
-    let t = &report.total;
-    let mut total = vec![String::new(); header.len() - 4];
+    let totals = amounts(&report.total);
+    let mut total = vec![String::new(); header.len() - totals.len()];
     if let Some(first) = total.first_mut() {
         *first = "TOTAL".into();
     }
-    total.extend([
-        t.requests.to_string(),
-        t.input_tokens.to_string(),
-        t.output_tokens.to_string(),
-        dollars(t.cost_micro_usd),
-    ]);
+    total.extend(totals);
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             std::iter::once(&header)
@@ -486,6 +497,7 @@ mod tests {
                     input_tokens: 30,
                     output_tokens: 4,
                     cost_micro_usd: 1_500_000,
+                    ..Totals::default()
                 },
             }],
             total: Totals {
@@ -493,6 +505,7 @@ mod tests {
                 input_tokens: 30,
                 output_tokens: 4,
                 cost_micro_usd: 1_500_000,
+                ..Totals::default()
             },
             next_cursor: None,
             warnings: vec![],
@@ -519,6 +532,42 @@ mod tests {
             text.contains("note: of 3 open stream(s), one has shipped nothing newer than 2026-12-06T11:50:00.000Z (10 min before this answer)"),
             "{text}"
         );
+        assert!(
+            !text.contains("REASONING_TOKENS"),
+            "no reasoning, no column: {text}"
+        );
+
+        // Reasoning and cache writes get their columns; cache reads, all
+        // zero, still do not.
+        let mut reasoned = report;
+        for t in [&mut reasoned.rows[0].totals, &mut reasoned.total] {
+            t.reasoning_tokens = 3;
+            t.cache_write_tokens = 7;
+        }
+        let mut out = Vec::new();
+        write_table(&mut out, &reasoned).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let header = text.lines().next().unwrap();
+        assert_eq!(
+            header.split_whitespace().collect::<Vec<_>>(),
+            [
+                "NAMESPACE",
+                "MODEL",
+                "REQUESTS",
+                "INPUT_TOKENS",
+                "OUTPUT_TOKENS",
+                "CACHE_WRITE_TOKENS",
+                "REASONING_TOKENS",
+                "COST_USD"
+            ]
+        );
+        let total: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("TOTAL"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(total, ["TOTAL", "2", "30", "4", "7", "3", "1.500000"]);
     }
 
     #[test]

@@ -246,6 +246,12 @@
     document.getElementById("total-requests").textContent = count(t.requests);
     document.getElementById("total-input-tokens").textContent = count(t.input_tokens);
     document.getElementById("total-output-tokens").textContent = count(t.output_tokens);
+    // What the totals hold, when they hold it (recorders before these
+    // counts leave them out).
+    const parts = (pairs) => pairs.filter(([n]) => n > 0).map(([n, what]) => count(n) + " " + what).join(", ");
+    document.getElementById("total-input-detail").textContent =
+      parts([[t.cached_tokens || 0, "cache reads"], [t.cache_write_tokens || 0, "cache writes"]]);
+    document.getElementById("total-output-detail").textContent = parts([[t.reasoning_tokens || 0, "reasoning"]]);
     document.getElementById("total-refused").textContent = count(refused);
   }
 

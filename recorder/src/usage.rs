@@ -130,6 +130,15 @@ pub struct Totals {
     pub output_tokens: u64,
     /// Cost in micro-USD.
     pub cost_micro_usd: u64,
+    /// Input tokens read from a prompt cache (part of `input_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Input tokens written to a prompt cache (part of `input_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// Output tokens spent on reasoning (part of `output_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Totals {
@@ -138,6 +147,9 @@ impl Totals {
         self.input_tokens = self.input_tokens.saturating_add(c.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(c.output_tokens);
         self.cost_micro_usd = self.cost_micro_usd.saturating_add(c.cost_micro_usd);
+        self.cached_tokens = self.cached_tokens.saturating_add(c.cached_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(c.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(c.reasoning_tokens);
     }
 }
 
@@ -555,6 +567,9 @@ mod tests {
             input_tokens: requests * 10,
             output_tokens: requests * 2,
             cost_micro_usd: requests * 100,
+            cached_tokens: requests * 3,
+            cache_write_tokens: requests,
+            reasoning_tokens: requests,
             caller: String::new(),
             reason: "allowed".into(),
         }
@@ -673,7 +688,10 @@ mod tests {
                 requests: 10,
                 input_tokens: 100,
                 output_tokens: 20,
-                cost_micro_usd: 1_000
+                cost_micro_usd: 1_000,
+                cached_tokens: 30,
+                cache_write_tokens: 10,
+                reasoning_tokens: 10,
             }
         );
         let (rows, _) = aggregate(&cells, &[GroupKey::Model], Some(Bucket::Day));

@@ -114,6 +114,24 @@ async fn ingest_dedups_resumes_and_exports_a_verifiable_bundle(store: Arc<dyn St
         report.total.cost_micro_usd,
         (0..6).map(|i| 1000 + i).sum::<u64>() + (0..3).map(|i| 1000 + i).sum::<u64>()
     );
+    // The breakdowns: cache reads i % 3, two cache writes on odd receipts,
+    // i reasoning tokens on even ones from 2 on.
+    let (reads, writes, reasoning) = (0..6u64).chain(0..3).fold((0, 0, 0), |(r, w, z), i| {
+        let even = i.is_multiple_of(2);
+        (
+            r + i % 3,
+            w + if even { 0 } else { 2 },
+            z + if even && i >= 2 { i } else { 0 },
+        )
+    });
+    assert_eq!(
+        (
+            report.total.cached_tokens,
+            report.total.cache_write_tokens,
+            report.total.reasoning_tokens
+        ),
+        (reads, writes, reasoning)
+    );
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     // Both streams closed: the newest record (a receipt or a close) is the
     // freshness, and no stream is open.

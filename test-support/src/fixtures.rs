@@ -161,11 +161,14 @@ impl Gateway {
             request_sha256: sha256(format!("request-{}-{i}", self.n).as_bytes()),
             response_sha256: sha256(format!("response-{}-{i}", self.n).as_bytes()),
             response_length: SafeU64::new(1_000 + i)?,
-            usage: Some(Usage::new(
-                SafeU64::new(100 + i)?,
-                SafeU64::new(10 + i)?,
-                SafeU64::ZERO,
-            )),
+            // Cache reads i % 3, two 5-minute cache writes on odd receipts,
+            // i reasoning tokens on even ones from 2 on.
+            usage: Some(Usage {
+                cache_write_5m_tokens: (i % 2 == 1).then_some(SafeU64::new(2)?),
+                cached_tokens: SafeU64::new(i % 3)?,
+                reasoning_tokens: (i >= 2 && i.is_multiple_of(2)).then_some(SafeU64::new(i)?),
+                ..Usage::new(SafeU64::new(100 + i)?, SafeU64::new(10 + i)?, SafeU64::ZERO)
+            }),
             cost_micro_usd: SafeU64::new(1_000 + i)?,
             upstream: Some(Upstream {
                 host: HostName::new("api.openai.com")?,

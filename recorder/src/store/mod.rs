@@ -19,7 +19,7 @@ pub mod sql;
 pub mod sqlite;
 
 use futures::future::BoxFuture;
-use tollgate_evidence::{Envelope, EnvelopeRecord, SignedKeyCertificate};
+use tollgate_evidence::{Envelope, EnvelopeRecord, SafeU64, SignedKeyCertificate};
 use tollgate_wire::quota_math::Amounts;
 
 use crate::ingest::ChainFault;
@@ -98,6 +98,10 @@ pub struct ReceiptFacts {
     pub output_tokens: u64,
     /// Cached input tokens.
     pub cached_tokens: u64,
+    /// Input tokens written to a prompt cache (5-minute and 1-hour).
+    pub cache_write_tokens: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: u64,
     /// Cost.
     pub cost_micro_usd: u64,
     /// `allow`, `deny` or `error`.
@@ -163,6 +167,13 @@ impl EnvelopeRow {
                     input_tokens: usage.map_or(0, |u| u.input_tokens.get()),
                     output_tokens: usage.map_or(0, |u| u.output_tokens.get()),
                     cached_tokens: usage.map_or(0, |u| u.cached_tokens.get()),
+                    cache_write_tokens: usage.map_or(0, |u| {
+                        let part = |n: Option<SafeU64>| n.map_or(0, SafeU64::get);
+                        part(u.cache_write_5m_tokens).saturating_add(part(u.cache_write_1h_tokens))
+                    }),
+                    reasoning_tokens: usage
+                        .and_then(|u| u.reasoning_tokens)
+                        .map_or(0, SafeU64::get),
                     cost_micro_usd: b.cost_micro_usd.get(),
                     // An attempt given up for another provider is not a
                     // request of its own: usage leaves it out.
@@ -478,6 +489,12 @@ pub struct UsageCell {
     pub output_tokens: u64,
     /// Cost.
     pub cost_micro_usd: u64,
+    /// Input tokens read from a prompt cache.
+    pub cached_tokens: u64,
+    /// Input tokens written to a prompt cache.
+    pub cache_write_tokens: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: u64,
     /// `caller_hash` (hex), "" when the receipt has none or the query did not
     /// group by caller.
     pub caller: String,

@@ -205,8 +205,11 @@ pub fn usage_cell(r: &Row) -> Result<UsageCell, StoreError> {
         input_tokens: r.opt_u64(6)?.unwrap_or(0),
         output_tokens: r.opt_u64(7)?.unwrap_or(0),
         cost_micro_usd: r.opt_u64(8)?.unwrap_or(0),
-        caller: r.text(9)?,
-        reason: r.text(10)?,
+        cached_tokens: r.opt_u64(9)?.unwrap_or(0),
+        cache_write_tokens: r.opt_u64(10)?.unwrap_or(0),
+        reasoning_tokens: r.opt_u64(11)?.unwrap_or(0),
+        caller: r.text(12)?,
+        reason: r.text(13)?,
     })
 }
 
@@ -326,6 +329,8 @@ pub fn log_write(w: &LogWrite) -> Vec<Statement> {
                 &e.json,
                 r.and_then(|r| r.caller_hash.as_ref()),
                 r.map(|r| r.reason.as_str()),
+                r.map(|r| r.cache_write_tokens),
+                r.map(|r| r.reasoning_tokens),
             ],
         ));
     }

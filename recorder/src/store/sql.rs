@@ -143,6 +143,8 @@ CREATE TABLE IF NOT EXISTS envelopes (
     body TEXT NOT NULL,
     caller_hash TEXT,
     reason TEXT,
+    cache_write_tokens {BIGINT},
+    reasoning_tokens {BIGINT},
     UNIQUE (stream_id, seq)
 );
 CREATE INDEX IF NOT EXISTS envelopes_started ON envelopes (started_at_ms);
@@ -215,7 +217,7 @@ CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (quota_id, limit_nam
 ";
 
 /// The SQLite schema version this code writes (`PRAGMA user_version`).
-pub const SQLITE_VERSION: i64 = 5;
+pub const SQLITE_VERSION: i64 = 6;
 
 /// SQLite migrations: `(from version, statements)`, applied in order to a
 /// database at that version. Version 0 is a new file (no migration: the
@@ -250,6 +252,15 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
          UPDATE envelopes SET reason = json_extract(body, '$.record.receipt.body.verdict.reason')
              WHERE receipt_id IS NOT NULL;",
     ),
+    (
+        5,
+        // Version 6 keeps receipts' cache writes and reasoning tokens for
+        // usage; the usage index is rebuilt to cover them (LATE_INDEXES).
+        // Older receipts have neither.
+        "ALTER TABLE envelopes ADD COLUMN cache_write_tokens BIGINT;
+         ALTER TABLE envelopes ADD COLUMN reasoning_tokens BIGINT;
+         DROP INDEX IF EXISTS envelopes_usage;",
+    ),
 ];
 
 /// Indexes over columns an older database gains only by its migrations or
@@ -258,9 +269,10 @@ pub const LATE_INDEXES: &str = "
 -- Every column a usage query reads, so it never reads the receipts' bodies
 -- (kilobytes each): an index-only scan of the range. Only receipts have a
 -- start time, so the index holds receipts only.
-CREATE INDEX IF NOT EXISTS envelopes_usage ON envelopes (started_at_ms, namespace,
+CREATE INDEX IF NOT EXISTS envelopes_usage2 ON envelopes (started_at_ms, namespace,
     service_account, provider, model, decision, reason, caller_hash, input_tokens,
-    output_tokens, cost_micro_usd, log_index) WHERE started_at_ms IS NOT NULL;
+    output_tokens, cost_micro_usd, cached_tokens, cache_write_tokens, reasoning_tokens,
+    log_index) WHERE started_at_ms IS NOT NULL;
 ";
 
 /// What PostgreSQL runs after [`SCHEMA`] at every start to bring an older
@@ -287,7 +299,14 @@ pub const POSTGRES_UPGRADES: &str = "DO $$ BEGIN
         WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'reason') THEN
         ALTER TABLE envelopes ADD COLUMN reason TEXT;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'envelopes' AND column_name = 'reasoning_tokens') THEN
+        ALTER TABLE envelopes ADD COLUMN cache_write_tokens BIGINT;
+        ALTER TABLE envelopes ADD COLUMN reasoning_tokens BIGINT;
+    END IF;
 END $$;
+-- The usage index before cache writes and reasoning: envelopes_usage2 covers them.
+DROP INDEX IF EXISTS envelopes_usage;
 -- Receipts stored without their reason (before the column, or by an older
 -- recorder still running during a rolling upgrade) get it from their body.
 -- The partial index holds only those, so with none left this costs nothing.
@@ -333,8 +352,8 @@ statements! {
     ReceiptIdsKnown = "SELECT receipt_id FROM envelopes WHERE receipt_id = ANY(?1)";
     InsertCertificate = "INSERT INTO certificates (cert_hash, key_id, not_before_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
     InsertSegment = "INSERT INTO segments (segment_index, genesis, created_at_ms) VALUES (?1, ?2, ?3)";
-    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash, reason)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+    InsertEnvelope = "INSERT INTO envelopes (log_index, segment_index, stream_id, seq, hash, key_id, receipt_id, namespace, service_account, pod, provider, model, started_at_ms, completed_at_ms, input_tokens, output_tokens, cached_tokens, cost_micro_usd, decision, provider_request_id, body, caller_hash, reason, cache_write_tokens, reasoning_tokens)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
     SealSegment = "UPDATE segments SET seal = ?2, checkpoint = ?3, sealed_at_ms = ?4, envelope_count = ?5, log_state = ?6 WHERE segment_index = ?1";
     UpsertStream = "INSERT INTO streams (stream_id, key_id, namespace, service_account, pod, next_seq, closed, first_record_ms, last_record_ms)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -378,12 +397,13 @@ statements! {
     /// envelopes with a start time).
     UsageCells = "SELECT namespace, service_account, COALESCE(provider, ''), COALESCE(model, ''), started_at_ms / 3600000,
             CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cost_micro_usd) AS BIGINT),
+            CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT),
             CASE WHEN CAST(?4 AS BIGINT) = 1 THEN COALESCE(caller_hash, '') ELSE '' END,
             CASE WHEN CAST(?5 AS BIGINT) = 1 THEN COALESCE(reason, '') ELSE '' END
         FROM envelopes
         WHERE started_at_ms >= ?1 AND started_at_ms < ?2 AND decision <> 'failed_over' AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
           AND (CAST(?6 AS BIGINT) IS NULL OR log_index < ?6)
-        GROUP BY 1, 2, 3, 4, 5, 10, 11
+        GROUP BY 1, 2, 3, 4, 5, 13, 14
         ORDER BY namespace {C}, service_account {C}, COALESCE(provider, '') {C}, COALESCE(model, '') {C}, started_at_ms / 3600000";
     Faults = "SELECT stream_id, kind, seq, namespace, at_ms, detected_at_ms, message FROM chain_faults
         WHERE at_ms >= ?1 AND at_ms < ?2 AND (CAST(?3 AS TEXT) IS NULL OR namespace = ?3)
