@@ -32,6 +32,11 @@ pub struct DoctorArgs {
     /// Bearer token file for --recorder (default: DATA_DIR/local-token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// A gateway's admin address, whose provider keys' health to check
+    /// (default: local mode's, http://127.0.0.1:15081; unreachable is then
+    /// only a warning).
+    #[arg(long)]
+    pub gateway_admin: Option<String>,
 }
 
 /// How a check came out.
@@ -288,6 +293,77 @@ async fn check_recorder(url: &str, token_file: &Path) -> Check {
     }
 }
 
+/// The provider keys' health from a gateway's `/keys` answer: a refused key
+/// fails the check, naming provider and key index (never the key). Pure.
+pub fn check_key_health(answer: &serde_json::Value) -> Check {
+    let Some(keys) = answer["keys"].as_array() else {
+        return check(
+            "provider keys",
+            Status::Fail,
+            "the gateway's /keys answer has no keys list",
+        );
+    };
+    let refused: Vec<String> = keys
+        .iter()
+        .filter(|k| k["state"] != "healthy")
+        .map(|k| {
+            format!(
+                "{} key #{} refused with {} (out of routing; probed again at {})",
+                k["provider"].as_str().unwrap_or("?"),
+                k["index"],
+                k["last_status"],
+                k["next_probe_ms"]
+                    .as_u64()
+                    .and_then(|ms| tollgate_evidence::Timestamp::from_unix_millis(ms).ok())
+                    .map_or_else(|| "?".into(), |t| t.to_canonical_string()),
+            )
+        })
+        .collect();
+    if keys.is_empty() {
+        check(
+            "provider keys",
+            Status::Ok,
+            "no provider keys (keyless or dry-run providers)",
+        )
+    } else if refused.is_empty() {
+        check(
+            "provider keys",
+            Status::Ok,
+            format!("{} key(s), all accepted by their providers", keys.len()),
+        )
+    } else {
+        check("provider keys", Status::Fail, refused.join("; "))
+    }
+}
+
+async fn check_gateway_keys(url: &str, explicit: bool) -> Check {
+    let unreachable = |why: String| {
+        let status = if explicit { Status::Fail } else { Status::Warn };
+        check("provider keys", status, why)
+    };
+    let client = match public_roots() {
+        Ok(tls) => HttpClient::new(tls, Duration::from_secs(5)),
+        Err(e) => return unreachable(e.to_string()),
+    };
+    match client
+        .send(
+            http::Method::GET,
+            &format!("{url}/keys"),
+            None,
+            None,
+            1 << 20,
+        )
+        .await
+    {
+        Ok(r) if r.status.is_success() => match serde_json::from_slice(&r.body) {
+            Ok(answer) => check_key_health(&answer),
+            Err(e) => unreachable(format!("{url}/keys is not JSON: {e}")),
+        },
+        Ok(r) => unreachable(format!("{url}/keys answered {}", r.status)),
+        Err(e) => unreachable(format!("no gateway at {url}: {e}")),
+    }
+}
+
 /// Runs every check and prints the report.
 pub fn run(args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let mut checks = Vec::new();
@@ -307,6 +383,14 @@ pub fn run(args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     checks.push(runtime.block_on(check_recorder(url.trim_end_matches('/'), &token)));
+    let admin = args
+        .gateway_admin
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:15081".into());
+    checks.push(runtime.block_on(check_gateway_keys(
+        admin.trim_end_matches('/'),
+        args.gateway_admin.is_some(),
+    )));
     checks.push(check_spool(&args.data_dir.join("spool")));
 
     for c in &checks {
@@ -403,6 +487,33 @@ mod tests {
         let bad = check_keys_and_anchor(&dir);
         let anchor = bad.iter().find(|c| c.name == "trust anchors").unwrap();
         assert_eq!(anchor.status, Status::Fail, "{anchor:?}");
+    }
+
+    #[test]
+    fn a_refused_provider_key_fails_the_check_by_index() {
+        let healthy = serde_json::json!({"keys": [
+            {"provider": "openai", "index": 0, "state": "healthy"},
+            {"provider": "openai", "index": 1, "state": "healthy"},
+        ]});
+        let ok = check_key_health(&healthy);
+        assert_eq!(ok.status, Status::Ok, "{ok:?}");
+        assert!(ok.detail.contains("2 key(s)"), "{ok:?}");
+        let refused = serde_json::json!({"keys": [
+            {"provider": "openai", "index": 0, "state": "healthy"},
+            {"provider": "openai", "index": 1, "state": "unhealthy", "since_ms": 1_765_000_000_000u64,
+             "next_probe_ms": 1_765_000_030_000u64, "last_status": 401},
+        ]});
+        let bad = check_key_health(&refused);
+        assert_eq!(bad.status, Status::Fail, "{bad:?}");
+        assert!(
+            bad.detail
+                .starts_with("openai key #1 refused with 401 (out of routing; probed again at 2025-12-06T05:47:10"),
+            "{bad:?}"
+        );
+        assert_eq!(
+            check_key_health(&serde_json::json!({})).status,
+            Status::Fail
+        );
     }
 
     #[test]

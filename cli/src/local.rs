@@ -51,7 +51,7 @@ pub struct LocalArgs {
     /// The gateway's API listener (OPENAI_BASE_URL / ANTHROPIC_BASE_URL).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub listen: SocketAddr,
-    /// The gateway's admin listener: /live, /startup, /ready, /metrics.
+    /// The gateway's admin listener: /live, /startup, /ready, /metrics, /keys.
     #[arg(long, default_value = "127.0.0.1:15081")]
     pub admin_listen: SocketAddr,
     /// The recorder's listener (loopback only).

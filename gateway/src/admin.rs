@@ -38,6 +38,13 @@ pub struct BoundLabel {
     bound: &'static str,
 }
 
+/// `provider`, `state`: provider keys by health.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyStateLabels {
+    provider: String,
+    state: &'static str,
+}
+
 /// The gateway's metrics, registered once in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -49,6 +56,7 @@ pub struct Metrics {
     receipts_dropped: Gauge,
     receipts_queued: Gauge,
     overload_refusals: Family<BoundLabel, Gauge>,
+    provider_keys: Family<KeyStateLabels, Gauge>,
     /// The data port's refusals at its bounds (`tollgate_wire::server`).
     pub overload: Arc<tollgate_wire::server::OverloadCounters>,
     /// The OpenTelemetry GenAI client metrics.
@@ -113,6 +121,12 @@ impl Metrics {
             "Work the data port refused at its bounds since start (503 with Retry-After), by bound: connections, requests_in_flight, write_stalls (connections closed because the client stopped reading)",
             overload_refusals.clone(),
         );
+        let provider_keys = Family::<KeyStateLabels, Gauge>::default();
+        registry.register(
+            "provider_keys",
+            "Provider keys by provider and health: healthy, or unhealthy (refused with 401/403, out of routing until a probe succeeds)",
+            provider_keys.clone(),
+        );
         Self {
             registry: root,
             genai,
@@ -123,6 +137,7 @@ impl Metrics {
             receipts_dropped,
             receipts_queued,
             overload_refusals,
+            provider_keys,
             overload: Arc::default(),
         }
     }
@@ -157,6 +172,16 @@ impl Metrics {
             self.overload_refusals
                 .get_or_create(&BoundLabel { bound })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let runtime = gateway.runtime();
+        self.provider_keys.clear();
+        for key in runtime.key_health.snapshot(&runtime.key_counts()) {
+            self.provider_keys
+                .get_or_create(&KeyStateLabels {
+                    provider: key.provider,
+                    state: key.state,
+                })
+                .inc();
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -264,6 +289,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/startup", get(startup))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/keys", get(keys))
         .with_state(state)
 }
 
@@ -316,6 +342,19 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
             .into_response(),
         Some(why) => unavailable(format!("not ready: {why}\n")),
     }
+}
+
+/// Each provider key's health, by index (never the key): what
+/// `kubectl tollgate doctor --gateway-admin` reads.
+async fn keys(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(gateway) = state.gateway.get() else {
+        return unavailable(format!("starting: {}\n", state.phase()));
+    };
+    let runtime = gateway.runtime();
+    axum::Json(serde_json::json!({
+        "keys": runtime.key_health.snapshot(&runtime.key_counts())
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

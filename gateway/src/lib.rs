@@ -16,6 +16,7 @@ pub mod egress_rules;
 pub mod genai_metrics;
 pub mod guards;
 pub mod init_network;
+pub mod key_health;
 pub mod proxy;
 pub mod quota;
 pub mod quota_lease;

@@ -35,6 +35,8 @@ use crate::receipts::{
 
 /// Largest config file read, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+/// How often the gateway looks for refused provider keys due a probe.
+const KEY_PROBE_TICK: Duration = Duration::from_secs(5);
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -508,6 +510,18 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         options.pod_labels.clone(),
         gateway.clone(),
     ));
+    // Refused provider keys get a probe when their backoff ends.
+    let key_probes = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let mut tick = tokio::time::interval(KEY_PROBE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::proxy::probe_due_keys(gateway.runtime()).await;
+            }
+        }
+    });
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -527,6 +541,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         stopped(stop_rx).await;
         tracing::info!("shutting down: draining in-flight requests");
         reload.abort();
+        key_probes.abort();
         // The probes go with the API port, as before admin was bound first.
         let (drained, ()) = tokio::join!(
             tokio::time::timeout(Duration::from_secs(30), servers),

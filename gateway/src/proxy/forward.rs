@@ -4,6 +4,7 @@
 //! credentials, injects the provider key the routing formula picks, and
 //! requires the provider's TLS leaf fingerprint for the receipt.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,15 +16,15 @@ use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection}
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_evidence::{Decision, Lane};
-use tollgate_wire::config::{CompiledPolicy, FailMode};
+use tollgate_wire::config::{CompiledPolicy, FailMode, ProviderApi};
 
-use super::Ticket;
 use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use super::refusal::{Contact, Refusal, Refused};
 use super::route::Candidate;
+use super::{Runtime, Ticket};
 use crate::api::ApiStyle;
 use crate::credentials::choose_key_index;
-use crate::receipts::UpstreamFacts;
+use crate::receipts::{UpstreamFacts, unix_millis};
 use crate::upstream::{TlsFingerprint, connect_error};
 
 /// The request as it leaves for the provider: its JSON (which routing may have
@@ -247,13 +248,20 @@ async fn attempt_once(
             provider: provider.name.clone(),
         }));
     }
-    let key_count = keys.len().max(1) as u32;
+    // Route over the keys the provider has not refused; the receipt records
+    // the index into that set and its size.
+    let routable = ticket
+        .runtime
+        .key_health
+        .routable(&provider.name, keys.len() as u32);
+    let key_count = routable.len().max(1) as u32;
     let key_index = choose_key_index(
         &candidate.model.name,
         &ticket.request_sha256,
         &ticket.gateway.identity.node_id,
         key_count,
     );
+    let key_used = routable.get(key_index as usize).copied();
     let Some(base) = provider.base_url.as_deref() else {
         return Err(Failure::final_(Refusal::ProviderMisconfigured {
             provider: provider.name.clone(),
@@ -269,18 +277,8 @@ async fn attempt_once(
     let mut request = http::Request::post(&uri);
     if let Some(headers) = request.headers_mut() {
         copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
-        if let Some(key) = keys.get(key_index as usize) {
-            let (name, value) = match style {
-                ApiStyle::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
-                ApiStyle::Anthropic => (
-                    HeaderName::from_static("x-api-key"),
-                    key.expose().to_string(),
-                ),
-            };
-            if let Ok(mut value) = HeaderValue::from_str(&value) {
-                value.set_sensitive(true);
-                headers.insert(name, value);
-            }
+        if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
+            set_key(headers, style, key);
         }
     }
     let mut request = request
@@ -345,6 +343,20 @@ async fn attempt_once(
         }
         Ok(Ok(response)) => response,
     };
+    if let Some(index) = key_used
+        && ticket
+            .runtime
+            .key_health
+            .answered(&provider.name, index, response.status(), unix_millis())
+            .is_some()
+    {
+        tracing::warn!(
+            provider = %provider.name,
+            key = index,
+            status = response.status().as_u16(),
+            "the provider refused a key; requests use its other keys until a probe succeeds"
+        );
+    }
     Ok(Answered {
         response,
         decision_id,
@@ -484,6 +496,81 @@ fn copy_forwarded_headers(
         {
             to.insert(header_name, value.clone());
         }
+    }
+}
+
+/// Sets `key` as the provider's credential header for `style`, marked
+/// sensitive so no log or debug output shows it.
+fn set_key(headers: &mut HeaderMap, style: ApiStyle, key: &crate::credentials::ApiKey) {
+    let (name, value) = match style {
+        ApiStyle::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+        ApiStyle::Anthropic => (
+            HeaderName::from_static("x-api-key"),
+            key.expose().to_string(),
+        ),
+    };
+    if let Ok(mut value) = HeaderValue::from_str(&value) {
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+}
+
+/// How long a key probe may take, connection included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Probes every refused key whose probe is due: `GET /v1/models` with that
+/// key, through the provider's pinned client. At most one probe per key is
+/// in flight; the answer goes back into the runtime's [`KeyHealth`].
+pub async fn probe_due_keys(runtime: Arc<Runtime>) {
+    probe_due_keys_at(runtime, unix_millis()).await;
+}
+
+/// [`probe_due_keys`] as of `now_ms`.
+pub(super) async fn probe_due_keys_at(runtime: Arc<Runtime>, now_ms: u64) {
+    let due = runtime.key_health.due_probes(now_ms);
+    let probes = due.into_iter().map(|(provider, index)| {
+        let runtime = runtime.clone();
+        async move {
+            let status = probe_key(&runtime, &provider, index).await;
+            runtime.key_health.probed(&provider, index, status, now_ms);
+            match status {
+                Some(s) if s.is_success() => {
+                    tracing::info!(provider = %provider, key = index, "a refused key works again; it is back in routing");
+                }
+                _ => tracing::debug!(provider = %provider, key = index, status = ?status.map(|s| s.as_u16()), "key probe: still out"),
+            }
+        }
+    });
+    futures::future::join_all(probes).await;
+}
+
+async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http::StatusCode> {
+    let config = runtime
+        .config
+        .providers
+        .iter()
+        .find(|p| p.name == provider)?;
+    let key = runtime.credentials.keys(provider).get(index as usize)?;
+    let client = runtime.clients.get(provider)?;
+    let base = config.base_url.as_deref()?;
+    let style = match config.api {
+        ProviderApi::Anthropic => ApiStyle::Anthropic,
+        _ => ApiStyle::OpenAi,
+    };
+    let mut request = http::Request::get(format!("{}/v1/models", base.trim_end_matches('/')));
+    if let Some(headers) = request.headers_mut() {
+        set_key(headers, style, key);
+        if style == ApiStyle::Anthropic {
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            );
+        }
+    }
+    let request = request.body(Full::new(Bytes::new())).ok()?;
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => Some(response.status()),
+        _ => None,
     }
 }
 

@@ -43,11 +43,13 @@ use crate::admin::Metrics;
 use crate::api::{ApiStyle, Endpoint};
 use crate::credentials::Credentials;
 use crate::genai_metrics::{MetricCatalog, OperationLabels, Outcome};
+use crate::key_health::KeyHealth;
 use crate::quota::{Amounts, Caller, QuotaAuthority, QuotaDecision, matching_limits};
 use crate::receipts::{CheckDraft, DecisionDraft, ReceiptDraft, ReceiptSink, unix_millis};
 use crate::upstream::{ProviderClient, TrustError, provider_client};
 use crate::{caller, dry_run, guards};
 use forward::Outgoing;
+pub use forward::probe_due_keys;
 use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use refusal::{Contact, Refusal, Refused};
 use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, max_tokens_field, requested_max_tokens};
@@ -69,6 +71,8 @@ pub struct Runtime {
     /// The policy that governs this pod; `None` refuses every request.
     pub policy: Option<CompiledPolicy>,
     pub credentials: Credentials,
+    /// Which provider keys the providers refuse (see [`KeyHealth`]).
+    pub key_health: KeyHealth,
     clients: HashMap<String, ProviderClient>,
     policy_hash: [u8; 32],
     /// Which config values may become metric labels.
@@ -108,9 +112,23 @@ impl Runtime {
             config,
             policy,
             credentials,
+            key_health: KeyHealth::new(),
             clients,
             policy_hash,
         })
+    }
+
+    /// Every provider with keys and how many, for key status.
+    pub fn key_counts(&self) -> Vec<(String, u32)> {
+        self.config
+            .providers
+            .iter()
+            .map(|p| {
+                let count = self.credentials.keys(&p.name).len() as u32;
+                (p.name.clone(), count)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect()
     }
 }
 
@@ -150,8 +168,17 @@ impl Gateway {
     }
 
     /// Swaps in a new runtime. In-flight requests finish on the old one.
+    /// Refused keys stay out of routing if the new runtime holds the same key.
     pub fn swap_runtime(&self, runtime: Runtime) {
-        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
+        let mut current = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+        let old = &current.credentials;
+        runtime
+            .key_health
+            .carry_over(&current.key_health, |provider, index| {
+                let key = |c: &Credentials| c.keys(provider).get(index as usize).cloned();
+                key(old).is_some_and(|k| Some(k) == key(&runtime.credentials))
+            });
+        *current = Arc::new(runtime);
     }
 
     /// Counts a finished request (which took `elapsed` from its arrival;

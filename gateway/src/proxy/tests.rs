@@ -34,6 +34,10 @@ use crate::upstream::{ConnectError, TlsFingerprint};
 
 const FINGERPRINT: [u8; 32] = [7; 32];
 const PROVIDER_KEY: &str = "sk-provider-key-0123456789";
+/// A second key, which `Upstream::RefusesRevokedKey` refuses while
+/// [`REVOKED`] is set.
+const REVOKED_KEY: &str = "sk-revoked-key-9876543210";
+static REVOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// How the in-memory provider behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +56,9 @@ enum Upstream {
     TlsRefused,
     /// Answers 200, over a connection with no certificate fingerprint.
     NoFingerprint,
+    /// Answers 401 to requests made with [`REVOKED_KEY`] while [`REVOKED`]
+    /// is set, and as `Ok` otherwise.
+    RefusesRevokedKey,
 }
 
 /// What the in-memory providers saw, by host.
@@ -88,10 +95,20 @@ fn dial(behaviour: BTreeMap<String, Upstream>, seen: Arc<Mutex<Seen>>) -> FakeDi
                     let (parts, body) = request.into_parts();
                     let bytes = body.collect().await.unwrap().to_bytes();
                     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let revoked = behaviour == Upstream::RefusesRevokedKey
+                        && REVOKED.load(std::sync::atomic::Ordering::SeqCst)
+                        && parts.headers.get("authorization").is_some_and(|v| {
+                            v.as_bytes() == format!("Bearer {REVOKED_KEY}").as_bytes()
+                        });
                     seen.lock()
                         .unwrap()
                         .requests
                         .push((host, parts.headers, json.clone()));
+                    let behaviour = if revoked {
+                        Upstream::Status(401)
+                    } else {
+                        behaviour
+                    };
                     Ok::<_, Infallible>(answer(behaviour, &json).await)
                 }
             });
@@ -183,6 +200,8 @@ struct Pod {
     keys: bool,
     caller_key: Option<CallerKey>,
     refuse_decisions: bool,
+    /// Each provider's keys.
+    provider_keys: Vec<&'static str>,
 }
 
 impl Pod {
@@ -222,6 +241,7 @@ impl Pod {
             keys: true,
             caller_key: None,
             refuse_decisions: false,
+            provider_keys: vec![PROVIDER_KEY],
         }
     }
 
@@ -235,14 +255,12 @@ impl Pod {
     }
 
     fn start(self) -> Running {
-        let credentials = Credentials::from_keys(
-            self.config
-                .providers
-                .iter()
-                .filter(|_| self.keys)
-                .map(|p| (p.name.clone(), vec![ApiKey::new(PROVIDER_KEY).unwrap()])),
-        )
-        .with_caller_key(self.caller_key);
+        let credentials =
+            Credentials::from_keys(self.config.providers.iter().filter(|_| self.keys).map(|p| {
+                let keys = self.provider_keys.iter().map(|k| ApiKey::new(k).unwrap());
+                (p.name.clone(), keys.collect())
+            }))
+            .with_caller_key(self.caller_key);
         let mut runtime = Runtime::build(self.config, credentials, &self.pod_labels).unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let dialer = dial(self.upstream, seen.clone());
@@ -1075,4 +1093,100 @@ async fn a_provider_error_reaches_the_app_with_the_quoted_key_scrubbed() {
     assert_eq!(answer.body["error"]["code"], "invalid_api_key");
     let receipt = running.receipt().await;
     assert_eq!((receipt.status, receipt.reason), (401, "upstream_4xx"));
+}
+
+#[tokio::test]
+async fn a_refused_key_leaves_routing_and_a_probe_brings_it_back() {
+    let mut pod = Pod::new().upstream("api.openai.test", Upstream::RefusesRevokedKey);
+    pod.provider_keys = vec![PROVIDER_KEY, REVOKED_KEY];
+    pod.policy().failover = false;
+    let mut running = pod.start();
+    let with_key = |running: &Running, key: &str| {
+        running
+            .seen
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(_, h, _)| h["authorization"] == format!("Bearer {key}").as_str())
+            .count()
+    };
+    // Distinct requests spread over both keys until one meets the revoked key.
+    let mut refused = None;
+    for n in 0..64 {
+        let answer = running
+            .chat(chat(
+                json!({"messages": [{"role": "user", "content": format!("q{n}")}]}),
+            ))
+            .await;
+        let draft = running.receipt().await;
+        let upstream = draft.upstream.clone().unwrap();
+        assert_eq!(upstream.key_count, 2);
+        if answer.status == StatusCode::UNAUTHORIZED {
+            refused = Some(upstream.key_index);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(1), "the revoked key was never chosen");
+
+    // Now every request routes over the one healthy key, and succeeds.
+    let before = with_key(&running, REVOKED_KEY);
+    for n in 100..116 {
+        let answer = running
+            .chat(chat(
+                json!({"messages": [{"role": "user", "content": format!("q{n}")}]}),
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        let upstream = running.receipt().await.upstream.unwrap();
+        assert_eq!((upstream.key_index, upstream.key_count), (0, 1));
+    }
+    assert_eq!(
+        with_key(&running, REVOKED_KEY),
+        before,
+        "the refused key is not used"
+    );
+    let runtime = running.gateway.runtime();
+    let keys = runtime.key_health.snapshot(&runtime.key_counts());
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.provider.as_str(), k.index, k.state))
+            .collect::<Vec<_>>(),
+        [
+            ("openai", 0, "healthy"),
+            ("openai", 1, "unhealthy"),
+            ("backup", 0, "healthy"),
+            ("backup", 1, "healthy")
+        ]
+    );
+
+    // A probe before the backoff ends is not made; after it, still refused,
+    // then accepted once the key works again.
+    let now = crate::receipts::unix_millis();
+    super::forward::probe_due_keys_at(runtime.clone(), now).await;
+    assert_eq!(with_key(&running, REVOKED_KEY), before);
+    super::forward::probe_due_keys_at(runtime.clone(), now + 31_000).await;
+    assert_eq!(with_key(&running, REVOKED_KEY), before + 1, "one probe");
+    assert_eq!(runtime.key_health.routable("openai", 2), [0]);
+    REVOKED.store(false, std::sync::atomic::Ordering::SeqCst);
+    super::forward::probe_due_keys_at(runtime.clone(), now + 31_000 + 60_000).await;
+    assert_eq!(with_key(&running, REVOKED_KEY), before + 2);
+    assert_eq!(
+        runtime.key_health.routable("openai", 2),
+        [0, 1],
+        "back in routing"
+    );
+    let probe = running
+        .seen
+        .lock()
+        .unwrap()
+        .requests
+        .last()
+        .map(|(host, _, body)| (host.clone(), body.clone()))
+        .unwrap();
+    assert_eq!(
+        probe,
+        ("api.openai.test".to_string(), Value::Null),
+        "a bodiless GET"
+    );
 }

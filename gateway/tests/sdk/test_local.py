@@ -56,7 +56,7 @@ class Local:
         self.log_out = data.parent / f"{data.name}.stdout"
         self.log_err = data.parent / f"{data.name}.stderr"
         self.api_port, admin, recorder = free_port(), free_port(), free_port()
-        self.recorder_port = recorder
+        self.recorder_port, self.admin_port = recorder, admin
         cmd = [
             str(CLI_BIN), "local", "--manifests", str(manifests), "--data-dir", str(data),
             "--listen", f"127.0.0.1:{self.api_port}", "--admin-listen", f"127.0.0.1:{admin}",
@@ -145,9 +145,11 @@ def test_readme_flow_local_sdk_usage_export_verify(binaries, tmp_path: Path) -> 
 
     # doctor: healthy while local mode runs (the open stream is only a warning).
     proc = cli("doctor", "--manifests", str(QUICKSTART), "--data-dir", str(local.data),
-               "--recorder", f"http://127.0.0.1:{local.recorder_port}")
+               "--recorder", f"http://127.0.0.1:{local.recorder_port}",
+               "--gateway-admin", f"http://127.0.0.1:{local.admin_port}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL" not in proc.stdout and "recorder" in proc.stdout
+    assert re.search(r"^ok +provider keys +no provider keys", proc.stdout, re.M), proc.stdout
 
     assert local.stop() == 0, local.stderr()
     assert "closed" in local.stdout()

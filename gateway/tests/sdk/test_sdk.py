@@ -601,6 +601,18 @@ def table_sha256(pricing: dict) -> str:
     return hashlib.sha256(json.dumps(pricing, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def test_admin_keys_show_each_keys_health_never_the_key(gw: Gateway) -> None:
+    status, body, _ = gw.admin_get("/keys")
+    assert status == 200, body
+    keys = json.loads(body)["keys"]
+    openai_keys = [k for k in keys if k["provider"] == "openai-mock"]
+    assert [(k["index"], k["state"]) for k in openai_keys] == [(i, "healthy") for i in range(len(OPENAI_KEYS))]
+    for value in [*OPENAI_KEYS.values(), *ANTHROPIC_KEYS.values()]:
+        assert value not in body
+    _, metrics, _ = gw.admin_get("/metrics")
+    assert f'tollgate_gateway_provider_keys{{provider="openai-mock",state="healthy"}} {len(OPENAI_KEYS)}' in metrics, metrics
+
+
 def test_service_tiers_long_context_and_reasoning_are_priced_and_recorded(gw: Gateway) -> None:
     """The tier the provider reports picks its prices; past the long-context
     size the whole request is priced at those; reasoning tokens are counted
