@@ -267,10 +267,12 @@ fn compile_provider(
             .map(|m| CompiledModel {
                 name: m.name.clone(),
                 aliases: m.aliases.clone(),
+                deployment: m.deployment.clone(),
                 pricing: PriceTable::new(m.pricing.clone()),
             })
             .collect(),
         upstream_trust,
+        azure_api_version: spec.azure.as_ref().map(|a| a.api_version.clone()),
         connect_timeout_ms: spec.timeouts.connect_millis,
         first_byte_timeout_ms: spec.timeouts.first_byte_millis,
         idle_timeout_ms: spec.timeouts.idle_millis,

@@ -35,19 +35,27 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
 )]
 #[x_kube(
     validation = Rule::new("self.api == 'dryRun' ? !has(self.baseURL) : has(self.baseURL)")
-        .message("baseURL is required for api openai and anthropic, and must be omitted for api dryRun (the dry-run provider never dials out)"),
+        .message("baseURL is required for api openai, anthropic and azureOpenai, and must be omitted for api dryRun (the dry-run provider never dials out)"),
+    validation = Rule::new("(self.api == 'azureOpenai') == has(self.azure)")
+        .message("azure (with apiVersion) is required for api azureOpenai and allowed for no other api"),
     validation = Rule::new("!has(self.baseURL) || self.baseURL.startsWith('https://')")
         .message("baseURL must use https: every receipt records the provider's TLS certificate"),
     validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
-        .message("credentialsRef is required for api openai and anthropic"),
+        .message("credentialsRef is required for api openai, anthropic and azureOpenai"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LLMProviderSpec {
-    /// The wire API this provider speaks: `openai`, `anthropic`, or `dryRun`
-    /// (deterministic synthetic answers, no network; receipts say lane dry_run).
+    /// The wire API this provider speaks: `openai`, `anthropic`,
+    /// `azureOpenai` (Azure OpenAI: the OpenAI API at deployment paths, with
+    /// the `api-key` header), or `dryRun` (deterministic synthetic answers,
+    /// no network; receipts say lane dry_run).
     pub api: ProviderApi,
+
+    /// Azure OpenAI settings; required for `azureOpenai`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSettings>,
 
     /// Base URL of the API, for example `https://api.openai.com`; the gateway
     /// appends the API path (`/v1/...`). Must be https, so that every receipt
@@ -82,6 +90,17 @@ pub struct LLMProviderSpec {
     /// Timeouts the gateway applies to this provider's upstream calls.
     #[serde(default)]
     pub timeouts: ProviderTimeouts,
+}
+
+/// How to call an Azure OpenAI resource.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureSettings {
+    /// The `api-version` sent with every call, such as `2024-10-21`; or `v1`
+    /// for the version-less `/openai/v1/` paths (the deployment name then
+    /// goes in the body's `model`).
+    #[schemars(regex(pattern = r"^(v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?)$"))]
+    pub api_version: String,
 }
 
 /// A reference to the Secret holding a provider's API keys.
@@ -121,6 +140,16 @@ pub struct ModelSpec {
     #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub aliases: Vec<String>,
+
+    /// For `azureOpenai`: the deployment that serves the model, when it is
+    /// not named like the model. Clients may also ask for the model by this
+    /// name (the Azure SDKs put the deployment where the model goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
+    pub deployment: Option<String>,
 
     /// Prices in micro-USD per million tokens. Costs are integers end to end.
     #[serde(default)]

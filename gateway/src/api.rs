@@ -4,6 +4,9 @@
 
 use tollgate_wire::config::ProviderApi;
 
+/// The longest Azure deployment name.
+pub const MAX_DEPLOYMENT_LEN: usize = 64;
+
 /// The wire style a client speaks; errors are answered in the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiStyle {
@@ -52,6 +55,59 @@ impl Endpoint {
         (method == expected).then_some(endpoint)
     }
 
+    /// An Azure OpenAI path, as the Azure SDKs send it: the endpoint and the
+    /// deployment the path names (the model asked for), if it names one.
+    /// `/openai/deployments/{deployment}/chat/completions`, `/completions`
+    /// and `/embeddings`; `/openai/v1/` plus any OpenAI path. The query
+    /// (`api-version`) is the client's and is not forwarded.
+    pub fn from_azure_path<'p>(
+        method: &http::Method,
+        path: &'p str,
+    ) -> Option<(Self, Option<&'p str>)> {
+        let path = path.trim_end_matches('/');
+        if let Some(rest) = path.strip_prefix("/openai/v1/") {
+            return Self::from_request(method, &format!("/v1/{rest}")).map(|e| (e, None));
+        }
+        let rest = path.strip_prefix("/openai/deployments/")?;
+        let (deployment, operation) = rest.split_once('/')?;
+        let valid = !deployment.is_empty()
+            && deployment.len() <= MAX_DEPLOYMENT_LEN
+            && deployment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && deployment
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let endpoint = match operation {
+            "chat/completions" => Self::ChatCompletions,
+            "completions" => Self::Completions,
+            "embeddings" => Self::Embeddings,
+            _ => return None,
+        };
+        (valid && method == http::Method::POST).then_some((endpoint, Some(deployment)))
+    }
+
+    /// The path of this endpoint on an Azure OpenAI resource for
+    /// `deployment` at `api_version` (`v1`: the version-less paths, where the
+    /// body names the deployment). `None` for what Azure does not serve at a
+    /// deployment path.
+    pub fn azure_path(self, deployment: &str, api_version: &str) -> Option<String> {
+        if api_version == "v1" {
+            return Some(format!("/openai{}", self.path()));
+        }
+        let operation = match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => return Some(format!("/openai/responses?api-version={api_version}")),
+            _ => return None,
+        };
+        Some(format!(
+            "/openai/deployments/{deployment}/{operation}?api-version={api_version}"
+        ))
+    }
+
     /// The style of the endpoint's API.
     pub fn style(self) -> ApiStyle {
         match self {
@@ -92,7 +148,10 @@ impl Endpoint {
         matches!(
             (api, self.style()),
             (ProviderApi::DryRun, _)
-                | (ProviderApi::Openai, ApiStyle::OpenAi)
+                | (
+                    ProviderApi::Openai | ProviderApi::AzureOpenai,
+                    ApiStyle::OpenAi
+                )
                 | (ProviderApi::Anthropic, ApiStyle::Anthropic)
         )
     }
@@ -130,6 +189,59 @@ mod tests {
             Endpoint::from_request(&Method::POST, "/v2/chat/completions"),
             None
         );
+    }
+
+    #[test]
+    fn azure_paths_name_the_endpoint_and_the_deployment() {
+        use http::Method;
+        assert_eq!(
+            Endpoint::from_azure_path(
+                &Method::POST,
+                "/openai/deployments/gpt-4o-prod/chat/completions"
+            ),
+            Some((Endpoint::ChatCompletions, Some("gpt-4o-prod")))
+        );
+        assert_eq!(
+            Endpoint::from_azure_path(&Method::POST, "/openai/deployments/emb.small_1/embeddings"),
+            Some((Endpoint::Embeddings, Some("emb.small_1")))
+        );
+        assert_eq!(
+            Endpoint::from_azure_path(&Method::POST, "/openai/v1/responses"),
+            Some((Endpoint::Responses, None))
+        );
+        for refused in [
+            "/openai/deployments/../chat/completions",
+            "/openai/deployments//chat/completions",
+            "/openai/deployments/x/files",
+            "/openai/deployments/-x/chat/completions",
+            "/openai/v1/files",
+            "/v1/chat/completions",
+        ] {
+            assert_eq!(
+                Endpoint::from_azure_path(&Method::POST, refused),
+                None,
+                "{refused}"
+            );
+        }
+        let long = format!("/openai/deployments/{}/chat/completions", "d".repeat(65));
+        assert_eq!(Endpoint::from_azure_path(&Method::POST, &long), None);
+        assert_eq!(
+            Endpoint::from_azure_path(&Method::GET, "/openai/deployments/d/chat/completions"),
+            None
+        );
+        assert_eq!(
+            Endpoint::ChatCompletions
+                .azure_path("gpt-4o-prod", "2024-10-21")
+                .as_deref(),
+            Some("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
+        );
+        assert_eq!(
+            Endpoint::Embeddings.azure_path("d", "v1").as_deref(),
+            Some("/openai/v1/embeddings")
+        );
+        assert_eq!(Endpoint::Messages.azure_path("d", "2024-10-21"), None);
+        assert!(Endpoint::ChatCompletions.served_by(ProviderApi::AzureOpenai));
+        assert!(!Endpoint::Messages.served_by(ProviderApi::AzureOpenai));
     }
 
     #[test]

@@ -165,6 +165,7 @@ fn provider_name(api: ProviderApi) -> &'static str {
     match api {
         ProviderApi::Openai => "openai",
         ProviderApi::Anthropic => "anthropic",
+        ProviderApi::AzureOpenai => "azure.ai.openai",
         ProviderApi::DryRun => "tollgate.dry_run",
     }
 }
@@ -571,11 +572,13 @@ mod tests {
 
     fn config() -> GatewayConfig {
         let model = |name: &str, aliases: &[&str]| CompiledModel {
+            deployment: None,
             name: name.into(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             pricing: PriceTable::default(),
         };
         let provider = |name: &str, api: ProviderApi, url: Option<&str>, models| CompiledProvider {
+            azure_api_version: None,
             name: name.into(),
             api,
             base_url: url.map(str::to_string),

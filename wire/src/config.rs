@@ -49,6 +49,10 @@ pub enum ProviderApi {
     Openai,
     // Anthropic-style: /v1/messages and /v1/messages/count_tokens.
     Anthropic,
+    // Azure OpenAI: the OpenAI endpoints at deployment paths
+    // (/openai/deployments/{deployment}/chat/completions?api-version=...)
+    // or at /openai/v1/..., with the `api-key` header.
+    AzureOpenai,
     // Offline, deterministic, no network.
     DryRun,
 }
@@ -150,6 +154,10 @@ pub struct CompiledProvider {
     /// Per-host TLS trust from the provider's TrustAnchor; hosts not listed use
     /// the system roots without pins.
     pub upstream_trust: Vec<HostTrust>,
+    /// Azure OpenAI's `api-version` (`2024-10-21`), or `v1` for the
+    /// `/openai/v1/` paths. Only for `azureOpenai`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_api_version: Option<String>,
     pub connect_timeout_ms: u32,
     pub first_byte_timeout_ms: u32,
     pub idle_timeout_ms: u32,
@@ -169,8 +177,20 @@ pub struct CredentialsSource {
 pub struct CompiledModel {
     pub name: String,
     pub aliases: Vec<String>,
+    /// The Azure OpenAI deployment that serves the model, when its name is
+    /// not the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
     /// The model's price table and its hash, which receipts record.
     pub pricing: PriceTable,
+}
+
+impl CompiledModel {
+    /// The name the upstream knows the model by: its Azure deployment, or
+    /// its own name.
+    pub fn upstream_name(&self) -> &str {
+        self.deployment.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// TLS trust for one upstream host.

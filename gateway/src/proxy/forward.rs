@@ -142,9 +142,9 @@ pub(super) async fn forward(
     for (attempt, candidate) in candidates.iter().enumerate() {
         let provider = candidate.provider.name.as_str();
         let failover = policy.failover && attempt + 1 < candidates.len();
-        if outgoing.json.get("model").and_then(Value::as_str) != Some(candidate.model.name.as_str())
-        {
-            outgoing.json["model"] = Value::from(candidate.model.name.clone());
+        let upstream_model = candidate.model.upstream_name();
+        if outgoing.json.get("model").and_then(Value::as_str) != Some(upstream_model) {
+            outgoing.json["model"] = Value::from(upstream_model);
             outgoing.rewrite = true;
         }
         let body = if outgoing.rewrite {
@@ -267,7 +267,23 @@ async fn attempt_once(
             provider: provider.name.clone(),
         }));
     };
-    let uri = format!("{}{}", base.trim_end_matches('/'), ticket.endpoint.path());
+    let path = match (provider.api, provider.azure_api_version.as_deref()) {
+        (ProviderApi::AzureOpenai, Some(version)) => ticket
+            .endpoint
+            .azure_path(candidate.model.upstream_name(), version)
+            .ok_or_else(|| {
+                Failure::final_(Refusal::ProviderMisconfigured {
+                    provider: provider.name.clone(),
+                })
+            })?,
+        (ProviderApi::AzureOpenai, None) => {
+            return Err(Failure::final_(Refusal::ProviderMisconfigured {
+                provider: provider.name.clone(),
+            }));
+        }
+        _ => ticket.endpoint.path().to_string(),
+    };
+    let uri = format!("{}{}", base.trim_end_matches('/'), path);
     let host = uri
         .parse::<http::Uri>()
         .ok()
@@ -278,7 +294,7 @@ async fn attempt_once(
     if let Some(headers) = request.headers_mut() {
         copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
         if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
-            set_key(headers, style, key);
+            set_key(headers, provider.api, key);
         }
     }
     let mut request = request
@@ -484,6 +500,7 @@ fn copy_forwarded_headers(
             name,
             "authorization"
                 | "x-api-key"
+                | "api-key"
                 | "proxy-authorization"
                 | "cookie"
                 | "host"
@@ -499,15 +516,19 @@ fn copy_forwarded_headers(
     }
 }
 
-/// Sets `key` as the provider's credential header for `style`, marked
-/// sensitive so no log or debug output shows it.
-fn set_key(headers: &mut HeaderMap, style: ApiStyle, key: &crate::credentials::ApiKey) {
-    let (name, value) = match style {
-        ApiStyle::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
-        ApiStyle::Anthropic => (
+/// Sets `key` as the credential header `api` expects (OpenAI: a bearer
+/// token; Anthropic: `x-api-key`; Azure OpenAI: `api-key`), marked sensitive
+/// so no log or debug output shows it.
+fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::ApiKey) {
+    let (name, value) = match api {
+        ProviderApi::Anthropic => (
             HeaderName::from_static("x-api-key"),
             key.expose().to_string(),
         ),
+        ProviderApi::AzureOpenai => (HeaderName::from_static("api-key"), key.expose().to_string()),
+        ProviderApi::Openai | ProviderApi::DryRun => {
+            (header::AUTHORIZATION, format!("Bearer {}", key.expose()))
+        }
     };
     if let Ok(mut value) = HeaderValue::from_str(&value) {
         value.set_sensitive(true);
@@ -553,14 +574,18 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
     let key = runtime.credentials.keys(provider).get(index as usize)?;
     let client = runtime.clients.get(provider)?;
     let base = config.base_url.as_deref()?;
-    let style = match config.api {
-        ProviderApi::Anthropic => ApiStyle::Anthropic,
-        _ => ApiStyle::OpenAi,
+    // A listing that costs no tokens: the models (Azure: of the resource).
+    let path = match (config.api, config.azure_api_version.as_deref()) {
+        (ProviderApi::AzureOpenai, Some("v1")) => "/openai/v1/models".to_string(),
+        (ProviderApi::AzureOpenai, Some(version)) => {
+            format!("/openai/models?api-version={version}")
+        }
+        _ => "/v1/models".to_string(),
     };
-    let mut request = http::Request::get(format!("{}/v1/models", base.trim_end_matches('/')));
+    let mut request = http::Request::get(format!("{}{path}", base.trim_end_matches('/')));
     if let Some(headers) = request.headers_mut() {
-        set_key(headers, style, key);
-        if style == ApiStyle::Anthropic {
+        set_key(headers, config.api, key);
+        if config.api == ProviderApi::Anthropic {
             headers.insert(
                 HeaderName::from_static("anthropic-version"),
                 HeaderValue::from_static("2023-06-01"),

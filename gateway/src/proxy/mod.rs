@@ -236,6 +236,8 @@ struct Ticket {
     request_id: String,
     request_sha256: [u8; 32],
     model_requested: Option<String>,
+    /// The deployment an Azure-style path names: the model asked for.
+    deployment: Option<String>,
     guards: Vec<&'static str>,
     checks: Vec<CheckDraft>,
     caller_hash: Option<[u8; 32]>,
@@ -264,6 +266,7 @@ impl Ticket {
             request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
             request_sha256: [0; 32],
             model_requested: None,
+            deployment: None,
             guards: Vec::new(),
             checks: Vec::new(),
             caller_hash: None,
@@ -518,8 +521,13 @@ impl Drop for Ticket {
 /// call, or the receipt could not be written).
 async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
-    let Some(endpoint) = Endpoint::from_request(request.method(), request.uri().path()) else {
-        return Refusal::PathNotServed.response(style_for_path(request.uri().path()));
+    let path = request.uri().path();
+    let (endpoint, deployment) = match Endpoint::from_request(request.method(), path) {
+        Some(endpoint) => (endpoint, None),
+        None => match Endpoint::from_azure_path(request.method(), path) {
+            Some((endpoint, deployment)) => (endpoint, deployment.map(str::to_string)),
+            None => return Refusal::PathNotServed.response(style_for_path(path)),
+        },
     };
     let runtime = gateway.runtime();
     if !gateway.receipts.status.accepting() && !runtime.fails_open() {
@@ -527,6 +535,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     }
     let (parts, body) = request.into_parts();
     let mut ticket = Ticket::new(gateway, runtime, endpoint, started);
+    ticket.deployment = deployment;
     match correlation_id(&parts.headers) {
         Ok(id) => ticket.correlation_id = id,
         Err(refusal) => return ticket.refuse(refusal.into()),
@@ -580,11 +589,16 @@ async fn serve(ticket: &mut Ticket, headers: &HeaderMap, body: Body) -> Result<R
         .credentials
         .caller_key()
         .and_then(|key| caller::caller_hash(key, headers, &json, ticket.endpoint.style()));
-    let requested = json
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or(Refusal::ModelMissing)?;
+    // An Azure-style path names the deployment, which is what Azure serves
+    // whatever the body says; the body's `model` is made to agree.
+    let requested = match &ticket.deployment {
+        Some(deployment) => deployment.clone(),
+        None => json
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(Refusal::ModelMissing)?,
+    };
     ticket.model_requested = Some(requested.clone());
     let routed = route_request(ticket, &runtime.config, policy, &requested, (bytes, json))?;
     let first = &routed.candidates[0];

@@ -45,11 +45,11 @@ pub(super) fn candidates<'a>(
         {
             continue;
         }
-        let Some(model) = provider
-            .models
-            .iter()
-            .find(|m| m.name == model_name || m.aliases.iter().any(|a| a == model_name))
-        else {
+        let Some(model) = provider.models.iter().find(|m| {
+            m.name == model_name
+                || m.aliases.iter().any(|a| a == model_name)
+                || m.deployment.as_deref() == Some(model_name)
+        }) else {
             continue;
         };
         let allowed = !check_globs
@@ -131,6 +131,7 @@ mod tests {
 
     fn model(name: &str, aliases: &[&str]) -> CompiledModel {
         CompiledModel {
+            deployment: None,
             name: name.into(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             pricing: PriceTable::default(),
@@ -139,6 +140,7 @@ mod tests {
 
     fn provider(name: &str, api: ProviderApi, models: Vec<CompiledModel>) -> CompiledProvider {
         CompiledProvider {
+            azure_api_version: None,
             name: name.into(),
             api,
             base_url: None,

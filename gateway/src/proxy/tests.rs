@@ -158,6 +158,7 @@ async fn answer(behaviour: Upstream, request: &Value) -> http::Response<String> 
 
 fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
     CompiledProvider {
+        azure_api_version: None,
         name: name.into(),
         api,
         base_url: (api != ProviderApi::DryRun).then(|| format!("https://{host}")),
@@ -171,6 +172,7 @@ fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
             keys: vec!["key".into()],
         }),
         models: vec![CompiledModel {
+            deployment: None,
             name: "gpt-4o-mini".into(),
             aliases: vec![],
             pricing: PriceTable::default(),

@@ -46,6 +46,10 @@ PROMPT_MARKER = f"PRIVACYPROBE{RUN_ID}"
 COMPLETION_MARKER = f"MOCKANSWER{RUN_ID}"
 OPENAI_KEYS = {"key-a": f"sk-upstream-INJECTED-KEY-123456789-{RUN_ID}", "key-b": f"sk-upstream-INJECTED-KEY-ALT-2468-{RUN_ID}"}
 ANTHROPIC_KEYS = {"key-a": f"sk-ant-upstream-INJECTED-KEY-987654321-{RUN_ID}"}
+# Azure keys are 32 hex digits; the run id keeps them unique.
+AZURE_KEYS = {"key-1": f"a2e0{RUN_ID}".ljust(32, "0")[:32]}
+AZURE_CLIENT_KEY = "azure-client-key-must-be-dropped"
+AZURE_API_VERSION = "2024-10-21"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
 ANTHROPIC_CLIENT_KEY = "sk-ant-client-dropped"
 CORR_PREFIX = f"corr{RUN_ID}"
@@ -280,7 +284,7 @@ def provider(name: str, api: str, base_url: str, models: list[dict], trust_ancho
         "api": api,
         "baseURL": base_url,
         "hosts": ["localhost"],
-        "credentialsRef": {"secretName": secret, "keys": sorted(OPENAI_KEYS if secret == "openai-keys" else ANTHROPIC_KEYS)},
+        "credentialsRef": {"secretName": secret, "keys": sorted({"openai-keys": OPENAI_KEYS, "azure-keys": AZURE_KEYS}.get(secret, ANTHROPIC_KEYS))},
         "models": models,
         "tls": {"trustAnchorRef": trust_anchor},
         "timeouts": {"connectMillis": 3000, "firstByteMillis": 20000, "idleMillis": 10000},
@@ -298,7 +302,18 @@ def secrets() -> list[dict]:
     return [
         doc("Secret", "openai-keys", api_version="v1", stringData=OPENAI_KEYS),
         doc("Secret", "anthropic-keys", api_version="v1", stringData=ANTHROPIC_KEYS),
+        doc("Secret", "azure-keys", api_version="v1", stringData=AZURE_KEYS),
     ]
+
+
+def azure_provider(mocks: Mocks) -> dict:
+    """An Azure OpenAI provider on the primary mock; its model is served by a
+    deployment of another name, which is how Azure SDK clients ask for it."""
+    p = provider("azure-mock", "azureOpenai", mocks.primary.base_url, [
+        {"name": "gpt-4o-azure", "deployment": "gpt-4o-prod", "pricing": OPENAI_PRICING},
+    ], "mock-ca", "azure-keys")
+    p["spec"]["azure"] = {"apiVersion": AZURE_API_VERSION}
+    return p
 
 
 def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
@@ -324,6 +339,7 @@ def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
             m("slow-stream", ANTHROPIC_PRICING),
             m("claude-blocked", ANTHROPIC_PRICING),
         ], "mock-ca", "anthropic-keys"),
+        azure_provider(mocks),
         trust_anchor("mock-ca", pki.ca_pem),
         *secrets(),
     ]
@@ -349,6 +365,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
                 {"providerRef": "openai-mock", "models": ["gpt-4o-mini", "text-embedding-*", "slow-stream", "fail-429", "redirect-me", "close-delimited",
                                                           "stall-mid-stream", "reset-mid-stream", "huge-headers", "gpt-tiered"]},
                 {"providerRef": "anthropic-mock", "models": ["claude-haiku-4-5", "claude-cached", "slow-stream"]},
+                {"providerRef": "azure-mock", "models": ["gpt-4o-azure"]},
                 {"providerRef": "openai-pinned", "models": ["*"]},
                 {"providerRef": "openai-badpin", "models": ["*"]},
                 {"providerRef": "openai-wrongca", "models": ["*"]},
@@ -525,6 +542,14 @@ class Gateway:
         import openai
 
         return openai.OpenAI(base_url=self.openai_base, api_key=OPENAI_CLIENT_KEY, max_retries=0, timeout=30)
+
+    def azure(self):
+        """The openai package's Azure client, pointed at the gateway as at an
+        Azure OpenAI resource."""
+        import openai
+
+        return openai.AzureOpenAI(azure_endpoint=f"http://127.0.0.1:{self.api_port}", api_key=AZURE_CLIENT_KEY,
+                                  api_version=AZURE_API_VERSION, max_retries=0, timeout=30)
 
     def anthropic(self):
         import anthropic

@@ -45,12 +45,14 @@ import hashlib
 import http.server
 import itertools
 import json
+import re
 import socket
 import ssl
 import struct
 import sys
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 # Chat models that make the mock misbehave, and how big "huge" headers are.
@@ -230,6 +232,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         }
         path = self.path.split("?")[0]
         model = obj.get("model") or ""
+        # Azure OpenAI: the deployment in the path, api-version in the query,
+        # the key in api-key; served like the OpenAI path it stands for.
+        azure = re.match(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$", path)
+        if azure:
+            query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+            record["azure"] = {"deployment": azure[1], "api_version": (query.get("api-version") or [None])[0]}
+            if not record["azure"]["api_version"]:
+                record["status"] = 404
+                st.log(record)
+                self._send_json(404, {"error": {"code": "404", "message": "Resource not found"}})
+                return
+            if not headers.get("api-key"):
+                record["status"] = 401
+                st.log(record)
+                self._send_json(401, {"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}})
+                return
+            headers = dict(headers, authorization=f"Bearer {headers['api-key']}")
+            path, model = f"/v1/{azure[2]}", azure[1]
         try:
             self._route(method, path, model, obj, headers, record, corr)
         except PeerGone as e:

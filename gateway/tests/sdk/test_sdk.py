@@ -33,6 +33,9 @@ import pytest
 
 from conftest import (
     ANTHROPIC_CLIENT_KEY,
+    AZURE_API_VERSION,
+    AZURE_CLIENT_KEY,
+    AZURE_KEYS,
     ANTHROPIC_KEYS,
     ANTHROPIC_PRICING,
     COMPLETION_MARKER,
@@ -351,6 +354,54 @@ def test_openai_chat_plain(gw: Gateway, mocks: Mocks, pki: Pki) -> None:
     assert seen["headers"].get("authorization") == f"Bearer {key}", "the key used must be the one the receipt's key_index names"
     assert seen["headers"].get("host") == f"localhost:{mocks.primary.port}"
     assert raw.headers.get("x-request-id", "").startswith("req_mock_"), "the provider's x-request-id is passed back"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_azure_openai_client_through_the_gateway(gw: Gateway, mocks: Mocks, pki: Pki, stream: bool) -> None:
+    """The openai package's AzureOpenAI client, pointed at the sidecar as at a
+    resource: the deployment in its path picks the model, the gateway calls
+    the Azure provider at the deployment path with the provider's api-key and
+    api-version, and the app's own key never leaves."""
+    corr = new_corr()
+    client = gw.azure()
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-prod", messages=msgs(), user=corr, stream=True, stream_options={"include_usage": True})
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == STREAM_TEXT
+        usage = next(c.usage for c in chunks if c.usage)
+        assert (usage.prompt_tokens, usage.completion_tokens) == (1200, 300)
+    else:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-prod", messages=msgs(), user=corr)
+        assert raw.parse().choices[0].message.content == COMPLETION_TEXT
+    r = gw.receipt(raw.headers.get(RID))
+    assert r["verdict"]["decision"] == "allow", r["verdict"]
+    assert (r["provider"], r["model_requested"], r["lane"]) == ("azure-mock", "gpt-4o-prod", "live")
+    assert r["usage"] == CHAT_USAGE and r["cost_micro_usd"] == CHAT_COST
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+    assert (r["upstream"]["key_index"], r["upstream"]["key_count"]) == (0, 1)
+
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["path"] == f"/openai/deployments/gpt-4o-prod/chat/completions?api-version={AZURE_API_VERSION}", seen["path"]
+    assert seen["azure"] == {"deployment": "gpt-4o-prod", "api_version": AZURE_API_VERSION}
+    assert seen["headers"].get("api-key") == AZURE_KEYS["key-1"]
+    assert "authorization" not in seen["headers"], "no bearer token next to the api-key"
+    assert AZURE_CLIENT_KEY not in json.dumps(seen["headers"])
+
+
+def test_azure_openai_deployments_outside_the_policy_are_refused(gw: Gateway, mocks: Mocks) -> None:
+    corr = new_corr()
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        gw.azure().chat.completions.create(model="gpt-4o-unlisted", messages=msgs(), user=corr)
+    assert_openai_error(exc.value.response, 403)
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert r["model_requested"] == "gpt-4o-unlisted"
+    assert not mocks.primary.for_corr(corr)
+    # A path that is no Azure operation is not served at all.
+    status, _, _ = raw_post(gw, "/openai/deployments/gpt-4o-prod/files", b"{}")
+    assert status == 404
 
 
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
@@ -687,10 +738,14 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
     for rec in records:
         h = rec["headers"]
         blob = json.dumps(h)
-        assert OPENAI_CLIENT_KEY not in blob and ANTHROPIC_CLIENT_KEY not in blob, f"client key upstream: {rec['path']} {h}"
+        for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY):
+            assert client_key not in blob, f"client key upstream: {rec['path']} {h}"
         if rec["path"].startswith("/v1/messages"):
             assert h.get("x-api-key") in ANTHROPIC_KEYS.values(), h
             assert "authorization" not in h, h
+        elif rec["path"].startswith("/openai/"):
+            assert h.get("api-key") in AZURE_KEYS.values(), h
+            assert "authorization" not in h and "x-api-key" not in h, h
         else:
             assert h.get("authorization") in {f"Bearer {k}" for k in OPENAI_KEYS.values()}, h
             assert "x-api-key" not in h, h
@@ -1402,6 +1457,8 @@ def test_zz_shutdown_closes_streams_and_nothing_private_is_kept(gateways: Gatewa
         "AWS key": AWS_KEY,
         **{f"injected OpenAI {k}": v for k, v in OPENAI_KEYS.items()},
         **{f"injected Anthropic {k}": v for k, v in ANTHROPIC_KEYS.items()},
+        **{f"injected Azure {k}": v for k, v in AZURE_KEYS.items()},
+        "client Azure key": AZURE_CLIENT_KEY,
         # Key material without its prefix, in case it is logged in parts.
         "injected key tail": OPENAI_KEYS["key-a"].split("INJECTED-KEY-")[1],
     }

@@ -128,6 +128,7 @@ mod tests {
 
     fn provider(name: &str, secret: Option<(&str, &[&str])>) -> CompiledProvider {
         CompiledProvider {
+            azure_api_version: None,
             name: name.into(),
             api: ProviderApi::Openai,
             base_url: None,
