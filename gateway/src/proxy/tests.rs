@@ -65,6 +65,8 @@ enum Upstream {
 #[derive(Default, Debug)]
 struct Seen {
     requests: Vec<(String, http::HeaderMap, Value)>,
+    /// The path and query of each request, in the same order.
+    paths: Vec<String>,
 }
 
 fn dial(behaviour: BTreeMap<String, Upstream>, seen: Arc<Mutex<Seen>>) -> FakeDial {
@@ -100,10 +102,11 @@ fn dial(behaviour: BTreeMap<String, Upstream>, seen: Arc<Mutex<Seen>>) -> FakeDi
                         && parts.headers.get("authorization").is_some_and(|v| {
                             v.as_bytes() == format!("Bearer {REVOKED_KEY}").as_bytes()
                         });
-                    seen.lock()
-                        .unwrap()
-                        .requests
-                        .push((host, parts.headers, json.clone()));
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        seen.paths.push(parts.uri.to_string());
+                        seen.requests.push((host, parts.headers, json.clone()));
+                    }
                     let behaviour = if revoked {
                         Upstream::Status(401)
                     } else {
@@ -1191,4 +1194,54 @@ async fn a_refused_key_leaves_routing_and_a_probe_brings_it_back() {
         ("api.openai.test".to_string(), Value::Null),
         "a bodiless GET"
     );
+}
+
+#[tokio::test]
+async fn an_azure_provider_is_called_at_its_deployment_with_its_api_key() {
+    let azure = |version: &str| {
+        let mut p = provider("azure", ProviderApi::AzureOpenai, "res.openai.azure.test");
+        p.azure_api_version = Some(version.into());
+        p.models[0].deployment = Some("mini-prod".into());
+        p
+    };
+    for version in ["2024-10-21", "v1"] {
+        let mut pod = Pod::new();
+        pod.config.providers = vec![azure(version)];
+        pod.policy().routes = vec![route("azure")];
+        let mut running = pod.start();
+        // As the Azure SDK sends it: the deployment in the path, its own
+        // api-version and key.
+        let request =
+            Request::post("/openai/deployments/mini-prod/chat/completions?api-version=1999-01-01")
+                .header("content-type", "application/json")
+                .header("api-key", "the-apps-own-key")
+                .body(Body::from(
+                    json!({"messages": [{"role": "user", "content": "hello"}]}).to_string(),
+                ))
+                .unwrap();
+        let answer = running.send(request).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        let draft = running.receipt().await;
+        assert_eq!(draft.model_requested.as_deref(), Some("mini-prod"));
+        assert_eq!(draft.provider.as_deref(), Some("azure"));
+        // A plain OpenAI client asking for the model by its name.
+        assert_eq!(running.chat(chat(json!({}))).await.status, StatusCode::OK);
+        running.receipt().await;
+
+        let seen = running.seen.lock().unwrap();
+        let expected = match version {
+            "v1" => "/openai/v1/chat/completions".to_string(),
+            v => format!("/openai/deployments/mini-prod/chat/completions?api-version={v}"),
+        };
+        assert_eq!(seen.paths, [expected.clone(), expected], "{version}");
+        for (host, headers, body) in &seen.requests {
+            assert_eq!(host, "res.openai.azure.test");
+            assert_eq!(headers["api-key"], PROVIDER_KEY);
+            assert!(headers.get("authorization").is_none(), "{headers:?}");
+            assert_eq!(
+                body["model"], "mini-prod",
+                "the deployment, for the v1 paths"
+            );
+        }
+    }
 }
