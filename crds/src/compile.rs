@@ -10,10 +10,12 @@ use kube::ResourceExt;
 use crate::policy::PolicyMode;
 use crate::quota::{QuotaLimit, QuotaSubjects};
 use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnchor};
+use tollgate_wire::config::is_deployment_name;
 use tollgate_wire::config::{
     CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
     CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
-    LimitWindow, PriceTable, Requirement, Route, Selector, SelectorOperator, policy_hash,
+    LimitWindow, PriceTable, ProviderApi, Requirement, Route, Selector, SelectorOperator,
+    policy_hash,
 };
 use tollgate_wire::time_zone::TimeZoneName;
 
@@ -235,7 +237,47 @@ fn compile_provider(
                 .collect()
         }
     };
+    let azure = spec.api == ProviderApi::AzureOpenai;
+    let invalid = |message: String| Problem {
+        object: object.clone(),
+        reason: "InvalidProvider",
+        message,
+    };
+    if azure != spec.azure.is_some() {
+        return Err(invalid(
+            "azure (with apiVersion) is required for api azureOpenai and allowed for no other api"
+                .into(),
+        ));
+    }
     for model in &spec.models {
+        match (&model.deployment, azure) {
+            (Some(_), false) => {
+                return Err(invalid(format!(
+                    "model {:?}: deployment applies to api azureOpenai only",
+                    model.name
+                )));
+            }
+            (deployment, true) => {
+                let upstream = deployment.as_deref().unwrap_or(&model.name);
+                if !is_deployment_name(upstream) {
+                    return Err(invalid(format!(
+                        "model {:?}: {upstream:?} cannot be an Azure deployment name (1-64 of A-Za-z0-9._-); set deployment",
+                        model.name
+                    )));
+                }
+                let taken = spec.models.iter().any(|other| {
+                    other.name != model.name
+                        && (other.name == upstream || other.aliases.iter().any(|a| a == upstream))
+                });
+                if deployment.is_some() && taken {
+                    return Err(invalid(format!(
+                        "model {:?}: deployment {upstream:?} is another model's name or alias",
+                        model.name
+                    )));
+                }
+            }
+            (None, false) => {}
+        }
         let tiers = &model.pricing.service_tiers;
         if let Some(twice) = tiers
             .iter()
@@ -425,6 +467,51 @@ pub fn convert_selector(selector: &LabelSelector) -> Result<Selector, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn azure_example() -> LLMProvider {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/azure/provider.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_saphyr::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn azure_providers_compile_their_deployments_and_refuse_what_cannot_be_one() {
+        let provider = azure_example();
+        let compiled = compile_provider(&provider, &[]).unwrap();
+        assert_eq!(compiled.azure_api_version.as_deref(), Some("2024-10-21"));
+        assert_eq!(compiled.models[0].upstream_name(), "gpt-4o-prod");
+        assert_eq!(compiled.models[1].upstream_name(), "text-embedding-3-small");
+
+        let refused = |edit: &dyn Fn(&mut LLMProvider)| {
+            let mut p = azure_example();
+            edit(&mut p);
+            compile_provider(&p, &[]).unwrap_err().message
+        };
+        assert!(refused(&|p| p.spec.azure = None).contains("azure (with apiVersion) is required"));
+        assert!(
+            refused(&|p| p.spec.models[1].name = "text embedding".into())
+                .contains("cannot be an Azure deployment name")
+        );
+        assert!(
+            refused(&|p| p.spec.models[0].deployment = Some("x/../../y".into()))
+                .contains("cannot be an Azure deployment name")
+        );
+        assert!(
+            refused(&|p| p.spec.models[0].deployment = Some("text-embedding-3-small".into()))
+                .contains("is another model's name or alias")
+        );
+        let not_azure = refused(&|p| p.spec.api = ProviderApi::Openai);
+        assert!(not_azure.contains("azure (with apiVersion)"), "{not_azure}");
+        let not_azure = refused(&|p| {
+            p.spec.api = ProviderApi::Openai;
+            p.spec.azure = None;
+        });
+        assert!(
+            not_azure.contains("deployment applies to api azureOpenai only"),
+            "{not_azure}"
+        );
+    }
 
     #[test]
     fn rolling_durations_parse_to_seconds() {

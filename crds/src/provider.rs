@@ -42,6 +42,8 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         .message("baseURL must use https: every receipt records the provider's TLS certificate"),
     validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
+    validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
+        .message("a model's deployment applies to api azureOpenai only"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
         .message("credentialsRef is required for api openai, anthropic and azureOpenai"),
 )]

@@ -1,5 +1,6 @@
 //! `EgressQuota` (namespaced) and `ClusterEgressQuota` (cluster-scoped): budgets
-//! of tokens, requests and cost per UTC calendar window or rolling duration.
+//! of tokens, requests and cost per calendar window (UTC or a named time
+//! zone) or rolling duration.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -143,7 +144,7 @@ pub struct QuotaSubjects {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("has(self.window) != has(self.rolling)")
-        .message("a limit needs exactly one of window (a UTC calendar window: minute, hour, day or month) or rolling (a duration such as 90m)"),
+        .message("a limit needs exactly one of window (a calendar window: minute, hour, day or month) or rolling (a duration such as 90m)"),
     validation = Rule::new("has(self.tokens) || has(self.requests) || has(self.costMicroUSD)")
         .message("a limit must cap at least one of tokens, requests or costMicroUSD"),
     validation = Rule::new("!has(self.timeZone) || has(self.window)")

@@ -173,15 +173,18 @@ impl Metrics {
                 .get_or_create(&BoundLabel { bound })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        // Counted first, then set: concurrent scrapes set the same values.
         let runtime = gateway.runtime();
-        self.provider_keys.clear();
+        let mut by_state: std::collections::BTreeMap<(String, &'static str), i64> =
+            std::collections::BTreeMap::new();
         for key in runtime.key_health.snapshot(&runtime.key_counts()) {
+            *by_state.entry((key.provider, key.state)).or_default() += 1;
+        }
+        self.provider_keys.clear();
+        for ((provider, state), count) in by_state {
             self.provider_keys
-                .get_or_create(&KeyStateLabels {
-                    provider: key.provider,
-                    state: key.state,
-                })
-                .inc();
+                .get_or_create(&KeyStateLabels { provider, state })
+                .set(count);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

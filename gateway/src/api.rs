@@ -2,10 +2,7 @@
 //! each belongs to, and which provider APIs may serve it. Any other path is
 //! refused, never passed through.
 
-use tollgate_wire::config::ProviderApi;
-
-/// The longest Azure deployment name.
-pub const MAX_DEPLOYMENT_LEN: usize = 64;
+use tollgate_wire::config::{ProviderApi, is_deployment_name};
 
 /// The wire style a client speaks; errors are answered in the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,15 +67,7 @@ impl Endpoint {
         }
         let rest = path.strip_prefix("/openai/deployments/")?;
         let (deployment, operation) = rest.split_once('/')?;
-        let valid = !deployment.is_empty()
-            && deployment.len() <= MAX_DEPLOYMENT_LEN
-            && deployment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && deployment
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let valid = is_deployment_name(deployment);
         let endpoint = match operation {
             "chat/completions" => Self::ChatCompletions,
             "completions" => Self::Completions,
@@ -93,6 +82,13 @@ impl Endpoint {
     /// body names the deployment). `None` for what Azure does not serve at a
     /// deployment path.
     pub fn azure_path(self, deployment: &str, api_version: &str) -> Option<String> {
+        let version_ok = api_version == "v1"
+            || api_version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !is_deployment_name(deployment) || !version_ok {
+            return None;
+        }
         if api_version == "v1" {
             return Some(format!("/openai{}", self.path()));
         }
@@ -240,6 +236,16 @@ mod tests {
             Some("/openai/v1/embeddings")
         );
         assert_eq!(Endpoint::Messages.azure_path("d", "2024-10-21"), None);
+        // Nothing but a deployment name is ever put into the path.
+        assert_eq!(
+            Endpoint::ChatCompletions.azure_path("a/../../x?y=", "2024-10-21"),
+            None
+        );
+        assert_eq!(
+            Endpoint::ChatCompletions.azure_path("gpt 4o", "2024-10-21"),
+            None
+        );
+        assert_eq!(Endpoint::ChatCompletions.azure_path("d", "2024&x=1"), None);
         assert!(Endpoint::ChatCompletions.served_by(ProviderApi::AzureOpenai));
         assert!(!Endpoint::Messages.served_by(ProviderApi::AzureOpenai));
     }

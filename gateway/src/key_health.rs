@@ -27,6 +27,13 @@ pub const MAX_PROBE_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     Healthy,
+    /// Back in routing after a probe; a refusal soon after resumes the
+    /// backoff where it was (a key refused for some models only would
+    /// otherwise fail a request every 30 seconds).
+    Recovered {
+        at_ms: u64,
+        refusals: u32,
+    },
     /// Refused by the provider; out of routing until a probe succeeds.
     Unhealthy {
         since_ms: u64,
@@ -129,16 +136,22 @@ impl KeyHealth {
         }
         let mut states = self.lock();
         let key = (provider.to_string(), index);
-        let state = match states.get(&key) {
+        let refusals = match states.get(&key) {
             // Already out: a request that was routed before it went out.
             Some(KeyState::Unhealthy { .. }) => return None,
-            _ => KeyState::Unhealthy {
-                since_ms: now_ms,
-                probe_at_ms: now_ms.saturating_add(backoff(1)),
-                refusals: 1,
-                status: status.as_u16(),
-                probing: false,
-            },
+            Some(KeyState::Recovered { at_ms, refusals })
+                if now_ms.saturating_sub(*at_ms) < MAX_PROBE_AFTER.as_millis() as u64 =>
+            {
+                refusals + 1
+            }
+            _ => 1,
+        };
+        let state = KeyState::Unhealthy {
+            since_ms: now_ms,
+            probe_at_ms: now_ms.saturating_add(backoff(refusals)),
+            refusals,
+            status: status.as_u16(),
+            probing: false,
         };
         states.insert(key, state);
         self.recount(&states);
@@ -184,7 +197,13 @@ impl KeyHealth {
         };
         match status {
             Some(s) if s.is_success() => {
-                states.remove(&key);
+                states.insert(
+                    key,
+                    KeyState::Recovered {
+                        at_ms: now_ms,
+                        refusals,
+                    },
+                );
             }
             Some(s) if refuses_key(s) => {
                 states.insert(
@@ -316,6 +335,23 @@ mod tests {
         h.probed("p", 1, Some(StatusCode::OK), T + 150_000);
         assert_eq!(h.routable("p", 3), [0, 1, 2]);
         assert_eq!(h.snapshot(&[("p".into(), 3)])[1].state, "healthy");
+    }
+
+    #[test]
+    fn a_key_refused_again_soon_after_recovering_waits_longer() {
+        let h = KeyHealth::new();
+        h.answered("p", 0, StatusCode::FORBIDDEN, T);
+        h.due_probes(T + 30_000);
+        h.probed("p", 0, Some(StatusCode::OK), T + 30_000);
+        assert_eq!(h.routable("p", 1), [0]);
+        // Refused again a minute later: the wait is the second step's.
+        h.answered("p", 0, StatusCode::FORBIDDEN, T + 90_000);
+        assert!(h.due_probes(T + 90_000 + 59_999).is_empty());
+        assert_eq!(h.due_probes(T + 150_000).len(), 1);
+        // Long after a recovery, a refusal starts over.
+        h.probed("p", 0, Some(StatusCode::OK), T + 150_000);
+        h.answered("p", 0, StatusCode::UNAUTHORIZED, T + 150_000 + 600_000);
+        assert_eq!(h.due_probes(T + 750_000 + 30_000).len(), 1);
     }
 
     #[test]

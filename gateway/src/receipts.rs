@@ -34,6 +34,7 @@ use tollgate_evidence::{
 };
 
 use crate::api::{ApiStyle, Endpoint};
+use tollgate_wire::pricing::BilledTokens;
 
 /// Token counts of one response. Cache reads and writes are parts of
 /// `input`, reasoning of `output`.
@@ -57,23 +58,27 @@ pub struct PricingDraft {
 }
 
 impl UsageDraft {
-    /// The receipt's usage: reads and writes are clamped into the input in
-    /// that order and reasoning into the output (as they are priced), and
-    /// zero breakdowns are left out.
+    /// The receipt's usage: reads and writes clamped into the input as they
+    /// are priced ([`BilledTokens::clamped`]), reasoning into the output,
+    /// and zero breakdowns left out.
     fn to_usage(self) -> Result<Usage, DraftError> {
         let safe = |n: u64| safe("usage", n);
         let nonzero = |n: u64| -> Result<Option<SafeU64>, DraftError> {
             if n == 0 { Ok(None) } else { safe(n).map(Some) }
         };
-        let mut left = self.input;
-        let mut take = |n: u64| {
-            let taken = n.min(left);
-            left -= taken;
-            taken
-        };
-        let cached = take(self.cached);
-        let write_5m = take(self.cache_write_5m);
-        let write_1h = take(self.cache_write_1h);
+        let billed = BilledTokens {
+            input: self.input,
+            output: self.output,
+            cache_read: self.cached,
+            cache_write_5m: self.cache_write_5m,
+            cache_write_1h: self.cache_write_1h,
+        }
+        .clamped();
+        let (cached, write_5m, write_1h) = (
+            billed.cache_read,
+            billed.cache_write_5m,
+            billed.cache_write_1h,
+        );
         Ok(Usage {
             cache_write_1h_tokens: nonzero(write_1h)?,
             cache_write_5m_tokens: nonzero(write_5m)?,

@@ -518,7 +518,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                crate::proxy::probe_due_keys(gateway.runtime()).await;
+                crate::proxy::probe_due_keys(&gateway).await;
             }
         }
     });

@@ -185,6 +185,23 @@ pub struct CompiledModel {
     pub pricing: PriceTable,
 }
 
+/// The longest Azure OpenAI deployment name.
+pub const MAX_DEPLOYMENT_LEN: usize = 64;
+
+/// Whether `name` can be an Azure OpenAI deployment: 1 to 64 of
+/// `[A-Za-z0-9._-]`, starting with a letter or digit. Only such names are
+/// ever put into a path, the client's or the upstream's.
+pub fn is_deployment_name(name: &str) -> bool {
+    name.len() <= MAX_DEPLOYMENT_LEN
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl CompiledModel {
     /// The name the upstream knows the model by: its Azure deployment, or
     /// its own name.

@@ -147,10 +147,32 @@ impl ModelPricing {
     }
 }
 
+impl BilledTokens {
+    /// The counts made consistent: cache reads, then 5-minute, then 1-hour
+    /// writes are taken out of `input`, each at most what is left. Prices
+    /// and receipts both use these, so a receipt's counts always explain its
+    /// cost.
+    pub fn clamped(self) -> Self {
+        let mut left = self.input;
+        let mut take = |n: u64| {
+            let taken = n.min(left);
+            left -= taken;
+            taken
+        };
+        Self {
+            input: self.input,
+            output: self.output,
+            cache_read: take(self.cache_read),
+            cache_write_5m: take(self.cache_write_5m),
+            cache_write_1h: take(self.cache_write_1h),
+        }
+    }
+}
+
 impl TokenPrices {
     /// The cost of `tokens` in micro-USD, rounded up. Cache reads and writes
-    /// are taken out of `input` (in that order, each at most what is left)
-    /// and priced at their own rates; the rest is priced as input.
+    /// (as [`BilledTokens::clamped`] leaves them) are priced at their own
+    /// rates; the rest of the input as input.
     pub fn cost(&self, tokens: &BilledTokens) -> u64 {
         let input = self.input_per_million_micro_usd;
         let write_5m = self
@@ -159,19 +181,12 @@ impl TokenPrices {
         let write_1h = self
             .cache_write_1h_per_million_micro_usd
             .unwrap_or_else(|| input.saturating_mul(2));
-        let mut left = tokens.input;
-        let mut take = |n: u64| {
-            let taken = n.min(left);
-            left -= taken;
-            u128::from(taken)
-        };
-        let read = take(tokens.cache_read);
-        let written_5m = take(tokens.cache_write_5m);
-        let written_1h = take(tokens.cache_write_1h);
-        let total = u128::from(left) * u128::from(input)
-            + read * u128::from(self.cached_input_per_million_micro_usd)
-            + written_5m * u128::from(write_5m)
-            + written_1h * u128::from(write_1h)
+        let t = tokens.clamped();
+        let plain = t.input - t.cache_read - t.cache_write_5m - t.cache_write_1h;
+        let total = u128::from(plain) * u128::from(input)
+            + u128::from(t.cache_read) * u128::from(self.cached_input_per_million_micro_usd)
+            + u128::from(t.cache_write_5m) * u128::from(write_5m)
+            + u128::from(t.cache_write_1h) * u128::from(write_1h)
             + u128::from(tokens.output) * u128::from(self.output_per_million_micro_usd);
         u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }

@@ -2,7 +2,7 @@
 //! recorder's: calendar windows (UTC or a named time zone) and amounts.
 //! Pure. Prices are in [`crate::pricing`].
 
-use jiff::{Timestamp, Zoned};
+use jiff::Timestamp;
 
 use crate::config::{CalendarWindow, CompiledLimit, LimitWindow};
 use crate::time_zone::TimeZoneName;
@@ -135,39 +135,18 @@ fn zoned_window_bounds(
     zone: &TimeZoneName,
     now: u64,
 ) -> Option<(u64, u64)> {
-    let at = Timestamp::from_second(i64::try_from(now).ok()?)
-        .ok()?
-        .to_zoned(zone.zone().clone());
-    let top_of = |z: &Zoned, minute: bool| {
-        let mut with = z.with().second(0).subsec_nanosecond(0);
-        if !minute {
-            with = with.minute(0);
-        }
-        with.build().ok()
-    };
+    let at = Timestamp::from_second(i64::try_from(now).ok()?).ok()?;
+    let tz = zone.zone();
     let (start, end) = match window {
-        CalendarWindow::Minute => {
-            let start = top_of(&at, true)?;
-            let end = start
-                .timestamp()
-                .checked_add(jiff::SignedDuration::from_secs(60))
-                .ok()?;
-            (start.timestamp(), end)
-        }
-        CalendarWindow::Hour => {
-            let start = top_of(&at, false)?;
-            let end = start
-                .timestamp()
-                .checked_add(jiff::SignedDuration::from_hours(1))
-                .ok()?;
-            (start.timestamp(), end)
-        }
+        CalendarWindow::Minute => local_span_bounds(tz, at, 60)?,
+        CalendarWindow::Hour => local_span_bounds(tz, at, 3_600)?,
         CalendarWindow::Day => {
-            let start = at.start_of_day().ok()?;
+            let start = at.to_zoned(tz.clone()).start_of_day().ok()?;
             let end = start.tomorrow().ok()?.start_of_day().ok()?;
-            (start.timestamp(), end.timestamp())
+            (start.timestamp().as_second(), end.timestamp().as_second())
         }
         CalendarWindow::Month => {
+            let at = at.to_zoned(tz.clone());
             let start = at.first_of_month().ok()?.start_of_day().ok()?;
             let end = start
                 .last_of_month()
@@ -176,14 +155,31 @@ fn zoned_window_bounds(
                 .ok()?
                 .start_of_day()
                 .ok()?;
-            (start.timestamp(), end.timestamp())
+            (start.timestamp().as_second(), end.timestamp().as_second())
         }
     };
-    let seconds = |t: Timestamp| u64::try_from(t.as_second()).ok();
-    let (start, end) = (seconds(start)?, seconds(end)?);
-    // A local hour skipped by a daylight-saving change can put the top of
-    // the hour after `now`; the window then starts at `now`.
-    Some((start.min(now), end.max(now + 1)))
+    Some((u64::try_from(start).ok()?, u64::try_from(end).ok()?))
+}
+
+/// A minute or an hour (`len` seconds) of local time around `at`: from the
+/// local top of it in the offset in force at `at`, cut at the zone's clock
+/// changes on either side. So windows tile time, also where a change is not
+/// a whole hour (Lord Howe moves its clocks by 30 minutes, Chatham changes
+/// at 02:45): the window around a change ends at it and the next starts at
+/// it.
+fn local_span_bounds(tz: &jiff::tz::TimeZone, at: Timestamp, len: i64) -> Option<(i64, i64)> {
+    let now = at.as_second();
+    let local = now.checked_add(i64::from(tz.to_offset(at).seconds()))?;
+    let top = now - local.rem_euclid(len);
+    let one_second = jiff::SignedDuration::from_secs(1);
+    let last_change = tz
+        .preceding(at.checked_add(one_second).ok()?)
+        .next()
+        .map(|t| t.timestamp().as_second());
+    let next_change = tz.following(at).next().map(|t| t.timestamp().as_second());
+    let start = last_change.map_or(top, |change| top.max(change));
+    let end = next_change.map_or(top + len, |change| (top + len).min(change));
+    Some((start, end))
 }
 
 // Howard Hinnant's civil-date algorithms, for days since 1970-01-01 (no
@@ -311,6 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn hours_tile_across_clock_changes_that_are_not_whole_hours() {
+        // Chatham (UTC+12:45, +13:45 in summer) springs forward at 02:45
+        // local on 2026-09-27, 14:00 UTC: the hour before ends there and the
+        // next starts there, with no second left uncounted.
+        let change = at(2026, 9, 26, 14, 0);
+        assert_eq!(
+            zoned(CalendarWindow::Hour, "Pacific/Chatham", change - 60),
+            (change - 45 * 60, change)
+        );
+        assert_eq!(
+            zoned(CalendarWindow::Hour, "Pacific/Chatham", change + 5 * 60),
+            (change, change + 15 * 60)
+        );
+        // Lord Howe (UTC+10:30, +11 in summer) falls back 30 minutes at
+        // 02:00 local on 2026-04-05, 15:00 UTC.
+        let back = at(2026, 4, 4, 15, 0);
+        let (s, e) = zoned(CalendarWindow::Hour, "Australia/Lord_Howe", back - 60);
+        assert_eq!((s, e), (back - 3_600, back));
+        let (s, e) = zoned(CalendarWindow::Hour, "Australia/Lord_Howe", back + 60);
+        assert_eq!((s, e), (back, back + 30 * 60), "01:30 to 02:00 at +10:30");
+    }
+
+    #[test]
     fn window_keys_round_trip() {
         for key in [
             "calendar:minute",
@@ -334,6 +353,34 @@ mod tests {
     proptest::proptest! {
         /// Every instant lies in its window, the next window starts where
         /// this one ends, and a zone's day lasts 23 to 25 hours.
+        /// The same, within two hours of every clock change of 2026 in
+        /// zones that change by whole and by partial hours.
+        #[test]
+        fn windows_tile_time_around_clock_changes(
+            change in 0usize..8,
+            delta in -7_200i64..7_200,
+            window in proptest::sample::select(vec![
+                CalendarWindow::Minute, CalendarWindow::Hour, CalendarWindow::Day,
+            ]),
+        ) {
+            let zones = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Pacific/Chatham"];
+            let zone = zones[change / 2];
+            let tz = TimeZoneName::parse(zone).unwrap();
+            let from = Timestamp::from_second(1_767_225_600).unwrap(); // 2026-01-01
+            let t = tz.zone().following(from).nth(change % 2).unwrap().timestamp().as_second();
+            let now = u64::try_from(t + delta).unwrap();
+            let (start, end) = zoned(window, zone, now);
+            proptest::prop_assert!(start <= now && now < end, "{zone} {now}: [{start}, {end})");
+            proptest::prop_assert_eq!(zoned(window, zone, end).0, end);
+            proptest::prop_assert_eq!(zoned(window, zone, start).0, start);
+            let len = end - start;
+            match window {
+                CalendarWindow::Minute => proptest::prop_assert!((1..=60).contains(&len)),
+                CalendarWindow::Hour => proptest::prop_assert!((1..=3_600).contains(&len)),
+                _ => proptest::prop_assert!((82_800..=90_000).contains(&len)),
+            }
+        }
+
         #[test]
         fn zoned_windows_hold_now_and_tile_time(
             now in 0u64..4_102_444_800,

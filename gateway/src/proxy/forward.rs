@@ -4,7 +4,6 @@
 //! credentials, injects the provider key the routing formula picks, and
 //! requires the provider's TLS leaf fingerprint for the receipt.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,7 +20,7 @@ use tollgate_wire::config::{CompiledPolicy, FailMode, ProviderApi};
 use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use super::refusal::{Contact, Refusal, Refused};
 use super::route::Candidate;
-use super::{Runtime, Ticket};
+use super::{Gateway, Runtime, Ticket};
 use crate::api::ApiStyle;
 use crate::credentials::choose_key_index;
 use crate::receipts::{UpstreamFacts, unix_millis};
@@ -541,19 +540,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Probes every refused key whose probe is due: `GET /v1/models` with that
 /// key, through the provider's pinned client. At most one probe per key is
-/// in flight; the answer goes back into the runtime's [`KeyHealth`].
-pub async fn probe_due_keys(runtime: Arc<Runtime>) {
-    probe_due_keys_at(runtime, unix_millis()).await;
+/// in flight. The answer goes to the runtime in force when it arrives (a
+/// config swap during the probe carries the key's state over).
+pub async fn probe_due_keys(gateway: &Gateway) {
+    probe_due_keys_at(gateway, unix_millis()).await;
 }
 
 /// [`probe_due_keys`] as of `now_ms`.
-pub(super) async fn probe_due_keys_at(runtime: Arc<Runtime>, now_ms: u64) {
+pub(super) async fn probe_due_keys_at(gateway: &Gateway, now_ms: u64) {
+    let runtime = gateway.runtime();
     let due = runtime.key_health.due_probes(now_ms);
     let probes = due.into_iter().map(|(provider, index)| {
         let runtime = runtime.clone();
         async move {
+            let started = std::time::Instant::now();
             let status = probe_key(&runtime, &provider, index).await;
-            runtime.key_health.probed(&provider, index, status, now_ms);
+            let answered_ms = now_ms.saturating_add(started.elapsed().as_millis() as u64);
+            gateway
+                .runtime()
+                .key_health
+                .probed(&provider, index, status, answered_ms);
             match status {
                 Some(s) if s.is_success() => {
                     tracing::info!(provider = %provider, key = index, "a refused key works again; it is back in routing");
