@@ -196,13 +196,10 @@ pub fn summary(limits: &[QuotaLimit], statuses: &[LimitStatus]) -> Option<String
             continue;
         };
         let window = match (&limit.window, &limit.rolling) {
-            (Some(w), _) => {
-                let unit = format!("{w:?}").to_lowercase();
-                match &limit.time_zone {
-                    Some(zone) => format!("{unit} {zone}"),
-                    None => unit,
-                }
-            }
+            (Some(w), _) => match &limit.time_zone {
+                Some(zone) => format!("{} {zone}", w.as_str()),
+                None => w.as_str().to_string(),
+            },
             (None, Some(r)) => r.clone(),
             (None, None) => String::new(),
         };

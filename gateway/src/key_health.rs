@@ -57,6 +57,41 @@ pub struct KeyHealth {
     unhealthy: AtomicUsize,
 }
 
+/// The keys a request may be routed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutableKeys {
+    /// Keys `0..n`.
+    All(u32),
+    /// These key indices, in order.
+    Healthy(Vec<u32>),
+}
+
+impl RoutableKeys {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::All(n) => *n as usize,
+            Self::Healthy(keys) => keys.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key index at `position`.
+    pub fn get(&self, position: usize) -> Option<u32> {
+        match self {
+            Self::All(n) => u32::try_from(position).ok().filter(|p| p < n),
+            Self::Healthy(keys) => keys.get(position).copied(),
+        }
+    }
+
+    /// Every key index, in order.
+    pub fn to_vec(&self) -> Vec<u32> {
+        (0..self.len()).filter_map(|p| self.get(p)).collect()
+    }
+}
+
 /// One key's state, as the admin endpoint and `doctor` show it (never the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyStatus {
@@ -104,11 +139,11 @@ impl KeyHealth {
 
     /// The key indices of `provider` to route over, in key order: the
     /// healthy ones of `0..key_count`, or all of them when none is (then
-    /// the provider's own refusal is the honest answer).
-    pub fn routable(&self, provider: &str, key_count: u32) -> Vec<u32> {
-        let all = || (0..key_count).collect::<Vec<u32>>();
+    /// the provider's own refusal is the honest answer). With every key
+    /// healthy (the usual case) this takes no lock and allocates nothing.
+    pub fn routable(&self, provider: &str, key_count: u32) -> RoutableKeys {
         if self.unhealthy.load(Ordering::Relaxed) == 0 {
-            return all();
+            return RoutableKeys::All(key_count);
         }
         let states = self.lock();
         let healthy: Vec<u32> = (0..key_count)
@@ -119,7 +154,11 @@ impl KeyHealth {
                 )
             })
             .collect();
-        if healthy.is_empty() { all() } else { healthy }
+        if healthy.is_empty() {
+            RoutableKeys::All(key_count)
+        } else {
+            RoutableKeys::Healthy(healthy)
+        }
     }
 
     /// Takes note of the provider's answer to a request made with key
@@ -306,7 +345,7 @@ mod tests {
     #[test]
     fn a_refused_key_leaves_routing_until_a_probe_succeeds() {
         let h = KeyHealth::new();
-        assert_eq!(h.routable("p", 3), [0, 1, 2]);
+        assert_eq!(h.routable("p", 3).to_vec(), [0, 1, 2]);
         assert_eq!(h.answered("p", 1, StatusCode::TOO_MANY_REQUESTS, T), None);
         assert_eq!(h.answered("p", 1, StatusCode::OK, T), None);
         assert!(h.answered("p", 1, StatusCode::UNAUTHORIZED, T).is_some());
@@ -315,8 +354,8 @@ mod tests {
             None,
             "already out"
         );
-        assert_eq!(h.routable("p", 3), [0, 2]);
-        assert_eq!(h.routable("other", 3), [0, 1, 2], "per provider");
+        assert_eq!(h.routable("p", 3).to_vec(), [0, 2]);
+        assert_eq!(h.routable("other", 3).to_vec(), [0, 1, 2], "per provider");
 
         // No probe before the backoff; one at a time after it.
         assert!(h.due_probes(T + 29_999).is_empty());
@@ -333,7 +372,7 @@ mod tests {
         assert_eq!(h.due_probes(T + 150_000).len(), 1);
         // Accepted: back in routing.
         h.probed("p", 1, Some(StatusCode::OK), T + 150_000);
-        assert_eq!(h.routable("p", 3), [0, 1, 2]);
+        assert_eq!(h.routable("p", 3).to_vec(), [0, 1, 2]);
         assert_eq!(h.snapshot(&[("p".into(), 3)])[1].state, "healthy");
     }
 
@@ -343,7 +382,7 @@ mod tests {
         h.answered("p", 0, StatusCode::FORBIDDEN, T);
         h.due_probes(T + 30_000);
         h.probed("p", 0, Some(StatusCode::OK), T + 30_000);
-        assert_eq!(h.routable("p", 1), [0]);
+        assert_eq!(h.routable("p", 1).to_vec(), [0]);
         // Refused again a minute later: the wait is the second step's.
         h.answered("p", 0, StatusCode::FORBIDDEN, T + 90_000);
         assert!(h.due_probes(T + 90_000 + 59_999).is_empty());
@@ -359,7 +398,7 @@ mod tests {
         let h = KeyHealth::new();
         h.answered("p", 0, StatusCode::UNAUTHORIZED, T);
         h.answered("p", 1, StatusCode::UNAUTHORIZED, T);
-        assert_eq!(h.routable("p", 2), [0, 1]);
+        assert_eq!(h.routable("p", 2).to_vec(), [0, 1]);
         assert_eq!(backoff(1), 30_000);
         assert_eq!(backoff(2), 60_000);
         assert_eq!(backoff(40), 600_000);
@@ -385,7 +424,11 @@ mod tests {
         old.due_probes(T + 30_000);
         let new = KeyHealth::new();
         new.carry_over(&old, |_, index| index == 0);
-        assert_eq!(new.routable("p", 2), [1], "key 0 unchanged, key 1 replaced");
+        assert_eq!(
+            new.routable("p", 2).to_vec(),
+            [1],
+            "key 0 unchanged, key 1 replaced"
+        );
         assert_eq!(
             new.due_probes(T + 30_000).len(),
             1,

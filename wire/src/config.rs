@@ -80,6 +80,19 @@ pub enum CalendarWindow {
     Month,
 }
 
+impl CalendarWindow {
+    /// The unit as the custom resources spell it: `minute`, `hour`, `day`,
+    /// `month`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+}
+
 /// Everything one namespace's gateways need, identified by `policy_hash`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -61,15 +61,9 @@ impl QuotaWindow {
     /// A stable name for storage keys: `calendar:day`,
     /// `calendar:day@Europe/Berlin`, `rolling:600`.
     pub fn key(&self) -> String {
-        let unit = |w: &CalendarWindow| match w {
-            CalendarWindow::Minute => "minute",
-            CalendarWindow::Hour => "hour",
-            CalendarWindow::Day => "day",
-            CalendarWindow::Month => "month",
-        };
         match self {
-            Self::Calendar(w, None) => format!("calendar:{}", unit(w)),
-            Self::Calendar(w, Some(zone)) => format!("calendar:{}@{zone}", unit(w)),
+            Self::Calendar(w, None) => format!("calendar:{}", w.as_str()),
+            Self::Calendar(w, Some(zone)) => format!("calendar:{}@{zone}", w.as_str()),
             Self::Rolling(s) => format!("rolling:{s}"),
         }
     }
@@ -84,13 +78,14 @@ impl QuotaWindow {
             Some((unit, zone)) => (unit, Some(TimeZoneName::parse(zone).ok()?)),
             None => (calendar, None),
         };
-        let window = match unit {
-            "minute" => CalendarWindow::Minute,
-            "hour" => CalendarWindow::Hour,
-            "day" => CalendarWindow::Day,
-            "month" => CalendarWindow::Month,
-            _ => return None,
-        };
+        let window = [
+            CalendarWindow::Minute,
+            CalendarWindow::Hour,
+            CalendarWindow::Day,
+            CalendarWindow::Month,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == unit)?;
         Some(Self::Calendar(window, zone))
     }
 }

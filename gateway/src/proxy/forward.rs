@@ -260,7 +260,7 @@ async fn attempt_once(
         &ticket.gateway.identity.node_id,
         key_count,
     );
-    let key_used = routable.get(key_index as usize).copied();
+    let key_used = routable.get(key_index as usize);
     let Some(base) = provider.base_url.as_deref() else {
         return Err(Failure::final_(Refusal::ProviderMisconfigured {
             provider: provider.name.clone(),

@@ -1172,12 +1172,12 @@ async fn a_refused_key_leaves_routing_and_a_probe_brings_it_back() {
     assert_eq!(with_key(&running, REVOKED_KEY), before);
     super::forward::probe_due_keys_at(&running.gateway, now + 31_000).await;
     assert_eq!(with_key(&running, REVOKED_KEY), before + 1, "one probe");
-    assert_eq!(runtime.key_health.routable("openai", 2), [0]);
+    assert_eq!(runtime.key_health.routable("openai", 2).to_vec(), [0]);
     REVOKED.store(false, std::sync::atomic::Ordering::SeqCst);
     super::forward::probe_due_keys_at(&running.gateway, now + 31_000 + 60_000).await;
     assert_eq!(with_key(&running, REVOKED_KEY), before + 2);
     assert_eq!(
-        runtime.key_health.routable("openai", 2),
+        runtime.key_health.routable("openai", 2).to_vec(),
         [0, 1],
         "back in routing"
     );
