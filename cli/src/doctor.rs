@@ -237,10 +237,17 @@ pub fn check_spool(spool: &Path) -> Check {
     }
 }
 
+/// The client doctor's HTTP checks use: public roots, 5 s per call.
+fn probe_client() -> Result<HttpClient, String> {
+    public_roots()
+        .map(|tls| HttpClient::new(tls, Duration::from_secs(5)))
+        .map_err(|e| e.to_string())
+}
+
 async fn check_recorder(url: &str, token_file: &Path) -> Check {
-    let client = match public_roots() {
-        Ok(tls) => HttpClient::new(tls, Duration::from_secs(5)),
-        Err(e) => return check("recorder", Status::Fail, e.to_string()),
+    let client = match probe_client() {
+        Ok(client) => client,
+        Err(e) => return check("recorder", Status::Fail, e),
     };
     match client
         .send(http::Method::GET, &format!("{url}/ready"), None, None, 4096)
@@ -341,9 +348,9 @@ async fn check_gateway_keys(url: &str, explicit: bool) -> Check {
         let status = if explicit { Status::Fail } else { Status::Warn };
         check("provider keys", status, why)
     };
-    let client = match public_roots() {
-        Ok(tls) => HttpClient::new(tls, Duration::from_secs(5)),
-        Err(e) => return unreachable(e.to_string()),
+    let client = match probe_client() {
+        Ok(client) => client,
+        Err(e) => return unreachable(e),
     };
     match client
         .send(

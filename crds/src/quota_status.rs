@@ -14,10 +14,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tollgate_wire::config::glob_matches;
 use tollgate_wire::quota_math::{Amounts, MAX_USAGE_RANGE_SECS, calendar_window_bounds};
-use tollgate_wire::time_zone::TimeZoneName;
 
-use crate::compile::parse_rolling;
+use crate::compile::limit_window;
 use crate::quota::{LimitStatus, QuotaAmounts, QuotaLimit};
+use tollgate_wire::config::LimitWindow;
 
 /// One row of the recorder's `GET /v1/usage` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,22 +53,17 @@ pub struct QuotaScope {
 /// Calendar windows reset at their end; rolling windows have no reset time.
 /// `None` for a limit that does not compile (such as an unknown time zone).
 pub fn window_of(limit: &QuotaLimit, now: u64) -> Option<(u64, Option<u64>)> {
-    match (&limit.window, &limit.rolling) {
-        (Some(w), None) => {
-            let zone = match &limit.time_zone {
-                Some(name) => Some(TimeZoneName::parse(name).ok()?),
-                None => None,
-            };
-            let (start, end) = calendar_window_bounds(*w, zone.as_ref(), now);
+    match limit_window(limit).ok()? {
+        (LimitWindow::Calendar(w), zone) => {
+            let (start, end) = calendar_window_bounds(w, zone.as_ref(), now);
             Some((start, Some(end)))
         }
         // The recorder answers at most MAX_USAGE_RANGE_SECS per query, up
         // to its own now: a longer rolling window shows that much of its use,
         // less an hour, so a recorder whose clock is ahead still answers.
-        (None, Some(r)) => {
-            parse_rolling(r).map(|secs| (now.saturating_sub(secs.min(MAX_ROLLING_READ_SECS)), None))
+        (LimitWindow::RollingSeconds(secs), _) => {
+            Some((now.saturating_sub(secs.min(MAX_ROLLING_READ_SECS)), None))
         }
-        _ => None,
     }
 }
 
