@@ -10,13 +10,13 @@ use kube::ResourceExt;
 use crate::policy::PolicyMode;
 use crate::quota::{QuotaLimit, QuotaSubjects};
 use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnchor};
-use tollgate_wire::config::is_deployment_name;
 use tollgate_wire::config::{
     CompiledLimit, CompiledModel, CompiledPolicy, CompiledProvider, CompiledQuota,
     CredentialsSource, EgressDestination, GATEWAY_CONFIG_VERSION, GatewayConfig, HostTrust,
     LimitWindow, PriceTable, ProviderApi, Requirement, Route, Selector, SelectorOperator,
     policy_hash,
 };
+use tollgate_wire::config::{is_deployment_name, is_gemini_model_name};
 use tollgate_wire::time_zone::TimeZoneName;
 
 /// The objects compilation reads. Namespaced lists may hold every namespace;
@@ -278,6 +278,12 @@ fn compile_provider(
             }
             (None, false) => {}
         }
+        if spec.api == ProviderApi::Gemini && !is_gemini_model_name(&model.name) {
+            return Err(invalid(format!(
+                "model {:?} cannot be a Gemini model in a path (1-128 of A-Za-z0-9._-)",
+                model.name
+            )));
+        }
         let tiers = &model.pricing.service_tiers;
         if let Some(twice) = tiers
             .iter()
@@ -468,11 +474,32 @@ pub fn convert_selector(selector: &LabelSelector) -> Result<Selector, String> {
 mod tests {
     use super::*;
 
-    fn azure_example() -> LLMProvider {
+    fn example(dir: &str) -> LLMProvider {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/azure/provider.yaml");
+            .join(format!("../examples/{dir}/provider.yaml"));
         let text = std::fs::read_to_string(path).unwrap();
         serde_saphyr::from_str(&text).unwrap()
+    }
+
+    fn azure_example() -> LLMProvider {
+        example("azure")
+    }
+
+    #[test]
+    fn gemini_providers_compile_and_refuse_models_that_cannot_be_a_path() {
+        let provider = example("gemini");
+        let compiled = compile_provider(&provider, &[]).unwrap();
+        assert_eq!(compiled.api, ProviderApi::Gemini);
+        assert_eq!(compiled.models[0].upstream_name(), "gemini-2.5-flash");
+        for bad in ["models/gemini-2.5-flash", "gemini:flash", "a b", ""] {
+            let mut p = example("gemini");
+            p.spec.models[0].name = bad.into();
+            let message = compile_provider(&p, &[]).unwrap_err().message;
+            assert!(
+                message.contains("cannot be a Gemini model in a path"),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[test]

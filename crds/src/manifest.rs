@@ -256,9 +256,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_enum_value() {
-        let bad = PROVIDER.replace("dryRun", "gemini");
+        let bad = PROVIDER.replace("dryRun", "palm");
         let err = parse_manifests("f.yaml", &bad).unwrap_err().to_string();
-        assert!(err.contains("unknown variant `gemini`"), "{err}");
+        assert!(err.contains("unknown variant `palm`"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
     category = "tollgate",
     status = "LLMProviderStatus",
     derive = "PartialEq",
-    doc = "An upstream LLM API (OpenAI-style, Anthropic-style, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
+    doc = "An upstream LLM API (OpenAI, Anthropic, Azure OpenAI, Gemini, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
     printcolumn(name = "API", type_ = "string", json_path = ".spec.api"),
     printcolumn(name = "Base URL", type_ = "string", json_path = ".spec.baseURL"),
     printcolumn(
@@ -35,7 +35,7 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
 )]
 #[x_kube(
     validation = Rule::new("self.api == 'dryRun' ? !has(self.baseURL) : has(self.baseURL)")
-        .message("baseURL is required for api openai, anthropic and azureOpenai, and must be omitted for api dryRun (the dry-run provider never dials out)"),
+        .message("baseURL is required for api openai, anthropic, azureOpenai and gemini, and must be omitted for api dryRun (the dry-run provider never dials out)"),
     validation = Rule::new("(self.api == 'azureOpenai') == has(self.azure)")
         .message("azure (with apiVersion) is required for api azureOpenai and allowed for no other api"),
     validation = Rule::new("!has(self.baseURL) || self.baseURL.startsWith('https://')")
@@ -45,13 +45,15 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
     validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
         .message("a model's deployment applies to api azureOpenai only"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
-        .message("credentialsRef is required for api openai, anthropic and azureOpenai"),
+        .message("credentialsRef is required for api openai, anthropic, azureOpenai and gemini"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LLMProviderSpec {
     /// The wire API this provider speaks: `openai`, `anthropic`,
     /// `azureOpenai` (Azure OpenAI: the OpenAI API at deployment paths, with
-    /// the `api-key` header), or `dryRun` (deterministic synthetic answers,
+    /// the `api-key` header), `gemini` (the Gemini API: `generateContent`,
+    /// `streamGenerateContent`, `countTokens` and embeddings, with the
+    /// `x-goog-api-key` header), or `dryRun` (deterministic synthetic answers,
     /// no network; receipts say lane dry_run).
     pub api: ProviderApi,
 

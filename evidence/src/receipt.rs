@@ -133,6 +133,8 @@ pub enum Api {
     Openai,
     /// Anthropic-style API.
     Anthropic,
+    /// The Gemini API.
+    Gemini,
 }
 
 /// The routes a gateway serves; any other path is refused and never reaches a receipt.
@@ -159,6 +161,21 @@ pub enum Route {
     /// `/v1/messages/count_tokens`
     #[serde(rename = "/v1/messages/count_tokens")]
     MessagesCountTokens,
+    /// Gemini `/{version}/models/{model}:generateContent`
+    #[serde(rename = "/{version}/models/{model}:generateContent")]
+    GenerateContent,
+    /// Gemini `/{version}/models/{model}:streamGenerateContent`
+    #[serde(rename = "/{version}/models/{model}:streamGenerateContent")]
+    StreamGenerateContent,
+    /// Gemini `/{version}/models/{model}:countTokens`
+    #[serde(rename = "/{version}/models/{model}:countTokens")]
+    GeminiCountTokens,
+    /// Gemini `/{version}/models/{model}:embedContent`
+    #[serde(rename = "/{version}/models/{model}:embedContent")]
+    EmbedContent,
+    /// Gemini `/{version}/models/{model}:batchEmbedContents`
+    #[serde(rename = "/{version}/models/{model}:batchEmbedContents")]
+    BatchEmbedContents,
 }
 
 /// HTTP methods that reach a route.

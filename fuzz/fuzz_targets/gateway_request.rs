@@ -14,13 +14,18 @@ use tollgate_gateway::sse::SseTap;
 use tollgate_gateway::{caller, guards};
 use tollgate_wire::caller::CallerKey;
 
-const ENDPOINTS: [Endpoint; 6] = [
+const ENDPOINTS: [Endpoint; 11] = [
     Endpoint::ChatCompletions,
     Endpoint::Completions,
     Endpoint::Embeddings,
     Endpoint::Responses,
     Endpoint::Messages,
     Endpoint::CountTokens,
+    Endpoint::GenerateContent,
+    Endpoint::StreamGenerateContent,
+    Endpoint::GeminiCountTokens,
+    Endpoint::EmbedContent,
+    Endpoint::BatchEmbedContents,
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //! served model, provider request id) however the stream is chunked, and must
 //! pass a stream through untouched when it strips nothing.
 //!
-//! Input: one flags byte (bit 0: Anthropic style, bit 1: strip the injected
-//! usage event), one byte per cut (a chunk length, 0 ends the list), then the
+//! Input: one flags byte (bit 0: Anthropic style, bit 2: Gemini style, bit 1:
+//! strip the injected usage event), one byte per cut (a chunk length, 0 ends the list), then the
 //! stream.
 #![no_main]
 
@@ -17,10 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let style = if flags & 1 == 0 {
-        ApiStyle::OpenAi
-    } else {
-        ApiStyle::Anthropic
+    let style = match (flags & 4 != 0, flags & 1 != 0) {
+        (true, _) => ApiStyle::Gemini,
+        (false, false) => ApiStyle::OpenAi,
+        (false, true) => ApiStyle::Anthropic,
     };
     let strip = flags & 2 != 0;
     let lengths_end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             "byte-at-a-time differs"
         );
     }
-    if !strip || style == ApiStyle::Anthropic {
+    if !strip || style != ApiStyle::OpenAi {
         assert_eq!(
             whole.0, stream,
             "a tap that strips nothing changed the stream"

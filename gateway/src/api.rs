@@ -2,13 +2,14 @@
 //! each belongs to, and which provider APIs may serve it. Any other path is
 //! refused, never passed through.
 
-use tollgate_wire::config::{ProviderApi, is_deployment_name};
+use tollgate_wire::config::{ProviderApi, is_deployment_name, is_gemini_model_name};
 
 /// The wire style a client speaks; errors are answered in the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiStyle {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 /// Every endpoint the gateway serves.
@@ -28,6 +29,26 @@ pub enum Endpoint {
     Messages,
     /// `POST /v1/messages/count_tokens`
     CountTokens,
+    /// Gemini `POST /{version}/models/{model}:generateContent`
+    GenerateContent,
+    /// Gemini `POST /{version}/models/{model}:streamGenerateContent?alt=sse`
+    StreamGenerateContent,
+    /// Gemini `POST /{version}/models/{model}:countTokens`
+    GeminiCountTokens,
+    /// Gemini `POST /{version}/models/{model}:embedContent`
+    EmbedContent,
+    /// Gemini `POST /{version}/models/{model}:batchEmbedContents`
+    BatchEmbedContents,
+}
+
+/// The Gemini API versions served, as the path names them.
+const GEMINI_VERSIONS: [&str; 2] = ["v1beta", "v1"];
+
+/// A Gemini path's model and API version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeminiTarget<'p> {
+    pub model: &'p str,
+    pub version: &'static str,
 }
 
 impl Endpoint {
@@ -77,6 +98,74 @@ impl Endpoint {
         (valid && method == http::Method::POST).then_some((endpoint, Some(deployment)))
     }
 
+    /// A Gemini API path, as the Google Gen AI SDKs send it:
+    /// `/{v1beta|v1}/models/{model}:{method}`, with the model it names (which
+    /// may carry a `provider:` prefix; the method follows the last colon).
+    /// `query` is the client's query string: a stream must ask for
+    /// `alt=sse`, the only stream framing served. The query is otherwise the
+    /// client's and is not forwarded (an API key in it never leaves).
+    pub fn from_gemini_path<'p>(
+        method: &http::Method,
+        path: &'p str,
+        query: Option<&str>,
+    ) -> Option<(Self, GeminiTarget<'p>)> {
+        let (version, rest) = path.strip_prefix('/')?.split_once('/')?;
+        let version = GEMINI_VERSIONS.into_iter().find(|v| *v == version)?;
+        let (model, operation) = rest.strip_prefix("models/")?.rsplit_once(':')?;
+        let endpoint = match operation {
+            "generateContent" => Self::GenerateContent,
+            "streamGenerateContent" => Self::StreamGenerateContent,
+            "countTokens" => Self::GeminiCountTokens,
+            "embedContent" => Self::EmbedContent,
+            "batchEmbedContents" => Self::BatchEmbedContents,
+            _ => return None,
+        };
+        let sse = query.unwrap_or("").split('&').any(|pair| pair == "alt=sse");
+        let model_ok = model
+            .split_once(':')
+            .map_or(is_gemini_model_name(model), |(provider, name)| {
+                is_gemini_model_name(provider) && is_gemini_model_name(name)
+            });
+        let framing_ok = endpoint != Self::StreamGenerateContent || sse;
+        (model_ok && framing_ok && method == http::Method::POST)
+            .then_some((endpoint, GeminiTarget { model, version }))
+    }
+
+    /// The path of this Gemini endpoint for `model` at `version` upstream
+    /// (a stream asks for SSE). `None` for what is no Gemini endpoint or a
+    /// name that cannot be a path segment.
+    pub fn gemini_path(self, model: &str, version: &str) -> Option<String> {
+        let operation = match self {
+            Self::GenerateContent => "generateContent",
+            Self::StreamGenerateContent => "streamGenerateContent?alt=sse",
+            Self::GeminiCountTokens => "countTokens",
+            Self::EmbedContent => "embedContent",
+            Self::BatchEmbedContents => "batchEmbedContents",
+            _ => return None,
+        };
+        let version = GEMINI_VERSIONS.into_iter().find(|v| *v == version)?;
+        is_gemini_model_name(model).then(|| format!("/{version}/models/{model}:{operation}"))
+    }
+
+    /// Whether the endpoint only counts tokens (one request, no tokens,
+    /// against quotas).
+    pub fn counts_tokens(self) -> bool {
+        matches!(self, Self::CountTokens | Self::GeminiCountTokens)
+    }
+
+    /// Whether the endpoint embeds (its answer has no output tokens).
+    pub fn embeds(self) -> bool {
+        matches!(
+            self,
+            Self::Embeddings | Self::EmbedContent | Self::BatchEmbedContents
+        )
+    }
+
+    /// Whether the answer is a stream whatever the body says.
+    pub fn always_streams(self) -> bool {
+        self == Self::StreamGenerateContent
+    }
+
     /// The path of this endpoint on an Azure OpenAI resource for
     /// `deployment` at `api_version` (`v1`: the version-less paths, where the
     /// body names the deployment). `None` for what Azure does not serve at a
@@ -108,11 +197,17 @@ impl Endpoint {
     pub fn style(self) -> ApiStyle {
         match self {
             Self::Messages | Self::CountTokens => ApiStyle::Anthropic,
+            Self::GenerateContent
+            | Self::StreamGenerateContent
+            | Self::GeminiCountTokens
+            | Self::EmbedContent
+            | Self::BatchEmbedContents => ApiStyle::Gemini,
             _ => ApiStyle::OpenAi,
         }
     }
 
-    /// The upstream path, identical to the client's.
+    /// The upstream path, identical to the client's (for Gemini, the
+    /// template; see [`Self::gemini_path`]).
     pub fn path(self) -> &'static str {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
@@ -122,6 +217,11 @@ impl Endpoint {
             Self::Models => "/v1/models",
             Self::Messages => "/v1/messages",
             Self::CountTokens => "/v1/messages/count_tokens",
+            Self::GenerateContent => "/{version}/models/{model}:generateContent",
+            Self::StreamGenerateContent => "/{version}/models/{model}:streamGenerateContent",
+            Self::GeminiCountTokens => "/{version}/models/{model}:countTokens",
+            Self::EmbedContent => "/{version}/models/{model}:embedContent",
+            Self::BatchEmbedContents => "/{version}/models/{model}:batchEmbedContents",
         }
     }
 
@@ -135,6 +235,11 @@ impl Endpoint {
             Self::Models => "models",
             Self::Messages => "messages",
             Self::CountTokens => "count_tokens",
+            Self::GenerateContent => "generate_content",
+            Self::StreamGenerateContent => "stream_generate_content",
+            Self::GeminiCountTokens => "gemini_count_tokens",
+            Self::EmbedContent => "embed_content",
+            Self::BatchEmbedContents => "batch_embed_contents",
         }
     }
 
@@ -149,6 +254,7 @@ impl Endpoint {
                     ApiStyle::OpenAi
                 )
                 | (ProviderApi::Anthropic, ApiStyle::Anthropic)
+                | (ProviderApi::Gemini, ApiStyle::Gemini)
         )
     }
 }
@@ -248,6 +354,89 @@ mod tests {
         assert_eq!(Endpoint::ChatCompletions.azure_path("d", "2024&x=1"), None);
         assert!(Endpoint::ChatCompletions.served_by(ProviderApi::AzureOpenai));
         assert!(!Endpoint::Messages.served_by(ProviderApi::AzureOpenai));
+    }
+
+    #[test]
+    fn gemini_paths_name_the_endpoint_the_model_and_the_version() {
+        use http::Method;
+        let target = |model, version| GeminiTarget { model, version };
+        assert_eq!(
+            Endpoint::from_gemini_path(
+                &Method::POST,
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                None
+            ),
+            Some((
+                Endpoint::GenerateContent,
+                target("gemini-2.5-flash", "v1beta")
+            ))
+        );
+        assert_eq!(
+            Endpoint::from_gemini_path(
+                &Method::POST,
+                "/v1/models/gemini-2.5-pro:streamGenerateContent",
+                Some("key=x&alt=sse")
+            ),
+            Some((
+                Endpoint::StreamGenerateContent,
+                target("gemini-2.5-pro", "v1")
+            ))
+        );
+        assert_eq!(
+            Endpoint::from_gemini_path(
+                &Method::POST,
+                "/v1beta/models/vertex:gemini-2.5-pro:countTokens",
+                None
+            ),
+            Some((
+                Endpoint::GeminiCountTokens,
+                target("vertex:gemini-2.5-pro", "v1beta")
+            ))
+        );
+        for (path, query) in [
+            // Only SSE framing is served for streams.
+            ("/v1beta/models/g:streamGenerateContent", None),
+            ("/v1beta/models/g:streamGenerateContent", Some("alt=json")),
+            ("/v1beta/models/g:streamGenerateContent", Some("alt=ssex")),
+            ("/v1beta/models/g:predict", None),
+            ("/v1beta/models/g", None),
+            ("/v1beta/models/../x:generateContent", None),
+            ("/v1beta/models/a/b:generateContent", None),
+            ("/v1beta/models/%2e:generateContent", None),
+            ("/v1beta/models/:generateContent", None),
+            ("/v1beta/models/a::generateContent", None),
+            ("/v2/models/g:generateContent", None),
+            ("/v1beta/tunedModels/g:generateContent", None),
+        ] {
+            assert_eq!(
+                Endpoint::from_gemini_path(&Method::POST, path, query),
+                None,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            Endpoint::from_gemini_path(&Method::GET, "/v1beta/models/g:generateContent", None),
+            None
+        );
+        assert_eq!(
+            Endpoint::StreamGenerateContent
+                .gemini_path("gemini-2.5-flash", "v1beta")
+                .as_deref(),
+            Some("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+        );
+        assert_eq!(
+            Endpoint::BatchEmbedContents
+                .gemini_path("text-embedding-004", "v1")
+                .as_deref(),
+            Some("/v1/models/text-embedding-004:batchEmbedContents")
+        );
+        assert_eq!(Endpoint::GenerateContent.gemini_path("a/../b", "v1"), None);
+        assert_eq!(Endpoint::GenerateContent.gemini_path("a", "v9"), None);
+        assert_eq!(Endpoint::Messages.gemini_path("a", "v1"), None);
+        assert!(Endpoint::EmbedContent.served_by(ProviderApi::Gemini));
+        assert!(!Endpoint::EmbedContent.served_by(ProviderApi::Openai));
+        assert!(!Endpoint::Embeddings.served_by(ProviderApi::Gemini));
+        assert!(Endpoint::GeminiCountTokens.counts_tokens());
     }
 
     #[test]

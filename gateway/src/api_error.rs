@@ -50,7 +50,9 @@ pub fn status(kind: ErrorKind) -> u16 {
 /// The JSON error body for `kind` in `style`:
 ///
 /// - OpenAI: `{"error":{"message":..,"type":..,"param":null,"code":..}}`;
-/// - Anthropic: `{"type":"error","error":{"type":..,"message":..}}`.
+/// - Anthropic: `{"type":"error","error":{"type":..,"message":..}}`;
+/// - Gemini (Google's `google.rpc.Status`):
+///   `{"error":{"code":..,"message":..,"status":..}}`.
 pub fn error_body(style: ApiStyle, kind: ErrorKind, message: &str) -> Bytes {
     let encoded = match style {
         ApiStyle::OpenAi => {
@@ -69,6 +71,13 @@ pub fn error_body(style: ApiStyle, kind: ErrorKind, message: &str) -> Bytes {
             error: AnthropicError {
                 kind: anthropic_type(kind),
                 message,
+            },
+        }),
+        ApiStyle::Gemini => serde_json::to_vec(&GoogleEnvelope {
+            error: GoogleError {
+                code: status(kind),
+                message,
+                status: google_status(kind),
             },
         }),
     };
@@ -114,6 +123,19 @@ fn anthropic_type(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// The `google.rpc.Code` name Google APIs pair with each status.
+fn google_status(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidRequest | ErrorKind::RequestTooLarge => "INVALID_ARGUMENT",
+        ErrorKind::NotFound => "NOT_FOUND",
+        ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+        ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+        ErrorKind::Overloaded | ErrorKind::UpstreamError => "UNAVAILABLE",
+        ErrorKind::UpstreamTimeout => "DEADLINE_EXCEEDED",
+        ErrorKind::Internal => "INTERNAL",
+    }
+}
+
 // Structs rather than `json!` so that the field order matches the providers'
 // bodies whatever serde_json features the build enables.
 #[derive(Serialize)]
@@ -142,6 +164,18 @@ struct AnthropicError<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     message: &'a str,
+}
+
+#[derive(Serialize)]
+struct GoogleEnvelope<'a> {
+    error: GoogleError<'a>,
+}
+
+#[derive(Serialize)]
+struct GoogleError<'a> {
+    code: u16,
+    message: &'a str,
+    status: &'static str,
 }
 
 #[cfg(test)]
@@ -246,7 +280,7 @@ mod tests {
     #[test]
     fn messages_are_json_escaped() {
         let message = "model \"gpt-x\" is not allowed\n\\ by policy \u{1}";
-        for style in [ApiStyle::OpenAi, ApiStyle::Anthropic] {
+        for style in [ApiStyle::OpenAi, ApiStyle::Anthropic, ApiStyle::Gemini] {
             let body = error_body(style, ErrorKind::PermissionDenied, message);
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(parsed["error"]["message"], message);
@@ -259,6 +293,25 @@ mod tests {
             )),
             r#"{"type":"error","error":{"type":"invalid_request_error","message":"a\"b\n"}}"#
         );
+    }
+
+    #[test]
+    fn gemini_bodies_are_google_rpc_statuses() {
+        assert_eq!(
+            text(error_body(ApiStyle::Gemini, ErrorKind::RateLimited, "m")),
+            r#"{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED"}}"#
+        );
+        for kind in ALL {
+            let body = error_body(ApiStyle::Gemini, kind, "m");
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["error"]["code"], status(kind), "{kind:?}");
+            assert!(
+                parsed["error"]["status"]
+                    .as_str()
+                    .is_some_and(|s| s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub fn caller_id<'a>(headers: &'a HeaderMap, json: &'a Value, style: ApiStyle) -
     let id = match style {
         ApiStyle::OpenAi => text("/safety_identifier").or_else(|| text("/user")),
         ApiStyle::Anthropic => text("/metadata/user_id"),
+        // The Gemini API has no end-user field: the header only.
+        ApiStyle::Gemini => None,
     };
     id.filter(|id| !id.is_empty()).map(str::as_bytes)
 }

@@ -58,7 +58,7 @@ pub fn respond(endpoint: Endpoint, model: &str, request: &Value) -> DryRunRespon
         );
     }
     let answer = Answer::new(endpoint, model, request);
-    let streaming = request.get("stream") == Some(&Value::Bool(true));
+    let streaming = endpoint.always_streams() || request.get("stream") == Some(&Value::Bool(true));
     match (endpoint, streaming) {
         (Endpoint::ChatCompletions, false) => json_response(&answer.chat_completion()),
         (Endpoint::ChatCompletions, true) => events_response(answer.chat_completion_events()),
@@ -70,6 +70,14 @@ pub fn respond(endpoint: Endpoint, model: &str, request: &Value) -> DryRunRespon
         (Endpoint::Messages, true) => events_response(answer.message_events()),
         (Endpoint::Embeddings, _) => json_response(&answer.embeddings()),
         (Endpoint::CountTokens, _) => json_response(&json!({"input_tokens": answer.input_tokens})),
+        (Endpoint::GenerateContent, _) => json_response(&answer.gemini_response()),
+        (Endpoint::StreamGenerateContent, _) => events_response(answer.gemini_events()),
+        (Endpoint::GeminiCountTokens, _) => {
+            json_response(&json!({"totalTokens": answer.input_tokens}))
+        }
+        (Endpoint::EmbedContent | Endpoint::BatchEmbedContents, _) => {
+            json_response(&answer.gemini_embeddings(endpoint))
+        }
         (Endpoint::Models, _) => refusal(
             endpoint,
             ErrorKind::NotFound,
@@ -89,20 +97,34 @@ pub fn estimate_input_tokens(endpoint: Endpoint, request: &Value) -> u64 {
         Endpoint::Embeddings => &["input"],
         Endpoint::Responses => &["instructions", "input"],
         Endpoint::Messages | Endpoint::CountTokens => &["system", "messages"],
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+            &["systemInstruction", "contents"]
+        }
+        // A count names its contents, or a whole generate request.
+        Endpoint::GeminiCountTokens => &["contents", "generateContentRequest"],
+        Endpoint::EmbedContent => &["content"],
+        Endpoint::BatchEmbedContents => &["requests"],
         Endpoint::Models => return 0,
     };
     let bytes: u64 = fields
         .iter()
         .filter_map(|f| request.get(f))
-        .map(text_bytes)
+        .map(|value| match value.get("contents") {
+            // `generateContentRequest`: its instruction and contents.
+            Some(contents) => {
+                text_bytes(contents) + value.get("systemInstruction").map_or(0, text_bytes)
+            }
+            None => text_bytes(value),
+        })
         .sum();
     bytes.div_ceil(4).max(1)
 }
 
 /// Bytes of prompt text in `value`: strings, and within objects only the
-/// fields that hold text (`content`, `text`, ...), never `role` or `type`.
+/// fields that hold text (`content`, `text`, Gemini's `parts`, ...), never
+/// `role` or `type`.
 fn text_bytes(value: &Value) -> u64 {
-    const TEXT_FIELDS: [&str; 5] = ["content", "text", "input", "output", "arguments"];
+    const TEXT_FIELDS: [&str; 6] = ["content", "text", "input", "output", "arguments", "parts"];
     match value {
         Value::String(text) => text.len() as u64,
         // A token id, four bytes' worth.
@@ -171,9 +193,12 @@ impl<'a> Answer<'a> {
         hasher.update([0]);
         hash_canonical(request, &mut hasher);
         let all = answer_pieces();
+        let gemini_cap = request.pointer("/generationConfig/maxOutputTokens");
         let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
-            .filter_map(|f| request.get(f).and_then(Value::as_u64))
+            .filter_map(|f| request.get(f))
+            .chain(gemini_cap)
+            .filter_map(Value::as_u64)
             .min()
             .map_or(usize::MAX, |cap| usize::try_from(cap).unwrap_or(usize::MAX));
         let kept = all.len().min(cap);
@@ -590,6 +615,81 @@ impl<'a> Answer<'a> {
         );
         emit("message_stop", json!({}));
         events
+    }
+}
+
+impl Answer<'_> {
+    // --- Gemini --------------------------------------------------------------
+
+    fn gemini_finish_reason(&self) -> &'static str {
+        if self.truncated { "MAX_TOKENS" } else { "STOP" }
+    }
+
+    /// One `GenerateContentResponse`: `text` as the candidate's part, the
+    /// usage so far (the output count once `finish` is set).
+    fn gemini_chunk(&self, text: &str, output_tokens: Option<u64>, finish: bool) -> Value {
+        let mut candidate = json!({
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "index": 0,
+        });
+        if finish {
+            candidate["finishReason"] = json!(self.gemini_finish_reason());
+        }
+        let mut usage = json!({
+            "promptTokenCount": self.input_tokens,
+            "totalTokenCount": self.input_tokens + output_tokens.unwrap_or(0),
+        });
+        if let Some(output) = output_tokens {
+            usage["candidatesTokenCount"] = json!(output);
+        }
+        json!({
+            "candidates": [candidate],
+            "usageMetadata": usage,
+            "modelVersion": self.model,
+            "responseId": self.id("dry_"),
+        })
+    }
+
+    fn gemini_response(&self) -> Value {
+        self.gemini_chunk(&self.text(), Some(self.output_tokens()), true)
+    }
+
+    fn gemini_events(&self) -> Vec<Bytes> {
+        let last = self.pieces.len().saturating_sub(1);
+        self.pieces
+            .iter()
+            .enumerate()
+            .map(|(n, piece)| {
+                let done = n == last;
+                data_event(&self.gemini_chunk(piece, done.then(|| self.output_tokens()), done))
+            })
+            .collect()
+    }
+
+    /// `embedContent` (one `embedding`) or `batchEmbedContents` (one per
+    /// request), each of `outputDimensionality` values. The Gemini API
+    /// reports no usage for embeddings.
+    fn gemini_embeddings(&self, endpoint: Endpoint) -> Value {
+        let embedding = |request: &Value| {
+            let dimensions = request
+                .get("outputDimensionality")
+                .and_then(Value::as_u64)
+                .and_then(|d| usize::try_from(d).ok())
+                .filter(|d| (1..=MAX_EMBEDDING_DIMENSIONS).contains(d))
+                .unwrap_or(DEFAULT_EMBEDDING_DIMENSIONS);
+            let content = request.get("content").unwrap_or(&Value::Null);
+            let values: Vec<f64> = embedding_vector(content, dimensions)
+                .iter()
+                .map(|x| x.to_string().parse::<f64>().unwrap_or(0.0))
+                .collect();
+            json!({ "values": values })
+        };
+        if endpoint == Endpoint::EmbedContent {
+            return json!({ "embedding": embedding(self.request) });
+        }
+        let requests = self.request.get("requests").and_then(Value::as_array);
+        let embeddings: Vec<Value> = requests.into_iter().flatten().map(embedding).collect();
+        json!({ "embeddings": embeddings })
     }
 }
 
@@ -1333,6 +1433,105 @@ mod tests {
                 .unwrap()
                 .starts_with("msg_dry_")
         );
+    }
+
+    fn gemini_request() -> Value {
+        json!({
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "contents": [{"role": "user", "parts": [{"text": "Hello, Gemini"}]}],
+        })
+    }
+
+    #[test]
+    fn gemini_shapes_streams_counts_and_embeddings() {
+        let request = gemini_request();
+        // "Be brief." (9) + "Hello, Gemini" (13) bytes: 6 tokens.
+        assert_eq!(
+            estimate_input_tokens(Endpoint::GenerateContent, &request),
+            6
+        );
+        let whole = json_body(&respond(
+            Endpoint::GenerateContent,
+            "gemini-2.5-flash",
+            &request,
+        ));
+        assert_eq!(
+            whole["candidates"][0]["content"]["parts"][0]["text"],
+            ANSWER
+        );
+        assert_eq!(whole["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(whole["modelVersion"], "gemini-2.5-flash");
+        let usage = TokenUsage {
+            input: 6,
+            output: ANSWER_TOKENS,
+            ..TokenUsage::default()
+        };
+        let from_json = json_facts(
+            Endpoint::GenerateContent,
+            &respond(Endpoint::GenerateContent, "gemini-2.5-flash", &request),
+        );
+        assert_eq!(from_json.usage, Some(usage));
+        // The stream endpoint streams whatever the body says.
+        let all = events(&respond(
+            Endpoint::StreamGenerateContent,
+            "gemini-2.5-flash",
+            &request,
+        ));
+        assert_eq!(all.len() as u64, ANSWER_TOKENS);
+        let text: String = parse_events(&all)
+            .iter()
+            .map(|(_, data)| {
+                let data = data.as_ref().unwrap();
+                data["candidates"][0]["content"]["parts"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(text, ANSWER);
+        let from_stream = tapped(ApiStyle::Gemini, &all);
+        assert_eq!(from_stream.usage, Some(usage));
+        assert!(
+            from_stream
+                .provider_request_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("dry_"))
+        );
+        // maxOutputTokens cuts the answer.
+        let capped = with(
+            request.clone(),
+            "generationConfig",
+            json!({"maxOutputTokens": 3}),
+        );
+        let capped = json_body(&respond(Endpoint::GenerateContent, "g", &capped));
+        assert_eq!(capped["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert_eq!(capped["usageMetadata"]["candidatesTokenCount"], 3);
+        // Counts, alone or of a whole generate request.
+        let counted = respond(Endpoint::GeminiCountTokens, "g", &request);
+        // Only contents count: a bare count has no system instruction.
+        assert_eq!(json_body(&counted), json!({"totalTokens": 4}));
+        let wrapped = json!({"generateContentRequest": request});
+        assert_eq!(
+            json_body(&respond(Endpoint::GeminiCountTokens, "g", &wrapped)),
+            json!({"totalTokens": 6})
+        );
+        // Embeddings: one, or one per request, at the asked dimensionality.
+        let one = json!({"content": {"parts": [{"text": "a"}]}, "outputDimensionality": 3});
+        let embedded = json_body(&respond(Endpoint::EmbedContent, "e", &one));
+        assert_eq!(embedded["embedding"]["values"].as_array().unwrap().len(), 3);
+        let batch = json!({"requests": [one, {"content": {"parts": [{"text": "b"}]}}]});
+        let embedded = json_body(&respond(Endpoint::BatchEmbedContents, "e", &batch));
+        let vectors = embedded["embeddings"].as_array().unwrap();
+        assert_eq!(vectors.len(), 2);
+        assert_eq!(vectors[1]["values"].as_array().unwrap().len(), 8);
+        assert_ne!(vectors[0]["values"], vectors[1]["values"]);
+        // Refusals in Google's format.
+        let refused = respond(Endpoint::GenerateContent, "g", &json!([1]));
+        let DryRunBody::Json(body) = refused.body else {
+            panic!("expected JSON")
+        };
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
     }
 
     #[test]

@@ -166,6 +166,7 @@ fn provider_name(api: ProviderApi) -> &'static str {
         ProviderApi::Openai => "openai",
         ProviderApi::Anthropic => "anthropic",
         ProviderApi::AzureOpenai => "azure.ai.openai",
+        ProviderApi::Gemini => "gcp.gemini",
         ProviderApi::DryRun => "tollgate.dry_run",
     }
 }
@@ -174,10 +175,16 @@ fn provider_name(api: ProviderApi) -> &'static str {
 /// that are no inference (listing models, counting tokens).
 fn operation_name(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => Some("chat"),
+        Endpoint::ChatCompletions
+        | Endpoint::Messages
+        | Endpoint::Responses
+        | Endpoint::GenerateContent
+        | Endpoint::StreamGenerateContent => Some("chat"),
         Endpoint::Completions => Some("text_completion"),
-        Endpoint::Embeddings => Some("embeddings"),
-        Endpoint::Models | Endpoint::CountTokens => None,
+        Endpoint::Embeddings | Endpoint::EmbedContent | Endpoint::BatchEmbedContents => {
+            Some("embeddings")
+        }
+        Endpoint::Models | Endpoint::CountTokens | Endpoint::GeminiCountTokens => None,
     }
 }
 
@@ -208,6 +215,7 @@ impl OperationLabels {
             None => match endpoint.style() {
                 ApiStyle::OpenAi => "openai",
                 ApiStyle::Anthropic => "anthropic",
+                ApiStyle::Gemini => "gcp.gemini",
             },
         };
         Some(Self {
@@ -341,7 +349,7 @@ impl Outcome {
         let failed = draft.decision != Decision::Allow || draft.reason != "allowed";
         let usage = draft.usage.map(|u| BillableTokens {
             input: u.input,
-            output: (draft.endpoint != Endpoint::Embeddings).then_some(u.output),
+            output: (!draft.endpoint.embeds()).then_some(u.output),
             cache_read: u.cached,
         });
         Some(Self {

@@ -223,6 +223,11 @@ fn route_of(endpoint: Endpoint) -> Route {
         Endpoint::Models => Route::Models,
         Endpoint::Messages => Route::Messages,
         Endpoint::CountTokens => Route::MessagesCountTokens,
+        Endpoint::GenerateContent => Route::GenerateContent,
+        Endpoint::StreamGenerateContent => Route::StreamGenerateContent,
+        Endpoint::GeminiCountTokens => Route::GeminiCountTokens,
+        Endpoint::EmbedContent => Route::EmbedContent,
+        Endpoint::BatchEmbedContents => Route::BatchEmbedContents,
     }
 }
 
@@ -305,6 +310,7 @@ impl ReceiptDraft {
             api: match self.endpoint.style() {
                 ApiStyle::OpenAi => Api::Openai,
                 ApiStyle::Anthropic => Api::Anthropic,
+                ApiStyle::Gemini => Api::Gemini,
             },
             provider: self
                 .provider

@@ -36,10 +36,11 @@ const ID_MODEL_ATTEMPTS: u8 = 3;
 const MAX_EVENT_NAME: usize = 64;
 
 /// Token counts from a provider response, as the provider reports them.
-/// For OpenAI `input` includes `cached_input`; for Anthropic `input` is
+/// For OpenAI and Gemini `input` includes `cached_input`; for Anthropic `input` is
 /// `input_tokens` plus cache writes, which excludes cache reads (`cached_input`).
 /// Cache writes (Anthropic only; OpenAI reports none) are part of `input`,
-/// reasoning (OpenAI `reasoning_tokens`) part of `output`.
+/// reasoning (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`) part
+/// of `output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenUsage {
     pub input: u64,
@@ -66,19 +67,23 @@ pub fn facts_from_json(endpoint: Endpoint, body: &[u8]) -> ResponseFacts {
     let Some(object) = parse_object(body) else {
         return ResponseFacts::default();
     };
-    let usage = if endpoint == Endpoint::CountTokens {
-        object.input_tokens.0.map(|input| TokenUsage {
-            input,
-            ..TokenUsage::default()
-        })
+    let usage = if endpoint.counts_tokens() {
+        object
+            .input_tokens
+            .0
+            .or(object.total_tokens.0)
+            .map(|input| TokenUsage {
+                input,
+                ..TokenUsage::default()
+            })
     } else {
-        object.usage.0.as_ref().and_then(WireUsage::token_usage)
+        object.token_usage()
     };
     ResponseFacts {
         usage,
         service_tier: object.service_tier(),
-        served_model: object.model.0.map(|m| m.0),
-        provider_request_id: object.id.0.map(|id| id.0),
+        served_model: object.served_model(),
+        provider_request_id: object.request_id(),
     }
 }
 
@@ -382,7 +387,7 @@ impl SseTap {
         }
         let wants_id_or_model = self.id_model_attempts > 0
             && (self.facts.provider_request_id.is_none() || self.facts.served_model.is_none());
-        if !wants_id_or_model && !has_usage_object(data) {
+        if !wants_id_or_model && !has_usage_object(data, self.style) {
             return false;
         }
         if wants_id_or_model {
@@ -398,10 +403,10 @@ impl SseTap {
             (None, None) => &event,
         };
         if self.facts.provider_request_id.is_none() {
-            self.facts.provider_request_id = root.id.0.as_ref().map(|id| id.0.clone());
+            self.facts.provider_request_id = root.request_id();
         }
         if self.facts.served_model.is_none() {
-            self.facts.served_model = root.model.0.as_ref().map(|m| m.0.clone());
+            self.facts.served_model = root.served_model();
         }
         let is_message_delta = event
             .kind
@@ -421,7 +426,8 @@ impl SseTap {
             }
             return false;
         }
-        if let Some(usage) = root.usage.0.as_ref().and_then(WireUsage::token_usage) {
+        // Gemini repeats the running usage in every chunk; the last one counts.
+        if let Some(usage) = root.token_usage() {
             self.facts.usage = Some(usage);
         }
         if let Some(tier) = root.service_tier() {
@@ -481,17 +487,21 @@ impl Forward {
     }
 }
 
-/// Whether `data` holds `"usage"` followed by an object (not `null`, which
-/// every OpenAI chunk carries once usage is requested). A quote inside JSON
-/// string content is escaped, so content text cannot fake the key.
-fn has_usage_object(data: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"usage\"";
+/// Whether `data` holds `"usage"` (Gemini: `"usageMetadata"`) followed by
+/// an object (not `null`, which every OpenAI chunk carries once usage is
+/// requested). A quote inside JSON string content is escaped, so content
+/// text cannot fake the key.
+fn has_usage_object(data: &[u8], style: ApiStyle) -> bool {
+    let key: &[u8] = match style {
+        ApiStyle::Gemini => b"\"usageMetadata\"",
+        ApiStyle::OpenAi | ApiStyle::Anthropic => b"\"usage\"",
+    };
     let mut from = 0;
     while let Some(found) = data
         .get(from..)
-        .and_then(|rest| rest.windows(KEY.len()).position(|w| w == KEY))
+        .and_then(|rest| rest.windows(key.len()).position(|w| w == key))
     {
-        let after = from + found + KEY.len();
+        let after = from + found + key.len();
         let mut rest = data[after..].iter().skip_while(|b| b.is_ascii_whitespace());
         if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
             return true;
@@ -530,9 +540,37 @@ struct WireObject {
     input_tokens: Lenient<u64>,
     /// OpenAI chat and Responses.
     service_tier: Lenient<FactText>,
+    /// Gemini: usage, served model and response id.
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Lenient<GeminiUsage>,
+    #[serde(rename = "modelVersion")]
+    model_version: Lenient<FactText>,
+    #[serde(rename = "responseId")]
+    response_id: Lenient<FactText>,
+    /// Gemini `countTokens`.
+    #[serde(rename = "totalTokens")]
+    total_tokens: Lenient<u64>,
 }
 
 impl WireObject {
+    fn token_usage(&self) -> Option<TokenUsage> {
+        match (&self.usage.0, &self.usage_metadata.0) {
+            (Some(usage), _) => usage.token_usage(),
+            (None, Some(gemini)) => gemini.token_usage(),
+            (None, None) => None,
+        }
+    }
+
+    fn served_model(&self) -> Option<String> {
+        let model = self.model.0.as_ref().or(self.model_version.0.as_ref())?;
+        Some(model.0.clone())
+    }
+
+    fn request_id(&self) -> Option<String> {
+        let id = self.id.0.as_ref().or(self.response_id.0.as_ref())?;
+        Some(id.0.clone())
+    }
+
     fn service_tier(&self) -> Option<String> {
         let tier = match (&self.service_tier.0, &self.usage.0) {
             (Some(tier), _) => tier,
@@ -629,6 +667,37 @@ impl WireUsage {
     }
 }
 
+/// Gemini's `usageMetadata`. `promptTokenCount` includes cached content;
+/// thoughts are billed as output but reported apart from
+/// `candidatesTokenCount`; tool-use prompts are billed as input.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct GeminiUsage {
+    prompt_token_count: Lenient<u64>,
+    candidates_token_count: Lenient<u64>,
+    cached_content_token_count: Lenient<u64>,
+    thoughts_token_count: Lenient<u64>,
+    tool_use_prompt_token_count: Lenient<u64>,
+}
+
+impl GeminiUsage {
+    fn token_usage(&self) -> Option<TokenUsage> {
+        let prompt = self.prompt_token_count.0?;
+        let thoughts = self.thoughts_token_count.0.unwrap_or(0);
+        Some(TokenUsage {
+            input: prompt.saturating_add(self.tool_use_prompt_token_count.0.unwrap_or(0)),
+            output: self
+                .candidates_token_count
+                .0
+                .unwrap_or(0)
+                .saturating_add(thoughts),
+            cached_input: self.cached_content_token_count.0.unwrap_or(0),
+            reasoning: thoughts,
+            ..TokenUsage::default()
+        })
+    }
+}
+
 /// A short printable-ASCII string (model name, id, event type).
 #[derive(Debug)]
 struct FactText(String);
@@ -706,6 +775,7 @@ from_lenient_object! {
     WireUsage => std::convert::identity,
     WireTokenDetails => std::convert::identity,
     WireCacheCreation => std::convert::identity,
+    GeminiUsage => std::convert::identity,
     Box<WireObject> => Box::<WireObject>::new,
 }
 
@@ -1278,13 +1348,93 @@ mod tests {
 
     #[test]
     fn usage_key_detection() {
-        assert!(has_usage_object(br#"{"usage":{"a":1}}"#));
-        assert!(has_usage_object(br#"{"usage" :  {"a":1}}"#));
-        assert!(has_usage_object(br#"{"usage":null,"x":{"usage":{}}}"#));
-        assert!(!has_usage_object(br#"{"usage":null}"#));
-        assert!(!has_usage_object(br#"{"text":"\"usage\":{"}"#));
-        assert!(!has_usage_object(br#"{"usage""#));
-        assert!(!has_usage_object(b""));
+        assert!(has_usage_object(br#"{"usage":{"a":1}}"#, ApiStyle::OpenAi));
+        assert!(has_usage_object(
+            br#"{"usage" :  {"a":1}}"#,
+            ApiStyle::OpenAi
+        ));
+        assert!(has_usage_object(
+            br#"{"usage":null,"x":{"usage":{}}}"#,
+            ApiStyle::OpenAi
+        ));
+        assert!(!has_usage_object(br#"{"usage":null}"#, ApiStyle::OpenAi));
+        assert!(!has_usage_object(
+            br#"{"text":"\"usage\":{"}"#,
+            ApiStyle::OpenAi
+        ));
+        assert!(!has_usage_object(br#"{"usage""#, ApiStyle::OpenAi));
+        assert!(!has_usage_object(b"", ApiStyle::OpenAi));
+        assert!(has_usage_object(
+            br#"{"usageMetadata": {"promptTokenCount":1}}"#,
+            ApiStyle::Gemini
+        ));
+        assert!(!has_usage_object(br#"{"usage":{"a":1}}"#, ApiStyle::Gemini));
+        assert!(!has_usage_object(
+            br#"{"usageMetadata":{"a":1}}"#,
+            ApiStyle::OpenAi
+        ));
+    }
+
+    fn gemini_stream() -> String {
+        let chunk = |text: &str, usage: &str, finish: &str| {
+            format!(
+                "data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"{text}\"}}],\"role\": \"model\"}}{finish}}}],\"usageMetadata\": {usage},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"resp-gem-1\"}}\r\n\r\n"
+            )
+        };
+        [
+            chunk("Hello", r#"{"promptTokenCount": 12, "totalTokenCount": 12}"#, ""),
+            chunk("\\\"usageMetadata\\\": {", r#"{"promptTokenCount": 12, "totalTokenCount": 12}"#, ""),
+            chunk(
+                " world",
+                r#"{"promptTokenCount": 12, "candidatesTokenCount": 5, "cachedContentTokenCount": 8, "thoughtsTokenCount": 30, "toolUsePromptTokenCount": 2, "totalTokenCount": 49}"#,
+                r#","finishReason": "STOP""#,
+            ),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn gemini_usage_from_streams_and_bodies() {
+        let expected = TokenUsage {
+            input: 14,
+            output: 35,
+            cached_input: 8,
+            reasoning: 30,
+            ..TokenUsage::default()
+        };
+        let stream = gemini_stream();
+        for cuts in [vec![], vec![1, 40, 200, 333], (1..stream.len()).collect()] {
+            let (forwarded, facts) = run(ApiStyle::Gemini, false, stream.as_bytes(), &cuts);
+            assert_eq!(forwarded, stream.as_bytes(), "the stream passes unchanged");
+            assert_eq!(facts.usage, Some(expected));
+            assert_eq!(facts.served_model.as_deref(), Some("gemini-2.5-flash"));
+            assert_eq!(facts.provider_request_id.as_deref(), Some("resp-gem-1"));
+        }
+        let body = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4},"modelVersion":"gemini-2.0-flash","responseId":"r-1"}"#;
+        let facts = facts_from_json(Endpoint::GenerateContent, body);
+        assert_eq!(
+            facts.usage,
+            Some(TokenUsage {
+                input: 3,
+                output: 4,
+                ..TokenUsage::default()
+            })
+        );
+        assert_eq!(facts.served_model.as_deref(), Some("gemini-2.0-flash"));
+        let counted = facts_from_json(Endpoint::GeminiCountTokens, br#"{"totalTokens": 31}"#);
+        assert_eq!(counted.usage.map(|u| u.input), Some(31));
+        // Usage without a prompt count, or of the wrong type, is no usage.
+        for odd in [
+            r#"{"usageMetadata":{"candidatesTokenCount":4}}"#,
+            r#"{"usageMetadata":{"promptTokenCount":"3"}}"#,
+            r#"{"usageMetadata":7}"#,
+        ] {
+            assert_eq!(
+                facts_from_json(Endpoint::GenerateContent, odd.as_bytes()).usage,
+                None,
+                "{odd}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum ProviderApi {
     // (/openai/deployments/{deployment}/chat/completions?api-version=...)
     // or at /openai/v1/..., with the `api-key` header.
     AzureOpenai,
+    // The Gemini API: /v1beta/models/{model}:generateContent,
+    // :streamGenerateContent, :countTokens, :embedContent and
+    // :batchEmbedContents (v1 too), with the `x-goog-api-key` header.
+    Gemini,
     // Offline, deterministic, no network.
     DryRun,
 }
@@ -206,6 +210,21 @@ pub const MAX_DEPLOYMENT_LEN: usize = 64;
 /// ever put into a path, the client's or the upstream's.
 pub fn is_deployment_name(name: &str) -> bool {
     name.len() <= MAX_DEPLOYMENT_LEN
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `name` can be a Gemini model in a path
+/// (`/v1beta/models/{name}:generateContent`): 1 to 128 of `[A-Za-z0-9._-]`,
+/// starting with a letter or digit. Only such names are ever put into a
+/// path, the client's or the upstream's.
+pub fn is_gemini_model_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
         && name
             .bytes()
             .next()

@@ -19,7 +19,7 @@ use tollgate_wire::config::{CompiledPolicy, FailMode, ProviderApi};
 
 use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use super::refusal::{Contact, Refusal, Refused};
-use super::route::Candidate;
+use super::route::{Candidate, rewrite_gemini_body_models};
 use super::{Gateway, Runtime, Ticket};
 use crate::api::ApiStyle;
 use crate::credentials::choose_key_index;
@@ -142,7 +142,11 @@ pub(super) async fn forward(
         let provider = candidate.provider.name.as_str();
         let failover = policy.failover && attempt + 1 < candidates.len();
         let upstream_model = candidate.model.upstream_name();
-        if outgoing.json.get("model").and_then(Value::as_str) != Some(upstream_model) {
+        if ticket.endpoint.style() == ApiStyle::Gemini {
+            // The path names the model; a body that names it too is made
+            // to agree.
+            outgoing.rewrite |= rewrite_gemini_body_models(&mut outgoing.json, upstream_model);
+        } else if outgoing.json.get("model").and_then(Value::as_str) != Some(upstream_model) {
             outgoing.json["model"] = Value::from(upstream_model);
             outgoing.rewrite = true;
         }
@@ -280,6 +284,17 @@ async fn attempt_once(
                 provider: provider.name.clone(),
             }));
         }
+        (ProviderApi::Gemini, _) => ticket
+            .endpoint
+            .gemini_path(
+                candidate.model.upstream_name(),
+                ticket.path_version.unwrap_or("v1beta"),
+            )
+            .ok_or_else(|| {
+                Failure::final_(Refusal::ProviderMisconfigured {
+                    provider: provider.name.clone(),
+                })
+            })?,
         _ => ticket.endpoint.path().to_string(),
     };
     let uri = format!("{}{}", base.trim_end_matches('/'), path);
@@ -489,6 +504,7 @@ fn copy_forwarded_headers(
             "anthropic-version",
             "anthropic-beta",
         ],
+        ApiStyle::Gemini => &["accept", "user-agent", "x-goog-api-client"],
     };
     for name in own
         .iter()
@@ -500,6 +516,7 @@ fn copy_forwarded_headers(
             "authorization"
                 | "x-api-key"
                 | "api-key"
+                | "x-goog-api-key"
                 | "proxy-authorization"
                 | "cookie"
                 | "host"
@@ -516,7 +533,8 @@ fn copy_forwarded_headers(
 }
 
 /// Sets `key` as the credential header `api` expects (OpenAI: a bearer
-/// token; Anthropic: `x-api-key`; Azure OpenAI: `api-key`), marked sensitive
+/// token; Anthropic: `x-api-key`; Azure OpenAI: `api-key`; Gemini:
+/// `x-goog-api-key`), marked sensitive
 /// so no log or debug output shows it.
 fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::ApiKey) {
     let (name, value) = match api {
@@ -525,6 +543,10 @@ fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::
             key.expose().to_string(),
         ),
         ProviderApi::AzureOpenai => (HeaderName::from_static("api-key"), key.expose().to_string()),
+        ProviderApi::Gemini => (
+            HeaderName::from_static("x-goog-api-key"),
+            key.expose().to_string(),
+        ),
         ProviderApi::Openai | ProviderApi::DryRun => {
             (header::AUTHORIZATION, format!("Bearer {}", key.expose()))
         }
@@ -586,6 +608,7 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
         (ProviderApi::AzureOpenai, Some(version)) => {
             format!("/openai/models?api-version={version}")
         }
+        (ProviderApi::Gemini, _) => "/v1beta/models".to_string(),
         _ => "/v1/models".to_string(),
     };
     let mut request = http::Request::get(format!("{}{path}", base.trim_end_matches('/')));
@@ -617,6 +640,7 @@ mod tests {
             HeaderValue::from_static("Bearer client-key"),
         );
         from.insert("x-api-key", HeaderValue::from_static("client-key"));
+        from.insert("x-goog-api-key", HeaderValue::from_static("client-key"));
         from.insert("cookie", HeaderValue::from_static("a=b"));
         from.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         from.insert("x-request-id", HeaderValue::from_static("abc"));
@@ -626,11 +650,21 @@ mod tests {
             &from,
             &mut to,
             ApiStyle::Anthropic,
-            &["x-request-id".into(), "authorization".into()],
+            &[
+                "x-request-id".into(),
+                "authorization".into(),
+                "x-goog-api-key".into(),
+            ],
         );
         assert_eq!(to.get("anthropic-version").unwrap(), "2023-06-01");
         assert_eq!(to.get("x-request-id").unwrap(), "abc");
-        for dropped in ["authorization", "x-api-key", "cookie", "x-internal"] {
+        for dropped in [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "cookie",
+            "x-internal",
+        ] {
             assert!(to.get(dropped).is_none(), "{dropped} was forwarded");
         }
     }

@@ -227,12 +227,11 @@ impl MeteredBody {
             upstream.provider_request_id = Some(id);
         }
         let anthropic = draft.endpoint.style() == ApiStyle::Anthropic;
-        let usage = facts
-            .usage
-            .filter(|_| draft.endpoint != Endpoint::CountTokens);
+        let usage = facts.usage.filter(|_| !draft.endpoint.counts_tokens());
         let actual = usage.map(|u| {
             // Receipts count input including cache reads; Anthropic reports
-            // cache reads apart from `input_tokens`, OpenAI inside `prompt_tokens`.
+            // cache reads apart from `input_tokens`, OpenAI inside
+            // `prompt_tokens` and Gemini inside `promptTokenCount`.
             let input = if anthropic {
                 u.input.saturating_add(u.cached_input)
             } else {
@@ -269,7 +268,7 @@ impl MeteredBody {
                 cost_micro_usd: cost,
             }
         });
-        let actual = if draft.endpoint == Endpoint::CountTokens {
+        let actual = if draft.endpoint.counts_tokens() {
             Some(Amounts {
                 requests: 1,
                 ..Amounts::default()

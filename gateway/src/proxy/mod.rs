@@ -52,7 +52,7 @@ use forward::Outgoing;
 pub use forward::probe_due_keys;
 use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
 use refusal::{Contact, Refusal, Refused};
-use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, max_tokens_field, requested_max_tokens};
+use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, requested_max_tokens};
 use tollgate_wire::pricing::BilledTokens;
 
 #[derive(Debug, Clone, Default)]
@@ -220,9 +220,34 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
 fn style_for_path(path: &str) -> ApiStyle {
     if path.starts_with("/v1/messages") {
         ApiStyle::Anthropic
+    } else if path.starts_with("/v1beta/")
+        || (path.starts_with("/v1/models/") && path.contains(':'))
+    {
+        ApiStyle::Gemini
     } else {
         ApiStyle::OpenAi
     }
+}
+
+/// The endpoint a request's method, path and query name, with the model and
+/// API version the path names (Azure deployments, Gemini models).
+fn endpoint_of(
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<(Endpoint, Option<String>, Option<&'static str>)> {
+    if let Some(endpoint) = Endpoint::from_request(method, path) {
+        return Some((endpoint, None, None));
+    }
+    if let Some((endpoint, deployment)) = Endpoint::from_azure_path(method, path) {
+        return Some((endpoint, deployment.map(str::to_string), None));
+    }
+    let (endpoint, target) = Endpoint::from_gemini_path(method, path, query)?;
+    Some((
+        endpoint,
+        Some(target.model.to_string()),
+        Some(target.version),
+    ))
 }
 
 /// Per-request facts accumulated on the way, turned into a draft at the end.
@@ -236,8 +261,11 @@ struct Ticket {
     request_id: String,
     request_sha256: [u8; 32],
     model_requested: Option<String>,
-    /// The deployment an Azure-style path names: the model asked for.
-    deployment: Option<String>,
+    /// The model an Azure deployment path or a Gemini path names: the model
+    /// asked for, whatever the body says.
+    path_model: Option<String>,
+    /// The API version a Gemini path names, kept upstream.
+    path_version: Option<&'static str>,
     guards: Vec<&'static str>,
     checks: Vec<CheckDraft>,
     caller_hash: Option<[u8; 32]>,
@@ -266,7 +294,8 @@ impl Ticket {
             request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
             request_sha256: [0; 32],
             model_requested: None,
-            deployment: None,
+            path_model: None,
+            path_version: None,
             guards: Vec::new(),
             checks: Vec::new(),
             caller_hash: None,
@@ -522,12 +551,10 @@ impl Drop for Ticket {
 async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
     let path = request.uri().path();
-    let (endpoint, deployment) = match Endpoint::from_request(request.method(), path) {
-        Some(endpoint) => (endpoint, None),
-        None => match Endpoint::from_azure_path(request.method(), path) {
-            Some((endpoint, deployment)) => (endpoint, deployment.map(str::to_string)),
-            None => return Refusal::PathNotServed.response(style_for_path(path)),
-        },
+    let Some((endpoint, path_model, path_version)) =
+        endpoint_of(request.method(), path, request.uri().query())
+    else {
+        return Refusal::PathNotServed.response(style_for_path(path));
     };
     let runtime = gateway.runtime();
     if !gateway.receipts.status.accepting() && !runtime.fails_open() {
@@ -535,7 +562,8 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     }
     let (parts, body) = request.into_parts();
     let mut ticket = Ticket::new(gateway, runtime, endpoint, started);
-    ticket.deployment = deployment;
+    ticket.path_model = path_model;
+    ticket.path_version = path_version;
     match correlation_id(&parts.headers) {
         Ok(id) => ticket.correlation_id = id,
         Err(refusal) => return ticket.refuse(refusal.into()),
@@ -590,9 +618,14 @@ async fn serve(ticket: &mut Ticket, headers: &HeaderMap, body: Body) -> Result<R
         .caller_key()
         .and_then(|key| caller::caller_hash(key, headers, &json, ticket.endpoint.style()));
     // An Azure-style path names the deployment, which is what Azure serves
-    // whatever the body says; the body's `model` is made to agree.
-    let requested = match &ticket.deployment {
-        Some(deployment) => deployment.clone(),
+    // whatever the body says; the body's `model` is made to agree. A Gemini
+    // path names the model, and the body must not name another.
+    if ticket.endpoint.style() == ApiStyle::Gemini {
+        let path_model = ticket.path_model.as_deref().unwrap_or_default();
+        route::check_gemini_body_models(ticket.endpoint, path_model, &json)?;
+    }
+    let requested = match &ticket.path_model {
+        Some(model) => model.clone(),
         None => json
             .get("model")
             .and_then(Value::as_str)
@@ -723,10 +756,9 @@ fn route_request<'a>(
     }
     let mut rewrite = false;
     if asked.is_none()
-        && let (Some(cap), Some(field)) = (first.max_tokens, max_tokens_field(endpoint))
+        && let Some(cap) = first.max_tokens
     {
-        json[field] = Value::from(cap);
-        rewrite = true;
+        rewrite = route::set_max_tokens(endpoint, &mut json, cap);
     }
     let streaming = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let mut strip_injected_usage = false;
@@ -765,16 +797,20 @@ async fn reserve_quota(
 ) -> Result<Settle, Refused> {
     let gateway = ticket.gateway.clone();
     let provider = first.provider.name.as_str();
-    let estimate = if ticket.endpoint == Endpoint::CountTokens {
+    let estimate = if ticket.endpoint.counts_tokens() {
         Amounts {
             requests: 1,
             ..Amounts::default()
         }
     } else {
         let input = dry_run::estimate_input_tokens(ticket.endpoint, json);
-        let output = asked
-            .or(first.max_tokens.map(u64::from))
-            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+        let output = if ticket.endpoint.embeds() {
+            0
+        } else {
+            asked
+                .or(first.max_tokens.map(u64::from))
+                .unwrap_or(DEFAULT_OUTPUT_ESTIMATE)
+        };
         Amounts {
             tokens: input + output,
             requests: 1,

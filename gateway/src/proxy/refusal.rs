@@ -37,6 +37,10 @@ pub enum Refusal {
         guard: &'static str,
     },
     ModelMissing,
+    /// A Gemini body names a model other than its path's.
+    ModelMismatch {
+        path_model: String,
+    },
     ModelNotAllowed {
         model: String,
     },
@@ -101,6 +105,7 @@ impl Refusal {
             Self::MalformedJson => (K::InvalidRequest, "malformed_json"),
             Self::SecretInRequest { .. } => (K::PermissionDenied, "secret_in_request"),
             Self::ModelMissing => (K::InvalidRequest, "model_missing"),
+            Self::ModelMismatch { .. } => (K::InvalidRequest, "model_mismatch"),
             Self::ModelNotAllowed { .. } => (K::PermissionDenied, "model_not_allowed"),
             Self::MaxTokensOverPolicy { .. } => (K::InvalidRequest, "max_tokens_over_policy"),
             Self::QuotaAuthorityUnavailable { .. } => {
@@ -135,7 +140,7 @@ impl Refusal {
     /// The message the client reads.
     pub fn message(&self) -> String {
         match self {
-            Self::PathNotServed => "Tollgate does not serve this path; only the OpenAI and Anthropic model APIs are available".into(),
+            Self::PathNotServed => "Tollgate does not serve this path; only the OpenAI, Anthropic, Azure OpenAI and Gemini model APIs are available (Gemini streams with alt=sse)".into(),
             Self::SpoolUnavailable => "the receipt spool is full or failing; requests are refused until receipts can be written (failMode: closed)".into(),
             Self::NoPolicy => "no EgressPolicy governs this pod".into(),
             Self::RequestTooLarge { limit } => {
@@ -148,6 +153,9 @@ impl Refusal {
                 "the request carries a secret ({guard}); Tollgate refuses to send it to a provider"
             ),
             Self::ModelMissing => "the request must name a model".into(),
+            Self::ModelMismatch { path_model } => format!(
+                "the request body names a model other than the path's {path_model:?}"
+            ),
             Self::ModelNotAllowed { model } => {
                 format!("model {model:?} is not allowed by this namespace's EgressPolicy")
             }

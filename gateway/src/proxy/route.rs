@@ -72,22 +72,122 @@ pub(super) fn candidates<'a>(
     out
 }
 
-/// The field that caps output tokens for an endpoint.
-pub(super) fn max_tokens_field(endpoint: Endpoint) -> Option<&'static str> {
+/// The field that caps output tokens for an endpoint: top level, or (Gemini)
+/// inside `generationConfig`.
+fn max_tokens_field(endpoint: Endpoint) -> Option<(Option<&'static str>, &'static str)> {
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages => {
-            Some("max_tokens")
+            Some((None, "max_tokens"))
         }
-        Endpoint::Responses => Some("max_output_tokens"),
+        Endpoint::Responses => Some((None, "max_output_tokens")),
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+            Some((Some("generationConfig"), "maxOutputTokens"))
+        }
         _ => None,
     }
 }
 
 pub(super) fn requested_max_tokens(endpoint: Endpoint, body: &Value) -> Option<u64> {
-    let field = max_tokens_field(endpoint)?;
-    body.get(field)
-        .and_then(Value::as_u64)
-        .or_else(|| body.get("max_completion_tokens").and_then(Value::as_u64))
+    let (parent, field) = max_tokens_field(endpoint)?;
+    let holder = match parent {
+        Some(parent) => body.get(parent)?,
+        None => body,
+    };
+    holder.get(field).and_then(Value::as_u64).or_else(|| {
+        parent
+            .is_none()
+            .then(|| body.get("max_completion_tokens").and_then(Value::as_u64))
+            .flatten()
+    })
+}
+
+/// Sets the policy's cap as the request's output-token limit; false when the
+/// endpoint has none or the field's parent is not an object (the provider
+/// then refuses the request itself).
+pub(super) fn set_max_tokens(endpoint: Endpoint, body: &mut Value, cap: u32) -> bool {
+    let Some((parent, field)) = max_tokens_field(endpoint) else {
+        return false;
+    };
+    let holder = match parent {
+        None => body.as_object_mut(),
+        Some(parent) => {
+            let Some(object) = body.as_object_mut() else {
+                return false;
+            };
+            object
+                .entry(parent)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+                .as_object_mut()
+        }
+    };
+    match holder {
+        Some(holder) => {
+            holder.insert(field.to_owned(), Value::from(cap));
+            true
+        }
+        None => false,
+    }
+}
+
+/// A Gemini body that names a model (a batch's requests, a count's
+/// `generateContentRequest`, any top-level `model`) must name its path's, as
+/// `models/{model}` or `{model}` (with or without the path's `provider:`
+/// prefix): the path's model is the one routed, quota'd
+/// and allowed, so no other may ride along in the body.
+pub(super) fn check_gemini_body_models(
+    endpoint: Endpoint,
+    path_model: &str,
+    body: &Value,
+) -> Result<(), super::Refusal> {
+    // `provider:model` in the path; the body may name either.
+    let bare = path_model.split_once(':').map(|(_, model)| model);
+    let agrees = |named: Option<&Value>| match named {
+        None => true,
+        Some(Value::String(name)) => {
+            let name = name.strip_prefix("models/").unwrap_or(name);
+            name == path_model || Some(name) == bare
+        }
+        Some(_) => false,
+    };
+    let mut named = vec![body.get("model")];
+    if let Some(inner) = body.get("generateContentRequest") {
+        named.push(inner.get("model"));
+    }
+    if endpoint == Endpoint::BatchEmbedContents
+        && let Some(requests) = body.get("requests").and_then(Value::as_array)
+    {
+        named.extend(requests.iter().map(|r| r.get("model")));
+    }
+    if named.into_iter().all(agrees) {
+        Ok(())
+    } else {
+        Err(super::Refusal::ModelMismatch {
+            path_model: path_model.to_owned(),
+        })
+    }
+}
+
+/// The upstream model names a Gemini body carries, rewritten to `upstream`
+/// (`models/{upstream}`); true when anything changed.
+pub(super) fn rewrite_gemini_body_models(body: &mut Value, upstream: &str) -> bool {
+    let wanted = format!("models/{upstream}");
+    let mut changed = false;
+    let mut set = |holder: &mut Value| {
+        if let Some(name) = holder.get_mut("model")
+            && name.as_str() != Some(wanted.as_str())
+        {
+            *name = Value::from(wanted.clone());
+            changed = true;
+        }
+    };
+    set(body);
+    if let Some(inner) = body.get_mut("generateContentRequest") {
+        set(inner);
+    }
+    if let Some(requests) = body.get_mut("requests").and_then(Value::as_array_mut) {
+        requests.iter_mut().for_each(&mut set);
+    }
+    changed
 }
 
 /// Output tokens assumed for a quota estimate when neither the request nor

@@ -24,6 +24,7 @@ use tollgate_wire::config::{
 };
 
 use super::{Gateway, Identity, Runtime, router};
+use crate::api::Endpoint;
 use crate::credentials::{ApiKey, Credentials};
 use crate::quota::{
     Amounts, BoxFuture, LocalQuotaAuthority, QuotaAuthority, QuotaDecision, Reservation,
@@ -1244,4 +1245,116 @@ async fn an_azure_provider_is_called_at_its_deployment_with_its_api_key() {
             );
         }
     }
+}
+
+fn gemini_request(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .header("x-goog-api-key", "the-apps-own-key")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_gemini_provider_gets_the_model_in_its_path_and_its_own_key() {
+    let mut pod = Pod::new();
+    pod.config.providers = vec![provider(
+        "gemini",
+        ProviderApi::Gemini,
+        "generativelanguage.test",
+    )];
+    pod.policy().routes = vec![route("gemini")];
+    let mut running = pod.start();
+    let contents = json!([{"role": "user", "parts": [{"text": "hello"}]}]);
+    // As the Google Gen AI SDK sends it; an API key in the query too.
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gpt-4o-mini:generateContent?key=the-apps-own-key",
+            json!({"contents": contents}),
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.model_requested.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(draft.endpoint, Endpoint::GenerateContent);
+    assert_receipt_is_valid(&draft);
+    // The v1 API stays v1; a batch's models are the path's.
+    let batch = json!({"requests": [
+        {"model": "models/gpt-4o-mini", "content": {"parts": [{"text": "a"}]}},
+        {"content": {"parts": [{"text": "b"}]}},
+    ]});
+    let answer = running
+        .send(gemini_request(
+            "/v1/models/gemini:gpt-4o-mini:batchEmbedContents",
+            batch,
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    running.receipt().await;
+    {
+        let seen = running.seen.lock().unwrap();
+        assert_eq!(
+            seen.paths,
+            [
+                "/v1beta/models/gpt-4o-mini:generateContent",
+                "/v1/models/gpt-4o-mini:batchEmbedContents"
+            ],
+            "no client query leaves"
+        );
+        for (host, headers, _) in &seen.requests {
+            assert_eq!(host, "generativelanguage.test");
+            assert_eq!(headers["x-goog-api-key"], PROVIDER_KEY);
+            assert!(headers.get("authorization").is_none(), "{headers:?}");
+        }
+        let (_, _, generate) = &seen.requests[0];
+        assert_eq!(generate["contents"], contents);
+        assert_eq!(
+            generate["generationConfig"]["maxOutputTokens"], 100,
+            "the policy's cap, filled in"
+        );
+        assert!(generate.get("model").is_none());
+        let (_, _, embed) = &seen.requests[1];
+        assert_eq!(embed["requests"][0]["model"], "models/gpt-4o-mini");
+        assert!(embed["requests"][1].get("model").is_none());
+    }
+
+    // A body naming another model than its path is refused, in Google's
+    // error format, with a receipt.
+    let smuggled = json!({"requests": [{"model": "models/gemini-ultra", "content": {}}]});
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gpt-4o-mini:batchEmbedContents",
+            smuggled,
+        ))
+        .await;
+    assert_eq!(answer.body["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(answer.body["error"]["code"], 400);
+    assert_refused(&mut running, &answer, 400, "model_mismatch").await;
+    // Over the cap, and a model the policy does not allow.
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gpt-4o-mini:streamGenerateContent?alt=sse",
+            json!({"contents": contents, "generationConfig": {"maxOutputTokens": 101}}),
+        ))
+        .await;
+    assert_refused(&mut running, &answer, 400, "max_tokens_over_policy").await;
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            json!({"contents": contents}),
+        ))
+        .await;
+    assert_eq!(answer.body["error"]["status"], "PERMISSION_DENIED");
+    assert_refused(&mut running, &answer, 403, "model_not_allowed").await;
+    // A stream in any framing but SSE is no path the gateway serves.
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gpt-4o-mini:streamGenerateContent",
+            json!({"contents": contents}),
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body["error"]["status"], "NOT_FOUND");
+    running.no_receipt();
+    assert_eq!(running.seen.lock().unwrap().paths.len(), 2);
 }

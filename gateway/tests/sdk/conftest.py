@@ -50,6 +50,9 @@ ANTHROPIC_KEYS = {"key-a": f"sk-ant-upstream-INJECTED-KEY-987654321-{RUN_ID}"}
 AZURE_KEYS = {"key-1": f"a2e0{RUN_ID}".ljust(32, "0")[:32]}
 AZURE_CLIENT_KEY = "azure-client-key-must-be-dropped"
 AZURE_API_VERSION = "2024-10-21"
+# Gemini API keys start AIza; the run id keeps them unique.
+GEMINI_KEYS = {"key-1": f"AIzaSyMockGeminiKey{RUN_ID}".ljust(39, "Q")[:39]}
+GEMINI_CLIENT_KEY = "gemini-client-key-must-be-dropped"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
 ANTHROPIC_CLIENT_KEY = "sk-ant-client-dropped"
 CORR_PREFIX = f"corr{RUN_ID}"
@@ -61,6 +64,7 @@ for _var in ("NO_PROXY", "no_proxy"):
 # Prices (micro-USD per million tokens) shared by the manifests and the tests.
 OPENAI_PRICING = {"inputPerMillionMicroUSD": 150000, "outputPerMillionMicroUSD": 600000, "cachedInputPerMillionMicroUSD": 75000}
 EMBEDDING_PRICING = {"inputPerMillionMicroUSD": 20000}
+GEMINI_PRICING = {"inputPerMillionMicroUSD": 300000, "outputPerMillionMicroUSD": 2500000, "cachedInputPerMillionMicroUSD": 75000}
 ANTHROPIC_PRICING = {"inputPerMillionMicroUSD": 800000, "outputPerMillionMicroUSD": 4000000, "cachedInputPerMillionMicroUSD": 80000}
 # A table with a long-context size and a service tier (every price set written
 # out in full, so this dict is the table as the gateway serialises it).
@@ -284,7 +288,7 @@ def provider(name: str, api: str, base_url: str, models: list[dict], trust_ancho
         "api": api,
         "baseURL": base_url,
         "hosts": ["localhost"],
-        "credentialsRef": {"secretName": secret, "keys": sorted({"openai-keys": OPENAI_KEYS, "azure-keys": AZURE_KEYS}.get(secret, ANTHROPIC_KEYS))},
+        "credentialsRef": {"secretName": secret, "keys": sorted({"openai-keys": OPENAI_KEYS, "azure-keys": AZURE_KEYS, "gemini-keys": GEMINI_KEYS}.get(secret, ANTHROPIC_KEYS))},
         "models": models,
         "tls": {"trustAnchorRef": trust_anchor},
         "timeouts": {"connectMillis": 3000, "firstByteMillis": 20000, "idleMillis": 10000},
@@ -303,6 +307,7 @@ def secrets() -> list[dict]:
         doc("Secret", "openai-keys", api_version="v1", stringData=OPENAI_KEYS),
         doc("Secret", "anthropic-keys", api_version="v1", stringData=ANTHROPIC_KEYS),
         doc("Secret", "azure-keys", api_version="v1", stringData=AZURE_KEYS),
+        doc("Secret", "gemini-keys", api_version="v1", stringData=GEMINI_KEYS),
     ]
 
 
@@ -314,6 +319,15 @@ def azure_provider(mocks: Mocks) -> dict:
     ], "mock-ca", "azure-keys")
     p["spec"]["azure"] = {"apiVersion": AZURE_API_VERSION}
     return p
+
+
+def gemini_provider(mocks: Mocks) -> dict:
+    """A Gemini API provider on the primary mock: a chat model and an embedder."""
+    return provider("gemini-mock", "gemini", mocks.primary.base_url, [
+        {"name": "gemini-2.5-flash", "pricing": GEMINI_PRICING},
+        {"name": "gemini-embedding-001", "pricing": EMBEDDING_PRICING},
+        {"name": "gemini-blocked", "pricing": GEMINI_PRICING},
+    ], "mock-ca", "gemini-keys")
 
 
 def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
@@ -340,6 +354,7 @@ def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
             m("claude-blocked", ANTHROPIC_PRICING),
         ], "mock-ca", "anthropic-keys"),
         azure_provider(mocks),
+        gemini_provider(mocks),
         trust_anchor("mock-ca", pki.ca_pem),
         *secrets(),
     ]
@@ -366,6 +381,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
                                                           "stall-mid-stream", "reset-mid-stream", "huge-headers", "gpt-tiered"]},
                 {"providerRef": "anthropic-mock", "models": ["claude-haiku-4-5", "claude-cached", "slow-stream"]},
                 {"providerRef": "azure-mock", "models": ["gpt-4o-azure"]},
+                {"providerRef": "gemini-mock", "models": ["gemini-2.5-flash", "gemini-embedding-001"]},
                 {"providerRef": "openai-pinned", "models": ["*"]},
                 {"providerRef": "openai-badpin", "models": ["*"]},
                 {"providerRef": "openai-wrongca", "models": ["*"]},
@@ -550,6 +566,15 @@ class Gateway:
 
         return openai.AzureOpenAI(azure_endpoint=f"http://127.0.0.1:{self.api_port}", api_key=AZURE_CLIENT_KEY,
                                   api_version=AZURE_API_VERSION, max_retries=0, timeout=30)
+
+    def gemini(self):
+        """The Google Gen AI SDK's Gemini API client, pointed at the gateway as
+        at the Gemini API (no retries: every call is one request)."""
+        from google import genai
+        from google.genai import types
+
+        return genai.Client(api_key=GEMINI_CLIENT_KEY, http_options=types.HttpOptions(
+            base_url=f"http://127.0.0.1:{self.api_port}", api_version="v1beta", timeout=30_000))
 
     def anthropic(self):
         import anthropic

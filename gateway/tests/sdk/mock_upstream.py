@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A local HTTPS stand-in for the OpenAI and Anthropic APIs, for the SDK suite.
+"""A local HTTPS stand-in for the OpenAI, Anthropic, Azure OpenAI and Gemini
+APIs, for the SDK suite.
 
 It speaks the providers' real wire shapes (JSON bodies and SSE streams) so the
 official SDKs, through the gateway, parse its answers exactly as they would
@@ -8,7 +9,8 @@ own address in 198.18.0.0/15).
 
 Every request is appended to ``--log`` as one JSON line (path, lower-cased
 headers, sha256 of the body, the parsed model, stream flags, a correlation id
-taken from ``user`` / ``metadata.user_id``); prompts are never logged.
+taken from ``user`` / ``metadata.user_id``, or for Gemini, which has no such
+field, the first ``corr…`` token in the body); prompts are never logged.
 
 Behaviours, keyed by the requested model name:
 
@@ -72,7 +74,13 @@ USAGE = {
     "count_tokens": {"input_tokens": 42},
     # OpenAI Responses: input_tokens includes the cached ones.
     "responses": {"input_tokens": 700, "cached_tokens": 200, "output_tokens": 50},
+    # Gemini: promptTokenCount includes cached content; thoughts are apart
+    # from candidatesTokenCount.
+    "gemini": {"promptTokenCount": 1200, "candidatesTokenCount": 300, "cachedContentTokenCount": 200, "thoughtsTokenCount": 50},
+    "gemini_count": {"totalTokens": 42},
 }
+GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
+CORR_TOKEN = re.compile(rb"corr[0-9a-f]{12}-[0-9a-f]{10}")
 REASONING_TOKENS = 120
 EMBEDDING_DIMS = 8
 SLOW_DELTAS = 60
@@ -167,7 +175,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._chunked = not close_delimited
 
     def _write_event(self, data: str, event: str | None = None) -> None:
-        text = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        self._write_raw((f"event: {event}\n" if event else "") + f"data: {data}\n\n")
+
+    def _write_raw(self, text: str) -> None:
         raw = text.encode()
         try:
             if self._chunked:
@@ -250,6 +260,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             headers = dict(headers, authorization=f"Bearer {headers['api-key']}")
             path, model = f"/v1/{azure[2]}", azure[1]
+        gemini = GEMINI_PATH.match(path)
+        if gemini:
+            found = CORR_TOKEN.search(body)
+            record["corr"] = corr = found.group().decode() if found else None
+            record["gemini"] = {"version": gemini[1], "model": gemini[2], "method": gemini[3]}
+            try:
+                self._gemini(gemini[2], gemini[3], obj, headers, record)
+            except PeerGone as e:
+                st.log({"event": "cancelled", "corr": corr, "path": path, "error": str(e)[:200]})
+                self.close_connection = True
+            return
         try:
             self._route(method, path, model, obj, headers, record, corr)
         except PeerGone as e:
@@ -328,6 +349,55 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, {"input_tokens": USAGE["count_tokens"]["input_tokens"]}, {"request-id": f"req_mock_ct_{st.next_id()}"})
         else:
             self._send_json(404, {"error": {"message": f"mock does not implement {path}", "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
+
+    # ------------------------------------------------------------ Gemini
+    def _google_error(self, record: dict, status: int, code: str, message: str) -> None:
+        record["status"] = status
+        self.state.log(record)
+        self._send_json(status, {"error": {"code": status, "message": message, "status": code}})
+
+    def _gemini(self, model: str, method: str, obj: dict, headers: dict, record: dict) -> None:
+        st = self.state
+        query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+        if self.command != "POST":
+            return self._google_error(record, 404, "NOT_FOUND", "Method not found.")
+        if not headers.get("x-goog-api-key") and "key" not in query:
+            return self._google_error(record, 403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
+        if not record["json_ok"]:
+            return self._google_error(record, 400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        if method == "streamGenerateContent" and query.get("alt") != ["sse"]:
+            # The mock, like the gateway, only speaks SSE framing.
+            return self._google_error(record, 400, "INVALID_ARGUMENT", "mock: streams need alt=sse")
+        record["status"] = 200
+        st.log(record)
+        n = st.next_id()
+        rid = f"gem-resp-mock-{n}"
+        u = USAGE["gemini"]
+        usage = dict(u, totalTokenCount=u["promptTokenCount"] + u["candidatesTokenCount"] + u["thoughtsTokenCount"])
+
+        def chunk(text: str, final: bool) -> dict:
+            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if final:
+                candidate["finishReason"] = "STOP"
+            running = usage if final else {"promptTokenCount": u["promptTokenCount"], "totalTokenCount": u["promptTokenCount"]}
+            return {"candidates": [candidate], "usageMetadata": running, "modelVersion": f"{model}-001", "responseId": rid}
+
+        if method == "generateContent":
+            self._send_json(200, chunk(st.completion_text(), True))
+        elif method == "streamGenerateContent":
+            self._start_sse({})
+            pieces = [st.completion_text(), *STREAM_PIECES]
+            for i, piece in enumerate(pieces):
+                # Google frames events with CRLF line ends.
+                self._write_raw(f"data: {json.dumps(chunk(piece, i == len(pieces) - 1))}\r\n\r\n")
+            self._end_sse()
+        elif method == "countTokens":
+            self._send_json(200, dict(USAGE["gemini_count"]))
+        elif method == "embedContent":
+            self._send_json(200, {"embedding": {"values": embedding_vector(0)}})
+        else:
+            requests = obj.get("requests") if isinstance(obj.get("requests"), list) else []
+            self._send_json(200, {"embeddings": [{"values": embedding_vector(i)} for i in range(len(requests))]})
 
     # ------------------------------------------------------------ OpenAI
     def _chat_usage(self, model: str = "") -> dict:

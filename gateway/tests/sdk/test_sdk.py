@@ -1,4 +1,5 @@
-"""The gateway driven by the official `openai` and `anthropic` Python SDKs.
+"""The gateway driven by the official `openai`, `anthropic` and `google-genai`
+Python SDKs.
 
 Upstream is `mock_upstream.py` over real TLS on loopback. Each test asserts on
 what the SDK got, what the mock upstream saw, and the signed receipt the
@@ -30,6 +31,8 @@ except ImportError:  # openai 3 and anthropic 2 are built on the httpx2 fork
     import httpx2 as httpx
 import openai
 import pytest
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from conftest import (
     ANTHROPIC_CLIENT_KEY,
@@ -37,6 +40,9 @@ from conftest import (
     AZURE_CLIENT_KEY,
     AZURE_KEYS,
     ANTHROPIC_KEYS,
+    GEMINI_CLIENT_KEY,
+    GEMINI_KEYS,
+    GEMINI_PRICING,
     ANTHROPIC_PRICING,
     COMPLETION_MARKER,
     CORR_PREFIX,
@@ -404,6 +410,125 @@ def test_azure_openai_deployments_outside_the_policy_are_refused(gw: Gateway, mo
     assert status == 404
 
 
+GEMINI_MODEL = "gemini-2.5-flash"
+# promptTokenCount 1200 (200 of them cached), candidates 300 + thoughts 50.
+GEMINI_USAGE = {"input_tokens": 1200, "output_tokens": 350, "cached_tokens": 200, "reasoning_tokens": 50}
+GEMINI_COST = 1190  # 1000*0.30 + 200*0.075 + 350*2.5 micro-USD
+
+
+def gemini_receipt_id(response: Any) -> str:
+    """The receipt id the gateway put on a Gemini SDK response's HTTP headers."""
+    headers = response.sdk_http_response.headers or {}
+    return {k.lower(): v for k, v in headers.items()}.get(RID, "")
+
+
+def assert_gemini_seen(seen: dict, method: str, model: str = GEMINI_MODEL) -> None:
+    """The mock got the provider's key, at the model's path, and nothing of the app's key."""
+    assert seen["gemini"] == {"version": "v1beta", "model": model, "method": method}, seen["path"]
+    assert seen["headers"].get("x-goog-api-key") == GEMINI_KEYS["key-1"]
+    assert "authorization" not in seen["headers"]
+    assert GEMINI_CLIENT_KEY not in json.dumps(seen["headers"]) + seen["path"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_gemini_generate_content_through_the_gateway(gw: Gateway, mocks: Mocks, pki: Pki, stream: bool) -> None:
+    """The Google Gen AI SDK's Gemini client, pointed at the sidecar as at the
+    Gemini API: the model in its path picks the provider, the gateway calls
+    it with the provider's x-goog-api-key, and counts usage from
+    usageMetadata (the last chunk's, in a stream), thoughts as output."""
+    corr = new_corr()
+    client = gw.gemini()
+    contents = prompt(f"Say hello. {corr}")
+    if stream:
+        chunks = list(client.models.generate_content_stream(model=GEMINI_MODEL, contents=contents))
+        assert "".join(c.text or "" for c in chunks) == STREAM_TEXT
+        usage = chunks[-1].usage_metadata
+        receipt_id = gemini_receipt_id(chunks[0])
+    else:
+        answer = client.models.generate_content(model=GEMINI_MODEL, contents=contents)
+        assert answer.text == COMPLETION_TEXT
+        usage = answer.usage_metadata
+        receipt_id = gemini_receipt_id(answer)
+    assert (usage.prompt_token_count, usage.candidates_token_count, usage.thoughts_token_count) == (1200, 300, 50)
+    r = gw.receipt(receipt_id)
+    assert r["verdict"]["decision"] == "allow", r["verdict"]
+    assert (r["api"], r["provider"], r["model_requested"], r["model_served"], r["lane"]) == (
+        "gemini", "gemini-mock", GEMINI_MODEL, f"{GEMINI_MODEL}-001", "live")
+    method = "streamGenerateContent" if stream else "generateContent"
+    assert r["route"] == f"/{{version}}/models/{{model}}:{method}"
+    assert r["usage"] == GEMINI_USAGE, r["usage"]
+    assert r["cost_micro_usd"] == GEMINI_COST
+    assert r["pricing"] == {"long_context": False, "table_sha256": table_sha256(GEMINI_PRICING)}, r["pricing"]
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+    assert r["upstream"]["provider_request_id"].startswith("gem-resp-mock-")
+
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_gemini_seen(seen, method)
+    assert seen["path"].endswith("?alt=sse") == stream, seen["path"]
+
+
+def test_gemini_count_tokens_and_embeddings(gw: Gateway, mocks: Mocks) -> None:
+    """countTokens costs one request and no tokens; a batch of embeddings goes
+    to batchEmbedContents with the path's model, priced at the estimate (the
+    Gemini API reports no usage for embeddings)."""
+    client = gw.gemini()
+    corr = new_corr()
+    counted = client.models.count_tokens(model=GEMINI_MODEL, contents=prompt(f"Count me. {corr}"))
+    assert counted.total_tokens == 42
+    r = gw.receipt(gemini_receipt_id(counted))
+    assert r["verdict"]["decision"] == "allow" and r["route"] == "/{version}/models/{model}:countTokens"
+    assert r.get("usage") is None and r["cost_micro_usd"] == 0
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_gemini_seen(seen, "countTokens")
+
+    corr = new_corr()
+    embedded = client.models.embed_content(model="gemini-embedding-001", contents=[f"first {corr}", "second"],
+                                           config=genai_types.EmbedContentConfig(output_dimensionality=8))
+    assert [len(e.values) for e in embedded.embeddings] == [8, 8]
+    assert embedded.embeddings[0].values != embedded.embeddings[1].values
+    r = gw.receipt(gemini_receipt_id(embedded))
+    assert r["verdict"]["decision"] == "allow" and r["route"] == "/{version}/models/{model}:batchEmbedContents"
+    assert r["model_requested"] == "gemini-embedding-001" and r["provider"] == "gemini-mock"
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_gemini_seen(seen, "batchEmbedContents", "gemini-embedding-001")
+    assert seen["model"] is None, "a batch names its models per request"
+
+
+def test_gemini_refusals_are_google_errors_with_receipts(gw: Gateway, mocks: Mocks) -> None:
+    """A model outside the policy, a secret in the prompt and a non-SSE stream
+    are refused in Google's error format (the SDK raises its ClientError),
+    with a receipt, and nothing reaches the provider."""
+    client = gw.gemini()
+    corr = new_corr()
+    with pytest.raises(genai_errors.ClientError) as exc:
+        client.models.generate_content(model="gemini-blocked", contents=prompt(f"Hi. {corr}"))
+    assert (exc.value.code, exc.value.status) == (403, "PERMISSION_DENIED")
+    assert "not allowed" in exc.value.message
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert (r["api"], r["model_requested"]) == ("gemini", "gemini-blocked")
+
+    with pytest.raises(genai_errors.ClientError) as exc:
+        client.models.generate_content(model=GEMINI_MODEL, contents=prompt(f"My key is {AWS_KEY}. {corr}"))
+    assert (exc.value.code, exc.value.status) == (403, "PERMISSION_DENIED")
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert r["verdict"]["reason"] == "secret_in_request", r["verdict"]
+    assert not mocks.primary.for_corr(corr)
+
+    # A stream framed any other way than SSE is not served; a batch that
+    # names another model than its path is refused.
+    status, _, body = raw_post(gw, f"/v1beta/models/{GEMINI_MODEL}:streamGenerateContent", b"{}",
+                               {"x-goog-api-key": GEMINI_CLIENT_KEY})
+    assert status == 404 and json.loads(body)["error"]["status"] == "NOT_FOUND"
+    smuggled = json.dumps({"requests": [{"model": "models/gemini-blocked", "content": {"parts": [{"text": corr}]}}]})
+    status, headers, body = raw_post(gw, "/v1beta/models/gemini-embedding-001:batchEmbedContents", smuggled.encode(),
+                                     {"x-goog-api-key": GEMINI_CLIENT_KEY})
+    assert status == 400 and json.loads(body)["error"]["status"] == "INVALID_ARGUMENT", body
+    r = gw.receipt(headers.get(RID))
+    assert r["verdict"]["reason"] == "model_mismatch", r["verdict"]
+    assert not mocks.primary.for_corr(corr)
+
+
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
     """Without stream_options the gateway asks upstream for usage, records it,
     and hides the extra usage chunk from the client."""
@@ -713,6 +838,22 @@ def test_dry_run_lane_never_calls_upstream(gw: Gateway, mocks: Mocks) -> None:
     r = gw.receipt(raw.headers.get(RID))
     assert r["lane"] == "dry_run" and r["provider"] == "dry" and r["upstream"] is None, r
     assert all(not m.for_corr(corr) for m in mocks.all())
+
+
+def test_dry_run_lane_answers_the_gemini_sdk(gw: Gateway, mocks: Mocks) -> None:
+    """The dry-run provider speaks the Gemini wire format too, streams
+    included, so `kubectl tollgate local` serves Gemini apps offline."""
+    client = gw.gemini()
+    answer = client.models.generate_content(model="dry-model", contents=prompt("Hello, dry run."))
+    assert answer.text.startswith("This is a dry-run response from Tollgate")
+    assert answer.usage_metadata.candidates_token_count == 11
+    chunks = list(client.models.generate_content_stream(model="dry-model", contents=prompt("Hello, dry run.")))
+    assert "".join(c.text or "" for c in chunks) == answer.text
+    assert chunks[-1].usage_metadata.candidates_token_count == 11
+    for response in (answer, chunks[0]):
+        r = gw.receipt(gemini_receipt_id(response))
+        assert (r["lane"], r["provider"], r["api"], r["upstream"]) == ("dry_run", "dry", "gemini", None), r
+        assert r["usage"]["output_tokens"] == 11
 
 
 # =========================================================================== 2. credentials
@@ -1459,6 +1600,8 @@ def test_zz_shutdown_closes_streams_and_nothing_private_is_kept(gateways: Gatewa
         **{f"injected Anthropic {k}": v for k, v in ANTHROPIC_KEYS.items()},
         **{f"injected Azure {k}": v for k, v in AZURE_KEYS.items()},
         "client Azure key": AZURE_CLIENT_KEY,
+        **{f"injected Gemini {k}": v for k, v in GEMINI_KEYS.items()},
+        "client Gemini key": GEMINI_CLIENT_KEY,
         # Key material without its prefix, in case it is logged in parts.
         "injected key tail": OPENAI_KEYS["key-a"].split("INJECTED-KEY-")[1],
     }
