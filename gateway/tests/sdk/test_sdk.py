@@ -879,9 +879,12 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
     for rec in records:
         h = rec["headers"]
         blob = json.dumps(h)
-        for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY):
-            assert client_key not in blob, f"client key upstream: {rec['path']} {h}"
-        if rec["path"].startswith("/v1/messages"):
+        for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY):
+            assert client_key not in blob + rec["path"], f"client key upstream: {rec['path']} {h}"
+        if rec.get("gemini"):
+            assert h.get("x-goog-api-key") in GEMINI_KEYS.values(), h
+            assert "authorization" not in h and "x-api-key" not in h, h
+        elif rec["path"].startswith("/v1/messages"):
             assert h.get("x-api-key") in ANTHROPIC_KEYS.values(), h
             assert "authorization" not in h, h
         elif rec["path"].startswith("/openai/"):
