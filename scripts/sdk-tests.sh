@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gateway's real-client suite (gateway/tests/sdk): the official openai,
-# anthropic and google-genai Python SDKs (pinned in gateway/tests/sdk/requirements.txt) drive tollgate-gateway against a local TLS mock upstream
+# anthropic, google-genai and boto3 Python SDKs (pinned in gateway/tests/sdk/requirements.txt) drive tollgate-gateway against a local TLS mock upstream
 # that speaks the providers' wire formats. Everything stays on 127.0.0.1.
 #
 # Usage: scripts/sdk-tests.sh [pytest args...]   e.g. -k stream -x
@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 # The pinned clients (a no-op when they are installed already).
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -r gateway/tests/sdk/requirements.txt 2>&1 \
   | grep -v "Running pip as the 'root' user" >&2 || true
-"$PYTHON" -c 'import openai, anthropic, google.genai, pytest, websocket' \
+"$PYTHON" -c 'import openai, anthropic, google.genai, boto3, pytest, websocket' \
   || { echo "sdk-tests: the clients in gateway/tests/sdk/requirements.txt did not install" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "sdk-tests: openssl is required (scripts/install-test-deps.sh installs it)" >&2; exit 1; }
 command -v chromium >/dev/null || { echo "sdk-tests: chromium is required for the dashboard test (scripts/install-test-deps.sh installs it)" >&2; exit 1; }

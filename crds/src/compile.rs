@@ -16,7 +16,7 @@ use tollgate_wire::config::{
     LimitWindow, PriceTable, ProviderApi, Requirement, Route, Selector, SelectorOperator,
     policy_hash,
 };
-use tollgate_wire::config::{is_deployment_name, is_gemini_model_name};
+use tollgate_wire::config::{is_bedrock_model_id, is_deployment_name, is_gemini_model_name};
 use tollgate_wire::time_zone::TimeZoneName;
 
 /// The objects compilation reads. Namespaced lists may hold every namespace;
@@ -243,6 +243,11 @@ fn compile_provider(
         reason: "InvalidProvider",
         message,
     };
+    if (spec.api == ProviderApi::Bedrock) != spec.aws.is_some() {
+        return Err(invalid(
+            "aws (with region) is required for api bedrock and allowed for no other api".into(),
+        ));
+    }
     if azure != spec.azure.is_some() {
         return Err(invalid(
             "azure (with apiVersion) is required for api azureOpenai and allowed for no other api"
@@ -277,6 +282,12 @@ fn compile_provider(
                 }
             }
             (None, false) => {}
+        }
+        if spec.api == ProviderApi::Bedrock && !is_bedrock_model_id(&model.name) {
+            return Err(invalid(format!(
+                "model {:?} cannot be a Bedrock model id (1-256 of A-Za-z0-9._:-; ARNs are not served)",
+                model.name
+            )));
         }
         if spec.api == ProviderApi::Gemini && !is_gemini_model_name(&model.name) {
             return Err(invalid(format!(
@@ -321,6 +332,7 @@ fn compile_provider(
             .collect(),
         upstream_trust,
         azure_api_version: spec.azure.as_ref().map(|a| a.api_version.clone()),
+        aws_region: spec.aws.as_ref().map(|a| a.region.clone()),
         connect_timeout_ms: spec.timeouts.connect_millis,
         first_byte_timeout_ms: spec.timeouts.first_byte_millis,
         idle_timeout_ms: spec.timeouts.idle_millis,
@@ -483,6 +495,37 @@ mod tests {
 
     fn azure_example() -> LLMProvider {
         example("azure")
+    }
+
+    #[test]
+    fn bedrock_providers_compile_with_their_region_and_model_ids() {
+        let provider = example("bedrock");
+        let compiled = compile_provider(&provider, &[]).unwrap();
+        assert_eq!(compiled.api, ProviderApi::Bedrock);
+        assert_eq!(compiled.aws_region.as_deref(), Some("us-east-1"));
+        assert_eq!(
+            compiled.models[1].upstream_name(),
+            "us.anthropic.claude-sonnet-4-20250514-v1:0"
+        );
+        let mut no_region = example("bedrock");
+        no_region.spec.aws = None;
+        let message = compile_provider(&no_region, &[]).unwrap_err().message;
+        assert!(
+            message.contains("aws (with region) is required"),
+            "{message}"
+        );
+        let mut arn = example("bedrock");
+        arn.spec.models[0].name =
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-v2".into();
+        let message = compile_provider(&arn, &[]).unwrap_err().message;
+        assert!(
+            message.contains("cannot be a Bedrock model id"),
+            "{message}"
+        );
+        let mut elsewhere = example("gemini");
+        elsewhere.spec.aws = provider.spec.aws.clone();
+        let message = compile_provider(&elsewhere, &[]).unwrap_err().message;
+        assert!(message.contains("allowed for no other api"), "{message}");
     }
 
     #[test]

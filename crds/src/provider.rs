@@ -19,7 +19,7 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
     category = "tollgate",
     status = "LLMProviderStatus",
     derive = "PartialEq",
-    doc = "An upstream LLM API (OpenAI, Anthropic, Azure OpenAI, Gemini, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
+    doc = "An upstream LLM API (OpenAI, Anthropic, Azure OpenAI, Gemini, Amazon Bedrock, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
     printcolumn(name = "API", type_ = "string", json_path = ".spec.api"),
     printcolumn(name = "Base URL", type_ = "string", json_path = ".spec.baseURL"),
     printcolumn(
@@ -35,9 +35,11 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
 )]
 #[x_kube(
     validation = Rule::new("self.api == 'dryRun' ? !has(self.baseURL) : has(self.baseURL)")
-        .message("baseURL is required for api openai, anthropic, azureOpenai and gemini, and must be omitted for api dryRun (the dry-run provider never dials out)"),
+        .message("baseURL is required for every api but dryRun, and must be omitted for api dryRun (the dry-run provider never dials out)"),
     validation = Rule::new("(self.api == 'azureOpenai') == has(self.azure)")
         .message("azure (with apiVersion) is required for api azureOpenai and allowed for no other api"),
+    validation = Rule::new("(self.api == 'bedrock') == has(self.aws)")
+        .message("aws (with region) is required for api bedrock and allowed for no other api"),
     validation = Rule::new("!has(self.baseURL) || self.baseURL.startsWith('https://')")
         .message("baseURL must use https: every receipt records the provider's TLS certificate"),
     validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
@@ -45,7 +47,7 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
     validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
         .message("a model's deployment applies to api azureOpenai only"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
-        .message("credentialsRef is required for api openai, anthropic, azureOpenai and gemini"),
+        .message("credentialsRef is required for every api but dryRun"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LLMProviderSpec {
@@ -53,13 +55,20 @@ pub struct LLMProviderSpec {
     /// `azureOpenai` (Azure OpenAI: the OpenAI API at deployment paths, with
     /// the `api-key` header), `gemini` (the Gemini API: `generateContent`,
     /// `streamGenerateContent`, `countTokens` and embeddings, with the
-    /// `x-goog-api-key` header), or `dryRun` (deterministic synthetic answers,
+    /// `x-goog-api-key` header), `bedrock` (the Amazon Bedrock runtime:
+    /// `Converse`, `ConverseStream`, `InvokeModel` and
+    /// `InvokeModelWithResponseStream`, re-signed with SigV4; each key is
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`), or `dryRun` (deterministic synthetic answers,
     /// no network; receipts say lane dry_run).
     pub api: ProviderApi,
 
     /// Azure OpenAI settings; required for `azureOpenai`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
+
+    /// AWS settings; required for `bedrock`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSettings>,
 
     /// Base URL of the API, for example `https://api.openai.com`; the gateway
     /// appends the API path (`/v1/...`). Must be https, so that every receipt
@@ -105,6 +114,16 @@ pub struct AzureSettings {
     /// goes in the body's `model`).
     #[schemars(regex(pattern = r"^(v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?)$"))]
     pub api_version: String,
+}
+
+/// How to call Amazon Bedrock.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSettings {
+    /// The region requests are signed for, such as `us-east-1`; it must be
+    /// the region of `baseURL` (`https://bedrock-runtime.us-east-1.amazonaws.com`).
+    #[schemars(regex(pattern = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$"))]
+    pub region: String,
 }
 
 /// A reference to the Secret holding a provider's API keys.

@@ -213,7 +213,14 @@ fn closed_enums_are_string_enums() {
         provider
             .pointer("/properties/spec/properties/api/enum")
             .unwrap(),
-        &serde_json::json!(["openai", "anthropic", "azureOpenai", "gemini", "dryRun"])
+        &serde_json::json!([
+            "openai",
+            "anthropic",
+            "azureOpenai",
+            "gemini",
+            "bedrock",
+            "dryRun"
+        ])
     );
     let quota = schema(&crds[2]);
     assert_eq!(

@@ -135,6 +135,8 @@ pub enum Api {
     Anthropic,
     /// The Gemini API.
     Gemini,
+    /// The Amazon Bedrock runtime.
+    Bedrock,
 }
 
 /// The routes a gateway serves; any other path is refused and never reaches a receipt.
@@ -176,6 +178,18 @@ pub enum Route {
     /// Gemini `/{version}/models/{model}:batchEmbedContents`
     #[serde(rename = "/{version}/models/{model}:batchEmbedContents")]
     BatchEmbedContents,
+    /// Bedrock `/model/{modelId}/converse`
+    #[serde(rename = "/model/{modelId}/converse")]
+    Converse,
+    /// Bedrock `/model/{modelId}/converse-stream`
+    #[serde(rename = "/model/{modelId}/converse-stream")]
+    ConverseStream,
+    /// Bedrock `/model/{modelId}/invoke`
+    #[serde(rename = "/model/{modelId}/invoke")]
+    InvokeModel,
+    /// Bedrock `/model/{modelId}/invoke-with-response-stream`
+    #[serde(rename = "/model/{modelId}/invoke-with-response-stream")]
+    InvokeModelStream,
 }
 
 /// HTTP methods that reach a route.

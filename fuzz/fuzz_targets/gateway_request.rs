@@ -8,13 +8,14 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tollgate_gateway::api::Endpoint;
+use tollgate_gateway::api::{ApiStyle, Endpoint};
 use tollgate_gateway::dry_run::{DryRunBody, estimate_input_tokens, respond};
+use tollgate_gateway::eventstream::EventStreamTap;
 use tollgate_gateway::sse::SseTap;
 use tollgate_gateway::{caller, guards};
 use tollgate_wire::caller::CallerKey;
 
-const ENDPOINTS: [Endpoint; 11] = [
+const ENDPOINTS: [Endpoint; 15] = [
     Endpoint::ChatCompletions,
     Endpoint::Completions,
     Endpoint::Embeddings,
@@ -26,6 +27,10 @@ const ENDPOINTS: [Endpoint; 11] = [
     Endpoint::GeminiCountTokens,
     Endpoint::EmbedContent,
     Endpoint::BatchEmbedContents,
+    Endpoint::Converse,
+    Endpoint::ConverseStream,
+    Endpoint::InvokeModel,
+    Endpoint::InvokeModelStream,
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -65,6 +70,15 @@ fuzz_target!(|data: &[u8]| {
         DryRunBody::Events(events) => {
             // Complete events: the tap reads them whole and cut anywhere alike.
             let stream: Vec<u8> = events.iter().flat_map(|e| e.iter().copied()).collect();
+            if endpoint.style() == ApiStyle::Bedrock {
+                // Bedrock's frames: well-formed, with usage.
+                let mut tap = EventStreamTap::new(endpoint);
+                tap.push(Bytes::from(stream));
+                tap.finish();
+                assert_eq!(tap.fault(), None, "a dry-run frame is malformed");
+                assert!(tap.facts().usage.is_some(), "a dry-run stream has no usage");
+                return;
+            }
             let whole = tap(endpoint, &stream, &[]);
             let cuts: Vec<usize> = (1..stream.len()).step_by(7).collect();
             assert_eq!(

@@ -3,6 +3,10 @@
 //! served model, provider request id) however the stream is chunked, and must
 //! pass a stream through untouched when it strips nothing.
 //!
+//! With bit 3 of the flags byte the stream is read as a Bedrock event stream
+//! instead (`EventStreamTap`), under the same rules, plus: the fault it
+//! reports does not depend on the chunking either.
+//!
 //! Input: one flags byte (bit 0: Anthropic style, bit 2: Gemini style, bit 1:
 //! strip the injected usage event), one byte per cut (a chunk length, 0 ends the list), then the
 //! stream.
@@ -10,7 +14,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tollgate_gateway::api::ApiStyle;
+use tollgate_gateway::api::{ApiStyle, Endpoint};
+use tollgate_gateway::eventstream::{EventStreamTap, StreamFault};
 use tollgate_gateway::sse::{ResponseFacts, SseTap};
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +40,16 @@ fuzz_target!(|data: &[u8]| {
         }
         cuts.push(at);
     }
+    if flags & 8 != 0 {
+        let whole = run_eventstream(stream, &[]);
+        assert_eq!(
+            whole,
+            run_eventstream(stream, &cuts),
+            "chunking changed the event-stream tap"
+        );
+        assert_eq!(whole.0, stream, "the event-stream tap changed the stream");
+        return;
+    }
     let whole = run(style, strip, stream, &[]);
     let chunked = run(style, strip, stream, &cuts);
     assert_eq!(
@@ -56,6 +71,21 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+fn run_eventstream(
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Vec<u8>, ResponseFacts, Option<StreamFault>, u64) {
+    let mut tap = EventStreamTap::new(Endpoint::ConverseStream);
+    let mut forwarded = Vec::new();
+    let mut start = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+        forwarded.extend_from_slice(&tap.push(Bytes::copy_from_slice(&stream[start..cut])));
+        start = cut;
+    }
+    tap.finish();
+    (forwarded, tap.facts(), tap.fault(), tap.events())
+}
 
 fn run(style: ApiStyle, strip: bool, stream: &[u8], cuts: &[usize]) -> (Vec<u8>, ResponseFacts) {
     let mut tap = SseTap::new(style, strip);

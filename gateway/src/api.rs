@@ -2,7 +2,9 @@
 //! each belongs to, and which provider APIs may serve it. Any other path is
 //! refused, never passed through.
 
-use tollgate_wire::config::{ProviderApi, is_deployment_name, is_gemini_model_name};
+use tollgate_wire::config::{
+    ProviderApi, is_bedrock_model_id, is_deployment_name, is_gemini_model_name,
+};
 
 /// The wire style a client speaks; errors are answered in the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -10,6 +12,7 @@ pub enum ApiStyle {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 /// Every endpoint the gateway serves.
@@ -39,6 +42,15 @@ pub enum Endpoint {
     EmbedContent,
     /// Gemini `POST /{version}/models/{model}:batchEmbedContents`
     BatchEmbedContents,
+    /// Bedrock `POST /model/{modelId}/converse`
+    Converse,
+    /// Bedrock `POST /model/{modelId}/converse-stream` (event stream)
+    ConverseStream,
+    /// Bedrock `POST /model/{modelId}/invoke` (the model's own body; Anthropic
+    /// Messages for Claude)
+    InvokeModel,
+    /// Bedrock `POST /model/{modelId}/invoke-with-response-stream`
+    InvokeModelStream,
 }
 
 /// The Gemini API versions served, as the path names them.
@@ -147,6 +159,39 @@ impl Endpoint {
         is_gemini_model_name(model).then(|| format!("/{version}/models/{model}:{operation}"))
     }
 
+    /// A Bedrock runtime path, as the AWS SDKs send it:
+    /// `/model/{modelId}/{operation}` with the model id percent-encoded (its
+    /// `:` as `%3A`). The decoded id is returned; only ids of
+    /// `[A-Za-z0-9._:-]` are served (no ARNs).
+    pub fn from_bedrock_path(method: &http::Method, path: &str) -> Option<(Self, String)> {
+        let rest = path.strip_prefix("/model/")?;
+        let (encoded, operation) = rest.split_once('/')?;
+        let endpoint = match operation {
+            "converse" => Self::Converse,
+            "converse-stream" => Self::ConverseStream,
+            "invoke" => Self::InvokeModel,
+            "invoke-with-response-stream" => Self::InvokeModelStream,
+            _ => return None,
+        };
+        let model = decode_model_id(encoded)?;
+        (is_bedrock_model_id(&model) && method == http::Method::POST).then_some((endpoint, model))
+    }
+
+    /// The path of this Bedrock endpoint for `model` upstream, its id
+    /// percent-encoded as the AWS SDKs do. `None` for what is no Bedrock
+    /// endpoint or no model id.
+    pub fn bedrock_path(self, model: &str) -> Option<String> {
+        let operation = match self {
+            Self::Converse => "converse",
+            Self::ConverseStream => "converse-stream",
+            Self::InvokeModel => "invoke",
+            Self::InvokeModelStream => "invoke-with-response-stream",
+            _ => return None,
+        };
+        is_bedrock_model_id(model)
+            .then(|| format!("/model/{}/{operation}", model.replace(':', "%3A")))
+    }
+
     /// Whether the endpoint only counts tokens (one request, no tokens,
     /// against quotas).
     pub fn counts_tokens(self) -> bool {
@@ -163,7 +208,10 @@ impl Endpoint {
 
     /// Whether the answer is a stream whatever the body says.
     pub fn always_streams(self) -> bool {
-        self == Self::StreamGenerateContent
+        matches!(
+            self,
+            Self::StreamGenerateContent | Self::ConverseStream | Self::InvokeModelStream
+        )
     }
 
     /// The path of this endpoint on an Azure OpenAI resource for
@@ -202,6 +250,9 @@ impl Endpoint {
             | Self::GeminiCountTokens
             | Self::EmbedContent
             | Self::BatchEmbedContents => ApiStyle::Gemini,
+            Self::Converse | Self::ConverseStream | Self::InvokeModel | Self::InvokeModelStream => {
+                ApiStyle::Bedrock
+            }
             _ => ApiStyle::OpenAi,
         }
     }
@@ -222,6 +273,10 @@ impl Endpoint {
             Self::GeminiCountTokens => "/{version}/models/{model}:countTokens",
             Self::EmbedContent => "/{version}/models/{model}:embedContent",
             Self::BatchEmbedContents => "/{version}/models/{model}:batchEmbedContents",
+            Self::Converse => "/model/{modelId}/converse",
+            Self::ConverseStream => "/model/{modelId}/converse-stream",
+            Self::InvokeModel => "/model/{modelId}/invoke",
+            Self::InvokeModelStream => "/model/{modelId}/invoke-with-response-stream",
         }
     }
 
@@ -240,6 +295,10 @@ impl Endpoint {
             Self::GeminiCountTokens => "gemini_count_tokens",
             Self::EmbedContent => "embed_content",
             Self::BatchEmbedContents => "batch_embed_contents",
+            Self::Converse => "converse",
+            Self::ConverseStream => "converse_stream",
+            Self::InvokeModel => "invoke_model",
+            Self::InvokeModelStream => "invoke_model_stream",
         }
     }
 
@@ -255,8 +314,28 @@ impl Endpoint {
                 )
                 | (ProviderApi::Anthropic, ApiStyle::Anthropic)
                 | (ProviderApi::Gemini, ApiStyle::Gemini)
+                | (ProviderApi::Bedrock, ApiStyle::Bedrock)
         )
     }
+}
+
+/// A path segment's model id with its percent-escapes decoded; `None` when
+/// an escape is malformed or decodes to anything but `:` (the one character
+/// of a model id the SDKs escape).
+fn decode_model_id(encoded: &str) -> Option<String> {
+    let mut out = String::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escape = rest.get(at + 1..at + 3)?;
+        if !escape.eq_ignore_ascii_case("3A") {
+            return None;
+        }
+        out.push(':');
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -437,6 +516,62 @@ mod tests {
         assert!(!Endpoint::EmbedContent.served_by(ProviderApi::Openai));
         assert!(!Endpoint::Embeddings.served_by(ProviderApi::Gemini));
         assert!(Endpoint::GeminiCountTokens.counts_tokens());
+    }
+
+    #[test]
+    fn bedrock_paths_name_the_endpoint_and_the_decoded_model_id() {
+        use http::Method;
+        let id = "anthropic.claude-3-5-haiku-20241022-v1:0";
+        for (path, endpoint) in [
+            ("converse", Endpoint::Converse),
+            ("converse-stream", Endpoint::ConverseStream),
+            ("invoke", Endpoint::InvokeModel),
+            ("invoke-with-response-stream", Endpoint::InvokeModelStream),
+        ] {
+            let client = format!("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/{path}");
+            assert_eq!(
+                Endpoint::from_bedrock_path(&Method::POST, &client),
+                Some((endpoint, id.to_string()))
+            );
+            assert_eq!(endpoint.bedrock_path(id), Some(client));
+            assert_eq!(endpoint.style(), ApiStyle::Bedrock);
+        }
+        assert_eq!(
+            Endpoint::from_bedrock_path(
+                &Method::POST,
+                "/model/us.meta.llama3-2-1b-instruct-v1:0/converse"
+            ),
+            Some((
+                Endpoint::Converse,
+                "us.meta.llama3-2-1b-instruct-v1:0".into()
+            ))
+        );
+        for refused in [
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Afoundation-model%2Fx/converse",
+            "/model/a%2Fb/converse",
+            "/model/a%3/converse",
+            "/model/a%/converse",
+            "/model//converse",
+            "/model/../converse",
+            "/model/a/b/converse",
+            "/model/a/count-tokens",
+            "/model/a",
+        ] {
+            assert_eq!(
+                Endpoint::from_bedrock_path(&Method::POST, refused),
+                None,
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            Endpoint::from_bedrock_path(&Method::GET, "/model/a/converse"),
+            None
+        );
+        assert_eq!(Endpoint::Converse.bedrock_path("a/b"), None);
+        assert_eq!(Endpoint::Messages.bedrock_path("a"), None);
+        assert!(Endpoint::Converse.served_by(ProviderApi::Bedrock));
+        assert!(!Endpoint::Messages.served_by(ProviderApi::Bedrock));
+        assert!(Endpoint::InvokeModelStream.always_streams());
     }
 
     #[test]

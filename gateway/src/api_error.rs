@@ -52,7 +52,9 @@ pub fn status(kind: ErrorKind) -> u16 {
 /// - OpenAI: `{"error":{"message":..,"type":..,"param":null,"code":..}}`;
 /// - Anthropic: `{"type":"error","error":{"type":..,"message":..}}`;
 /// - Gemini (Google's `google.rpc.Status`):
-///   `{"error":{"code":..,"message":..,"status":..}}`.
+///   `{"error":{"code":..,"message":..,"status":..}}`;
+/// - Bedrock (AWS restJson1): `{"__type":..,"message":..}`, the exception
+///   name the AWS SDKs raise.
 pub fn error_body(style: ApiStyle, kind: ErrorKind, message: &str) -> Bytes {
     let encoded = match style {
         ApiStyle::OpenAi => {
@@ -72,6 +74,10 @@ pub fn error_body(style: ApiStyle, kind: ErrorKind, message: &str) -> Bytes {
                 kind: anthropic_type(kind),
                 message,
             },
+        }),
+        ApiStyle::Bedrock => serde_json::to_vec(&AwsError {
+            kind: aws_exception(kind),
+            message,
         }),
         ApiStyle::Gemini => serde_json::to_vec(&GoogleEnvelope {
             error: GoogleError {
@@ -123,6 +129,19 @@ fn anthropic_type(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// The Bedrock runtime's exception for each kind.
+fn aws_exception(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidRequest | ErrorKind::RequestTooLarge => "ValidationException",
+        ErrorKind::NotFound => "ResourceNotFoundException",
+        ErrorKind::PermissionDenied => "AccessDeniedException",
+        ErrorKind::RateLimited => "ThrottlingException",
+        ErrorKind::Overloaded | ErrorKind::UpstreamError => "ServiceUnavailableException",
+        ErrorKind::UpstreamTimeout => "ModelTimeoutException",
+        ErrorKind::Internal => "InternalServerException",
+    }
+}
+
 /// The `google.rpc.Code` name Google APIs pair with each status.
 fn google_status(kind: ErrorKind) -> &'static str {
     match kind {
@@ -162,6 +181,13 @@ struct AnthropicEnvelope<'a> {
 #[derive(Serialize)]
 struct AnthropicError<'a> {
     #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct AwsError<'a> {
+    #[serde(rename = "__type")]
     kind: &'static str,
     message: &'a str,
 }
@@ -285,6 +311,11 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(parsed["error"]["message"], message);
         }
+        {
+            let body = error_body(ApiStyle::Bedrock, ErrorKind::PermissionDenied, message);
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["message"], message);
+        }
         assert_eq!(
             text(error_body(
                 ApiStyle::Anthropic,
@@ -293,6 +324,28 @@ mod tests {
             )),
             r#"{"type":"error","error":{"type":"invalid_request_error","message":"a\"b\n"}}"#
         );
+    }
+
+    #[test]
+    fn bedrock_bodies_name_the_aws_exception() {
+        assert_eq!(
+            text(error_body(
+                ApiStyle::Bedrock,
+                ErrorKind::PermissionDenied,
+                "m"
+            )),
+            r#"{"__type":"AccessDeniedException","message":"m"}"#
+        );
+        for kind in ALL {
+            let body = error_body(ApiStyle::Bedrock, kind, "m");
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                parsed["__type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("Exception")),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -27,8 +27,11 @@ pub fn caller_id<'a>(headers: &'a HeaderMap, json: &'a Value, style: ApiStyle) -
     let id = match style {
         ApiStyle::OpenAi => text("/safety_identifier").or_else(|| text("/user")),
         ApiStyle::Anthropic => text("/metadata/user_id"),
-        // The Gemini API has no end-user field: the header only.
+        // Neither the Gemini API nor Bedrock's Converse has an end-user
+        // field: the header only. (A Claude body for InvokeModel is
+        // Anthropic's and names its user like one.)
         ApiStyle::Gemini => None,
+        ApiStyle::Bedrock => text("/metadata/user_id"),
     };
     id.filter(|id| !id.is_empty()).map(str::as_bytes)
 }

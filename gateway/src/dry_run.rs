@@ -24,6 +24,7 @@ const MAX_EMBEDDING_DIMENSIONS: usize = 4096;
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
+const AMAZON_EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
 /// A dry-run answer, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,10 @@ pub fn respond(endpoint: Endpoint, model: &str, request: &Value) -> DryRunRespon
         (Endpoint::EmbedContent | Endpoint::BatchEmbedContents, _) => {
             json_response(&answer.gemini_embeddings(endpoint))
         }
+        (Endpoint::Converse, _) => json_response(&answer.converse()),
+        (Endpoint::ConverseStream, _) => amazon_events_response(answer.converse_events()),
+        (Endpoint::InvokeModel, _) => json_response(&answer.message()),
+        (Endpoint::InvokeModelStream, _) => amazon_events_response(answer.invoke_events()),
         (Endpoint::Models, _) => refusal(
             endpoint,
             ErrorKind::NotFound,
@@ -103,6 +108,10 @@ pub fn estimate_input_tokens(endpoint: Endpoint, request: &Value) -> u64 {
         // A count names its contents, or a whole generate request.
         Endpoint::GeminiCountTokens => &["contents", "generateContentRequest"],
         Endpoint::EmbedContent => &["content"],
+        Endpoint::Converse
+        | Endpoint::ConverseStream
+        | Endpoint::InvokeModel
+        | Endpoint::InvokeModelStream => &["system", "messages"],
         Endpoint::BatchEmbedContents => &["requests"],
         Endpoint::Models => return 0,
     };
@@ -155,6 +164,15 @@ fn json_response(body: &Value) -> DryRunResponse {
     }
 }
 
+/// Event-stream messages, each a complete frame.
+fn amazon_events_response(frames: Vec<Vec<u8>>) -> DryRunResponse {
+    DryRunResponse {
+        status: 200,
+        content_type: AMAZON_EVENT_STREAM,
+        body: DryRunBody::Events(frames.into_iter().map(Bytes::from).collect()),
+    }
+}
+
 fn events_response(events: Vec<Bytes>) -> DryRunResponse {
     DryRunResponse {
         status: 200,
@@ -193,11 +211,14 @@ impl<'a> Answer<'a> {
         hasher.update([0]);
         hash_canonical(request, &mut hasher);
         let all = answer_pieces();
-        let gemini_cap = request.pointer("/generationConfig/maxOutputTokens");
+        let nested_caps = [
+            request.pointer("/generationConfig/maxOutputTokens"),
+            request.pointer("/inferenceConfig/maxTokens"),
+        ];
         let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
             .filter_map(|f| request.get(f))
-            .chain(gemini_cap)
+            .chain(nested_caps.into_iter().flatten())
             .filter_map(Value::as_u64)
             .min()
             .map_or(usize::MAX, |cap| usize::try_from(cap).unwrap_or(usize::MAX));
@@ -575,10 +596,18 @@ impl<'a> Answer<'a> {
     }
 
     fn message_events(&self) -> Vec<Bytes> {
+        self.message_event_values()
+            .iter()
+            .map(|(kind, data)| named_event(kind, data))
+            .collect()
+    }
+
+    /// Anthropic's stream events as (name, data), `type` included.
+    fn message_event_values(&self) -> Vec<(&'static str, Value)> {
         let mut events = Vec::new();
-        let mut emit = |kind: &str, mut data: Value| {
+        let mut emit = |kind: &'static str, mut data: Value| {
             data["type"] = json!(kind);
-            events.push(named_event(kind, &data));
+            events.push((kind, data));
         };
         emit(
             "message_start",
@@ -619,6 +648,61 @@ impl<'a> Answer<'a> {
 }
 
 impl Answer<'_> {
+    // --- Bedrock -------------------------------------------------------------
+
+    fn converse_usage(&self) -> Value {
+        json!({
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens(),
+            "totalTokens": self.input_tokens + self.output_tokens(),
+        })
+    }
+
+    /// A `Converse` answer (Claude's stop reasons).
+    fn converse(&self) -> Value {
+        json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": self.text()}]}},
+            "stopReason": self.anthropic_stop_reason(),
+            "usage": self.converse_usage(),
+            "metrics": {"latencyMs": 0},
+        })
+    }
+
+    /// A `ConverseStream` answer: its events as event-stream frames.
+    fn converse_events(&self) -> Vec<Vec<u8>> {
+        use crate::eventstream::event;
+        let mut frames = vec![event("messageStart", &json!({"role": "assistant"}))];
+        for piece in &self.pieces {
+            frames.push(event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 0, "delta": {"text": piece}}),
+            ));
+        }
+        frames.push(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
+        frames.push(event(
+            "messageStop",
+            &json!({"stopReason": self.anthropic_stop_reason()}),
+        ));
+        frames.push(event(
+            "metadata",
+            &json!({"usage": self.converse_usage(), "metrics": {"latencyMs": 0}}),
+        ));
+        frames
+    }
+
+    /// An `InvokeModelWithResponseStream` answer for Claude: each Anthropic
+    /// stream event, base64, in a `chunk` event.
+    fn invoke_events(&self) -> Vec<Vec<u8>> {
+        self.message_event_values()
+            .into_iter()
+            .filter(|(kind, _)| *kind != "ping")
+            .map(|(_, data)| {
+                let bytes = base64::engine::general_purpose::STANDARD.encode(data.to_string());
+                crate::eventstream::event("chunk", &json!({ "bytes": bytes }))
+            })
+            .collect()
+    }
+
     // --- Gemini --------------------------------------------------------------
 
     fn gemini_finish_reason(&self) -> &'static str {

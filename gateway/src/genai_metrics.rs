@@ -167,6 +167,7 @@ fn provider_name(api: ProviderApi) -> &'static str {
         ProviderApi::Anthropic => "anthropic",
         ProviderApi::AzureOpenai => "azure.ai.openai",
         ProviderApi::Gemini => "gcp.gemini",
+        ProviderApi::Bedrock => "aws.bedrock",
         ProviderApi::DryRun => "tollgate.dry_run",
     }
 }
@@ -179,7 +180,11 @@ fn operation_name(endpoint: Endpoint) -> Option<&'static str> {
         | Endpoint::Messages
         | Endpoint::Responses
         | Endpoint::GenerateContent
-        | Endpoint::StreamGenerateContent => Some("chat"),
+        | Endpoint::StreamGenerateContent
+        | Endpoint::Converse
+        | Endpoint::ConverseStream
+        | Endpoint::InvokeModel
+        | Endpoint::InvokeModelStream => Some("chat"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings | Endpoint::EmbedContent | Endpoint::BatchEmbedContents => {
             Some("embeddings")
@@ -216,6 +221,7 @@ impl OperationLabels {
                 ApiStyle::OpenAi => "openai",
                 ApiStyle::Anthropic => "anthropic",
                 ApiStyle::Gemini => "gcp.gemini",
+                ApiStyle::Bedrock => "aws.bedrock",
             },
         };
         Some(Self {
@@ -587,6 +593,7 @@ mod tests {
         };
         let provider = |name: &str, api: ProviderApi, url: Option<&str>, models| CompiledProvider {
             azure_api_version: None,
+            aws_region: None,
             name: name.into(),
             api,
             base_url: url.map(str::to_string),

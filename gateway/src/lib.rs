@@ -8,11 +8,13 @@
 pub mod admin;
 pub mod api;
 pub mod api_error;
+pub mod aws_signing;
 pub mod caller;
 pub mod control;
 pub mod credentials;
 pub mod dry_run;
 pub mod egress_rules;
+pub mod eventstream;
 pub mod genai_metrics;
 pub mod guards;
 pub mod init_network;

@@ -228,6 +228,10 @@ fn route_of(endpoint: Endpoint) -> Route {
         Endpoint::GeminiCountTokens => Route::GeminiCountTokens,
         Endpoint::EmbedContent => Route::EmbedContent,
         Endpoint::BatchEmbedContents => Route::BatchEmbedContents,
+        Endpoint::Converse => Route::Converse,
+        Endpoint::ConverseStream => Route::ConverseStream,
+        Endpoint::InvokeModel => Route::InvokeModel,
+        Endpoint::InvokeModelStream => Route::InvokeModelStream,
     }
 }
 
@@ -311,6 +315,7 @@ impl ReceiptDraft {
                 ApiStyle::OpenAi => Api::Openai,
                 ApiStyle::Anthropic => Api::Anthropic,
                 ApiStyle::Gemini => Api::Gemini,
+                ApiStyle::Bedrock => Api::Bedrock,
             },
             provider: self
                 .provider

@@ -36,7 +36,8 @@ const ID_MODEL_ATTEMPTS: u8 = 3;
 const MAX_EVENT_NAME: usize = 64;
 
 /// Token counts from a provider response, as the provider reports them.
-/// For OpenAI and Gemini `input` includes `cached_input`; for Anthropic `input` is
+/// For OpenAI and Gemini `input` includes `cached_input`; for Anthropic and
+/// Bedrock `input` is
 /// `input_tokens` plus cache writes, which excludes cache reads (`cached_input`).
 /// Cache writes (Anthropic only; OpenAI reports none) are part of `input`,
 /// reasoning (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`) part
@@ -494,7 +495,7 @@ impl Forward {
 fn has_usage_object(data: &[u8], style: ApiStyle) -> bool {
     let key: &[u8] = match style {
         ApiStyle::Gemini => b"\"usageMetadata\"",
-        ApiStyle::OpenAi | ApiStyle::Anthropic => b"\"usage\"",
+        ApiStyle::OpenAi | ApiStyle::Anthropic | ApiStyle::Bedrock => b"\"usage\"",
     };
     let mut from = 0;
     while let Some(found) = data
@@ -603,6 +604,16 @@ struct WireUsage {
     output_tokens_details: Lenient<WireTokenDetails>,
     /// Anthropic.
     service_tier: Lenient<FactText>,
+    /// Bedrock Converse (camelCase; cache reads and writes apart from
+    /// `inputTokens`, as Anthropic reports them).
+    #[serde(rename = "inputTokens")]
+    converse_input: Lenient<u64>,
+    #[serde(rename = "outputTokens")]
+    converse_output: Lenient<u64>,
+    #[serde(rename = "cacheReadInputTokens")]
+    converse_cache_read: Lenient<u64>,
+    #[serde(rename = "cacheWriteInputTokens")]
+    converse_cache_write: Lenient<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -637,6 +648,17 @@ impl WireUsage {
                 output: self.completion_tokens.0.unwrap_or(0),
                 cached_input: cached(&self.prompt_tokens_details).unwrap_or(0),
                 reasoning: reasoning(&self.completion_tokens_details),
+                ..TokenUsage::default()
+            });
+        }
+        if self.converse_input.0.is_some() || self.converse_output.0.is_some() {
+            let written = self.converse_cache_write.0.unwrap_or(0);
+            return Some(TokenUsage {
+                input: self.converse_input.0.unwrap_or(0).saturating_add(written),
+                output: self.converse_output.0.unwrap_or(0),
+                cached_input: self.converse_cache_read.0.unwrap_or(0),
+                // Converse does not say which cache; 5 minutes is the default.
+                cache_write_5m: written,
                 ..TokenUsage::default()
             });
         }

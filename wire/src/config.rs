@@ -57,6 +57,9 @@ pub enum ProviderApi {
     // :streamGenerateContent, :countTokens, :embedContent and
     // :batchEmbedContents (v1 too), with the `x-goog-api-key` header.
     Gemini,
+    // Amazon Bedrock runtime: /model/{modelId}/converse, /converse-stream,
+    // /invoke and /invoke-with-response-stream, re-signed with SigV4.
+    Bedrock,
     // Offline, deterministic, no network.
     DryRun,
 }
@@ -175,6 +178,10 @@ pub struct CompiledProvider {
     /// `/openai/v1/` paths. Only for `azureOpenai`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure_api_version: Option<String>,
+    /// The AWS region Bedrock requests are signed for (`us-east-1`). Only
+    /// for `bedrock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
     pub connect_timeout_ms: u32,
     pub first_byte_timeout_ms: u32,
     pub idle_timeout_ms: u32,
@@ -232,6 +239,19 @@ pub fn is_gemini_model_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `id` can be a Bedrock model id in a path
+/// (`/model/{id}/converse`): 1 to 256 of `[A-Za-z0-9._:-]`, starting with a
+/// letter or digit (`anthropic.claude-3-5-haiku-20241022-v1:0`,
+/// `us.anthropic.claude-sonnet-4-20250514-v1:0`). ARNs, which hold `/`, are
+/// not served.
+pub fn is_bedrock_model_id(id: &str) -> bool {
+    (1..=256).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 impl CompiledModel {

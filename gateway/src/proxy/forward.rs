@@ -17,11 +17,12 @@ use sha2::{Digest, Sha256};
 use tollgate_evidence::{Decision, Lane};
 use tollgate_wire::config::{CompiledPolicy, FailMode, ProviderApi};
 
-use super::metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
+use super::metered::{Framing, MeteredBody, Settle, Source, tap_for, ticket_finish};
 use super::refusal::{Contact, Refusal, Refused};
 use super::route::{Candidate, rewrite_gemini_body_models};
 use super::{Gateway, Runtime, Ticket};
 use crate::api::ApiStyle;
+use crate::aws_signing;
 use crate::credentials::choose_key_index;
 use crate::receipts::{UpstreamFacts, unix_millis};
 use crate::upstream::{TlsFingerprint, connect_error};
@@ -284,6 +285,14 @@ async fn attempt_once(
                 provider: provider.name.clone(),
             }));
         }
+        (ProviderApi::Bedrock, _) => ticket
+            .endpoint
+            .bedrock_path(candidate.model.upstream_name())
+            .ok_or_else(|| {
+                Failure::final_(Refusal::ProviderMisconfigured {
+                    provider: provider.name.clone(),
+                })
+            })?,
         (ProviderApi::Gemini, _) => ticket
             .endpoint
             .gemini_path(
@@ -307,8 +316,20 @@ async fn attempt_once(
     let mut request = http::Request::post(&uri);
     if let Some(headers) = request.headers_mut() {
         copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
-        if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
+        if provider.api == ProviderApi::Bedrock {
+            // Bedrock takes no key header: the whole request is signed below.
+        } else if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
             set_key(headers, provider.api, key);
+        }
+    }
+    if provider.api == ProviderApi::Bedrock {
+        let key = key_used.and_then(|i| keys.get(i as usize));
+        let region = provider.aws_region.as_deref().unwrap_or_default();
+        let signed = key.map(|key| aws_signing::sign(&mut request, &body, key, region));
+        if !matches!(signed, Some(Ok(()))) {
+            return Err(Failure::retryable(Refusal::CredentialsUnavailable {
+                provider: provider.name.clone(),
+            }));
         }
     }
     let mut request = request
@@ -417,11 +438,13 @@ fn stream_back(
         return Err((Refusal::TlsFingerprintMissing, Box::new(answered.contact())));
     }
     let upstream = answered.response;
-    let sse = upstream
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let framing = Framing::of(
+        upstream
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
     let (decision, reason) = if status.is_success() {
         (Decision::Allow, "allowed")
     } else {
@@ -432,7 +455,15 @@ fn stream_back(
     draft.model_served = Some(candidate.model.name.clone());
     draft.first_byte_ms = Some(ticket.started.elapsed().as_millis() as u64);
     draft.decision_id = answered.decision_id;
-    draft.upstream = Some(upstream_facts);
+    draft.upstream = Some(UpstreamFacts {
+        // Bedrock names its request in a header only.
+        provider_request_id: upstream
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ..upstream_facts
+    });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     for name in [
@@ -440,6 +471,7 @@ fn stream_back(
         header::RETRY_AFTER,
         HeaderName::from_static("x-request-id"),
         HeaderName::from_static("request-id"),
+        HeaderName::from_static("x-amzn-requestid"),
     ] {
         if let Some(v) = upstream.headers().get(&name) {
             response.headers_mut().insert(name, v.clone());
@@ -462,14 +494,14 @@ fn stream_back(
         source,
         tap_for(
             ticket.endpoint,
-            sse,
+            framing,
             strip_injected_usage && status.is_success(),
         ),
         draft,
         ticket_finish(ticket, candidate.model.pricing.clone(), settle),
         Some(idle),
     )
-    .with_chunk_clock(ticket.chunk_clock(&provider.name, sse && status.is_success()));
+    .with_chunk_clock(ticket.chunk_clock(&provider.name, framing.streams() && status.is_success()));
     *response.body_mut() = Body::new(metered);
     // The meter writes the receipt now, however the response ends.
     ticket.answered();
@@ -505,6 +537,14 @@ fn copy_forwarded_headers(
             "anthropic-beta",
         ],
         ApiStyle::Gemini => &["accept", "user-agent", "x-goog-api-client"],
+        // Not the SDK's user agent: every forwarded header but it is signed.
+        ApiStyle::Bedrock => &[
+            "accept",
+            "x-amzn-bedrock-trace",
+            "x-amzn-bedrock-guardrailidentifier",
+            "x-amzn-bedrock-guardrailversion",
+            "x-amzn-bedrock-performanceconfig-latency",
+        ],
     };
     for name in own
         .iter()
@@ -517,6 +557,9 @@ fn copy_forwarded_headers(
                 | "x-api-key"
                 | "api-key"
                 | "x-goog-api-key"
+                | "x-amz-security-token"
+                | "x-amz-date"
+                | "x-amz-content-sha256"
                 | "proxy-authorization"
                 | "cookie"
                 | "host"
@@ -547,7 +590,7 @@ fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::
             HeaderName::from_static("x-goog-api-key"),
             key.expose().to_string(),
         ),
-        ProviderApi::Openai | ProviderApi::DryRun => {
+        ProviderApi::Openai | ProviderApi::Bedrock | ProviderApi::DryRun => {
             (header::AUTHORIZATION, format!("Bearer {}", key.expose()))
         }
     };
@@ -602,6 +645,9 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
     let key = runtime.credentials.keys(provider).get(index as usize)?;
     let client = runtime.clients.get(provider)?;
     let base = config.base_url.as_deref()?;
+    if config.api == ProviderApi::Bedrock {
+        return probe_bedrock_key(client, config, base, key).await;
+    }
     // A listing that costs no tokens: the models (Azure: of the resource).
     let path = match (config.api, config.azure_api_version.as_deref()) {
         (ProviderApi::AzureOpenai, Some("v1")) => "/openai/v1/models".to_string(),
@@ -623,6 +669,30 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
     }
     let request = request.body(Full::new(Bytes::new())).ok()?;
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => Some(response.status()),
+        _ => None,
+    }
+}
+
+/// The Bedrock runtime lists nothing, so its probe is a signed `Converse`
+/// with no messages: Bedrock checks the signature before the body, so a
+/// validation error (400) says the key authenticates and costs no tokens.
+async fn probe_bedrock_key(
+    client: &crate::upstream::ProviderClient,
+    config: &tollgate_wire::config::CompiledProvider,
+    base: &str,
+    key: &crate::credentials::ApiKey,
+) -> Option<http::StatusCode> {
+    let model = config.models.first()?;
+    let path = crate::api::Endpoint::Converse.bedrock_path(model.upstream_name())?;
+    let body = Bytes::from_static(br#"{"messages":[]}"#);
+    let mut request = http::Request::post(format!("{}{path}", base.trim_end_matches('/')))
+        .header(header::CONTENT_TYPE, "application/json");
+    let region = config.aws_region.as_deref().unwrap_or_default();
+    aws_signing::sign(&mut request, &body, key, region).ok()?;
+    let request = request.body(Full::new(body)).ok()?;
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) if response.status() == StatusCode::BAD_REQUEST => Some(StatusCode::OK),
         Ok(Ok(response)) => Some(response.status()),
         _ => None,
     }

@@ -18,6 +18,7 @@ use tollgate_wire::pricing::BilledTokens;
 
 use super::{Gateway, Ticket};
 use crate::api::{ApiStyle, Endpoint};
+use crate::eventstream::{EventStreamTap, StreamFault};
 use crate::genai_metrics::{ChunkClock, MetricCatalog};
 use crate::quota::{Amounts, QuotaAuthority, Reservation};
 use crate::receipts::{PricingDraft, ReceiptDraft, UsageDraft, unix_millis};
@@ -100,14 +101,41 @@ pub(super) fn ticket_finish(ticket: &Ticket, pricing: PriceTable, settle: Settle
     }
 }
 
-pub(super) fn tap_for(endpoint: Endpoint, sse: bool, strip_injected_usage: bool) -> Tap {
-    if sse {
-        Tap::Sse(Box::new(SseTap::new(
+/// How a response body is framed, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Json,
+    /// `text/event-stream`
+    Sse,
+    /// `application/vnd.amazon.eventstream` (Bedrock)
+    EventStream,
+}
+
+impl Framing {
+    pub(super) fn of(content_type: &str) -> Self {
+        if content_type.starts_with("text/event-stream") {
+            Self::Sse
+        } else if content_type.starts_with("application/vnd.amazon.eventstream") {
+            Self::EventStream
+        } else {
+            Self::Json
+        }
+    }
+
+    /// Whether the answer arrives as a stream of chunks.
+    pub(super) fn streams(self) -> bool {
+        self != Self::Json
+    }
+}
+
+pub(super) fn tap_for(endpoint: Endpoint, framing: Framing, strip_injected_usage: bool) -> Tap {
+    match framing {
+        Framing::Sse => Tap::Sse(Box::new(SseTap::new(
             endpoint.style(),
             strip_injected_usage,
-        )))
-    } else {
-        Tap::Json(Vec::new())
+        ))),
+        Framing::EventStream => Tap::EventStream(Box::new(EventStreamTap::new(endpoint))),
+        Framing::Json => Tap::Json(Vec::new()),
     }
 }
 
@@ -129,6 +157,7 @@ pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(super) enum Tap {
     Sse(Box<SseTap>),
+    EventStream(Box<EventStreamTap>),
     Json(Vec<u8>),
 }
 
@@ -194,6 +223,14 @@ impl MeteredBody {
                 }
                 out
             }
+            Tap::EventStream(tap) => {
+                let before = tap.events();
+                let out = tap.push(chunk);
+                if let Some(clock) = self.chunk_clock.as_mut() {
+                    clock.chunks_read(tap.events() - before, Instant::now());
+                }
+                out
+            }
             Tap::Json(buf) => {
                 if buf.len() + chunk.len() <= MAX_JSON_TAP_BYTES {
                     buf.extend_from_slice(&chunk);
@@ -212,6 +249,7 @@ impl MeteredBody {
         };
         let facts: ResponseFacts = match &self.tap {
             Tap::Sse(tap) => tap.facts().clone(),
+            Tap::EventStream(tap) => tap.facts(),
             Tap::Json(buf) => facts_from_json(draft.endpoint, buf),
         };
         let hasher = std::mem::take(&mut self.hasher);
@@ -226,13 +264,17 @@ impl MeteredBody {
         if let (Some(upstream), Some(id)) = (draft.upstream.as_mut(), facts.provider_request_id) {
             upstream.provider_request_id = Some(id);
         }
-        let anthropic = draft.endpoint.style() == ApiStyle::Anthropic;
+        // Anthropic and Bedrock report cache reads apart from input.
+        let reads_apart = matches!(
+            draft.endpoint.style(),
+            ApiStyle::Anthropic | ApiStyle::Bedrock
+        );
         let usage = facts.usage.filter(|_| !draft.endpoint.counts_tokens());
         let actual = usage.map(|u| {
             // Receipts count input including cache reads; Anthropic reports
             // cache reads apart from `input_tokens`, OpenAI inside
             // `prompt_tokens` and Gemini inside `promptTokenCount`.
-            let input = if anthropic {
+            let input = if reads_apart {
                 u.input.saturating_add(u.cached_input)
             } else {
                 u.input
@@ -277,6 +319,21 @@ impl MeteredBody {
             actual
         };
         draft.quota = finish.settle.charge(actual);
+        let fault = match &self.tap {
+            Tap::EventStream(tap) => tap.fault(),
+            _ => None,
+        };
+        match fault {
+            Some(StreamFault::Malformed) => {
+                draft.decision = Decision::Error;
+                draft.reason = "upstream_stream_malformed";
+            }
+            Some(StreamFault::Exception) => {
+                draft.decision = Decision::Error;
+                draft.reason = "upstream_stream_exception";
+            }
+            None => {}
+        }
         match ending {
             Ending::Complete => {}
             Ending::ClientGone => draft.reason = "client_disconnected",
@@ -378,6 +435,10 @@ impl http_body::Body for MeteredBody {
                 Poll::Ready(None) => {
                     let rest = match &mut this.tap {
                         Tap::Sse(tap) => tap.finish(),
+                        Tap::EventStream(tap) => {
+                            tap.finish();
+                            Bytes::new()
+                        }
                         Tap::Json(_) => Bytes::new(),
                     };
                     if !rest.is_empty() {

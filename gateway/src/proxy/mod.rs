@@ -50,7 +50,7 @@ use crate::upstream::{ProviderClient, TrustError, provider_client};
 use crate::{caller, dry_run, guards};
 use forward::Outgoing;
 pub use forward::probe_due_keys;
-use metered::{MeteredBody, Settle, Source, tap_for, ticket_finish};
+use metered::{Framing, MeteredBody, Settle, Source, tap_for, ticket_finish};
 use refusal::{Contact, Refusal, Refused};
 use route::{Candidate, DEFAULT_OUTPUT_ESTIMATE, requested_max_tokens};
 use tollgate_wire::pricing::BilledTokens;
@@ -220,6 +220,8 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
 fn style_for_path(path: &str) -> ApiStyle {
     if path.starts_with("/v1/messages") {
         ApiStyle::Anthropic
+    } else if path.starts_with("/model/") {
+        ApiStyle::Bedrock
     } else if path.starts_with("/v1beta/")
         || (path.starts_with("/v1/models/") && path.contains(':'))
     {
@@ -230,7 +232,7 @@ fn style_for_path(path: &str) -> ApiStyle {
 }
 
 /// The endpoint a request's method, path and query name, with the model and
-/// API version the path names (Azure deployments, Gemini models).
+/// API version the path names (Azure deployments, Gemini and Bedrock models).
 fn endpoint_of(
     method: &http::Method,
     path: &str,
@@ -241,6 +243,9 @@ fn endpoint_of(
     }
     if let Some((endpoint, deployment)) = Endpoint::from_azure_path(method, path) {
         return Some((endpoint, deployment.map(str::to_string), None));
+    }
+    if let Some((endpoint, model)) = Endpoint::from_bedrock_path(method, path) {
+        return Some((endpoint, Some(model), None));
     }
     let (endpoint, target) = Endpoint::from_gemini_path(method, path, query)?;
     Some((
@@ -885,15 +890,15 @@ fn answer_dry_run(
     draft.provider = Some(first.provider.name.clone());
     draft.model_served = Some(first.model.name.clone());
     draft.lane = Lane::DryRun;
-    let sse = answer.content_type.starts_with("text/event-stream");
+    let framing = Framing::of(answer.content_type);
     let metered = MeteredBody::new(
         Source::Frames(frames),
-        tap_for(endpoint, sse, outgoing.strip_injected_usage),
+        tap_for(endpoint, framing, outgoing.strip_injected_usage),
         draft,
         ticket_finish(ticket, first.model.pricing.clone(), settle),
         None,
     )
-    .with_chunk_clock(ticket.chunk_clock(&first.provider.name, sse));
+    .with_chunk_clock(ticket.chunk_clock(&first.provider.name, framing.streams()));
     let mut response = Response::new(Body::new(metered));
     *response.status_mut() =
         http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);

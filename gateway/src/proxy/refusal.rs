@@ -140,7 +140,7 @@ impl Refusal {
     /// The message the client reads.
     pub fn message(&self) -> String {
         match self {
-            Self::PathNotServed => "Tollgate does not serve this path; only the OpenAI, Anthropic, Azure OpenAI and Gemini model APIs are available (Gemini streams with alt=sse)".into(),
+            Self::PathNotServed => "Tollgate does not serve this path; only the OpenAI, Anthropic, Azure OpenAI, Gemini and Bedrock runtime model APIs are available (Gemini streams with alt=sse)".into(),
             Self::SpoolUnavailable => "the receipt spool is full or failing; requests are refused until receipts can be written (failMode: closed)".into(),
             Self::NoPolicy => "no EgressPolicy governs this pod".into(),
             Self::RequestTooLarge { limit } => {

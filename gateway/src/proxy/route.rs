@@ -72,12 +72,18 @@ pub(super) fn candidates<'a>(
     out
 }
 
-/// The field that caps output tokens for an endpoint: top level, or (Gemini)
-/// inside `generationConfig`.
+/// The field that caps output tokens for an endpoint: top level, or inside
+/// Gemini's `generationConfig` or Bedrock Converse's `inferenceConfig`.
+/// (`InvokeModel` bodies are the model's own; for Claude, `max_tokens`.)
 fn max_tokens_field(endpoint: Endpoint) -> Option<(Option<&'static str>, &'static str)> {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages => {
-            Some((None, "max_tokens"))
+        Endpoint::ChatCompletions
+        | Endpoint::Completions
+        | Endpoint::Messages
+        | Endpoint::InvokeModel
+        | Endpoint::InvokeModelStream => Some((None, "max_tokens")),
+        Endpoint::Converse | Endpoint::ConverseStream => {
+            Some((Some("inferenceConfig"), "maxTokens"))
         }
         Endpoint::Responses => Some((None, "max_output_tokens")),
         Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
@@ -241,6 +247,7 @@ mod tests {
     fn provider(name: &str, api: ProviderApi, models: Vec<CompiledModel>) -> CompiledProvider {
         CompiledProvider {
             azure_api_version: None,
+            aws_region: None,
             name: name.into(),
             api,
             base_url: None,

@@ -163,6 +163,7 @@ async fn answer(behaviour: Upstream, request: &Value) -> http::Response<String> 
 fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
     CompiledProvider {
         azure_api_version: None,
+        aws_region: None,
         name: name.into(),
         api,
         base_url: (api != ProviderApi::DryRun).then(|| format!("https://{host}")),
@@ -1357,4 +1358,90 @@ async fn a_gemini_provider_gets_the_model_in_its_path_and_its_own_key() {
     assert_eq!(answer.body["error"]["status"], "NOT_FOUND");
     running.no_receipt();
     assert_eq!(running.seen.lock().unwrap().paths.len(), 2);
+}
+
+#[tokio::test]
+async fn a_bedrock_request_is_re_signed_with_the_providers_credentials() {
+    let model = "anthropic.claude-3-5-haiku-20241022-v1:0";
+    let mut pod = Pod::new();
+    let mut bedrock = provider(
+        "bedrock",
+        ProviderApi::Bedrock,
+        "bedrock-runtime.us-east-1.test",
+    );
+    bedrock.aws_region = Some("us-east-1".into());
+    bedrock.models[0].name = model.into();
+    pod.config.providers = vec![bedrock];
+    pod.policy().routes = vec![Route {
+        provider: "bedrock".into(),
+        model_globs: vec!["anthropic.*".into()],
+        max_tokens: Some(100),
+    }];
+    pod.provider_keys = vec!["AKIAPROVIDER0000:provider-secret-key"];
+    let mut running = pod.start();
+    // As boto3 sends it: the id escaped, signed with the app's own keys.
+    let converse = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": [{"text": "hello"}]}]});
+        if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+            body.extend(extra);
+        }
+        Request::post("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse")
+            .header("content-type", "application/json")
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=AKIAAPPKEY/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00")
+            .header("x-amz-date", "20260101T000000Z")
+            .header("x-amz-security-token", "the-apps-session-token")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let answer = running.send(converse(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.model_requested.as_deref(), Some(model));
+    assert_eq!(draft.endpoint, Endpoint::Converse);
+    assert_receipt_is_valid(&draft);
+    {
+        let seen = running.seen.lock().unwrap();
+        assert_eq!(
+            seen.paths,
+            ["/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"]
+        );
+        let (host, headers, body) = &seen.requests[0];
+        assert_eq!(host, "bedrock-runtime.us-east-1.test");
+        let auth = headers["authorization"].to_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIAPROVIDER0000/"),
+            "{auth}"
+        );
+        assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+        assert_ne!(headers["x-amz-date"], "20260101T000000Z");
+        assert!(headers.get("x-amz-security-token").is_none());
+        assert_eq!(
+            body["inferenceConfig"]["maxTokens"], 100,
+            "the policy's cap"
+        );
+    }
+    // Over the cap: refused in Bedrock's error format.
+    let answer = running
+        .send(converse(json!({"inferenceConfig": {"maxTokens": 500}})))
+        .await;
+    assert_eq!(answer.body["__type"], "ValidationException");
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    running.receipt().await;
+    // A key that is no ACCESS_KEY_ID:SECRET pair signs nothing.
+    let mut pod = Pod::new();
+    let mut bedrock = provider("bedrock", ProviderApi::Bedrock, "b.test");
+    bedrock.aws_region = Some("us-east-1".into());
+    bedrock.models[0].name = model.into();
+    pod.config.providers = vec![bedrock];
+    pod.policy().routes = vec![Route {
+        provider: "bedrock".into(),
+        model_globs: vec!["*".into()],
+        max_tokens: None,
+    }];
+    let mut running = pod.start();
+    let answer = running.send(converse(json!({}))).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.reason, "credentials_unavailable");
+    assert!(running.seen.lock().unwrap().paths.is_empty());
 }

@@ -53,6 +53,13 @@ AZURE_API_VERSION = "2024-10-21"
 # Gemini API keys start AIza; the run id keeps them unique.
 GEMINI_KEYS = {"key-1": f"AIzaSyMockGeminiKey{RUN_ID}".ljust(39, "Q")[:39]}
 GEMINI_CLIENT_KEY = "gemini-client-key-must-be-dropped"
+# Bedrock keys are ACCESS_KEY_ID:SECRET_ACCESS_KEY; the app signs with its own pair.
+BEDROCK_KEY_ID = f"AKIAMOCK{RUN_ID.upper()}"
+BEDROCK_SECRET = f"mockBedrockSecret/{RUN_ID}+SigningKey"
+BEDROCK_KEYS = {"key-1": f"{BEDROCK_KEY_ID}:{BEDROCK_SECRET}"}
+BEDROCK_CLIENT_KEY_ID = "AKIACLIENTMUSTNOTLEAVE"
+BEDROCK_CLIENT_SECRET = "client-bedrock-secret-must-not-leave"
+BEDROCK_REGION = "us-east-1"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
 ANTHROPIC_CLIENT_KEY = "sk-ant-client-dropped"
 CORR_PREFIX = f"corr{RUN_ID}"
@@ -185,7 +192,7 @@ class MockServer:
         self.log_path.touch()
         self.stderr_path = workdir / f"mock-{tag}.stderr"
         cmd = [sys.executable, str(MOCK), "--cert", str(pki.leaf_cert), "--key", str(pki.leaf_key), "--log", str(self.log_path),
-               "--tag", tag, "--marker", COMPLETION_MARKER]
+               "--tag", tag, "--marker", COMPLETION_MARKER, *(a for k in BEDROCK_KEYS.values() for a in ("--aws-key", k))]
         if redirect_to:
             cmd += ["--redirect-to", redirect_to]
         if fail_all_429:
@@ -288,7 +295,8 @@ def provider(name: str, api: str, base_url: str, models: list[dict], trust_ancho
         "api": api,
         "baseURL": base_url,
         "hosts": ["localhost"],
-        "credentialsRef": {"secretName": secret, "keys": sorted({"openai-keys": OPENAI_KEYS, "azure-keys": AZURE_KEYS, "gemini-keys": GEMINI_KEYS}.get(secret, ANTHROPIC_KEYS))},
+        "credentialsRef": {"secretName": secret, "keys": sorted({"openai-keys": OPENAI_KEYS, "azure-keys": AZURE_KEYS, "gemini-keys": GEMINI_KEYS,
+                                                                 "bedrock-keys": BEDROCK_KEYS}.get(secret, ANTHROPIC_KEYS))},
         "models": models,
         "tls": {"trustAnchorRef": trust_anchor},
         "timeouts": {"connectMillis": 3000, "firstByteMillis": 20000, "idleMillis": 10000},
@@ -308,6 +316,7 @@ def secrets() -> list[dict]:
         doc("Secret", "anthropic-keys", api_version="v1", stringData=ANTHROPIC_KEYS),
         doc("Secret", "azure-keys", api_version="v1", stringData=AZURE_KEYS),
         doc("Secret", "gemini-keys", api_version="v1", stringData=GEMINI_KEYS),
+        doc("Secret", "bedrock-keys", api_version="v1", stringData=BEDROCK_KEYS),
     ]
 
 
@@ -328,6 +337,19 @@ def gemini_provider(mocks: Mocks) -> dict:
         {"name": "gemini-embedding-001", "pricing": EMBEDDING_PRICING},
         {"name": "gemini-blocked", "pricing": GEMINI_PRICING},
     ], "mock-ca", "gemini-keys")
+
+
+def bedrock_provider(mocks: Mocks) -> dict:
+    """An Amazon Bedrock provider on the primary mock: Claude, and two models
+    that make the mock's streams fail."""
+    p = provider("bedrock-mock", "bedrock", mocks.primary.base_url, [
+        {"name": "anthropic.claude-3-5-haiku-20241022-v1:0", "pricing": ANTHROPIC_PRICING},
+        {"name": "anthropic.claude-blocked-v1:0", "pricing": ANTHROPIC_PRICING},
+        {"name": "bedrock.throttled-v1:0", "pricing": ANTHROPIC_PRICING},
+        {"name": "bedrock.corrupt-v1:0", "pricing": ANTHROPIC_PRICING},
+    ], "mock-ca", "bedrock-keys")
+    p["spec"]["aws"] = {"region": BEDROCK_REGION}
+    return p
 
 
 def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
@@ -355,6 +377,7 @@ def base_providers(pki: Pki, mocks: Mocks) -> list[dict]:
         ], "mock-ca", "anthropic-keys"),
         azure_provider(mocks),
         gemini_provider(mocks),
+        bedrock_provider(mocks),
         trust_anchor("mock-ca", pki.ca_pem),
         *secrets(),
     ]
@@ -382,6 +405,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
                 {"providerRef": "anthropic-mock", "models": ["claude-haiku-4-5", "claude-cached", "slow-stream"]},
                 {"providerRef": "azure-mock", "models": ["gpt-4o-azure"]},
                 {"providerRef": "gemini-mock", "models": ["gemini-2.5-flash", "gemini-embedding-001"]},
+                {"providerRef": "bedrock-mock", "models": ["anthropic.claude-3-5-haiku-*", "bedrock.*"]},
                 {"providerRef": "openai-pinned", "models": ["*"]},
                 {"providerRef": "openai-badpin", "models": ["*"]},
                 {"providerRef": "openai-wrongca", "models": ["*"]},
@@ -575,6 +599,16 @@ class Gateway:
 
         return genai.Client(api_key=GEMINI_CLIENT_KEY, http_options=types.HttpOptions(
             base_url=f"http://127.0.0.1:{self.api_port}", api_version="v1beta", timeout=30_000))
+
+    def bedrock(self):
+        """boto3's bedrock-runtime client, pointed at the gateway as at the
+        Bedrock runtime endpoint and signing with the app's own keys."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("bedrock-runtime", region_name=BEDROCK_REGION, endpoint_url=f"http://127.0.0.1:{self.api_port}",
+                            aws_access_key_id=BEDROCK_CLIENT_KEY_ID, aws_secret_access_key=BEDROCK_CLIENT_SECRET,
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30, connect_timeout=5))
 
     def anthropic(self):
         import anthropic

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A local HTTPS stand-in for the OpenAI, Anthropic, Azure OpenAI and Gemini
-APIs, for the SDK suite.
+"""A local HTTPS stand-in for the OpenAI, Anthropic, Azure OpenAI, Gemini and
+Amazon Bedrock runtime APIs, for the SDK suite.
 
 It speaks the providers' real wire shapes (JSON bodies and SSE streams) so the
 official SDKs, through the gateway, parse its answers exactly as they would
@@ -28,6 +28,11 @@ Behaviours, keyed by the requested model name:
   nothing for 60 s; ``reset-mid-stream`` sends two deltas, then resets the TCP
   connection (RST, no TLS close); ``huge-headers`` answers with 10 MB of
   response headers;
+- Bedrock (``/model/{id}/...``): every request must carry a SigV4 signature
+  that verifies, by botocore's own signer, against a ``--aws-key`` (else 403
+  as Bedrock answers); ``bedrock.throttled-v1:0`` streams then sends a
+  throttling exception message, ``bedrock.corrupt-v1:0`` streams a frame
+  with a bad checksum;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -55,6 +60,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from typing import Any
 
 # Chat models that make the mock misbehave, and how big "huge" headers are.
@@ -79,6 +85,10 @@ USAGE = {
     "gemini": {"promptTokenCount": 1200, "candidatesTokenCount": 300, "cachedContentTokenCount": 200, "thoughtsTokenCount": 50},
     "gemini_count": {"totalTokens": 42},
 }
+# Bedrock Converse: inputTokens excludes cache reads and writes.
+USAGE["converse"] = {"inputTokens": 900, "outputTokens": 120, "cacheReadInputTokens": 300, "cacheWriteInputTokens": 100}
+BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
+SIGV4_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
 GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
 CORR_TOKEN = re.compile(rb"corr[0-9a-f]{12}-[0-9a-f]{10}")
 REASONING_TOKENS = 120
@@ -98,7 +108,9 @@ class PeerGone(Exception):
 
 
 class MockState:
-    def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool):
+    def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool,
+                 aws_keys: dict[str, str] | None = None):
+        self.aws_keys = aws_keys or {}
         self.tag = tag
         self.log_path = log_path
         self.marker = marker
@@ -159,9 +171,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def _start_sse(self, extra_headers: dict[str, str], close_delimited: bool = False) -> None:
+    def _start_sse(self, extra_headers: dict[str, str], close_delimited: bool = False,
+                   content_type: str = "text/event-stream; charset=utf-8") -> None:
         self.send_response(200)
-        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("content-type", content_type)
         self.send_header("cache-control", "no-cache")
         for k, v in extra_headers.items():
             self.send_header(k, v)
@@ -177,8 +190,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _write_event(self, data: str, event: str | None = None) -> None:
         self._write_raw((f"event: {event}\n" if event else "") + f"data: {data}\n\n")
 
-    def _write_raw(self, text: str) -> None:
-        raw = text.encode()
+    def _write_raw(self, text: str | bytes) -> None:
+        raw = text if isinstance(text, bytes) else text.encode()
         try:
             if self._chunked:
                 self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
@@ -260,6 +273,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             headers = dict(headers, authorization=f"Bearer {headers['api-key']}")
             path, model = f"/v1/{azure[2]}", azure[1]
+        bedrock = BEDROCK_PATH.match(path)
+        if bedrock:
+            found = CORR_TOKEN.search(body)
+            record["corr"] = corr = found.group().decode() if found else None
+            record["bedrock"] = {"model": urllib.parse.unquote(bedrock[1]), "operation": bedrock[2]}
+            try:
+                self._bedrock(record["bedrock"]["model"], bedrock[2], obj, headers, body, record)
+            except PeerGone as e:
+                st.log({"event": "cancelled", "corr": corr, "path": path, "error": str(e)[:200]})
+                self.close_connection = True
+            return
         gemini = GEMINI_PATH.match(path)
         if gemini:
             found = CORR_TOKEN.search(body)
@@ -349,6 +373,106 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, {"input_tokens": USAGE["count_tokens"]["input_tokens"]}, {"request-id": f"req_mock_ct_{st.next_id()}"})
         else:
             self._send_json(404, {"error": {"message": f"mock does not implement {path}", "type": "invalid_request_error", "param": None, "code": "unknown_url"}})
+
+    # ------------------------------------------------------------ Bedrock
+    def _sigv4(self, headers: dict, body: bytes) -> str:
+        """Checks the request's SigV4 signature with botocore's signer: "valid",
+        or why not. Only the headers the signature names are signed over."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        m = SIGV4_AUTH.match(headers.get("authorization", ""))
+        if not m:
+            return "no signature"
+        key_id, date, region, service, signed, signature = m.groups()
+        secret = self.state.aws_keys.get(key_id)
+        if secret is None:
+            return "unknown key"
+        if service != "bedrock" or not headers.get("x-amz-date", "").startswith(date):
+            return "wrong scope"
+        names = signed.split(";")
+        if any(n not in headers for n in names):
+            return "a signed header is missing"
+        request = AWSRequest(method=self.command, url=f"https://{headers['host']}{self.path}", data=body,
+                             headers={n: headers[n] for n in names})
+        request.context["timestamp"] = headers["x-amz-date"]
+        signer = SigV4Auth(Credentials(key_id, secret), service, region)
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        return "valid" if expected == signature else "mismatch"
+
+    def _aws_error(self, record: dict, status: int, kind: str, message: str) -> None:
+        record["status"] = status
+        self.state.log(record)
+        self._send_json(status, {"message": message}, {"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                                                       "x-amzn-RequestId": f"bdrk-err-{self.state.next_id()}"})
+
+    def _write_frame(self, event_type: str, payload: Any, message_type: str = "event", bad_crc: bool = False) -> None:
+        kind = ":exception-type" if message_type == "exception" else ":event-type"
+        headers = {kind: event_type, ":content-type": "application/json", ":message-type": message_type}
+        encoded = b"".join(bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode() for k, v in headers.items())
+        data = json.dumps(payload).encode()
+        prelude = struct.pack(">II", 16 + len(encoded) + len(data), len(encoded))
+        message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + data
+        crc = zlib.crc32(message) ^ (1 if bad_crc else 0)
+        self._write_raw(message + struct.pack(">I", crc))
+
+    def _bedrock(self, model: str, operation: str, obj: dict, headers: dict, body: bytes, record: dict) -> None:
+        st = self.state
+        record["sigv4"] = verdict = self._sigv4(headers, body)
+        if verdict in ("no signature", "unknown key"):
+            return self._aws_error(record, 403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+        if verdict != "valid":
+            return self._aws_error(record, 403, "InvalidSignatureException",
+                                   "The request signature we calculated does not match the signature you provided.")
+        if not record["json_ok"]:
+            return self._aws_error(record, 400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+        record["status"] = 200
+        st.log(record)
+        n = st.next_id()
+        request_id = {"x-amzn-RequestId": f"bdrk-req-{n}"}
+        text = st.completion_text()
+        u = USAGE["converse"]
+        usage = dict(u, totalTokens=u["inputTokens"] + u["outputTokens"] + u["cacheReadInputTokens"] + u["cacheWriteInputTokens"])
+        claude_usage = USAGE["messages"]
+        if operation == "converse":
+            self._send_json(200, {"output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "end_turn",
+                                  "usage": usage, "metrics": {"latencyMs": 42}}, request_id)
+        elif operation == "invoke":
+            self._send_json(200, {"id": f"msg_bdrk_{n}", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+                                  "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                                  "usage": claude_usage}, request_id)
+        elif operation == "converse-stream":
+            self._start_sse(request_id, content_type="application/vnd.amazon.eventstream")
+            self._write_frame("messageStart", {"role": "assistant"})
+            if model == "bedrock.throttled-v1:0":
+                self._write_frame("throttlingException", {"message": "Too many requests, please wait before trying again."}, "exception")
+                return self._end_sse()
+            for piece in [text, *STREAM_PIECES]:
+                self._write_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}},
+                                  bad_crc=model == "bedrock.corrupt-v1:0" and piece == ".")
+            self._write_frame("contentBlockStop", {"contentBlockIndex": 0})
+            self._write_frame("messageStop", {"stopReason": "end_turn"})
+            self._write_frame("metadata", {"usage": usage, "metrics": {"latencyMs": 42}})
+            self._end_sse()
+        else:
+            self._start_sse(request_id, content_type="application/vnd.amazon.eventstream")
+
+            def chunk(event: dict) -> None:
+                self._write_frame("chunk", {"bytes": base64.b64encode(json.dumps(event).encode()).decode()})
+
+            chunk({"type": "message_start", "message": {"id": f"msg_bdrk_{n}", "type": "message", "role": "assistant",
+                                                        "model": "claude-3-5-haiku-20241022", "content": [],
+                                                        "usage": dict(claude_usage, output_tokens=1)}})
+            chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            for piece in [text, *STREAM_PIECES]:
+                chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+            chunk({"type": "content_block_stop", "index": 0})
+            chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": claude_usage["output_tokens"]}})
+            chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                "inputTokenCount": claude_usage["input_tokens"], "outputTokenCount": claude_usage["output_tokens"],
+                "invocationLatency": 42, "firstByteLatency": 7}})
+            self._end_sse()
 
     # ------------------------------------------------------------ Gemini
     def _google_error(self, record: dict, status: int, code: str, message: str) -> None:
@@ -613,7 +737,8 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
 
 def serve(args: argparse.Namespace) -> None:
-    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429)
+    aws_keys = dict(k.split(":", 1) for k in args.aws_key)
+    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys)
     handler = type("BoundHandler", (Handler,), {"state": state})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -640,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--marker", default="MOCKCOMPLETION", help="text every completion starts with (the privacy check greps for it)")
     p.add_argument("--redirect-to", default=None, help="base URL that model redirect-me is redirected to")
     p.add_argument("--fail-all-429", action="store_true", help="answer every API call with 429")
+    p.add_argument("--aws-key", action="append", default=[], help="ACCESS_KEY_ID:SECRET a Bedrock request may be signed with (repeatable)")
     args = p.parse_args(argv)
     serve(args)
     return 0

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import botocore.eventstream
+import botocore.exceptions
 try:
     import httpx
 except ImportError:  # openai 3 and anthropic 2 are built on the httpx2 fork
@@ -40,6 +42,10 @@ from conftest import (
     AZURE_CLIENT_KEY,
     AZURE_KEYS,
     ANTHROPIC_KEYS,
+    BEDROCK_CLIENT_KEY_ID,
+    BEDROCK_CLIENT_SECRET,
+    BEDROCK_KEY_ID,
+    BEDROCK_SECRET,
     GEMINI_CLIENT_KEY,
     GEMINI_KEYS,
     GEMINI_PRICING,
@@ -529,6 +535,115 @@ def test_gemini_refusals_are_google_errors_with_receipts(gw: Gateway, mocks: Moc
     assert not mocks.primary.for_corr(corr)
 
 
+BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+# Converse: inputTokens 900 apart from 300 cache reads and 100 cache writes.
+CONVERSE_USAGE = {"input_tokens": 1300, "cached_tokens": 300, "cache_write_5m_tokens": 100, "output_tokens": 120}
+CONVERSE_COST = 1324  # 900*0.8 + 300*0.08 + 100*1.0 (1.25 x input) + 120*4 micro-USD
+
+
+def bedrock_receipt_id(response: dict) -> str:
+    return response["ResponseMetadata"]["HTTPHeaders"].get(RID, "")
+
+
+def assert_bedrock_seen(seen: dict, operation: str, model: str = BEDROCK_MODEL) -> None:
+    """The mock got a request signed anew with the provider's key, which
+    verified, and nothing of the app's credentials."""
+    assert seen["bedrock"] == {"model": model, "operation": operation}, seen["path"]
+    assert seen["path"] == f"/model/{model.replace(':', '%3A')}/{operation}", seen["path"]
+    assert seen["sigv4"] == "valid", seen["sigv4"]
+    assert seen["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={BEDROCK_KEY_ID}/"), seen["headers"]
+    blob = json.dumps(seen["headers"])
+    assert BEDROCK_CLIENT_KEY_ID not in blob and BEDROCK_CLIENT_SECRET not in blob
+
+
+def converse_messages(corr: str) -> list[dict]:
+    return [{"role": "user", "content": [{"text": prompt(f"Say hello. {corr}")}]}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "eventstream"])
+def test_bedrock_converse_through_the_gateway(gw: Gateway, mocks: Mocks, pki: Pki, stream: bool) -> None:
+    """boto3's bedrock-runtime client, pointed at the sidecar: the gateway
+    drops the app's SigV4 signature, re-signs with the provider's key (which
+    the mock verifies with botocore's signer) and reads usage from the answer
+    or from the event stream's metadata event."""
+    corr = new_corr()
+    client = gw.bedrock()
+    if stream:
+        response = client.converse_stream(modelId=BEDROCK_MODEL, messages=converse_messages(corr))
+        events = list(response["stream"])
+        text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+        assert text == STREAM_TEXT
+        usage = next(e["metadata"]["usage"] for e in events if "metadata" in e)
+    else:
+        response = client.converse(modelId=BEDROCK_MODEL, messages=converse_messages(corr))
+        assert response["output"]["message"]["content"][0]["text"] == COMPLETION_TEXT
+        usage = response["usage"]
+    assert (usage["inputTokens"], usage["outputTokens"]) == (900, 120)
+    r = gw.receipt(bedrock_receipt_id(response))
+    assert r["verdict"]["decision"] == "allow", r["verdict"]
+    assert (r["api"], r["provider"], r["model_requested"], r["lane"]) == ("bedrock", "bedrock-mock", BEDROCK_MODEL, "live")
+    operation = "converse-stream" if stream else "converse"
+    assert r["route"] == f"/model/{{modelId}}/{operation}"
+    assert r["usage"] == CONVERSE_USAGE, r["usage"]
+    assert r["cost_micro_usd"] == CONVERSE_COST
+    assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+    assert r["upstream"]["provider_request_id"] == response["ResponseMetadata"]["RequestId"]
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_bedrock_seen(seen, operation)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "eventstream"])
+def test_bedrock_invoke_model_for_claude(gw: Gateway, mocks: Mocks, stream: bool) -> None:
+    """InvokeModel carries Anthropic's own body; its usage is Anthropic's,
+    inside base64 chunk events when streamed."""
+    corr = new_corr()
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": msgs(f"Say hello. {corr}")})
+    client = gw.bedrock()
+    if stream:
+        response = client.invoke_model_with_response_stream(modelId=BEDROCK_MODEL, body=body)
+        events = [json.loads(e["chunk"]["bytes"]) for e in response["body"]]
+        text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+        assert text == STREAM_TEXT
+    else:
+        response = client.invoke_model(modelId=BEDROCK_MODEL, body=body, contentType="application/json")
+        answer = json.loads(response["body"].read())
+        assert answer["content"][0]["text"] == COMPLETION_TEXT
+    r = gw.receipt(bedrock_receipt_id(response))
+    assert r["verdict"]["decision"] == "allow", r["verdict"]
+    assert r["usage"] == CLAUDE_USAGE and r["cost_micro_usd"] == CLAUDE_COST, r["usage"]
+    assert r["model_served"] == "claude-3-5-haiku-20241022"
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_bedrock_seen(seen, "invoke-with-response-stream" if stream else "invoke")
+
+
+def test_bedrock_refusals_and_broken_streams_are_receipted(gw: Gateway, mocks: Mocks) -> None:
+    """A model outside the policy is refused as Bedrock refuses (boto3 raises
+    AccessDeniedException); an exception message or a frame that fails its
+    checksum mid-stream ends the stream and its receipt says so."""
+    client = gw.bedrock()
+    corr = new_corr()
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        client.converse(modelId="anthropic.claude-blocked-v1:0", messages=converse_messages(corr))
+    error = exc.value.response
+    assert error["Error"]["Code"] == "AccessDeniedException", error
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    r = gw.receipt(error["ResponseMetadata"]["HTTPHeaders"].get(RID))
+    assert_refused(r, 403, "deny")
+    assert (r["api"], r["model_requested"]) == ("bedrock", "anthropic.claude-blocked-v1:0")
+    assert not mocks.primary.for_corr(corr)
+
+    for model, reason in (("bedrock.throttled-v1:0", "upstream_stream_exception"),
+                          ("bedrock.corrupt-v1:0", "upstream_stream_malformed")):
+        corr = new_corr()
+        response = client.converse_stream(modelId=model, messages=converse_messages(corr))
+        with pytest.raises((botocore.exceptions.EventStreamError, botocore.eventstream.ParserError)):
+            list(response["stream"])
+        r = gw.receipt(bedrock_receipt_id(response))
+        assert (r["verdict"]["decision"], r["verdict"]["reason"]) == ("error", reason), r["verdict"]
+        (seen,) = mocks.primary.for_corr(corr)
+        assert_bedrock_seen(seen, "converse-stream", model)
+
+
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
     """Without stream_options the gateway asks upstream for usage, records it,
     and hides the extra usage chunk from the client."""
@@ -856,6 +971,26 @@ def test_dry_run_lane_answers_the_gemini_sdk(gw: Gateway, mocks: Mocks) -> None:
         assert r["usage"]["output_tokens"] == 11
 
 
+def test_dry_run_lane_answers_boto3_bedrock(gw: Gateway) -> None:
+    """The dry-run provider frames Bedrock's event streams too, which boto3
+    parses and checksums like the real service's."""
+    client = gw.bedrock()
+    messages = [{"role": "user", "content": [{"text": prompt("Hello, dry run.")}]}]
+    answer = client.converse(modelId="dry-model", messages=messages)
+    text = answer["output"]["message"]["content"][0]["text"]
+    assert text.startswith("This is a dry-run response from Tollgate")
+    streamed = client.converse_stream(modelId="dry-model", messages=messages)
+    events = list(streamed["stream"])
+    assert "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e) == text
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3, "messages": msgs("Hi.")})
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in client.invoke_model_with_response_stream(modelId="dry-model", body=body)["body"]]
+    assert chunks[-2]["delta"]["stop_reason"] == "max_tokens", chunks[-2]
+    for response in (answer, streamed):
+        r = gw.receipt(bedrock_receipt_id(response))
+        assert (r["lane"], r["provider"], r["api"]) == ("dry_run", "dry", "bedrock"), r
+        assert r["usage"]["output_tokens"] == 11, r["usage"]
+
+
 # =========================================================================== 2. credentials
 
 
@@ -881,7 +1016,11 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
         blob = json.dumps(h)
         for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY):
             assert client_key not in blob + rec["path"], f"client key upstream: {rec['path']} {h}"
-        if rec.get("gemini"):
+        if rec.get("bedrock"):
+            assert rec["sigv4"] == "valid", rec
+            assert h["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={BEDROCK_KEY_ID}/"), h
+            assert BEDROCK_CLIENT_KEY_ID not in blob and BEDROCK_CLIENT_SECRET not in blob, h
+        elif rec.get("gemini"):
             assert h.get("x-goog-api-key") in GEMINI_KEYS.values(), h
             assert "authorization" not in h and "x-api-key" not in h, h
         elif rec["path"].startswith("/v1/messages"):
@@ -1604,6 +1743,8 @@ def test_zz_shutdown_closes_streams_and_nothing_private_is_kept(gateways: Gatewa
         **{f"injected Azure {k}": v for k, v in AZURE_KEYS.items()},
         "client Azure key": AZURE_CLIENT_KEY,
         **{f"injected Gemini {k}": v for k, v in GEMINI_KEYS.items()},
+        "injected Bedrock secret": BEDROCK_SECRET,
+        "client Bedrock secret": BEDROCK_CLIENT_SECRET,
         "client Gemini key": GEMINI_CLIENT_KEY,
         # Key material without its prefix, in case it is logged in parts.
         "injected key tail": OPENAI_KEYS["key-a"].split("INJECTED-KEY-")[1],

@@ -129,6 +129,7 @@ mod tests {
     fn provider(name: &str, secret: Option<(&str, &[&str])>) -> CompiledProvider {
         CompiledProvider {
             azure_api_version: None,
+            aws_region: None,
             name: name.into(),
             api: ProviderApi::Openai,
             base_url: None,
