@@ -27,6 +27,8 @@ use crate::{
 pub const CONTROL_CA_DIR: &str = "/etc/tollgate/control-ca";
 /// Where the projected tokens are mounted.
 pub const TOKENS_DIR: &str = "/var/run/secrets/tollgate.dev/tokens";
+/// The audience AWS STS expects of a web identity token.
+pub const AUDIENCE_AWS_STS: &str = "sts.amazonaws.com";
 /// Where the receipt spool is mounted.
 pub const SPOOL_DIR: &str = "/var/run/tollgate/spool";
 
@@ -350,6 +352,9 @@ fn build_parts(
         {"name": VOLUME_TOKENS, "projected": {"defaultMode": 420, "sources": [
             {"serviceAccountToken": {"audience": AUDIENCE_GATEWAY, "expirationSeconds": 3600, "path": "gateway"}},
             {"serviceAccountToken": {"audience": AUDIENCE_RECORDER, "expirationSeconds": 3600, "path": "recorder"}},
+            // For Bedrock providers with aws.webIdentity: traded with STS for
+            // the role's credentials, by the gateway alone.
+            {"serviceAccountToken": {"audience": AUDIENCE_AWS_STS, "expirationSeconds": 3600, "path": "aws"}},
         ]}},
         {"name": VOLUME_CONTROL_CA, "configMap": {"name": CONTROL_CA_CONFIGMAP, "defaultMode": 420,
             "items": [{"key": "ca.crt", "path": "ca.crt"}]}},

@@ -16,7 +16,9 @@ use tollgate_wire::config::{
     LimitWindow, PriceTable, ProviderApi, Requirement, Route, Selector, SelectorOperator,
     policy_hash,
 };
-use tollgate_wire::config::{is_bedrock_model_id, is_deployment_name, is_gemini_model_name};
+use tollgate_wire::config::{
+    WebIdentitySource, is_bedrock_model_id, is_deployment_name, is_gemini_model_name,
+};
 use tollgate_wire::time_zone::TimeZoneName;
 
 /// The objects compilation reads. Namespaced lists may hold every namespace;
@@ -248,6 +250,37 @@ fn compile_provider(
             "aws (with region) is required for api bedrock and allowed for no other api".into(),
         ));
     }
+    let web_identity = match spec.aws.as_ref().and_then(|aws| {
+        aws.web_identity
+            .as_ref()
+            .map(|identity| (aws.region.as_str(), identity))
+    }) {
+        None => None,
+        Some(_) if spec.credentials_ref.is_some() => {
+            return Err(invalid(
+                "credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials".into(),
+            ));
+        }
+        Some((region, identity)) => {
+            let sts_url = identity
+                .sts_url
+                .clone()
+                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+            let host = sts_url
+                .strip_prefix("https://")
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .filter(|host| !host.is_empty());
+            if !host.is_some_and(|host| spec.hosts.iter().any(|h| h == host)) {
+                return Err(invalid(format!(
+                    "aws.webIdentity: the STS endpoint {sts_url:?} must be https and its host listed in hosts"
+                )));
+            }
+            Some(WebIdentitySource {
+                role_arn: identity.role_arn.clone(),
+                sts_url,
+            })
+        }
+    };
     if azure != spec.azure.is_some() {
         return Err(invalid(
             "azure (with apiVersion) is required for api azureOpenai and allowed for no other api"
@@ -285,7 +318,7 @@ fn compile_provider(
         }
         if spec.api == ProviderApi::Bedrock && !is_bedrock_model_id(&model.name) {
             return Err(invalid(format!(
-                "model {:?} cannot be a Bedrock model id (1-256 of A-Za-z0-9._:-; ARNs are not served)",
+                "model {:?} cannot be a Bedrock model id (1-128 of A-Za-z0-9._:-; ARNs are not served)",
                 model.name
             )));
         }
@@ -333,6 +366,7 @@ fn compile_provider(
         upstream_trust,
         azure_api_version: spec.azure.as_ref().map(|a| a.api_version.clone()),
         aws_region: spec.aws.as_ref().map(|a| a.region.clone()),
+        web_identity,
         connect_timeout_ms: spec.timeouts.connect_millis,
         first_byte_timeout_ms: spec.timeouts.first_byte_millis,
         idle_timeout_ms: spec.timeouts.idle_millis,
@@ -522,6 +556,26 @@ mod tests {
             message.contains("cannot be a Bedrock model id"),
             "{message}"
         );
+        // Web identity: no keys, STS on an allowlisted host.
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/bedrock/provider-web-identity.yaml"),
+        )
+        .unwrap();
+        let identity: LLMProvider = serde_saphyr::from_str(&text).unwrap();
+        let compiled = compile_provider(&identity, &[]).unwrap();
+        assert_eq!(compiled.credentials, None);
+        let source = compiled.web_identity.unwrap();
+        assert_eq!(source.sts_url, "https://sts.us-east-1.amazonaws.com");
+        assert!(source.role_arn.ends_with("role/tollgate-bedrock-invoke"));
+        let mut unlisted = identity.clone();
+        unlisted.spec.hosts.retain(|h| !h.starts_with("sts."));
+        let message = compile_provider(&unlisted, &[]).unwrap_err().message;
+        assert!(message.contains("its host listed in hosts"), "{message}");
+        let mut both = identity.clone();
+        both.spec.credentials_ref = provider.spec.credentials_ref.clone();
+        let message = compile_provider(&both, &[]).unwrap_err().message;
+        assert!(message.contains("exclusive"), "{message}");
         let mut elsewhere = example("gemini");
         elsewhere.spec.aws = provider.spec.aws.clone();
         let message = compile_provider(&elsewhere, &[]).unwrap_err().message;

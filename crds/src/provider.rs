@@ -46,8 +46,10 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
     validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
         .message("a model's deployment applies to api azureOpenai only"),
-    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef)")
-        .message("credentialsRef is required for every api but dryRun"),
+    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity))")
+        .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity)"),
+    validation = Rule::new("!has(self.credentialsRef) || !has(self.aws) || !has(self.aws.webIdentity)")
+        .message("credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LLMProviderSpec {
@@ -124,6 +126,32 @@ pub struct AwsSettings {
     /// the region of `baseURL` (`https://bedrock-runtime.us-east-1.amazonaws.com`).
     #[schemars(regex(pattern = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$"))]
     pub region: String,
+
+    /// Credentials from the pod's own identity instead of stored keys: each
+    /// gateway trades its projected ServiceAccount token (audience
+    /// `sts.amazonaws.com`) for this role's temporary credentials, held in
+    /// memory and refreshed before they expire. Exclusive with
+    /// `credentialsRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<AwsWebIdentity>,
+}
+
+/// An IAM role assumed with `AssumeRoleWithWebIdentity`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsWebIdentity {
+    /// The role's ARN; its trust policy names the cluster's OIDC provider
+    /// and the ServiceAccounts allowed to assume it.
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+    ))]
+    pub role_arn: String,
+
+    /// The STS endpoint; default `https://sts.<region>.amazonaws.com`. Its
+    /// host must be listed in `hosts`.
+    #[serde(rename = "stsURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub sts_url: Option<String>,
 }
 
 /// A reference to the Secret holding a provider's API keys.

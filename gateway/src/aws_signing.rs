@@ -31,17 +31,51 @@ pub enum SigningFailure {
     Signer,
 }
 
-/// The access key id and secret a Bedrock key holds.
-fn key_parts(key: &ApiKey) -> Result<(&str, &str), SigningFailure> {
-    let (id, secret) = key
-        .expose()
-        .split_once(':')
-        .ok_or(SigningFailure::KeyShape)?;
-    let plausible = |part: &str| !part.is_empty() && !part.contains(':');
-    if plausible(id) && plausible(secret) {
-        Ok((id, secret))
-    } else {
-        Err(SigningFailure::KeyShape)
+/// AWS credentials to sign with: a static key pair from the provider's
+/// Secret, or temporary credentials (with their session token) from web
+/// identity. `Debug` shows the access key id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsCredentials {
+    /// Credentials from their parts; `None` when a part is empty or holds a
+    /// colon or a non-printable byte.
+    pub fn new(id: &str, secret: &str, session_token: Option<&str>) -> Option<Self> {
+        let plausible = |part: &str| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        };
+        let ok = plausible(id) && plausible(secret) && session_token.is_none_or(plausible);
+        ok.then(|| Self {
+            access_key_id: id.to_owned(),
+            secret_access_key: secret.to_owned(),
+            session_token: session_token.map(str::to_owned),
+        })
+    }
+
+    /// The static key pair a Bedrock key in a Secret holds:
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`.
+    pub fn from_key(key: &ApiKey) -> Result<Self, SigningFailure> {
+        let (id, secret) = key
+            .expose()
+            .split_once(':')
+            .ok_or(SigningFailure::KeyShape)?;
+        Self::new(id, secret, None).ok_or(SigningFailure::KeyShape)
+    }
+
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
     }
 }
 
@@ -51,25 +85,31 @@ fn key_parts(key: &ApiKey) -> Result<(&str, &str), SigningFailure> {
 pub fn sign(
     request: &mut http::request::Builder,
     body: &[u8],
-    key: &ApiKey,
+    credentials: &AwsCredentials,
     region: &str,
 ) -> Result<(), SigningFailure> {
-    sign_at(request, body, key, region, SystemTime::now())
+    sign_at(request, body, credentials, region, SystemTime::now())
 }
 
 /// [`sign`] at `time`.
 pub fn sign_at(
     request: &mut http::request::Builder,
     body: &[u8],
-    key: &ApiKey,
+    credentials: &AwsCredentials,
     region: &str,
     time: SystemTime,
 ) -> Result<(), SigningFailure> {
     if region.is_empty() {
         return Err(SigningFailure::NoRegion);
     }
-    let (id, secret) = key_parts(key)?;
-    let identity: Identity = Credentials::new(id, secret, None, None, "tollgate-provider").into();
+    let identity: Identity = Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "tollgate-provider",
+    )
+    .into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -119,8 +159,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn key(text: &str) -> ApiKey {
-        ApiKey::new(text).unwrap()
+    fn key(text: &str) -> AwsCredentials {
+        AwsCredentials::from_key(&ApiKey::new(text).unwrap()).unwrap()
     }
 
     fn request() -> http::request::Builder {
@@ -174,11 +214,24 @@ mod tests {
     fn keys_without_both_parts_and_missing_regions_are_refused() {
         for bad in ["AKIDONLY", ":secret", "AKID:", "a:b:c"] {
             assert_eq!(
-                sign(&mut request(), b"{}", &key(bad), "us-east-1"),
+                AwsCredentials::from_key(&ApiKey::new(bad).unwrap()),
                 Err(SigningFailure::KeyShape),
                 "{bad:?}"
             );
         }
+        // A session token is signed over, as x-amz-security-token.
+        let temporary = AwsCredentials::new("ASIATEMP", "secret", Some("session-token")).unwrap();
+        let mut builder = request();
+        sign(&mut builder, b"{}", &temporary, "us-east-1").unwrap();
+        let headers = builder.headers_ref().unwrap();
+        assert_eq!(headers["x-amz-security-token"], "session-token");
+        assert!(
+            headers["authorization"]
+                .to_str()
+                .unwrap()
+                .contains("x-amz-security-token")
+        );
+        assert!(!format!("{temporary:?}").contains("secret"));
         assert_eq!(
             sign(&mut request(), b"{}", &key("AKID:secret"), ""),
             Err(SigningFailure::NoRegion)

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use tollgate_wire::caller::CallerKey;
-use tollgate_wire::config::GatewayConfig;
+use tollgate_wire::config::{GatewayConfig, ProviderApi};
 
 /// Largest key file read, in bytes.
 pub const MAX_KEY_BYTES: u64 = 4096;
@@ -78,6 +78,14 @@ pub enum CredentialsError {
         path: String,
     },
     #[error(
+        "provider {provider}: key {key:?} of Secret {secret:?} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY (a Bedrock key pair)"
+    )]
+    NotAwsKeyPair {
+        provider: String,
+        secret: String,
+        key: String,
+    },
+    #[error(
         "provider {provider}: key {key:?} of Secret {secret:?} is empty, too large or not printable ASCII"
     )]
     Unusable {
@@ -139,7 +147,21 @@ impl Credentials {
                     key: key.clone(),
                 };
                 match lookup(&source.secret_name, key) {
-                    Lookup::Found(raw) => keys.push(ApiKey::new(&raw).ok_or_else(unusable)?),
+                    Lookup::Found(raw) => {
+                        let key_value = ApiKey::new(&raw).ok_or_else(unusable)?;
+                        // A Bedrock key that cannot sign would fail every
+                        // request routed to it: refused here, loudly.
+                        if provider.api == ProviderApi::Bedrock
+                            && crate::aws_signing::AwsCredentials::from_key(&key_value).is_err()
+                        {
+                            return Err(CredentialsError::NotAwsKeyPair {
+                                provider: provider.name.clone(),
+                                secret: source.secret_name.clone(),
+                                key: key.clone(),
+                            });
+                        }
+                        keys.push(key_value);
+                    }
                     Lookup::Unusable => return Err(unusable()),
                     Lookup::Missing(path) => {
                         return Err(CredentialsError::Missing {
@@ -195,6 +217,29 @@ pub fn choose_key_index(model: &str, body_sha256: &[u8; 32], node_id: &str, key_
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bedrock_keys_must_be_aws_key_pairs() {
+        let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "version": 1, "namespace": "ns", "policyHash": "", "policies": [], "quotas": [],
+            "providers": [{
+                "name": "bedrock", "api": "bedrock", "hosts": [], "models": [],
+                "upstreamTrust": [], "connectTimeoutMs": 1, "firstByteTimeoutMs": 1, "idleTimeoutMs": 1,
+                "credentials": {"secretName": "aws", "keys": ["k"]}
+            }]
+        }))
+        .unwrap();
+        let secrets = |value: &str| {
+            BTreeMap::from([(
+                "aws".to_string(),
+                BTreeMap::from([("k".to_string(), value.to_string())]),
+            )])
+        };
+        assert!(Credentials::from_secrets(&secrets("AKIAEXAMPLE:secret"), &config).is_ok());
+        let err = Credentials::from_secrets(&secrets("sk-not-a-pair"), &config).unwrap_err();
+        assert!(matches!(err, CredentialsError::NotAwsKeyPair { .. }), "{err}");
+        assert!(!err.to_string().contains("sk-not"), "{err}");
+    }
+
     use super::*;
     use sha2::{Digest, Sha256};
 

@@ -594,6 +594,7 @@ mod tests {
         let provider = |name: &str, api: ProviderApi, url: Option<&str>, models| CompiledProvider {
             azure_api_version: None,
             aws_region: None,
+            web_identity: None,
             name: name.into(),
             api,
             base_url: url.map(str::to_string),

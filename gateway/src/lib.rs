@@ -27,3 +27,4 @@ pub mod run;
 pub mod shipper;
 pub mod sse;
 pub mod upstream;
+pub mod web_identity;

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// The pod-bound projected token (audience tollgate.dev/gateway), re-read on use.
     #[arg(long, env = "TOLLGATE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The projected ServiceAccount token (audience sts.amazonaws.com) that
+    /// Bedrock providers with aws.webIdentity trade for credentials.
+    #[arg(long, env = "TOLLGATE_AWS_WEB_IDENTITY_TOKEN_FILE", default_value = DEFAULT_AWS_TOKEN_FILE)]
+    pub aws_web_identity_token_file: PathBuf,
     /// The recorder receipts are shipped to. Without it receipts stay in the spool.
     #[arg(long, env = "TOLLGATE_RECORDER_URL")]
     pub recorder_url: Option<String>,
@@ -292,7 +296,15 @@ pub struct GatewayOptions {
     pub quota: QuotaSource,
     /// Which GenAI metric conventions `/metrics` follows.
     pub metric_conventions: Conventions,
+    /// The projected ServiceAccount token (audience `sts.amazonaws.com`)
+    /// traded for Bedrock credentials when a provider uses web identity.
+    pub aws_web_identity_token_file: PathBuf,
 }
+
+/// Where the admission webhook mounts the gateway's STS token.
+pub const DEFAULT_AWS_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/aws";
+/// How often the gateway looks for web identity credentials due a refresh.
+const WEB_IDENTITY_TICK: Duration = Duration::from_secs(30);
 
 /// Who enforces quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -522,6 +534,25 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
             }
         }
     });
+    // Temporary credentials for providers that use web identity: the first
+    // exchange now, then again before they expire.
+    let web_identity = tokio::spawn({
+        let gateway = gateway.clone();
+        let token_file = options.aws_web_identity_token_file.clone();
+        async move {
+            let mut tick = tokio::time::interval(WEB_IDENTITY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::web_identity::refresh_due(
+                    &gateway,
+                    &token_file,
+                    crate::receipts::unix_millis(),
+                )
+                .await;
+            }
+        }
+    });
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -542,6 +573,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         tracing::info!("shutting down: draining in-flight requests");
         reload.abort();
         key_probes.abort();
+        web_identity.abort();
         // The probes go with the API port, as before admin was bound first.
         let (drained, ()) = tokio::join!(
             tokio::time::timeout(Duration::from_secs(30), servers),
@@ -800,6 +832,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         recorder,
         metric_conventions: Conventions::from_env(),
+        aws_web_identity_token_file: args.aws_web_identity_token_file.clone(),
     };
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));
     let running = start(options).await?;

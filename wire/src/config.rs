@@ -182,9 +182,24 @@ pub struct CompiledProvider {
     /// for `bedrock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_region: Option<String>,
+    /// Bedrock credentials from the pod's own identity instead of keys:
+    /// the STS role the gateway assumes with its projected ServiceAccount
+    /// token. Only for `bedrock`, never with `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentitySource>,
     pub connect_timeout_ms: u32,
     pub first_byte_timeout_ms: u32,
     pub idle_timeout_ms: u32,
+}
+
+/// An AWS role assumed with web identity (`AssumeRoleWithWebIdentity`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebIdentitySource {
+    pub role_arn: String,
+    /// The STS endpoint (`https://sts.us-east-1.amazonaws.com`); its host is
+    /// one of the provider's `hosts`.
+    pub sts_url: String,
 }
 
 /// The Secret and keys that hold a provider's API keys.
@@ -242,12 +257,13 @@ pub fn is_gemini_model_name(name: &str) -> bool {
 }
 
 /// Whether `id` can be a Bedrock model id in a path
-/// (`/model/{id}/converse`): 1 to 256 of `[A-Za-z0-9._:-]`, starting with a
+/// (`/model/{id}/converse`): 1 to 128 of `[A-Za-z0-9._:-]` (what a receipt's
+/// model name holds), starting with a
 /// letter or digit (`anthropic.claude-3-5-haiku-20241022-v1:0`,
 /// `us.anthropic.claude-sonnet-4-20250514-v1:0`). ARNs, which hold `/`, are
 /// not served.
 pub fn is_bedrock_model_id(id: &str) -> bool {
-    (1..=256).contains(&id.len())
+    (1..=128).contains(&id.len())
         && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id
             .bytes()

@@ -147,6 +147,9 @@ pub(super) async fn forward(
             // The path names the model; a body that names it too is made
             // to agree.
             outgoing.rewrite |= rewrite_gemini_body_models(&mut outgoing.json, upstream_model);
+        } else if ticket.endpoint.style() == ApiStyle::Bedrock {
+            // The path names the model, and Bedrock refuses a body that
+            // names one (an extraneous key).
         } else if outgoing.json.get("model").and_then(Value::as_str) != Some(upstream_model) {
             outgoing.json["model"] = Value::from(upstream_model);
             outgoing.rewrite = true;
@@ -323,9 +326,20 @@ async fn attempt_once(
         }
     }
     if provider.api == ProviderApi::Bedrock {
-        let key = key_used.and_then(|i| keys.get(i as usize));
+        // Temporary credentials from web identity, or the routed static key.
+        let credentials = if provider.web_identity.is_some() {
+            ticket
+                .gateway
+                .web_identity()
+                .current(provider, unix_millis())
+        } else {
+            key_used
+                .and_then(|i| keys.get(i as usize))
+                .and_then(|key| aws_signing::AwsCredentials::from_key(key).ok())
+        };
         let region = provider.aws_region.as_deref().unwrap_or_default();
-        let signed = key.map(|key| aws_signing::sign(&mut request, &body, key, region));
+        let signed = credentials
+            .map(|credentials| aws_signing::sign(&mut request, &body, &credentials, region));
         if !matches!(signed, Some(Ok(()))) {
             return Err(Failure::retryable(Refusal::CredentialsUnavailable {
                 provider: provider.name.clone(),
@@ -689,7 +703,8 @@ async fn probe_bedrock_key(
     let mut request = http::Request::post(format!("{}{path}", base.trim_end_matches('/')))
         .header(header::CONTENT_TYPE, "application/json");
     let region = config.aws_region.as_deref().unwrap_or_default();
-    aws_signing::sign(&mut request, &body, key, region).ok()?;
+    let credentials = aws_signing::AwsCredentials::from_key(key).ok()?;
+    aws_signing::sign(&mut request, &body, &credentials, region).ok()?;
     let request = request.body(Full::new(body)).ok()?;
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
         Ok(Ok(response)) if response.status() == StatusCode::BAD_REQUEST => Some(StatusCode::OK),

@@ -261,7 +261,11 @@ impl MeteredBody {
         if let Some(served) = facts.served_model {
             draft.model_served = Some(served);
         }
-        if let (Some(upstream), Some(id)) = (draft.upstream.as_mut(), facts.provider_request_id) {
+        // Bedrock's request id is its x-amzn-RequestId header (set when the
+        // answer arrived), not the model body's message id.
+        if let (Some(upstream), Some(id)) = (draft.upstream.as_mut(), facts.provider_request_id)
+            && upstream.provider_request_id.is_none()
+        {
             upstream.provider_request_id = Some(id);
         }
         // Anthropic and Bedrock report cache reads apart from input.

@@ -118,6 +118,11 @@ impl Runtime {
         })
     }
 
+    /// The pooled, pinned client of a live provider.
+    pub fn client(&self, provider: &str) -> Option<&ProviderClient> {
+        self.clients.get(provider)
+    }
+
     /// Every provider with keys and how many, for key status.
     pub fn key_counts(&self) -> Vec<(String, u32)> {
         self.config
@@ -139,6 +144,8 @@ pub struct Gateway {
     quota: Arc<dyn QuotaAuthority>,
     receipts: ReceiptSink,
     identity: Identity,
+    /// Temporary credentials of providers that use web identity.
+    web_identity: crate::web_identity::WebIdentityCache,
     pub metrics: Metrics,
 }
 
@@ -155,8 +162,14 @@ impl Gateway {
             quota,
             receipts,
             identity,
+            web_identity: Default::default(),
             metrics,
         }
+    }
+
+    /// Temporary credentials of providers that use web identity.
+    pub fn web_identity(&self) -> &crate::web_identity::WebIdentityCache {
+        &self.web_identity
     }
 
     /// The runtime in force; requests keep the one they started with.
@@ -625,6 +638,7 @@ async fn serve(ticket: &mut Ticket, headers: &HeaderMap, body: Body) -> Result<R
     // An Azure-style path names the deployment, which is what Azure serves
     // whatever the body says; the body's `model` is made to agree. A Gemini
     // path names the model, and the body must not name another.
+    route::check_body_shape(ticket.endpoint, &json)?;
     if ticket.endpoint.style() == ApiStyle::Gemini {
         let path_model = ticket.path_model.as_deref().unwrap_or_default();
         route::check_gemini_body_models(ticket.endpoint, path_model, &json)?;

@@ -37,6 +37,12 @@ pub enum Refusal {
         guard: &'static str,
     },
     ModelMissing,
+    /// A body of a shape the gateway does not meter or check (Bedrock
+    /// InvokeModel for a non-Claude model; Gemini's snake_case aliases of the
+    /// fields it checks).
+    UnsupportedBody {
+        detail: &'static str,
+    },
     /// A Gemini body names a model other than its path's.
     ModelMismatch {
         path_model: String,
@@ -106,6 +112,7 @@ impl Refusal {
             Self::SecretInRequest { .. } => (K::PermissionDenied, "secret_in_request"),
             Self::ModelMissing => (K::InvalidRequest, "model_missing"),
             Self::ModelMismatch { .. } => (K::InvalidRequest, "model_mismatch"),
+            Self::UnsupportedBody { .. } => (K::InvalidRequest, "unsupported_body"),
             Self::ModelNotAllowed { .. } => (K::PermissionDenied, "model_not_allowed"),
             Self::MaxTokensOverPolicy { .. } => (K::InvalidRequest, "max_tokens_over_policy"),
             Self::QuotaAuthorityUnavailable { .. } => {
@@ -153,6 +160,7 @@ impl Refusal {
                 "the request carries a secret ({guard}); Tollgate refuses to send it to a provider"
             ),
             Self::ModelMissing => "the request must name a model".into(),
+            Self::UnsupportedBody { detail } => (*detail).into(),
             Self::ModelMismatch { path_model } => format!(
                 "the request body names a model other than the path's {path_model:?}"
             ),

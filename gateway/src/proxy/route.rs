@@ -173,6 +173,33 @@ pub(super) fn check_gemini_body_models(
     }
 }
 
+/// Refuses bodies whose shape the gateway would not check or meter:
+/// Bedrock `InvokeModel` for anything but Claude (whose body, with
+/// `anthropic_version`, carries `max_tokens` and Anthropic's usage), and
+/// Gemini bodies that use the snake_case aliases Google also accepts for
+/// the fields the gateway checks (`generation_config`,
+/// `generate_content_request`), which would slip past the token cap and the
+/// model check.
+pub(super) fn check_body_shape(endpoint: Endpoint, body: &Value) -> Result<(), super::Refusal> {
+    let detail = match endpoint {
+        Endpoint::InvokeModel | Endpoint::InvokeModelStream
+            if !body.get("anthropic_version").is_some_and(Value::is_string) =>
+        {
+            "InvokeModel is served for Anthropic Claude bodies (with anthropic_version) only; use Converse for other models"
+        }
+        Endpoint::GenerateContent
+        | Endpoint::StreamGenerateContent
+        | Endpoint::GeminiCountTokens
+            if body.get("generation_config").is_some()
+                || body.get("generate_content_request").is_some() =>
+        {
+            "spell generationConfig and generateContentRequest in camelCase, as the Gemini SDKs do"
+        }
+        _ => return Ok(()),
+    };
+    Err(super::Refusal::UnsupportedBody { detail })
+}
+
 /// The upstream model names a Gemini body carries, rewritten to `upstream`
 /// (`models/{upstream}`); true when anything changed.
 pub(super) fn rewrite_gemini_body_models(body: &mut Value, upstream: &str) -> bool {
@@ -232,6 +259,26 @@ pub(super) fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bodies_the_gateway_would_not_check_are_refused() {
+        let claude = serde_json::json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5});
+        assert!(check_body_shape(Endpoint::InvokeModel, &claude).is_ok());
+        let titan = serde_json::json!({"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 9}});
+        for endpoint in [Endpoint::InvokeModel, Endpoint::InvokeModelStream] {
+            assert!(matches!(
+                check_body_shape(endpoint, &titan),
+                Err(super::super::Refusal::UnsupportedBody { .. })
+            ));
+        }
+        let snake = serde_json::json!({"contents": [], "generation_config": {"max_output_tokens": 9}});
+        assert!(check_body_shape(Endpoint::GenerateContent, &snake).is_err());
+        let wrapped = serde_json::json!({"generate_content_request": {"model": "models/other"}});
+        assert!(check_body_shape(Endpoint::GeminiCountTokens, &wrapped).is_err());
+        let camel = serde_json::json!({"contents": [], "generationConfig": {"maxOutputTokens": 9}});
+        assert!(check_body_shape(Endpoint::GenerateContent, &camel).is_ok());
+        assert!(check_body_shape(Endpoint::Converse, &titan).is_ok());
+    }
+
     use super::*;
     use tollgate_wire::config::{PriceTable, Route};
 
@@ -248,6 +295,7 @@ mod tests {
         CompiledProvider {
             azure_api_version: None,
             aws_region: None,
+            web_identity: None,
             name: name.into(),
             api,
             base_url: None,

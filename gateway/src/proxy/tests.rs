@@ -164,6 +164,7 @@ fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
     CompiledProvider {
         azure_api_version: None,
         aws_region: None,
+        web_identity: None,
         name: name.into(),
         api,
         base_url: (api != ProviderApi::DryRun).then(|| format!("https://{host}")),
@@ -1419,6 +1420,7 @@ async fn a_bedrock_request_is_re_signed_with_the_providers_credentials() {
             body["inferenceConfig"]["maxTokens"], 100,
             "the policy's cap"
         );
+        assert!(body.get("model").is_none(), "the path names the model");
     }
     // Over the cap: refused in Bedrock's error format.
     let answer = running

@@ -60,6 +60,9 @@ BEDROCK_KEYS = {"key-1": f"{BEDROCK_KEY_ID}:{BEDROCK_SECRET}"}
 BEDROCK_CLIENT_KEY_ID = "AKIACLIENTMUSTNOTLEAVE"
 BEDROCK_CLIENT_SECRET = "client-bedrock-secret-must-not-leave"
 BEDROCK_REGION = "us-east-1"
+# Web identity: the projected ServiceAccount token STS accepts, and the role.
+STS_TOKEN = f"eyJhbGciOiJSUzI1NiJ9.mock-sa-token-{RUN_ID}.c2ln"
+STS_ROLE = "arn:aws:iam::123456789012:role/tollgate-bedrock"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
 ANTHROPIC_CLIENT_KEY = "sk-ant-client-dropped"
 CORR_PREFIX = f"corr{RUN_ID}"
@@ -192,7 +195,8 @@ class MockServer:
         self.log_path.touch()
         self.stderr_path = workdir / f"mock-{tag}.stderr"
         cmd = [sys.executable, str(MOCK), "--cert", str(pki.leaf_cert), "--key", str(pki.leaf_key), "--log", str(self.log_path),
-               "--tag", tag, "--marker", COMPLETION_MARKER, *(a for k in BEDROCK_KEYS.values() for a in ("--aws-key", k))]
+               "--tag", tag, "--marker", COMPLETION_MARKER, *(a for k in BEDROCK_KEYS.values() for a in ("--aws-key", k)),
+               "--sts-token", STS_TOKEN, "--sts-role", STS_ROLE]
         if redirect_to:
             cmd += ["--redirect-to", redirect_to]
         if fail_all_429:

@@ -33,6 +33,11 @@ Behaviours, keyed by the requested model name:
   as Bedrock answers); ``bedrock.throttled-v1:0`` streams then sends a
   throttling exception message, ``bedrock.corrupt-v1:0`` streams a frame
   with a bad checksum;
+- STS (``POST /`` with ``Action=AssumeRoleWithWebIdentity``): trades the
+  ``--sts-token`` for temporary credentials (key id ``ASIA...``, secret
+  ``sts_secret(token)``, a session token), which Bedrock requests may then
+  be signed with (the session token signed over); any other token is
+  refused with ``InvalidIdentityToken``;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -87,6 +92,16 @@ USAGE = {
 }
 # Bedrock Converse: inputTokens excludes cache reads and writes.
 USAGE["converse"] = {"inputTokens": 900, "outputTokens": 120, "cacheReadInputTokens": 300, "cacheWriteInputTokens": 100}
+def sts_secret(token: str) -> str:
+    """The secret of the temporary credentials issued for a web identity token
+    (deterministic, so a test can look for it in what the gateway stored)."""
+    return "sts" + hashlib.sha256(token.encode()).hexdigest()[:37]
+
+
+CONVERSE_KEYS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
+                 "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig"}
+CLAUDE_INVOKE_KEYS = {"anthropic_version", "anthropic_beta", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
+                      "stop_sequences", "tools", "tool_choice", "thinking", "metadata"}
 BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
 SIGV4_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
 GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
@@ -109,8 +124,12 @@ class PeerGone(Exception):
 
 class MockState:
     def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool,
-                 aws_keys: dict[str, str] | None = None):
+                 aws_keys: dict[str, str] | None = None, sts_token: str | None = None, sts_role: str | None = None):
         self.aws_keys = aws_keys or {}
+        # Temporary key id -> its session token, for keys STS issued.
+        self.session_tokens: dict[str, str] = {}
+        self.sts_token = sts_token
+        self.sts_role = sts_role
         self.tag = tag
         self.log_path = log_path
         self.marker = marker
@@ -273,6 +292,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             headers = dict(headers, authorization=f"Bearer {headers['api-key']}")
             path, model = f"/v1/{azure[2]}", azure[1]
+        if path == "/" and method == "POST" and b"Action=AssumeRoleWithWebIdentity" in body:
+            self._sts(body, headers, record)
+            return
         bedrock = BEDROCK_PATH.match(path)
         if bedrock:
             found = CORR_TOKEN.search(body)
@@ -394,12 +416,58 @@ class Handler(http.server.BaseHTTPRequestHandler):
         names = signed.split(";")
         if any(n not in headers for n in names):
             return "a signed header is missing"
+        session_token = self.state.session_tokens.get(key_id)
+        if session_token is not None and (headers.get("x-amz-security-token") != session_token
+                                          or "x-amz-security-token" not in names):
+            return "session token missing or unsigned"
         request = AWSRequest(method=self.command, url=f"https://{headers['host']}{self.path}", data=body,
                              headers={n: headers[n] for n in names})
         request.context["timestamp"] = headers["x-amz-date"]
         signer = SigV4Auth(Credentials(key_id, secret), service, region)
         expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
         return "valid" if expected == signature else "mismatch"
+
+    def _sts(self, body: bytes, headers: dict, record: dict) -> None:
+        """AssumeRoleWithWebIdentity: an unsigned form whose token is the proof."""
+        st = self.state
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        token = (form.get("WebIdentityToken") or [""])[0]
+        role = (form.get("RoleArn") or [""])[0]
+        record["sts"] = {"role": role, "session": (form.get("RoleSessionName") or [""])[0],
+                         "duration": (form.get("DurationSeconds") or [""])[0],
+                         "token_ok": bool(st.sts_token) and token == st.sts_token,
+                         "signed": "authorization" in headers}
+        if not record["sts"]["token_ok"] or role != st.sts_role:
+            record["status"] = 400
+            st.log(record)
+            error = ("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>"
+                     "<Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key from your identity provider</Message>"
+                     "</Error><RequestId>sts-err</RequestId></ErrorResponse>")
+            self._send_raw(400, error.encode(), "text/xml")
+            return
+        key_id = f"ASIAMOCK{st.next_id():08d}"
+        session_token = "IQoJmock" + hashlib.sha256(f"{token}/{key_id}".encode()).hexdigest()
+        with st.lock:
+            st.aws_keys[key_id] = sts_secret(token)
+            st.session_tokens[key_id] = session_token
+        record["status"] = 200
+        record["sts"]["issued"] = key_id
+        st.log(record)
+        expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        answer = (f"<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleWithWebIdentityResult>"
+                  f"<Credentials><AccessKeyId>{key_id}</AccessKeyId><SecretAccessKey>{sts_secret(token)}</SecretAccessKey>"
+                  f"<SessionToken>{session_token}</SessionToken><Expiration>{expiration}</Expiration></Credentials>"
+                  f"<SubjectFromWebIdentityToken>system:serviceaccount:demo:app</SubjectFromWebIdentityToken>"
+                  f"</AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>")
+        self._send_raw(200, answer.encode(), "text/xml")
+
+    def _send_raw(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
 
     def _aws_error(self, record: dict, status: int, kind: str, message: str) -> None:
         record["status"] = status
@@ -427,6 +495,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                    "The request signature we calculated does not match the signature you provided.")
         if not record["json_ok"]:
             return self._aws_error(record, 400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+        # As Bedrock does, keys it does not know are refused.
+        known = CONVERSE_KEYS if operation.startswith("converse") else CLAUDE_INVOKE_KEYS
+        extraneous = sorted(set(obj) - known)
+        if extraneous:
+            return self._aws_error(record, 400, "ValidationException", f"Malformed input request: extraneous key [{extraneous[0]}] is not permitted")
         record["status"] = 200
         st.log(record)
         n = st.next_id()
@@ -738,7 +811,7 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
 def serve(args: argparse.Namespace) -> None:
     aws_keys = dict(k.split(":", 1) for k in args.aws_key)
-    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys)
+    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys, args.sts_token, args.sts_role)
     handler = type("BoundHandler", (Handler,), {"state": state})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -766,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redirect-to", default=None, help="base URL that model redirect-me is redirected to")
     p.add_argument("--fail-all-429", action="store_true", help="answer every API call with 429")
     p.add_argument("--aws-key", action="append", default=[], help="ACCESS_KEY_ID:SECRET a Bedrock request may be signed with (repeatable)")
+    p.add_argument("--sts-token", default=None, help="the web identity token STS accepts")
+    p.add_argument("--sts-role", default=None, help="the role ARN STS lets that token assume")
     args = p.parse_args(argv)
     serve(args)
     return 0

@@ -46,6 +46,8 @@ from conftest import (
     BEDROCK_CLIENT_SECRET,
     BEDROCK_KEY_ID,
     BEDROCK_SECRET,
+    STS_ROLE,
+    STS_TOKEN,
     GEMINI_CLIENT_KEY,
     GEMINI_KEYS,
     GEMINI_PRICING,
@@ -612,6 +614,7 @@ def test_bedrock_invoke_model_for_claude(gw: Gateway, mocks: Mocks, stream: bool
     assert r["verdict"]["decision"] == "allow", r["verdict"]
     assert r["usage"] == CLAUDE_USAGE and r["cost_micro_usd"] == CLAUDE_COST, r["usage"]
     assert r["model_served"] == "claude-3-5-haiku-20241022"
+    assert r["upstream"]["provider_request_id"] == response["ResponseMetadata"]["RequestId"], "AWS's id, not the message's"
     (seen,) = mocks.primary.for_corr(corr)
     assert_bedrock_seen(seen, "invoke-with-response-stream" if stream else "invoke")
 
@@ -632,6 +635,18 @@ def test_bedrock_refusals_and_broken_streams_are_receipted(gw: Gateway, mocks: M
     assert (r["api"], r["model_requested"]) == ("bedrock", "anthropic.claude-blocked-v1:0")
     assert not mocks.primary.for_corr(corr)
 
+    # InvokeModel is metered for Claude bodies only; another family's body
+    # (here Titan's) is refused before it leaves.
+    corr = new_corr()
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        client.invoke_model(modelId=BEDROCK_MODEL, body=json.dumps({"inputText": f"hi {corr}"}))
+    error = exc.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("ValidationException", 400), error
+    assert "Claude" in error["Error"]["Message"]
+    r = gw.receipt(error["ResponseMetadata"]["HTTPHeaders"].get(RID))
+    assert r["verdict"]["reason"] == "unsupported_body", r["verdict"]
+    assert not mocks.primary.for_corr(corr)
+
     for model, reason in (("bedrock.throttled-v1:0", "upstream_stream_exception"),
                           ("bedrock.corrupt-v1:0", "upstream_stream_malformed")):
         corr = new_corr()
@@ -642,6 +657,65 @@ def test_bedrock_refusals_and_broken_streams_are_receipted(gw: Gateway, mocks: M
         assert (r["verdict"]["decision"], r["verdict"]["reason"]) == ("error", reason), r["verdict"]
         (seen,) = mocks.primary.for_corr(corr)
         assert_bedrock_seen(seen, "converse-stream", model)
+
+
+def web_identity_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
+    """A Bedrock provider with no keys: its credentials come from STS for the
+    pod's own (projected) ServiceAccount token."""
+    from conftest import provider, trust_anchor
+    p = provider("bedrock-wi", "bedrock", mocks.primary.base_url,
+                 [{"name": BEDROCK_MODEL, "pricing": ANTHROPIC_PRICING}], "mock-ca", "unused")
+    del p["spec"]["credentialsRef"]
+    p["spec"]["aws"] = {"region": "us-east-1", "webIdentity": {"roleArn": STS_ROLE, "stsURL": f"{mocks.primary.base_url}/"}}
+    return [p, trust_anchor("mock-ca", pki.ca_pem), doc("EgressPolicy", "default", {
+        "allow": [{"providerRef": "bedrock-wi", "models": ["anthropic.*"]}],
+        "guards": {"maxRequestBytes": 65536, "blockSecrets": True},
+    })]
+
+
+def test_bedrock_with_web_identity_stores_no_key(gateways: GatewayFactory, pki: Pki, mocks: Mocks, tmp_path: Path) -> None:
+    """With aws.webIdentity the gateway trades its ServiceAccount token with
+    STS for temporary credentials and signs with them (session token
+    included); with a token STS refuses, requests fail closed, receipted."""
+    token_file = tmp_path / "aws-token"
+    token_file.write_text(STS_TOKEN + "\n")
+    gw = gateways.start("web-identity", web_identity_manifests(pki, mocks),
+                        extra_args=["--aws-web-identity-token-file", str(token_file)])
+    issued = wait_until(lambda: [r for r in mocks.primary.requests() if r.get("sts", {}).get("issued")], 10, what="an STS exchange")
+    exchange = issued[-1]["sts"]
+    assert (exchange["role"], exchange["duration"], exchange["token_ok"], exchange["signed"]) == (STS_ROLE, "3600", True, False)
+    assert exchange["session"].startswith("tollgate-"), exchange
+    corr = new_corr()
+    response = gw.bedrock().converse(modelId=BEDROCK_MODEL, messages=converse_messages(corr))
+    assert response["output"]["message"]["content"][0]["text"] == COMPLETION_TEXT
+    r = gw.receipt(bedrock_receipt_id(response))
+    assert (r["verdict"]["decision"], r["provider"]) == ("allow", "bedrock-wi"), r["verdict"]
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["sigv4"] == "valid", seen["sigv4"]
+    key_id = exchange["issued"]
+    assert seen["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={key_id}/"), seen["headers"]
+    assert "x-amz-security-token" in seen["headers"]
+    # Neither the token nor the temporary secret is kept anywhere.
+    from mock_upstream import sts_secret
+    kept = "".join(f.read_text(errors="replace") for f in [*gw.spool_dir.rglob("*.jsonl"), gw.stderr_path, gw.config_path] if f.is_file())
+    assert STS_TOKEN not in kept and sts_secret(STS_TOKEN) not in kept
+    assert "temporary credentials obtained" in gw.stderr_path.read_text()
+
+    bad_token = tmp_path / "bad-token"
+    bad_token.write_text("eyJ.not-the-right-token.sig")
+    bad = gateways.start("web-identity-refused", web_identity_manifests(pki, mocks),
+                         extra_args=["--aws-web-identity-token-file", str(bad_token)])
+    wait_until(lambda: "web identity: exchange failed" in bad.stderr_path.read_text(), 10, what="the refused exchange")
+    corr = new_corr()
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        bad.bedrock().converse(modelId=BEDROCK_MODEL, messages=converse_messages(corr))
+    error = exc.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("ServiceUnavailableException", 502), error
+    r = bad.receipt(error["ResponseMetadata"]["HTTPHeaders"].get(RID))
+    assert r["verdict"]["reason"] == "credentials_unavailable", r["verdict"]
+    assert not mocks.primary.for_corr(corr), "nothing unsigned or wrongly signed left the gateway"
+    assert "InvalidIdentityToken" in bad.stderr_path.read_text()
+    assert "not-the-right-token" not in bad.stderr_path.read_text()
 
 
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:

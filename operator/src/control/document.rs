@@ -130,6 +130,7 @@ mod tests {
         CompiledProvider {
             azure_api_version: None,
             aws_region: None,
+            web_identity: None,
             name: name.into(),
             api: ProviderApi::Openai,
             base_url: None,

@@ -26,7 +26,23 @@ pub fn conditions_for(provider: &LLMProvider, world: &World) -> Vec<Desired> {
 }
 
 fn credentials(provider: &LLMProvider, world: &World) -> Desired {
+    let web_identity = provider
+        .spec
+        .aws
+        .as_ref()
+        .and_then(|aws| aws.web_identity.as_ref());
     let Some(creds) = &provider.spec.credentials_ref else {
+        if let Some(identity) = web_identity {
+            return Desired::gate(
+                CREDENTIALS_RESOLVED,
+                true,
+                "WebIdentity",
+                format!(
+                    "each gateway assumes {} with its own ServiceAccount token; no key is stored",
+                    identity.role_arn
+                ),
+            );
+        }
         return if provider.spec.api == ProviderApi::DryRun {
             Desired::gate(
                 CREDENTIALS_RESOLVED,
@@ -229,6 +245,28 @@ spec:
         let c = conditions_for(&provider(OPENAI), &other_host);
         assert_eq!(ready(&c).reason, "HostNotCovered");
         assert!(ready(&c).message.contains("api.openai.com"));
+    }
+
+    #[test]
+    fn a_web_identity_provider_needs_no_secret() {
+        let bedrock = provider(
+            r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: bedrock}
+spec:
+  api: bedrock
+  aws: {region: us-east-1, webIdentity: {roleArn: "arn:aws:iam::123456789012:role/bedrock"}}
+  baseURL: https://bedrock-runtime.us-east-1.amazonaws.com
+  hosts: [bedrock-runtime.us-east-1.amazonaws.com, sts.us-east-1.amazonaws.com]
+  models: [{name: "anthropic.claude-3-5-haiku-20241022-v1:0"}]
+"#,
+        );
+        let c = conditions_for(&bedrock, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
+        assert_eq!(creds.status, Status::True);
+        assert_eq!(creds.reason, "WebIdentity");
+        assert!(creds.message.contains("role/bedrock"), "{}", creds.message);
     }
 
     #[test]
