@@ -44,6 +44,10 @@ const NODE_IP: &str = "198.18.0.1";
 const CLUSTER_DNS: &str = "198.19.0.10";
 const GATEWAY: &str = "http://127.0.0.1:15080";
 
+/// The Bedrock model and the role the node's gateways assume for it.
+const BEDROCK_MODEL: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+const BEDROCK_ROLE: &str = "arn:aws:iam::123456789012:role/tollgate-node-bedrock";
+
 fn node_env() -> Result<()> {
     ensure!(
         std::env::var("TOLLGATE_E2E_NODE").as_deref() == Ok("1"),
@@ -223,6 +227,14 @@ impl Upstream {
             .arg("--log")
             .arg(&log)
             .args(["--bind", NODE_IP, "--tag", "node"])
+            // STS for Bedrock web identity: any ServiceAccount token the
+            // kubelet issued for audience sts.amazonaws.com, for this role.
+            .args([
+                "--sts-audience",
+                "sts.amazonaws.com",
+                "--sts-role",
+                BEDROCK_ROLE,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -507,6 +519,14 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                             "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
                             "models": [{"name": "gpt-4o-mini", "pricing": pricing}],
                             "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+            // No key at all: each gateway trades its pod's projected token.
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-bedrock"},
+                   "spec": {"api": "bedrock", "baseURL": base_url, "hosts": [NODE_IP],
+                            "aws": {"region": "us-east-1",
+                                    "webIdentity": {"roleArn": BEDROCK_ROLE, "stsURL": format!("{base_url}/")}},
+                            "models": [{"name": BEDROCK_MODEL, "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
                    "metadata": {"name": "node-anthropic"},
                    "spec": {"api": "anthropic", "baseURL": base_url, "hosts": [NODE_IP],
@@ -523,7 +543,8 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                "metadata": {"name": "default", "namespace": ns},
                "spec": {"mode": "enforce", "failMode": "closed",
                         "allow": [{"providerRef": "node-openai", "models": ["gpt-4o-mini"]},
-                                  {"providerRef": "node-anthropic", "models": ["claude-*"]}]}})
+                                  {"providerRef": "node-anthropic", "models": ["claude-*"]},
+                                  {"providerRef": "node-bedrock", "models": ["anthropic.*"]}]}})
     };
     const QUOTA_REQUESTS: u64 = 6;
     for ns in [APP_NS, FAULT_NS] {
@@ -601,6 +622,35 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     ensure!(
         status == 200 && body.contains("MOCKCOMPLETION"),
         "messages through the gateway: {status} {body}"
+    );
+    // Bedrock with no stored key: the gateway traded the pod's kubelet-issued
+    // token with STS and signed with the temporary credentials.
+    let converse =
+        json!({"messages": [{"role": "user", "content": [{"text": format!("hi {marker}")}]}]});
+    let bedrock_path = format!("/model/{}/converse", BEDROCK_MODEL.replace(':', "%3A"));
+    let (status, body) = app_post(&k, APP_NS, &bedrock_path, &converse).await?;
+    sent_app += 1;
+    ensure!(
+        status == 200 && body.contains("MOCKCOMPLETION"),
+        "Bedrock converse through the gateway: {status} {body}"
+    );
+    let seen = upstream.records();
+    let exchange = seen
+        .iter()
+        .find(|r| r["sts"]["token_ok"] == true)
+        .with_context(|| format!("no STS exchange with a projected token: {seen:?}"))?;
+    let subject = exchange["sts"]["subject"].as_str().unwrap_or_default();
+    ensure!(
+        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:")),
+        "the STS token is not the app pod's ServiceAccount's: {subject:?}"
+    );
+    let issued = exchange["sts"]["issued"].as_str().unwrap_or_default();
+    ensure!(
+        seen.iter().any(|r| r["sigv4"] == "valid"
+            && r["headers"]["authorization"]
+                .as_str()
+                .is_some_and(|a| a.contains(&format!("Credential={issued}/")))),
+        "no Bedrock request signed with the temporary credentials: {seen:?}"
     );
     let seen = upstream.records();
     ensure!(

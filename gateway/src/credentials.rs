@@ -236,7 +236,10 @@ mod tests {
         };
         assert!(Credentials::from_secrets(&secrets("AKIAEXAMPLE:secret"), &config).is_ok());
         let err = Credentials::from_secrets(&secrets("sk-not-a-pair"), &config).unwrap_err();
-        assert!(matches!(err, CredentialsError::NotAwsKeyPair { .. }), "{err}");
+        assert!(
+            matches!(err, CredentialsError::NotAwsKeyPair { .. }),
+            "{err}"
+        );
         assert!(!err.to_string().contains("sk-not"), "{err}");
     }
 

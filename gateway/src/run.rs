@@ -305,6 +305,8 @@ pub struct GatewayOptions {
 pub const DEFAULT_AWS_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/aws";
 /// How often the gateway looks for web identity credentials due a refresh.
 const WEB_IDENTITY_TICK: Duration = Duration::from_secs(30);
+/// How soon a provider left without credentials is tried again.
+const WEB_IDENTITY_RETRY: Duration = Duration::from_secs(5);
 
 /// Who enforces quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -540,16 +542,17 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         let gateway = gateway.clone();
         let token_file = options.aws_web_identity_token_file.clone();
         async move {
-            let mut tick = tokio::time::interval(WEB_IDENTITY_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                crate::web_identity::refresh_due(
-                    &gateway,
-                    &token_file,
-                    crate::receipts::unix_millis(),
-                )
-                .await;
+                let now = crate::receipts::unix_millis();
+                let lacking = crate::web_identity::refresh_due(&gateway, &token_file, now).await;
+                // Without credentials (a new provider, a refused exchange)
+                // sooner; else at the usual pace.
+                let pause = if lacking {
+                    WEB_IDENTITY_RETRY
+                } else {
+                    WEB_IDENTITY_TICK
+                };
+                tokio::time::sleep(pause).await;
             }
         }
     });

@@ -235,9 +235,12 @@ fn connect_reason(err: &hyper_util::client::legacy::Error) -> String {
 
 /// Exchanges, for every provider of `runtime` that uses web identity, the
 /// credentials that are missing or due, and logs the outcome (never a
-/// credential). Failures keep the old credentials while they last.
-pub async fn refresh_due(gateway: &crate::proxy::Gateway, token_file: &Path, now_ms: u64) {
+/// credential). Failures keep the old credentials while they last. Returns
+/// whether some provider is left without valid credentials (the caller then
+/// tries again sooner).
+pub async fn refresh_due(gateway: &crate::proxy::Gateway, token_file: &Path, now_ms: u64) -> bool {
     let runtime = gateway.runtime();
+    let mut lacking = false;
     for provider in &runtime.config.providers {
         let Some(source) = provider.web_identity.as_ref() else {
             continue;
@@ -247,6 +250,7 @@ pub async fn refresh_due(gateway: &crate::proxy::Gateway, token_file: &Path, now
             continue;
         }
         let Some(client) = runtime.client(&provider.name) else {
+            lacking = true;
             continue;
         };
         let identity = gateway.identity();
@@ -262,9 +266,11 @@ pub async fn refresh_due(gateway: &crate::proxy::Gateway, token_file: &Path, now
             }
             Err(err) => {
                 tracing::warn!(provider = %provider.name, error = %err, "web identity: exchange failed; requests to this provider fail closed once the current credentials expire");
+                lacking |= cache.current(provider, now_ms).is_none();
             }
         }
     }
+    lacking
 }
 
 #[cfg(test)]

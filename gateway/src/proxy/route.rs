@@ -261,16 +261,19 @@ pub(super) fn list_models(runtime: &Runtime, headers: &HeaderMap) -> Bytes {
 mod tests {
     #[test]
     fn bodies_the_gateway_would_not_check_are_refused() {
-        let claude = serde_json::json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5});
+        let claude =
+            serde_json::json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5});
         assert!(check_body_shape(Endpoint::InvokeModel, &claude).is_ok());
-        let titan = serde_json::json!({"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 9}});
+        let titan =
+            serde_json::json!({"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 9}});
         for endpoint in [Endpoint::InvokeModel, Endpoint::InvokeModelStream] {
             assert!(matches!(
                 check_body_shape(endpoint, &titan),
                 Err(super::super::Refusal::UnsupportedBody { .. })
             ));
         }
-        let snake = serde_json::json!({"contents": [], "generation_config": {"max_output_tokens": 9}});
+        let snake =
+            serde_json::json!({"contents": [], "generation_config": {"max_output_tokens": 9}});
         assert!(check_body_shape(Endpoint::GenerateContent, &snake).is_err());
         let wrapped = serde_json::json!({"generate_content_request": {"model": "models/other"}});
         assert!(check_body_shape(Endpoint::GeminiCountTokens, &wrapped).is_err());

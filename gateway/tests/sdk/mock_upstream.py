@@ -34,7 +34,8 @@ Behaviours, keyed by the requested model name:
   throttling exception message, ``bedrock.corrupt-v1:0`` streams a frame
   with a bad checksum;
 - STS (``POST /`` with ``Action=AssumeRoleWithWebIdentity``): trades the
-  ``--sts-token`` for temporary credentials (key id ``ASIA...``, secret
+  ``--sts-token`` (or, with ``--sts-audience``, any ServiceAccount JWT for
+  that audience) for temporary credentials (key id ``ASIA...``, secret
   ``sts_secret(token)``, a session token), which Bedrock requests may then
   be signed with (the session token signed over); any other token is
   refused with ``InvalidIdentityToken``;
@@ -92,6 +93,25 @@ USAGE = {
 }
 # Bedrock Converse: inputTokens excludes cache reads and writes.
 USAGE["converse"] = {"inputTokens": 900, "outputTokens": 120, "cacheReadInputTokens": 300, "cacheWriteInputTokens": 100}
+def jwt_subject(token: str, audience: str) -> str | None:
+    """The subject of a ServiceAccount JWT whose audience includes
+    `audience`, or None. (The mock trusts the kubelet that issued it: the
+    signature is not checked; the audience and subject are.)"""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    sub = claims.get("sub")
+    if audience in audiences and isinstance(sub, str) and sub.startswith("system:serviceaccount:"):
+        return sub
+    return None
+
+
 def sts_secret(token: str) -> str:
     """The secret of the temporary credentials issued for a web identity token
     (deterministic, so a test can look for it in what the gateway stored)."""
@@ -124,7 +144,9 @@ class PeerGone(Exception):
 
 class MockState:
     def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool,
-                 aws_keys: dict[str, str] | None = None, sts_token: str | None = None, sts_role: str | None = None):
+                 aws_keys: dict[str, str] | None = None, sts_token: str | None = None, sts_role: str | None = None,
+                 sts_audience: str | None = None):
+        self.sts_audience = sts_audience
         self.aws_keys = aws_keys or {}
         # Temporary key id -> its session token, for keys STS issued.
         self.session_tokens: dict[str, str] = {}
@@ -433,9 +455,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         form = urllib.parse.parse_qs(body.decode(errors="replace"))
         token = (form.get("WebIdentityToken") or [""])[0]
         role = (form.get("RoleArn") or [""])[0]
+        subject = jwt_subject(token, st.sts_audience) if st.sts_audience else None
         record["sts"] = {"role": role, "session": (form.get("RoleSessionName") or [""])[0],
                          "duration": (form.get("DurationSeconds") or [""])[0],
-                         "token_ok": bool(st.sts_token) and token == st.sts_token,
+                         "token_ok": (bool(st.sts_token) and token == st.sts_token) or subject is not None,
+                         "subject": subject,
                          "signed": "authorization" in headers}
         if not record["sts"]["token_ok"] or role != st.sts_role:
             record["status"] = 400
@@ -811,7 +835,8 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
 def serve(args: argparse.Namespace) -> None:
     aws_keys = dict(k.split(":", 1) for k in args.aws_key)
-    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys, args.sts_token, args.sts_role)
+    state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys, args.sts_token, args.sts_role,
+                      args.sts_audience)
     handler = type("BoundHandler", (Handler,), {"state": state})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -841,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aws-key", action="append", default=[], help="ACCESS_KEY_ID:SECRET a Bedrock request may be signed with (repeatable)")
     p.add_argument("--sts-token", default=None, help="the web identity token STS accepts")
     p.add_argument("--sts-role", default=None, help="the role ARN STS lets that token assume")
+    p.add_argument("--sts-audience", default=None,
+                   help="also accept any ServiceAccount JWT with this audience (a real node's projected token)")
     args = p.parse_args(argv)
     serve(args)
     return 0
