@@ -1090,9 +1090,13 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
         blob = json.dumps(h)
         for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY):
             assert client_key not in blob + rec["path"], f"client key upstream: {rec['path']} {h}"
-        if rec.get("bedrock"):
+        if rec.get("sts"):
+            # The token is the proof: no credential of any kind goes along.
+            assert "authorization" not in h and "x-api-key" not in h, h
+        elif rec.get("bedrock"):
             assert rec["sigv4"] == "valid", rec
-            assert h["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={BEDROCK_KEY_ID}/"), h
+            # The provider's key, or temporary credentials STS issued (web identity).
+            assert re.match(rf"AWS4-HMAC-SHA256 Credential=({BEDROCK_KEY_ID}|ASIAMOCK\d+)/", h["authorization"]), h
             assert BEDROCK_CLIENT_KEY_ID not in blob and BEDROCK_CLIENT_SECRET not in blob, h
         elif rec.get("gemini"):
             assert h.get("x-goog-api-key") in GEMINI_KEYS.values(), h
