@@ -27,8 +27,12 @@ use crate::{
 pub const CONTROL_CA_DIR: &str = "/etc/tollgate/control-ca";
 /// Where the projected tokens are mounted.
 pub const TOKENS_DIR: &str = "/var/run/secrets/tollgate.dev/tokens";
-/// The audience AWS STS expects of a web identity token.
-pub const AUDIENCE_AWS_STS: &str = "sts.amazonaws.com";
+/// The audience of the token the gateway trades with AWS STS. A Tollgate
+/// audience, not `sts.amazonaws.com`: no app container may project a token
+/// for a `tollgate.dev/*` audience (rule `gateway-volume-mount`), so only the
+/// gateway can assume a role whose trust policy requires this one. It is
+/// registered as a client ID of the cluster's IAM OIDC provider.
+pub const AUDIENCE_AWS_STS: &str = "tollgate.dev/aws";
 /// Where the receipt spool is mounted.
 pub const SPOOL_DIR: &str = "/var/run/tollgate/spool";
 

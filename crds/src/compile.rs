@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use crate::policy::PolicyMode;
+use crate::provider::LLMProviderSpec;
 use crate::quota::{QuotaLimit, QuotaSubjects};
 use crate::{ClusterEgressQuota, EgressPolicy, EgressQuota, LLMProvider, TrustAnchor};
 use tollgate_wire::config::{
@@ -204,6 +205,58 @@ pub fn compile_namespace_config(
     Compiled { config, problems }
 }
 
+/// The web identity a provider's `aws.webIdentity` compiles to: the role
+/// and the STS endpoint (default `https://sts.<region>.amazonaws.com`, or
+/// `.amazonaws.com.cn` in China), which must be a plain https URL whose host
+/// is one of `hosts`. `Ok(None)` without web identity; the operator's
+/// `CredentialsResolved` condition uses the same check.
+pub fn web_identity_source(spec: &LLMProviderSpec) -> Result<Option<WebIdentitySource>, String> {
+    let Some(aws) = spec.aws.as_ref() else {
+        return Ok(None);
+    };
+    let Some(identity) = aws.web_identity.as_ref() else {
+        return Ok(None);
+    };
+    if spec.credentials_ref.is_some() {
+        return Err(
+            "credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials"
+                .into(),
+        );
+    }
+    let region = &aws.region;
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    let sts_url = identity
+        .sts_url
+        .clone()
+        .unwrap_or_else(|| format!("https://sts.{region}.{suffix}"));
+    if !sts_host(&sts_url).is_some_and(|host| spec.hosts.iter().any(|h| h == host)) {
+        return Err(format!(
+            "aws.webIdentity: the STS endpoint {sts_url:?} must be a plain https URL (no user, query or fragment) whose host is listed in hosts"
+        ));
+    }
+    Ok(Some(WebIdentitySource {
+        role_arn: identity.role_arn.clone(),
+        sts_url,
+    }))
+}
+
+/// The host of a plain `https://host[:port][/path]` URL; `None` for
+/// anything with user info, a query, a fragment or an IPv6 literal.
+fn sts_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if path.contains(['?', '#']) || authority.contains(['@', '[', ']', '?', '#']) {
+        return None;
+    }
+    let (host, port) = authority.split_once(':').unwrap_or((authority, "443"));
+    let port_ok = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    (!host.is_empty() && port_ok).then_some(host)
+}
+
 fn compile_provider(
     provider: &LLMProvider,
     anchors: &[TrustAnchor],
@@ -250,37 +303,7 @@ fn compile_provider(
             "aws (with region) is required for api bedrock and allowed for no other api".into(),
         ));
     }
-    let web_identity = match spec.aws.as_ref().and_then(|aws| {
-        aws.web_identity
-            .as_ref()
-            .map(|identity| (aws.region.as_str(), identity))
-    }) {
-        None => None,
-        Some(_) if spec.credentials_ref.is_some() => {
-            return Err(invalid(
-                "credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials".into(),
-            ));
-        }
-        Some((region, identity)) => {
-            let sts_url = identity
-                .sts_url
-                .clone()
-                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-            let host = sts_url
-                .strip_prefix("https://")
-                .and_then(|rest| rest.split(['/', ':']).next())
-                .filter(|host| !host.is_empty());
-            if !host.is_some_and(|host| spec.hosts.iter().any(|h| h == host)) {
-                return Err(invalid(format!(
-                    "aws.webIdentity: the STS endpoint {sts_url:?} must be https and its host listed in hosts"
-                )));
-            }
-            Some(WebIdentitySource {
-                role_arn: identity.role_arn.clone(),
-                sts_url,
-            })
-        }
-    };
+    let web_identity = web_identity_source(spec).map_err(invalid)?;
     if azure != spec.azure.is_some() {
         return Err(invalid(
             "azure (with apiVersion) is required for api azureOpenai and allowed for no other api"
@@ -571,7 +594,39 @@ mod tests {
         let mut unlisted = identity.clone();
         unlisted.spec.hosts.retain(|h| !h.starts_with("sts."));
         let message = compile_provider(&unlisted, &[]).unwrap_err().message;
-        assert!(message.contains("its host listed in hosts"), "{message}");
+        assert!(message.contains("host is listed in hosts"), "{message}");
+        for bad in [
+            "https://sts.us-east-1.amazonaws.com:443@evil.test/",
+            "https://sts.us-east-1.amazonaws.com/?x=1",
+            "http://sts.us-east-1.amazonaws.com/",
+            "https://[::1]/",
+            "https://sts.us-east-1.amazonaws.com:x/",
+        ] {
+            let mut odd = identity.clone();
+            odd.spec
+                .aws
+                .as_mut()
+                .unwrap()
+                .web_identity
+                .as_mut()
+                .unwrap()
+                .sts_url = Some(bad.into());
+            assert!(compile_provider(&odd, &[]).is_err(), "{bad}");
+        }
+        let mut china = identity.clone();
+        china.spec.aws.as_mut().unwrap().region = "cn-north-1".into();
+        china
+            .spec
+            .hosts
+            .push("sts.cn-north-1.amazonaws.com.cn".into());
+        assert_eq!(
+            compile_provider(&china, &[])
+                .unwrap()
+                .web_identity
+                .unwrap()
+                .sts_url,
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
         let mut both = identity.clone();
         both.spec.credentials_ref = provider.spec.credentials_ref.clone();
         let message = compile_provider(&both, &[]).unwrap_err().message;

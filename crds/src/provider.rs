@@ -48,6 +48,8 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         .message("a model's deployment applies to api azureOpenai only"),
     validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity))")
         .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity)"),
+    validation = Rule::new("!has(self.aws) || !has(self.aws.webIdentity) || !has(self.aws.webIdentity.stsURL) || (self.aws.webIdentity.stsURL.startsWith('https://') && isURL(self.aws.webIdentity.stsURL) && url(self.aws.webIdentity.stsURL).getHostname() in self.hosts)")
+        .message("aws.webIdentity.stsURL must use https and its host must be listed in hosts"),
     validation = Rule::new("!has(self.credentialsRef) || !has(self.aws) || !has(self.aws.webIdentity)")
         .message("credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials"),
 )]
@@ -129,9 +131,9 @@ pub struct AwsSettings {
 
     /// Credentials from the pod's own identity instead of stored keys: each
     /// gateway trades its projected ServiceAccount token (audience
-    /// `sts.amazonaws.com`) for this role's temporary credentials, held in
-    /// memory and refreshed before they expire. Exclusive with
-    /// `credentialsRef`.
+    /// `tollgate.dev/aws`, which only gateway containers can be given) for
+    /// this role's temporary credentials, held in memory and refreshed
+    /// before they expire. Exclusive with `credentialsRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity: Option<AwsWebIdentity>,
 }
@@ -140,15 +142,16 @@ pub struct AwsSettings {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AwsWebIdentity {
-    /// The role's ARN; its trust policy names the cluster's OIDC provider
-    /// and the ServiceAccounts allowed to assume it.
+    /// The role's ARN. Its trust policy names the cluster's OIDC provider
+    /// (with `tollgate.dev/aws` among its client IDs), requires that
+    /// audience, and names the ServiceAccounts allowed to assume it.
     #[schemars(regex(
         pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
     ))]
     pub role_arn: String,
 
-    /// The STS endpoint; default `https://sts.<region>.amazonaws.com`. Its
-    /// host must be listed in `hosts`.
+    /// The STS endpoint; default `https://sts.<region>.amazonaws.com`
+    /// (`.amazonaws.com.cn` in China). Its host must be listed in `hosts`.
     #[serde(rename = "stsURL", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub sts_url: Option<String>,

@@ -630,10 +630,16 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     let bedrock_path = format!("/model/{}/converse", BEDROCK_MODEL.replace(':', "%3A"));
     let (status, body) = app_post(&k, APP_NS, &bedrock_path, &converse).await?;
     sent_app += 1;
-    ensure!(
-        status == 200 && body.contains("MOCKCOMPLETION"),
-        "Bedrock converse through the gateway: {status} {body}"
-    );
+    if status != 200 || !body.contains("MOCKCOMPLETION") {
+        let logs = k
+            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
+            .await
+            .unwrap_or_default();
+        bail!(
+            "Bedrock converse through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
+            upstream.records()
+        );
+    }
     let seen = upstream.records();
     let exchange = seen
         .iter()

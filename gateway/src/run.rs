@@ -63,7 +63,7 @@ pub struct RunArgs {
     /// The pod-bound projected token (audience tollgate.dev/gateway), re-read on use.
     #[arg(long, env = "TOLLGATE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// The projected ServiceAccount token (audience sts.amazonaws.com) that
+    /// The projected ServiceAccount token (audience tollgate.dev/aws) that
     /// Bedrock providers with aws.webIdentity trade for credentials.
     #[arg(long, env = "TOLLGATE_AWS_WEB_IDENTITY_TOKEN_FILE", default_value = DEFAULT_AWS_TOKEN_FILE)]
     pub aws_web_identity_token_file: PathBuf,
@@ -296,7 +296,7 @@ pub struct GatewayOptions {
     pub quota: QuotaSource,
     /// Which GenAI metric conventions `/metrics` follows.
     pub metric_conventions: Conventions,
-    /// The projected ServiceAccount token (audience `sts.amazonaws.com`)
+    /// The projected ServiceAccount token (audience `tollgate.dev/aws`)
     /// traded for Bedrock credentials when a provider uses web identity.
     pub aws_web_identity_token_file: PathBuf,
 }
@@ -552,7 +552,11 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
                 } else {
                     WEB_IDENTITY_TICK
                 };
-                tokio::time::sleep(pause).await;
+                // A config swap or refused credentials wake it early.
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = gateway.web_identity().woken() => {}
+                }
             }
         }
     });

@@ -1,7 +1,7 @@
 //! AWS web identity: short-lived Bedrock credentials for the pod's own
 //! ServiceAccount, with no stored key. The gateway reads its projected
-//! ServiceAccount token (audience `sts.amazonaws.com`, mounted into the
-//! gateway container only), trades it with STS `AssumeRoleWithWebIdentity`
+//! ServiceAccount token (audience `tollgate.dev/aws`, which only the gateway
+//! container can be given), trades it with STS `AssumeRoleWithWebIdentity`
 //! for the provider's role, keeps the temporary credentials in memory and
 //! trades again well before they expire. Nothing is written anywhere; the app
 //! container never sees the token or the credentials.
@@ -28,6 +28,8 @@ pub const REFRESH_BEFORE_MS: u64 = 10 * 60 * 1000;
 pub const DURATION_SECONDS: u32 = 3600;
 /// The largest STS answer read.
 const MAX_STS_ANSWER: usize = 64 * 1024;
+/// How long one exchange may take, the answer's body included.
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The largest token file read.
 const MAX_TOKEN_BYTES: u64 = 16 * 1024;
 
@@ -74,8 +76,10 @@ pub enum ExchangeError {
 
 /// The role session name for a pod: `tollgate-<namespace>-<pod>`, in the
 /// characters STS allows, at most 64 (CloudTrail shows it with every call).
+/// A longer name keeps its first 55 characters and a hash of the whole, so
+/// pods stay apart.
 pub fn session_name(namespace: &str, pod: &str) -> String {
-    let mut name: String = format!("tollgate-{namespace}-{pod}")
+    let name: String = format!("tollgate-{namespace}-{pod}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
@@ -85,8 +89,12 @@ pub fn session_name(namespace: &str, pod: &str) -> String {
             }
         })
         .collect();
-    name.truncate(64);
-    name
+    if name.len() <= 64 {
+        return name;
+    }
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    format!("{}-{}", &name[..55], &digest[..8])
 }
 
 /// The form body of `AssumeRoleWithWebIdentity`.
@@ -117,8 +125,8 @@ pub fn parse_credentials(xml: &str) -> Result<TemporaryCredentials, ExchangeErro
     let credentials = element(xml, "Credentials").ok_or(ExchangeError::Malformed)?;
     let field = |tag| element(credentials, tag).ok_or(ExchangeError::Malformed);
     let expiration = field("Expiration")?;
-    let expires_at_ms = jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.fZ", expiration)
-        .or_else(|_| expiration.parse::<jiff::Timestamp>())
+    let expires_at_ms = expiration
+        .parse::<jiff::Timestamp>()
         .map_err(|_| ExchangeError::Malformed)?
         .as_millisecond();
     let credentials = AwsCredentials::new(
@@ -147,9 +155,21 @@ pub fn error_code(xml: &str) -> String {
 #[derive(Debug, Default)]
 pub struct WebIdentityCache {
     entries: RwLock<HashMap<(String, String), TemporaryCredentials>>,
+    /// Wakes the refresh loop early: a new config, or credentials refused.
+    wake: tokio::sync::Notify,
 }
 
 impl WebIdentityCache {
+    /// Asks the refresh loop for a pass now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until [`Self::wake`] is called (or was, since the last wait).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     /// The credentials to sign with for `provider` now, if valid ones exist.
     pub fn current(&self, provider: &CompiledProvider, now_ms: u64) -> Option<AwsCredentials> {
         let source = provider.web_identity.as_ref()?;
@@ -165,6 +185,21 @@ impl WebIdentityCache {
         entries
             .get(&(provider.name.clone(), source.role_arn.clone()))
             .is_none_or(|c| c.due(now_ms))
+    }
+
+    /// Forgets `provider`'s credentials (Bedrock refused them) and wakes the
+    /// loop to trade again.
+    pub fn evict(&self, provider: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(name, _), _| name != provider);
+        drop(entries);
+        self.wake();
+    }
+
+    /// Keeps only the entries of `live` (provider, role) pairs.
+    fn prune(&self, live: &[(String, String)]) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|key, _| live.contains(key));
     }
 
     fn store(&self, provider: &str, source: &WebIdentitySource, credentials: TemporaryCredentials) {
@@ -196,6 +231,22 @@ pub async fn exchange(
     session_name: &str,
     token_file: &Path,
 ) -> Result<TemporaryCredentials, ExchangeError> {
+    // The whole exchange, answer body included, is bounded in time: a
+    // stalled STS must not hold up the refresh of other providers.
+    tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        exchange_once(client, source, session_name, token_file),
+    )
+    .await
+    .map_err(|_| ExchangeError::Unreachable("timed out".into()))?
+}
+
+async fn exchange_once(
+    client: &crate::upstream::ProviderClient,
+    source: &WebIdentitySource,
+    session_name: &str,
+    token_file: &Path,
+) -> Result<TemporaryCredentials, ExchangeError> {
     let token = read_token(token_file)?;
     let form = assume_role_form(source, session_name, &token);
     let request = http::Request::post(&source.sts_url)
@@ -206,9 +257,9 @@ pub async fn exchange(
         .header(http::header::ACCEPT, "text/xml")
         .body(Full::new(Bytes::from(form)))
         .map_err(|_| ExchangeError::Unreachable("the request could not be built".into()))?;
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+    let answer = client
+        .request(request)
         .await
-        .map_err(|_| ExchangeError::Unreachable("timed out".into()))?
         .map_err(|e| ExchangeError::Unreachable(connect_reason(&e)))?;
     let status = answer.status();
     let body = Limited::new(answer.into_body(), MAX_STS_ANSWER)
@@ -241,11 +292,31 @@ fn connect_reason(err: &hyper_util::client::legacy::Error) -> String {
 pub async fn refresh_due(gateway: &crate::proxy::Gateway, token_file: &Path, now_ms: u64) -> bool {
     let runtime = gateway.runtime();
     let mut lacking = false;
-    for provider in &runtime.config.providers {
+    // Only the providers this pod's policy routes to: no role is assumed
+    // that the pod cannot use.
+    let routed: Vec<&CompiledProvider> = runtime
+        .config
+        .providers
+        .iter()
+        .filter(|p| p.web_identity.is_some())
+        .filter(|p| {
+            runtime
+                .policy
+                .as_ref()
+                .is_some_and(|policy| policy.routes.iter().any(|r| r.provider == p.name))
+        })
+        .collect();
+    let cache = gateway.web_identity();
+    cache.prune(
+        &routed
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.web_identity.as_ref()?.role_arn.clone())))
+            .collect::<Vec<_>>(),
+    );
+    for provider in routed {
         let Some(source) = provider.web_identity.as_ref() else {
             continue;
         };
-        let cache = gateway.web_identity();
         if !cache.due(provider, source, now_ms) {
             continue;
         }
@@ -299,7 +370,13 @@ mod tests {
     #[test]
     fn the_form_names_the_role_and_carries_the_token() {
         assert_eq!(session_name("ns", "pod"), "tollgate-ns-pod");
-        assert_eq!(session_name("a b", &"p".repeat(80)).len(), 64);
+        let long = session_name("a b", &"p".repeat(80));
+        assert_eq!(long.len(), 64);
+        assert_ne!(
+            long,
+            session_name("a b", &"p".repeat(81)),
+            "pods stay apart"
+        );
         assert!(session_name("a b", "c").starts_with("tollgate-a-b-c"));
         let form = assume_role_form(&source(), "tollgate-ns-pod", "eyJ.token+/=");
         assert_eq!(

@@ -408,6 +408,12 @@ async fn attempt_once(
         }
         Ok(Ok(response)) => response,
     };
+    if provider.web_identity.is_some() && matches!(response.status().as_u16(), 401 | 403) {
+        // Bedrock refused the temporary credentials (revoked session,
+        // expired token): trade again rather than keep failing with them.
+        tracing::warn!(provider = %provider.name, status = response.status().as_u16(), "Bedrock refused the web identity credentials; trading again");
+        ticket.gateway.web_identity().evict(&provider.name);
+    }
     if let Some(index) = key_used
         && ticket
             .runtime
@@ -470,11 +476,14 @@ fn stream_back(
     draft.first_byte_ms = Some(ticket.started.elapsed().as_millis() as u64);
     draft.decision_id = answered.decision_id;
     draft.upstream = Some(UpstreamFacts {
-        // Bedrock names its request in a header only.
+        // Bedrock names its request in a header only (and the model body's
+        // id is the model's, not AWS's).
         provider_request_id: upstream
             .headers()
             .get("x-amzn-requestid")
+            .filter(|_| provider.api == ProviderApi::Bedrock)
             .and_then(|v| v.to_str().ok())
+            .filter(|id| tollgate_evidence::Identifier::new(*id).is_ok())
             .map(str::to_string),
         ..upstream_facts
     });

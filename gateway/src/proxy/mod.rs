@@ -192,6 +192,9 @@ impl Gateway {
                 key(old).is_some_and(|k| Some(k) == key(&runtime.credentials))
             });
         *current = Arc::new(runtime);
+        drop(current);
+        // A new provider or role needs credentials now, not at the next tick.
+        self.web_identity.wake();
     }
 
     /// Counts a finished request (which took `elapsed` from its arrival;

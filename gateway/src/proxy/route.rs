@@ -191,9 +191,12 @@ pub(super) fn check_body_shape(endpoint: Endpoint, body: &Value) -> Result<(), s
         | Endpoint::StreamGenerateContent
         | Endpoint::GeminiCountTokens
             if body.get("generation_config").is_some()
-                || body.get("generate_content_request").is_some() =>
+                || body.get("generate_content_request").is_some()
+                || body
+                    .pointer("/generationConfig/max_output_tokens")
+                    .is_some() =>
         {
-            "spell generationConfig and generateContentRequest in camelCase, as the Gemini SDKs do"
+            "spell generationConfig, maxOutputTokens and generateContentRequest in camelCase, as the Gemini SDKs do"
         }
         _ => return Ok(()),
     };
@@ -277,6 +280,9 @@ mod tests {
         assert!(check_body_shape(Endpoint::GenerateContent, &snake).is_err());
         let wrapped = serde_json::json!({"generate_content_request": {"model": "models/other"}});
         assert!(check_body_shape(Endpoint::GeminiCountTokens, &wrapped).is_err());
+        let mixed =
+            serde_json::json!({"contents": [], "generationConfig": {"max_output_tokens": 9}});
+        assert!(check_body_shape(Endpoint::StreamGenerateContent, &mixed).is_err());
         let camel = serde_json::json!({"contents": [], "generationConfig": {"maxOutputTokens": 9}});
         assert!(check_body_shape(Endpoint::GenerateContent, &camel).is_ok());
         assert!(check_body_shape(Endpoint::Converse, &titan).is_ok());

@@ -31,18 +31,28 @@ fn credentials(provider: &LLMProvider, world: &World) -> Desired {
         .aws
         .as_ref()
         .and_then(|aws| aws.web_identity.as_ref());
-    let Some(creds) = &provider.spec.credentials_ref else {
-        if let Some(identity) = web_identity {
-            return Desired::gate(
+    if web_identity.is_some() {
+        return match tollgate_crds::compile::web_identity_source(&provider.spec) {
+            Ok(Some(source)) => Desired::gate(
                 CREDENTIALS_RESOLVED,
                 true,
                 "WebIdentity",
                 format!(
-                    "each gateway assumes {} with its own ServiceAccount token; no key is stored",
-                    identity.role_arn
+                    "each gateway assumes {} with its own ServiceAccount token (STS {}); no key is stored",
+                    source.role_arn, source.sts_url
                 ),
-            );
-        }
+            ),
+            Ok(None) | Err(_) => Desired::gate(
+                CREDENTIALS_RESOLVED,
+                false,
+                "WebIdentityInvalid",
+                tollgate_crds::compile::web_identity_source(&provider.spec)
+                    .err()
+                    .unwrap_or_default(),
+            ),
+        };
+    }
+    let Some(creds) = &provider.spec.credentials_ref else {
         return if provider.spec.api == ProviderApi::DryRun {
             Desired::gate(
                 CREDENTIALS_RESOLVED,
@@ -267,6 +277,18 @@ spec:
         assert_eq!(creds.status, Status::True);
         assert_eq!(creds.reason, "WebIdentity");
         assert!(creds.message.contains("role/bedrock"), "{}", creds.message);
+        // STS on a host the provider may not dial: not resolved.
+        let mut unlisted = bedrock.clone();
+        unlisted.spec.hosts.retain(|h| !h.starts_with("sts."));
+        let c = conditions_for(&unlisted, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
+        assert_eq!(creds.status, Status::False);
+        assert_eq!(creds.reason, "WebIdentityInvalid");
+        assert!(
+            creds.message.contains("listed in hosts"),
+            "{}",
+            creds.message
+        );
     }
 
     #[test]
