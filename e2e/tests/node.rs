@@ -228,10 +228,10 @@ impl Upstream {
             .arg(&log)
             .args(["--bind", NODE_IP, "--tag", "node"])
             // STS for Bedrock web identity: any ServiceAccount token the
-            // kubelet issued for audience sts.amazonaws.com, for this role.
+            // kubelet issued for audience tollgate.dev/aws, for this role.
             .args([
                 "--sts-audience",
-                "sts.amazonaws.com",
+                "tollgate.dev/aws",
                 "--sts-role",
                 BEDROCK_ROLE,
             ])

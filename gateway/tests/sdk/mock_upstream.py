@@ -112,6 +112,17 @@ def jwt_subject(token: str, audience: str) -> str | None:
     return None
 
 
+def jwt_audience(token: str) -> Any:
+    """The `aud` claim of a JWT (a claim, not a secret), for the log."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))).get("aud")
+    except (ValueError, AttributeError):
+        return None
+
+
 def sts_secret(token: str) -> str:
     """The secret of the temporary credentials issued for a web identity token
     (deterministic, so a test can look for it in what the gateway stored)."""
@@ -456,6 +467,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         token = (form.get("WebIdentityToken") or [""])[0]
         role = (form.get("RoleArn") or [""])[0]
         subject = jwt_subject(token, st.sts_audience) if st.sts_audience else None
+        record["sts_token_audience"] = jwt_audience(token)
         record["sts"] = {"role": role, "session": (form.get("RoleSessionName") or [""])[0],
                          "duration": (form.get("DurationSeconds") or [""])[0],
                          "token_ok": (bool(st.sts_token) and token == st.sts_token) or subject is not None,
