@@ -173,18 +173,21 @@ impl WebIdentityCache {
     /// The credentials to sign with for `provider` now, if valid ones exist.
     pub fn current(&self, provider: &CompiledProvider, now_ms: u64) -> Option<AwsCredentials> {
         let source = provider.web_identity.as_ref()?;
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&(provider.name.clone(), source.role_arn.clone()))
+        self.entry(&provider.name, source)
             .filter(|c| c.valid(now_ms))
-            .map(|c| c.credentials.clone())
+            .map(|c| c.credentials)
     }
 
     fn due(&self, provider: &CompiledProvider, source: &WebIdentitySource, now_ms: u64) -> bool {
+        self.entry(&provider.name, source)
+            .is_none_or(|c| c.due(now_ms))
+    }
+
+    fn entry(&self, provider: &str, source: &WebIdentitySource) -> Option<TemporaryCredentials> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
-            .get(&(provider.name.clone(), source.role_arn.clone()))
-            .is_none_or(|c| c.due(now_ms))
+            .get(&(provider.to_owned(), source.role_arn.clone()))
+            .cloned()
     }
 
     /// Forgets `provider`'s credentials (Bedrock refused them) and wakes the

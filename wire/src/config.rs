@@ -227,47 +227,41 @@ pub struct CompiledModel {
 /// The longest Azure OpenAI deployment name.
 pub const MAX_DEPLOYMENT_LEN: usize = 64;
 
-/// Whether `name` can be an Azure OpenAI deployment: 1 to 64 of
-/// `[A-Za-z0-9._-]`, starting with a letter or digit. Only such names are
-/// ever put into a path, the client's or the upstream's.
-pub fn is_deployment_name(name: &str) -> bool {
-    name.len() <= MAX_DEPLOYMENT_LEN
+/// Whether `name` is 1 to `max` bytes of `[A-Za-z0-9._-]` (and `:` when
+/// `colon`), starting with a letter or digit: the names the gateway puts
+/// into a path, the client's or the upstream's.
+fn is_path_name(name: &str, max: usize, colon: bool) -> bool {
+    (1..=max).contains(&name.len())
         && name
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (colon && b == b':')
+        })
+}
+
+/// Whether `name` can be an Azure OpenAI deployment: 1 to 64 of
+/// `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn is_deployment_name(name: &str) -> bool {
+    is_path_name(name, MAX_DEPLOYMENT_LEN, false)
 }
 
 /// Whether `name` can be a Gemini model in a path
 /// (`/v1beta/models/{name}:generateContent`): 1 to 128 of `[A-Za-z0-9._-]`,
-/// starting with a letter or digit. Only such names are ever put into a
-/// path, the client's or the upstream's.
+/// starting with a letter or digit.
 pub fn is_gemini_model_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    is_path_name(name, 128, false)
 }
 
 /// Whether `id` can be a Bedrock model id in a path
 /// (`/model/{id}/converse`): 1 to 128 of `[A-Za-z0-9._:-]` (what a receipt's
-/// model name holds), starting with a
-/// letter or digit (`anthropic.claude-3-5-haiku-20241022-v1:0`,
+/// model name holds), starting with a letter or digit
+/// (`anthropic.claude-3-5-haiku-20241022-v1:0`,
 /// `us.anthropic.claude-sonnet-4-20250514-v1:0`). ARNs, which hold `/`, are
 /// not served.
 pub fn is_bedrock_model_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    is_path_name(id, 128, true)
 }
 
 impl CompiledModel {

@@ -269,46 +269,27 @@ async fn attempt_once(
         key_count,
     );
     let key_used = routable.get(key_index as usize);
-    let Some(base) = provider.base_url.as_deref() else {
-        return Err(Failure::final_(Refusal::ProviderMisconfigured {
+    let misconfigured = || {
+        Failure::final_(Refusal::ProviderMisconfigured {
             provider: provider.name.clone(),
-        }));
+        })
     };
-    let path = match (provider.api, provider.azure_api_version.as_deref()) {
-        (ProviderApi::AzureOpenai, Some(version)) => ticket
+    let base = provider.base_url.as_deref().ok_or_else(misconfigured)?;
+    let upstream_model = candidate.model.upstream_name();
+    let path = match provider.api {
+        ProviderApi::AzureOpenai => provider
+            .azure_api_version
+            .as_deref()
+            .and_then(|version| ticket.endpoint.azure_path(upstream_model, version)),
+        ProviderApi::Bedrock => ticket.endpoint.bedrock_path(upstream_model),
+        ProviderApi::Gemini => ticket
             .endpoint
-            .azure_path(candidate.model.upstream_name(), version)
-            .ok_or_else(|| {
-                Failure::final_(Refusal::ProviderMisconfigured {
-                    provider: provider.name.clone(),
-                })
-            })?,
-        (ProviderApi::AzureOpenai, None) => {
-            return Err(Failure::final_(Refusal::ProviderMisconfigured {
-                provider: provider.name.clone(),
-            }));
+            .gemini_path(upstream_model, ticket.path_version.unwrap_or("v1beta")),
+        ProviderApi::Openai | ProviderApi::Anthropic | ProviderApi::DryRun => {
+            Some(ticket.endpoint.path().to_string())
         }
-        (ProviderApi::Bedrock, _) => ticket
-            .endpoint
-            .bedrock_path(candidate.model.upstream_name())
-            .ok_or_else(|| {
-                Failure::final_(Refusal::ProviderMisconfigured {
-                    provider: provider.name.clone(),
-                })
-            })?,
-        (ProviderApi::Gemini, _) => ticket
-            .endpoint
-            .gemini_path(
-                candidate.model.upstream_name(),
-                ticket.path_version.unwrap_or("v1beta"),
-            )
-            .ok_or_else(|| {
-                Failure::final_(Refusal::ProviderMisconfigured {
-                    provider: provider.name.clone(),
-                })
-            })?,
-        _ => ticket.endpoint.path().to_string(),
-    };
+    }
+    .ok_or_else(misconfigured)?;
     let uri = format!("{}{}", base.trim_end_matches('/'), path);
     let host = uri
         .parse::<http::Uri>()

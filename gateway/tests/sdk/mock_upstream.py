@@ -93,17 +93,23 @@ USAGE = {
 }
 # Bedrock Converse: inputTokens excludes cache reads and writes.
 USAGE["converse"] = {"inputTokens": 900, "outputTokens": 120, "cacheReadInputTokens": 300, "cacheWriteInputTokens": 100}
+def jwt_claims(token: str) -> dict:
+    """The claims of a JWT, unverified ({} for anything else)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 def jwt_subject(token: str, audience: str) -> str | None:
     """The subject of a ServiceAccount JWT whose audience includes
     `audience`, or None. (The mock trusts the kubelet that issued it: the
     signature is not checked; the audience and subject are.)"""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
+    claims = jwt_claims(token)
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
     sub = claims.get("sub")
@@ -114,13 +120,7 @@ def jwt_subject(token: str, audience: str) -> str | None:
 
 def jwt_audience(token: str) -> Any:
     """The `aud` claim of a JWT (a claim, not a secret), for the log."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        return json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))).get("aud")
-    except (ValueError, AttributeError):
-        return None
+    return jwt_claims(token).get("aud")
 
 
 def sts_secret(token: str) -> str:

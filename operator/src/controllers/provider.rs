@@ -26,14 +26,9 @@ pub fn conditions_for(provider: &LLMProvider, world: &World) -> Vec<Desired> {
 }
 
 fn credentials(provider: &LLMProvider, world: &World) -> Desired {
-    let web_identity = provider
-        .spec
-        .aws
-        .as_ref()
-        .and_then(|aws| aws.web_identity.as_ref());
-    if web_identity.is_some() {
-        return match tollgate_crds::compile::web_identity_source(&provider.spec) {
-            Ok(Some(source)) => Desired::gate(
+    match tollgate_crds::compile::web_identity_source(&provider.spec) {
+        Ok(Some(source)) => {
+            return Desired::gate(
                 CREDENTIALS_RESOLVED,
                 true,
                 "WebIdentity",
@@ -41,16 +36,12 @@ fn credentials(provider: &LLMProvider, world: &World) -> Desired {
                     "each gateway assumes {} with its own ServiceAccount token (STS {}); no key is stored",
                     source.role_arn, source.sts_url
                 ),
-            ),
-            Ok(None) | Err(_) => Desired::gate(
-                CREDENTIALS_RESOLVED,
-                false,
-                "WebIdentityInvalid",
-                tollgate_crds::compile::web_identity_source(&provider.spec)
-                    .err()
-                    .unwrap_or_default(),
-            ),
-        };
+            );
+        }
+        Err(problem) => {
+            return Desired::gate(CREDENTIALS_RESOLVED, false, "WebIdentityInvalid", problem);
+        }
+        Ok(None) => {}
     }
     let Some(creds) = &provider.spec.credentials_ref else {
         return if provider.spec.api == ProviderApi::DryRun {
