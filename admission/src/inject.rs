@@ -33,6 +33,10 @@ pub const TOKENS_DIR: &str = "/var/run/secrets/tollgate.dev/tokens";
 /// gateway can assume a role whose trust policy requires this one. It is
 /// registered as a client ID of the cluster's IAM OIDC provider.
 pub const AUDIENCE_AWS_STS: &str = "tollgate.dev/aws";
+/// The audience of the token the gateway exchanges with Google's Security
+/// Token Service, for the same reason a Tollgate audience: the workload
+/// identity pool provider lists it among its allowed audiences.
+pub const AUDIENCE_GCP_STS: &str = "tollgate.dev/gcp";
 /// Where the receipt spool is mounted.
 pub const SPOOL_DIR: &str = "/var/run/tollgate/spool";
 
@@ -359,6 +363,9 @@ fn build_parts(
             // For Bedrock providers with aws.webIdentity: traded with STS for
             // the role's credentials, by the gateway alone.
             {"serviceAccountToken": {"audience": AUDIENCE_AWS_STS, "expirationSeconds": 3600, "path": "aws"}},
+            // For Vertex AI providers with gcp.workloadIdentity: exchanged
+            // with Google's STS, by the gateway alone.
+            {"serviceAccountToken": {"audience": AUDIENCE_GCP_STS, "expirationSeconds": 3600, "path": "gcp"}},
         ]}},
         {"name": VOLUME_CONTROL_CA, "configMap": {"name": CONTROL_CA_CONFIGMAP, "defaultMode": 420,
             "items": [{"key": "ca.crt", "path": "ca.crt"}]}},

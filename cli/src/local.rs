@@ -374,9 +374,12 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
             tls: tollgate_wire::client::public_roots().map_err(|e| anyhow::anyhow!("{e}"))?,
         }),
         metric_conventions: tollgate_gateway::genai_metrics::Conventions::from_env(),
-        // Local mode has no ServiceAccount; providers with web identity
-        // fail closed here.
-        aws_web_identity_token_file: tollgate_gateway::run::DEFAULT_AWS_TOKEN_FILE.into(),
+        // Local mode has no ServiceAccount; providers with workload
+        // identity fail closed here.
+        identity_tokens: tollgate_gateway::workload_identity::TokenFiles {
+            aws: tollgate_gateway::run::DEFAULT_AWS_TOKEN_FILE.into(),
+            gcp: tollgate_gateway::run::DEFAULT_GCP_TOKEN_FILE.into(),
+        },
     })
     .await
     .context("starting the gateway")?;

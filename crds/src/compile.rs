@@ -18,7 +18,8 @@ use tollgate_wire::config::{
     policy_hash,
 };
 use tollgate_wire::config::{
-    WebIdentitySource, is_bedrock_model_id, is_deployment_name, is_gemini_model_name,
+    GoogleIdentitySource, VertexTarget, WebIdentitySource, is_bedrock_model_id, is_deployment_name,
+    is_gemini_model_name, is_vertex_path_name,
 };
 use tollgate_wire::time_zone::TimeZoneName;
 
@@ -244,6 +245,60 @@ pub fn web_identity_source(spec: &LLMProviderSpec) -> Result<Option<WebIdentityS
     }))
 }
 
+/// The workload identity a provider's `gcp.workloadIdentity` compiles to:
+/// the pool provider, the token endpoint (default
+/// `https://sts.googleapis.com/v1/token`) and, with a service account, its
+/// `generateAccessToken` URL (on `https://iamcredentials.googleapis.com` by
+/// default); each a plain https URL whose host is one of `hosts`. `Ok(None)`
+/// without workload identity; the operator's `CredentialsResolved`
+/// condition uses the same check.
+pub fn google_identity_source(
+    spec: &LLMProviderSpec,
+) -> Result<Option<GoogleIdentitySource>, String> {
+    let Some(identity) = spec.gcp.as_ref().and_then(|g| g.workload_identity.as_ref()) else {
+        return Ok(None);
+    };
+    if spec.credentials_ref.is_some() {
+        return Err(
+            "credentialsRef and gcp.workloadIdentity are exclusive: a provider has one source of credentials"
+                .into(),
+        );
+    }
+    let listed = |url: &str| sts_host(url).is_some_and(|host| spec.hosts.iter().any(|h| h == host));
+    let sts_url = identity
+        .sts_url
+        .clone()
+        .unwrap_or_else(|| "https://sts.googleapis.com/v1/token".into());
+    if !listed(&sts_url) {
+        return Err(format!(
+            "gcp.workloadIdentity: the token endpoint {sts_url:?} must be a plain https URL (no user, query or fragment) whose host is listed in hosts"
+        ));
+    }
+    let impersonation_url = match &identity.service_account {
+        None => None,
+        Some(account) => {
+            let base = identity
+                .iam_credentials_url
+                .as_deref()
+                .unwrap_or("https://iamcredentials.googleapis.com");
+            if !listed(base) {
+                return Err(format!(
+                    "gcp.workloadIdentity: the IAM Credentials endpoint {base:?} must be a plain https URL (no user, query or fragment) whose host is listed in hosts"
+                ));
+            }
+            Some(format!(
+                "{}/v1/projects/-/serviceAccounts/{account}:generateAccessToken",
+                base.trim_end_matches('/')
+            ))
+        }
+    };
+    Ok(Some(GoogleIdentitySource {
+        audience: identity.audience.clone(),
+        sts_url,
+        impersonation_url,
+    }))
+}
+
 /// The host of a plain `https://host[:port][/path]` URL; `None` for
 /// anything with user info, a query, a fragment or an IPv6 literal.
 fn sts_host(url: &str) -> Option<&str> {
@@ -304,6 +359,21 @@ fn compile_provider(
         ));
     }
     let web_identity = web_identity_source(spec).map_err(invalid)?;
+    if (spec.api == ProviderApi::Vertex) != spec.gcp.is_some() {
+        return Err(invalid(
+            "gcp (with project and location) is required for api vertex and allowed for no other api"
+                .into(),
+        ));
+    }
+    let google_identity = google_identity_source(spec).map_err(invalid)?;
+    if let Some(gcp) = &spec.gcp
+        && !(is_vertex_path_name(&gcp.project) && is_vertex_path_name(&gcp.location))
+    {
+        return Err(invalid(format!(
+            "gcp: project {:?} and location {:?} must each be 1-63 of A-Za-z0-9._-",
+            gcp.project, gcp.location
+        )));
+    }
     if azure != spec.azure.is_some() {
         return Err(invalid(
             "azure (with apiVersion) is required for api azureOpenai and allowed for no other api"
@@ -345,7 +415,9 @@ fn compile_provider(
                 model.name
             )));
         }
-        if spec.api == ProviderApi::Gemini && !is_gemini_model_name(&model.name) {
+        if matches!(spec.api, ProviderApi::Gemini | ProviderApi::Vertex)
+            && !is_gemini_model_name(&model.name)
+        {
             return Err(invalid(format!(
                 "model {:?} cannot be a Gemini model in a path (1-128 of A-Za-z0-9._-)",
                 model.name
@@ -390,6 +462,11 @@ fn compile_provider(
         azure_api_version: spec.azure.as_ref().map(|a| a.api_version.clone()),
         aws_region: spec.aws.as_ref().map(|a| a.region.clone()),
         web_identity,
+        vertex: spec.gcp.as_ref().map(|g| VertexTarget {
+            project: g.project.clone(),
+            location: g.location.clone(),
+        }),
+        google_identity,
         connect_timeout_ms: spec.timeouts.connect_millis,
         first_byte_timeout_ms: spec.timeouts.first_byte_millis,
         idle_timeout_ms: spec.timeouts.idle_millis,
@@ -635,6 +712,73 @@ mod tests {
         elsewhere.spec.aws = provider.spec.aws.clone();
         let message = compile_provider(&elsewhere, &[]).unwrap_err().message;
         assert!(message.contains("allowed for no other api"), "{message}");
+    }
+
+    #[test]
+    fn vertex_providers_compile_their_target_and_workload_identity() {
+        let provider = example("vertex");
+        let compiled = compile_provider(&provider, &[]).unwrap();
+        assert_eq!(compiled.api, ProviderApi::Vertex);
+        assert_eq!(compiled.credentials, None);
+        assert_eq!(
+            compiled.vertex,
+            Some(VertexTarget {
+                project: "my-ml-project".into(),
+                location: "us-central1".into(),
+            })
+        );
+        let source = compiled.google_identity.unwrap();
+        assert_eq!(source.sts_url, "https://sts.googleapis.com/v1/token");
+        assert_eq!(
+            source.impersonation_url.as_deref(),
+            Some(
+                "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/vertex-caller@my-ml-project.iam.gserviceaccount.com:generateAccessToken"
+            )
+        );
+        assert!(source.audience.ends_with("/providers/cluster-1"));
+        // Without a service account the federated token is used as it is.
+        let mut direct = provider.clone();
+        let identity = direct.spec.gcp.as_mut().unwrap();
+        identity.workload_identity.as_mut().unwrap().service_account = None;
+        let compiled = compile_provider(&direct, &[]).unwrap();
+        assert_eq!(compiled.google_identity.unwrap().impersonation_url, None);
+        // Every token service must be an allowlisted host.
+        for host in ["sts.googleapis.com", "iamcredentials.googleapis.com"] {
+            let mut unlisted = provider.clone();
+            unlisted.spec.hosts.retain(|h| h != host);
+            let message = compile_provider(&unlisted, &[]).unwrap_err().message;
+            assert!(message.contains("host is listed in hosts"), "{message}");
+        }
+        let mut odd = provider.clone();
+        let identity = odd.spec.gcp.as_mut().unwrap();
+        identity.workload_identity.as_mut().unwrap().sts_url =
+            Some("https://sts.googleapis.com/v1/token?x=1".into());
+        assert!(compile_provider(&odd, &[]).is_err());
+        let mut both = provider.clone();
+        both.spec.credentials_ref = example("gemini").spec.credentials_ref;
+        let message = compile_provider(&both, &[]).unwrap_err().message;
+        assert!(message.contains("exclusive"), "{message}");
+        let mut path = provider.clone();
+        path.spec.gcp.as_mut().unwrap().project = "a/../b".into();
+        let message = compile_provider(&path, &[]).unwrap_err().message;
+        assert!(message.contains("project"), "{message}");
+        let mut no_gcp = provider.clone();
+        no_gcp.spec.gcp = None;
+        let message = compile_provider(&no_gcp, &[]).unwrap_err().message;
+        assert!(message.contains("gcp (with project"), "{message}");
+        let mut elsewhere = example("gemini");
+        elsewhere.spec.gcp = provider.spec.gcp.clone();
+        let message = compile_provider(&elsewhere, &[]).unwrap_err().message;
+        assert!(message.contains("allowed for no other api"), "{message}");
+        // A stored Vertex API key works too.
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/vertex/provider-api-key.yaml"),
+        )
+        .unwrap();
+        let keyed: LLMProvider = serde_saphyr::from_str(&text).unwrap();
+        let compiled = compile_provider(&keyed, &[]).unwrap();
+        assert!(compiled.credentials.is_some() && compiled.google_identity.is_none());
     }
 
     #[test]

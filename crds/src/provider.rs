@@ -19,7 +19,7 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
     category = "tollgate",
     status = "LLMProviderStatus",
     derive = "PartialEq",
-    doc = "An upstream LLM API (OpenAI, Anthropic, Azure OpenAI, Gemini, Amazon Bedrock, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
+    doc = "An upstream LLM API (OpenAI, Anthropic, Azure OpenAI, Gemini, Amazon Bedrock, Vertex AI, or the offline dry-run provider) with its models, prices, credentials and TLS trust.",
     printcolumn(name = "API", type_ = "string", json_path = ".spec.api"),
     printcolumn(name = "Base URL", type_ = "string", json_path = ".spec.baseURL"),
     printcolumn(
@@ -40,18 +40,26 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         .message("azure (with apiVersion) is required for api azureOpenai and allowed for no other api"),
     validation = Rule::new("(self.api == 'bedrock') == has(self.aws)")
         .message("aws (with region) is required for api bedrock and allowed for no other api"),
+    validation = Rule::new("(self.api == 'vertex') == has(self.gcp)")
+        .message("gcp (with project and location) is required for api vertex and allowed for no other api"),
     validation = Rule::new("!has(self.baseURL) || self.baseURL.startsWith('https://')")
         .message("baseURL must use https: every receipt records the provider's TLS certificate"),
     validation = Rule::new("!has(self.baseURL) || (isURL(self.baseURL) && url(self.baseURL).getHostname() in self.hosts)")
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
     validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
         .message("a model's deployment applies to api azureOpenai only"),
-    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity))")
-        .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity)"),
+    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity)) || (has(self.gcp) && has(self.gcp.workloadIdentity))")
+        .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity; for vertex, or gcp.workloadIdentity)"),
     validation = Rule::new("!has(self.aws) || !has(self.aws.webIdentity) || !has(self.aws.webIdentity.stsURL) || (self.aws.webIdentity.stsURL.startsWith('https://') && isURL(self.aws.webIdentity.stsURL) && url(self.aws.webIdentity.stsURL).getHostname() in self.hosts)")
         .message("aws.webIdentity.stsURL must use https and its host must be listed in hosts"),
     validation = Rule::new("!has(self.credentialsRef) || !has(self.aws) || !has(self.aws.webIdentity)")
         .message("credentialsRef and aws.webIdentity are exclusive: a provider has one source of credentials"),
+    validation = Rule::new("!has(self.credentialsRef) || !has(self.gcp) || !has(self.gcp.workloadIdentity)")
+        .message("credentialsRef and gcp.workloadIdentity are exclusive: a provider has one source of credentials"),
+    validation = Rule::new("!has(self.gcp) || !has(self.gcp.workloadIdentity) || !has(self.gcp.workloadIdentity.stsURL) || (self.gcp.workloadIdentity.stsURL.startsWith('https://') && isURL(self.gcp.workloadIdentity.stsURL) && url(self.gcp.workloadIdentity.stsURL).getHostname() in self.hosts)")
+        .message("gcp.workloadIdentity.stsURL must use https and its host must be listed in hosts"),
+    validation = Rule::new("!has(self.gcp) || !has(self.gcp.workloadIdentity) || !has(self.gcp.workloadIdentity.iamCredentialsURL) || (self.gcp.workloadIdentity.iamCredentialsURL.startsWith('https://') && isURL(self.gcp.workloadIdentity.iamCredentialsURL) && url(self.gcp.workloadIdentity.iamCredentialsURL).getHostname() in self.hosts)")
+        .message("gcp.workloadIdentity.iamCredentialsURL must use https and its host must be listed in hosts"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LLMProviderSpec {
@@ -62,8 +70,11 @@ pub struct LLMProviderSpec {
     /// `x-goog-api-key` header), `bedrock` (the Amazon Bedrock runtime:
     /// `Converse`, `ConverseStream`, `InvokeModel` and
     /// `InvokeModelWithResponseStream`, re-signed with SigV4; each key is
-    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`), or `dryRun` (deterministic synthetic answers,
-    /// no network; receipts say lane dry_run).
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`), `vertex` (Vertex AI: the Gemini
+    /// endpoints at project and location paths, with an OAuth bearer token
+    /// from `gcp.workloadIdentity` or a Vertex API key), or `dryRun`
+    /// (deterministic synthetic answers, no network; receipts say lane
+    /// dry_run).
     pub api: ProviderApi,
 
     /// Azure OpenAI settings; required for `azureOpenai`, refused otherwise.
@@ -73,6 +84,10 @@ pub struct LLMProviderSpec {
     /// AWS settings; required for `bedrock`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSettings>,
+
+    /// Google Cloud settings; required for `vertex`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpSettings>,
 
     /// Base URL of the API, for example `https://api.openai.com`; the gateway
     /// appends the API path (`/v1/...`). Must be https, so that every receipt
@@ -155,6 +170,77 @@ pub struct AwsWebIdentity {
     #[serde(rename = "stsURL", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub sts_url: Option<String>,
+}
+
+/// How to call Vertex AI.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpSettings {
+    /// The project every request goes to, whatever project the client's
+    /// path names (`my-project`).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"))]
+    pub project: String,
+
+    /// The location every request goes to (`us-central1`, `europe-west4`,
+    /// or `global`); it must be the location of `baseURL`
+    /// (`https://us-central1-aiplatform.googleapis.com`, or
+    /// `https://aiplatform.googleapis.com` for `global`).
+    #[schemars(
+        regex(pattern = r"^(global|[a-z]+(-[a-z]+)*[0-9]*)$"),
+        length(max = 63)
+    )]
+    pub location: String,
+
+    /// Credentials from the pod's own identity instead of stored keys: each
+    /// gateway exchanges its projected ServiceAccount token (audience
+    /// `tollgate.dev/gcp`, which only gateway containers can be given) with
+    /// Google's Security Token Service, then, with `serviceAccount`,
+    /// impersonates that service account; the access token is held in
+    /// memory and refreshed before it expires. Exclusive with
+    /// `credentialsRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<GcpWorkloadIdentity>,
+}
+
+/// Google workload identity federation for a Kubernetes cluster.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpWorkloadIdentity {
+    /// The workload identity pool provider, as the token exchange names it:
+    /// `//iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/{pool}/providers/{provider}`.
+    /// The provider trusts the cluster's OIDC issuer and lists
+    /// `tollgate.dev/gcp` among its allowed audiences.
+    #[schemars(regex(
+        pattern = r"^//iam\.googleapis\.com/projects/[0-9]{1,20}/locations/global/workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}$"
+    ))]
+    pub audience: String,
+
+    /// The service account to impersonate with the federated token
+    /// (`vertex-caller@my-project.iam.gserviceaccount.com`); the pool's
+    /// principal needs `roles/iam.workloadIdentityUser` on it. Without it
+    /// the federated token is used directly (the pool's principal is then
+    /// granted Vertex AI access itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9-]{6,30}@[a-z0-9.-]{1,128}\.gserviceaccount\.com$"))]
+    pub service_account: Option<String>,
+
+    /// The Security Token Service's token endpoint; default
+    /// `https://sts.googleapis.com/v1/token`. Its host must be listed in
+    /// `hosts`.
+    #[serde(rename = "stsURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub sts_url: Option<String>,
+
+    /// The IAM Service Account Credentials API; default
+    /// `https://iamcredentials.googleapis.com`. Its host must be listed in
+    /// `hosts` when `serviceAccount` is set.
+    #[serde(
+        rename = "iamCredentialsURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(max = 2048))]
+    pub iam_credentials_url: Option<String>,
 }
 
 /// A reference to the Secret holding a provider's API keys.

@@ -219,6 +219,7 @@ fn closed_enums_are_string_enums() {
             "azureOpenai",
             "gemini",
             "bedrock",
+            "vertex",
             "dryRun"
         ])
     );

@@ -47,6 +47,10 @@ const GATEWAY: &str = "http://127.0.0.1:15080";
 /// The Bedrock model and the role the node's gateways assume for it.
 const BEDROCK_MODEL: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
 const BEDROCK_ROLE: &str = "arn:aws:iam::123456789012:role/tollgate-node-bedrock";
+/// The workload identity pool provider and the service account the node's
+/// gateways exchange their tokens for, for Vertex AI.
+const GCP_POOL: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/tollgate/providers/node";
+const GCP_SERVICE_ACCOUNT: &str = "vertex-node@tollgate-node.iam.gserviceaccount.com";
 
 fn node_env() -> Result<()> {
     ensure!(
@@ -234,6 +238,16 @@ impl Upstream {
                 "tollgate.dev/aws",
                 "--sts-role",
                 BEDROCK_ROLE,
+            ])
+            // Google STS and IAM for Vertex AI workload identity: any token
+            // the kubelet issued for audience tollgate.dev/gcp.
+            .args([
+                "--gcp-audience",
+                "tollgate.dev/gcp",
+                "--gcp-pool",
+                GCP_POOL,
+                "--gcp-service-account",
+                GCP_SERVICE_ACCOUNT,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -528,6 +542,16 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                             "models": [{"name": BEDROCK_MODEL, "pricing": pricing}],
                             "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-vertex"},
+                   "spec": {"api": "vertex", "baseURL": base_url, "hosts": [NODE_IP],
+                            "gcp": {"project": "tollgate-node", "location": "us-central1",
+                                    "workloadIdentity": {"audience": GCP_POOL,
+                                                         "serviceAccount": GCP_SERVICE_ACCOUNT,
+                                                         "stsURL": format!("{base_url}/v1/token"),
+                                                         "iamCredentialsURL": base_url}},
+                            "models": [{"name": "gemini-2.5-flash", "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
                    "metadata": {"name": "node-anthropic"},
                    "spec": {"api": "anthropic", "baseURL": base_url, "hosts": [NODE_IP],
                             "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
@@ -544,7 +568,8 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                "spec": {"mode": "enforce", "failMode": "closed",
                         "allow": [{"providerRef": "node-openai", "models": ["gpt-4o-mini"]},
                                   {"providerRef": "node-anthropic", "models": ["claude-*"]},
-                                  {"providerRef": "node-bedrock", "models": ["anthropic.*"]}]}})
+                                  {"providerRef": "node-bedrock", "models": ["anthropic.*"]},
+                                  {"providerRef": "node-vertex", "models": ["gemini-*"]}]}})
     };
     const QUOTA_REQUESTS: u64 = 6;
     for ns in [APP_NS, FAULT_NS] {
@@ -657,6 +682,47 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                 .as_str()
                 .is_some_and(|a| a.contains(&format!("Credential={issued}/")))),
         "no Bedrock request signed with the temporary credentials: {seen:?}"
+    );
+    // Vertex AI with no stored key: the gateway exchanged the pod's
+    // kubelet-issued token with Google's STS, impersonated the service
+    // account with IAM, and sent that account's token.
+    let generate =
+        json!({"contents": [{"role": "user", "parts": [{"text": format!("hi {marker}")}]}]});
+    let vertex_path = "/v1/projects/app-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent";
+    let (status, body) = app_post(&k, APP_NS, vertex_path, &generate).await?;
+    sent_app += 1;
+    if status != 200 || !body.contains("MOCKCOMPLETION") {
+        let logs = k
+            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
+            .await
+            .unwrap_or_default();
+        bail!(
+            "Vertex AI generateContent through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
+            upstream.records()
+        );
+    }
+    let seen = upstream.records();
+    let exchange = seen
+        .iter()
+        .find(|r| r["gcp_sts"]["token_ok"] == true)
+        .with_context(|| format!("no Google STS exchange with a projected token: {seen:?}"))?;
+    let subject = exchange["gcp_sts"]["subject"].as_str().unwrap_or_default();
+    ensure!(
+        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:"))
+            && exchange["gcp_sts"]["token_audience"] == json!(["tollgate.dev/gcp"]),
+        "the Google STS token is not the app pod's, for tollgate.dev/gcp: {exchange}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|r| r["gcp_iam"]["account"] == GCP_SERVICE_ACCOUNT
+                && r["gcp_iam"]["issued"].is_string()),
+        "IAM issued no token for the service account: {seen:?}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|r| r["vertex"]["auth"] == "issued-token"
+                && r["vertex"]["project"] == "tollgate-node"),
+        "no Vertex AI request with the issued token, at the provider's project: {seen:?}"
     );
     let seen = upstream.records();
     ensure!(

@@ -3,7 +3,8 @@
 //! refused, never passed through.
 
 use tollgate_wire::config::{
-    ProviderApi, is_bedrock_model_id, is_deployment_name, is_gemini_model_name,
+    ProviderApi, VertexTarget, is_bedrock_model_id, is_deployment_name, is_gemini_model_name,
+    is_vertex_path_name,
 };
 
 /// The wire style a client speaks; errors are answered in the same style.
@@ -55,8 +56,11 @@ pub enum Endpoint {
 
 /// The Gemini API versions served, as the path names them.
 const GEMINI_VERSIONS: [&str; 2] = ["v1beta", "v1"];
+/// The Vertex AI versions served, as the path names them.
+const VERTEX_VERSIONS: [&str; 2] = ["v1beta1", "v1"];
 
-/// A Gemini path's model and API version.
+/// A Gemini API or Vertex AI path's model and API version (as that path
+/// names it; the other API's path maps a beta to its beta).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeminiTarget<'p> {
     pub model: &'p str,
@@ -123,7 +127,37 @@ impl Endpoint {
     ) -> Option<(Self, GeminiTarget<'p>)> {
         let (version, rest) = path.strip_prefix('/')?.split_once('/')?;
         let version = GEMINI_VERSIONS.into_iter().find(|v| *v == version)?;
-        let (model, operation) = rest.strip_prefix("models/")?.rsplit_once(':')?;
+        let (endpoint, model) = Self::gemini_operation(rest.strip_prefix("models/")?, query)?;
+        (method == http::Method::POST).then_some((endpoint, GeminiTarget { model, version }))
+    }
+
+    /// A Vertex AI path, as the Google Gen AI SDKs send it in Vertex mode:
+    /// `/{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}`,
+    /// for the same methods as [`Self::from_gemini_path`]. The project and
+    /// location are the client's and are not forwarded (the provider's are
+    /// used); only Google's own models (`publishers/google`) are served.
+    pub fn from_vertex_path<'p>(
+        method: &http::Method,
+        path: &'p str,
+        query: Option<&str>,
+    ) -> Option<(Self, GeminiTarget<'p>)> {
+        let (version, rest) = path.strip_prefix('/')?.split_once('/')?;
+        let version = VERTEX_VERSIONS.into_iter().find(|v| *v == version)?;
+        let rest = rest.strip_prefix("projects/")?;
+        let (project, rest) = rest.split_once("/locations/")?;
+        let (location, rest) = rest.split_once("/publishers/google/models/")?;
+        if !(is_vertex_path_name(project) && is_vertex_path_name(location)) {
+            return None;
+        }
+        let (endpoint, model) = Self::gemini_operation(rest, query)?;
+        (method == http::Method::POST).then_some((endpoint, GeminiTarget { model, version }))
+    }
+
+    /// The endpoint and model of `{model}:{method}`, the end of a Gemini API
+    /// or Vertex AI path. The model may carry a `provider:` prefix (the
+    /// method follows the last colon); a stream must ask for `alt=sse`.
+    fn gemini_operation<'p>(rest: &'p str, query: Option<&str>) -> Option<(Self, &'p str)> {
+        let (model, operation) = rest.rsplit_once(':')?;
         let endpoint = match operation {
             "generateContent" => Self::GenerateContent,
             "streamGenerateContent" => Self::StreamGenerateContent,
@@ -139,24 +173,54 @@ impl Endpoint {
                 is_gemini_model_name(provider) && is_gemini_model_name(name)
             });
         let framing_ok = endpoint != Self::StreamGenerateContent || sse;
-        (model_ok && framing_ok && method == http::Method::POST)
-            .then_some((endpoint, GeminiTarget { model, version }))
+        (model_ok && framing_ok).then_some((endpoint, model))
     }
 
     /// The path of this Gemini endpoint for `model` at `version` upstream
     /// (a stream asks for SSE). `None` for what is no Gemini endpoint or a
     /// name that cannot be a path segment.
     pub fn gemini_path(self, model: &str, version: &str) -> Option<String> {
-        let operation = match self {
+        let operation = self.gemini_method()?;
+        let version = match version {
+            "v1beta" | "v1beta1" => "v1beta",
+            "v1" => "v1",
+            _ => return None,
+        };
+        is_gemini_model_name(model).then(|| format!("/{version}/models/{model}:{operation}"))
+    }
+
+    /// The path of this Gemini endpoint on Vertex AI for `model` in the
+    /// provider's project and location, at `version` (a Gemini API beta
+    /// maps to Vertex's `v1beta1`). `None` for what is no Gemini endpoint
+    /// or a name that cannot be a path segment.
+    pub fn vertex_path(self, target: &VertexTarget, model: &str, version: &str) -> Option<String> {
+        let operation = self.gemini_method()?;
+        let version = match version {
+            "v1beta" | "v1beta1" => "v1beta1",
+            "v1" => "v1",
+            _ => return None,
+        };
+        let VertexTarget { project, location } = target;
+        (is_gemini_model_name(model)
+            && is_vertex_path_name(project)
+            && is_vertex_path_name(location))
+        .then(|| {
+            format!(
+                "/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}:{operation}"
+            )
+        })
+    }
+
+    /// The method a Gemini endpoint's path ends with (a stream asks for SSE).
+    fn gemini_method(self) -> Option<&'static str> {
+        Some(match self {
             Self::GenerateContent => "generateContent",
             Self::StreamGenerateContent => "streamGenerateContent?alt=sse",
             Self::GeminiCountTokens => "countTokens",
             Self::EmbedContent => "embedContent",
             Self::BatchEmbedContents => "batchEmbedContents",
             _ => return None,
-        };
-        let version = GEMINI_VERSIONS.into_iter().find(|v| *v == version)?;
-        is_gemini_model_name(model).then(|| format!("/{version}/models/{model}:{operation}"))
+        })
     }
 
     /// A Bedrock runtime path, as the AWS SDKs send it:
@@ -313,7 +377,7 @@ impl Endpoint {
                     ApiStyle::OpenAi
                 )
                 | (ProviderApi::Anthropic, ApiStyle::Anthropic)
-                | (ProviderApi::Gemini, ApiStyle::Gemini)
+                | (ProviderApi::Gemini | ProviderApi::Vertex, ApiStyle::Gemini)
                 | (ProviderApi::Bedrock, ApiStyle::Bedrock)
         )
     }
@@ -519,6 +583,109 @@ mod tests {
     }
 
     #[test]
+    fn vertex_paths_name_the_endpoint_the_model_and_the_version() {
+        use http::Method;
+        let prefix = "/v1beta1/projects/app-project/locations/us-central1/publishers/google/models";
+        assert_eq!(
+            Endpoint::from_vertex_path(
+                &Method::POST,
+                &format!("{prefix}/gemini-2.5-flash:generateContent"),
+                None
+            ),
+            Some((
+                Endpoint::GenerateContent,
+                GeminiTarget {
+                    model: "gemini-2.5-flash",
+                    version: "v1beta1"
+                }
+            ))
+        );
+        assert_eq!(
+            Endpoint::from_vertex_path(
+                &Method::POST,
+                "/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-pro:streamGenerateContent",
+                Some("alt=sse")
+            ),
+            Some((
+                Endpoint::StreamGenerateContent,
+                GeminiTarget {
+                    model: "gemini-2.5-pro",
+                    version: "v1"
+                }
+            ))
+        );
+        for (path, query) in [
+            (format!("{prefix}/g:streamGenerateContent"), None),
+            (format!("{prefix}/g:predict"), None),
+            (format!("{prefix}/a/b:generateContent"), None),
+            (
+                "/v1beta1/projects/p/locations/l/publishers/anthropic/models/claude:rawPredict"
+                    .into(),
+                None,
+            ),
+            (
+                "/v1beta1/projects/p/x/locations/l/publishers/google/models/g:generateContent"
+                    .into(),
+                None,
+            ),
+            (
+                "/v1beta1/projects/../locations/l/publishers/google/models/g:generateContent"
+                    .into(),
+                None,
+            ),
+            (
+                "/v1beta/projects/p/locations/l/publishers/google/models/g:generateContent".into(),
+                None,
+            ),
+            (
+                "/v1beta1/publishers/google/models/g:generateContent".into(),
+                None,
+            ),
+        ] {
+            assert_eq!(
+                Endpoint::from_vertex_path(&Method::POST, &path, query),
+                None,
+                "{path}"
+            );
+        }
+        let target = VertexTarget {
+            project: "my-ml-project".into(),
+            location: "europe-west4".into(),
+        };
+        assert_eq!(
+            Endpoint::StreamGenerateContent
+                .vertex_path(&target, "gemini-2.5-flash", "v1beta")
+                .as_deref(),
+            Some(
+                "/v1beta1/projects/my-ml-project/locations/europe-west4/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+            )
+        );
+        assert_eq!(
+            Endpoint::GeminiCountTokens
+                .vertex_path(&target, "g", "v1")
+                .as_deref(),
+            Some(
+                "/v1/projects/my-ml-project/locations/europe-west4/publishers/google/models/g:countTokens"
+            )
+        );
+        // A Vertex client's beta is the Gemini API's beta, and back.
+        assert_eq!(
+            Endpoint::GenerateContent
+                .gemini_path("g", "v1beta1")
+                .as_deref(),
+            Some("/v1beta/models/g:generateContent")
+        );
+        let odd = VertexTarget {
+            project: "p/../q".into(),
+            location: "l".into(),
+        };
+        assert_eq!(Endpoint::GenerateContent.vertex_path(&odd, "g", "v1"), None);
+        assert_eq!(Endpoint::Messages.vertex_path(&target, "g", "v1"), None);
+        assert!(Endpoint::GenerateContent.served_by(ProviderApi::Vertex));
+        assert!(!Endpoint::ChatCompletions.served_by(ProviderApi::Vertex));
+    }
+
+    #[test]
     fn bedrock_paths_name_the_endpoint_and_the_decoded_model_id() {
         use http::Method;
         let id = "anthropic.claude-3-5-haiku-20241022-v1:0";
@@ -572,6 +739,41 @@ mod tests {
         assert!(Endpoint::Converse.served_by(ProviderApi::Bedrock));
         assert!(!Endpoint::Messages.served_by(ProviderApi::Bedrock));
         assert!(Endpoint::InvokeModelStream.always_streams());
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, a served Gemini or Vertex AI path yields
+        /// a model that is a single path segment, and the upstream path built
+        /// from it parses back to the same endpoint and model: nothing of the
+        /// client's path but the model reaches the provider.
+        #[test]
+        fn google_paths_only_ever_carry_a_model_segment(
+            version in proptest::sample::select(vec!["v1", "v1beta", "v1beta1", "v2"]),
+            project in "[a-z./%-]{0,12}",
+            model in "[a-zA-Z0-9.:/%_-]{0,20}",
+            method in proptest::sample::select(vec!["generateContent", "countTokens", "embedContent", "x"]),
+        ) {
+            let paths = [
+                format!("/{version}/models/{model}:{method}"),
+                format!("/{version}/projects/{project}/locations/l/publishers/google/models/{model}:{method}"),
+            ];
+            let target = VertexTarget { project: "p".into(), location: "us-central1".into() };
+            for path in &paths {
+                let parsed = Endpoint::from_gemini_path(&http::Method::POST, path, None)
+                    .or_else(|| Endpoint::from_vertex_path(&http::Method::POST, path, None));
+                let Some((endpoint, found)) = parsed else { continue };
+                proptest::prop_assert!(!found.model.contains(['/', '%', '?']));
+                let name = found.model.rsplit(':').next().unwrap_or_default();
+                if let Some(upstream) = endpoint.vertex_path(&target, name, found.version) {
+                    let back = Endpoint::from_vertex_path(&http::Method::POST, &upstream, None);
+                    proptest::prop_assert_eq!(back.map(|(e, t)| (e, t.model)), Some((endpoint, name)));
+                }
+                if let Some(upstream) = endpoint.gemini_path(name, found.version) {
+                    let back = Endpoint::from_gemini_path(&http::Method::POST, &upstream, None);
+                    proptest::prop_assert_eq!(back.map(|(e, t)| (e, t.model)), Some((endpoint, name)));
+                }
+            }
+        }
     }
 
     #[test]

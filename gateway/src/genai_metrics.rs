@@ -168,6 +168,7 @@ fn provider_name(api: ProviderApi) -> &'static str {
         ProviderApi::AzureOpenai => "azure.ai.openai",
         ProviderApi::Gemini => "gcp.gemini",
         ProviderApi::Bedrock => "aws.bedrock",
+        ProviderApi::Vertex => "gcp.vertex_ai",
         ProviderApi::DryRun => "tollgate.dry_run",
     }
 }
@@ -595,6 +596,8 @@ mod tests {
             azure_api_version: None,
             aws_region: None,
             web_identity: None,
+            vertex: None,
+            google_identity: None,
             name: name.into(),
             api,
             base_url: url.map(str::to_string),

@@ -67,6 +67,11 @@ pub struct RunArgs {
     /// Bedrock providers with aws.webIdentity trade for credentials.
     #[arg(long, env = "TOLLGATE_AWS_WEB_IDENTITY_TOKEN_FILE", default_value = DEFAULT_AWS_TOKEN_FILE)]
     pub aws_web_identity_token_file: PathBuf,
+    /// The projected ServiceAccount token (audience tollgate.dev/gcp) that
+    /// Vertex AI providers with gcp.workloadIdentity exchange for an access
+    /// token.
+    #[arg(long, env = "TOLLGATE_GCP_IDENTITY_TOKEN_FILE", default_value = DEFAULT_GCP_TOKEN_FILE)]
+    pub gcp_identity_token_file: PathBuf,
     /// The recorder receipts are shipped to. Without it receipts stay in the spool.
     #[arg(long, env = "TOLLGATE_RECORDER_URL")]
     pub recorder_url: Option<String>,
@@ -296,14 +301,17 @@ pub struct GatewayOptions {
     pub quota: QuotaSource,
     /// Which GenAI metric conventions `/metrics` follows.
     pub metric_conventions: Conventions,
-    /// The projected ServiceAccount token (audience `tollgate.dev/aws`)
-    /// traded for Bedrock credentials when a provider uses web identity.
-    pub aws_web_identity_token_file: PathBuf,
+    /// The projected ServiceAccount tokens traded for credentials when a
+    /// provider uses workload identity.
+    pub identity_tokens: crate::workload_identity::TokenFiles,
 }
 
-/// Where the admission webhook mounts the gateway's STS token.
+/// Where the admission webhook mounts the gateway's AWS STS token.
 pub const DEFAULT_AWS_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/aws";
-/// How often the gateway looks for web identity credentials due a refresh.
+/// Where the admission webhook mounts the gateway's Google STS token.
+pub const DEFAULT_GCP_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/gcp";
+/// How often the gateway looks for workload identity credentials due a
+/// refresh.
 const WEB_IDENTITY_TICK: Duration = Duration::from_secs(30);
 /// How soon a provider left without credentials is tried again.
 const WEB_IDENTITY_RETRY: Duration = Duration::from_secs(5);
@@ -540,11 +548,12 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
     // exchange now, then again before they expire.
     let web_identity = tokio::spawn({
         let gateway = gateway.clone();
-        let token_file = options.aws_web_identity_token_file.clone();
+        let token_files = options.identity_tokens.clone();
         async move {
             loop {
                 let now = crate::receipts::unix_millis();
-                let lacking = crate::web_identity::refresh_due(&gateway, &token_file, now).await;
+                let lacking =
+                    crate::workload_identity::refresh_due(&gateway, &token_files, now).await;
                 // Without credentials (a new provider, a refused exchange)
                 // sooner; else at the usual pace.
                 let pause = if lacking {
@@ -555,7 +564,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
                 // A config swap or refused credentials wake it early.
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    () = gateway.web_identity().woken() => {}
+                    () = gateway.workload_identity().woken() => {}
                 }
             }
         }
@@ -839,7 +848,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         recorder,
         metric_conventions: Conventions::from_env(),
-        aws_web_identity_token_file: args.aws_web_identity_token_file.clone(),
+        identity_tokens: crate::workload_identity::TokenFiles {
+            aws: args.aws_web_identity_token_file.clone(),
+            gcp: args.gcp_identity_token_file.clone(),
+        },
     };
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));
     let running = start(options).await?;

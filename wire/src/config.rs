@@ -60,6 +60,11 @@ pub enum ProviderApi {
     // Amazon Bedrock runtime: /model/{modelId}/converse, /converse-stream,
     // /invoke and /invoke-with-response-stream, re-signed with SigV4.
     Bedrock,
+    // Vertex AI: the Gemini endpoints at
+    // /{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/models/{model}:{method},
+    // with an OAuth bearer token from workload identity federation (or a
+    // Vertex API key in `x-goog-api-key`).
+    Vertex,
     // Offline, deterministic, no network.
     DryRun,
 }
@@ -187,6 +192,16 @@ pub struct CompiledProvider {
     /// token. Only for `bedrock`, never with `credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity: Option<WebIdentitySource>,
+    /// The Google Cloud project and location Vertex AI requests go to. Only
+    /// for `vertex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexTarget>,
+    /// Vertex AI credentials from the pod's own identity instead of keys:
+    /// the workload identity pool provider the gateway's projected
+    /// ServiceAccount token is exchanged with, and the service account it
+    /// then impersonates. Only for `vertex`, never with `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_identity: Option<GoogleIdentitySource>,
     pub connect_timeout_ms: u32,
     pub first_byte_timeout_ms: u32,
     pub idle_timeout_ms: u32,
@@ -200,6 +215,34 @@ pub struct WebIdentitySource {
     /// The STS endpoint (`https://sts.us-east-1.amazonaws.com`); its host is
     /// one of the provider's `hosts`.
     pub sts_url: String,
+}
+
+/// Where Vertex AI requests go: the project and location in every path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VertexTarget {
+    pub project: String,
+    pub location: String,
+}
+
+/// Google workload identity federation: the pool provider that accepts the
+/// gateway's token (Security Token Service `token` exchange), and, when a
+/// service account is impersonated, the IAM Credentials
+/// `generateAccessToken` URL for it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GoogleIdentitySource {
+    /// `//iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/{pool}/providers/{provider}`.
+    pub audience: String,
+    /// The Security Token Service's token endpoint
+    /// (`https://sts.googleapis.com/v1/token`); its host is one of the
+    /// provider's `hosts`.
+    pub sts_url: String,
+    /// `https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{email}:generateAccessToken`,
+    /// or `None` to use the federated token itself; its host is one of the
+    /// provider's `hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impersonation_url: Option<String>,
 }
 
 /// The Secret and keys that hold a provider's API keys.
@@ -262,6 +305,12 @@ pub fn is_gemini_model_name(name: &str) -> bool {
 /// not served.
 pub fn is_bedrock_model_id(id: &str) -> bool {
     is_path_name(id, 128, true)
+}
+
+/// Whether `name` can be a Google Cloud project id or location in a Vertex
+/// AI path: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn is_vertex_path_name(name: &str) -> bool {
+    is_path_name(name, 63, false)
 }
 
 impl CompiledModel {

@@ -146,7 +146,14 @@ pub(super) async fn forward(
         if ticket.endpoint.style() == ApiStyle::Gemini {
             // The path names the model; a body that names it too is made
             // to agree.
-            outgoing.rewrite |= rewrite_gemini_body_models(&mut outgoing.json, upstream_model);
+            let name = match &candidate.provider.vertex {
+                Some(target) => format!(
+                    "projects/{}/locations/{}/publishers/google/models/{upstream_model}",
+                    target.project, target.location
+                ),
+                None => format!("models/{upstream_model}"),
+            };
+            outgoing.rewrite |= rewrite_gemini_body_models(&mut outgoing.json, &name);
         } else if ticket.endpoint.style() == ApiStyle::Bedrock {
             // The path names the model, and Bedrock refuses a body that
             // names one (an extraneous key).
@@ -285,6 +292,13 @@ async fn attempt_once(
         ProviderApi::Gemini => ticket
             .endpoint
             .gemini_path(upstream_model, ticket.path_version.unwrap_or("v1beta")),
+        ProviderApi::Vertex => provider.vertex.as_ref().and_then(|target| {
+            ticket.endpoint.vertex_path(
+                target,
+                upstream_model,
+                ticket.path_version.unwrap_or("v1beta1"),
+            )
+        }),
         ProviderApi::Openai | ProviderApi::Anthropic | ProviderApi::DryRun => {
             Some(ticket.endpoint.path().to_string())
         }
@@ -297,10 +311,29 @@ async fn attempt_once(
         .and_then(|u| u.host().map(str::to_string))
         .unwrap_or_default();
     let style = ticket.endpoint.style();
+    let unavailable = || {
+        Failure::retryable(Refusal::CredentialsUnavailable {
+            provider: provider.name.clone(),
+        })
+    };
+    // A bearer token from workload identity (Vertex AI), if the provider
+    // uses one; none yet fails closed.
+    let bearer = match provider.google_identity {
+        Some(_) => Some(
+            ticket
+                .gateway
+                .workload_identity()
+                .bearer(provider, unix_millis())
+                .ok_or_else(unavailable)?,
+        ),
+        None => None,
+    };
     let mut request = http::Request::post(&uri);
     if let Some(headers) = request.headers_mut() {
         copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
-        if provider.api == ProviderApi::Bedrock {
+        if let Some(token) = &bearer {
+            set_bearer(headers, token);
+        } else if provider.api == ProviderApi::Bedrock {
             // Bedrock takes no key header: the whole request is signed below.
         } else if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
             set_key(headers, provider.api, key);
@@ -311,8 +344,8 @@ async fn attempt_once(
         let credentials = if provider.web_identity.is_some() {
             ticket
                 .gateway
-                .web_identity()
-                .current(provider, unix_millis())
+                .workload_identity()
+                .aws(provider, unix_millis())
         } else {
             key_used
                 .and_then(|i| keys.get(i as usize))
@@ -322,9 +355,7 @@ async fn attempt_once(
         let signed = credentials
             .map(|credentials| aws_signing::sign(&mut request, &body, &credentials, region));
         if !matches!(signed, Some(Ok(()))) {
-            return Err(Failure::retryable(Refusal::CredentialsUnavailable {
-                provider: provider.name.clone(),
-            }));
+            return Err(unavailable());
         }
     }
     let mut request = request
@@ -389,11 +420,13 @@ async fn attempt_once(
         }
         Ok(Ok(response)) => response,
     };
-    if provider.web_identity.is_some() && matches!(response.status().as_u16(), 401 | 403) {
-        // Bedrock refused the temporary credentials (revoked session,
+    if crate::workload_identity::uses_workload_identity(provider)
+        && matches!(response.status().as_u16(), 401 | 403)
+    {
+        // The provider refused the temporary credentials (revoked session,
         // expired token): trade again rather than keep failing with them.
-        tracing::warn!(provider = %provider.name, status = response.status().as_u16(), "Bedrock refused the web identity credentials; trading again");
-        ticket.gateway.web_identity().evict(&provider.name);
+        tracing::warn!(provider = %provider.name, status = response.status().as_u16(), "the provider refused the workload identity credentials; trading again");
+        ticket.gateway.workload_identity().evict(&provider.name);
     }
     if let Some(index) = key_used
         && ticket
@@ -580,8 +613,8 @@ fn copy_forwarded_headers(
 }
 
 /// Sets `key` as the credential header `api` expects (OpenAI: a bearer
-/// token; Anthropic: `x-api-key`; Azure OpenAI: `api-key`; Gemini:
-/// `x-goog-api-key`), marked sensitive
+/// token; Anthropic: `x-api-key`; Azure OpenAI: `api-key`; Gemini and
+/// Vertex AI API keys: `x-goog-api-key`), marked sensitive
 /// so no log or debug output shows it.
 fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::ApiKey) {
     let (name, value) = match api {
@@ -590,7 +623,7 @@ fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::
             key.expose().to_string(),
         ),
         ProviderApi::AzureOpenai => (HeaderName::from_static("api-key"), key.expose().to_string()),
-        ProviderApi::Gemini => (
+        ProviderApi::Gemini | ProviderApi::Vertex => (
             HeaderName::from_static("x-goog-api-key"),
             key.expose().to_string(),
         ),
@@ -601,6 +634,14 @@ fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::
     if let Ok(mut value) = HeaderValue::from_str(&value) {
         value.set_sensitive(true);
         headers.insert(name, value);
+    }
+}
+
+/// Sets an OAuth access token from workload identity, marked sensitive.
+fn set_bearer(headers: &mut HeaderMap, token: &crate::credentials::ApiKey) {
+    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
     }
 }
 
@@ -652,6 +693,9 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
     if config.api == ProviderApi::Bedrock {
         return probe_bedrock_key(client, config, base, key).await;
     }
+    if config.api == ProviderApi::Vertex {
+        return probe_vertex_key(client, config, base, key).await;
+    }
     // A listing that costs no tokens: the models (Azure: of the resource).
     let path = match (config.api, config.azure_api_version.as_deref()) {
         (ProviderApi::AzureOpenai, Some("v1")) => "/openai/v1/models".to_string(),
@@ -672,6 +716,31 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
         }
     }
     let request = request.body(Full::new(Bytes::new())).ok()?;
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => Some(response.status()),
+        _ => None,
+    }
+}
+
+/// Vertex AI lists no models for an API key, so its probe counts the tokens
+/// of one word with the first model: it authenticates and costs nothing.
+async fn probe_vertex_key(
+    client: &crate::upstream::ProviderClient,
+    config: &tollgate_wire::config::CompiledProvider,
+    base: &str,
+    key: &crate::credentials::ApiKey,
+) -> Option<http::StatusCode> {
+    let model = config.models.first()?;
+    let target = config.vertex.as_ref()?;
+    let path =
+        crate::api::Endpoint::GeminiCountTokens.vertex_path(target, model.upstream_name(), "v1")?;
+    let body = Bytes::from_static(br#"{"contents":[{"role":"user","parts":[{"text":"ping"}]}]}"#);
+    let mut request = http::Request::post(format!("{}{path}", base.trim_end_matches('/')))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(headers) = request.headers_mut() {
+        set_key(headers, config.api, key);
+    }
+    let request = request.body(Full::new(body)).ok()?;
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
         Ok(Ok(response)) => Some(response.status()),
         _ => None,

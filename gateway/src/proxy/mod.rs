@@ -144,8 +144,8 @@ pub struct Gateway {
     quota: Arc<dyn QuotaAuthority>,
     receipts: ReceiptSink,
     identity: Identity,
-    /// Temporary credentials of providers that use web identity.
-    web_identity: crate::web_identity::WebIdentityCache,
+    /// Temporary credentials of providers that use workload identity.
+    workload_identity: crate::workload_identity::WorkloadIdentityCache,
     pub metrics: Metrics,
 }
 
@@ -162,14 +162,14 @@ impl Gateway {
             quota,
             receipts,
             identity,
-            web_identity: Default::default(),
+            workload_identity: Default::default(),
             metrics,
         }
     }
 
-    /// Temporary credentials of providers that use web identity.
-    pub fn web_identity(&self) -> &crate::web_identity::WebIdentityCache {
-        &self.web_identity
+    /// Temporary credentials of providers that use workload identity.
+    pub fn workload_identity(&self) -> &crate::workload_identity::WorkloadIdentityCache {
+        &self.workload_identity
     }
 
     /// The runtime in force; requests keep the one they started with.
@@ -194,7 +194,7 @@ impl Gateway {
         *current = Arc::new(runtime);
         drop(current);
         // A new provider or role needs credentials now, not at the next tick.
-        self.web_identity.wake();
+        self.workload_identity.wake();
     }
 
     /// Counts a finished request (which took `elapsed` from its arrival;
@@ -239,6 +239,8 @@ fn style_for_path(path: &str) -> ApiStyle {
     } else if path.starts_with("/model/") {
         ApiStyle::Bedrock
     } else if path.starts_with("/v1beta/")
+        || path.starts_with("/v1beta1/")
+        || path.starts_with("/v1/projects/")
         || (path.starts_with("/v1/models/") && path.contains(':'))
     {
         ApiStyle::Gemini
@@ -248,7 +250,8 @@ fn style_for_path(path: &str) -> ApiStyle {
 }
 
 /// The endpoint a request's method, path and query name, with the model and
-/// API version the path names (Azure deployments, Gemini and Bedrock models).
+/// API version the path names (Azure deployments, Gemini, Vertex AI and
+/// Bedrock models).
 fn endpoint_of(
     method: &http::Method,
     path: &str,
@@ -263,7 +266,8 @@ fn endpoint_of(
     if let Some((endpoint, model)) = Endpoint::from_bedrock_path(method, path) {
         return Some((endpoint, Some(model), None));
     }
-    let (endpoint, target) = Endpoint::from_gemini_path(method, path, query)?;
+    let (endpoint, target) = Endpoint::from_gemini_path(method, path, query)
+        .or_else(|| Endpoint::from_vertex_path(method, path, query))?;
     Some((
         endpoint,
         Some(target.model.to_string()),
@@ -285,7 +289,7 @@ struct Ticket {
     /// The model an Azure deployment path or a Gemini path names: the model
     /// asked for, whatever the body says.
     path_model: Option<String>,
-    /// The API version a Gemini path names, kept upstream.
+    /// The API version a Gemini or Vertex AI path names, kept upstream.
     path_version: Option<&'static str>,
     guards: Vec<&'static str>,
     checks: Vec<CheckDraft>,

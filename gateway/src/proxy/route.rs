@@ -137,9 +137,10 @@ pub(super) fn set_max_tokens(endpoint: Endpoint, body: &mut Value, cap: u32) -> 
 
 /// A Gemini body that names a model (a batch's requests, a count's
 /// `generateContentRequest`, any top-level `model`) must name its path's, as
-/// `models/{model}` or `{model}` (with or without the path's `provider:`
-/// prefix): the path's model is the one routed, quota'd
-/// and allowed, so no other may ride along in the body.
+/// `models/{model}`, Vertex AI's `[projects/{p}/locations/{l}/]publishers/google/models/{model}`
+/// or `{model}` (with or without the path's `provider:` prefix): the path's
+/// model is the one routed, quota'd and allowed, so no other may ride along
+/// in the body.
 pub(super) fn check_gemini_body_models(
     endpoint: Endpoint,
     path_model: &str,
@@ -150,7 +151,7 @@ pub(super) fn check_gemini_body_models(
     let agrees = |named: Option<&Value>| match named {
         None => true,
         Some(Value::String(name)) => {
-            let name = name.strip_prefix("models/").unwrap_or(name);
+            let name = body_model_name(name);
             name == path_model || Some(name) == bare
         }
         Some(_) => false,
@@ -171,6 +172,34 @@ pub(super) fn check_gemini_body_models(
             path_model: path_model.to_owned(),
         })
     }
+}
+
+/// The model a Gemini or Vertex AI body's model name names: `models/{m}`,
+/// `publishers/google/models/{m}` (after any `projects/{p}/locations/{l}/`)
+/// or `{m}`. Any other resource name is kept whole, so it matches no path
+/// model.
+fn body_model_name(name: &str) -> &str {
+    if let Some(model) = name.strip_prefix("models/") {
+        return model;
+    }
+    let vertex = match name.split_once("/publishers/google/models/") {
+        Some((scope, model)) => {
+            let mut parts = scope.split('/');
+            let scoped = matches!(
+                (
+                    parts.next(),
+                    parts.next(),
+                    parts.next(),
+                    parts.next(),
+                    parts.next()
+                ),
+                (Some("projects"), Some(_), Some("locations"), Some(_), None)
+            );
+            scoped.then_some(model)
+        }
+        None => name.strip_prefix("publishers/google/models/"),
+    };
+    vertex.unwrap_or(name)
 }
 
 /// Refuses bodies whose shape the gateway would not check or meter:
@@ -203,16 +232,16 @@ pub(super) fn check_body_shape(endpoint: Endpoint, body: &Value) -> Result<(), s
     Err(super::Refusal::UnsupportedBody { detail })
 }
 
-/// The upstream model names a Gemini body carries, rewritten to `upstream`
-/// (`models/{upstream}`); true when anything changed.
-pub(super) fn rewrite_gemini_body_models(body: &mut Value, upstream: &str) -> bool {
-    let wanted = format!("models/{upstream}");
+/// The upstream model names a Gemini body carries, rewritten to `wanted`
+/// (`models/{model}` for the Gemini API, the full resource name for Vertex
+/// AI); true when anything changed.
+pub(super) fn rewrite_gemini_body_models(body: &mut Value, wanted: &str) -> bool {
     let mut changed = false;
     let mut set = |holder: &mut Value| {
         if let Some(name) = holder.get_mut("model")
-            && name.as_str() != Some(wanted.as_str())
+            && name.as_str() != Some(wanted)
         {
-            *name = Value::from(wanted.clone());
+            *name = Value::from(wanted);
             changed = true;
         }
     };
@@ -288,6 +317,32 @@ mod tests {
         assert!(check_body_shape(Endpoint::Converse, &titan).is_ok());
     }
 
+    #[test]
+    fn body_models_may_be_named_as_either_api_names_them() {
+        for name in [
+            "gemini-2.5-flash",
+            "models/gemini-2.5-flash",
+            "publishers/google/models/gemini-2.5-flash",
+            "projects/p/locations/us-central1/publishers/google/models/gemini-2.5-flash",
+        ] {
+            assert_eq!(body_model_name(name), "gemini-2.5-flash", "{name}");
+        }
+        for kept in [
+            "publishers/anthropic/models/claude",
+            "projects/p/publishers/google/models/x",
+            "a/projects/p/locations/l/publishers/google/models/x",
+        ] {
+            assert_eq!(body_model_name(kept), kept);
+        }
+        let body = serde_json::json!({"model": "publishers/google/models/other"});
+        assert!(
+            check_gemini_body_models(Endpoint::GenerateContent, "gemini-2.5-flash", &body).is_err()
+        );
+        let body =
+            serde_json::json!({"model": "projects/p/locations/l/publishers/google/models/g"});
+        assert!(check_gemini_body_models(Endpoint::GenerateContent, "g", &body).is_ok());
+    }
+
     use super::*;
     use tollgate_wire::config::{PriceTable, Route};
 
@@ -305,6 +360,8 @@ mod tests {
             azure_api_version: None,
             aws_region: None,
             web_identity: None,
+            vertex: None,
+            google_identity: None,
             name: name.into(),
             api,
             base_url: None,

@@ -165,6 +165,8 @@ fn provider(name: &str, api: ProviderApi, host: &str) -> CompiledProvider {
         azure_api_version: None,
         aws_region: None,
         web_identity: None,
+        vertex: None,
+        google_identity: None,
         name: name.into(),
         api,
         base_url: (api != ProviderApi::DryRun).then(|| format!("https://{host}")),
@@ -1443,6 +1445,100 @@ async fn a_bedrock_request_is_re_signed_with_the_providers_credentials() {
     let mut running = pod.start();
     let answer = running.send(converse(json!({}))).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.reason, "credentials_unavailable");
+    assert!(running.seen.lock().unwrap().paths.is_empty());
+}
+
+fn vertex_provider() -> CompiledProvider {
+    let mut vertex = provider("vertex", ProviderApi::Vertex, "aiplatform.test");
+    vertex.vertex = Some(tollgate_wire::config::VertexTarget {
+        project: "tollgate-prod".into(),
+        location: "europe-west4".into(),
+    });
+    vertex
+}
+
+#[tokio::test]
+async fn a_vertex_provider_gets_its_own_project_location_and_key() {
+    let mut pod = Pod::new();
+    pod.config.providers = vec![vertex_provider()];
+    pod.policy().routes = vec![route("vertex")];
+    let mut running = pod.start();
+    let contents = json!([{"role": "user", "parts": [{"text": "hello"}]}]);
+    // As the Google Gen AI SDK sends it in Vertex mode, with the app's own
+    // bearer token and project.
+    let answer = running
+        .send(
+            Request::post(
+                "/v1beta1/projects/app-project/locations/us-central1/publishers/google/models/gpt-4o-mini:generateContent",
+            )
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer ya29.the-apps-own-token")
+            .body(Body::from(json!({"contents": contents}).to_string()))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let draft = running.receipt().await;
+    assert_eq!(draft.endpoint, Endpoint::GenerateContent);
+    assert_eq!(draft.model_requested.as_deref(), Some("gpt-4o-mini"));
+    assert_receipt_is_valid(&draft);
+    // A Gemini API client routed to Vertex AI: its beta is Vertex's, and a
+    // model its body names becomes the full resource name.
+    let count =
+        json!({"generateContentRequest": {"model": "models/gpt-4o-mini", "contents": contents}});
+    let answer = running
+        .send(gemini_request(
+            "/v1beta/models/gpt-4o-mini:countTokens",
+            count,
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    running.receipt().await;
+    let seen = running.seen.lock().unwrap();
+    let prefix = "/v1beta1/projects/tollgate-prod/locations/europe-west4/publishers/google/models/gpt-4o-mini";
+    assert_eq!(
+        seen.paths,
+        [
+            format!("{prefix}:generateContent"),
+            format!("{prefix}:countTokens")
+        ]
+    );
+    for (host, headers, _) in &seen.requests {
+        assert_eq!(host, "aiplatform.test");
+        assert_eq!(headers["x-goog-api-key"], PROVIDER_KEY);
+        assert!(headers.get("authorization").is_none(), "{headers:?}");
+    }
+    assert_eq!(
+        seen.requests[1].2["generateContentRequest"]["model"],
+        "projects/tollgate-prod/locations/europe-west4/publishers/google/models/gpt-4o-mini"
+    );
+}
+
+#[tokio::test]
+async fn a_vertex_provider_without_a_workload_identity_token_fails_closed() {
+    let mut pod = Pod::new();
+    let mut vertex = vertex_provider();
+    vertex.credentials = None;
+    vertex.google_identity = Some(tollgate_wire::config::GoogleIdentitySource {
+        audience:
+            "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q"
+                .into(),
+        sts_url: "https://aiplatform.test/v1/token".into(),
+        impersonation_url: None,
+    });
+    pod.config.providers = vec![vertex];
+    pod.policy().routes = vec![route("vertex")];
+    let mut running = pod.start();
+    let answer = running
+        .send(gemini_request(
+            "/v1/models/gpt-4o-mini:generateContent",
+            json!({"contents": []}),
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(answer.body["error"]["status"], "UNAVAILABLE", "{answer:?}");
     let draft = running.receipt().await;
     assert_eq!(draft.reason, "credentials_unavailable");
     assert!(running.seen.lock().unwrap().paths.is_empty());

@@ -63,6 +63,12 @@ BEDROCK_REGION = "us-east-1"
 # Web identity: the projected ServiceAccount token STS accepts, and the role.
 STS_TOKEN = f"eyJhbGciOiJSUzI1NiJ9.mock-sa-token-{RUN_ID}.c2ln"
 STS_ROLE = "arn:aws:iam::123456789012:role/tollgate-bedrock"
+# Google workload identity federation: the pool provider the mock's STS
+# exchanges tokens for, and the service account its IAM lets them impersonate.
+GCP_POOL = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/tollgate/providers/sdk-tests"
+GCP_SERVICE_ACCOUNT = "vertex-caller@tollgate-tests.iam.gserviceaccount.com"
+# The app's own Vertex AI token: the gateway must drop it.
+VERTEX_CLIENT_TOKEN = "ya29.client-vertex-token-must-not-leave"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
 ANTHROPIC_CLIENT_KEY = "sk-ant-client-dropped"
 CORR_PREFIX = f"corr{RUN_ID}"
@@ -196,7 +202,8 @@ class MockServer:
         self.stderr_path = workdir / f"mock-{tag}.stderr"
         cmd = [sys.executable, str(MOCK), "--cert", str(pki.leaf_cert), "--key", str(pki.leaf_key), "--log", str(self.log_path),
                "--tag", tag, "--marker", COMPLETION_MARKER, *(a for k in BEDROCK_KEYS.values() for a in ("--aws-key", k)),
-               "--sts-token", STS_TOKEN, "--sts-role", STS_ROLE]
+               "--sts-token", STS_TOKEN, "--sts-role", STS_ROLE, "--gcp-pool", GCP_POOL,
+               "--gcp-service-account", GCP_SERVICE_ACCOUNT]
         if redirect_to:
             cmd += ["--redirect-to", redirect_to]
         if fail_all_429:
@@ -594,6 +601,18 @@ class Gateway:
 
         return openai.AzureOpenAI(azure_endpoint=f"http://127.0.0.1:{self.api_port}", api_key=AZURE_CLIENT_KEY,
                                   api_version=AZURE_API_VERSION, max_retries=0, timeout=30)
+
+    def vertex(self):
+        """The Google Gen AI SDK in Vertex AI mode, pointed at the gateway as
+        at Vertex AI, with the app's own project and token (which the gateway
+        replaces)."""
+        from google import genai
+        from google.genai import types
+        from google.oauth2.credentials import Credentials
+
+        return genai.Client(vertexai=True, project="app-project", location="us-central1",
+                            credentials=Credentials(token=VERTEX_CLIENT_TOKEN),
+                            http_options=types.HttpOptions(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30_000))
 
     def gemini(self):
         """The Google Gen AI SDK's Gemini API client, pointed at the gateway as

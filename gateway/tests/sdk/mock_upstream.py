@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""A local HTTPS stand-in for the OpenAI, Anthropic, Azure OpenAI, Gemini and
-Amazon Bedrock runtime APIs, for the SDK suite.
+"""A local HTTPS stand-in for the OpenAI, Anthropic, Azure OpenAI, Gemini,
+Vertex AI and Amazon Bedrock runtime APIs, and for the AWS and Google token
+services, for the SDK suite.
 
 It speaks the providers' real wire shapes (JSON bodies and SSE streams) so the
 official SDKs, through the gateway, parse its answers exactly as they would
@@ -39,6 +40,17 @@ Behaviours, keyed by the requested model name:
   ``sts_secret(token)``, a session token), which Bedrock requests may then
   be signed with (the session token signed over); any other token is
   refused with ``InvalidIdentityToken``;
+- Vertex AI (``/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}``):
+  served like the Gemini API, for a bearer token the mock's IAM issued
+  (or, with ``--gcp-direct``, its STS) or an ``x-goog-api-key``; anything
+  else is 401 ``UNAUTHENTICATED``;
+- Google STS (``POST /v1/token``, an RFC 8693 token exchange): trades the
+  ``--sts-token`` (or, with ``--gcp-audience``, any ServiceAccount JWT for
+  that audience) for a federated token, when ``audience`` is ``--gcp-pool``;
+  else 400 ``invalid_grant``;
+- IAM Credentials (``POST /v1/projects/-/serviceAccounts/{sa}:generateAccessToken``):
+  for a federated token and ``--gcp-service-account``, an access token
+  (``google_access_token(federated)``); else 403 ``PERMISSION_DENIED``;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -123,6 +135,17 @@ def jwt_audience(token: str) -> Any:
     return jwt_claims(token).get("aud")
 
 
+def federated_token(token: str) -> str:
+    """The federated token Google's STS issues for a subject token."""
+    return "fed." + hashlib.sha256(f"federated/{token}".encode()).hexdigest()[:40]
+
+
+def google_access_token(federated: str) -> str:
+    """The service account token IAM issues for a federated token
+    (deterministic, so a test can look for it in what the gateway stored)."""
+    return "ya29.mock" + hashlib.sha256(f"sa/{federated}".encode()).hexdigest()[:40]
+
+
 def sts_secret(token: str) -> str:
     """The secret of the temporary credentials issued for a web identity token
     (deterministic, so a test can look for it in what the gateway stored)."""
@@ -135,6 +158,8 @@ CLAUDE_INVOKE_KEYS = {"anthropic_version", "anthropic_beta", "max_tokens", "mess
                       "stop_sequences", "tools", "tool_choice", "thinking", "metadata"}
 BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
 SIGV4_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
+VERTEX_PATH = re.compile(r"^/(v1beta1|v1)/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
+IAM_PATH = re.compile(r"^/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken$")
 GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
 CORR_TOKEN = re.compile(rb"corr[0-9a-f]{12}-[0-9a-f]{10}")
 REASONING_TOKENS = 120
@@ -156,8 +181,16 @@ class PeerGone(Exception):
 class MockState:
     def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool,
                  aws_keys: dict[str, str] | None = None, sts_token: str | None = None, sts_role: str | None = None,
-                 sts_audience: str | None = None):
+                 sts_audience: str | None = None, gcp_pool: str | None = None, gcp_service_account: str | None = None,
+                 gcp_audience: str | None = None, gcp_direct: bool = False):
         self.sts_audience = sts_audience
+        self.gcp_pool = gcp_pool
+        self.gcp_service_account = gcp_service_account
+        self.gcp_audience = gcp_audience
+        # Federated tokens issued, and the bearer tokens Vertex accepts.
+        self.federated: set[str] = set()
+        self.google_tokens: set[str] = set()
+        self.gcp_direct = gcp_direct
         self.aws_keys = aws_keys or {}
         # Temporary key id -> its session token, for keys STS issued.
         self.session_tokens: dict[str, str] = {}
@@ -328,6 +361,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/" and method == "POST" and b"Action=AssumeRoleWithWebIdentity" in body:
             self._sts(body, headers, record)
             return
+        if path == "/v1/token" and method == "POST":
+            self._google_sts(body, record)
+            return
+        iam = IAM_PATH.match(path)
+        if iam and method == "POST":
+            self._google_iam(iam[1], obj, headers, record)
+            return
+        vertex = VERTEX_PATH.match(path)
+        if vertex:
+            found = CORR_TOKEN.search(body)
+            record["corr"] = corr = found.group().decode() if found else None
+            record["vertex"] = {"version": vertex[1], "project": vertex[2], "location": vertex[3], "model": vertex[4],
+                                "method": vertex[5]}
+            bearer = headers.get("authorization", "").removeprefix("Bearer ")
+            with st.lock:
+                record["vertex"]["auth"] = ("issued-token" if bearer in st.google_tokens
+                                            else "api-key" if headers.get("x-goog-api-key") else "none")
+            if record["vertex"]["auth"] == "none":
+                return self._google_error(record, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.")
+            try:
+                self._gemini(vertex[4], vertex[5], obj, headers, record, authenticated=True)
+            except PeerGone as e:
+                st.log({"event": "cancelled", "corr": corr, "path": path, "error": str(e)[:200]})
+                self.close_connection = True
+            return
         bedrock = BEDROCK_PATH.match(path)
         if bedrock:
             found = CORR_TOKEN.search(body)
@@ -497,6 +555,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
                   f"</AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>")
         self._send_raw(200, answer.encode(), "text/xml")
 
+    def _google_sts(self, body: bytes, record: dict) -> None:
+        """Google's token exchange: an unsigned form whose subject token is the proof."""
+        st = self.state
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        one = lambda name: (form.get(name) or [""])[0]  # noqa: E731
+        token = one("subject_token")
+        subject = jwt_subject(token, st.gcp_audience) if st.gcp_audience else None
+        record["gcp_sts"] = {"audience": one("audience"), "scope": one("scope"), "grant_type": one("grant_type"),
+                             "subject_token_type": one("subject_token_type"),
+                             "token_ok": (bool(st.sts_token) and token == st.sts_token) or subject is not None,
+                             "subject": subject, "token_audience": jwt_audience(token)}
+        if not record["gcp_sts"]["token_ok"] or one("audience") != st.gcp_pool:
+            record["status"] = 400
+            st.log(record)
+            self._send_json(400, {"error": "invalid_grant", "error_description": "The audience in ID Token does not match the expected audience."})
+            return
+        federated = federated_token(token)
+        with st.lock:
+            st.federated.add(federated)
+            if st.gcp_direct:
+                st.google_tokens.add(federated)
+        record["status"] = 200
+        st.log(record)
+        self._send_json(200, {"access_token": federated, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                              "token_type": "Bearer", "expires_in": 3600})
+
+    def _google_iam(self, account: str, obj: dict, headers: dict, record: dict) -> None:
+        """generateAccessToken: a federated token asks for the service account's own."""
+        st = self.state
+        federated = headers.get("authorization", "").removeprefix("Bearer ")
+        with st.lock:
+            known = federated in st.federated
+        record["gcp_iam"] = {"account": account, "federated_ok": known, "scope": obj.get("scope"), "lifetime": obj.get("lifetime")}
+        if not known or account != st.gcp_service_account:
+            return self._google_error(record, 403, "PERMISSION_DENIED", "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).")
+        token = google_access_token(federated)
+        with st.lock:
+            st.google_tokens.add(token)
+        record["status"] = 200
+        record["gcp_iam"]["issued"] = token[:12]
+        st.log(record)
+        expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        self._send_json(200, {"accessToken": token, "expireTime": expire})
+
     def _send_raw(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
@@ -589,12 +691,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.state.log(record)
         self._send_json(status, {"error": {"code": status, "message": message, "status": code}})
 
-    def _gemini(self, model: str, method: str, obj: dict, headers: dict, record: dict) -> None:
+    def _gemini(self, model: str, method: str, obj: dict, headers: dict, record: dict, authenticated: bool = False) -> None:
         st = self.state
         query = urllib.parse.parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
         if self.command != "POST":
             return self._google_error(record, 404, "NOT_FOUND", "Method not found.")
-        if not headers.get("x-goog-api-key") and "key" not in query:
+        if not authenticated and not headers.get("x-goog-api-key") and "key" not in query:
             return self._google_error(record, 403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
         if not record["json_ok"]:
             return self._google_error(record, 400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
@@ -848,7 +950,7 @@ class TLSServer(http.server.ThreadingHTTPServer):
 def serve(args: argparse.Namespace) -> None:
     aws_keys = dict(k.split(":", 1) for k in args.aws_key)
     state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys, args.sts_token, args.sts_role,
-                      args.sts_audience)
+                      args.sts_audience, args.gcp_pool, args.gcp_service_account, args.gcp_audience, args.gcp_direct)
     handler = type("BoundHandler", (Handler,), {"state": state})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -880,6 +982,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sts-role", default=None, help="the role ARN STS lets that token assume")
     p.add_argument("--sts-audience", default=None,
                    help="also accept any ServiceAccount JWT with this audience (a real node's projected token)")
+    p.add_argument("--gcp-pool", default=None, help="the workload identity pool provider Google's STS exchanges tokens for")
+    p.add_argument("--gcp-service-account", default=None, help="the service account IAM lets federated tokens impersonate")
+    p.add_argument("--gcp-audience", default=None,
+                   help="also accept any ServiceAccount JWT with this audience at Google's STS (a real node's projected token)")
+    p.add_argument("--gcp-direct", action="store_true", help="Vertex accepts federated tokens themselves (no impersonation)")
     args = p.parse_args(argv)
     serve(args)
     return 0

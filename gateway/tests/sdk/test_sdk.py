@@ -46,8 +46,11 @@ from conftest import (
     BEDROCK_CLIENT_SECRET,
     BEDROCK_KEY_ID,
     BEDROCK_SECRET,
+    GCP_POOL,
+    GCP_SERVICE_ACCOUNT,
     STS_ROLE,
     STS_TOKEN,
+    VERTEX_CLIENT_TOKEN,
     GEMINI_CLIENT_KEY,
     GEMINI_KEYS,
     GEMINI_PRICING,
@@ -705,7 +708,7 @@ def test_bedrock_with_web_identity_stores_no_key(gateways: GatewayFactory, pki: 
     bad_token.write_text("eyJ.not-the-right-token.sig")
     bad = gateways.start("web-identity-refused", web_identity_manifests(pki, mocks),
                          extra_args=["--aws-web-identity-token-file", str(bad_token)])
-    wait_until(lambda: "web identity: exchange failed" in bad.stderr_path.read_text(), 10, what="the refused exchange")
+    wait_until(lambda: "workload identity: exchange failed" in bad.stderr_path.read_text(), 10, what="the refused exchange")
     corr = new_corr()
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         bad.bedrock().converse(modelId=BEDROCK_MODEL, messages=converse_messages(corr))
@@ -716,6 +719,113 @@ def test_bedrock_with_web_identity_stores_no_key(gateways: GatewayFactory, pki: 
     assert not mocks.primary.for_corr(corr), "nothing unsigned or wrongly signed left the gateway"
     assert "InvalidIdentityToken" in bad.stderr_path.read_text()
     assert "not-the-right-token" not in bad.stderr_path.read_text()
+
+
+VERTEX_PROJECT, VERTEX_LOCATION = "tollgate-prod", "europe-west4"
+
+
+def vertex_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
+    """A Vertex AI provider with no keys: its access token comes from Google's
+    STS for the pod's own (projected) ServiceAccount token, then from IAM for
+    the service account it impersonates."""
+    from conftest import provider, trust_anchor
+    base = mocks.primary.base_url
+    p = provider("vertex-wi", "vertex", base, [
+        {"name": GEMINI_MODEL, "pricing": GEMINI_PRICING},
+        {"name": "gemini-blocked", "pricing": GEMINI_PRICING},
+    ], "mock-ca", "unused")
+    del p["spec"]["credentialsRef"]
+    p["spec"]["gcp"] = {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION, "workloadIdentity": {
+        "audience": GCP_POOL, "serviceAccount": GCP_SERVICE_ACCOUNT, "stsURL": f"{base}/v1/token", "iamCredentialsURL": base}}
+    return [p, trust_anchor("mock-ca", pki.ca_pem), doc("EgressPolicy", "default", {
+        "allow": [{"providerRef": "vertex-wi", "models": ["gemini-2.5-*"]}],
+        "guards": {"maxRequestBytes": 65536, "blockSecrets": True},
+    })]
+
+
+def test_vertex_with_workload_identity_stores_no_key(gateways: GatewayFactory, pki: Pki, mocks: Mocks, tmp_path: Path) -> None:
+    """The Google Gen AI SDK in Vertex AI mode, through a gateway whose Vertex
+    provider has no key: the gateway exchanges its ServiceAccount token with
+    Google's STS, impersonates the service account with IAM, and calls
+    Vertex AI with that token at the provider's project and location. Usage,
+    prices and refusals are the Gemini API's; with a token STS refuses,
+    requests fail closed, receipted."""
+    from mock_upstream import federated_token, google_access_token
+    token_file = tmp_path / "gcp-token"
+    token_file.write_text(STS_TOKEN + "\n")
+    gw = gateways.start("vertex-wi", vertex_manifests(pki, mocks), extra_args=["--gcp-identity-token-file", str(token_file)])
+    issued = wait_until(lambda: [r for r in mocks.primary.requests() if r.get("gcp_iam", {}).get("issued")], 10,
+                        what="a service account token from IAM")
+    assert (issued[-1]["gcp_iam"]["account"], issued[-1]["gcp_iam"]["lifetime"]) == (GCP_SERVICE_ACCOUNT, "3600s")
+    exchange = [r for r in mocks.primary.requests() if r.get("gcp_sts", {}).get("token_ok")][-1]["gcp_sts"]
+    assert (exchange["audience"], exchange["grant_type"], exchange["subject_token_type"]) == (
+        GCP_POOL, "urn:ietf:params:oauth:grant-type:token-exchange", "urn:ietf:params:oauth:token-type:jwt")
+    assert exchange["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    sa_token = google_access_token(federated_token(STS_TOKEN))
+
+    client = gw.vertex()
+    for stream in (False, True):
+        corr = new_corr()
+        contents = prompt(f"Say hello. {corr}")
+        if stream:
+            chunks = list(client.models.generate_content_stream(model=GEMINI_MODEL, contents=contents))
+            assert "".join(c.text or "" for c in chunks) == STREAM_TEXT
+            receipt_id = gemini_receipt_id(chunks[0])
+        else:
+            answer = client.models.generate_content(model=GEMINI_MODEL, contents=contents)
+            assert answer.text == COMPLETION_TEXT
+            receipt_id = gemini_receipt_id(answer)
+        r = gw.receipt(receipt_id)
+        assert r["verdict"]["decision"] == "allow", r["verdict"]
+        assert (r["api"], r["provider"], r["model_requested"], r["model_served"], r["lane"]) == (
+            "gemini", "vertex-wi", GEMINI_MODEL, f"{GEMINI_MODEL}-001", "live")
+        assert r["usage"] == GEMINI_USAGE and r["cost_micro_usd"] == GEMINI_COST, r["usage"]
+        assert r["upstream"]["tls_cert_sha256"] == pki.leaf_der_sha256
+        (seen,) = mocks.primary.for_corr(corr)
+        method = "streamGenerateContent" if stream else "generateContent"
+        # The provider's project and location, never the app's.
+        assert seen["vertex"] == {"version": "v1beta1", "project": VERTEX_PROJECT, "location": VERTEX_LOCATION,
+                                  "model": GEMINI_MODEL, "method": method, "auth": "issued-token"}, seen["path"]
+        assert seen["headers"]["authorization"] == f"Bearer {sa_token}"
+        assert "x-goog-api-key" not in seen["headers"]
+        assert VERTEX_CLIENT_TOKEN not in json.dumps(seen["headers"]) + seen["path"]
+
+    corr = new_corr()
+    counted = client.models.count_tokens(model=GEMINI_MODEL, contents=prompt(f"Count me. {corr}"))
+    assert counted.total_tokens == 42
+    r = gw.receipt(gemini_receipt_id(counted))
+    assert r["verdict"]["decision"] == "allow" and r.get("usage") is None and r["cost_micro_usd"] == 0
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["vertex"]["method"] == "countTokens"
+
+    corr = new_corr()
+    with pytest.raises(genai_errors.ClientError) as exc:
+        client.models.generate_content(model="gemini-blocked", contents=prompt(f"Hi. {corr}"))
+    assert (exc.value.code, exc.value.status) == (403, "PERMISSION_DENIED")
+    r = gw.receipt(exc.value.response.headers.get(RID))
+    assert_refused(r, 403, "deny")
+    assert not mocks.primary.for_corr(corr)
+
+    # Neither the ServiceAccount token nor any token issued for it is kept.
+    kept = "".join(f.read_text(errors="replace") for f in [*gw.spool_dir.rglob("*.jsonl"), gw.stderr_path, gw.config_path] if f.is_file())
+    for secret in (STS_TOKEN, federated_token(STS_TOKEN), sa_token):
+        assert secret not in kept
+    assert "workload identity: temporary credentials obtained" in gw.stderr_path.read_text()
+
+    bad_token = tmp_path / "bad-gcp-token"
+    bad_token.write_text("eyJ.not-the-right-token.sig")
+    bad = gateways.start("vertex-wi-refused", vertex_manifests(pki, mocks), extra_args=["--gcp-identity-token-file", str(bad_token)])
+    wait_until(lambda: "workload identity: exchange failed" in bad.stderr_path.read_text(), 10, what="the refused exchange")
+    corr = new_corr()
+    bad_client = bad.vertex()  # held: a dropped client closes its connection pool
+    with pytest.raises(genai_errors.ServerError) as exc:
+        bad_client.models.generate_content(model=GEMINI_MODEL, contents=prompt(f"Hi. {corr}"))
+    assert exc.value.code == 502, exc.value
+    r = bad.receipt(exc.value.response.headers.get(RID))
+    assert r["verdict"]["reason"] == "credentials_unavailable", r["verdict"]
+    assert not mocks.primary.for_corr(corr), "nothing without the provider's token left the gateway"
+    log = bad.stderr_path.read_text()
+    assert "invalid_grant" in log and "not-the-right-token" not in log
 
 
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
@@ -1088,11 +1198,18 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
     for rec in records:
         h = rec["headers"]
         blob = json.dumps(h)
-        for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY):
+        for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY, VERTEX_CLIENT_TOKEN):
             assert client_key not in blob + rec["path"], f"client key upstream: {rec['path']} {h}"
-        if rec.get("sts"):
+        if rec.get("sts") or rec.get("gcp_sts"):
             # The token is the proof: no credential of any kind goes along.
-            assert "authorization" not in h and "x-api-key" not in h, h
+            assert "authorization" not in h and "x-api-key" not in h and "x-goog-api-key" not in h, h
+        elif rec.get("gcp_iam"):
+            # The federated token STS issued, and nothing else.
+            assert h["authorization"].startswith("Bearer fed."), h
+        elif rec.get("vertex"):
+            # A token the mock's IAM issued for the impersonated account.
+            assert rec["vertex"]["auth"] == "issued-token" and h["authorization"].startswith("Bearer ya29.mock"), h
+            assert "x-goog-api-key" not in h, h
         elif rec.get("bedrock"):
             assert rec["sigv4"] == "valid", rec
             # The provider's key, or temporary credentials STS issued (web identity).

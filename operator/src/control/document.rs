@@ -131,6 +131,8 @@ mod tests {
             azure_api_version: None,
             aws_region: None,
             web_identity: None,
+            vertex: None,
+            google_identity: None,
             name: name.into(),
             api: ProviderApi::Openai,
             base_url: None,

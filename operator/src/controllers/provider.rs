@@ -43,6 +43,32 @@ fn credentials(provider: &LLMProvider, world: &World) -> Desired {
         }
         Ok(None) => {}
     }
+    match tollgate_crds::compile::google_identity_source(&provider.spec) {
+        Ok(Some(source)) => {
+            let how = match &source.impersonation_url {
+                Some(_) => "then impersonates the service account",
+                None => "and uses the federated token directly",
+            };
+            return Desired::gate(
+                CREDENTIALS_RESOLVED,
+                true,
+                "WorkloadIdentityFederation",
+                format!(
+                    "each gateway exchanges its own ServiceAccount token with {} ({}) {how}; no key is stored",
+                    source.audience, source.sts_url
+                ),
+            );
+        }
+        Err(problem) => {
+            return Desired::gate(
+                CREDENTIALS_RESOLVED,
+                false,
+                "WorkloadIdentityInvalid",
+                problem,
+            );
+        }
+        Ok(None) => {}
+    }
     let Some(creds) = &provider.spec.credentials_ref else {
         return if provider.spec.api == ProviderApi::DryRun {
             Desired::gate(
@@ -280,6 +306,42 @@ spec:
             "{}",
             creds.message
         );
+    }
+
+    #[test]
+    fn a_workload_identity_provider_needs_no_secret() {
+        let vertex = provider(
+            r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: vertex}
+spec:
+  api: vertex
+  gcp:
+    project: my-ml-project
+    location: us-central1
+    workloadIdentity:
+      audience: //iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/cluster
+      serviceAccount: vertex@my-ml-project.iam.gserviceaccount.com
+  baseURL: https://us-central1-aiplatform.googleapis.com
+  hosts: [us-central1-aiplatform.googleapis.com, sts.googleapis.com, iamcredentials.googleapis.com]
+  models: [{name: gemini-2.5-flash}]
+"#,
+        );
+        let c = conditions_for(&vertex, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
+        assert_eq!(creds.status, Status::True);
+        assert_eq!(creds.reason, "WorkloadIdentityFederation");
+        assert!(creds.message.contains("impersonates"), "{}", creds.message);
+        let mut unlisted = vertex.clone();
+        unlisted
+            .spec
+            .hosts
+            .retain(|h| !h.starts_with("iamcredentials."));
+        let c = conditions_for(&unlisted, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
+        assert_eq!(creds.status, Status::False);
+        assert_eq!(creds.reason, "WorkloadIdentityInvalid");
     }
 
     #[test]
