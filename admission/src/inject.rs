@@ -37,6 +37,10 @@ pub const AUDIENCE_AWS_STS: &str = "tollgate.dev/aws";
 /// Token Service, for the same reason a Tollgate audience: the workload
 /// identity pool provider lists it among its allowed audiences.
 pub const AUDIENCE_GCP_STS: &str = "tollgate.dev/gcp";
+/// The audience of the token the gateway presents to Microsoft Entra ID as
+/// a federated client assertion (named in the application's federated
+/// identity credential), for the same reason a Tollgate audience.
+pub const AUDIENCE_AZURE_AD: &str = "tollgate.dev/azure";
 /// Where the receipt spool is mounted.
 pub const SPOOL_DIR: &str = "/var/run/tollgate/spool";
 
@@ -366,6 +370,9 @@ fn build_parts(
             // For Vertex AI providers with gcp.workloadIdentity: exchanged
             // with Google's STS, by the gateway alone.
             {"serviceAccountToken": {"audience": AUDIENCE_GCP_STS, "expirationSeconds": 3600, "path": "gcp"}},
+            // For Azure OpenAI providers with azure.workloadIdentity:
+            // presented to Entra ID, by the gateway alone.
+            {"serviceAccountToken": {"audience": AUDIENCE_AZURE_AD, "expirationSeconds": 3600, "path": "azure"}},
         ]}},
         {"name": VOLUME_CONTROL_CA, "configMap": {"name": CONTROL_CA_CONFIGMAP, "defaultMode": 420,
             "items": [{"key": "ca.crt", "path": "ca.crt"}]}},

@@ -379,6 +379,7 @@ async fn serve(args: &LocalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode
         identity_tokens: tollgate_gateway::workload_identity::TokenFiles {
             aws: tollgate_gateway::run::DEFAULT_AWS_TOKEN_FILE.into(),
             gcp: tollgate_gateway::run::DEFAULT_GCP_TOKEN_FILE.into(),
+            azure: tollgate_gateway::run::DEFAULT_AZURE_TOKEN_FILE.into(),
         },
     })
     .await

@@ -18,8 +18,8 @@ use tollgate_wire::config::{
     policy_hash,
 };
 use tollgate_wire::config::{
-    GoogleIdentitySource, VertexTarget, WebIdentitySource, is_bedrock_model_id, is_deployment_name,
-    is_gemini_model_name, is_vertex_path_name,
+    EntraIdentitySource, GoogleIdentitySource, VertexTarget, WebIdentitySource,
+    is_bedrock_model_id, is_deployment_name, is_gemini_model_name, is_vertex_path_name,
 };
 use tollgate_wire::time_zone::TimeZoneName;
 
@@ -274,6 +274,30 @@ pub fn google_identity_source(
             "gcp.workloadIdentity: the token endpoint {sts_url:?} must be a plain https URL (no user, query or fragment) whose host is listed in hosts"
         ));
     }
+    // The CRD's patterns, again: local mode compiles without an API server,
+    // and both values go into a request (the account into a URL path).
+    let pool_ok = identity
+        .audience
+        .strip_prefix("//iam.googleapis.com/projects/")
+        .is_some_and(|rest| {
+            rest.contains("/workloadIdentityPools/")
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-".contains(&b))
+        });
+    let account_ok = identity.service_account.as_deref().is_none_or(|account| {
+        account.ends_with(".gserviceaccount.com")
+            && account.bytes().filter(|b| *b == b'@').count() == 1
+            && account
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"@.-".contains(&b))
+    });
+    if !pool_ok || !account_ok {
+        return Err(
+            "gcp.workloadIdentity: audience must name a workload identity pool provider (//iam.googleapis.com/projects/...) and serviceAccount a service account email"
+                .into(),
+        );
+    }
     let impersonation_url = match &identity.service_account {
         None => None,
         Some(account) => {
@@ -296,6 +320,63 @@ pub fn google_identity_source(
         audience: identity.audience.clone(),
         sts_url,
         impersonation_url,
+    }))
+}
+
+/// The workload identity a provider's `azure.workloadIdentity` compiles
+/// to: the tenant's Entra ID token endpoint (on
+/// `https://login.microsoftonline.com` by default), a plain https URL whose
+/// host is one of `hosts`, and the application. `Ok(None)` without workload
+/// identity; the operator's `CredentialsResolved` condition uses the same
+/// check.
+pub fn entra_identity_source(
+    spec: &LLMProviderSpec,
+) -> Result<Option<EntraIdentitySource>, String> {
+    let Some(identity) = spec
+        .azure
+        .as_ref()
+        .and_then(|a| a.workload_identity.as_ref())
+    else {
+        return Ok(None);
+    };
+    if spec.credentials_ref.is_some() {
+        return Err(
+            "credentialsRef and azure.workloadIdentity are exclusive: a provider has one source of credentials"
+                .into(),
+        );
+    }
+    let authority = identity
+        .authority_host
+        .as_deref()
+        .unwrap_or("https://login.microsoftonline.com")
+        .trim_end_matches('/');
+    let plain_id = |id: &str| {
+        let groups: Vec<&str> = id.split('-').collect();
+        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups
+                .iter()
+                .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if !plain_id(&identity.tenant_id) || !plain_id(&identity.client_id) {
+        return Err("azure.workloadIdentity: tenantID and clientID must be GUIDs".into());
+    }
+    let listed = sts_host(authority).is_some_and(|host| spec.hosts.iter().any(|h| h == host));
+    if !listed || authority.trim_start_matches("https://").contains('/') {
+        return Err(format!(
+            "azure.workloadIdentity: the authority {authority:?} must be a plain https URL with no path (no user, query or fragment) whose host is listed in hosts"
+        ));
+    }
+    // Each sovereign cloud has its own Entra ID and its own Azure OpenAI
+    // audience; any other authority (a proxy, a test) is the public cloud's.
+    let scope = match sts_host(authority) {
+        Some(host) if host.ends_with(".us") => "https://cognitiveservices.azure.us/.default",
+        Some(host) if host.ends_with(".cn") => "https://cognitiveservices.azure.cn/.default",
+        _ => "https://cognitiveservices.azure.com/.default",
+    };
+    Ok(Some(EntraIdentitySource {
+        token_url: format!("{authority}/{}/oauth2/v2.0/token", identity.tenant_id),
+        client_id: identity.client_id.clone(),
+        scope: scope.into(),
     }))
 }
 
@@ -366,6 +447,7 @@ fn compile_provider(
         ));
     }
     let google_identity = google_identity_source(spec).map_err(invalid)?;
+    let entra_identity = entra_identity_source(spec).map_err(invalid)?;
     if let Some(gcp) = &spec.gcp
         && !(is_vertex_path_name(&gcp.project) && is_vertex_path_name(&gcp.location))
     {
@@ -467,6 +549,7 @@ fn compile_provider(
             location: g.location.clone(),
         }),
         google_identity,
+        entra_identity,
         connect_timeout_ms: spec.timeouts.connect_millis,
         first_byte_timeout_ms: spec.timeouts.first_byte_millis,
         idle_timeout_ms: spec.timeouts.idle_millis,
@@ -715,6 +798,67 @@ mod tests {
     }
 
     #[test]
+    fn azure_providers_compile_their_entra_workload_identity() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/azure/provider-workload-identity.yaml"),
+        )
+        .unwrap();
+        let provider: LLMProvider = serde_saphyr::from_str(&text).unwrap();
+        let compiled = compile_provider(&provider, &[]).unwrap();
+        assert_eq!(compiled.credentials, None);
+        let source = compiled.entra_identity.unwrap();
+        assert_eq!(
+            source.token_url,
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token"
+        );
+        assert_eq!(source.client_id, "5b1a7b2e-3d4c-4f6a-9e8b-0c1d2e3f4a5b");
+        assert_eq!(source.scope, "https://cognitiveservices.azure.com/.default");
+        let mut government = provider.clone();
+        government
+            .spec
+            .hosts
+            .push("login.microsoftonline.us".into());
+        let azure = government.spec.azure.as_mut().unwrap();
+        azure.workload_identity.as_mut().unwrap().authority_host =
+            Some("https://login.microsoftonline.us".into());
+        let compiled = compile_provider(&government, &[]).unwrap();
+        assert_eq!(
+            compiled.entra_identity.unwrap().scope,
+            "https://cognitiveservices.azure.us/.default"
+        );
+        let mut unlisted = provider.clone();
+        unlisted
+            .spec
+            .hosts
+            .retain(|h| h != "login.microsoftonline.com");
+        let message = compile_provider(&unlisted, &[]).unwrap_err().message;
+        assert!(message.contains("host is listed in hosts"), "{message}");
+        for odd in [
+            "https://login.microsoftonline.com/common",
+            "https://login.microsoftonline.com?x=1",
+            "http://login.microsoftonline.com",
+        ] {
+            let mut path = provider.clone();
+            let azure = path.spec.azure.as_mut().unwrap();
+            azure.workload_identity.as_mut().unwrap().authority_host = Some(odd.into());
+            assert!(compile_provider(&path, &[]).is_err(), "{odd}");
+        }
+        let mut tenant = provider.clone();
+        let azure = tenant.spec.azure.as_mut().unwrap();
+        azure.workload_identity.as_mut().unwrap().tenant_id = "../x".into();
+        assert!(compile_provider(&tenant, &[]).is_err());
+        let mut short = provider.clone();
+        let azure = short.spec.azure.as_mut().unwrap();
+        azure.workload_identity.as_mut().unwrap().client_id = "abc-def".into();
+        assert!(compile_provider(&short, &[]).is_err());
+        let mut both = provider.clone();
+        both.spec.credentials_ref = azure_example().spec.credentials_ref;
+        let message = compile_provider(&both, &[]).unwrap_err().message;
+        assert!(message.contains("exclusive"), "{message}");
+    }
+
+    #[test]
     fn vertex_providers_compile_their_target_and_workload_identity() {
         let provider = example("vertex");
         let compiled = compile_provider(&provider, &[]).unwrap();
@@ -754,6 +898,33 @@ mod tests {
         identity.workload_identity.as_mut().unwrap().sts_url =
             Some("https://sts.googleapis.com/v1/token?x=1".into());
         assert!(compile_provider(&odd, &[]).is_err());
+        for (audience, account) in [
+            (
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q?x",
+                "a@b.iam.gserviceaccount.com",
+            ),
+            (
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q",
+                "a/../b@c.iam.gserviceaccount.com",
+            ),
+            (
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q",
+                "a@b.iam.gserviceaccount.com?x",
+            ),
+        ] {
+            let mut odd = provider.clone();
+            let identity = odd
+                .spec
+                .gcp
+                .as_mut()
+                .unwrap()
+                .workload_identity
+                .as_mut()
+                .unwrap();
+            identity.audience = audience.into();
+            identity.service_account = Some(account.into());
+            assert!(compile_provider(&odd, &[]).is_err(), "{audience} {account}");
+        }
         let mut both = provider.clone();
         both.spec.credentials_ref = example("gemini").spec.credentials_ref;
         let message = compile_provider(&both, &[]).unwrap_err().message;

@@ -136,8 +136,8 @@ pub struct Guards {
         merge_strategy = ListMerge::Set,
         validation = Rule::new("self.all(h, h.matches('^[a-z0-9-]+$'))")
             .message("header names must be lowercase tokens such as x-request-id"),
-        validation = Rule::new("!self.exists(h, h in ['authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'x-amz-security-token', 'proxy-authorization', 'cookie'])")
-            .message("credential headers (authorization, x-api-key, api-key, x-goog-api-key, x-amz-security-token, proxy-authorization, cookie) cannot be allowlisted: the gateway always strips them"),
+        validation = Rule::new("!self.exists(h, h in ['authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'x-goog-user-project', 'x-amz-security-token', 'proxy-authorization', 'cookie'])")
+            .message("credential headers (authorization, x-api-key, api-key, x-goog-api-key, x-goog-user-project, x-amz-security-token, proxy-authorization, cookie) cannot be allowlisted: the gateway always strips them"),
     )]
     pub header_allowlist: Vec<String>,
 }

@@ -48,8 +48,12 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         .message("the host of baseURL must be listed in hosts, the exact allowlist of hosts the gateway dials"),
     validation = Rule::new("self.api == 'azureOpenai' || self.models.all(m, !has(m.deployment))")
         .message("a model's deployment applies to api azureOpenai only"),
-    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity)) || (has(self.gcp) && has(self.gcp.workloadIdentity))")
-        .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity; for vertex, or gcp.workloadIdentity)"),
+    validation = Rule::new("self.api == 'dryRun' || has(self.credentialsRef) || (has(self.aws) && has(self.aws.webIdentity)) || (has(self.gcp) && has(self.gcp.workloadIdentity)) || (has(self.azure) && has(self.azure.workloadIdentity))")
+        .message("credentialsRef is required for every api but dryRun (for bedrock, or aws.webIdentity; for vertex, or gcp.workloadIdentity; for azureOpenai, or azure.workloadIdentity)"),
+    validation = Rule::new("!has(self.credentialsRef) || !has(self.azure) || !has(self.azure.workloadIdentity)")
+        .message("credentialsRef and azure.workloadIdentity are exclusive: a provider has one source of credentials"),
+    validation = Rule::new("!has(self.azure) || !has(self.azure.workloadIdentity) || !has(self.azure.workloadIdentity.authorityHost) || (self.azure.workloadIdentity.authorityHost.startsWith('https://') && isURL(self.azure.workloadIdentity.authorityHost) && url(self.azure.workloadIdentity.authorityHost).getHostname() in self.hosts && url(self.azure.workloadIdentity.authorityHost).getEscapedPath() in ['', '/'] && size(url(self.azure.workloadIdentity.authorityHost).getQuery()) == 0)")
+        .message("azure.workloadIdentity.authorityHost must be an https URL with no path or query, and its host must be listed in hosts"),
     validation = Rule::new("!has(self.aws) || !has(self.aws.webIdentity) || !has(self.aws.webIdentity.stsURL) || (self.aws.webIdentity.stsURL.startsWith('https://') && isURL(self.aws.webIdentity.stsURL) && url(self.aws.webIdentity.stsURL).getHostname() in self.hosts)")
         .message("aws.webIdentity.stsURL must use https and its host must be listed in hosts"),
     validation = Rule::new("!has(self.credentialsRef) || !has(self.aws) || !has(self.aws.webIdentity)")
@@ -133,6 +137,48 @@ pub struct AzureSettings {
     /// goes in the body's `model`).
     #[schemars(regex(pattern = r"^(v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?)$"))]
     pub api_version: String,
+
+    /// Credentials from the pod's own identity instead of stored keys: each
+    /// gateway presents its projected ServiceAccount token (audience
+    /// `tollgate.dev/azure`, which only gateway containers can be given) as
+    /// a federated client assertion to Microsoft Entra ID for this
+    /// application's access token to Azure OpenAI (scope
+    /// `https://cognitiveservices.azure.com/.default`), held in memory and
+    /// refreshed before it expires. Exclusive with `credentialsRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<AzureWorkloadIdentity>,
+}
+
+/// Microsoft Entra workload identity: an application (or user-assigned
+/// managed identity) with a federated identity credential for the cluster's
+/// OIDC issuer.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureWorkloadIdentity {
+    /// The directory (tenant) ID.
+    #[serde(rename = "tenantID")]
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub tenant_id: String,
+
+    /// The application (client) ID of the app registration or managed
+    /// identity. Its federated identity credential names the cluster's
+    /// issuer, the ServiceAccount (`system:serviceaccount:NAMESPACE:NAME`)
+    /// and the audience `tollgate.dev/azure`; the identity holds
+    /// `Cognitive Services OpenAI User` on the resource.
+    #[serde(rename = "clientID")]
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub client_id: String,
+
+    /// The Entra ID authority; default `https://login.microsoftonline.com`
+    /// (sovereign clouds have their own). Its host must be listed in
+    /// `hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub authority_host: Option<String>,
 }
 
 /// How to call Amazon Bedrock.

@@ -51,6 +51,10 @@ const BEDROCK_ROLE: &str = "arn:aws:iam::123456789012:role/tollgate-node-bedrock
 /// gateways exchange their tokens for, for Vertex AI.
 const GCP_POOL: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/tollgate/providers/node";
 const GCP_SERVICE_ACCOUNT: &str = "vertex-node@tollgate-node.iam.gserviceaccount.com";
+/// The Entra ID tenant and application the node's gateways get Azure OpenAI
+/// tokens for.
+const ENTRA_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const ENTRA_CLIENT_ID: &str = "5b1a7b2e-3d4c-4f6a-9e8b-0c1d2e3f4a5b";
 
 fn node_env() -> Result<()> {
     ensure!(
@@ -248,6 +252,16 @@ impl Upstream {
                 GCP_POOL,
                 "--gcp-service-account",
                 GCP_SERVICE_ACCOUNT,
+            ])
+            // Entra ID for Azure OpenAI workload identity: any token the
+            // kubelet issued for audience tollgate.dev/azure.
+            .args([
+                "--entra-audience",
+                "tollgate.dev/azure",
+                "--entra-tenant",
+                ENTRA_TENANT,
+                "--entra-client-id",
+                ENTRA_CLIENT_ID,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -552,6 +566,15 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                             "models": [{"name": "gemini-2.5-flash", "pricing": pricing}],
                             "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-azure"},
+                   "spec": {"api": "azureOpenai", "baseURL": base_url, "hosts": [NODE_IP],
+                            "azure": {"apiVersion": "2024-10-21",
+                                      "workloadIdentity": {"tenantID": ENTRA_TENANT,
+                                                           "clientID": ENTRA_CLIENT_ID,
+                                                           "authorityHost": base_url}},
+                            "models": [{"name": "gpt-4o-node", "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
                    "metadata": {"name": "node-anthropic"},
                    "spec": {"api": "anthropic", "baseURL": base_url, "hosts": [NODE_IP],
                             "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
@@ -569,9 +592,10 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                         "allow": [{"providerRef": "node-openai", "models": ["gpt-4o-mini"]},
                                   {"providerRef": "node-anthropic", "models": ["claude-*"]},
                                   {"providerRef": "node-bedrock", "models": ["anthropic.*"]},
-                                  {"providerRef": "node-vertex", "models": ["gemini-*"]}]}})
+                                  {"providerRef": "node-vertex", "models": ["gemini-*"]},
+                                  {"providerRef": "node-azure", "models": ["gpt-4o-node"]}]}})
     };
-    const QUOTA_REQUESTS: u64 = 6;
+    const QUOTA_REQUESTS: u64 = 8;
     for ns in [APP_NS, FAULT_NS] {
         apply(
             &k,
@@ -724,6 +748,36 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                 && r["vertex"]["project"] == "tollgate-node"),
         "no Vertex AI request with the issued token, at the provider's project: {seen:?}"
     );
+    // Azure OpenAI with no stored key: the gateway presented the pod's
+    // kubelet-issued token to Entra ID and sent the access token it got.
+    let azure_path = "/openai/deployments/gpt-4o-node/chat/completions?api-version=2024-10-21";
+    let (status, body) = app_post(&k, APP_NS, azure_path, &chat("gpt-4o-node", &marker)).await?;
+    sent_app += 1;
+    if status != 200 || !body.contains("MOCKCOMPLETION") {
+        let logs = k
+            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
+            .await
+            .unwrap_or_default();
+        bail!(
+            "Azure OpenAI chat through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
+            upstream.records()
+        );
+    }
+    let seen = upstream.records();
+    let grant = seen
+        .iter()
+        .find(|r| r["entra"]["token_ok"] == true)
+        .with_context(|| format!("no Entra ID grant with a projected token: {seen:?}"))?;
+    let subject = grant["entra"]["subject"].as_str().unwrap_or_default();
+    ensure!(
+        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:"))
+            && grant["entra"]["token_audience"] == json!(["tollgate.dev/azure"]),
+        "the Entra ID assertion is not the app pod's, for tollgate.dev/azure: {grant}"
+    );
+    ensure!(
+        seen.iter().any(|r| r["azure"]["auth"] == "entra-token"),
+        "no Azure OpenAI request with the Entra ID token: {seen:?}"
+    );
     let seen = upstream.records();
     ensure!(
         seen.iter()
@@ -851,7 +905,9 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         refused,
         "the quota of {QUOTA_REQUESTS} requests never answered 429"
     );
-    // 2 allowed before (chat + messages) and the 403 are counted as requests too.
+    // Allowed before (chat, messages, Bedrock, Vertex AI, Azure OpenAI)
+    // and the 403 are counted as requests too: the quota is spent by then
+    // or within a request.
     eprintln!("node: quota allowed {allowed} more requests before 429");
     let status = eventually(Duration::from_secs(60), || async {
         let q: Value = serde_json::from_str(

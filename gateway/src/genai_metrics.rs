@@ -598,6 +598,7 @@ mod tests {
             web_identity: None,
             vertex: None,
             google_identity: None,
+            entra_identity: None,
             name: name.into(),
             api,
             base_url: url.map(str::to_string),

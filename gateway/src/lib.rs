@@ -14,6 +14,7 @@ pub mod control;
 pub mod credentials;
 pub mod dry_run;
 pub mod egress_rules;
+pub mod entra_identity;
 pub mod eventstream;
 pub mod genai_metrics;
 pub mod google_identity;

@@ -72,6 +72,11 @@ pub struct RunArgs {
     /// token.
     #[arg(long, env = "TOLLGATE_GCP_IDENTITY_TOKEN_FILE", default_value = DEFAULT_GCP_TOKEN_FILE)]
     pub gcp_identity_token_file: PathBuf,
+    /// The projected ServiceAccount token (audience tollgate.dev/azure) that
+    /// Azure OpenAI providers with azure.workloadIdentity present to Entra
+    /// ID.
+    #[arg(long, env = "TOLLGATE_AZURE_IDENTITY_TOKEN_FILE", default_value = DEFAULT_AZURE_TOKEN_FILE)]
+    pub azure_identity_token_file: PathBuf,
     /// The recorder receipts are shipped to. Without it receipts stay in the spool.
     #[arg(long, env = "TOLLGATE_RECORDER_URL")]
     pub recorder_url: Option<String>,
@@ -310,6 +315,8 @@ pub struct GatewayOptions {
 pub const DEFAULT_AWS_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/aws";
 /// Where the admission webhook mounts the gateway's Google STS token.
 pub const DEFAULT_GCP_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/gcp";
+/// Where the admission webhook mounts the gateway's Entra ID token.
+pub const DEFAULT_AZURE_TOKEN_FILE: &str = "/var/run/secrets/tollgate.dev/tokens/azure";
 /// How often the gateway looks for workload identity credentials due a
 /// refresh.
 const WEB_IDENTITY_TICK: Duration = Duration::from_secs(30);
@@ -851,6 +858,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity_tokens: crate::workload_identity::TokenFiles {
             aws: args.aws_web_identity_token_file.clone(),
             gcp: args.gcp_identity_token_file.clone(),
+            azure: args.azure_identity_token_file.clone(),
         },
     };
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));

@@ -1,14 +1,16 @@
 //! Credentials from the pod's own identity, with no stored key: the gateway
 //! reads a projected ServiceAccount token whose audience only gateway
-//! containers can be given (`tollgate.dev/aws`, `tollgate.dev/gcp`), trades
+//! containers can be given (`tollgate.dev/aws`, `tollgate.dev/gcp`,
+//! `tollgate.dev/azure`), trades
 //! it with the cloud's token service for short-lived credentials, keeps
 //! them in memory and trades again well before they expire. Nothing is
 //! written anywhere; the app container never sees a token or a credential.
 //!
 //! The clouds differ only in the exchange: AWS `AssumeRoleWithWebIdentity`
 //! ([`crate::web_identity`]) gives SigV4 credentials, Google workload
-//! identity federation ([`crate::google_identity`]) a bearer token. The
-//! cache, the refresh loop and the bounds are shared and live here.
+//! identity federation ([`crate::google_identity`]) and Microsoft Entra
+//! workload identity ([`crate::entra_identity`]) a bearer token. The cache,
+//! the refresh loop and the bounds are shared and live here.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,10 @@ pub const LIFETIME_SECONDS: u32 = 3600;
 const MAX_ANSWER: usize = 64 * 1024;
 /// How long one exchange may take, every step and answer body included.
 const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The least time between a refresh and another that a refusal asks for:
+/// a provider that refuses every token does not turn each request into an
+/// exchange.
+const MIN_REFUSED_REFRESH_MS: u64 = 30_000;
 /// The largest token file read.
 pub(crate) const MAX_TOKEN_BYTES: u64 = 16 * 1024;
 
@@ -82,21 +88,26 @@ pub struct TokenFiles {
     pub aws: PathBuf,
     /// Audience `tollgate.dev/gcp`.
     pub gcp: PathBuf,
+    /// Audience `tollgate.dev/azure`.
+    pub azure: PathBuf,
 }
 
 /// The identity a provider's credentials come from, if not from keys.
 enum Source<'p> {
     Aws(&'p tollgate_wire::config::WebIdentitySource),
     Google(&'p tollgate_wire::config::GoogleIdentitySource),
+    Entra(&'p tollgate_wire::config::EntraIdentitySource),
 }
 
 impl Source<'_> {
     fn of(provider: &CompiledProvider) -> Option<Source<'_>> {
-        match (&provider.web_identity, &provider.google_identity) {
-            (Some(aws), _) => Some(Source::Aws(aws)),
-            (None, Some(google)) => Some(Source::Google(google)),
-            (None, None) => None,
+        if let Some(aws) = &provider.web_identity {
+            return Some(Source::Aws(aws));
         }
+        if let Some(google) = &provider.google_identity {
+            return Some(Source::Google(google));
+        }
+        provider.entra_identity.as_ref().map(Source::Entra)
     }
 
     /// What the cache keys credentials by besides the provider: a change of
@@ -110,6 +121,7 @@ impl Source<'_> {
                 s.sts_url,
                 s.impersonation_url.as_deref().unwrap_or("-")
             ),
+            Source::Entra(s) => format!("azure {} {}", s.token_url, s.client_id),
         }
     }
 }
@@ -119,11 +131,29 @@ pub fn uses_workload_identity(provider: &CompiledProvider) -> bool {
     Source::of(provider).is_some()
 }
 
+/// Whether `provider` is called with a bearer token from workload identity
+/// (Google, Entra) rather than signed (AWS) or keyed.
+pub fn sends_bearer(provider: &CompiledProvider) -> bool {
+    matches!(
+        Source::of(provider),
+        Some(Source::Google(_) | Source::Entra(_))
+    )
+}
+
+/// Credentials held for a provider, when they were stored, and whether the
+/// provider has refused them since.
+#[derive(Debug, Clone)]
+struct Entry {
+    held: Held,
+    stored_at_ms: u64,
+    refused: bool,
+}
+
 /// The credentials of every provider that uses workload identity, by
 /// provider name and source.
 #[derive(Debug, Default)]
 pub struct WorkloadIdentityCache {
-    entries: RwLock<HashMap<(String, String), Held>>,
+    entries: RwLock<HashMap<(String, String), Entry>>,
     /// Wakes the refresh loop early: a new config, or credentials refused.
     wake: tokio::sync::Notify,
 }
@@ -159,24 +189,54 @@ impl WorkloadIdentityCache {
     fn current(&self, provider: &CompiledProvider, now_ms: u64) -> Option<Issued> {
         let source = Source::of(provider)?;
         self.entry(&provider.name, &source.key())
+            .map(|entry| entry.held)
             .filter(|held| held.valid(now_ms))
             .map(|held| held.issued)
     }
 
-    fn entry(&self, provider: &str, source: &str) -> Option<Held> {
+    fn entry(&self, provider: &str, source: &str) -> Option<Entry> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(&(provider.to_owned(), source.to_owned()))
             .cloned()
     }
 
-    /// Forgets `provider`'s credentials (the provider refused them) and
-    /// wakes the loop to trade again.
-    pub fn evict(&self, provider: &str) {
+    /// Notes that `provider` answered `status` to a request sent with
+    /// `used`. A refusal of the credentials themselves (401; for AWS, 403
+    /// too: Bedrock answers an expired or revoked session with 403) asks the
+    /// loop to trade again at once; the credentials stay in use meanwhile,
+    /// as the refusal may be of one request (a Vertex 403 is often a
+    /// resource the identity may not read). Only the credentials in the
+    /// cache are marked (not newer ones a late answer did not see), at most
+    /// once per [`MIN_REFUSED_REFRESH_MS`]. Returns whether a new exchange
+    /// was asked for.
+    pub fn refused(
+        &self,
+        provider: &CompiledProvider,
+        used: &Issued,
+        status: http::StatusCode,
+        now_ms: u64,
+    ) -> bool {
+        let refusal = match used {
+            Issued::Aws(_) => matches!(status.as_u16(), 401 | 403),
+            Issued::Bearer(_) => status == http::StatusCode::UNAUTHORIZED,
+        };
+        let Some(source) = Source::of(provider).filter(|_| refusal) else {
+            return false;
+        };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(name, _), _| name != provider);
+        let Some(entry) = entries.get_mut(&(provider.name.clone(), source.key())) else {
+            return false;
+        };
+        let marked = entry.held.issued == *used
+            && !entry.refused
+            && now_ms.saturating_sub(entry.stored_at_ms) >= MIN_REFUSED_REFRESH_MS;
+        entry.refused |= marked;
         drop(entries);
-        self.wake();
+        if marked {
+            self.wake();
+        }
+        marked
     }
 
     /// Keeps only the entries of `live` (provider, source) pairs.
@@ -185,9 +245,14 @@ impl WorkloadIdentityCache {
         entries.retain(|key, _| live.contains(key));
     }
 
-    fn store(&self, provider: &str, source: String, held: Held) {
+    fn store(&self, provider: &str, source: String, held: Held, now_ms: u64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.insert((provider.to_owned(), source), held);
+        let entry = Entry {
+            held,
+            stored_at_ms: now_ms,
+            refused: false,
+        };
+        entries.insert((provider.to_owned(), source), entry);
     }
 }
 
@@ -248,6 +313,9 @@ async fn exchange(
             Source::Google(s) => {
                 crate::google_identity::exchange(client, s, &files.gcp, now_ms).await
             }
+            Source::Entra(s) => {
+                crate::entra_identity::exchange(client, s, &files.azure, now_ms).await
+            }
         }
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, work)
@@ -288,7 +356,7 @@ pub async fn refresh_due(gateway: &crate::proxy::Gateway, files: &TokenFiles, no
         let key = source.key();
         if cache
             .entry(&provider.name, &key)
-            .is_some_and(|held| !held.due(now_ms))
+            .is_some_and(|entry| !entry.refused && !entry.held.due(now_ms))
         {
             continue;
         }
@@ -305,7 +373,9 @@ pub async fn refresh_due(gateway: &crate::proxy::Gateway, files: &TokenFiles, no
                     expires_at_ms = held.expires_at_ms,
                     "workload identity: temporary credentials obtained"
                 );
-                cache.store(&provider.name, key, held);
+                // Held from now, not from the pass's start: the refusal
+                // guard counts from when the credentials arrived.
+                cache.store(&provider.name, key, held, crate::receipts::unix_millis());
             }
             Err(err) => {
                 tracing::warn!(provider = %provider.name, error = %err, "workload identity: exchange failed; requests to this provider fail closed once the current credentials expire");
@@ -361,30 +431,62 @@ mod tests {
         let cache = WorkloadIdentityCache::default();
         let key = Source::of(&provider).unwrap().key();
         let token = ApiKey::new("ya29.token").unwrap();
-        cache.store(
-            "vertex",
-            key.clone(),
-            Held {
-                issued: Issued::Bearer(token.clone()),
-                expires_at_ms: 100,
-            },
-        );
-        assert_eq!(cache.bearer(&provider, 99), Some(token));
-        assert_eq!(cache.bearer(&provider, 100), None, "expired");
+        let held = |token: &ApiKey| Held {
+            issued: Issued::Bearer(token.clone()),
+            expires_at_ms: 100_000,
+        };
+        cache.store("vertex", key.clone(), held(&token), 0);
+        assert_eq!(cache.bearer(&provider, 99_999), Some(token.clone()));
+        assert_eq!(cache.bearer(&provider, 100_000), None, "expired");
         assert_eq!(
             cache.aws(&provider, 99),
             None,
             "a bearer token signs nothing"
         );
-        // Another pool is another entry: the old token is not used for it.
-        provider
-            .google_identity
-            .as_mut()
-            .unwrap()
-            .audience
-            .push('x');
-        assert_eq!(cache.bearer(&provider, 99), None);
-        cache.evict("vertex");
-        assert!(cache.entry("vertex", &key).is_none());
+        // Another pool or service account is another entry: the old token
+        // is not used for it.
+        let mut other = provider.clone();
+        other.google_identity.as_mut().unwrap().audience.push('x');
+        assert_eq!(cache.bearer(&other, 99), None);
+        let mut other = provider.clone();
+        other.google_identity.as_mut().unwrap().impersonation_url = Some("https://i/sa".into());
+        assert_eq!(cache.bearer(&other, 99), None);
+
+        // A 403 is not a refusal of a bearer token; a 401 is, once the
+        // token has been held a while, and the token stays in use until a
+        // new one arrives.
+        let used = Issued::Bearer(token.clone());
+        let forbidden = http::StatusCode::FORBIDDEN;
+        let unauthorized = http::StatusCode::UNAUTHORIZED;
+        assert!(!cache.refused(&provider, &used, forbidden, 60_000));
+        assert!(
+            !cache.refused(&provider, &used, unauthorized, 10_000),
+            "too soon"
+        );
+        assert!(cache.refused(&provider, &used, unauthorized, 60_000));
+        assert!(
+            !cache.refused(&provider, &used, unauthorized, 61_000),
+            "asked once"
+        );
+        assert!(cache.entry("vertex", &key).unwrap().refused);
+        assert_eq!(cache.bearer(&provider, 61_000), Some(token));
+        // A late refusal of an older token leaves a newer one alone.
+        let newer = ApiKey::new("ya29.newer").unwrap();
+        cache.store("vertex", key.clone(), held(&newer), 70_000);
+        assert!(!cache.refused(&provider, &used, unauthorized, 200_000));
+        assert!(!cache.entry("vertex", &key).unwrap().refused);
+        // For AWS credentials a 403 is a refusal too.
+        provider.google_identity = None;
+        provider.web_identity = Some(tollgate_wire::config::WebIdentitySource {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            sts_url: "https://sts.test".into(),
+        });
+        let aws = AwsCredentials::new("ASIA1", "secret", Some("t")).unwrap();
+        let stored = Held {
+            issued: Issued::Aws(aws.clone()),
+            expires_at_ms: 1_000_000,
+        };
+        cache.store("vertex", Source::of(&provider).unwrap().key(), stored, 0);
+        assert!(cache.refused(&provider, &Issued::Aws(aws), forbidden, 60_000));
     }
 }

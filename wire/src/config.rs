@@ -202,6 +202,12 @@ pub struct CompiledProvider {
     /// then impersonates. Only for `vertex`, never with `credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub google_identity: Option<GoogleIdentitySource>,
+    /// Azure OpenAI credentials from the pod's own identity instead of
+    /// keys: the Entra ID token endpoint and application the gateway's
+    /// projected ServiceAccount token is a client assertion for. Only for
+    /// `azureOpenai`, never with `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_identity: Option<EntraIdentitySource>,
     pub connect_timeout_ms: u32,
     pub first_byte_timeout_ms: u32,
     pub idle_timeout_ms: u32,
@@ -243,6 +249,21 @@ pub struct GoogleIdentitySource {
     /// provider's `hosts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impersonation_url: Option<String>,
+}
+
+/// Microsoft Entra workload identity: a client-credentials grant with the
+/// gateway's token as a federated client assertion.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntraIdentitySource {
+    /// `{authority}/{tenant}/oauth2/v2.0/token`; its host is one of the
+    /// provider's `hosts`.
+    pub token_url: String,
+    pub client_id: String,
+    /// The Azure OpenAI scope of the authority's cloud
+    /// (`https://cognitiveservices.azure.com/.default`; `.azure.us` for
+    /// Azure Government, `.azure.cn` for Azure operated by 21Vianet).
+    pub scope: String,
 }
 
 /// The Secret and keys that hold a provider's API keys.

@@ -19,13 +19,14 @@ use tollgate_wire::config::{CompiledPolicy, FailMode, ProviderApi};
 
 use super::metered::{Framing, MeteredBody, Settle, Source, tap_for, ticket_finish};
 use super::refusal::{Contact, Refusal, Refused};
-use super::route::{Candidate, rewrite_gemini_body_models};
+use super::route::{Candidate, rewrite_gemini_body_models, unwrap_count_request_for_vertex};
 use super::{Gateway, Runtime, Ticket};
 use crate::api::ApiStyle;
 use crate::aws_signing;
 use crate::credentials::choose_key_index;
 use crate::receipts::{UpstreamFacts, unix_millis};
 use crate::upstream::{TlsFingerprint, connect_error};
+use crate::workload_identity::Issued;
 
 /// The request as it leaves for the provider: its JSON (which routing may have
 /// rewritten), the bytes the client sent, and whether they must be re-encoded.
@@ -161,7 +162,18 @@ pub(super) async fn forward(
             outgoing.json["model"] = Value::from(upstream_model);
             outgoing.rewrite = true;
         }
-        let body = if outgoing.rewrite {
+        // Vertex AI counts without the Gemini API's wrapper: unwrapped in a
+        // copy, so a failover to a Gemini API provider gets the body as sent.
+        let unwrapped = (candidate.provider.api == ProviderApi::Vertex
+            && ticket.endpoint == crate::api::Endpoint::GeminiCountTokens)
+            .then(|| {
+                let mut json = outgoing.json.clone();
+                unwrap_count_request_for_vertex(&mut json).then_some(json)
+            })
+            .flatten();
+        let body = if let Some(json) = &unwrapped {
+            Bytes::from(serde_json::to_vec(json).unwrap_or_default())
+        } else if outgoing.rewrite {
             Bytes::from(serde_json::to_vec(&outgoing.json).unwrap_or_default())
         } else {
             outgoing.original.clone()
@@ -316,23 +328,26 @@ async fn attempt_once(
             provider: provider.name.clone(),
         })
     };
-    // A bearer token from workload identity (Vertex AI), if the provider
-    // uses one; none yet fails closed.
-    let bearer = match provider.google_identity {
-        Some(_) => Some(
+    // A bearer token from workload identity (Vertex AI, Azure OpenAI), if
+    // the provider uses one; none yet fails closed.
+    let bearer = match crate::workload_identity::sends_bearer(provider) {
+        true => Some(
             ticket
                 .gateway
                 .workload_identity()
                 .bearer(provider, unix_millis())
                 .ok_or_else(unavailable)?,
         ),
-        None => None,
+        false => None,
     };
+    // The workload identity credentials this request goes with, if any: a
+    // refusal of them asks for new ones.
+    let mut used = bearer.clone().map(Issued::Bearer);
     let mut request = http::Request::post(&uri);
     if let Some(headers) = request.headers_mut() {
         copy_forwarded_headers(client_headers, headers, style, &policy.header_allowlist);
         if let Some(token) = &bearer {
-            set_bearer(headers, token);
+            set_bearer(headers, token).map_err(|()| unavailable())?;
         } else if provider.api == ProviderApi::Bedrock {
             // Bedrock takes no key header: the whole request is signed below.
         } else if let Some(key) = key_used.and_then(|i| keys.get(i as usize)) {
@@ -346,6 +361,7 @@ async fn attempt_once(
                 .gateway
                 .workload_identity()
                 .aws(provider, unix_millis())
+                .inspect(|credentials| used = Some(Issued::Aws(credentials.clone())))
         } else {
             key_used
                 .and_then(|i| keys.get(i as usize))
@@ -420,13 +436,17 @@ async fn attempt_once(
         }
         Ok(Ok(response)) => response,
     };
-    if crate::workload_identity::uses_workload_identity(provider)
-        && matches!(response.status().as_u16(), 401 | 403)
+    if let Some(used) = &used
+        && ticket.gateway.workload_identity().refused(
+            provider,
+            used,
+            response.status(),
+            unix_millis(),
+        )
     {
         // The provider refused the temporary credentials (revoked session,
         // expired token): trade again rather than keep failing with them.
         tracing::warn!(provider = %provider.name, status = response.status().as_u16(), "the provider refused the workload identity credentials; trading again");
-        ticket.gateway.workload_identity().evict(&provider.name);
     }
     if let Some(index) = key_used
         && ticket
@@ -594,6 +614,8 @@ fn copy_forwarded_headers(
                 | "x-api-key"
                 | "api-key"
                 | "x-goog-api-key"
+                // Names the Google project billed: the provider's choice.
+                | "x-goog-user-project"
                 | "x-amz-security-token"
                 | "x-amz-date"
                 | "x-amz-content-sha256"
@@ -637,12 +659,13 @@ fn set_key(headers: &mut HeaderMap, api: ProviderApi, key: &crate::credentials::
     }
 }
 
-/// Sets an OAuth access token from workload identity, marked sensitive.
-fn set_bearer(headers: &mut HeaderMap, token: &crate::credentials::ApiKey) {
-    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
-        value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
-    }
+/// Sets an OAuth access token from workload identity, marked sensitive;
+/// `Err` if it cannot be a header (the request then fails closed).
+fn set_bearer(headers: &mut HeaderMap, token: &crate::credentials::ApiKey) -> Result<(), ()> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| ())?;
+    value.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, value);
+    Ok(())
 }
 
 /// How long a key probe may take, connection included.
@@ -785,6 +808,7 @@ mod tests {
         );
         from.insert("x-api-key", HeaderValue::from_static("client-key"));
         from.insert("x-goog-api-key", HeaderValue::from_static("client-key"));
+        from.insert("x-goog-user-project", HeaderValue::from_static("other"));
         from.insert("cookie", HeaderValue::from_static("a=b"));
         from.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         from.insert("x-request-id", HeaderValue::from_static("abc"));
@@ -798,6 +822,7 @@ mod tests {
                 "x-request-id".into(),
                 "authorization".into(),
                 "x-goog-api-key".into(),
+                "x-goog-user-project".into(),
             ],
         );
         assert_eq!(to.get("anthropic-version").unwrap(), "2023-06-01");
@@ -806,6 +831,7 @@ mod tests {
             "authorization",
             "x-api-key",
             "x-goog-api-key",
+            "x-goog-user-project",
             "cookie",
             "x-internal",
         ] {

@@ -232,6 +232,25 @@ pub(super) fn check_body_shape(endpoint: Endpoint, body: &Value) -> Result<(), s
     Err(super::Refusal::UnsupportedBody { detail })
 }
 
+/// A Gemini API `countTokens` body that wraps a `generateContentRequest`,
+/// unwrapped for Vertex AI, whose `countTokens` takes the fields it counts
+/// (`contents`, `systemInstruction`, `tools`, `generationConfig`) at the top
+/// level and has no wrapper; true when anything changed.
+pub(super) fn unwrap_count_request_for_vertex(body: &mut Value) -> bool {
+    let Some(Value::Object(inner)) = body
+        .as_object_mut()
+        .and_then(|b| b.remove("generateContentRequest"))
+    else {
+        return false;
+    };
+    for field in ["contents", "systemInstruction", "tools", "generationConfig"] {
+        if let Some(value) = inner.get(field) {
+            body[field] = value.clone();
+        }
+    }
+    true
+}
+
 /// The upstream model names a Gemini body carries, rewritten to `wanted`
 /// (`models/{model}` for the Gemini API, the full resource name for Vertex
 /// AI); true when anything changed.
@@ -318,6 +337,20 @@ mod tests {
     }
 
     #[test]
+    fn a_wrapped_count_is_unwrapped_for_vertex() {
+        let mut body = serde_json::json!({"generateContentRequest": {
+            "model": "models/g", "contents": [{"parts": [{"text": "hi"}]}],
+            "safetySettings": [], "generationConfig": {"maxOutputTokens": 5}}});
+        assert!(unwrap_count_request_for_vertex(&mut body));
+        assert_eq!(
+            body,
+            serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}],
+                               "generationConfig": {"maxOutputTokens": 5}})
+        );
+        assert!(!unwrap_count_request_for_vertex(&mut body));
+    }
+
+    #[test]
     fn body_models_may_be_named_as_either_api_names_them() {
         for name in [
             "gemini-2.5-flash",
@@ -362,6 +395,7 @@ mod tests {
             web_identity: None,
             vertex: None,
             google_identity: None,
+            entra_identity: None,
             name: name.into(),
             api,
             base_url: None,

@@ -67,6 +67,10 @@ STS_ROLE = "arn:aws:iam::123456789012:role/tollgate-bedrock"
 # exchanges tokens for, and the service account its IAM lets them impersonate.
 GCP_POOL = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/tollgate/providers/sdk-tests"
 GCP_SERVICE_ACCOUNT = "vertex-caller@tollgate-tests.iam.gserviceaccount.com"
+# Microsoft Entra workload identity: the tenant and application the mock's
+# Entra ID issues Azure OpenAI tokens for.
+ENTRA_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+ENTRA_CLIENT_ID = "5b1a7b2e-3d4c-4f6a-9e8b-0c1d2e3f4a5b"
 # The app's own Vertex AI token: the gateway must drop it.
 VERTEX_CLIENT_TOKEN = "ya29.client-vertex-token-must-not-leave"
 OPENAI_CLIENT_KEY = "sk-client-should-be-dropped"
@@ -203,7 +207,7 @@ class MockServer:
         cmd = [sys.executable, str(MOCK), "--cert", str(pki.leaf_cert), "--key", str(pki.leaf_key), "--log", str(self.log_path),
                "--tag", tag, "--marker", COMPLETION_MARKER, *(a for k in BEDROCK_KEYS.values() for a in ("--aws-key", k)),
                "--sts-token", STS_TOKEN, "--sts-role", STS_ROLE, "--gcp-pool", GCP_POOL,
-               "--gcp-service-account", GCP_SERVICE_ACCOUNT]
+               "--gcp-service-account", GCP_SERVICE_ACCOUNT, "--entra-tenant", ENTRA_TENANT, "--entra-client-id", ENTRA_CLIENT_ID]
         if redirect_to:
             cmd += ["--redirect-to", redirect_to]
         if fail_all_429:

@@ -51,6 +51,12 @@ Behaviours, keyed by the requested model name:
 - IAM Credentials (``POST /v1/projects/-/serviceAccounts/{sa}:generateAccessToken``):
   for a federated token and ``--gcp-service-account``, an access token
   (``google_access_token(federated)``); else 403 ``PERMISSION_DENIED``;
+- Microsoft Entra ID (``POST /{tenant}/oauth2/v2.0/token``, a client
+  credentials grant with a federated client assertion): for ``--entra-tenant``
+  and ``--entra-client-id``, trades the ``--sts-token`` (or, with
+  ``--entra-audience``, any ServiceAccount JWT for that audience) for an
+  access token (``entra_access_token(assertion)``) that Azure OpenAI paths
+  then accept as ``Authorization: Bearer``; else 401 ``invalid_client``;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -146,6 +152,11 @@ def google_access_token(federated: str) -> str:
     return "ya29.mock" + hashlib.sha256(f"sa/{federated}".encode()).hexdigest()[:40]
 
 
+def entra_access_token(assertion: str) -> str:
+    """The access token Entra ID issues for a client assertion."""
+    return "eyJ0eXAiOiJKV1QifQ.entra" + hashlib.sha256(f"entra/{assertion}".encode()).hexdigest()[:40] + ".sig"
+
+
 def sts_secret(token: str) -> str:
     """The secret of the temporary credentials issued for a web identity token
     (deterministic, so a test can look for it in what the gateway stored)."""
@@ -182,7 +193,12 @@ class MockState:
     def __init__(self, tag: str, log_path: str, marker: str, redirect_to: str | None, fail_all_429: bool,
                  aws_keys: dict[str, str] | None = None, sts_token: str | None = None, sts_role: str | None = None,
                  sts_audience: str | None = None, gcp_pool: str | None = None, gcp_service_account: str | None = None,
-                 gcp_audience: str | None = None, gcp_direct: bool = False):
+                 gcp_audience: str | None = None, gcp_direct: bool = False, entra_tenant: str | None = None,
+                 entra_client_id: str | None = None, entra_audience: str | None = None):
+        self.entra_tenant = entra_tenant
+        self.entra_client_id = entra_client_id
+        self.entra_audience = entra_audience
+        self.entra_tokens: set[str] = set()
         self.sts_audience = sts_audience
         self.gcp_pool = gcp_pool
         self.gcp_service_account = gcp_service_account
@@ -351,15 +367,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 st.log(record)
                 self._send_json(404, {"error": {"code": "404", "message": "Resource not found"}})
                 return
-            if not headers.get("api-key"):
+            bearer = headers.get("authorization", "").removeprefix("Bearer ")
+            with st.lock:
+                entra = bearer in st.entra_tokens
+            record["azure"]["auth"] = "entra-token" if entra else "api-key" if headers.get("api-key") else "none"
+            if record["azure"]["auth"] == "none":
                 record["status"] = 401
                 st.log(record)
                 self._send_json(401, {"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}})
                 return
-            headers = dict(headers, authorization=f"Bearer {headers['api-key']}")
+            headers = dict(headers, authorization=f"Bearer {headers['api-key'] if not entra else bearer}")
             path, model = f"/v1/{azure[2]}", azure[1]
         if path == "/" and method == "POST" and b"Action=AssumeRoleWithWebIdentity" in body:
             self._sts(body, headers, record)
+            return
+        entra_grant = re.match(r"^/([^/]+)/oauth2/v2\.0/token$", path)
+        if entra_grant and method == "POST":
+            self._entra(entra_grant[1], body, headers, record)
             return
         if path == "/v1/token" and method == "POST":
             self._google_sts(body, record)
@@ -580,6 +604,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         st.log(record)
         self._send_json(200, {"access_token": federated, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
                               "token_type": "Bearer", "expires_in": 3600})
+
+    def _entra(self, tenant: str, body: bytes, headers: dict, record: dict) -> None:
+        """A client-credentials grant whose client assertion is the pod's token."""
+        st = self.state
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        one = lambda name: (form.get(name) or [""])[0]  # noqa: E731
+        assertion = one("client_assertion")
+        subject = jwt_subject(assertion, st.entra_audience) if st.entra_audience else None
+        record["entra"] = {"tenant": tenant, "client_id": one("client_id"), "scope": one("scope"),
+                           "grant_type": one("grant_type"), "assertion_type": one("client_assertion_type"),
+                           "token_ok": (bool(st.sts_token) and assertion == st.sts_token) or subject is not None,
+                           "subject": subject, "token_audience": jwt_audience(assertion), "signed": "authorization" in headers}
+        if not record["entra"]["token_ok"] or tenant != st.entra_tenant or one("client_id") != st.entra_client_id:
+            record["status"] = 401
+            st.log(record)
+            self._send_json(401, {"error": "invalid_client", "error_description":
+                                  "AADSTS700213: No matching federated identity record found for presented assertion subject.",
+                                  "error_codes": [700213]})
+            return
+        token = entra_access_token(assertion)
+        with st.lock:
+            st.entra_tokens.add(token)
+        record["status"] = 200
+        st.log(record)
+        self._send_json(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
 
     def _google_iam(self, account: str, obj: dict, headers: dict, record: dict) -> None:
         """generateAccessToken: a federated token asks for the service account's own."""
@@ -950,7 +999,8 @@ class TLSServer(http.server.ThreadingHTTPServer):
 def serve(args: argparse.Namespace) -> None:
     aws_keys = dict(k.split(":", 1) for k in args.aws_key)
     state = MockState(args.tag, args.log, args.marker, args.redirect_to, args.fail_all_429, aws_keys, args.sts_token, args.sts_role,
-                      args.sts_audience, args.gcp_pool, args.gcp_service_account, args.gcp_audience, args.gcp_direct)
+                      args.sts_audience, args.gcp_pool, args.gcp_service_account, args.gcp_audience, args.gcp_direct,
+                      args.entra_tenant, args.entra_client_id, args.entra_audience)
     handler = type("BoundHandler", (Handler,), {"state": state})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -987,6 +1037,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gcp-audience", default=None,
                    help="also accept any ServiceAccount JWT with this audience at Google's STS (a real node's projected token)")
     p.add_argument("--gcp-direct", action="store_true", help="Vertex accepts federated tokens themselves (no impersonation)")
+    p.add_argument("--entra-tenant", default=None, help="the tenant Entra ID issues tokens in")
+    p.add_argument("--entra-client-id", default=None, help="the application Entra ID issues tokens for")
+    p.add_argument("--entra-audience", default=None,
+                   help="also accept any ServiceAccount JWT with this audience as a client assertion (a real node's projected token)")
     args = p.parse_args(argv)
     serve(args)
     return 0

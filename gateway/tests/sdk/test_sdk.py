@@ -46,6 +46,8 @@ from conftest import (
     BEDROCK_CLIENT_SECRET,
     BEDROCK_KEY_ID,
     BEDROCK_SECRET,
+    ENTRA_CLIENT_ID,
+    ENTRA_TENANT,
     GCP_POOL,
     GCP_SERVICE_ACCOUNT,
     STS_ROLE,
@@ -401,7 +403,7 @@ def test_azure_openai_client_through_the_gateway(gw: Gateway, mocks: Mocks, pki:
 
     (seen,) = mocks.primary.for_corr(corr)
     assert seen["path"] == f"/openai/deployments/gpt-4o-prod/chat/completions?api-version={AZURE_API_VERSION}", seen["path"]
-    assert seen["azure"] == {"deployment": "gpt-4o-prod", "api_version": AZURE_API_VERSION}
+    assert seen["azure"] == {"deployment": "gpt-4o-prod", "api_version": AZURE_API_VERSION, "auth": "api-key"}
     assert seen["headers"].get("api-key") == AZURE_KEYS["key-1"]
     assert "authorization" not in seen["headers"], "no bearer token next to the api-key"
     assert AZURE_CLIENT_KEY not in json.dumps(seen["headers"])
@@ -828,6 +830,67 @@ def test_vertex_with_workload_identity_stores_no_key(gateways: GatewayFactory, p
     assert "invalid_grant" in log and "not-the-right-token" not in log
 
 
+def entra_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
+    """An Azure OpenAI provider with no keys: its access token comes from
+    Entra ID for the pod's own (projected) ServiceAccount token."""
+    from conftest import azure_provider, trust_anchor
+    p = azure_provider(mocks)
+    p["metadata"]["name"] = "azure-wi"
+    del p["spec"]["credentialsRef"]
+    p["spec"]["azure"]["workloadIdentity"] = {"tenantID": ENTRA_TENANT, "clientID": ENTRA_CLIENT_ID,
+                                              "authorityHost": mocks.primary.base_url}
+    return [p, trust_anchor("mock-ca", pki.ca_pem), doc("EgressPolicy", "default", {
+        "allow": [{"providerRef": "azure-wi", "models": ["gpt-4o-azure"]}],
+        "guards": {"maxRequestBytes": 65536, "blockSecrets": True},
+    })]
+
+
+def test_azure_openai_with_entra_workload_identity_stores_no_key(gateways: GatewayFactory, pki: Pki, mocks: Mocks,
+                                                                 tmp_path: Path) -> None:
+    """The openai package's Azure client through a gateway whose Azure
+    provider has no key: the gateway presents its ServiceAccount token to
+    Entra ID as a federated client assertion and calls the deployment with
+    the access token (Authorization: Bearer, no api-key); with an assertion
+    Entra refuses, requests fail closed, receipted."""
+    from mock_upstream import entra_access_token
+    token_file = tmp_path / "azure-token"
+    token_file.write_text(STS_TOKEN + "\n")
+    gw = gateways.start("azure-wi", entra_manifests(pki, mocks), extra_args=["--azure-identity-token-file", str(token_file)])
+    grants = wait_until(lambda: [r for r in mocks.primary.requests() if r.get("entra", {}).get("token_ok")], 10,
+                        what="an Entra ID grant")
+    grant = grants[-1]["entra"]
+    assert (grant["tenant"], grant["client_id"], grant["grant_type"], grant["signed"]) == (
+        ENTRA_TENANT, ENTRA_CLIENT_ID, "client_credentials", False)
+    assert grant["assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    assert grant["scope"] == "https://cognitiveservices.azure.com/.default"
+    corr = new_corr()
+    raw = gw.azure().chat.completions.with_raw_response.create(model="gpt-4o-prod", messages=msgs(), user=corr)
+    assert raw.parse().choices[0].message.content == COMPLETION_TEXT
+    r = gw.receipt(raw.headers.get(RID))
+    assert (r["verdict"]["decision"], r["provider"], r["api"]) == ("allow", "azure-wi", "openai"), r["verdict"]
+    assert r["usage"] == CHAT_USAGE
+    (seen,) = mocks.primary.for_corr(corr)
+    assert seen["azure"] == {"deployment": "gpt-4o-prod", "api_version": AZURE_API_VERSION, "auth": "entra-token"}
+    assert seen["headers"]["authorization"] == f"Bearer {entra_access_token(STS_TOKEN)}"
+    assert "api-key" not in seen["headers"] and AZURE_CLIENT_KEY not in json.dumps(seen["headers"])
+    kept = "".join(f.read_text(errors="replace") for f in [*gw.spool_dir.rglob("*.jsonl"), gw.stderr_path, gw.config_path] if f.is_file())
+    assert STS_TOKEN not in kept and entra_access_token(STS_TOKEN) not in kept
+
+    bad_token = tmp_path / "bad-azure-token"
+    bad_token.write_text("eyJ.not-the-right-token.sig")
+    bad = gateways.start("azure-wi-refused", entra_manifests(pki, mocks), extra_args=["--azure-identity-token-file", str(bad_token)])
+    wait_until(lambda: "workload identity: exchange failed" in bad.stderr_path.read_text(), 10, what="the refused grant")
+    corr = new_corr()
+    with pytest.raises(openai.InternalServerError) as exc:
+        bad.azure().chat.completions.create(model="gpt-4o-prod", messages=msgs(), user=corr)
+    assert exc.value.status_code == 502
+    r = bad.receipt(exc.value.response.headers.get(RID))
+    assert r["verdict"]["reason"] == "credentials_unavailable", r["verdict"]
+    assert not mocks.primary.for_corr(corr), "nothing without the provider's token left the gateway"
+    log = bad.stderr_path.read_text()
+    assert "invalid_client AADSTS700213" in log and "not-the-right-token" not in log
+
+
 def test_openai_chat_stream_usage_is_injected_and_stripped(gw: Gateway, mocks: Mocks) -> None:
     """Without stream_options the gateway asks upstream for usage, records it,
     and hides the extra usage chunk from the client."""
@@ -1200,7 +1263,7 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
         blob = json.dumps(h)
         for client_key in (OPENAI_CLIENT_KEY, ANTHROPIC_CLIENT_KEY, AZURE_CLIENT_KEY, GEMINI_CLIENT_KEY, VERTEX_CLIENT_TOKEN):
             assert client_key not in blob + rec["path"], f"client key upstream: {rec['path']} {h}"
-        if rec.get("sts") or rec.get("gcp_sts"):
+        if rec.get("sts") or rec.get("gcp_sts") or rec.get("entra"):
             # The token is the proof: no credential of any kind goes along.
             assert "authorization" not in h and "x-api-key" not in h and "x-goog-api-key" not in h, h
         elif rec.get("gcp_iam"):
@@ -1221,6 +1284,10 @@ def test_upstream_only_ever_saw_injected_keys(gw: Gateway, mocks: Mocks) -> None
         elif rec["path"].startswith("/v1/messages"):
             assert h.get("x-api-key") in ANTHROPIC_KEYS.values(), h
             assert "authorization" not in h, h
+        elif rec.get("azure", {}).get("auth") == "entra-token":
+            # An access token the mock's Entra ID issued, and no key.
+            assert h["authorization"].startswith("Bearer eyJ0eXAiOiJKV1QifQ.entra"), h
+            assert "api-key" not in h, h
         elif rec["path"].startswith("/openai/"):
             assert h.get("api-key") in AZURE_KEYS.values(), h
             assert "authorization" not in h and "x-api-key" not in h, h

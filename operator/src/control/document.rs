@@ -133,6 +133,7 @@ mod tests {
             web_identity: None,
             vertex: None,
             google_identity: None,
+            entra_identity: None,
             name: name.into(),
             api: ProviderApi::Openai,
             base_url: None,

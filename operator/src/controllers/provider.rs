@@ -69,6 +69,28 @@ fn credentials(provider: &LLMProvider, world: &World) -> Desired {
         }
         Ok(None) => {}
     }
+    match tollgate_crds::compile::entra_identity_source(&provider.spec) {
+        Ok(Some(source)) => {
+            return Desired::gate(
+                CREDENTIALS_RESOLVED,
+                true,
+                "EntraWorkloadIdentity",
+                format!(
+                    "each gateway presents its own ServiceAccount token to {} for application {}; no key is stored",
+                    source.token_url, source.client_id
+                ),
+            );
+        }
+        Err(problem) => {
+            return Desired::gate(
+                CREDENTIALS_RESOLVED,
+                false,
+                "WorkloadIdentityInvalid",
+                problem,
+            );
+        }
+        Ok(None) => {}
+    }
     let Some(creds) = &provider.spec.credentials_ref else {
         return if provider.spec.api == ProviderApi::DryRun {
             Desired::gate(
@@ -341,6 +363,35 @@ spec:
         let c = conditions_for(&unlisted, &World::default());
         let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
         assert_eq!(creds.status, Status::False);
+        assert_eq!(creds.reason, "WorkloadIdentityInvalid");
+    }
+
+    #[test]
+    fn an_entra_workload_identity_provider_needs_no_secret() {
+        let azure = provider(
+            r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: azure}
+spec:
+  api: azureOpenai
+  azure:
+    apiVersion: "2024-10-21"
+    workloadIdentity: {tenantID: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientID: 5b1a7b2e-3d4c-4f6a-9e8b-0c1d2e3f4a5b}
+  baseURL: https://res.openai.azure.com
+  hosts: [res.openai.azure.com, login.microsoftonline.com]
+  models: [{name: gpt-4o}]
+"#,
+        );
+        let c = conditions_for(&azure, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
+        assert_eq!(creds.status, Status::True);
+        assert_eq!(creds.reason, "EntraWorkloadIdentity");
+        assert!(creds.message.contains("5b1a7b2e"), "{}", creds.message);
+        let mut unlisted = azure.clone();
+        unlisted.spec.hosts.retain(|h| !h.starts_with("login."));
+        let c = conditions_for(&unlisted, &World::default());
+        let creds = c.iter().find(|d| d.type_ == CREDENTIALS_RESOLVED).unwrap();
         assert_eq!(creds.reason, "WorkloadIdentityInvalid");
     }
 
