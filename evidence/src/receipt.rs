@@ -190,6 +190,9 @@ pub enum Route {
     /// Bedrock `/model/{modelId}/invoke-with-response-stream`
     #[serde(rename = "/model/{modelId}/invoke-with-response-stream")]
     InvokeModelStream,
+    /// Bedrock `/model/{modelId}/count-tokens`
+    #[serde(rename = "/model/{modelId}/count-tokens")]
+    BedrockCountTokens,
 }
 
 /// HTTP methods that reach a route.

@@ -15,7 +15,7 @@ use tollgate_gateway::sse::SseTap;
 use tollgate_gateway::{caller, guards};
 use tollgate_wire::caller::CallerKey;
 
-const ENDPOINTS: [Endpoint; 15] = [
+const ENDPOINTS: [Endpoint; 16] = [
     Endpoint::ChatCompletions,
     Endpoint::Completions,
     Endpoint::Embeddings,
@@ -31,6 +31,7 @@ const ENDPOINTS: [Endpoint; 15] = [
     Endpoint::ConverseStream,
     Endpoint::InvokeModel,
     Endpoint::InvokeModelStream,
+    Endpoint::BedrockCountTokens,
 ];
 
 fuzz_target!(|data: &[u8]| {

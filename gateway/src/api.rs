@@ -52,6 +52,8 @@ pub enum Endpoint {
     InvokeModel,
     /// Bedrock `POST /model/{modelId}/invoke-with-response-stream`
     InvokeModelStream,
+    /// Bedrock `POST /model/{modelId}/count-tokens` (a Converse input)
+    BedrockCountTokens,
 }
 
 /// The Gemini API versions served, as the path names them.
@@ -235,6 +237,7 @@ impl Endpoint {
             "converse-stream" => Self::ConverseStream,
             "invoke" => Self::InvokeModel,
             "invoke-with-response-stream" => Self::InvokeModelStream,
+            "count-tokens" => Self::BedrockCountTokens,
             _ => return None,
         };
         let model = decode_model_id(encoded)?;
@@ -250,6 +253,7 @@ impl Endpoint {
             Self::ConverseStream => "converse-stream",
             Self::InvokeModel => "invoke",
             Self::InvokeModelStream => "invoke-with-response-stream",
+            Self::BedrockCountTokens => "count-tokens",
             _ => return None,
         };
         is_bedrock_model_id(model)
@@ -259,7 +263,10 @@ impl Endpoint {
     /// Whether the endpoint only counts tokens (one request, no tokens,
     /// against quotas).
     pub fn counts_tokens(self) -> bool {
-        matches!(self, Self::CountTokens | Self::GeminiCountTokens)
+        matches!(
+            self,
+            Self::CountTokens | Self::GeminiCountTokens | Self::BedrockCountTokens
+        )
     }
 
     /// Whether the endpoint embeds (its answer has no output tokens).
@@ -314,9 +321,11 @@ impl Endpoint {
             | Self::GeminiCountTokens
             | Self::EmbedContent
             | Self::BatchEmbedContents => ApiStyle::Gemini,
-            Self::Converse | Self::ConverseStream | Self::InvokeModel | Self::InvokeModelStream => {
-                ApiStyle::Bedrock
-            }
+            Self::Converse
+            | Self::ConverseStream
+            | Self::InvokeModel
+            | Self::InvokeModelStream
+            | Self::BedrockCountTokens => ApiStyle::Bedrock,
             _ => ApiStyle::OpenAi,
         }
     }
@@ -341,6 +350,7 @@ impl Endpoint {
             Self::ConverseStream => "/model/{modelId}/converse-stream",
             Self::InvokeModel => "/model/{modelId}/invoke",
             Self::InvokeModelStream => "/model/{modelId}/invoke-with-response-stream",
+            Self::BedrockCountTokens => "/model/{modelId}/count-tokens",
         }
     }
 
@@ -363,6 +373,7 @@ impl Endpoint {
             Self::ConverseStream => "converse_stream",
             Self::InvokeModel => "invoke_model",
             Self::InvokeModelStream => "invoke_model_stream",
+            Self::BedrockCountTokens => "bedrock_count_tokens",
         }
     }
 
@@ -694,6 +705,7 @@ mod tests {
             ("converse-stream", Endpoint::ConverseStream),
             ("invoke", Endpoint::InvokeModel),
             ("invoke-with-response-stream", Endpoint::InvokeModelStream),
+            ("count-tokens", Endpoint::BedrockCountTokens),
         ] {
             let client = format!("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/{path}");
             assert_eq!(
@@ -721,7 +733,8 @@ mod tests {
             "/model//converse",
             "/model/../converse",
             "/model/a/b/converse",
-            "/model/a/count-tokens",
+            "/model/a/count_tokens",
+            "/model/a/async-invoke",
             "/model/a",
         ] {
             assert_eq!(
@@ -739,6 +752,7 @@ mod tests {
         assert!(Endpoint::Converse.served_by(ProviderApi::Bedrock));
         assert!(!Endpoint::Messages.served_by(ProviderApi::Bedrock));
         assert!(Endpoint::InvokeModelStream.always_streams());
+        assert!(Endpoint::BedrockCountTokens.counts_tokens());
     }
 
     proptest::proptest! {

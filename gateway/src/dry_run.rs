@@ -83,6 +83,9 @@ pub fn respond(endpoint: Endpoint, model: &str, request: &Value) -> DryRunRespon
         (Endpoint::ConverseStream, _) => amazon_events_response(answer.converse_events()),
         (Endpoint::InvokeModel, _) => json_response(&answer.message()),
         (Endpoint::InvokeModelStream, _) => amazon_events_response(answer.invoke_events()),
+        (Endpoint::BedrockCountTokens, _) => {
+            json_response(&json!({"inputTokens": answer.input_tokens}))
+        }
         (Endpoint::Models, _) => refusal(
             endpoint,
             ErrorKind::NotFound,
@@ -113,6 +116,11 @@ pub fn estimate_input_tokens(endpoint: Endpoint, request: &Value) -> u64 {
         | Endpoint::InvokeModel
         | Endpoint::InvokeModelStream => &["system", "messages"],
         Endpoint::BatchEmbedContents => &["requests"],
+        // A count of a Converse input counts as that Converse would.
+        Endpoint::BedrockCountTokens => {
+            let input = request.pointer("/input/converse").unwrap_or(&Value::Null);
+            return estimate_input_tokens(Endpoint::Converse, input);
+        }
         Endpoint::Models => return 0,
     };
     let bytes: u64 = fields
@@ -1630,6 +1638,24 @@ mod tests {
                 cached_input: 0,
                 ..TokenUsage::default()
             })
+        );
+
+        // Bedrock counts a Converse input as that Converse would.
+        let converse =
+            json!({"messages": [{"role": "user", "content": [{"text": "Hello there, friend"}]}]});
+        let counted = respond(
+            Endpoint::BedrockCountTokens,
+            "b",
+            &json!({"input": {"converse": converse}}),
+        );
+        let expected = estimate_input_tokens(Endpoint::Converse, &converse);
+        assert!(expected > 1);
+        assert_eq!(json_body(&counted), json!({"inputTokens": expected}));
+        assert_eq!(
+            json_facts(Endpoint::BedrockCountTokens, &counted)
+                .usage
+                .map(|u| u.input),
+            Some(expected)
         );
 
         let models = respond(Endpoint::Models, "m", &json!({}));

@@ -190,7 +190,10 @@ fn operation_name(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::Embeddings | Endpoint::EmbedContent | Endpoint::BatchEmbedContents => {
             Some("embeddings")
         }
-        Endpoint::Models | Endpoint::CountTokens | Endpoint::GeminiCountTokens => None,
+        Endpoint::Models
+        | Endpoint::CountTokens
+        | Endpoint::GeminiCountTokens
+        | Endpoint::BedrockCountTokens => None,
     }
 }
 

@@ -232,6 +232,7 @@ fn route_of(endpoint: Endpoint) -> Route {
         Endpoint::ConverseStream => Route::ConverseStream,
         Endpoint::InvokeModel => Route::InvokeModel,
         Endpoint::InvokeModelStream => Route::InvokeModelStream,
+        Endpoint::BedrockCountTokens => Route::BedrockCountTokens,
     }
 }
 

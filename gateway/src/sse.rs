@@ -537,7 +537,8 @@ struct WireObject {
     response: Lenient<Box<WireObject>>,
     /// Anthropic `message_start`.
     message: Lenient<Box<WireObject>>,
-    /// Anthropic `count_tokens`.
+    /// Anthropic `count_tokens`; Bedrock `CountTokens` (`inputTokens`).
+    #[serde(alias = "inputTokens")]
     input_tokens: Lenient<u64>,
     /// OpenAI chat and Responses.
     service_tier: Lenient<FactText>,

@@ -204,7 +204,9 @@ fn body_model_name(name: &str) -> &str {
 
 /// Refuses bodies whose shape the gateway would not check or meter:
 /// Bedrock `InvokeModel` for anything but Claude (whose body, with
-/// `anthropic_version`, carries `max_tokens` and Anthropic's usage), and
+/// `anthropic_version`, carries `max_tokens` and Anthropic's usage),
+/// Bedrock `CountTokens` of anything but a Converse input (an `invokeModel`
+/// input is an opaque base64 blob the guards cannot read), and
 /// Gemini bodies that use the snake_case aliases Google also accepts for
 /// the fields the gateway checks (`generation_config`,
 /// `generate_content_request`), which would slip past the token cap and the
@@ -215,6 +217,14 @@ pub(super) fn check_body_shape(endpoint: Endpoint, body: &Value) -> Result<(), s
             if !body.get("anthropic_version").is_some_and(Value::is_string) =>
         {
             "InvokeModel is served for Anthropic Claude bodies (with anthropic_version) only; use Converse for other models"
+        }
+        Endpoint::BedrockCountTokens
+            if !body
+                .pointer("/input/converse")
+                .is_some_and(Value::is_object)
+                || body.pointer("/input/invokeModel").is_some() =>
+        {
+            "CountTokens is served for a Converse input (input.converse) only"
         }
         Endpoint::GenerateContent
         | Endpoint::StreamGenerateContent
@@ -334,6 +344,12 @@ mod tests {
         let camel = serde_json::json!({"contents": [], "generationConfig": {"maxOutputTokens": 9}});
         assert!(check_body_shape(Endpoint::GenerateContent, &camel).is_ok());
         assert!(check_body_shape(Endpoint::Converse, &titan).is_ok());
+        let converse = serde_json::json!({"input": {"converse": {"messages": []}}});
+        assert!(check_body_shape(Endpoint::BedrockCountTokens, &converse).is_ok());
+        let blob = serde_json::json!({"input": {"invokeModel": {"body": "eyJwcm9tcHQiOiJoaSJ9"}}});
+        assert!(check_body_shape(Endpoint::BedrockCountTokens, &blob).is_err());
+        let both = serde_json::json!({"input": {"converse": {}, "invokeModel": {"body": "e30="}}});
+        assert!(check_body_shape(Endpoint::BedrockCountTokens, &both).is_err());
     }
 
     #[test]

@@ -167,7 +167,7 @@ CONVERSE_KEYS = {"messages", "system", "inferenceConfig", "toolConfig", "guardra
                  "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig"}
 CLAUDE_INVOKE_KEYS = {"anthropic_version", "anthropic_beta", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
                       "stop_sequences", "tools", "tool_choice", "thinking", "metadata"}
-BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
+BEDROCK_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)$")
 SIGV4_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
 VERTEX_PATH = re.compile(r"^/(v1beta1|v1)/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
 IAM_PATH = re.compile(r"^/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken$")
@@ -683,10 +683,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not record["json_ok"]:
             return self._aws_error(record, 400, "ValidationException", "Malformed input request, please reformat your input and try again.")
         # As Bedrock does, keys it does not know are refused.
-        known = CONVERSE_KEYS if operation.startswith("converse") else CLAUDE_INVOKE_KEYS
+        known = {"input"} if operation == "count-tokens" else CONVERSE_KEYS if operation.startswith("converse") else CLAUDE_INVOKE_KEYS
         extraneous = sorted(set(obj) - known)
         if extraneous:
             return self._aws_error(record, 400, "ValidationException", f"Malformed input request: extraneous key [{extraneous[0]}] is not permitted")
+        converse = (obj.get("input") or {}).get("converse") or {}
+        if operation == "count-tokens" and (set(converse) - CONVERSE_KEYS or not converse.get("messages")):
+            return self._aws_error(record, 400, "ValidationException", "Malformed input request: input.converse")
         record["status"] = 200
         st.log(record)
         n = st.next_id()
@@ -695,7 +698,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         u = USAGE["converse"]
         usage = dict(u, totalTokens=u["inputTokens"] + u["outputTokens"] + u["cacheReadInputTokens"] + u["cacheWriteInputTokens"])
         claude_usage = USAGE["messages"]
-        if operation == "converse":
+        if operation == "count-tokens":
+            self._send_json(200, {"inputTokens": USAGE["gemini_count"]["totalTokens"]}, request_id)
+        elif operation == "converse":
             self._send_json(200, {"output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "end_turn",
                                   "usage": usage, "metrics": {"latencyMs": 42}}, request_id)
         elif operation == "invoke":

@@ -624,6 +624,32 @@ def test_bedrock_invoke_model_for_claude(gw: Gateway, mocks: Mocks, stream: bool
     assert_bedrock_seen(seen, "invoke-with-response-stream" if stream else "invoke")
 
 
+def test_bedrock_count_tokens(gw: Gateway, mocks: Mocks) -> None:
+    """CountTokens of a Converse input costs one request and no tokens, is
+    signed anew like every Bedrock call, and an invokeModel input (an opaque
+    blob the guards cannot read) is refused before it leaves."""
+    client = gw.bedrock()
+    corr = new_corr()
+    counted = client.count_tokens(modelId=BEDROCK_MODEL, input={"converse": {"messages": converse_messages(corr)}})
+    assert counted["inputTokens"] == 42
+    r = gw.receipt(bedrock_receipt_id(counted))
+    assert r["verdict"]["decision"] == "allow", r["verdict"]
+    assert r["route"] == "/model/{modelId}/count-tokens" and r["model_requested"] == BEDROCK_MODEL
+    assert r.get("usage") is None and r["cost_micro_usd"] == 0
+    (seen,) = mocks.primary.for_corr(corr)
+    assert_bedrock_seen(seen, "count-tokens")
+
+    corr = new_corr()
+    blob = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": msgs(f"hi {corr}")})
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        client.count_tokens(modelId=BEDROCK_MODEL, input={"invokeModel": {"body": blob}})
+    error = exc.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("ValidationException", 400), error
+    r = gw.receipt(error["ResponseMetadata"]["HTTPHeaders"].get(RID))
+    assert r["verdict"]["reason"] == "unsupported_body", r["verdict"]
+    assert not mocks.primary.for_corr(corr)
+
+
 def test_bedrock_refusals_and_broken_streams_are_receipted(gw: Gateway, mocks: Mocks) -> None:
     """A model outside the policy is refused as Bedrock refuses (boto3 raises
     AccessDeniedException); an exception message or a frame that fails its
