@@ -72,8 +72,9 @@ pub struct LLMProviderSpec {
     /// the `api-key` header), `gemini` (the Gemini API: `generateContent`,
     /// `streamGenerateContent`, `countTokens` and embeddings, with the
     /// `x-goog-api-key` header), `bedrock` (the Amazon Bedrock runtime:
-    /// `Converse`, `ConverseStream`, `InvokeModel` and
-    /// `InvokeModelWithResponseStream`, re-signed with SigV4; each key is
+    /// `Converse`, `ConverseStream`, `InvokeModel`,
+    /// `InvokeModelWithResponseStream` and `CountTokens`, re-signed with
+    /// SigV4; each key is
     /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY`), `vertex` (Vertex AI: the Gemini
     /// endpoints at project and location paths, with an OAuth bearer token
     /// from `gcp.workloadIdentity` or a Vertex API key), or `dryRun`

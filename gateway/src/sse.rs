@@ -72,6 +72,7 @@ pub fn facts_from_json(endpoint: Endpoint, body: &[u8]) -> ResponseFacts {
         object
             .input_tokens
             .0
+            .or(object.bedrock_input_tokens.0)
             .or(object.total_tokens.0)
             .map(|input| TokenUsage {
                 input,
@@ -537,9 +538,12 @@ struct WireObject {
     response: Lenient<Box<WireObject>>,
     /// Anthropic `message_start`.
     message: Lenient<Box<WireObject>>,
-    /// Anthropic `count_tokens`; Bedrock `CountTokens` (`inputTokens`).
-    #[serde(alias = "inputTokens")]
+    /// Anthropic `count_tokens`.
     input_tokens: Lenient<u64>,
+    /// Bedrock `CountTokens` (a field of its own: an alias would refuse an
+    /// object that carries both spellings).
+    #[serde(rename = "inputTokens")]
+    bedrock_input_tokens: Lenient<u64>,
     /// OpenAI chat and Responses.
     service_tier: Lenient<FactText>,
     /// Gemini: usage, served model and response id.
@@ -1446,6 +1450,13 @@ mod tests {
         assert_eq!(facts.served_model.as_deref(), Some("gemini-2.0-flash"));
         let counted = facts_from_json(Endpoint::GeminiCountTokens, br#"{"totalTokens": 31}"#);
         assert_eq!(counted.usage.map(|u| u.input), Some(31));
+        let counted = facts_from_json(Endpoint::BedrockCountTokens, br#"{"inputTokens": 42}"#);
+        assert_eq!(counted.usage.map(|u| u.input), Some(42));
+        // Both spellings in one object still parse (no duplicate field).
+        let both = br#"{"input_tokens": 5, "inputTokens": 6, "id": "msg_1"}"#;
+        let facts = facts_from_json(Endpoint::CountTokens, both);
+        assert_eq!(facts.usage.map(|u| u.input), Some(5));
+        assert_eq!(facts.provider_request_id.as_deref(), Some("msg_1"));
         // Usage without a prompt count, or of the wrong type, is no usage.
         for odd in [
             r#"{"usageMetadata":{"candidatesTokenCount":4}}"#,

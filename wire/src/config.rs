@@ -58,7 +58,8 @@ pub enum ProviderApi {
     // :batchEmbedContents (v1 too), with the `x-goog-api-key` header.
     Gemini,
     // Amazon Bedrock runtime: /model/{modelId}/converse, /converse-stream,
-    // /invoke and /invoke-with-response-stream, re-signed with SigV4.
+    // /invoke, /invoke-with-response-stream and /count-tokens, re-signed
+    // with SigV4.
     Bedrock,
     // Vertex AI: the Gemini endpoints at
     // /{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/models/{model}:{method},

@@ -157,7 +157,10 @@ pub(super) async fn forward(
             outgoing.rewrite |= rewrite_gemini_body_models(&mut outgoing.json, &name);
         } else if ticket.endpoint.style() == ApiStyle::Bedrock {
             // The path names the model, and Bedrock refuses a body that
-            // names one (an extraneous key).
+            // names one (an extraneous key). A count goes as the JSON the
+            // shape check read: with duplicate keys, the bytes could carry
+            // another `input` than the one checked.
+            outgoing.rewrite |= ticket.endpoint == crate::api::Endpoint::BedrockCountTokens;
         } else if outgoing.json.get("model").and_then(Value::as_str) != Some(upstream_model) {
             outgoing.json["model"] = Value::from(upstream_model);
             outgoing.rewrite = true;

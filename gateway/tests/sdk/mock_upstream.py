@@ -688,7 +688,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if extraneous:
             return self._aws_error(record, 400, "ValidationException", f"Malformed input request: extraneous key [{extraneous[0]}] is not permitted")
         converse = (obj.get("input") or {}).get("converse") or {}
-        if operation == "count-tokens" and (set(converse) - CONVERSE_KEYS or not converse.get("messages")):
+        if operation == "count-tokens" and set(converse) - {"messages", "system", "toolConfig", "additionalModelRequestFields"}:
             return self._aws_error(record, 400, "ValidationException", "Malformed input request: input.converse")
         record["status"] = 200
         st.log(record)
