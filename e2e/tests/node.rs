@@ -327,6 +327,48 @@ async fn app_post(k: &Kubectl, ns: &str, path: &str, body: &Value) -> Result<(u1
     Ok((status, out.stdout))
 }
 
+/// Sends `body` to `path` from the app container, through its gateway: any
+/// answer but a 200 with the mock's completion fails, showing what the
+/// upstream saw and the gateway's log.
+async fn through_gateway(
+    k: &Kubectl,
+    upstream: &Upstream,
+    what: &str,
+    path: &str,
+    body: &Value,
+) -> Result<()> {
+    let (status, answer) = app_post(k, APP_NS, path, body).await?;
+    if status != 200 || !answer.contains("MOCKCOMPLETION") {
+        let logs = k
+            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
+            .await
+            .unwrap_or_default();
+        bail!(
+            "{what} through the gateway: {status} {answer}\nupstream saw: {:?}\ngateway log:\n{logs}",
+            upstream.records()
+        );
+    }
+    Ok(())
+}
+
+/// The token exchange (`kind`: the mock's record of it) that accepted the
+/// app pod's own ServiceAccount token, issued by the kubelet for
+/// `audience`.
+fn app_pod_exchange<'s>(seen: &'s [Value], kind: &str, audience: &str) -> Result<&'s Value> {
+    let exchange = seen
+        .iter()
+        .map(|r| &r[kind])
+        .find(|e| e["token_ok"] == true)
+        .with_context(|| format!("no {kind} exchange with a projected token: {seen:?}"))?;
+    let subject = exchange["subject"].as_str().unwrap_or_default();
+    ensure!(
+        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:"))
+            && exchange["token_audience"] == json!([audience]),
+        "the {kind} token is not the app pod's, for {audience}: {exchange}"
+    );
+    Ok(exchange)
+}
+
 fn chat(model: &str, marker: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": format!("hello {marker}")}]})
 }
@@ -677,29 +719,11 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     let converse =
         json!({"messages": [{"role": "user", "content": [{"text": format!("hi {marker}")}]}]});
     let bedrock_path = format!("/model/{}/converse", BEDROCK_MODEL.replace(':', "%3A"));
-    let (status, body) = app_post(&k, APP_NS, &bedrock_path, &converse).await?;
+    through_gateway(&k, &upstream, "Bedrock converse", &bedrock_path, &converse).await?;
     sent_app += 1;
-    if status != 200 || !body.contains("MOCKCOMPLETION") {
-        let logs = k
-            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
-            .await
-            .unwrap_or_default();
-        bail!(
-            "Bedrock converse through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
-            upstream.records()
-        );
-    }
     let seen = upstream.records();
-    let exchange = seen
-        .iter()
-        .find(|r| r["sts"]["token_ok"] == true)
-        .with_context(|| format!("no STS exchange with a projected token: {seen:?}"))?;
-    let subject = exchange["sts"]["subject"].as_str().unwrap_or_default();
-    ensure!(
-        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:")),
-        "the STS token is not the app pod's ServiceAccount's: {subject:?}"
-    );
-    let issued = exchange["sts"]["issued"].as_str().unwrap_or_default();
+    let exchange = app_pod_exchange(&seen, "sts", "tollgate.dev/aws")?;
+    let issued = exchange["issued"].as_str().unwrap_or_default();
     ensure!(
         seen.iter().any(|r| r["sigv4"] == "valid"
             && r["headers"]["authorization"]
@@ -713,29 +737,17 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     let generate =
         json!({"contents": [{"role": "user", "parts": [{"text": format!("hi {marker}")}]}]});
     let vertex_path = "/v1/projects/app-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent";
-    let (status, body) = app_post(&k, APP_NS, vertex_path, &generate).await?;
+    through_gateway(
+        &k,
+        &upstream,
+        "Vertex AI generateContent",
+        vertex_path,
+        &generate,
+    )
+    .await?;
     sent_app += 1;
-    if status != 200 || !body.contains("MOCKCOMPLETION") {
-        let logs = k
-            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
-            .await
-            .unwrap_or_default();
-        bail!(
-            "Vertex AI generateContent through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
-            upstream.records()
-        );
-    }
     let seen = upstream.records();
-    let exchange = seen
-        .iter()
-        .find(|r| r["gcp_sts"]["token_ok"] == true)
-        .with_context(|| format!("no Google STS exchange with a projected token: {seen:?}"))?;
-    let subject = exchange["gcp_sts"]["subject"].as_str().unwrap_or_default();
-    ensure!(
-        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:"))
-            && exchange["gcp_sts"]["token_audience"] == json!(["tollgate.dev/gcp"]),
-        "the Google STS token is not the app pod's, for tollgate.dev/gcp: {exchange}"
-    );
+    app_pod_exchange(&seen, "gcp_sts", "tollgate.dev/gcp")?;
     ensure!(
         seen.iter()
             .any(|r| r["gcp_iam"]["account"] == GCP_SERVICE_ACCOUNT
@@ -751,29 +763,11 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     // Azure OpenAI with no stored key: the gateway presented the pod's
     // kubelet-issued token to Entra ID and sent the access token it got.
     let azure_path = "/openai/deployments/gpt-4o-node/chat/completions?api-version=2024-10-21";
-    let (status, body) = app_post(&k, APP_NS, azure_path, &chat("gpt-4o-node", &marker)).await?;
+    let azure_chat = chat("gpt-4o-node", &marker);
+    through_gateway(&k, &upstream, "Azure OpenAI chat", azure_path, &azure_chat).await?;
     sent_app += 1;
-    if status != 200 || !body.contains("MOCKCOMPLETION") {
-        let logs = k
-            .run(&["logs", "-n", APP_NS, "deploy/app", "-c", "tollgate-gateway"])
-            .await
-            .unwrap_or_default();
-        bail!(
-            "Azure OpenAI chat through the gateway: {status} {body}\nupstream saw: {:?}\ngateway log:\n{logs}",
-            upstream.records()
-        );
-    }
     let seen = upstream.records();
-    let grant = seen
-        .iter()
-        .find(|r| r["entra"]["token_ok"] == true)
-        .with_context(|| format!("no Entra ID grant with a projected token: {seen:?}"))?;
-    let subject = grant["entra"]["subject"].as_str().unwrap_or_default();
-    ensure!(
-        subject.starts_with(&format!("system:serviceaccount:{APP_NS}:"))
-            && grant["entra"]["token_audience"] == json!(["tollgate.dev/azure"]),
-        "the Entra ID assertion is not the app pod's, for tollgate.dev/azure: {grant}"
-    );
+    app_pod_exchange(&seen, "entra", "tollgate.dev/azure")?;
     ensure!(
         seen.iter().any(|r| r["azure"]["auth"] == "entra-token"),
         "no Azure OpenAI request with the Entra ID token: {seen:?}"

@@ -10,11 +10,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use serde::Deserialize;
 use tollgate_wire::config::EntraIdentitySource;
 
-use crate::credentials::ApiKey;
-use crate::workload_identity::{ExchangeError, Held, Issued, call, read_token};
+use crate::workload_identity::{ExchangeError, Held, call, parse_oauth_answer, read_token};
 
 /// The form body of the client-credentials grant with the token as the
 /// federated client assertion.
@@ -29,26 +27,6 @@ pub fn token_form(source: &EntraIdentitySource, token: &str) -> String {
         )
         .append_pair("client_assertion", token)
         .finish()
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    expires_in: u64,
-}
-
-/// The access token in a successful answer, held until `expires_in`
-/// seconds after `now_ms`.
-pub fn parse_token_answer(body: &[u8], now_ms: u64) -> Result<Held, ExchangeError> {
-    let answer: TokenAnswer = serde_json::from_slice(body).map_err(|_| ExchangeError::Malformed)?;
-    let token = ApiKey::new(&answer.access_token).ok_or(ExchangeError::Malformed)?;
-    if answer.expires_in == 0 {
-        return Err(ExchangeError::Malformed);
-    }
-    Ok(Held {
-        issued: Issued::Bearer(token),
-        expires_at_ms: now_ms.saturating_add(answer.expires_in.saturating_mul(1000)),
-    })
 }
 
 /// The error of a refused grant: the OAuth `error` and the `AADSTS` code
@@ -99,12 +77,14 @@ pub(crate) async fn exchange(
             code: error_code(&body),
         });
     }
-    parse_token_answer(&body, now_ms)
+    parse_oauth_answer(&body, now_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::ApiKey;
+    use crate::workload_identity::Issued;
 
     #[test]
     fn the_grant_names_the_application_and_carries_the_token() {
@@ -121,7 +101,7 @@ mod tests {
 
     #[test]
     fn answers_give_tokens_and_refusals_a_code() {
-        let held = parse_token_answer(
+        let held = parse_oauth_answer(
             br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAi.entra.sig"}"#,
             1_000,
         )
@@ -136,7 +116,7 @@ mod tests {
             br#"{"access_token":"","expires_in":5}"#,
             br#"{"access_token":"t","expires_in":0}"#,
         ] {
-            assert_eq!(parse_token_answer(broken, 0), Err(ExchangeError::Malformed));
+            assert_eq!(parse_oauth_answer(broken, 0), Err(ExchangeError::Malformed));
         }
         assert_eq!(
             error_code(

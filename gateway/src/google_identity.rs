@@ -15,7 +15,9 @@ use serde::Deserialize;
 use tollgate_wire::config::GoogleIdentitySource;
 
 use crate::credentials::ApiKey;
-use crate::workload_identity::{ExchangeError, Held, Issued, LIFETIME_SECONDS, call, read_token};
+use crate::workload_identity::{
+    ExchangeError, Held, Issued, LIFETIME_SECONDS, call, parse_oauth_answer, read_token,
+};
 
 /// The scope asked for: what Vertex AI accepts.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -44,30 +46,10 @@ pub fn impersonation_body() -> String {
 }
 
 #[derive(Deserialize)]
-struct StsAnswer {
-    access_token: String,
-    expires_in: u64,
-}
-
-#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ImpersonationAnswer {
     access_token: String,
     expire_time: String,
-}
-
-/// The federated token in a successful exchange answer, held until
-/// `expires_in` seconds after `now_ms`.
-pub fn parse_sts_answer(body: &[u8], now_ms: u64) -> Result<Held, ExchangeError> {
-    let answer: StsAnswer = serde_json::from_slice(body).map_err(|_| ExchangeError::Malformed)?;
-    let token = ApiKey::new(&answer.access_token).ok_or(ExchangeError::Malformed)?;
-    if answer.expires_in == 0 {
-        return Err(ExchangeError::Malformed);
-    }
-    Ok(Held {
-        issued: Issued::Bearer(token),
-        expires_at_ms: now_ms.saturating_add(answer.expires_in.saturating_mul(1000)),
-    })
 }
 
 /// The service account's token in a successful `generateAccessToken`
@@ -137,7 +119,7 @@ pub(crate) async fn exchange(
         )
         .header(http::header::ACCEPT, "application/json");
     let answer = step(client, request, sts_form(source, &token)).await?;
-    let federated = parse_sts_answer(&answer, now_ms)?;
+    let federated = parse_oauth_answer(&answer, now_ms)?;
     let Some(url) = source.impersonation_url.as_deref() else {
         return Ok(federated);
     };
@@ -198,7 +180,7 @@ mod tests {
 
     #[test]
     fn answers_give_tokens_and_refusals_a_code() {
-        let held = parse_sts_answer(
+        let held = parse_oauth_answer(
             br#"{"access_token":"ya29.federated","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3599}"#,
             1_000,
         )
@@ -221,7 +203,7 @@ mod tests {
             br#"{"access_token":"t"}"#,
         ] {
             assert_eq!(
-                parse_sts_answer(broken, 0),
+                parse_oauth_answer(broken, 0),
                 Err(ExchangeError::Malformed),
                 "{broken:?}"
             );

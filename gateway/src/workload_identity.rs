@@ -256,6 +256,29 @@ impl WorkloadIdentityCache {
     }
 }
 
+/// An OAuth 2.0 token answer (RFC 6749 section 5.1: Google's token
+/// exchange, Entra ID's client-credentials grant).
+#[derive(serde::Deserialize)]
+struct OAuthTokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// The bearer token in an OAuth 2.0 token answer, held until `expires_in`
+/// seconds after `now_ms`.
+pub(crate) fn parse_oauth_answer(body: &[u8], now_ms: u64) -> Result<Held, ExchangeError> {
+    let answer: OAuthTokenAnswer =
+        serde_json::from_slice(body).map_err(|_| ExchangeError::Malformed)?;
+    let token = ApiKey::new(&answer.access_token).ok_or(ExchangeError::Malformed)?;
+    if answer.expires_in == 0 {
+        return Err(ExchangeError::Malformed);
+    }
+    Ok(Held {
+        issued: Issued::Bearer(token),
+        expires_at_ms: now_ms.saturating_add(answer.expires_in.saturating_mul(1000)),
+    })
+}
+
 /// Reads a projected token, bounded; trailing whitespace trimmed.
 pub(crate) fn read_token(path: &Path) -> Result<String, ExchangeError> {
     let unreadable = || ExchangeError::TokenUnreadable(path.display().to_string());

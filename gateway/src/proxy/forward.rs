@@ -741,11 +741,7 @@ async fn probe_key(runtime: &Runtime, provider: &str, index: u32) -> Option<http
             );
         }
     }
-    let request = request.body(Full::new(Bytes::new())).ok()?;
-    match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
-        Ok(Ok(response)) => Some(response.status()),
-        _ => None,
-    }
+    probe_status(client, request.body(Full::new(Bytes::new())).ok()?).await
 }
 
 /// Vertex AI lists no models for an API key, so its probe counts the tokens
@@ -766,7 +762,14 @@ async fn probe_vertex_key(
     if let Some(headers) = request.headers_mut() {
         set_key(headers, config.api, key);
     }
-    let request = request.body(Full::new(body)).ok()?;
+    probe_status(client, request.body(Full::new(body)).ok()?).await
+}
+
+/// The status a probe got, or `None` without an answer in time.
+async fn probe_status(
+    client: &crate::upstream::ProviderClient,
+    request: http::Request<Full<Bytes>>,
+) -> Option<http::StatusCode> {
     match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
         Ok(Ok(response)) => Some(response.status()),
         _ => None,
@@ -790,11 +793,9 @@ async fn probe_bedrock_key(
     let region = config.aws_region.as_deref().unwrap_or_default();
     let credentials = aws_signing::AwsCredentials::from_key(key).ok()?;
     aws_signing::sign(&mut request, &body, &credentials, region).ok()?;
-    let request = request.body(Full::new(body)).ok()?;
-    match tokio::time::timeout(PROBE_TIMEOUT, client.request(request)).await {
-        Ok(Ok(response)) if response.status() == StatusCode::BAD_REQUEST => Some(StatusCode::OK),
-        Ok(Ok(response)) => Some(response.status()),
-        _ => None,
+    match probe_status(client, request.body(Full::new(body)).ok()?).await {
+        Some(StatusCode::BAD_REQUEST) => Some(StatusCode::OK),
+        status => status,
     }
 }
 

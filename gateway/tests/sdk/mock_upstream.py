@@ -549,11 +549,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         token = (form.get("WebIdentityToken") or [""])[0]
         role = (form.get("RoleArn") or [""])[0]
         subject = jwt_subject(token, st.sts_audience) if st.sts_audience else None
-        record["sts_token_audience"] = jwt_audience(token)
         record["sts"] = {"role": role, "session": (form.get("RoleSessionName") or [""])[0],
                          "duration": (form.get("DurationSeconds") or [""])[0],
                          "token_ok": (bool(st.sts_token) and token == st.sts_token) or subject is not None,
-                         "subject": subject,
+                         "subject": subject, "token_audience": jwt_audience(token),
                          "signed": "authorization" in headers}
         if not record["sts"]["token_ok"] or role != st.sts_role:
             record["status"] = 400
