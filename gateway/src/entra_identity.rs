@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tollgate_wire::config::EntraIdentitySource;
 
-use crate::workload_identity::{ExchangeError, Held, call, parse_oauth_answer, read_token};
+use crate::workload_identity::{
+    ExchangeError, Held, form_post, parse_oauth_answer, post, read_token,
+};
 
 /// The form body of the client-credentials grant with the token as the
 /// federated client assertion.
@@ -62,22 +62,9 @@ pub(crate) async fn exchange(
     now_ms: u64,
 ) -> Result<Held, ExchangeError> {
     let token = read_token(token_file)?;
-    let request = http::Request::post(&source.token_url)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(http::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::from(token_form(source, &token))))
-        .map_err(|_| ExchangeError::Unreachable("the request could not be built".into()))?;
-    let (status, body) = call(client, request).await?;
-    if !status.is_success() {
-        return Err(ExchangeError::Refused {
-            status: status.as_u16(),
-            code: error_code(&body),
-        });
-    }
-    parse_oauth_answer(&body, now_ms)
+    let request = form_post(&source.token_url, "application/json");
+    let answer = post(client, request, token_form(source, &token), error_code).await?;
+    parse_oauth_answer(&answer, now_ms)
 }
 
 #[cfg(test)]

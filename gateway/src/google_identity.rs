@@ -9,14 +9,12 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use serde::Deserialize;
 use tollgate_wire::config::GoogleIdentitySource;
 
 use crate::credentials::ApiKey;
 use crate::workload_identity::{
-    ExchangeError, Held, Issued, LIFETIME_SECONDS, call, parse_oauth_answer, read_token,
+    ExchangeError, Held, Issued, LIFETIME_SECONDS, form_post, parse_oauth_answer, post, read_token,
 };
 
 /// The scope asked for: what Vertex AI accepts.
@@ -85,25 +83,6 @@ pub fn error_code(body: &[u8]) -> String {
         .to_string()
 }
 
-/// Posts one step and returns its answer's body, or why it was refused.
-async fn step(
-    client: &crate::upstream::ProviderClient,
-    request: http::request::Builder,
-    body: String,
-) -> Result<Bytes, ExchangeError> {
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|_| ExchangeError::Unreachable("the request could not be built".into()))?;
-    let (status, body) = call(client, request).await?;
-    if !status.is_success() {
-        return Err(ExchangeError::Refused {
-            status: status.as_u16(),
-            code: error_code(&body),
-        });
-    }
-    Ok(body)
-}
-
 /// The token exchange, then the impersonation if one is configured.
 pub(crate) async fn exchange(
     client: &crate::upstream::ProviderClient,
@@ -112,13 +91,8 @@ pub(crate) async fn exchange(
     now_ms: u64,
 ) -> Result<Held, ExchangeError> {
     let token = read_token(token_file)?;
-    let request = http::Request::post(&source.sts_url)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(http::header::ACCEPT, "application/json");
-    let answer = step(client, request, sts_form(source, &token)).await?;
+    let request = form_post(&source.sts_url, "application/json");
+    let answer = post(client, request, sts_form(source, &token), error_code).await?;
     let federated = parse_oauth_answer(&answer, now_ms)?;
     let Some(url) = source.impersonation_url.as_deref() else {
         return Ok(federated);
@@ -133,7 +107,7 @@ pub(crate) async fn exchange(
         .header(http::header::AUTHORIZATION, bearer)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json");
-    let answer = step(client, request, impersonation_body()).await?;
+    let answer = post(client, request, impersonation_body(), error_code).await?;
     parse_impersonation_answer(&answer)
 }
 

@@ -7,12 +7,12 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tollgate_wire::config::WebIdentitySource;
 
 use crate::aws_signing::AwsCredentials;
-use crate::workload_identity::{ExchangeError, Held, Issued, LIFETIME_SECONDS, call, read_token};
+use crate::workload_identity::{
+    ExchangeError, Held, Issued, LIFETIME_SECONDS, form_post, post, read_token,
+};
 
 /// The role session name for a pod: `tollgate-<namespace>-<pod>`, in the
 /// characters STS allows, at most 64 (CloudTrail shows it with every call).
@@ -99,23 +99,12 @@ pub(crate) async fn exchange(
 ) -> Result<Held, ExchangeError> {
     let token = read_token(token_file)?;
     let form = assume_role_form(source, session_name, &token);
-    let request = http::Request::post(&source.sts_url)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(http::header::ACCEPT, "text/xml")
-        .body(Full::new(Bytes::from(form)))
-        .map_err(|_| ExchangeError::Unreachable("the request could not be built".into()))?;
-    let (status, body) = call(client, request).await?;
-    let text = String::from_utf8_lossy(&body);
-    if !status.is_success() {
-        return Err(ExchangeError::Refused {
-            status: status.as_u16(),
-            code: error_code(&text),
-        });
-    }
-    parse_credentials(&text)
+    let request = form_post(&source.sts_url, "text/xml");
+    let answer = post(client, request, form, |body| {
+        error_code(&String::from_utf8_lossy(body))
+    })
+    .await?;
+    parse_credentials(&String::from_utf8_lossy(&answer))
 }
 
 #[cfg(test)]

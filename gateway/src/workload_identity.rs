@@ -294,13 +294,29 @@ pub(crate) fn read_token(path: &Path) -> Result<String, ExchangeError> {
     Ok(token.to_owned())
 }
 
+/// A form POST to a token service at `url`, asking for `accept`.
+pub(crate) fn form_post(url: &str, accept: &'static str) -> http::request::Builder {
+    http::Request::post(url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, accept)
+}
+
 /// Sends one request to a token service through `client` (the provider's
 /// pinned client, so the service's host must be one of the provider's
-/// `hosts`) and reads its answer, bounded in size.
-pub(crate) async fn call(
+/// `hosts`) and reads its answer, bounded in size: the body of a success,
+/// or the refusal with the code `error_code` reads from its body.
+pub(crate) async fn post(
     client: &crate::upstream::ProviderClient,
-    request: http::Request<Full<Bytes>>,
-) -> Result<(http::StatusCode, Bytes), ExchangeError> {
+    request: http::request::Builder,
+    body: String,
+    error_code: fn(&[u8]) -> String,
+) -> Result<Bytes, ExchangeError> {
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|_| ExchangeError::Unreachable("the request could not be built".into()))?;
     let answer = client
         .request(request)
         .await
@@ -311,7 +327,13 @@ pub(crate) async fn call(
         .await
         .map_err(|_| ExchangeError::Malformed)?
         .to_bytes();
-    Ok((status, body))
+    if !status.is_success() {
+        return Err(ExchangeError::Refused {
+            status: status.as_u16(),
+            code: error_code(&body),
+        });
+    }
+    Ok(body)
 }
 
 fn connect_reason(err: &hyper_util::client::legacy::Error) -> String {
