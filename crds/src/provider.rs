@@ -28,6 +28,11 @@ pub use tollgate_wire::config::{ModelPricing, ProviderApi};
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(
+        name = "Keys Healthy",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="KeysHealthy")].status"#
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -402,6 +407,46 @@ pub struct LLMProviderStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Each of `credentialsRef.keys` as the gateways see it, never its
+    /// value: from the reports every gateway sends the recorder every 30
+    /// seconds, read with quota usage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub keys: Vec<ProviderKeyStatus>,
+}
+
+/// One provider key's health across the cluster's gateways.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderKeyStatus {
+    /// The key's name in the Secret (`credentialsRef.keys[index]`).
+    pub name: String,
+    /// Its place in `credentialsRef.keys`.
+    pub index: u32,
+    /// `Healthy`: every gateway that reported the key routes over it.
+    /// `Refused`: at least one routes around it, because the provider
+    /// answered 401 or 403 with it. `Unknown`: no gateway reported it in the
+    /// last two minutes (none uses the provider, or the recorder is not
+    /// reachable).
+    pub state: ProviderKeyState,
+    /// Gateways that reported the key in the last two minutes.
+    pub gateways: u64,
+    /// Of them, those that route around it.
+    pub refused_by: u64,
+    /// The earliest refusal among them (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_since: Option<String>,
+    /// The HTTP status of the refusals (the highest, if they differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+}
+
+/// A provider key's state in the status.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKeyState {
+    Healthy,
+    Refused,
+    Unknown,
 }
 
 impl LLMProviderSpec {

@@ -15,7 +15,9 @@
 //! 3. Policy, quota and a Deployment in a governed namespace: the sidecar is
 //!    injected, init-network fences the pod, requests go through the gateway with
 //!    the provider's key injected, direct connections and foreign DNS fail, the
-//!    quota answers 429 and its status shows used and remaining.
+//!    quota answers 429 and its status shows used and remaining; a revoked key
+//!    among two is routed around once refused, and the provider's status
+//!    names it (`status.keys`, `KeysHealthy`) from the gateways' reports.
 //! 4. Faults: the operator leader pod deleted, the recorder pod deleted (receipts
 //!    spooled and drained, counts match exactly), a hostNetwork pod rejected.
 //! 5. Audit with nothing but the kubeconfig, after the faults so that it covers
@@ -579,7 +581,7 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         &[
             json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": "node-provider-keys", "namespace": SYSTEM_NS},
-                   "stringData": {"key-a": key}}),
+                   "stringData": {"key-a": key, "key-revoked": format!("sk-node-REVOKED-{}", unique_name("k"))}}),
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "TrustAnchor",
                    "metadata": {"name": "node-upstream-ca"},
                    "spec": {"upstream": [{"host": NODE_IP, "caBundle": ca_pem}]}}),
@@ -588,6 +590,13 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                    "spec": {"api": "openai", "baseURL": base_url, "hosts": [NODE_IP],
                             "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a"]},
                             "models": [{"name": "gpt-4o-mini", "pricing": pricing}],
+                            "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
+            // Two keys, one of them revoked (the mock answers 401 to it).
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "node-keys"},
+                   "spec": {"api": "openai", "baseURL": base_url, "hosts": [NODE_IP],
+                            "credentialsRef": {"secretName": "node-provider-keys", "keys": ["key-a", "key-revoked"]},
+                            "models": [{"name": "gpt-4o-keys", "pricing": pricing}],
                             "tls": {"trustAnchorRef": "node-upstream-ca"}}}),
             // No key at all: each gateway trades its pod's projected token.
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
@@ -635,9 +644,10 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
                                   {"providerRef": "node-anthropic", "models": ["claude-*"]},
                                   {"providerRef": "node-bedrock", "models": ["anthropic.*"]},
                                   {"providerRef": "node-vertex", "models": ["gemini-*"]},
-                                  {"providerRef": "node-azure", "models": ["gpt-4o-node"]}]}})
+                                  {"providerRef": "node-azure", "models": ["gpt-4o-node"]},
+                                  {"providerRef": "node-keys", "models": ["gpt-4o-keys"]}]}})
     };
-    const QUOTA_REQUESTS: u64 = 8;
+    const QUOTA_REQUESTS: u64 = 20;
     for ns in [APP_NS, FAULT_NS] {
         apply(
             &k,
@@ -772,6 +782,42 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         seen.iter().any(|r| r["azure"]["auth"] == "entra-token"),
         "no Azure OpenAI request with the Entra ID token: {seen:?}"
     );
+    // Key health: requests spread over two keys by their bodies until one
+    // meets the revoked key's 401; from then on the gateway routes around it.
+    let mut met_refusal = false;
+    for i in 0..8 {
+        let (status, body) = app_post(
+            &k,
+            APP_NS,
+            "/v1/chat/completions",
+            &chat("gpt-4o-keys", &format!("key{i}")),
+        )
+        .await?;
+        sent_app += 1;
+        match status {
+            200 => {}
+            401 => {
+                met_refusal = true;
+                break;
+            }
+            other => bail!("key health request {i}: {other} {body}"),
+        }
+    }
+    ensure!(met_refusal, "8 requests never met the revoked key");
+    for i in 0..2 {
+        let (status, body) = app_post(
+            &k,
+            APP_NS,
+            "/v1/chat/completions",
+            &chat("gpt-4o-keys", &format!("after{i}")),
+        )
+        .await?;
+        sent_app += 1;
+        ensure!(
+            status == 200,
+            "a request after the refusal was not routed around the revoked key: {status} {body}"
+        );
+    }
     let seen = upstream.records();
     ensure!(
         seen.iter()
@@ -958,6 +1004,47 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     })
     .await?;
     eprintln!("node: quota status {status}");
+    // The gateway reported the refusal to the recorder; the operator shows it
+    // in the provider's status, by the key's name, never its value.
+    let keys = eventually(Duration::from_secs(120), || async {
+        let p: Value = serde_json::from_str(
+            &k.run(&["get", "llmprovider", "node-keys", "-o", "json"])
+                .await?,
+        )?;
+        let keys = &p["status"]["keys"];
+        ensure!(
+            keys[0]["name"] == "key-a"
+                && keys[0]["state"] == "Healthy"
+                && keys[0]["gateways"].as_u64() >= Some(1),
+            "key-a: {}",
+            p["status"]
+        );
+        ensure!(
+            keys[1]["name"] == "key-revoked"
+                && keys[1]["state"] == "Refused"
+                && keys[1]["refusedBy"] == 1
+                && keys[1]["lastStatus"] == 401
+                && keys[1]["refusedSince"].is_string(),
+            "key-revoked: {}",
+            p["status"]
+        );
+        let condition = p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "KeysHealthy"))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            condition["status"] == "False" && condition["reason"] == "KeyRefused",
+            "KeysHealthy: {condition}"
+        );
+        ensure!(
+            !p.to_string().contains("sk-node-"),
+            "a key value in the status: {p}"
+        );
+        Ok(keys.clone())
+    })
+    .await?;
+    eprintln!("node: provider keys {keys}");
 
     // ---- 4a. faults: the operator leader pod ---------------------------------
     let leader = k

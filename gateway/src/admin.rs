@@ -178,7 +178,9 @@ impl Metrics {
         let mut by_state: std::collections::BTreeMap<(String, &'static str), i64> =
             std::collections::BTreeMap::new();
         for key in runtime.key_health.snapshot(&runtime.key_counts()) {
-            *by_state.entry((key.provider, key.state)).or_default() += 1;
+            *by_state
+                .entry((key.provider, key.state.as_str()))
+                .or_default() += 1;
         }
         self.provider_keys.clear();
         for ((provider, state), count) in by_state {

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use serde::Serialize;
 
 /// Wait before the first probe of a refused key.
 pub const FIRST_PROBE_AFTER: Duration = Duration::from_secs(30);
@@ -92,20 +91,9 @@ impl RoutableKeys {
     }
 }
 
-/// One key's state, as the admin endpoint and `doctor` show it (never the key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KeyStatus {
-    pub provider: String,
-    pub index: u32,
-    /// `healthy` or `unhealthy`.
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_probe_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_status: Option<u16>,
-}
+/// One key's state, as the admin endpoint, `doctor` and the recorder's
+/// report show it (never the key).
+pub use tollgate_wire::key_health::{KeyHealthState, KeyStatus};
 
 /// Whether the provider's answer says the key itself is refused.
 pub fn refuses_key(status: StatusCode) -> bool {
@@ -317,7 +305,7 @@ impl KeyHealth {
                     }) => KeyStatus {
                         provider: provider.clone(),
                         index,
-                        state: "unhealthy",
+                        state: KeyHealthState::Unhealthy,
                         since_ms: Some(*since_ms),
                         next_probe_ms: Some(*probe_at_ms),
                         last_status: Some(*status),
@@ -325,7 +313,7 @@ impl KeyHealth {
                     _ => KeyStatus {
                         provider: provider.clone(),
                         index,
-                        state: "healthy",
+                        state: KeyHealthState::Healthy,
                         since_ms: None,
                         next_probe_ms: None,
                         last_status: None,
@@ -373,7 +361,10 @@ mod tests {
         // Accepted: back in routing.
         h.probed("p", 1, Some(StatusCode::OK), T + 150_000);
         assert_eq!(h.routable("p", 3).to_vec(), [0, 1, 2]);
-        assert_eq!(h.snapshot(&[("p".into(), 3)])[1].state, "healthy");
+        assert_eq!(
+            h.snapshot(&[("p".into(), 3)])[1].state,
+            KeyHealthState::Healthy
+        );
     }
 
     #[test]
@@ -408,7 +399,7 @@ mod tests {
             KeyStatus {
                 provider: "p".into(),
                 index: 0,
-                state: "unhealthy",
+                state: KeyHealthState::Unhealthy,
                 since_ms: Some(T),
                 next_probe_ms: Some(T + 30_000),
                 last_status: Some(401),

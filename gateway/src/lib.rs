@@ -21,6 +21,7 @@ pub mod google_identity;
 pub mod guards;
 pub mod init_network;
 pub mod key_health;
+pub mod key_report;
 pub mod proxy;
 pub mod quota;
 pub mod quota_lease;

@@ -539,6 +539,15 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         options.pod_labels.clone(),
         gateway.clone(),
     ));
+    // Key health goes to the recorder, for the LLMProvider status.
+    let key_reports = options.recorder.as_ref().map(|link| {
+        tokio::spawn({
+            let (gateway, link) = (gateway.clone(), link.clone());
+            async move {
+                crate::key_report::report_forever(gateway, &link.url, link.token, link.tls).await;
+            }
+        })
+    });
     // Refused provider keys get a probe when their backoff ends.
     let key_probes = tokio::spawn({
         let gateway = gateway.clone();
@@ -596,6 +605,9 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<RunningGateway> {
         tracing::info!("shutting down: draining in-flight requests");
         reload.abort();
         key_probes.abort();
+        if let Some(reports) = &key_reports {
+            reports.abort();
+        }
         web_identity.abort();
         // The probes go with the API port, as before admin was bound first.
         let (drained, ()) = tokio::join!(

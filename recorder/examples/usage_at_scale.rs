@@ -59,6 +59,7 @@ fn args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     let per_gateway = args.receipts.div_ceil(GATEWAYS);
+    let mut scratch = None;
     let store: Arc<dyn Store> = match &args.postgres {
         Some(url) => {
             let store = PostgresStore::connect(url, 8).await?;
@@ -68,7 +69,9 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let dir = std::env::temp_dir().join(format!("usage-at-scale-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
-            Arc::new(SqliteStore::open(&dir.join("recorder.db"))?)
+            let store = SqliteStore::open(&dir.join("recorder.db"))?;
+            scratch = Some(ScratchDir(dir));
+            Arc::new(store)
         }
     };
     let clock = Arc::new(ManualClock::new(T0_MS + per_gateway * 1000 + 24 * HOUR_MS));
@@ -202,7 +205,20 @@ async fn main() -> anyhow::Result<()> {
         "| newest checkpoint, verified | 1 | {} |",
         ms(median(&mut times))
     );
+    drop(recorder);
+    drop(store);
+    drop(scratch);
     Ok(())
+}
+
+/// The SQLite database of a run (a million receipts take about 2 GB),
+/// removed when the run ends, however it ends.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -309,6 +309,29 @@ impl Policy {
         }
     }
 
+    /// Who a key health report comes from: a gateway's pod (its
+    /// ServiceAccount when the token is not pod-bound), or the local caller.
+    /// Each reporter's report replaces its last one, so a pod can speak only
+    /// for itself.
+    pub fn key_reporter(&self, caller: &Caller) -> Result<String, RecorderError> {
+        match caller {
+            Caller::Local => Ok("local".into()),
+            Caller::ServiceAccount {
+                namespace,
+                pod: Some(pod),
+                ..
+            } => Ok(format!("{namespace}/pod/{pod}")),
+            Caller::ServiceAccount {
+                namespace,
+                name,
+                pod: None,
+            } => Ok(format!("{namespace}/serviceaccount/{name}")),
+            Caller::User { .. } | Caller::Reader { .. } => Err(RecorderError::Forbidden(
+                "only gateways (ServiceAccounts) report key health".into(),
+            )),
+        }
+    }
+
     /// Whether `caller` may ship receipts signed under `certificate`.
     pub fn check_ship(
         &self,

@@ -32,6 +32,7 @@ pub mod export;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod key_health;
 pub mod log;
 pub mod metrics;
 pub mod quota;

@@ -688,6 +688,32 @@ impl Recorder {
         crate::usage::report(self.store.as_ref(), query, self.clock.now_ms()).await
     }
 
+    /// Stores a gateway's key health report (`body`), replacing its last.
+    pub async fn report_key_health(
+        &self,
+        body: &[u8],
+        caller: &Caller,
+    ) -> Result<(), RecorderError> {
+        let reporter = self.policy.key_reporter(caller)?;
+        let keys = crate::key_health::parse_report(body)?;
+        self.store
+            .put_key_report(&reporter, &keys, self.clock.now_ms())
+            .await?;
+        Ok(())
+    }
+
+    /// What the gateways' recent reports say of each provider key (readers only).
+    pub async fn key_health(
+        &self,
+        caller: &Caller,
+    ) -> Result<crate::key_health::KeyHealthAnswer, RecorderError> {
+        use crate::key_health::{MAX_CELLS, REPORT_TTL_MS, answer};
+        self.policy.check_read(caller)?;
+        let oldest = self.clock.now_ms().saturating_sub(REPORT_TTL_MS);
+        let cells = self.store.key_health(oldest, MAX_CELLS + 1).await?;
+        Ok(answer(cells, MAX_CELLS))
+    }
+
     /// Whether `caller` may read the usage of `namespace` (every namespace:
     /// `None`): readers may read anything, a ServiceAccount its own
     /// namespace, a user the API server vouched for the namespaces it was

@@ -13,6 +13,7 @@ use tollgate_recorder::RecorderError;
 use tollgate_recorder::auth::Caller;
 use tollgate_recorder::export::ExportRange;
 use tollgate_recorder::ingest::{IngestResponse, RejectReason};
+use tollgate_recorder::key_health;
 use tollgate_recorder::quota::{AmountsWire, GrantRequest, RenewRequest, ReturnRequest};
 use tollgate_recorder::recorder::Recorder;
 use tollgate_recorder::settings::{SinkSettings, SinkTarget};
@@ -47,6 +48,7 @@ on_both_backends!(
     a_reopened_recorder_resumes_the_open_segment,
     range_exports_continue_a_held_checkpoint,
     retention_deletes_only_segments_a_sink_holds,
+    key_reports_replace_each_other_and_expire,
 );
 
 const LOCAL: Caller = Caller::Local;
@@ -1009,4 +1011,90 @@ async fn cells_by_reason(store: &dyn Store) -> Vec<tollgate_recorder::store::Usa
         })
         .await
         .unwrap()
+}
+
+fn gateway_pod(namespace: &str, pod: &str) -> Caller {
+    Caller::ServiceAccount {
+        namespace: namespace.into(),
+        name: "default".into(),
+        pod: Some(pod.into()),
+    }
+}
+
+/// Each pod's report replaces its last; the answer counts, per provider key,
+/// the pods that reported it within the window and those that refuse it.
+async fn key_reports_replace_each_other_and_expire(store: Arc<dyn Store>) {
+    let (rec, clock) = common::recorder(store, common::settings(4)).await;
+    let healthy = br#"{"keys":[{"provider":"openai","index":0,"state":"healthy"},
+        {"provider":"openai","index":1,"state":"healthy"}]}"#;
+    let refused = |since: u64| {
+        format!(
+            r#"{{"keys":[{{"provider":"openai","index":0,"state":"healthy"}},
+            {{"provider":"openai","index":1,"state":"unhealthy","since_ms":{since},"last_status":401}},
+            {{"provider":"anthropic","index":0,"state":"healthy"}}]}}"#
+        )
+    };
+    rec.report_key_health(healthy, &gateway_pod("team-1", "a"))
+        .await
+        .unwrap();
+    rec.report_key_health(refused(5).as_bytes(), &gateway_pod("team-1", "b"))
+        .await
+        .unwrap();
+    rec.report_key_health(refused(3).as_bytes(), &gateway_pod("team-2", "c"))
+        .await
+        .unwrap();
+    let answer = rec.key_health(&LOCAL).await.unwrap();
+    let names: Vec<_> = answer
+        .providers
+        .iter()
+        .map(|p| p.provider.as_str())
+        .collect();
+    assert_eq!(names, ["anthropic", "openai"]);
+    let openai = &answer.providers[1].keys;
+    assert_eq!((openai[0].gateways, openai[0].refused_by), (3, 0));
+    assert_eq!((openai[1].gateways, openai[1].refused_by), (3, 2));
+    assert_eq!(openai[1].refused_since_ms, Some(3), "the earliest refusal");
+    assert_eq!(openai[1].last_status, Some(401));
+
+    // Pod b's key came back: its next report replaces the last.
+    clock.advance(60_000);
+    rec.report_key_health(healthy, &gateway_pod("team-1", "b"))
+        .await
+        .unwrap();
+    let answer = rec.key_health(&LOCAL).await.unwrap();
+    assert_eq!(answer.providers[1].keys[1].refused_by, 1);
+    // Pods a and c stop reporting: two minutes on, only b counts.
+    clock.advance(key_health::REPORT_TTL_MS - 30_000);
+    let answer = rec.key_health(&LOCAL).await.unwrap();
+    assert_eq!(
+        answer.providers.len(),
+        1,
+        "anthropic was only c's: {answer:?}"
+    );
+    assert_eq!(
+        (
+            answer.providers[0].keys[1].gateways,
+            answer.providers[0].keys[1].refused_by
+        ),
+        (1, 0)
+    );
+
+    // Only readers read it, and only gateways report.
+    let pod = gateway_pod("team-1", "b");
+    assert!(matches!(
+        rec.key_health(&pod).await,
+        Err(RecorderError::Forbidden(_))
+    ));
+    let user = Caller::User {
+        name: "alice".into(),
+        groups: vec![],
+    };
+    assert!(matches!(
+        rec.report_key_health(healthy, &user).await,
+        Err(RecorderError::Forbidden(_))
+    ));
+    assert!(matches!(
+        rec.report_key_health(b"{\"keys\":{}}", &pod).await,
+        Err(RecorderError::BadRequest(_))
+    ));
 }

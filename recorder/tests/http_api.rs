@@ -241,6 +241,73 @@ async fn errors_are_problem_json_and_bounds_hold() {
     );
 }
 
+#[tokio::test]
+async fn key_health_goes_over_the_wire_within_its_bounds() {
+    let api = api(common::settings(100)).await;
+    let report = br#"{"keys":[{"provider":"openai","index":1,"state":"unhealthy","since_ms":1,"next_probe_ms":2,"last_status":403}]}"#;
+    let r = api
+        .send(
+            Method::PUT,
+            "/v1/key-health",
+            Some("gw-1"),
+            Some(report.to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .send(Method::PUT, "/v1/key-health", None, Some(report.to_vec()))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = api
+        .send(
+            Method::PUT,
+            "/v1/key-health",
+            Some("gw-1"),
+            Some(b"{\"keys\":[1]}".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        problem(&r).detail.contains("key health report"),
+        "{:?}",
+        problem(&r)
+    );
+    let r = api
+        .send(
+            Method::PUT,
+            "/v1/key-health",
+            Some("gw-1"),
+            Some(vec![b' '; 65 * 1024]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A gateway may not read it; the reader (here: local) may.
+    let r = api
+        .send(Method::GET, "/v1/key-health", Some("gw-1"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = api
+        .send(
+            Method::GET,
+            "/v1/key-health?provider=x",
+            Some("local-token"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = api
+        .send(Method::GET, "/v1/key-health", Some("local-token"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        answer["providers"],
+        serde_json::json!([{"provider": "openai", "keys": [
+            {"index": 1, "gateways": 1, "refused_by": 1, "refused_since_ms": 1, "last_status": 403}]}])
+    );
+}
+
 /// The raw response head of a GET, to check headers.
 async fn reqwest_like_get(url: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

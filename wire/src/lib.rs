@@ -8,6 +8,8 @@
 //! - [`caller`]: the cluster's caller key and the end-user hash it makes;
 //! - [`quota_math`] and [`lease`]: quota arithmetic and the recorder's lease API;
 //! - [`ingest`]: the recorder's receipt ingest answers;
+//! - [`key_health`]: provider key health, from gateways through the recorder
+//!   to the operator;
 //! - [`problem`]: the one problem+json error body;
 //! - [`client`]: the small HTTPS client and bearer-token sources both sides use.
 //!
@@ -24,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod ingest;
+pub mod key_health;
 pub mod lease;
 pub mod pricing;
 pub mod problem;

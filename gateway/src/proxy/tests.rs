@@ -1161,7 +1161,7 @@ async fn a_refused_key_leaves_routing_and_a_probe_brings_it_back() {
     let keys = runtime.key_health.snapshot(&runtime.key_counts());
     assert_eq!(
         keys.iter()
-            .map(|k| (k.provider.as_str(), k.index, k.state))
+            .map(|k| (k.provider.as_str(), k.index, k.state.as_str()))
             .collect::<Vec<_>>(),
         [
             ("openai", 0, "healthy"),

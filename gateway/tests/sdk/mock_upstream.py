@@ -57,6 +57,8 @@ Behaviours, keyed by the requested model name:
   ``--entra-audience``, any ServiceAccount JWT for that audience) for an
   access token (``entra_access_token(assertion)``) that Azure OpenAI paths
   then accept as ``Authorization: Bearer``; else 401 ``invalid_client``;
+- an OpenAI bearer key containing ``REVOKED``: 401 ``invalid_api_key``, as
+  OpenAI answers a revoked key;
 - anything else: an immediate answer with fixed usage numbers (see USAGE).
 
 ``--fail-all-429`` makes the instance answer every API call with 429 (the
@@ -464,6 +466,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             record["status"] = 401
             st.log(record)
             self._send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error", "param": None, "code": None}})
+            return
+        elif "REVOKED" in headers["authorization"]:
+            record["status"] = 401
+            st.log(record)
+            self._send_json(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
             return
         if not record["json_ok"]:
             record["status"] = 400

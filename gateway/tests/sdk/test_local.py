@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -216,6 +217,16 @@ def test_live_provider_key_comes_from_the_environment(binaries, tmp_path: Path, 
     assert chat.choices[0].message.content
     seen = mocks.primary.wait_for(corr, "request")
     assert seen["headers"].get("authorization") == f"Bearer {key}"
+
+    # The gateway reports its keys' health to the recorder (positions, never
+    # values), which sums the reports for the operator's LLMProvider status.
+    token = (local.data / "local-token").read_text().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{local.recorder_port}/v1/key-health",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        health = json.loads(answer.read())
+    assert health["providers"] == [{"provider": "openai-mock", "keys": [
+        {"index": 0, "gateways": 1, "refused_by": 0}, {"index": 1, "gateways": 1, "refused_by": 0}]}], health
     assert local.stop() == 0, local.stderr()
     for path in [*local.data.rglob("*"), local.log_out, local.log_err]:
         if path.is_file():

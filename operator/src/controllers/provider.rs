@@ -1,28 +1,154 @@
 //! `LLMProvider` status: its credentials Secret (in the operator namespace)
-//! and its TrustAnchor resolve.
+//! and its TrustAnchor resolve, and its keys' health as the gateways report
+//! it through the recorder.
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tollgate_crds::LLMProvider;
-use tollgate_crds::provider::ProviderApi;
+use tollgate_crds::provider::{ProviderApi, ProviderKeyState, ProviderKeyStatus};
 
-use super::conditions::{Desired, with_ready};
-use super::world::World;
+use super::conditions::{Desired, Status, with_ready};
+use super::world::{KeyHealthObservation, World};
 
 pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
 pub const TRUST_RESOLVED: &str = "TrustResolved";
+/// Informs, never gates `Ready`: a refused key among several is routed around.
+pub const KEYS_HEALTHY: &str = "KeysHealthy";
 /// The condition types this controller writes.
 pub const CONDITION_TYPES: &[&str] = &[
     tollgate_crds::conditions::READY,
     CREDENTIALS_RESOLVED,
     TRUST_RESOLVED,
+    KEYS_HEALTHY,
 ];
 
 /// The conditions an `LLMProvider` should carry, `Ready` first.
 pub fn conditions_for(provider: &LLMProvider, world: &World) -> Vec<Desired> {
-    with_ready(
-        vec![credentials(provider, world), trust(provider, world)],
-        "credentials and upstream trust resolve",
-    )
+    let mut conditions = vec![credentials(provider, world), trust(provider, world)];
+    if let Some(keys) = keys_condition(provider, &world.key_health) {
+        conditions.push(keys);
+    }
+    with_ready(conditions, "credentials and upstream trust resolve")
+}
+
+/// Each of the provider's `credentialsRef.keys` as the gateways' recent
+/// reports show it (empty for a provider without stored keys).
+pub fn key_statuses(
+    provider: &LLMProvider,
+    health: &KeyHealthObservation,
+) -> Vec<ProviderKeyStatus> {
+    let Some(creds) = &provider.spec.credentials_ref else {
+        return Vec::new();
+    };
+    let name = provider.name_any();
+    let reported = health
+        .answer
+        .as_ref()
+        .and_then(|a| a.providers.iter().find(|p| p.provider == name));
+    creds
+        .keys
+        .iter()
+        .zip(0u32..)
+        .map(|(key_name, index)| {
+            let summary = reported.and_then(|p| p.keys.iter().find(|k| k.index == index));
+            let (state, gateways, refused_by) = match summary {
+                None => (ProviderKeyState::Unknown, 0, 0),
+                Some(k) if k.refused_by > 0 => {
+                    (ProviderKeyState::Refused, k.gateways, k.refused_by)
+                }
+                Some(k) => (ProviderKeyState::Healthy, k.gateways, 0),
+            };
+            let refused = summary.filter(|k| k.refused_by > 0);
+            ProviderKeyStatus {
+                name: key_name.clone(),
+                index,
+                state,
+                gateways,
+                refused_by,
+                refused_since: refused.and_then(|k| k.refused_since_ms).and_then(rfc3339),
+                last_status: refused.and_then(|k| k.last_status),
+            }
+        })
+        .collect()
+}
+
+fn rfc3339(ms: u64) -> Option<String> {
+    let seconds = i64::try_from(ms / 1000).ok()?;
+    Timestamp::from_second(seconds).ok().map(|t| t.to_string())
+}
+
+fn keys_condition(provider: &LLMProvider, health: &KeyHealthObservation) -> Option<Desired> {
+    let keys = key_statuses(provider, health);
+    if keys.is_empty() {
+        return None;
+    }
+    let stale = match &health.error {
+        Some(e) => format!("; the last read of the recorder failed ({e}), so this is older"),
+        None => String::new(),
+    };
+    if health.answer.is_none() {
+        return Some(match &health.error {
+            None => Desired::info(
+                KEYS_HEALTHY,
+                Status::Unknown,
+                "Pending",
+                "key health has not been read from the recorder yet",
+            ),
+            Some(why) => Desired::info(
+                KEYS_HEALTHY,
+                Status::Unknown,
+                "RecorderUnavailable",
+                format!("key health comes from the recorder: {why}"),
+            ),
+        });
+    }
+    let refused: Vec<String> = keys
+        .iter()
+        .filter(|k| k.state == ProviderKeyState::Refused)
+        .map(|k| {
+            let status = k
+                .last_status
+                .map(|s| format!(", HTTP {s}"))
+                .unwrap_or_default();
+            let since = k
+                .refused_since
+                .as_deref()
+                .map(|s| format!(" since {s}"))
+                .unwrap_or_default();
+            format!(
+                "{} (index {}) by {} of {} gateway(s){status}{since}",
+                k.name, k.index, k.refused_by, k.gateways
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Some(Desired::info(
+            KEYS_HEALTHY,
+            Status::False,
+            "KeyRefused",
+            format!(
+                "the provider refused {}; those gateways route over the other keys and probe the refused ones{stale}",
+                refused.join("; ")
+            ),
+        ));
+    }
+    if keys.iter().all(|k| k.state == ProviderKeyState::Unknown) {
+        return Some(Desired::info(
+            KEYS_HEALTHY,
+            Status::Unknown,
+            "NoReports",
+            format!("no gateway reported this provider's keys in the last two minutes{stale}"),
+        ));
+    }
+    let gateways = keys.iter().map(|k| k.gateways).max().unwrap_or(0);
+    Some(Desired::info(
+        KEYS_HEALTHY,
+        Status::True,
+        "KeysHealthy",
+        format!(
+            "every reported key is in routing at the {gateways} gateway(s) that reported{stale}"
+        ),
+    ))
 }
 
 fn credentials(provider: &LLMProvider, world: &World) -> Desired {
@@ -251,11 +377,128 @@ spec:
         &conditions[0]
     }
 
+    fn key_health(keys: serde_json::Value) -> KeyHealthObservation {
+        KeyHealthObservation {
+            answer: Some(
+                serde_json::from_value(serde_json::json!({
+                    "window_ms": 120_000,
+                    "providers": [{"provider": "openai", "keys": keys}]
+                }))
+                .unwrap(),
+            ),
+            error: None,
+        }
+    }
+
+    fn keys_condition_of(world: &World) -> Desired {
+        conditions_for(&provider(OPENAI), world)
+            .into_iter()
+            .find(|c| c.type_ == KEYS_HEALTHY)
+            .unwrap()
+    }
+
+    #[test]
+    fn key_health_from_the_gateways_reports_names_keys_never_values() {
+        let mut world = good_world();
+        world.key_health = key_health(serde_json::json!([
+            {"index": 0, "gateways": 3, "refused_by": 0},
+            {"index": 1, "gateways": 3, "refused_by": 2, "refused_since_ms": 1_796_000_000_500u64, "last_status": 401}
+        ]));
+        let keys = key_statuses(&provider(OPENAI), &world.key_health);
+        assert_eq!(
+            keys,
+            [
+                ProviderKeyStatus {
+                    name: "key-a".into(),
+                    index: 0,
+                    state: ProviderKeyState::Healthy,
+                    gateways: 3,
+                    refused_by: 0,
+                    refused_since: None,
+                    last_status: None,
+                },
+                ProviderKeyStatus {
+                    name: "key-b".into(),
+                    index: 1,
+                    state: ProviderKeyState::Refused,
+                    gateways: 3,
+                    refused_by: 2,
+                    refused_since: Some("2026-11-30T00:53:20Z".into()),
+                    last_status: Some(401),
+                },
+            ]
+        );
+        let condition = keys_condition_of(&world);
+        assert_eq!(
+            (condition.status, condition.reason.as_str()),
+            (Status::False, "KeyRefused")
+        );
+        assert!(
+            condition
+                .message
+                .contains("key-b (index 1) by 2 of 3 gateway(s), HTTP 401"),
+            "{}",
+            condition.message
+        );
+        // Informs only: Ready stays True with a key refused.
+        let ready = conditions_for(&provider(OPENAI), &world).remove(0);
+        assert_eq!(ready.status, Status::True);
+
+        // All healthy; a key no gateway reported is Unknown, not healthy.
+        world.key_health =
+            key_health(serde_json::json!([{"index": 0, "gateways": 2, "refused_by": 0}]));
+        let keys = key_statuses(&provider(OPENAI), &world.key_health);
+        assert_eq!(
+            (keys[0].state, keys[1].state),
+            (ProviderKeyState::Healthy, ProviderKeyState::Unknown)
+        );
+        assert_eq!(keys_condition_of(&world).status, Status::True);
+
+        // No reports at all, and no recorder: Unknown, with the reason.
+        world.key_health = key_health(serde_json::json!([]));
+        world.key_health.answer.as_mut().unwrap().providers.clear();
+        assert_eq!(keys_condition_of(&world).reason, "NoReports");
+        world.key_health = KeyHealthObservation {
+            answer: None,
+            error: Some("recorder down".into()),
+        };
+        let condition = keys_condition_of(&world);
+        assert_eq!(
+            (condition.status, condition.reason.as_str()),
+            (Status::Unknown, "RecorderUnavailable")
+        );
+        assert!(condition.message.contains("recorder down"));
+    }
+
+    #[test]
+    fn a_provider_without_stored_keys_has_no_key_health() {
+        let mut world = good_world();
+        world.key_health =
+            key_health(serde_json::json!([{"index": 0, "gateways": 1, "refused_by": 1}]));
+        let dry = provider(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata: {name: openai}\nspec: {api: dryRun, models: [{name: m}]}\n",
+        );
+        assert!(key_statuses(&dry, &world.key_health).is_empty());
+        assert!(
+            conditions_for(&dry, &world)
+                .iter()
+                .all(|c| c.type_ != KEYS_HEALTHY)
+        );
+    }
+
     #[test]
     fn a_provider_with_its_secret_and_anchor_is_ready() {
         let c = conditions_for(&provider(OPENAI), &good_world());
         assert_eq!(ready(&c).status, Status::True);
-        assert!(c.iter().all(|d| d.status == Status::True), "{c:?}");
+        assert!(
+            c.iter().all(|d| d.status == Status::True || !d.gates_ready),
+            "{c:?}"
+        );
+        let keys = c.iter().find(|d| d.type_ == KEYS_HEALTHY).unwrap();
+        assert_eq!(
+            (keys.status, keys.reason.as_str()),
+            (Status::Unknown, "Pending")
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! resync tick) triggers a pass that snapshots a [`World`], computes every
 //! object's status with the pure functions, and writes only the statuses that
 //! differ, with server-side apply, through one generic writer. Events go out
-//! when a condition changes status or reason. The quota usage refresh and the
+//! when a condition changes status or reason. The quota usage and key health
+//! refresh and the
 //! owned objects (the `tollgate-control-ca` ConfigMaps, applied and pruned)
 //! run beside it, on the leader only.
 
@@ -28,7 +29,7 @@ use tollgate_crds::trust::TrustAnchorStatus;
 use super::conditions::{self, Desired};
 use super::status::StatusKind;
 use super::usage::{self, RecorderSource, UsageObservation};
-use super::world::World;
+use super::world::{KeyHealthObservation, World};
 use super::{
     ControllerSettings, FIELD_MANAGER, policy, provider, prune, quota, recorder_config, trust,
 };
@@ -61,6 +62,7 @@ struct Context {
     cache: ClusterCache,
     failures: Failures,
     usage: Mutex<BTreeMap<String, UsageObservation>>,
+    key_health: Mutex<KeyHealthObservation>,
     /// Fresh usage arrived: run a pass.
     usage_changed: Notify,
 }
@@ -92,6 +94,11 @@ impl Context {
                 .map(|n| (n.name_any(), n.labels().clone()))
                 .collect(),
             usage: self.usage.lock().map(|u| u.clone()).unwrap_or_default(),
+            key_health: self
+                .key_health
+                .lock()
+                .map(|k| k.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -123,6 +130,7 @@ pub async fn run(
         cache,
         failures,
         usage: Mutex::new(BTreeMap::new()),
+        key_health: Mutex::new(KeyHealthObservation::default()),
         usage_changed: Notify::new(),
     });
     tracing::info!("controllers: caches filled, reconciling");
@@ -206,6 +214,21 @@ async fn usage_loop(ctx: Arc<Context>) -> anyhow::Result<()> {
         if let Ok(mut usage) = ctx.usage.lock() {
             *usage = observed;
         }
+        let key_health = match source.as_mut() {
+            Ok(source) => source.key_health().await,
+            Err(why) => Err(why.clone()),
+        };
+        if let Ok(mut observed) = ctx.key_health.lock() {
+            match key_health {
+                Ok(answer) => {
+                    *observed = KeyHealthObservation {
+                        answer: Some(answer),
+                        error: None,
+                    }
+                }
+                Err(why) => observed.error = Some(why),
+            }
+        }
         ctx.usage_changed.notify_one();
         tokio::time::sleep(ctx.settings.quota_refresh).await;
     }
@@ -224,6 +247,7 @@ async fn pass(ctx: &Context) {
         let next = LLMProviderStatus {
             conditions: vec![],
             observed_generation: p.meta().generation,
+            keys: provider::key_statuses(p, &world.key_health),
         };
         write(
             ctx,

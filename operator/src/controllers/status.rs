@@ -67,7 +67,7 @@ impl StatusKind for LLMProvider {
     }
     status_accessors!(LLMProviderStatus);
     fn same_owned_fields(next: &Self::Status, current: &Self::Status) -> bool {
-        next.observed_generation == current.observed_generation
+        next.observed_generation == current.observed_generation && next.keys == current.keys
     }
 }
 

@@ -13,6 +13,7 @@ pub use tollgate_crds::quota_status::{
     MIN_FORECAST_ELAPSED_SECS, QuotaScope, UsageRow, WindowNow, limit_status, summary,
     used_by_limit, window_of,
 };
+use tollgate_wire::key_health::KeyHealthAnswer;
 
 /// Most bytes read from one usage answer.
 const MAX_USAGE_BODY: usize = 16 * 1024 * 1024;
@@ -219,6 +220,21 @@ impl RecorderSource {
 
     /// One page of a usage answer.
     async fn page(&mut self, url: &str) -> Result<UsageReport, String> {
+        self.get_json(url, "usage").await
+    }
+
+    /// What the gateways' recent reports say of each provider key.
+    pub async fn key_health(&mut self) -> Result<KeyHealthAnswer, String> {
+        let url = format!("{}/v1/key-health", self.base_url);
+        self.get_json(&url, "key health").await
+    }
+
+    /// `GET url` as the operator, its answer parsed (`what` names it in errors).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        url: &str,
+        what: &str,
+    ) -> Result<T, String> {
         let token = self.token().await?;
         let response = self
             .client
@@ -240,7 +256,7 @@ impl RecorderSource {
             ));
         }
         serde_json::from_slice(&response.body)
-            .map_err(|e| format!("recorder {}: unreadable usage answer: {e}", self.base_url))
+            .map_err(|e| format!("recorder {}: unreadable {what} answer: {e}", self.base_url))
     }
 }
 

@@ -13,6 +13,7 @@ use tollgate_crds::{
 };
 
 use super::usage::UsageObservation;
+use tollgate_wire::key_health::KeyHealthAnswer;
 
 /// The label that puts a namespace under Tollgate.
 pub const INJECT_LABEL: &str = "tollgate.dev/inject";
@@ -34,6 +35,17 @@ pub struct World {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Quota usage last read from the recorder, by [`quota_key`].
     pub usage: BTreeMap<String, UsageObservation>,
+    /// Provider key health last read from the recorder.
+    pub key_health: KeyHealthObservation,
+}
+
+/// What the last read of the recorder's key health said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyHealthObservation {
+    /// The last answer read (none before the first success).
+    pub answer: Option<KeyHealthAnswer>,
+    /// Why the last read failed; none if it succeeded.
+    pub error: Option<String>,
 }
 
 impl World {

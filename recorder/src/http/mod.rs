@@ -14,6 +14,8 @@
 //! | GET | `/v1/trust-anchor` | the recorder's TrustAnchor (YAML) |
 //! | GET | `/v1/quotas` | each quota's burn-down (`namespace`), when the recorder knows the quotas (local mode) |
 //! | GET | `/v1/checkpoint` | the newest checkpoint, its signature checked |
+//! | PUT | `/v1/key-health` | a gateway's report of its provider keys' health (replaces its last) |
+//! | GET | `/v1/key-health` | per provider key: gateways that reported it lately, and how many route around it (readers) |
 //! | GET | `/dashboard/` | the usage dashboard (public files; the page reads `/dashboard/api/{usage,quotas,checkpoint}`, the three calls above, with the caller's token) |
 //! | GET | `/live`, `/ready`, `/metrics` | health and Prometheus metrics |
 //!
@@ -40,7 +42,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, Limited};
 use tollgate_evidence::Timestamp;
@@ -93,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/trust-anchor", get(trust_anchor))
         .route("/v1/quotas", get(quotas))
         .route("/v1/checkpoint", get(checkpoint))
+        .route("/v1/key-health", put(report_key_health).get(key_health))
         .route(
             "/dashboard",
             get(|| async { Redirect::permanent("/dashboard/") }),
@@ -131,8 +134,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-const ROUTES: [&str; 25] = [
+const ROUTES: [&str; 26] = [
     "/v1/receipts",
+    "/v1/key-health",
     "/v1/streams/{stream_id}",
     "/v1/quota/leases",
     "/v1/quota/leases/{lease_id}/renew",
@@ -414,6 +418,29 @@ async fn quotas(
     )
     .await?;
     Ok(Json(answer).into_response())
+}
+
+/// `PUT /v1/key-health`: a gateway's key health report.
+async fn report_key_health(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    let bytes = read_body(body, crate::key_health::MAX_REPORT_BYTES).await?;
+    state.recorder.report_key_health(&bytes, &caller).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/key-health`: what the gateways' recent reports say of each key.
+async fn key_health(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, RecorderError> {
+    let caller = caller(&state, &headers).await?;
+    only_known(&params, &[])?;
+    Ok(Json(state.recorder.key_health(&caller).await?).into_response())
 }
 
 /// `GET /v1/checkpoint`: the newest checkpoint, for any authenticated caller.

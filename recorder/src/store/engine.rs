@@ -11,9 +11,9 @@ use tollgate_wire::quota_math::Amounts;
 use super::rows::{self, Row, Statement, Value, params, with_key};
 use super::sql::{Dialect, Stmt};
 use super::{
-    CellQuery, FaultRow, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite, PlacedEnvelope, QuotaTx,
-    SealedSegmentRow, SegmentBounds, SegmentRow, Store, StoreError, StoreFuture, StoredOpenSegment,
-    StreamRow, StreamSummary, UsageCell,
+    CellQuery, FaultRow, KeyHealthCell, LeaseRow, LimitKey, LogMetaRow, LogTx, LogWrite,
+    PlacedEnvelope, QuotaTx, ReportedKey, SealedSegmentRow, SegmentBounds, SegmentRow, Store,
+    StoreError, StoreFuture, StoredOpenSegment, StreamRow, StreamSummary, UsageCell,
 };
 
 /// Which lock a transaction starts with.
@@ -331,6 +331,57 @@ impl<D: Driver> Store for Engine<D> {
         Box::pin(async move {
             let rows = self.read_rows(Stmt::SinkProgress, vec![]).await?;
             all(&rows, |r| Ok((r.text(0)?, r.u64(1)?)))
+        })
+    }
+
+    fn put_key_report<'a>(
+        &'a self,
+        reporter: &'a str,
+        keys: &'a [ReportedKey],
+        now_ms: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut statements = vec![(Stmt::ForgetKeyReports, params![reporter])];
+            statements.extend(keys.iter().map(|k| {
+                (
+                    Stmt::PutKeyReport,
+                    params![
+                        reporter,
+                        &k.provider,
+                        u64::from(k.index),
+                        k.refused,
+                        k.since_ms,
+                        k.last_status.map(u64::from),
+                        now_ms
+                    ],
+                )
+            }));
+            // Not the log lock: reports must not queue behind ingest.
+            let mut tx = self.driver.begin(TxLock::Limit).await?;
+            tx.execute(statements).await?;
+            tx.commit().await
+        })
+    }
+
+    fn key_health(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>> {
+        Box::pin(async move {
+            let mut tx = self.driver.begin(TxLock::Limit).await?;
+            tx.execute(vec![(Stmt::PurgeKeyReports, params![before_ms])])
+                .await?;
+            tx.commit().await?;
+            let rows = self
+                .read_rows(Stmt::KeyHealth, params![before_ms, limit as u64])
+                .await?;
+            all(&rows, |r| {
+                Ok(KeyHealthCell {
+                    provider: r.text(0)?,
+                    index: u32::try_from(r.u64(1)?).unwrap_or(u32::MAX),
+                    reporters: r.u64(2)?,
+                    refused_by: r.u64(3)?,
+                    refused_since_ms: r.opt_u64(4)?,
+                    last_status: r.opt_u64(5)?.and_then(|s| u16::try_from(s).ok()),
+                })
+            })
         })
     }
 

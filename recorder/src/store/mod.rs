@@ -553,6 +553,36 @@ pub struct SegmentBounds {
     pub last_pruned: Option<u64>,
 }
 
+/// One key in a gateway's key health report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedKey {
+    /// The `LLMProvider`'s name.
+    pub provider: String,
+    /// The key's place in the provider's `credentialsRef.keys`.
+    pub index: u32,
+    /// The gateway routes around it.
+    pub refused: bool,
+    /// When the gateway first saw it refused.
+    pub since_ms: Option<u64>,
+    /// The HTTP status of the last refusal.
+    pub last_status: Option<u16>,
+}
+
+/// What the recent reports say of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHealthCell {
+    pub provider: String,
+    pub index: u32,
+    /// Reporters that reported the key.
+    pub reporters: u64,
+    /// Of them, those that hold it refused.
+    pub refused_by: u64,
+    /// The earliest refusal among them.
+    pub refused_since_ms: Option<u64>,
+    /// The highest refusal status among them.
+    pub last_status: Option<u16>,
+}
+
 /// The storage backend.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// `sqlite` or `postgres`.
@@ -623,6 +653,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, ()>;
     /// The largest checkpoint size each sink holds.
     fn sink_progress(&self) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// Replaces `reporter`'s key health report with `keys`, stamped `now_ms`.
+    fn put_key_report<'a>(
+        &'a self,
+        reporter: &'a str,
+        keys: &'a [ReportedKey],
+        now_ms: u64,
+    ) -> StoreFuture<'a, ()>;
+    /// Deletes the reports older than `before_ms`, then sums the rest per
+    /// provider and key, in order, at most `limit` cells.
+    fn key_health(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>>;
     /// The envelopes of a segment as JSON, in log order.
     fn segment_envelopes(&self, index: u64) -> StoreFuture<'_, Vec<String>>;
     /// The highest segment holding a receipt that started before `until_ms`.

@@ -119,6 +119,19 @@ CREATE TABLE IF NOT EXISTS sink_progress (
     size {BIGINT} NOT NULL,
     delivered_at_ms {BIGINT} NOT NULL
 );
+-- Each gateway's latest report of its provider keys' health: one row per
+-- reporter (namespace/pod), provider and key, replaced by the next report.
+CREATE TABLE IF NOT EXISTS key_reports (
+    reporter TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    key_index {BIGINT} NOT NULL,
+    refused {BOOL} NOT NULL,
+    since_ms {BIGINT},
+    last_status {BIGINT},
+    reported_at_ms {BIGINT} NOT NULL,
+    PRIMARY KEY (reporter, provider, key_index)
+);
+CREATE INDEX IF NOT EXISTS key_reports_age ON key_reports (reported_at_ms);
 CREATE TABLE IF NOT EXISTS envelopes (
     log_index {BIGINT} PRIMARY KEY,
     segment_index {BIGINT} NOT NULL,
@@ -457,6 +470,19 @@ statements! {
     RecordSinkDelivery = "INSERT INTO sink_progress (sink, size, delivered_at_ms) VALUES (?1, ?2, ?3)
         ON CONFLICT (sink) DO UPDATE SET size = {GREATEST}(sink_progress.size, excluded.size), delivered_at_ms = excluded.delivered_at_ms";
     SinkProgress = "SELECT sink, size FROM sink_progress ORDER BY sink {C}";
+
+    // Provider key health reports.
+    ForgetKeyReports = "DELETE FROM key_reports WHERE reporter = ?1";
+    PutKeyReport = "INSERT INTO key_reports (reporter, provider, key_index, refused, since_ms, last_status, reported_at_ms)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    PurgeKeyReports = "DELETE FROM key_reports WHERE reported_at_ms < ?1";
+    /// Per provider and key: reporters, how many hold it refused, the
+    /// earliest refusal among them and the highest refusal status.
+    KeyHealth = "SELECT provider, key_index, CAST(COUNT(*) AS BIGINT),
+            CAST(SUM(CASE WHEN refused THEN 1 ELSE 0 END) AS BIGINT),
+            MIN(CASE WHEN refused THEN since_ms END), MAX(CASE WHEN refused THEN last_status END)
+        FROM key_reports WHERE reported_at_ms >= ?1
+        GROUP BY provider, key_index ORDER BY provider {C}, key_index LIMIT ?2";
     LastSegmentBefore = "SELECT MAX(segment_index) FROM envelopes WHERE started_at_ms < ?1";
     /// Certificates of the keys that signed envelopes in segments `?1..=?2`.
     CertificatesBetween = "SELECT body FROM certificates WHERE key_id IN
