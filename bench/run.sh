@@ -5,6 +5,8 @@
 #
 #   bench/run.sh            # full run (about 15 minutes on 2 cores)
 #   BENCH_QUICK=1 bench/run.sh   # shorter load phases
+#   BENCH_CALLGRIND_ONLY=1 bench/run.sh   # the gateway's instructions per
+#                                         # request only, printed (minutes)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools=${TOLLGATE_CACHE:-$HOME/.cache/tollgate}/tools

@@ -426,8 +426,8 @@ pub struct ProviderKeyStatus {
     /// `Healthy`: every gateway that reported the key routes over it.
     /// `Refused`: at least one routes around it, because the provider
     /// answered 401 or 403 with it. `Unknown`: no gateway reported it in the
-    /// last two minutes (none uses the provider, or the recorder is not
-    /// reachable).
+    /// last two minutes (no pod uses the provider, or its gateways' reports
+    /// do not reach the recorder).
     pub state: ProviderKeyState,
     /// Gateways that reported the key in the last two minutes.
     pub gateways: u64,

@@ -227,6 +227,20 @@ fn content_hash(
     record: &EnvelopeRecord,
     signed: &[u8],
 ) -> Result<Sha256Hex, CanonicalError> {
+    Ok(sha256(&content_bytes(
+        stream_id, seq, prev_hash, record, signed,
+    )?))
+}
+
+/// The RFC 8785 bytes of an envelope's content (every field but `hash`),
+/// built around `signed`, the record's already encoded signed part.
+fn content_bytes(
+    stream_id: &Identifier,
+    seq: SafeU64,
+    prev_hash: &PrevHash,
+    record: &EnvelopeRecord,
+    signed: &[u8],
+) -> Result<Vec<u8>, CanonicalError> {
     let (tag, inner, key_id, signature) = match record {
         EnvelopeRecord::Receipt(r) => ("receipt", "body", &r.key_id, &r.signature),
         EnvelopeRecord::Decision(d) => ("decision", "decision", &d.key_id, &d.signature),
@@ -250,7 +264,45 @@ fn content_hash(
     out.extend_from_slice(b",\"stream_id\":");
     write_canonical(stream_id, &mut out)?;
     out.push(b'}');
-    Ok(sha256(&out))
+    Ok(out)
+}
+
+/// An envelope with its RFC 8785 JSON, for writers that store it: the JSON
+/// is the hashed content with `hash` put first (its place in key order), so
+/// writing an envelope costs no second encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEnvelope {
+    pub envelope: Envelope,
+    /// `to_canonical_bytes(&envelope)`, byte for byte.
+    pub json: Vec<u8>,
+}
+
+impl EncodedEnvelope {
+    fn seal(
+        stream_id: Identifier,
+        seq: SafeU64,
+        prev_hash: PrevHash,
+        record: EnvelopeRecord,
+        signed: &[u8],
+    ) -> Result<Self, CanonicalError> {
+        let content = content_bytes(&stream_id, seq, &prev_hash, &record, signed)?;
+        let hash = sha256(&content);
+        let mut json = Vec::with_capacity(content.len() + 80);
+        json.extend_from_slice(b"{\"hash\":");
+        write_canonical(&hash, &mut json)?;
+        json.push(b',');
+        json.extend_from_slice(content.get(1..).unwrap_or_default());
+        Ok(Self {
+            envelope: Envelope {
+                stream_id,
+                seq,
+                prev_hash,
+                record,
+                hash,
+            },
+            json,
+        })
+    }
 }
 
 /// Why an envelope could not be written or was refused.
@@ -449,28 +501,23 @@ impl StreamChainWriter {
         body: ReceiptBody,
         gateway_key: &SigningKey,
     ) -> Result<Envelope, ChainError> {
+        self.sign_and_append_encoded(body, gateway_key)
+            .map(|e| e.envelope)
+    }
+
+    /// [`Self::sign_and_append`], also returning the envelope's JSON.
+    pub fn sign_and_append_encoded(
+        &mut self,
+        body: ReceiptBody,
+        gateway_key: &SigningKey,
+    ) -> Result<EncodedEnvelope, ChainError> {
         self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
         self.position
             .next_seq
             .checked_increment()
             .ok_or(ChainError::SeqOverflow)?;
         let (receipt, signed) = SignedReceipt::sign_returning_bytes(body, gateway_key)?;
-        let record = EnvelopeRecord::Receipt(receipt);
-        let (stream_id, seq, prev_hash) = (
-            self.position.stream_id.clone(),
-            self.position.next_seq,
-            self.position.prev_hash,
-        );
-        let hash = content_hash(&stream_id, seq, &prev_hash, &record, &signed)?;
-        let envelope = Envelope {
-            stream_id,
-            seq,
-            prev_hash,
-            record,
-            hash,
-        };
-        self.position.advance(&envelope)?;
-        Ok(envelope)
+        self.seal_encoded(EnvelopeRecord::Receipt(receipt), &signed)
     }
 
     /// Signs a forward decision with the gateway key and chains it.
@@ -479,12 +526,41 @@ impl StreamChainWriter {
         decision: DecisionBody,
         gateway_key: &SigningKey,
     ) -> Result<Envelope, ChainError> {
+        self.sign_and_append_decision_encoded(decision, gateway_key)
+            .map(|e| e.envelope)
+    }
+
+    /// [`Self::sign_and_append_decision`], also returning the envelope's
+    /// JSON; the decision is encoded once.
+    pub fn sign_and_append_decision_encoded(
+        &mut self,
+        decision: DecisionBody,
+        gateway_key: &SigningKey,
+    ) -> Result<EncodedEnvelope, ChainError> {
         self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
         decision
             .validate()
             .map_err(|_| ChainError::InvalidDecision)?;
-        let signed = SignedDecision::sign(decision, gateway_key)?;
-        self.seal_next(EnvelopeRecord::Decision(signed))
+        let (signed, bytes) = SignedDecision::sign_returning_bytes(decision, gateway_key)?;
+        self.seal_encoded(EnvelopeRecord::Decision(signed), &bytes)
+    }
+
+    /// Seals `record`, whose signed part encodes to `signed`, as the next
+    /// envelope and moves the position past it.
+    fn seal_encoded(
+        &mut self,
+        record: EnvelopeRecord,
+        signed: &[u8],
+    ) -> Result<EncodedEnvelope, ChainError> {
+        let encoded = EncodedEnvelope::seal(
+            self.position.stream_id.clone(),
+            self.position.next_seq,
+            self.position.prev_hash,
+            record,
+            signed,
+        )?;
+        self.position.advance(&encoded.envelope)?;
+        Ok(encoded)
     }
 
     /// Ends the stream with a close record signed by `gateway_key` (the stream's key).

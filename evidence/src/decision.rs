@@ -7,6 +7,7 @@
 //!
 //! Like a receipt body, it holds identifiers, hashes and timestamps only.
 
+use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{
@@ -100,6 +101,23 @@ impl SignedDecision {
             key_id: KeyId::of_signing_key(gateway_key),
             signature,
         })
+    }
+
+    /// Like [`SignedDecision::sign`], also returning the canonical bytes signed.
+    pub fn sign_returning_bytes(
+        decision: DecisionBody,
+        gateway_key: &SigningKey,
+    ) -> Result<(Self, Vec<u8>), CanonicalError> {
+        let message = to_canonical_bytes(&decision)?;
+        let signature = SignatureHex::from_bytes(gateway_key.sign(&message).to_bytes());
+        Ok((
+            Self {
+                decision,
+                key_id: KeyId::of_signing_key(gateway_key),
+                signature,
+            },
+            message,
+        ))
     }
 
     /// Verifies with `gateway_key`, which must be the named key.

@@ -46,8 +46,8 @@ pub use bundle::{
 };
 pub use certificate::{CertificateError, KeyCertificate, PodIdentity, SignedKeyCertificate};
 pub use chain::{
-    ChainError, CloseReason, CloseRecord, Envelope, EnvelopeRecord, SignedCloseRecord,
-    StreamChainChecker, StreamChainWriter,
+    ChainError, CloseReason, CloseRecord, EncodedEnvelope, Envelope, EnvelopeRecord,
+    SignedCloseRecord, StreamChainChecker, StreamChainWriter,
 };
 pub use checkpoint::{Checkpoint, SignedCheckpoint};
 pub use fields::{

@@ -6,14 +6,20 @@ mod common;
 
 use common::{Fixture, Spec, build};
 use proptest::prelude::*;
-use tollgate_evidence::chain::{CloseReason, Envelope, StreamChainChecker, StreamChainWriter};
+use tollgate_evidence::chain::{
+    CloseReason, Envelope, EnvelopeRecord, StreamChainChecker, StreamChainWriter,
+};
+use tollgate_evidence::decision::{DecisionBody, DecisionSchema, SignedDecision};
+use tollgate_evidence::fields::SchemaVersion1;
 use tollgate_evidence::fields::{Identifier, SafeU64};
+use tollgate_evidence::hash::PrevHash;
 use tollgate_evidence::jcs::{CanonicalValue, to_canonical_bytes};
 use tollgate_evidence::merkle::{
     MerkleAccumulator, MerkleTree, leaf_hash, verify_consistency, verify_inclusion,
 };
 use tollgate_evidence::receipt::SignedReceipt;
 use tollgate_evidence::strict_json;
+use tollgate_evidence::{DnsSubdomain, HostName, ModelName, ReceiptId, sha256};
 use tollgate_evidence::{Verdict, verify_bundle};
 
 fn config() -> ProptestConfig {
@@ -265,6 +271,36 @@ proptest! {
     }
 
     #[test]
+    fn encoded_envelopes_are_their_canonical_json_and_chain_as_before(kinds in prop::collection::vec(any::<bool>(), 0..10)) {
+        let spec = Spec::default();
+        let key = common::Keys::new(0, 1).gateways[0].clone();
+        let stream = Identifier::new("s").unwrap();
+        let mut fast = StreamChainWriter::new(stream.clone());
+        // The reference: records signed and sealed with their bodies encoded
+        // again, by `Envelope::seal`.
+        let mut prev = PrevHash::Genesis;
+        let mut receipts = 0;
+        for (n, is_decision) in kinds.into_iter().enumerate() {
+            let seq = fast.next_seq();
+            let (encoded, record) = if is_decision {
+                let d = decision(n as u64);
+                let record = EnvelopeRecord::Decision(SignedDecision::sign(d.clone(), &key).unwrap());
+                (fast.sign_and_append_decision_encoded(d, &key).unwrap(), record)
+            } else {
+                let body = common::receipt_body(&spec, 0, receipts);
+                receipts += 1;
+                let record = EnvelopeRecord::Receipt(SignedReceipt::sign(body.clone(), &key).unwrap());
+                (fast.sign_and_append_encoded(body, &key).unwrap(), record)
+            };
+            let expected = Envelope::seal(stream.clone(), seq, prev, record).unwrap();
+            prev = PrevHash::Hash(expected.hash);
+            prop_assert_eq!(&encoded.envelope, &expected);
+            prop_assert_eq!(&encoded.json, &to_canonical_bytes(&expected).unwrap());
+            prop_assert_eq!(serde_json::from_slice::<Envelope>(&encoded.json).unwrap(), expected);
+        }
+    }
+
+    #[test]
     fn merkle_proofs_hold_for_random_sizes(size in 1u64..200, index in any::<prop::sample::Index>(), old in any::<prop::sample::Index>()) {
         let leaves: Vec<_> = (0..size).map(|i| leaf_hash(&i.to_le_bytes())).collect();
         let tree = MerkleTree::new(leaves.clone());
@@ -368,5 +404,23 @@ fn key_routing_spreads_requests_across_keys() {
     }
     for h in hits {
         assert!((800..1_200).contains(&h), "uneven spread: {hits:?}");
+    }
+}
+
+fn decision(n: u64) -> DecisionBody {
+    DecisionBody {
+        attempt: 0,
+        decided_at: common::at(common::T0 + n * 10 + 5),
+        host: HostName::new("api.openai.com").unwrap(),
+        id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
+        model: Some(ModelName::new("gpt-4o").unwrap()),
+        policy_hash: sha256(b"policy"),
+        provider: DnsSubdomain::new("openai").unwrap(),
+        request_id: Identifier::new(format!("req-{n}")).unwrap(),
+        request_sha256: sha256(format!("request-{n} \u{e9}\"").as_bytes()),
+        schema: DecisionSchema,
+        schema_version: SchemaVersion1,
+        started_at: common::at(common::T0 + n * 10),
+        workload: common::workload(0),
     }
 }

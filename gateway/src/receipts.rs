@@ -736,9 +736,9 @@ impl SpoolWriter {
             );
             return Ok(None);
         }
-        let envelope = stream.chain.sign_and_append(body, &stream.key)?;
-        write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
-        Ok(Some(envelope))
+        let encoded = stream.chain.sign_and_append_encoded(body, &stream.key)?;
+        write_envelope_line(stream, &self.status, &encoded.json);
+        Ok(Some(encoded.envelope))
     }
 
     /// Signs, chains and writes one forward decision to the open stream whose
@@ -786,8 +786,10 @@ impl SpoolWriter {
         // the log would show as forwarded.
         let chain_before = stream.chain.clone();
         let unwritten_before = stream.unwritten.len();
-        let envelope = stream.chain.sign_and_append_decision(body, &stream.key)?;
-        write_line(stream, &self.status, &SpoolLine::Envelope(&envelope))?;
+        let encoded = stream
+            .chain
+            .sign_and_append_decision_encoded(body, &stream.key)?;
+        write_envelope_line(stream, &self.status, &encoded.json);
         if let Err(e) = stream.hand_over() {
             if e.recoverable() {
                 let line = (stream.unwritten.len() - unwritten_before) as u64;
@@ -1075,6 +1077,18 @@ fn write_line(
     let len = (stream.unwritten.len() - start) as u64;
     status.used_bytes.fetch_add(len, Ordering::Relaxed);
     Ok(())
+}
+
+/// [`write_line`] for an envelope already encoded (its RFC 8785 JSON, as
+/// the chain writer returns it): `{"envelope":JSON}`, with no second encoding.
+fn write_envelope_line(stream: &mut StreamFile, status: &SpoolStatus, json: &[u8]) {
+    let start = stream.unwritten.len();
+    stream.unwritten.reserve(json.len() + 14);
+    stream.unwritten.extend_from_slice(b"{\"envelope\":");
+    stream.unwritten.extend_from_slice(json);
+    stream.unwritten.extend_from_slice(b"}\n");
+    let len = (stream.unwritten.len() - start) as u64;
+    status.used_bytes.fetch_add(len, Ordering::Relaxed);
 }
 
 /// Until when requests are admitted under a certificate valid over

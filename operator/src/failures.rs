@@ -22,6 +22,7 @@ pub const OPERATIONS: &[&str] = &[
     "configmap_apply",
     "configmap_prune",
     "usage_refresh",
+    "key_health_refresh",
 ];
 
 /// The counter, cheap to clone.

@@ -33,6 +33,8 @@ pub const MAX_CELLS: usize = 10_000;
 /// The keys of a report body, checked: `{"keys": [{"provider", "index",
 /// "state": "healthy"|"unhealthy", "since_ms"?, "last_status"?}]}`.
 pub fn parse_report(body: &[u8]) -> Result<Vec<ReportedKey>, RecorderError> {
+    tollgate_evidence::strict_json::validate(body)
+        .map_err(|e| RecorderError::BadRequest(format!("not a key health report: {e}")))?;
     let report: KeyHealthReport = serde_json::from_slice(body)
         .map_err(|e| RecorderError::BadRequest(format!("not a key health report: {e}")))?;
     if report.keys.len() > MAX_REPORTED_KEYS {

@@ -81,6 +81,8 @@ pub struct Recorder {
     /// Exports read, retention writes: a pass never deletes a segment an export
     /// of this process is reading.
     retention: tokio::sync::RwLock<()>,
+    /// When this process last deleted stale key health reports.
+    key_reports_purged_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -146,6 +148,7 @@ impl Recorder {
             verify: Semaphore::new(options.verify_threads.max(1)),
             verify_threads: options.verify_threads.max(1),
             retention: tokio::sync::RwLock::new(()),
+            key_reports_purged_ms: std::sync::atomic::AtomicU64::new(0),
         };
         // Resume the log now, so a broken store fails at start, not at first ingest.
         {
@@ -694,11 +697,25 @@ impl Recorder {
         body: &[u8],
         caller: &Caller,
     ) -> Result<(), RecorderError> {
+        use std::sync::atomic::Ordering;
         let reporter = self.policy.key_reporter(caller)?;
         let keys = crate::key_health::parse_report(body)?;
-        self.store
-            .put_key_report(&reporter, &keys, self.clock.now_ms())
-            .await?;
+        let now = self.clock.now_ms();
+        self.store.put_key_report(&reporter, &keys, now).await?;
+        // Reports of pods that are gone are deleted at most once a minute,
+        // whether or not anyone reads them.
+        let last = self.key_reports_purged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && self
+                .key_reports_purged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let before = now.saturating_sub(crate::key_health::REPORT_TTL_MS);
+            if let Err(e) = self.store.purge_key_reports(before).await {
+                tracing::debug!(error = %e, "stale key health reports not deleted; trying again later");
+            }
+        }
         Ok(())
     }
 

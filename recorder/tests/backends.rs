@@ -1024,7 +1024,7 @@ fn gateway_pod(namespace: &str, pod: &str) -> Caller {
 /// Each pod's report replaces its last; the answer counts, per provider key,
 /// the pods that reported it within the window and those that refuse it.
 async fn key_reports_replace_each_other_and_expire(store: Arc<dyn Store>) {
-    let (rec, clock) = common::recorder(store, common::settings(4)).await;
+    let (rec, clock) = common::recorder(store.clone(), common::settings(4)).await;
     let healthy = br#"{"keys":[{"provider":"openai","index":0,"state":"healthy"},
         {"provider":"openai","index":1,"state":"healthy"}]}"#;
     let refused = |since: u64| {
@@ -1077,6 +1077,19 @@ async fn key_reports_replace_each_other_and_expire(store: Arc<dyn Store>) {
             answer.providers[0].keys[1].refused_by
         ),
         (1, 0)
+    );
+
+    // A report a minute after the last purge deletes the stale rows, read
+    // or not: only b's are left in the table.
+    rec.report_key_health(healthy, &gateway_pod("team-1", "b"))
+        .await
+        .unwrap();
+    let all_rows = store.key_health(0, 100).await.unwrap();
+    assert!(
+        all_rows
+            .iter()
+            .all(|c| c.reporters == 1 && c.provider == "openai"),
+        "{all_rows:?}"
     );
 
     // Only readers read it, and only gateways report.

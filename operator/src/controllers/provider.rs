@@ -40,11 +40,19 @@ pub fn key_statuses(
     let Some(creds) = &provider.spec.credentials_ref else {
         return Vec::new();
     };
+    let Some(answer) = &health.answer else {
+        // Nothing read yet (a new leader, or the recorder down since it
+        // started): keep what the status shows for the keys still configured.
+        return provider
+            .status
+            .iter()
+            .flat_map(|s| &s.keys)
+            .filter(|k| creds.keys.get(k.index as usize) == Some(&k.name))
+            .cloned()
+            .collect();
+    };
     let name = provider.name_any();
-    let reported = health
-        .answer
-        .as_ref()
-        .and_then(|a| a.providers.iter().find(|p| p.provider == name));
+    let reported = answer.providers.iter().find(|p| p.provider == name);
     creds
         .keys
         .iter()
@@ -78,15 +86,27 @@ fn rfc3339(ms: u64) -> Option<String> {
 }
 
 fn keys_condition(provider: &LLMProvider, health: &KeyHealthObservation) -> Option<Desired> {
-    let keys = key_statuses(provider, health);
-    if keys.is_empty() {
-        return None;
-    }
-    let stale = match &health.error {
-        Some(e) => format!("; the last read of the recorder failed ({e}), so this is older"),
-        None => String::new(),
-    };
-    if health.answer.is_none() {
+    provider.spec.credentials_ref.as_ref()?;
+    let Some(answer) = &health.answer else {
+        // As the keys: a condition already there stays as it is.
+        let current = provider
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == KEYS_HEALTHY);
+        if let Some(c) = current {
+            let status = match c.status.as_str() {
+                "True" => Status::True,
+                "False" => Status::False,
+                _ => Status::Unknown,
+            };
+            return Some(Desired::info(
+                KEYS_HEALTHY,
+                status,
+                &c.reason,
+                c.message.clone(),
+            ));
+        }
         return Some(match &health.error {
             None => Desired::info(
                 KEYS_HEALTHY,
@@ -101,7 +121,12 @@ fn keys_condition(provider: &LLMProvider, health: &KeyHealthObservation) -> Opti
                 format!("key health comes from the recorder: {why}"),
             ),
         });
-    }
+    };
+    let stale = match &health.error {
+        Some(e) => format!("; the last read of the recorder failed ({e}), so this is older"),
+        None => String::new(),
+    };
+    let keys = key_statuses(provider, health);
     let refused: Vec<String> = keys
         .iter()
         .filter(|k| k.state == ProviderKeyState::Refused)
@@ -133,11 +158,16 @@ fn keys_condition(provider: &LLMProvider, health: &KeyHealthObservation) -> Opti
         ));
     }
     if keys.iter().all(|k| k.state == ProviderKeyState::Unknown) {
+        let cut = if answer.truncated {
+            " (the recorder's answer was cut at its limit of provider keys)"
+        } else {
+            ""
+        };
         return Some(Desired::info(
             KEYS_HEALTHY,
             Status::Unknown,
             "NoReports",
-            format!("no gateway reported this provider's keys in the last two minutes{stale}"),
+            format!("no gateway reported this provider's keys in the last two minutes{cut}{stale}"),
         ));
     }
     let gateways = keys.iter().map(|k| k.gateways).max().unwrap_or(0);
@@ -468,6 +498,53 @@ spec:
             (Status::Unknown, "RecorderUnavailable")
         );
         assert!(condition.message.contains("recorder down"));
+    }
+
+    #[test]
+    fn a_new_leader_keeps_the_key_health_the_status_shows_until_it_reads() {
+        let mut shown = provider(OPENAI);
+        let mut world = good_world();
+        world.key_health = key_health(serde_json::json!([
+            {"index": 0, "gateways": 3, "refused_by": 0},
+            {"index": 1, "gateways": 3, "refused_by": 1, "last_status": 403}
+        ]));
+        let keys = key_statuses(&shown, &world.key_health);
+        let condition = keys_condition_of(&world);
+        shown.status = Some(tollgate_crds::provider::LLMProviderStatus {
+            keys: keys.clone(),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: KEYS_HEALTHY.into(),
+                status: "False".into(),
+                reason: condition.reason.clone(),
+                message: condition.message.clone(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
+            observed_generation: None,
+        });
+        for health in [
+            KeyHealthObservation::default(),
+            KeyHealthObservation {
+                answer: None,
+                error: Some("recorder down".into()),
+            },
+        ] {
+            assert_eq!(key_statuses(&shown, &health), keys);
+            let kept = keys_condition(&shown, &health).unwrap();
+            assert_eq!(
+                (kept.status, kept.reason.as_str(), kept.message.as_str()),
+                (Status::False, "KeyRefused", condition.message.as_str())
+            );
+        }
+        // A key renamed in the spec drops out of what is kept.
+        let mut renamed = shown.clone();
+        renamed.spec.credentials_ref.as_mut().unwrap().keys[1] = "key-c".into();
+        assert_eq!(
+            key_statuses(&renamed, &KeyHealthObservation::default()),
+            keys[..1]
+        );
     }
 
     #[test]

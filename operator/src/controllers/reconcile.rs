@@ -226,7 +226,13 @@ async fn usage_loop(ctx: Arc<Context>) -> anyhow::Result<()> {
                         error: None,
                     }
                 }
-                Err(why) => observed.error = Some(why),
+                Err(why) => {
+                    if source.is_ok() {
+                        ctx.failures.count("key_health_refresh");
+                    }
+                    tracing::debug!(reason = %why, "key health not read");
+                    observed.error = Some(why);
+                }
             }
         }
         ctx.usage_changed.notify_one();

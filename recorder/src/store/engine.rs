@@ -356,21 +356,27 @@ impl<D: Driver> Store for Engine<D> {
                     ],
                 )
             }));
-            // Not the log lock: reports must not queue behind ingest.
+            // Not the log lock: on PostgreSQL reports do not queue behind
+            // ingest (SQLite has one writer for everything).
             let mut tx = self.driver.begin(TxLock::Limit).await?;
             tx.execute(statements).await?;
             tx.commit().await
         })
     }
 
-    fn key_health(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>> {
+    fn purge_key_reports(&self, before_ms: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut tx = self.driver.begin(TxLock::Limit).await?;
             tx.execute(vec![(Stmt::PurgeKeyReports, params![before_ms])])
                 .await?;
-            tx.commit().await?;
+            tx.commit().await
+        })
+    }
+
+    fn key_health(&self, since_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>> {
+        Box::pin(async move {
             let rows = self
-                .read_rows(Stmt::KeyHealth, params![before_ms, limit as u64])
+                .read_rows(Stmt::KeyHealth, params![since_ms, limit as u64])
                 .await?;
             all(&rows, |r| {
                 Ok(KeyHealthCell {

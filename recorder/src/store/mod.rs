@@ -660,9 +660,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         keys: &'a [ReportedKey],
         now_ms: u64,
     ) -> StoreFuture<'a, ()>;
-    /// Deletes the reports older than `before_ms`, then sums the rest per
-    /// provider and key, in order, at most `limit` cells.
-    fn key_health(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>>;
+    /// Deletes the key health reports older than `before_ms`.
+    fn purge_key_reports(&self, before_ms: u64) -> StoreFuture<'_, ()>;
+    /// Sums the key health reports since `since_ms` per provider and key, in
+    /// order, at most `limit` cells.
+    fn key_health(&self, since_ms: u64, limit: usize) -> StoreFuture<'_, Vec<KeyHealthCell>>;
     /// The envelopes of a segment as JSON, in log order.
     fn segment_envelopes(&self, index: u64) -> StoreFuture<'_, Vec<String>>;
     /// The highest segment holding a receipt that started before `until_ms`.

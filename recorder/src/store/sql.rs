@@ -474,7 +474,9 @@ statements! {
     // Provider key health reports.
     ForgetKeyReports = "DELETE FROM key_reports WHERE reporter = ?1";
     PutKeyReport = "INSERT INTO key_reports (reporter, provider, key_index, refused, since_ms, last_status, reported_at_ms)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        ON CONFLICT (reporter, provider, key_index) DO UPDATE SET refused = excluded.refused,
+            since_ms = excluded.since_ms, last_status = excluded.last_status, reported_at_ms = excluded.reported_at_ms";
     PurgeKeyReports = "DELETE FROM key_reports WHERE reported_at_ms < ?1";
     /// Per provider and key: reporters, how many hold it refused, the
     /// earliest refusal among them and the highest refusal status.
