@@ -18,7 +18,7 @@ use tollgate_wire::client::{HttpClient, TokenSource};
 
 use crate::key_health::KeyStatus;
 use crate::proxy::Gateway;
-use tollgate_wire::key_health::KeyHealthReport;
+use tollgate_wire::key_health::{KeyHealthReport, MAX_REPORTED_KEYS};
 
 /// How often each gateway reports (the recorder forgets a report after two
 /// minutes, so a pod that is gone stops counting).
@@ -44,13 +44,23 @@ pub async fn report_forever(
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut truncated = false;
     loop {
         tick.tick().await;
         let runtime = gateway.runtime();
-        let keys = runtime.key_health.snapshot(&runtime.key_counts());
+        let mut keys = runtime.key_health.snapshot(&runtime.key_counts());
         drop(runtime);
         if keys.is_empty() {
             continue;
+        }
+        if keys.len() > MAX_REPORTED_KEYS {
+            keys.truncate(MAX_REPORTED_KEYS);
+            if !truncated {
+                truncated = true;
+                tracing::warn!(
+                    "more provider keys than a key health report holds; reporting the first {MAX_REPORTED_KEYS}"
+                );
+            }
         }
         let outcome = match tokens.token() {
             Ok(token) => client

@@ -18,10 +18,7 @@ pub use tollgate_wire::key_health::{
 use crate::error::RecorderError;
 use crate::store::{KeyHealthCell, ReportedKey};
 
-/// Largest report body.
-pub const MAX_REPORT_BYTES: usize = 64 * 1024;
-/// Most keys in one report (a provider has at most 32 keys).
-pub const MAX_REPORTED_KEYS: usize = 512;
+pub use tollgate_wire::key_health::{MAX_REPORT_BYTES, MAX_REPORTED_KEYS};
 /// Highest key index a report may name (`credentialsRef.keys` holds at most 32).
 pub const MAX_KEY_INDEX: u32 = 31;
 /// Reports older than this are forgotten: a gateway that stopped reporting

@@ -277,7 +277,7 @@ async fn key_health_goes_over_the_wire_within_its_bounds() {
             Method::PUT,
             "/v1/key-health",
             Some("gw-1"),
-            Some(vec![b' '; 65 * 1024]),
+            Some(vec![b' '; 1024 * 1024 + 1]),
         )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -6,6 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Most keys in one report (64 providers of 32 keys); a gateway with more
+/// reports the first this many.
+pub const MAX_REPORTED_KEYS: usize = 2048;
+/// Largest report body: [`MAX_REPORTED_KEYS`] entries with the longest names.
+pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
+
 /// Whether a gateway routes over a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
