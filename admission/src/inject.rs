@@ -406,7 +406,7 @@ mod tests {
             operator_namespace: "tollgate-system".into(),
             control_url: "https://tollgate-operator.tollgate-system.svc:9443".into(),
             recorder_url: None,
-            cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+            cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(198, 19, 0, 10))],
         }
     }
 
@@ -480,7 +480,7 @@ mod tests {
                 "--gateway-uid",
                 "15080",
                 "--dns",
-                "10.96.0.10"
+                "198.19.0.10"
             ]
         );
         let mut with_recorder = settings();

@@ -215,14 +215,14 @@ mod tests {
         };
         let mut a = policy("a", false, Some(Selector::default()));
         a.egress = vec![
-            rule("10.96.0.0/12", &[443, 80, 443]),
-            rule("10.0.0.0/8", &[]),
+            rule("198.19.0.0/16", &[443, 80, 443]),
+            rule("198.18.0.0/16", &[]),
         ];
         let mut b = policy("b", false, Some(Selector::default()));
-        b.egress = vec![rule("10.0.0.0/8", &[])];
+        b.egress = vec![rule("198.18.0.0/16", &[])];
         let mut c = policy("c", false, Some(Selector::default()));
         c.mode = PolicyMode::Disabled;
-        c.egress = vec![rule("192.168.0.0/16", &[])];
+        c.egress = vec![rule("198.18.128.0/17", &[])];
         let ns = NamespaceView {
             name: "n".into(),
             governed: true,
@@ -230,7 +230,10 @@ mod tests {
         };
         assert_eq!(
             ns.allowed_egress(&labels(&[])),
-            vec!["10.0.0.0/8".to_string(), "10.96.0.0/12=80,443".to_string()]
+            vec![
+                "198.18.0.0/16".to_string(),
+                "198.19.0.0/16=80,443".to_string()
+            ]
         );
     }
 }

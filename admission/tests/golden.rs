@@ -228,7 +228,7 @@ fn cases() -> Vec<Case> {
             injected_with_env(
                 &plain,
                 app_env,
-                json!({"name": "https_proxy", "value": "http://10.0.0.5:3128"}),
+                json!({"name": "https_proxy", "value": "http://198.18.0.5:3128"}),
             ),
         ),
         validate(
@@ -244,7 +244,7 @@ fn cases() -> Vec<Case> {
             edit(
                 edit(injected.clone(), "/spec/dnsPolicy", json!("None")),
                 "/spec/dnsConfig",
-                json!({"nameservers": ["10.96.0.10", "8.8.8.8"]}),
+                json!({"nameservers": ["198.19.0.10", "8.8.8.8"]}),
             ),
         ),
         Case {

@@ -15,7 +15,7 @@ pub fn settings() -> InjectionSettings {
         operator_namespace: "tollgate-system".into(),
         control_url: "https://tollgate-operator.tollgate-system.svc:9443".into(),
         recorder_url: Some("https://tollgate-recorder.tollgate-system.svc:8443".into()),
-        cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
+        cluster_dns: vec![IpAddr::V4(Ipv4Addr::new(198, 19, 0, 10))],
     }
 }
 
