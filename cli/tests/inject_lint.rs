@@ -61,7 +61,7 @@ spec:
         image: example/app:1
         env:
         - name: HTTPS_PROXY
-          value: http://10.0.0.5:3128
+          value: http://198.18.0.5:3128
 "#;
 
 fn bin() -> Command {

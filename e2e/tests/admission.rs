@@ -176,7 +176,7 @@ fn breaches() -> Vec<Breach> {
             rule: "proxy-env",
             edit: |p| {
                 p["spec"]["containers"][0]["env"] =
-                    json!([{"name": "HTTPS_PROXY", "value": "http://10.0.0.5:3128"}])
+                    json!([{"name": "HTTPS_PROXY", "value": "http://198.18.0.5:3128"}])
             },
         },
         Breach {

@@ -18,7 +18,7 @@ use tollgate_wire::client::{HttpClient, TokenSource};
 
 use crate::key_health::KeyStatus;
 use crate::proxy::Gateway;
-use tollgate_wire::key_health::{KeyHealthReport, MAX_REPORTED_KEYS};
+use tollgate_wire::key_health::{KeyHealthReport, MAX_KEY_INDEX, MAX_REPORTED_KEYS};
 
 /// How often each gateway reports (the recorder forgets a report after two
 /// minutes, so a pod that is gone stops counting).
@@ -50,6 +50,9 @@ pub async fn report_forever(
         let runtime = gateway.runtime();
         let mut keys = runtime.key_health.snapshot(&runtime.key_counts());
         drop(runtime);
+        // Past the CRD's 32 keys (possible only in local mode's manifests)
+        // the recorder would refuse the whole report.
+        keys.retain(|k| k.index <= MAX_KEY_INDEX);
         if keys.is_empty() {
             continue;
         }

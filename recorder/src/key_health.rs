@@ -18,9 +18,7 @@ pub use tollgate_wire::key_health::{
 use crate::error::RecorderError;
 use crate::store::{KeyHealthCell, ReportedKey};
 
-pub use tollgate_wire::key_health::{MAX_REPORT_BYTES, MAX_REPORTED_KEYS};
-/// Highest key index a report may name (`credentialsRef.keys` holds at most 32).
-pub const MAX_KEY_INDEX: u32 = 31;
+pub use tollgate_wire::key_health::{MAX_KEY_INDEX, MAX_REPORT_BYTES, MAX_REPORTED_KEYS};
 /// Reports older than this are forgotten: a gateway that stopped reporting
 /// (its pod is gone) no longer counts. Gateways report every 30 seconds.
 pub const REPORT_TTL_MS: u64 = 120_000;

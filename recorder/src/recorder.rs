@@ -713,7 +713,7 @@ impl Recorder {
         {
             let before = now.saturating_sub(crate::key_health::REPORT_TTL_MS);
             if let Err(e) = self.store.purge_key_reports(before).await {
-                tracing::debug!(error = %e, "stale key health reports not deleted; trying again later");
+                tracing::warn!(error = %e, "stale key health reports not deleted; trying again in a minute");
             }
         }
         Ok(())

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 /// Most keys in one report (64 providers of 32 keys); a gateway with more
 /// reports the first this many.
 pub const MAX_REPORTED_KEYS: usize = 2048;
+/// Highest key index a report may name (`credentialsRef.keys` holds at most 32).
+pub const MAX_KEY_INDEX: u32 = 31;
 /// Largest report body: [`MAX_REPORTED_KEYS`] entries with the longest names.
 pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
 

@@ -14,6 +14,9 @@ pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
 pub const TRUST_RESOLVED: &str = "TrustResolved";
 /// Informs, never gates `Ready`: a refused key among several is routed around.
 pub const KEYS_HEALTHY: &str = "KeysHealthy";
+/// The `KeysHealthy` reasons that come from a recorder answer (and so
+/// outlive a restart until the next answer).
+const ANSWERED_REASONS: &[&str] = &["KeysHealthy", "KeyRefused", "NoReports"];
 /// The condition types this controller writes.
 pub const CONDITION_TYPES: &[&str] = &[
     tollgate_crds::conditions::READY,
@@ -88,12 +91,16 @@ fn rfc3339(ms: u64) -> Option<String> {
 fn keys_condition(provider: &LLMProvider, health: &KeyHealthObservation) -> Option<Desired> {
     provider.spec.credentials_ref.as_ref()?;
     let Some(answer) = &health.answer else {
-        // As the keys: a condition already there stays as it is.
+        // As the keys: a condition an earlier answer wrote stays as it is,
+        // unless a key it may name is no longer configured.
+        let shown_keys = provider.status.iter().flat_map(|s| &s.keys).count();
+        let all_kept = key_statuses(provider, health).len() == shown_keys;
         let current = provider
             .status
             .iter()
             .flat_map(|s| &s.conditions)
-            .find(|c| c.type_ == KEYS_HEALTHY);
+            .find(|c| c.type_ == KEYS_HEALTHY)
+            .filter(|c| ANSWERED_REASONS.contains(&c.reason.as_str()) && all_kept);
         if let Some(c) = current {
             let status = match c.status.as_str() {
                 "True" => Status::True,
@@ -538,13 +545,36 @@ spec:
                 (Status::False, "KeyRefused", condition.message.as_str())
             );
         }
-        // A key renamed in the spec drops out of what is kept.
+        // A key renamed in the spec drops out of what is kept, and the
+        // condition that may name it goes back to waiting.
         let mut renamed = shown.clone();
         renamed.spec.credentials_ref.as_mut().unwrap().keys[1] = "key-c".into();
         assert_eq!(
             key_statuses(&renamed, &KeyHealthObservation::default()),
             keys[..1]
         );
+        assert_eq!(
+            keys_condition(&renamed, &KeyHealthObservation::default())
+                .unwrap()
+                .reason,
+            "Pending"
+        );
+        // What this code wrote while waiting is not kept: the read's error shows.
+        let mut waiting = shown.clone();
+        waiting.status.as_mut().unwrap().conditions[0].reason = "Pending".into();
+        let condition = keys_condition(
+            &waiting,
+            &KeyHealthObservation {
+                answer: None,
+                error: Some("recorder answered 403".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (condition.status, condition.reason.as_str()),
+            (Status::Unknown, "RecorderUnavailable")
+        );
+        assert!(condition.message.contains("403"), "{}", condition.message);
     }
 
     #[test]
