@@ -158,6 +158,16 @@ pub fn describe_error(err: Error, what: impl std::fmt::Display) -> anyhow::Error
     }
 }
 
+/// The condition of `type_` in an object's `status.conditions` (JSON), or
+/// `null` when it has none.
+pub fn condition(object: &Value, type_: &str) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

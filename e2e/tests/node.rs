@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tollgate_e2e::namespace::unique_name;
+use tollgate_e2e::objects::condition;
 use tollgate_e2e::operator::cli_binary;
 use tollgate_e2e::{Kubectl, eventually, repo_root};
 
@@ -976,11 +977,7 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
             "resetAt is not midnight in Asia/Kolkata: {limit}"
         );
         // The budget alert: the condition, and a Warning Event for it.
-        let near = q["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "NearLimit"))
-            .cloned()
-            .unwrap_or_default();
+        let near = condition(&q, "NearLimit");
         ensure!(
             near["status"] == "True" && near["reason"] == "Exhausted",
             "NearLimit: {near}"
@@ -1028,11 +1025,7 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
             "key-revoked: {}",
             p["status"]
         );
-        let condition = p["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "KeysHealthy"))
-            .cloned()
-            .unwrap_or_default();
+        let condition = condition(&p, "KeysHealthy");
         ensure!(
             condition["status"] == "False" && condition["reason"] == "KeyRefused",
             "KeysHealthy: {condition}"

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tollgate_e2e::crds::install_crds;
 use tollgate_e2e::manifests::{load_documents, yaml_files};
 use tollgate_e2e::namespace::unique_name;
-use tollgate_e2e::objects::resolve;
+use tollgate_e2e::objects::{condition, resolve};
 use tollgate_e2e::operator::{OperatorArgs, OperatorProcess};
 use tollgate_e2e::{TestNamespace, client, eventually, repo_root};
 
@@ -204,11 +204,7 @@ async fn e2e_status_of_every_kind() -> Result<()> {
                 // No recorder in this suite: usage is unknown, Ready holds.
                 eventually(STATUS_TIMEOUT, || async {
                     let obj = fetch(&client, manifest, namespace).await?;
-                    let usage = obj.data["status"]["conditions"]
-                        .as_array()
-                        .and_then(|cs| cs.iter().find(|c| c["type"] == "UsageKnown"))
-                        .cloned()
-                        .unwrap_or_default();
+                    let usage = condition(&obj.data, "UsageKnown");
                     ensure!(
                         usage["status"] == "False" && usage["reason"] == "RecorderUnavailable",
                         "UsageKnown: {usage}"

@@ -6,32 +6,11 @@
 
 mod common;
 
-use common::{HOUR, ORIGIN, T0, at, certificate, receipt_body, record, trust_roots, workload};
+use common::{HOUR, ORIGIN, T0, at, certificate, decision, receipt_body, record, trust_roots};
 use tollgate_evidence::chain::{CloseReason, StreamChainWriter};
-use tollgate_evidence::decision::{DecisionBody, DecisionSchema};
-use tollgate_evidence::fields::SchemaVersion1;
 use tollgate_evidence::{
-    BundleBuilder, DnsSubdomain, ErrorCode, HostName, Identifier, ModelName, ReceiptId, Verdict,
-    VerificationReport, VerifyOptions, sha256, verify_bundle,
+    BundleBuilder, ErrorCode, Identifier, Verdict, VerificationReport, VerifyOptions, verify_bundle,
 };
-
-fn decision(n: u64, started: u64) -> DecisionBody {
-    DecisionBody {
-        attempt: 0,
-        decided_at: at(started + 5),
-        host: HostName::new("api.openai.com").unwrap(),
-        id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
-        model: Some(ModelName::new("gpt-4o").unwrap()),
-        policy_hash: sha256(b"policy"),
-        provider: DnsSubdomain::new("openai").unwrap(),
-        request_id: Identifier::new(format!("req-{n}")).unwrap(),
-        request_sha256: sha256(format!("request-{n}").as_bytes()),
-        schema: DecisionSchema,
-        schema_version: SchemaVersion1,
-        started_at: at(started),
-        workload: workload(0),
-    }
-}
 
 /// One stream: decision 1 then its receipt, then decision 2 (whose receipt
 /// never came), then a close record if `closed`. `link` is what the receipt

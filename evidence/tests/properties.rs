@@ -9,8 +9,7 @@ use proptest::prelude::*;
 use tollgate_evidence::chain::{
     CloseReason, Envelope, EnvelopeRecord, StreamChainChecker, StreamChainWriter,
 };
-use tollgate_evidence::decision::{DecisionBody, DecisionSchema, SignedDecision};
-use tollgate_evidence::fields::SchemaVersion1;
+use tollgate_evidence::decision::SignedDecision;
 use tollgate_evidence::fields::{Identifier, SafeU64};
 use tollgate_evidence::hash::PrevHash;
 use tollgate_evidence::jcs::{CanonicalValue, to_canonical_bytes};
@@ -19,7 +18,6 @@ use tollgate_evidence::merkle::{
 };
 use tollgate_evidence::receipt::SignedReceipt;
 use tollgate_evidence::strict_json;
-use tollgate_evidence::{DnsSubdomain, HostName, ModelName, ReceiptId, sha256};
 use tollgate_evidence::{Verdict, verify_bundle};
 
 fn config() -> ProptestConfig {
@@ -283,7 +281,7 @@ proptest! {
         for (n, is_decision) in kinds.into_iter().enumerate() {
             let seq = fast.next_seq();
             let (encoded, record) = if is_decision {
-                let d = decision(n as u64);
+                let d = common::decision(n as u64, common::T0 + n as u64 * 10);
                 let record = EnvelopeRecord::Decision(SignedDecision::sign(d.clone(), &key).unwrap());
                 (fast.sign_and_append_decision_encoded(d, &key).unwrap(), record)
             } else {
@@ -404,23 +402,5 @@ fn key_routing_spreads_requests_across_keys() {
     }
     for h in hits {
         assert!((800..1_200).contains(&h), "uneven spread: {hits:?}");
-    }
-}
-
-fn decision(n: u64) -> DecisionBody {
-    DecisionBody {
-        attempt: 0,
-        decided_at: common::at(common::T0 + n * 10 + 5),
-        host: HostName::new("api.openai.com").unwrap(),
-        id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
-        model: Some(ModelName::new("gpt-4o").unwrap()),
-        policy_hash: sha256(b"policy"),
-        provider: DnsSubdomain::new("openai").unwrap(),
-        request_id: Identifier::new(format!("req-{n}")).unwrap(),
-        request_sha256: sha256(format!("request-{n} \u{e9}\"").as_bytes()),
-        schema: DecisionSchema,
-        schema_version: SchemaVersion1,
-        started_at: common::at(common::T0 + n * 10),
-        workload: common::workload(0),
     }
 }

@@ -6,8 +6,10 @@ use tollgate_evidence::bundle::{Bundle, Manifest};
 use tollgate_evidence::certificate::{KeyCertificate, PodIdentity, SignedKeyCertificate};
 use tollgate_evidence::chain::{CloseReason, Envelope, EnvelopeRecord, StreamChainWriter};
 use tollgate_evidence::checkpoint::SignedCheckpoint;
+use tollgate_evidence::decision::{DecisionBody, DecisionSchema};
 use tollgate_evidence::fields::{
     Code, DnsLabel, DnsSubdomain, HostName, Identifier, ModelName, PodUid, ReceiptId, SafeU64,
+    SchemaVersion1,
 };
 use tollgate_evidence::hash::{PrevHash, Sha256Hex, sha256};
 use tollgate_evidence::keys::{KeyId, PublicKey, SigningKey, sign_canonical};
@@ -577,4 +579,23 @@ pub fn range_of(full: &Bundle, from: usize, recorder: &SigningKey) -> Bundle {
             .unwrap();
     }
     builder.build(recorder).unwrap()
+}
+
+/// A forward decision for request `n`, started at `started` (ms) and decided 5 ms later.
+pub fn decision(n: u64, started: u64) -> DecisionBody {
+    DecisionBody {
+        attempt: 0,
+        decided_at: at(started + 5),
+        host: HostName::new("api.openai.com").unwrap(),
+        id: ReceiptId::new(format!("01955c00-0000-7000-8000-{n:012x}")).unwrap(),
+        model: Some(ModelName::new("gpt-4o").unwrap()),
+        policy_hash: sha256(b"policy"),
+        provider: DnsSubdomain::new("openai").unwrap(),
+        request_id: Identifier::new(format!("req-{n}")).unwrap(),
+        request_sha256: sha256(format!("request-{n}").as_bytes()),
+        schema: DecisionSchema,
+        schema_version: SchemaVersion1,
+        started_at: at(started),
+        workload: workload(0),
+    }
 }
