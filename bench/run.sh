@@ -7,6 +7,10 @@
 #   BENCH_QUICK=1 bench/run.sh   # shorter load phases
 #   BENCH_CALLGRIND_ONLY=1 bench/run.sh   # the gateway's instructions per
 #                                         # request only, printed (minutes)
+#   BENCH_CPU_ONLY=1 bench/run.sh   # CPU time, system calls and context switches per
+#                                   # request, gateway and nginx (a minute)
+#   BENCH_GATEWAY_BIN=<binary> ...   # measures that gateway binary instead
+#                                    # (an A/B against an earlier build)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools=${TOLLGATE_CACHE:-$HOME/.cache/tollgate}/tools

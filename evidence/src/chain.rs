@@ -424,6 +424,46 @@ impl StreamPosition {
     }
 }
 
+/// A receipt or forward decision signed before its place in a stream is
+/// known, with the bytes its signature covers. A signature covers the record
+/// alone, not its chain position, so a writer can sign outside whatever
+/// orders its chain (a lock, say) and hold that only to chain the record
+/// with [`StreamChainWriter::append_signed`]. Built only here, by signing, so
+/// the bytes are always the record's own.
+#[derive(Debug, Clone)]
+pub struct SignedRecord {
+    record: EnvelopeRecord,
+    signed: Vec<u8>,
+}
+
+impl SignedRecord {
+    /// Validates and signs a receipt body.
+    pub fn receipt(body: ReceiptBody, gateway_key: &SigningKey) -> Result<Self, ChainError> {
+        let (receipt, signed) = SignedReceipt::sign_returning_bytes(body, gateway_key)?;
+        Ok(Self {
+            record: EnvelopeRecord::Receipt(receipt),
+            signed,
+        })
+    }
+
+    /// Validates and signs a forward decision.
+    pub fn decision(decision: DecisionBody, gateway_key: &SigningKey) -> Result<Self, ChainError> {
+        decision
+            .validate()
+            .map_err(|_| ChainError::InvalidDecision)?;
+        let (decision, signed) = SignedDecision::sign_returning_bytes(decision, gateway_key)?;
+        Ok(Self {
+            record: EnvelopeRecord::Decision(decision),
+            signed,
+        })
+    }
+
+    /// The id of the key that signed it.
+    pub fn key_id(&self) -> &KeyId {
+        self.record.key_id()
+    }
+}
+
 /// The spool writer's state machine: give it signed receipts, get envelopes back.
 /// Pure: it neither stores nor verifies signatures (the producer in the same process
 /// just made them).
@@ -512,12 +552,18 @@ impl StreamChainWriter {
         gateway_key: &SigningKey,
     ) -> Result<EncodedEnvelope, ChainError> {
         self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
+        self.append_signed(SignedRecord::receipt(body, gateway_key)?)
+    }
+
+    /// Chains a record signed ahead of its place (see [`SignedRecord`]).
+    /// The same checks and result as signing here.
+    pub fn append_signed(&mut self, signed: SignedRecord) -> Result<EncodedEnvelope, ChainError> {
+        self.accepts_key(signed.key_id())?;
         self.position
             .next_seq
             .checked_increment()
             .ok_or(ChainError::SeqOverflow)?;
-        let (receipt, signed) = SignedReceipt::sign_returning_bytes(body, gateway_key)?;
-        self.seal_encoded(EnvelopeRecord::Receipt(receipt), &signed)
+        self.seal_encoded(signed.record, &signed.signed)
     }
 
     /// Signs a forward decision with the gateway key and chains it.
@@ -538,11 +584,7 @@ impl StreamChainWriter {
         gateway_key: &SigningKey,
     ) -> Result<EncodedEnvelope, ChainError> {
         self.accepts_key(&KeyId::of_signing_key(gateway_key))?;
-        decision
-            .validate()
-            .map_err(|_| ChainError::InvalidDecision)?;
-        let (signed, bytes) = SignedDecision::sign_returning_bytes(decision, gateway_key)?;
-        self.seal_encoded(EnvelopeRecord::Decision(signed), &bytes)
+        self.append_signed(SignedRecord::decision(decision, gateway_key)?)
     }
 
     /// Seals `record`, whose signed part encodes to `signed`, as the next
@@ -786,6 +828,65 @@ mod tests {
             assert_eq!(one, two);
             assert_eq!(one.hash, generic_hash(&one));
         }
+    }
+
+    #[test]
+    fn records_signed_ahead_chain_as_if_signed_in_place() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut ahead = StreamChainWriter::new(Identifier::new("s").unwrap());
+        let decision = crate::decision::tests::sample_decision();
+        let receipt = sample_body();
+        // Signed before the writer has chained anything, then chained in
+        // another order than they were signed.
+        let signed_receipt = SignedRecord::receipt(receipt.clone(), &key).unwrap();
+        let signed_decision = SignedRecord::decision(decision.clone(), &key).unwrap();
+        let chained = [
+            ahead.append_signed(signed_decision).unwrap(),
+            ahead.append_signed(signed_receipt.clone()).unwrap(),
+        ];
+        // The same records as the generic signers make (Ed25519 signatures
+        // are deterministic), chained and hashed as the checker and the
+        // generic encoder expect.
+        assert_eq!(
+            chained[0].envelope.record,
+            EnvelopeRecord::Decision(SignedDecision::sign(decision, &key).unwrap())
+        );
+        assert_eq!(
+            chained[1].envelope.record,
+            EnvelopeRecord::Receipt(SignedReceipt::sign(receipt, &key).unwrap())
+        );
+        let mut checker = StreamChainChecker::new(Identifier::new("s").unwrap());
+        for encoded in &chained {
+            checker.check(&encoded.envelope).unwrap();
+            assert_eq!(encoded.envelope.hash, generic_hash(&encoded.envelope));
+            assert_eq!(encoded.json, to_canonical_bytes(&encoded.envelope).unwrap());
+        }
+        let public = PublicKey::of_signing_key(&key);
+        let decision = chained[0].envelope.decision().unwrap();
+        decision.verify_signature(&public).unwrap();
+        chained[1]
+            .envelope
+            .receipt()
+            .unwrap()
+            .verify_signature(&public)
+            .unwrap();
+
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let foreign = SignedRecord::receipt(sample_body(), &other).unwrap();
+        assert!(matches!(
+            ahead.append_signed(foreign),
+            Err(ChainError::KeyChanged { .. })
+        ));
+        ahead
+            .close(CloseReason::Shutdown, at("2025-01-01T01:00:00.000Z"), &key)
+            .unwrap();
+        assert_eq!(
+            ahead.append_signed(signed_receipt).unwrap_err(),
+            ChainError::Closed
+        );
+        let mut invalid = crate::decision::tests::sample_decision();
+        invalid.started_at = at("2030-01-01T00:00:00.000Z");
+        assert!(SignedRecord::decision(invalid, &key).is_err());
     }
 
     #[test]

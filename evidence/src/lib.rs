@@ -47,7 +47,7 @@ pub use bundle::{
 pub use certificate::{CertificateError, KeyCertificate, PodIdentity, SignedKeyCertificate};
 pub use chain::{
     ChainError, CloseReason, CloseRecord, EncodedEnvelope, Envelope, EnvelopeRecord,
-    SignedCloseRecord, StreamChainChecker, StreamChainWriter,
+    SignedCloseRecord, SignedRecord, StreamChainChecker, StreamChainWriter,
 };
 pub use checkpoint::{Checkpoint, SignedCheckpoint};
 pub use fields::{

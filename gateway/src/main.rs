@@ -31,7 +31,7 @@ fn run_gateway(args: tollgate_gateway::run::RunArgs) -> anyhow::Result<()> {
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()?;
     runtime.block_on(tollgate_gateway::run::run(args))

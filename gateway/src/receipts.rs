@@ -29,8 +29,8 @@ use tollgate_evidence::{
     Api, AppliedPricing, Code, Decision, DnsSubdomain, Envelope, GuardCheck, GuardChecks,
     GuardCodes, GuardOutcome, HostName, HttpMethod, HttpStatus, Identifier, KeyRoute, Lane,
     Latency, ModelName, QuotaCharge, ReceiptBody, ReceiptId, RequestVerdict, Route, SafeU64,
-    Sha256Hex, SignedKeyCertificate, SigningKey, StreamChainWriter, Timestamp, Upstream, Usage,
-    Workload,
+    Sha256Hex, SignedKeyCertificate, SignedRecord, SigningKey, StreamChainWriter, Timestamp,
+    Upstream, Usage, Workload,
 };
 
 use crate::api::{ApiStyle, Endpoint};
@@ -526,6 +526,22 @@ enum SpoolLine<'a> {
     Envelope(&'a Envelope),
 }
 
+/// A receipt ready to sign, and the stream it goes to.
+struct ReceiptPlan {
+    stream: Identifier,
+    body: ReceiptBody,
+    key: Arc<SigningKey>,
+}
+
+/// A forward decision ready to sign, and the stream it goes to.
+struct DecisionPlan {
+    stream: Identifier,
+    /// The decision's id, which its receipt names.
+    id: String,
+    body: DecisionBody,
+    key: Arc<SigningKey>,
+}
+
 /// A receipt stream's key: its id, the ephemeral signing key, and the
 /// certificate for it.
 #[derive(Clone)]
@@ -572,7 +588,8 @@ struct StreamFile {
     /// The same file, for the syncer thread to fsync without holding the writer.
     sync_handle: Arc<File>,
     chain: StreamChainWriter,
-    key: SigningKey,
+    /// Shared, so a record can be signed outside the writer's lock.
+    key: Arc<SigningKey>,
     not_before_ms: u64,
     not_after_ms: u64,
 }
@@ -688,15 +705,62 @@ impl SpoolWriter {
     /// `unplaced/<receipt id>.json` in the spool, and counted. Buffered: call
     /// [`Self::sync`].
     pub fn append(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
+        let Some(plan) = self.plan_receipt(draft)? else {
+            return Ok(None);
+        };
+        let signed = SignedRecord::receipt(plan.body, &plan.key)?;
+        self.append_signed_receipt(&plan.stream, signed)
+    }
+
+    /// The first half of [`Self::append`]: picks the receipt's stream and
+    /// hands back what to sign (`None`: it was set aside or dropped), so that
+    /// the signing, the costly part, can run without the writer's lock,
+    /// which forward decisions wait for.
+    fn plan_receipt(&mut self, draft: ReceiptDraft) -> Result<Option<ReceiptPlan>, SpoolError> {
         if self.broken {
             return Err(SpoolError::Broken);
         }
-        let appended = self.append_unchecked(draft);
+        let planned = self.plan_receipt_unchecked(draft);
+        self.broken |= planned.as_ref().is_err_and(SpoolError::breaks_the_stream);
+        planned
+    }
+
+    /// The second half of [`Self::append`]: chains and buffers a receipt
+    /// signed for `stream`. Only the writer task appends receipts and only
+    /// it closes streams, so the stream its plan picked is still open.
+    fn append_signed_receipt(
+        &mut self,
+        stream: &Identifier,
+        signed: SignedRecord,
+    ) -> Result<Option<Envelope>, SpoolError> {
+        if self.broken {
+            return Err(SpoolError::Broken);
+        }
+        let status = self.status.clone();
+        let Some(file) = self.stream_mut(stream) else {
+            return Err(tollgate_evidence::ChainError::Closed.into());
+        };
+        let appended = file.chain.append_signed(signed).map_err(SpoolError::from);
+        let appended = appended.map(|encoded| {
+            write_envelope_line(file, &status, &encoded.json);
+            Some(encoded.envelope)
+        });
         self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
         appended
     }
 
-    fn append_unchecked(&mut self, draft: ReceiptDraft) -> Result<Option<Envelope>, SpoolError> {
+    /// The open stream with this id.
+    fn stream_mut(&mut self, id: &Identifier) -> Option<&mut StreamFile> {
+        if self.current.chain.stream_id() == id {
+            return Some(&mut self.current);
+        }
+        self.previous.as_mut().filter(|p| p.chain.stream_id() == id)
+    }
+
+    fn plan_receipt_unchecked(
+        &mut self,
+        draft: ReceiptDraft,
+    ) -> Result<Option<ReceiptPlan>, SpoolError> {
         let window = (draft.started_at_ms, draft.completed_at_ms);
         let mut draft = draft;
         // The stream its forward decision went to; a decision that was never
@@ -736,9 +800,11 @@ impl SpoolWriter {
             );
             return Ok(None);
         }
-        let encoded = stream.chain.sign_and_append_encoded(body, &stream.key)?;
-        write_envelope_line(stream, &self.status, &encoded.json);
-        Ok(Some(encoded.envelope))
+        Ok(Some(ReceiptPlan {
+            stream: stream.chain.stream_id().clone(),
+            body,
+            key: stream.key.clone(),
+        }))
     }
 
     /// Signs, chains and writes one forward decision to the open stream whose
@@ -749,15 +815,21 @@ impl SpoolWriter {
     /// format cannot hold): that request must not go upstream, and the writer
     /// carries on. An I/O error is the writer's failure.
     pub fn append_decision(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
+        let Some(plan) = self.plan_decision(draft)? else {
+            return Ok(false);
+        };
+        let signed = SignedRecord::decision(plan.body, &plan.key)?;
+        self.append_signed_decision(&plan.stream, plan.id, signed)
+    }
+
+    /// The first half of [`Self::append_decision`]: picks the decision's
+    /// stream and hands back what to sign (`None`: this decision cannot be
+    /// written), so that concurrent requests sign without the writer's lock.
+    /// Changes nothing.
+    fn plan_decision(&self, draft: DecisionDraft) -> Result<Option<DecisionPlan>, SpoolError> {
         if self.broken {
             return Err(SpoolError::Broken);
         }
-        let appended = self.append_decision_unchecked(draft);
-        self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
-        appended
-    }
-
-    fn append_decision_unchecked(&mut self, draft: DecisionDraft) -> Result<bool, SpoolError> {
         let window = (draft.started_at_ms, draft.decided_at_ms);
         let in_previous = self.previous.as_ref().is_some_and(|p| p.covers(window));
         let in_current = self.current.covers(window);
@@ -766,19 +838,65 @@ impl SpoolWriter {
             Ok(body) => body,
             Err(e) => {
                 tracing::error!(error = %e, "a forward decision cannot be written; refusing its request");
-                return Ok(false);
+                return Ok(None);
             }
         };
-        let stream = match (&mut self.previous, in_current, in_previous) {
-            (_, true, _) => &mut self.current,
+        let stream = match (&self.previous, in_current, in_previous) {
+            (_, true, _) => &self.current,
             (Some(previous), false, true) => previous,
-            _ => return Ok(false),
+            _ => return Ok(None),
         };
-        // Room for the decision and its receipt, checked before the chain
-        // moves on: a decision the spool cannot take refuses its request
-        // instead of breaking the stream.
+        if !self.has_decision_room() {
+            return Ok(None);
+        }
+        Ok(Some(DecisionPlan {
+            stream: stream.chain.stream_id().clone(),
+            id,
+            body,
+            key: stream.key.clone(),
+        }))
+    }
+
+    /// Room for a decision and its receipt, checked before the chain moves
+    /// on: a decision the spool cannot take refuses its request instead of
+    /// breaking the stream.
+    fn has_decision_room(&self) -> bool {
         let used = self.status.used_bytes.load(Ordering::Relaxed);
-        if used + DECISION_ROOM_BYTES > self.status.max_bytes {
+        used + DECISION_ROOM_BYTES <= self.status.max_bytes
+    }
+
+    /// The second half of [`Self::append_decision`]: chains a decision
+    /// signed for `stream` and hands its line to the kernel. `false` when
+    /// that stream was closed since the plan (a renewal's close, in the few
+    /// microseconds of signing) or the spool has filled.
+    fn append_signed_decision(
+        &mut self,
+        stream: &Identifier,
+        id: String,
+        signed: SignedRecord,
+    ) -> Result<bool, SpoolError> {
+        if self.broken {
+            return Err(SpoolError::Broken);
+        }
+        let appended = self.append_signed_decision_unchecked(stream, id, signed);
+        self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
+        appended
+    }
+
+    fn append_signed_decision_unchecked(
+        &mut self,
+        stream_id: &Identifier,
+        id: String,
+        signed: SignedRecord,
+    ) -> Result<bool, SpoolError> {
+        if !self.has_decision_room() {
+            return Ok(false);
+        }
+        let status = self.status.clone();
+        let Some(stream) = self.stream_mut(stream_id) else {
+            return Ok(false);
+        };
+        if stream.chain.is_closed() {
             return Ok(false);
         }
         // A decision the filesystem will not take is taken back whole (line
@@ -786,20 +904,18 @@ impl SpoolWriter {
         // the log would show as forwarded.
         let chain_before = stream.chain.clone();
         let unwritten_before = stream.unwritten.len();
-        let encoded = stream
-            .chain
-            .sign_and_append_decision_encoded(body, &stream.key)?;
-        write_envelope_line(stream, &self.status, &encoded.json);
+        let encoded = stream.chain.append_signed(signed)?;
+        write_envelope_line(stream, &status, &encoded.json);
         if let Err(e) = stream.hand_over() {
             if e.recoverable() {
                 let line = (stream.unwritten.len() - unwritten_before) as u64;
                 stream.unwritten.truncate(unwritten_before);
                 stream.chain = chain_before;
-                self.status.used_bytes.fetch_sub(line, Ordering::Relaxed);
+                status.used_bytes.fetch_sub(line, Ordering::Relaxed);
             }
             return Err(e);
         }
-        self.decided.insert(id, stream.chain.stream_id().clone());
+        self.decided.insert(id, stream_id.clone());
         Ok(true)
     }
 
@@ -1035,7 +1151,7 @@ fn start_stream(
         written_len: 0,
         sync_handle,
         chain: StreamChainWriter::new(next.stream_id.clone()),
-        key: next.key.clone(),
+        key: Arc::new(next.key.clone()),
         not_before_ms: certificate.not_before.unix_millis(),
         not_after_ms: certificate.not_after.unix_millis(),
         path,
@@ -1201,12 +1317,12 @@ impl ReceiptSink {
                 {
                     return false;
                 }
-                let Ok(mut writer) = writer.lock() else {
+                let Some(decided) = decide_unlocked(writer, draft) else {
                     // A panic while writing: the chain is not to be trusted.
                     self.status.failed.store(true, Ordering::Relaxed);
                     return false;
                 };
-                match writer.append_decision(draft) {
+                match decided {
                     Ok(written) => written,
                     Err(e) if e.recoverable() => {
                         // The writer task retries and lifts this.
@@ -1306,9 +1422,47 @@ impl SpoolStatus {
     }
 }
 
+/// [`SpoolWriter::append_decision`] with the signing outside the lock, so
+/// that requests deciding at once, and the writer task, do not queue behind
+/// one another's signatures. `None` when a panic poisoned the lock.
+fn decide_unlocked(
+    writer: &std::sync::Mutex<SpoolWriter>,
+    draft: DecisionDraft,
+) -> Option<Result<bool, SpoolError>> {
+    let plan = match writer.lock().ok()?.plan_decision(draft) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Some(Ok(false)),
+        Err(e) => return Some(Err(e)),
+    };
+    let signed = match SignedRecord::decision(plan.body, &plan.key) {
+        Ok(signed) => signed,
+        Err(e) => return Some(Err(e.into())),
+    };
+    Some(
+        writer
+            .lock()
+            .ok()?
+            .append_signed_decision(&plan.stream, plan.id, signed),
+    )
+}
+
+/// [`SpoolWriter::append`] with the signing outside the lock (see
+/// [`decide_unlocked`]).
+fn append_unlocked(
+    writer: &std::sync::Mutex<SpoolWriter>,
+    draft: ReceiptDraft,
+) -> Result<u64, SpoolError> {
+    let Some(plan) = lock(writer).plan_receipt(draft)? else {
+        return Ok(0);
+    };
+    let signed = SignedRecord::receipt(plan.body, &plan.key)?;
+    let appended = lock(writer).append_signed_receipt(&plan.stream, signed)?;
+    Ok(u64::from(appended.is_some()))
+}
+
 /// Starts the writer task. It drains the channel in batches, taking the
-/// shared writer per record (so a forward decision waits for one record at
-/// most), and hands each batch to the kernel; a syncer thread fsyncs behind
+/// shared writer per record only to chain it (records are signed outside
+/// it), and hands each batch to the kernel; a syncer thread fsyncs behind
 /// it. When every sink is dropped it writes the close records, fsyncs and
 /// returns.
 pub fn spawn_spool_writer(
@@ -1346,9 +1500,7 @@ pub fn spawn_spool_writer(
         let run = |state: &mut WriterState, command: SpoolCommand| -> Result<u64, SpoolError> {
             status.taken_up();
             match command {
-                SpoolCommand::Write(draft) => {
-                    lock(&writer).append(draft).map(|e| u64::from(e.is_some()))
-                }
+                SpoolCommand::Write(draft) => append_unlocked(&writer, draft),
                 SpoolCommand::Renew(next) => {
                     // A renewal still waiting is replaced by the newer key.
                     state.renewal = Some(*next);
@@ -1369,6 +1521,7 @@ pub fn spawn_spool_writer(
         // Receipts appended but not yet handed to the kernel.
         let mut unflushed = 0;
         let mut last_attempt = std::time::Instant::now();
+        let mut last_batch = std::time::Instant::now();
         loop {
             // While the filesystem refuses writes, take what comes (receipts
             // of requests already admitted) and try again once a second.
@@ -1382,10 +1535,19 @@ pub fn spawn_spool_writer(
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             } else {
-                match rx.blocking_recv() {
-                    Some(command) => Some(command),
-                    None => break,
+                let Some(command) = rx.blocking_recv() else {
+                    break;
+                };
+                // Busy (this record came soon after the last batch): wait out
+                // the interval, and what arrives meanwhile queues without
+                // waking this thread. Quiet: write it now, as a sleep would
+                // cost a second wake-up for one record.
+                let since = last_batch.elapsed();
+                if since < BATCH_INTERVAL / 4 {
+                    std::thread::sleep(BATCH_INTERVAL - since);
                 }
+                last_batch = std::time::Instant::now();
+                Some(command)
             };
             if let Some(first) = first {
                 unflushed += run(&mut state, first)
@@ -1455,6 +1617,13 @@ pub fn spawn_spool_writer(
     });
     (sink, handle)
 }
+
+/// The writer's batch interval under load: when a record comes within a
+/// quarter of this after the last batch, the writer waits out the rest before
+/// writing, so receipts reach the kernel at most this much later and a busy
+/// gateway wakes its writer about 200 times a second instead of once per
+/// request. Slower traffic is written as it comes.
+pub const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How often a spool the filesystem refuses is tried again.
 pub const UNWRITABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -1851,6 +2020,83 @@ mod tests {
             "forgotten an hour after its stream closed"
         );
         writer.close(CloseReason::Shutdown, at(3 * H + 1)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_decision_whose_stream_closed_while_it_was_signed_is_refused() {
+        let dir = temp_dir("decide-closed");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let mut writer =
+            SpoolWriter::create(&dir, stream_key(23, T0, T0 + 30_000), workload(), status).unwrap();
+        let first = writer.path().to_path_buf();
+        writer
+            .renew(
+                &stream_key(24, T0 + 20_000, T0 + 50_000),
+                Timestamp::from_unix_millis(T0 + 20_000).unwrap(),
+            )
+            .unwrap();
+        // Started before the renewal: planned for the first stream, which
+        // closes while the decision is signed outside the writer's lock.
+        let plan = writer
+            .plan_decision(decision(T0 + 10_000, T0 + 21_000))
+            .unwrap()
+            .expect("the first stream covers it");
+        let signed = SignedRecord::decision(plan.body, &plan.key).unwrap();
+        writer
+            .close_previous(Timestamp::from_unix_millis(T0 + 21_000).unwrap())
+            .unwrap();
+        assert!(
+            !writer
+                .append_signed_decision(&plan.stream, plan.id.clone(), signed)
+                .unwrap()
+        );
+        assert!(!writer.decided.contains_key(&plan.id));
+        let first = lines(&first);
+        assert_eq!(first.len(), 2, "certificate and close only: {first:?}");
+        // The writer carries on with the open stream.
+        assert!(
+            writer
+                .append_decision(decision(T0 + 21_000, T0 + 21_001))
+                .unwrap()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_decision_signed_across_a_renewal_stays_with_its_stream_and_receipt() {
+        let dir = temp_dir("decide-renewed");
+        let status = Arc::new(SpoolStatus::new(1 << 20));
+        let mut writer =
+            SpoolWriter::create(&dir, stream_key(25, T0, T0 + 30_000), workload(), status).unwrap();
+        let first = writer.path().to_path_buf();
+        let plan = writer
+            .plan_decision(decision(T0 + 10_000, T0 + 10_001))
+            .unwrap()
+            .expect("the stream covers it");
+        let signed = SignedRecord::decision(plan.body, &plan.key).unwrap();
+        // A renewal while it is signed: its stream is now the previous one.
+        writer
+            .renew(
+                &stream_key(26, T0 + 5_000, T0 + 50_000),
+                Timestamp::from_unix_millis(T0 + 10_000).unwrap(),
+            )
+            .unwrap();
+        let second = writer.path().to_path_buf();
+        assert!(
+            writer
+                .append_signed_decision(&plan.stream, plan.id.clone(), signed)
+                .unwrap()
+        );
+        let mut receipt = draft(T0 + 10_000, T0 + 11_000);
+        receipt.decision_id = Some(plan.id);
+        writer.append(receipt).unwrap();
+        writer.sync().unwrap();
+        let first = lines(&first);
+        assert_eq!(first.len(), 3, "certificate, decision, receipt: {first:?}");
+        assert!(first[1]["envelope"]["record"]["decision"].is_object());
+        assert!(first[2]["envelope"]["record"]["receipt"].is_object());
+        assert_eq!(lines(&second).len(), 1, "the new stream's certificate only");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

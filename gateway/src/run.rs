@@ -41,6 +41,11 @@ const KEY_PROBE_TICK: Duration = Duration::from_secs(5);
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Threads that serve requests. A sidecar serves one pod: one thread
+    /// spares the cross-thread wake-ups of a second (the spool writer and
+    /// its fsyncs run on threads of their own either way).
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
     /// Compiled gateway config (JSON), reloaded when it changes. Local mode and
     /// tests; in a cluster the control endpoint (--control-url) supplies it.
     #[arg(
@@ -997,6 +1002,15 @@ mod tests {
         assert!(
             Cli::try_parse_from([&base[..], &["--header-read-timeout", "0s"]].concat()).is_err()
         );
+        // One request thread unless told otherwise, and at least one.
+        assert_eq!(Cli::try_parse_from(base).unwrap().run.worker_threads, 1);
+        let threads = |n: &'static str| {
+            Cli::try_parse_from([&base[..], &["--worker-threads", n]].concat())
+                .map(|cli| cli.run.worker_threads)
+        };
+        assert_eq!(threads("4").unwrap(), 4);
+        assert!(threads("0").is_err());
+        assert!(threads("65").is_err());
     }
 
     #[tokio::test]
