@@ -960,8 +960,8 @@ What is left of the gap is user-space work: the two signatures (about a fifth
 of the gateway's CPU natively) and the async HTTP and TLS stacks. The price
 of one thread is peak throughput: the highest rate with added p99 ≤ 5 ms fell
 from 4 000 rps (two threads, the run before) to 2 000 rps, as one thread
-signs one forward decision at a time. A sidecar serves one pod, and a pod
-that needs more raises `--worker-threads`.
+signs one forward decision at a time. A sidecar serves one pod; a pod that
+needs more asks with the annotation `tollgate.dev/gateway-worker-threads`.
 
 "Added" includes the TLS hop to the upstream that every proxy pays, and the load
 generator shares the 2 cores, so run-to-run noise is tens to hundreds of microseconds

@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 use crate::view::NamespaceView;
 use crate::{
     ANNOTATION_DEFAULT_CONTAINER, ANNOTATION_INJECT, ANNOTATION_INJECTED,
-    ANNOTATION_INJECTION_HASH, AUDIENCE_GATEWAY, AUDIENCE_RECORDER, BASE_URL_ENV,
-    CONTROL_CA_CONFIGMAP, DISABLED, GATEWAY_ADMIN_PORT, GATEWAY_CONTAINER, GATEWAY_PORT,
-    GATEWAY_UID, GATEWAY_VOLUMES, INIT_NETWORK_CONTAINER, INJECTION_VERSION, InjectionSettings,
-    VOLUME_CONTROL_CA, VOLUME_SPOOL, VOLUME_TOKENS,
+    ANNOTATION_INJECTION_HASH, ANNOTATION_WORKER_THREADS, AUDIENCE_GATEWAY, AUDIENCE_RECORDER,
+    BASE_URL_ENV, CONTROL_CA_CONFIGMAP, DISABLED, GATEWAY_ADMIN_PORT, GATEWAY_CONTAINER,
+    GATEWAY_PORT, GATEWAY_UID, GATEWAY_VOLUMES, INIT_NETWORK_CONTAINER, INJECTION_VERSION,
+    InjectionSettings, MAX_WORKER_THREADS, VOLUME_CONTROL_CA, VOLUME_SPOOL, VOLUME_TOKENS,
 };
 
 /// Where the gateway reads the control endpoint's CA.
@@ -51,6 +51,10 @@ pub enum InjectError {
     Build(String),
     #[error("the pod could not be encoded for patching: {0}")]
     Encode(String),
+    #[error(
+        "annotation {ANNOTATION_WORKER_THREADS}: {0:?} is not a whole number from 1 to {MAX_WORKER_THREADS}"
+    )]
+    WorkerThreads(String),
 }
 
 /// What injection decided for one pod.
@@ -145,8 +149,7 @@ pub fn inject_spec(
     ns: &NamespaceView,
     settings: &InjectionSettings,
 ) -> Result<(), InjectError> {
-    let labels = meta.labels.clone().unwrap_or_default();
-    let parts = injected_parts(&labels, ns, settings)?;
+    let parts = injected_parts(meta, ns, settings)?;
 
     let init = spec.init_containers.get_or_insert_with(Vec::new);
     init.retain(|c| c.name != INIT_NETWORK_CONTAINER && c.name != GATEWAY_CONTAINER);
@@ -210,35 +213,56 @@ pub fn normalize_capability(cap: &str) -> String {
     upper.strip_prefix("CAP_").unwrap_or(&upper).to_string()
 }
 
-/// The containers and volumes injection adds for a pod with these labels.
-/// Every field the API server would default is set explicitly, so the stored
-/// object equals this and validation can compare exactly.
+/// The gateway request threads a pod asks for with
+/// [`ANNOTATION_WORKER_THREADS`]; `None` keeps the gateway's default.
+pub fn worker_threads(meta: &ObjectMeta) -> Result<Option<u16>, InjectError> {
+    let Some(value) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_WORKER_THREADS))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u16>() {
+        Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(Some(n)),
+        _ => Err(InjectError::WorkerThreads(value.clone())),
+    }
+}
+
+/// The containers and volumes injection adds for a pod with this metadata
+/// (its labels pick the egress allowed, its annotations the gateway's
+/// threads). Every field the API server would default is set explicitly, so
+/// the stored object equals this and validation can compare exactly.
 pub fn injected_parts(
-    labels: &BTreeMap<String, String>,
+    meta: &ObjectMeta,
     ns: &NamespaceView,
     settings: &InjectionSettings,
 ) -> Result<InjectedParts, InjectError> {
-    let allow = ns.allowed_egress(labels);
-    // The parts depend only on the settings and the allow list, which are
-    // the same for almost every review: a small per-thread memo saves
-    // rebuilding and hashing them each time (a pure cache, never stale).
+    let allow = ns.allowed_egress(meta.labels.as_ref().unwrap_or(&BTreeMap::new()));
+    let threads = worker_threads(meta)?;
+    // The parts depend only on the settings, the allow list and the threads,
+    // which are the same for almost every review: a small per-thread memo
+    // saves rebuilding and hashing them each time (a pure cache, never stale).
     PARTS_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some((_, _, parts)) = cache.iter().find(|(s, a, _)| s == settings && *a == allow) {
+        if let Some((_, _, parts)) = cache
+            .iter()
+            .find(|(s, key, _)| s == settings && key.0 == allow && key.1 == threads)
+        {
             return Ok(parts.clone());
         }
-        let parts = build_parts(&allow, settings)?;
+        let parts = build_parts(&allow, threads, settings)?;
         if cache.len() >= PARTS_CACHE_SIZE {
             cache.remove(0);
         }
-        cache.push((settings.clone(), allow, parts.clone()));
+        cache.push((settings.clone(), (allow, threads), parts.clone()));
         Ok(parts)
     })
 }
 
 const PARTS_CACHE_SIZE: usize = 16;
 
-type PartsCache = Vec<(InjectionSettings, Vec<String>, InjectedParts)>;
+type PartsCache = Vec<(InjectionSettings, (Vec<String>, Option<u16>), InjectedParts)>;
 
 thread_local! {
     static PARTS_CACHE: std::cell::RefCell<PartsCache> = const { std::cell::RefCell::new(Vec::new()) };
@@ -246,6 +270,7 @@ thread_local! {
 
 fn build_parts(
     allow: &[String],
+    worker_threads: Option<u16>,
     settings: &InjectionSettings,
 ) -> Result<InjectedParts, InjectError> {
     let mut init_args: Vec<String> = vec![
@@ -303,6 +328,9 @@ fn build_parts(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(threads) = worker_threads {
+        gateway_args.extend(["--worker-threads".into(), threads.to_string()]);
+    }
     if let Some(recorder) = &settings.recorder_url {
         gateway_args.extend([
             "--recorder-url".into(),
@@ -472,7 +500,7 @@ mod tests {
 
     #[test]
     fn init_network_args_carry_dns_and_allowed_egress() {
-        let parts = injected_parts(&BTreeMap::new(), &governed(), &settings()).unwrap();
+        let parts = injected_parts(&ObjectMeta::default(), &governed(), &settings()).unwrap();
         assert_eq!(
             parts.init_network.args.unwrap(),
             vec![
@@ -486,10 +514,39 @@ mod tests {
         let mut with_recorder = settings();
         with_recorder.recorder_url =
             Some("https://tollgate-recorder.tollgate-system.svc:8443".into());
-        let parts = injected_parts(&BTreeMap::new(), &governed(), &with_recorder).unwrap();
+        let parts = injected_parts(&ObjectMeta::default(), &governed(), &with_recorder).unwrap();
         let args = parts.gateway.args.unwrap();
         assert!(args.windows(2).any(|w| w[0] == "--recorder-url"));
         assert!(args.contains(&"/var/run/secrets/tollgate.dev/tokens/recorder".to_string()));
+    }
+
+    #[test]
+    fn a_pod_may_ask_for_more_gateway_threads_within_bounds() {
+        let asking = |value: &str| ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_WORKER_THREADS.to_string(),
+                value.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        let args = |meta: &ObjectMeta| {
+            injected_parts(meta, &governed(), &settings())
+                .map(|parts| parts.gateway.args.unwrap_or_default())
+        };
+        let default = args(&ObjectMeta::default()).unwrap();
+        assert!(!default.iter().any(|a| a == "--worker-threads"));
+        let two = args(&asking("2")).unwrap();
+        assert!(two.windows(2).any(|w| w == ["--worker-threads", "2"]));
+        // Another gateway spec, so another hash: validation compares both.
+        let hash = |meta: &ObjectMeta| injected_parts(meta, &governed(), &settings()).unwrap().hash;
+        assert_ne!(hash(&asking("2")), hash(&ObjectMeta::default()));
+        for bad in ["0", "65", "-1", "two", "", " 2"] {
+            let err = args(&asking(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains(ANNOTATION_WORKER_THREADS),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub const INJECTION_VERSION: &str = "v1";
 pub const LABEL_INJECT: &str = "tollgate.dev/inject";
 /// Pod annotation to opt out (`disabled`), honoured only where policy allows.
 pub const ANNOTATION_INJECT: &str = "tollgate.dev/inject";
+/// Pod annotation asking for more request threads in the pod's gateway
+/// (`--worker-threads`, 1 to [`MAX_WORKER_THREADS`]; the gateway's default is
+/// one). Read at injection and again by validation, so the injected gateway
+/// and the annotation always agree.
+pub const ANNOTATION_WORKER_THREADS: &str = "tollgate.dev/gateway-worker-threads";
+/// The most request threads a pod may ask its gateway for (the gateway's own
+/// bound for `--worker-threads`).
+pub const MAX_WORKER_THREADS: u16 = 64;
 /// Pod annotation written by injection: the injection version.
 pub const ANNOTATION_INJECTED: &str = "tollgate.dev/injected";
 /// Pod annotation written by injection: sha256 of the injected parts.

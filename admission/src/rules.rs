@@ -199,8 +199,7 @@ pub fn check_pod(
         }
         Decision::Inject | Decision::OptOutNotPermitted => {}
     }
-    let labels = meta.labels.clone().unwrap_or_default();
-    let expected = injected_parts(&labels, ns, settings)?;
+    let expected = injected_parts(meta, ns, settings)?;
     let input = PodInput {
         subject,
         meta,

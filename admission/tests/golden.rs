@@ -338,9 +338,37 @@ fn cases() -> Vec<Case> {
             )
         },
     ];
+    let threads = |pod: &Value, value: &str| {
+        let mut annotations = pod["metadata"]["annotations"].clone();
+        if annotations.is_null() {
+            annotations = json!({});
+        }
+        annotations[THREADS] = json!(value);
+        edit(pod.clone(), "/metadata/annotations", annotations)
+    };
+    cases.extend([
+        pod_case(
+            "mutate-gateway-worker-threads",
+            Webhook::MutatePods,
+            threads(&plain, "2"),
+        ),
+        pod_case(
+            "mutate-gateway-worker-threads-out-of-range",
+            Webhook::MutatePods,
+            threads(&plain, "0"),
+        ),
+        // Injected with the default thread count, then annotated: the
+        // gateway no longer matches what the annotation asks for.
+        validate(
+            "gateway-threads-differ-from-annotation",
+            threads(&injected, "2"),
+        ),
+    ]);
     cases.sort_by_key(|c| c.name);
     cases
 }
+
+const THREADS: &str = "tollgate.dev/gateway-worker-threads";
 
 /// The plain pod with an extra env entry, then injected: injection leaves
 /// the author's value alone, so validation sees it.
@@ -505,6 +533,32 @@ fn mutation_patch_turns_the_plain_pod_into_the_injected_pod() {
     let mut pod = plain_pod();
     json_patch::patch(&mut pod, &patch).unwrap();
     assert_eq!(pod, injected_pod());
+}
+
+#[test]
+fn a_pod_asks_its_gateway_for_threads_within_bounds() {
+    let response = response_of("mutate-gateway-worker-threads");
+    assert_eq!(response["allowed"], json!(true));
+    let patch: json_patch::Patch = serde_json::from_value(response["patch"].clone()).unwrap();
+    let mut pod = plain_pod();
+    pod["metadata"]["annotations"] = json!({THREADS: "2"});
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let args = pod["spec"]["initContainers"][1]["args"].as_array().unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w == [json!("--worker-threads"), json!("2")]),
+        "{args:?}"
+    );
+
+    let refused = response_of("mutate-gateway-worker-threads-out-of-range");
+    assert_eq!(refused["allowed"], json!(false));
+    let message = refused["status"]["message"].as_str().unwrap();
+    assert!(message.contains(THREADS), "{message}");
+
+    let differ = response_of("gateway-threads-differ-from-annotation");
+    assert_eq!(differ["allowed"], json!(false));
+    let message = differ["status"]["message"].as_str().unwrap();
+    assert!(message.contains("[gateway-modified]"), "{message}");
 }
 
 #[test]

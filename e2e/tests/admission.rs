@@ -419,15 +419,27 @@ async fn rules_scenario(client: &Client, op: &OperatorProcess, app: &TestNamespa
     })
     .await?;
 
-    // Unlabelling while an enforcing policy exists.
+    // Unlabelling while an enforcing policy exists. The webhook answers from
+    // the operator's watch of EgressPolicies, which may not have seen the
+    // policy yet on a loaded machine: tried as a dry run until it has, then
+    // for real.
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    let unlabel = Patch::Merge(json!({"metadata": {"labels": {"tollgate.dev/inject": null}}}));
+    eventually(WEBHOOK_WAIT, || async {
+        let dry_run = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        expect_denied(
+            namespaces.patch(ns, &dry_run, &unlabel).await,
+            "namespace-unlabel",
+        )
+        .map(|_| ())
+    })
+    .await?;
     expect_denied(
         namespaces
-            .patch(
-                ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"tollgate.dev/inject": null}}})),
-            )
+            .patch(ns, &PatchParams::default(), &unlabel)
             .await,
         "namespace-unlabel",
     )?;
