@@ -67,15 +67,19 @@ def rss_mb(pid):
     return None
 
 
-def cpu_seconds(pid):
+def user_and_system_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid):
+    return sum(user_and_system_seconds(pid))
 
 
 def system_seconds(pid):
     """The kernel's share of `cpu_seconds`."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user_and_system_seconds(pid)[1]
 
 
 def oha(url, rate, duration=DURATION, body_file=None, requests=None, connections=64):

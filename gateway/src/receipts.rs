@@ -736,25 +736,13 @@ impl SpoolWriter {
         if self.broken {
             return Err(SpoolError::Broken);
         }
-        let status = self.status.clone();
-        let Some(file) = self.stream_mut(stream) else {
+        let Some(file) = stream_with_id(&mut self.current, &mut self.previous, stream) else {
             return Err(tollgate_evidence::ChainError::Closed.into());
         };
-        let appended = file.chain.append_signed(signed).map_err(SpoolError::from);
-        let appended = appended.map(|encoded| {
-            write_envelope_line(file, &status, &encoded.json);
-            Some(encoded.envelope)
-        });
-        self.broken |= appended.as_ref().is_err_and(SpoolError::breaks_the_stream);
-        appended
-    }
-
-    /// The open stream with this id.
-    fn stream_mut(&mut self, id: &Identifier) -> Option<&mut StreamFile> {
-        if self.current.chain.stream_id() == id {
-            return Some(&mut self.current);
-        }
-        self.previous.as_mut().filter(|p| p.chain.stream_id() == id)
+        // A chain error leaves the stream as it was: nothing to mark broken.
+        let encoded = file.chain.append_signed(signed)?;
+        write_envelope_line(file, &self.status, &encoded.json);
+        Ok(Some(encoded.envelope))
     }
 
     fn plan_receipt_unchecked(
@@ -892,8 +880,8 @@ impl SpoolWriter {
         if !self.has_decision_room() {
             return Ok(false);
         }
-        let status = self.status.clone();
-        let Some(stream) = self.stream_mut(stream_id) else {
+        let status = &self.status;
+        let Some(stream) = stream_with_id(&mut self.current, &mut self.previous, stream_id) else {
             return Ok(false);
         };
         if stream.chain.is_closed() {
@@ -905,7 +893,7 @@ impl SpoolWriter {
         let chain_before = stream.chain.clone();
         let unwritten_before = stream.unwritten.len();
         let encoded = stream.chain.append_signed(signed)?;
-        write_envelope_line(stream, &status, &encoded.json);
+        write_envelope_line(stream, status, &encoded.json);
         if let Err(e) = stream.hand_over() {
             if e.recoverable() {
                 let line = (stream.unwritten.len() - unwritten_before) as u64;
@@ -1197,6 +1185,20 @@ fn write_line(
 
 /// [`write_line`] for an envelope already encoded (its RFC 8785 JSON, as
 /// the chain writer returns it): `{"envelope":JSON}`, with no second encoding.
+/// The open stream with this id: the current one or the one a renewal left
+/// open. Takes the two fields rather than the writer, so the caller keeps
+/// the writer's other fields.
+fn stream_with_id<'a>(
+    current: &'a mut StreamFile,
+    previous: &'a mut Option<StreamFile>,
+    id: &Identifier,
+) -> Option<&'a mut StreamFile> {
+    if current.chain.stream_id() == id {
+        return Some(current);
+    }
+    previous.as_mut().filter(|p| p.chain.stream_id() == id)
+}
+
 fn write_envelope_line(stream: &mut StreamFile, status: &SpoolStatus, json: &[u8]) {
     let start = stream.unwritten.len();
     stream.unwritten.reserve(json.len() + 14);
