@@ -24,9 +24,11 @@ ARG SOURCE_DATE_EPOCH=0
 ARG STRIP=debug
 WORKDIR /src
 COPY . .
-# --remap-path-prefix keeps the build directory out of the binaries.
+# --remap-path-prefix keeps the build directory out of the binaries, and
+# -ffile-prefix-map does the same for the C they link (SQLite, AWS-LC).
 ENV CARGO_TERM_COLOR=never \
-    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo" \
+    CFLAGS="-ffile-prefix-map=/src=. -ffile-prefix-map=/usr/local/cargo=cargo"
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \

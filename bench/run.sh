@@ -9,6 +9,11 @@
 #                                         # request only, printed (minutes)
 #   BENCH_CPU_ONLY=1 bench/run.sh   # CPU time, system calls and context switches per
 #                                   # request, gateway and nginx (a minute)
+#   BENCH_SSE_ONLY=1 bench/run.sh   # streaming's added time to first byte and
+#                                   # gap between events, nginx and gateway
+#   BENCH_PROFILE_ONLY=1 bench/run.sh   # the gateway's native profile at 1k rps
+#                                       # (perf on the CPU clock), printed; keeps
+#                                       # perf.data in the work directory
 #   BENCH_GATEWAY_BIN=<binary> ...   # measures that gateway binary instead
 #                                    # (an A/B against an earlier build)
 set -euo pipefail

@@ -15,7 +15,8 @@ use crate::fields::{Identifier, SafeU64, SchemaVersion1, constant_string};
 use crate::hash::{PrevHash, Sha256Hex, sha256};
 use crate::jcs::{CanonicalError, to_canonical_bytes, write_canonical, write_string};
 use crate::keys::{
-    KeyId, PublicKey, SignatureError, SignatureHex, SigningKey, sign_canonical, verify_named,
+    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, sign_canonical,
+    verify_named,
 };
 use crate::receipt::{ReceiptBody, ReceiptError, SignedReceipt};
 use crate::timestamp::Timestamp;
@@ -438,7 +439,7 @@ pub struct SignedRecord {
 
 impl SignedRecord {
     /// Validates and signs a receipt body.
-    pub fn receipt(body: ReceiptBody, gateway_key: &SigningKey) -> Result<Self, ChainError> {
+    pub fn receipt(body: ReceiptBody, gateway_key: &impl RecordSigner) -> Result<Self, ChainError> {
         let (receipt, signed) = SignedReceipt::sign_returning_bytes(body, gateway_key)?;
         Ok(Self {
             record: EnvelopeRecord::Receipt(receipt),
@@ -447,7 +448,10 @@ impl SignedRecord {
     }
 
     /// Validates and signs a forward decision.
-    pub fn decision(decision: DecisionBody, gateway_key: &SigningKey) -> Result<Self, ChainError> {
+    pub fn decision(
+        decision: DecisionBody,
+        gateway_key: &impl RecordSigner,
+    ) -> Result<Self, ChainError> {
         decision
             .validate()
             .map_err(|_| ChainError::InvalidDecision)?;

@@ -7,7 +7,6 @@
 //!
 //! Like a receipt body, it holds identifiers, hashes and timestamps only.
 
-use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{
@@ -16,7 +15,8 @@ use crate::fields::{
 use crate::hash::Sha256Hex;
 use crate::jcs::{CanonicalError, to_canonical_bytes};
 use crate::keys::{
-    KeyId, PublicKey, SignatureError, SignatureHex, SigningKey, sign_canonical, verify_named,
+    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, sign_canonical,
+    verify_named,
 };
 use crate::receipt::Workload;
 use crate::timestamp::Timestamp;
@@ -106,14 +106,14 @@ impl SignedDecision {
     /// Like [`SignedDecision::sign`], also returning the canonical bytes signed.
     pub fn sign_returning_bytes(
         decision: DecisionBody,
-        gateway_key: &SigningKey,
+        gateway_key: &impl RecordSigner,
     ) -> Result<(Self, Vec<u8>), CanonicalError> {
         let message = to_canonical_bytes(&decision)?;
-        let signature = SignatureHex::from_bytes(gateway_key.sign(&message).to_bytes());
+        let signature = gateway_key.sign_message(&message);
         Ok((
             Self {
                 decision,
-                key_id: KeyId::of_signing_key(gateway_key),
+                key_id: gateway_key.key_id(),
                 signature,
             },
             message,

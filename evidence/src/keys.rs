@@ -248,6 +248,28 @@ impl<'de> Deserialize<'de> for SignatureHex {
     }
 }
 
+/// What signs a gateway's records: its key's id and Ed25519 signatures over
+/// the bytes it is given. A [`SigningKey`] is one; a gateway's hot path brings
+/// a faster implementation of the same key (Ed25519 is deterministic, so every
+/// implementation of one key signs a message with the same 64 bytes).
+pub trait RecordSigner {
+    /// The id of the key that signs.
+    fn key_id(&self) -> KeyId;
+
+    /// The Ed25519 signature of `message`.
+    fn sign_message(&self, message: &[u8]) -> SignatureHex;
+}
+
+impl RecordSigner for SigningKey {
+    fn key_id(&self) -> KeyId {
+        KeyId::of_signing_key(self)
+    }
+
+    fn sign_message(&self, message: &[u8]) -> SignatureHex {
+        SignatureHex(self.sign(message).to_bytes())
+    }
+}
+
 /// Signs the RFC 8785 bytes of `value`.
 pub fn sign_canonical<T: Serialize + ?Sized>(
     value: &T,

@@ -56,7 +56,7 @@ pub use fields::{
 };
 pub use hash::{GENESIS, PrevHash, Sha256Hex, sha256, sha256_canonical};
 pub use jcs::{CanonicalError, to_canonical_bytes};
-pub use keys::{KeyId, PublicKey, SignatureError, SignatureHex, SigningKey};
+pub use keys::{KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey};
 pub use merkle::{
     MerkleAccumulator, MerkleTree, ProofError, merkle_root, verify_consistency, verify_inclusion,
 };

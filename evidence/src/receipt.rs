@@ -6,7 +6,6 @@
 //! bytes of it with the gateway key ([`SignedReceipt::sign`]); the chain fields are
 //! added later by [`crate::chain::StreamChainWriter`].
 
-use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -17,7 +16,8 @@ use crate::fields::{
 use crate::hash::Sha256Hex;
 use crate::jcs::{CanonicalError, to_canonical_bytes};
 use crate::keys::{
-    KeyId, PublicKey, SignatureError, SignatureHex, SigningKey, sign_canonical, verify_named,
+    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, sign_canonical,
+    verify_named,
 };
 use crate::timestamp::Timestamp;
 
@@ -660,15 +660,15 @@ impl SignedReceipt {
     /// signed.
     pub fn sign_returning_bytes(
         body: ReceiptBody,
-        gateway_key: &SigningKey,
+        gateway_key: &impl RecordSigner,
     ) -> Result<(Self, Vec<u8>), ReceiptError> {
         body.validate()?;
         let message = to_canonical_bytes(&body)?;
-        let signature = SignatureHex::from_bytes(gateway_key.sign(&message).to_bytes());
+        let signature = gateway_key.sign_message(&message);
         Ok((
             Self {
                 body,
-                key_id: KeyId::of_signing_key(gateway_key),
+                key_id: gateway_key.key_id(),
                 signature,
             },
             message,

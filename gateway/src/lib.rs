@@ -28,6 +28,7 @@ pub mod quota_lease;
 pub mod receipts;
 pub mod run;
 pub mod shipper;
+pub mod signer;
 pub mod sse;
 pub mod upstream;
 pub mod web_identity;

@@ -34,6 +34,7 @@ use tollgate_evidence::{
 };
 
 use crate::api::{ApiStyle, Endpoint};
+use crate::signer::StreamSigner;
 use tollgate_wire::pricing::BilledTokens;
 
 /// Token counts of one response. Cache reads and writes are parts of
@@ -503,6 +504,8 @@ pub enum SpoolError {
     Canonical(#[from] tollgate_evidence::CanonicalError),
     #[error("an earlier spool write failed part-way; nothing more is appended")]
     Broken,
+    #[error(transparent)]
+    Signer(#[from] crate::signer::SignerError),
 }
 
 impl SpoolError {
@@ -530,7 +533,7 @@ enum SpoolLine<'a> {
 struct ReceiptPlan {
     stream: Identifier,
     body: ReceiptBody,
-    key: Arc<SigningKey>,
+    key: Arc<StreamSigner>,
 }
 
 /// A forward decision ready to sign, and the stream it goes to.
@@ -539,7 +542,7 @@ struct DecisionPlan {
     /// The decision's id, which its receipt names.
     id: String,
     body: DecisionBody,
-    key: Arc<SigningKey>,
+    key: Arc<StreamSigner>,
 }
 
 /// A receipt stream's key: its id, the ephemeral signing key, and the
@@ -589,7 +592,7 @@ struct StreamFile {
     sync_handle: Arc<File>,
     chain: StreamChainWriter,
     /// Shared, so a record can be signed outside the writer's lock.
-    key: Arc<SigningKey>,
+    key: Arc<StreamSigner>,
     not_before_ms: u64,
     not_after_ms: u64,
 }
@@ -708,7 +711,7 @@ impl SpoolWriter {
         let Some(plan) = self.plan_receipt(draft)? else {
             return Ok(None);
         };
-        let signed = SignedRecord::receipt(plan.body, &plan.key)?;
+        let signed = SignedRecord::receipt(plan.body, &*plan.key)?;
         self.append_signed_receipt(&plan.stream, signed)
     }
 
@@ -806,7 +809,7 @@ impl SpoolWriter {
         let Some(plan) = self.plan_decision(draft)? else {
             return Ok(false);
         };
-        let signed = SignedRecord::decision(plan.body, &plan.key)?;
+        let signed = SignedRecord::decision(plan.body, &*plan.key)?;
         self.append_signed_decision(&plan.stream, plan.id, signed)
     }
 
@@ -1139,7 +1142,7 @@ fn start_stream(
         written_len: 0,
         sync_handle,
         chain: StreamChainWriter::new(next.stream_id.clone()),
-        key: Arc::new(next.key.clone()),
+        key: Arc::new(StreamSigner::new(next.key.clone())?),
         not_before_ms: certificate.not_before.unix_millis(),
         not_after_ms: certificate.not_after.unix_millis(),
         path,
@@ -1239,7 +1242,9 @@ fn append_close(
     // shutdown): it is dated at the window's end then.
     let end = Timestamp::from_unix_millis(stream.not_after_ms).unwrap_or(now);
     let closed_at = if now > end { end } else { now };
-    let envelope = stream.chain.close(reason, closed_at, &stream.key)?;
+    let envelope = stream
+        .chain
+        .close(reason, closed_at, stream.key.signing_key())?;
     write_line(stream, status, &SpoolLine::Envelope(&envelope))
 }
 
@@ -1436,7 +1441,7 @@ fn decide_unlocked(
         Ok(None) => return Some(Ok(false)),
         Err(e) => return Some(Err(e)),
     };
-    let signed = match SignedRecord::decision(plan.body, &plan.key) {
+    let signed = match SignedRecord::decision(plan.body, &*plan.key) {
         Ok(signed) => signed,
         Err(e) => return Some(Err(e.into())),
     };
@@ -1457,7 +1462,7 @@ fn append_unlocked(
     let Some(plan) = lock(writer).plan_receipt(draft)? else {
         return Ok(0);
     };
-    let signed = SignedRecord::receipt(plan.body, &plan.key)?;
+    let signed = SignedRecord::receipt(plan.body, &*plan.key)?;
     let appended = lock(writer).append_signed_receipt(&plan.stream, signed)?;
     Ok(u64::from(appended.is_some()))
 }
@@ -2044,7 +2049,7 @@ mod tests {
             .plan_decision(decision(T0 + 10_000, T0 + 21_000))
             .unwrap()
             .expect("the first stream covers it");
-        let signed = SignedRecord::decision(plan.body, &plan.key).unwrap();
+        let signed = SignedRecord::decision(plan.body, &*plan.key).unwrap();
         writer
             .close_previous(Timestamp::from_unix_millis(T0 + 21_000).unwrap())
             .unwrap();
@@ -2076,7 +2081,7 @@ mod tests {
             .plan_decision(decision(T0 + 10_000, T0 + 10_001))
             .unwrap()
             .expect("the stream covers it");
-        let signed = SignedRecord::decision(plan.body, &plan.key).unwrap();
+        let signed = SignedRecord::decision(plan.body, &*plan.key).unwrap();
         // A renewal while it is signed: its stream is now the previous one.
         writer
             .renew(
