@@ -15,8 +15,7 @@ use crate::fields::{
 use crate::hash::Sha256Hex;
 use crate::jcs::{CanonicalError, to_canonical_bytes};
 use crate::keys::{
-    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, sign_canonical,
-    verify_named,
+    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, verify_named,
 };
 use crate::receipt::Workload;
 use crate::timestamp::Timestamp;
@@ -95,12 +94,7 @@ impl DecisionBody {
 impl SignedDecision {
     /// Signs `decision` with the gateway key.
     pub fn sign(decision: DecisionBody, gateway_key: &SigningKey) -> Result<Self, CanonicalError> {
-        let signature = sign_canonical(&decision, gateway_key)?;
-        Ok(Self {
-            decision,
-            key_id: KeyId::of_signing_key(gateway_key),
-            signature,
-        })
+        Self::sign_returning_bytes(decision, gateway_key).map(|(signed, _)| signed)
     }
 
     /// Like [`SignedDecision::sign`], also returning the canonical bytes signed.

@@ -16,8 +16,7 @@ use crate::fields::{
 use crate::hash::Sha256Hex;
 use crate::jcs::{CanonicalError, to_canonical_bytes};
 use crate::keys::{
-    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, sign_canonical,
-    verify_named,
+    KeyId, PublicKey, RecordSigner, SignatureError, SignatureHex, SigningKey, verify_named,
 };
 use crate::timestamp::Timestamp;
 
@@ -647,13 +646,7 @@ impl TryFrom<SignedReceiptWire> for SignedReceipt {
 impl SignedReceipt {
     /// Validates `body` and signs its canonical bytes with the gateway key.
     pub fn sign(body: ReceiptBody, gateway_key: &SigningKey) -> Result<Self, ReceiptError> {
-        body.validate()?;
-        let signature = sign_canonical(&body, gateway_key)?;
-        Ok(Self {
-            body,
-            key_id: KeyId::of_signing_key(gateway_key),
-            signature,
-        })
+        Self::sign_returning_bytes(body, gateway_key).map(|(signed, _)| signed)
     }
 
     /// Like [`SignedReceipt::sign`], also returning the canonical body bytes that were
