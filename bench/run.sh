@@ -10,7 +10,13 @@
 #   BENCH_CPU_ONLY=1 bench/run.sh   # CPU time, system calls and context switches per
 #                                   # request, gateway and nginx (a minute)
 #   BENCH_SSE_ONLY=1 bench/run.sh   # streaming's added time to first byte and
-#                                   # gap between events, nginx and gateway
+#                                   # gap between events, nginx and gateway, and
+#                                   # the same request unstreamed, warm and idle
+#   BENCH_MAX_RATE_ONLY=1 bench/run.sh   # the highest rate within 5 ms added
+#                                        # p99, gateway and nginx (minutes)
+#   BENCH_GATEWAY_THREADS=N ...   # the gateway with N request threads (default 1)
+#   BENCH_HOLD=1 bench/run.sh   # starts the mock, nginx and the gateway, prints
+#                               # their URLs and waits (probing by hand)
 #   BENCH_PROFILE_ONLY=1 bench/run.sh   # the gateway's native profile at 1k rps
 #                                       # (perf on the CPU clock), printed; keeps
 #                                       # perf.data in the work directory

@@ -410,11 +410,17 @@ fn deployment(name: &str) -> Value {
     })
 }
 
-/// Applies the app Deployment in `ns` and waits until its pod is Ready; the time it took.
-async fn run_app(k: &Kubectl, ns: &str) -> Result<Duration> {
+/// Applies the app Deployment in `ns` and waits until its pod is Ready; the
+/// time it took. `gateway_threads` asks for that many gateway request threads
+/// through the pod annotation.
+async fn run_app(k: &Kubectl, ns: &str, gateway_threads: Option<u16>) -> Result<Duration> {
     let t0 = Instant::now();
     let mut d = deployment("app");
     d["metadata"]["namespace"] = json!(ns);
+    if let Some(n) = gateway_threads {
+        d["spec"]["template"]["metadata"]["annotations"] =
+            json!({"tollgate.dev/gateway-worker-threads": n.to_string()});
+    }
     apply(k, &[d]).await?;
     k.run(&[
         "rollout",
@@ -427,6 +433,21 @@ async fn run_app(k: &Kubectl, ns: &str) -> Result<Duration> {
     .await
     .context("the governed Deployment did not become Ready")?;
     Ok(t0.elapsed())
+}
+
+/// The request threads the gateway of the app pod in `ns` runs, from the
+/// runtime's own count in its `listening` log line.
+async fn gateway_threads(k: &Kubectl, ns: &str) -> Result<u64> {
+    let pod = pod_json(k, ns).await?;
+    let name = pod["metadata"]["name"].as_str().context("pod name")?;
+    let log = k
+        .run(&["logs", "-n", ns, name, "-c", "tollgate-gateway"])
+        .await?;
+    log.lines()
+        .filter(|l| l.starts_with("tollgate-gateway: listening "))
+        .find_map(|l| l.split(' ').find_map(|f| f.strip_prefix("threads=")))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no listening line with threads= in the gateway log:\n{log}"))
 }
 
 async fn pod_json(k: &Kubectl, ns: &str) -> Result<Value> {
@@ -671,8 +692,13 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
         ],
     )
     .await?;
-    let pod_ready = run_app(&k, APP_NS).await?;
+    let pod_ready = run_app(&k, APP_NS, None).await?;
     timings.push(("governed pod apply to Ready".into(), pod_ready));
+    let threads = gateway_threads(&k, APP_NS).await?;
+    ensure!(
+        threads == 1,
+        "the gateway runs {threads} request threads by default, not 1"
+    );
     let pod = pod_json(&k, APP_NS).await?;
     eprintln!(
         "node: $ kubectl -n {APP_NS} get pods\n{}",
@@ -1065,8 +1091,15 @@ async fn node_user_stories_install_govern_audit_and_survive_faults() -> Result<(
     ])
     .await?;
     // Pods keep being admitted (and injected) and rejected while it is gone.
-    let fault_ready = run_app(&k, FAULT_NS).await?;
+    let fault_ready = run_app(&k, FAULT_NS, Some(2)).await?;
     timings.push(("pod to Ready, leader deleted".into(), fault_ready));
+    // This pod asked for two request threads by annotation; its gateway has them.
+    let threads = gateway_threads(&k, FAULT_NS).await?;
+    ensure!(
+        threads == 2,
+        "the annotated pod's gateway runs {threads} request threads, not 2"
+    );
+    eprintln!("node: gateway request threads: {threads} in {FAULT_NS} (annotated), 1 in {APP_NS}");
     let host_net = k
         .output(
             &["apply", "-n", FAULT_NS, "-f", "-"],

@@ -881,11 +881,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let watcher = sources.control.map(|client| tokio::spawn(client.watch()));
     let running = start(options).await?;
     eprintln!(
-        "tollgate-gateway: listening api={} admin={} policy={} stream={} spool={}",
+        "tollgate-gateway: listening api={} admin={} policy={} stream={} threads={} spool={}",
         running.api_addr,
         running.admin_addr,
         running.policy_hash,
         running.stream_id,
+        // The runtime's own count, so a pod's log shows what its annotation got.
+        tokio::runtime::Handle::current().metrics().num_workers(),
         running.spool_path.display()
     );
     wait_for_signal().await;

@@ -1,6 +1,8 @@
 //! Streams `--requests` chat completions through `--url` and reports, in
 //! microseconds, the time to the first body byte and the gaps between SSE
-//! events, and the time to the last byte, as JSON on stdout.
+//! events, and the time to the last byte, as JSON on stdout. With
+//! `--no-stream` the same request asks for a whole answer, so streaming's own
+//! cost can be told from the request's.
 
 use std::io::Write;
 use std::time::Instant;
@@ -25,6 +27,14 @@ struct Args {
     /// stream's shape).
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
+    /// Asks for a whole JSON answer instead of a stream (the same request
+    /// otherwise), to tell streaming's cost from the request's.
+    #[arg(long)]
+    no_stream: bool,
+    /// A pause after each request, in milliseconds: paced like a stream's
+    /// gaps, an unstreamed request meets the same idle (cold) proxy.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -33,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let per_worker = args.requests.div_ceil(args.concurrency);
     let body = Bytes::from(
-        serde_json::json!({"model": args.model, "stream": true, "messages": [{"role": "user", "content": "bench"}]})
+        serde_json::json!({"model": args.model, "stream": !args.no_stream, "messages": [{"role": "user", "content": "bench"}]})
             .to_string(),
     );
     let mut tasks = Vec::new();
@@ -41,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         let client = client.clone();
         let url = args.url.clone();
         let request_body = body.clone();
+        let pause_ms = args.pause_ms;
         tasks.push(tokio::spawn(async move {
             let mut ttfb = Vec::new();
             let mut gaps = Vec::new();
@@ -69,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
                     last = Some(now);
                 }
                 totals.push(start.elapsed().as_micros() as u64);
+                if pause_ms > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                }
             }
             anyhow::Ok((ttfb, gaps, totals))
         }));

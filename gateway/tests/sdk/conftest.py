@@ -437,7 +437,7 @@ def main_manifests(pki: Pki, mocks: Mocks) -> list[dict]:
 
 # --------------------------------------------------------------------------- gateways
 
-LISTEN_RE = re.compile(r"tollgate-gateway: listening api=(\S+) admin=(\S+) policy=(\S+) stream=(\S+) spool=(.+)$", re.M)
+LISTEN_RE = re.compile(r"tollgate-gateway: listening api=(\S+) admin=(\S+) policy=(\S+) stream=(\S+) threads=\d+ spool=(.+)$", re.M)
 
 
 class Gateway:
