@@ -399,6 +399,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     logs = open(work / "processes.log", "w")
     results = {"machine": machine(), "duration_s": DURATION, "command": "BENCH_QUICK=1 bench/run.sh" if QUICK else "bench/run.sh"}
+    if os.environ.get("BENCH_GATEWAY_THREADS"):
+        results["command"] = f"BENCH_GATEWAY_THREADS={os.environ['BENCH_GATEWAY_THREADS']} " + results["command"]
     try:
         make_tls(work)
         mock_port, tls_port = free_port(), free_port()
@@ -1012,6 +1014,8 @@ of one thread is peak throughput: the highest rate with added p99 ≤ 5 ms fell
 from 4 000 rps (two threads, the run before) to 2 000 rps, as one thread
 signs one forward decision at a time. A sidecar serves one pod; a pod that
 needs more asks with the annotation `tollgate.dev/gateway-worker-threads`.
+(With the faster signer below, one thread and two held the same rate on this
+machine; see "The highest rate" further down.)
 
 Then (2026-12-07, later): the signatures themselves. The gateway now signs its
 records with AWS-LC's Ed25519 (`aws-lc-rs`; s2n-bignum assembly for the
@@ -1048,11 +1052,13 @@ proxy. `BENCH_SSE_ONLY=1 bench/run.sh` now also sends the same request
 unstreamed, one at a time, back to back ("warm") and with a stream's 20 ms
 between requests ("idle"). The gateway's added first byte minus nginx's, three
 rounds: streamed 103, 132, 193 µs; unstreamed warm 130, 105, 128 µs;
-unstreamed idle 253, 272, 297 µs. A stream's deltas come 20 ms apart, so
-between two streams' first bytes the gateway is as idle as in the paced run.
-Where the time goes, from a build with a timestamp after each stage of the
-handler (kept in a buffer and printed once per request; not shipped), one
-request at a time, medians in µs:
+unstreamed idle 253, 272, 297 µs. The streamed rounds run five streams at
+a time (the unstreamed ones one request at a time), so the gateway is less
+idle between first bytes there than in the paced run, and the streamed gap
+falls between warm and idle. Where the time goes, from a build with a
+timestamp after each stage of the handler (kept in a buffer and printed once
+per request; not shipped), one request or stream at a time, so the streamed
+column meets a proxy as idle as the paced one, medians in µs:
 
 | Stage (from the handler's start) | warm | idle | streamed |
 |---|---|---|---|
@@ -1068,25 +1074,30 @@ request at a time, medians in µs:
 | in the handler, in all | 98.6 | 345.7 | 345.6 |
 
 (First byte in that run: gateway 169, 723 and 538 µs; nginx 109, 482 and 307
-µs; direct 23, 229 and 158 µs.) Every stage takes three to four times as long
-after 20 ms idle (caches and branch predictors cold, the virtual CPU woken),
-nginx's hop too; the gateway simply has more work to lose speed on. The one
-stage that is the evidence, not the proxying, is the forward decision: 21 µs
-warm, 65 µs idle, of which the Ed25519 signature is about half. ARCHITECTURE
-section 11 requires it before the request leaves, so it is on the first
-byte's path by design; alone it is more than the 50 µs the issue allows over
-nginx. The upstream leg, which nginx has too, took the gateway 63 µs warm,
+µs; direct 23, 229 and 158 µs.) Every stage takes three to seven times as
+long after 20 ms idle (caches and branch predictors cold, the virtual CPU
+woken), nginx's hop too; the gateway simply has more work to lose speed on.
+The one stage that is the evidence, not the proxying, is the forward
+decision: 21 µs warm, 65 µs idle, of which the Ed25519 signature is about
+half warm. ARCHITECTURE section 11 requires it before the request leaves, so
+it is on the first byte's path by design; idle, it alone is more than the
+50 µs the issue allows over nginx. The upstream leg, which nginx has too, took the gateway 63 µs warm,
 less than nginx's whole added first byte in the same run (86 µs).
 
-The highest rate within 5 ms added p99 does not move with the gateway's thread
-count: `BENCH_QUICK=1 BENCH_MAX_RATE_ONLY=1 bench/run.sh` gave 3 000 rps with
-one request thread and, run again with `BENCH_GATEWAY_THREADS=2`, 3 000 rps
-with two (4 000 rps broke at 6.4 and 7.4 ms); nginx held to the probe's top,
-16 000 rps, both times. At 4 000 rps the gateway alone needs about 0.9 of the
-two cores (its CPU per request above), next to the load generator and the
-TLS mock; a second thread spreads that work but does not shrink it. The
-limit is CPU, which the per-request cost sets, not a lock the threads queue
-on. (nginx's CPU per request at 16 000 rps is not measured here.)
+The highest rate within 5 ms added p99 did not move with the gateway's thread
+count, in one quick run of each at the probe's steps (2 000, 3 000, 4 000,
+6 000 rps and up): `BENCH_QUICK=1 BENCH_MAX_RATE_ONLY=1 bench/run.sh` gave
+3 000 rps with one request thread and, run again with
+`BENCH_GATEWAY_THREADS=2`, 3 000 rps with two (4 000 rps broke at 6.4 and
+7.4 ms); nginx held to the probe's top, 16 000 rps, both times. The table at
+the top, from a full run with longer phases, has one thread at 4 000 rps:
+the step between 3 000 and 4 000 is where this machine's noise decides. At
+4 000 rps the gateway alone needs about 0.9 of one core (its CPU per request
+above, of the machine's two), next to the load generator and the TLS mock; a
+second thread spreads that work but does not shrink it. That points to CPU,
+which the per-request cost sets, rather than a lock the threads queue on;
+lock waits were not measured. (nginx's CPU per request at 16 000 rps is not
+measured here either.)
 
 Tried and left out: mimalloc as the gateway's allocator (glibc `malloc` and
 `free` are about 6 % of the native profile). In the same kind of A/B against

@@ -363,6 +363,16 @@ fn cases() -> Vec<Case> {
             "gateway-threads-differ-from-annotation",
             threads(&injected, "2"),
         ),
+        // The annotation added to a running pod: its gateway cannot change,
+        // so the update is refused rather than left to drift.
+        Case {
+            operation: "UPDATE",
+            old_object: Some(injected.clone()),
+            ..validate(
+                "gateway-threads-annotated-on-update",
+                threads(&injected, "2"),
+            )
+        },
     ]);
     cases.sort_by_key(|c| c.name);
     cases
@@ -555,10 +565,15 @@ fn a_pod_asks_its_gateway_for_threads_within_bounds() {
     let message = refused["status"]["message"].as_str().unwrap();
     assert!(message.contains(THREADS), "{message}");
 
-    let differ = response_of("gateway-threads-differ-from-annotation");
-    assert_eq!(differ["allowed"], json!(false));
-    let message = differ["status"]["message"].as_str().unwrap();
-    assert!(message.contains("[gateway-modified]"), "{message}");
+    for name in [
+        "gateway-threads-differ-from-annotation",
+        "gateway-threads-annotated-on-update",
+    ] {
+        let differ = response_of(name);
+        assert_eq!(differ["allowed"], json!(false), "{name}");
+        let message = differ["status"]["message"].as_str().unwrap();
+        assert!(message.contains("[gateway-modified]"), "{name}: {message}");
+    }
 }
 
 #[test]
